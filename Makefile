@@ -1,0 +1,25 @@
+# Two entry points on a fresh machine with Python 3.11: `make run` and `make test`.
+# Both create .venv at the repository root when needed and install requirements-dev.txt.
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test bench train-demo
+
+run: $(STAMP)
+	$(BIN)/python -m streamlit run streamlit_app.py
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_capture.py
+
+train-demo: $(STAMP)
+	$(BIN)/python scripts/train_demo.py
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements-dev.txt
+	touch $(STAMP)

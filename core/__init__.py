@@ -1,0 +1,1 @@
+"""HeadScope core: all computation on Vision Transformers. Never imports streamlit."""

@@ -1,0 +1,78 @@
+"""Temporary hooks on a shared model: registered per call, always removed.
+
+The model a handle holds is shared by every session, so nothing here changes a flag
+or a weight; hooks live only inside the ``with`` block that registered them and the
+``finally`` clause removes them even when the forward pass fails.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+
+class HookSet:
+    """Registers hooks and remembers their handles so they can all be removed."""
+
+    def __init__(self) -> None:
+        self._handles: list[RemovableHandle] = []
+
+    def forward(self, module: nn.Module, fn: Callable[[nn.Module, Any, Any], Any]) -> None:
+        self._handles.append(module.register_forward_hook(fn))
+
+    def forward_pre(self, module: nn.Module, fn: Callable[[nn.Module, Any], Any]) -> None:
+        self._handles.append(module.register_forward_pre_hook(fn))
+
+    def remove_all(self) -> None:
+        while self._handles:
+            self._handles.pop().remove()
+
+
+@contextmanager
+def temporary_hooks() -> Iterator[HookSet]:
+    """Yield a ``HookSet``; every hook registered through it is removed on exit."""
+    hooks = HookSet()
+    try:
+        yield hooks
+    finally:
+        hooks.remove_all()
+
+
+def capture_patterns(hooks: HookSet, model: nn.Module, patterns: torch.Tensor) -> None:
+    """Write each block's post-softmax attention into ``patterns[layer]``.
+
+    ``patterns``: ``[layer, batch, head, query, key]``, preallocated by the caller
+    (``blocks.{l}.attn.pattern`` is ``patterns[l]``). The hooks read q and k where
+    timm's ``Attention`` hands them to ``q_norm``/``k_norm`` (called on both the fused
+    and the manual path) and compute ``softmax(q @ k^T * scale)`` as the manual path
+    does, so the model's ``fused_attn`` flag is never touched. Writing in place into
+    one buffer avoids a fresh allocation per layer, which costs more than the matmul.
+    """
+    for layer, block in enumerate(model.blocks):
+        attn = block.attn
+        queries: dict[str, torch.Tensor] = {}
+
+        def keep_q(_m: nn.Module, _i: Any, q: torch.Tensor, queries=queries) -> None:
+            queries["q"] = q
+
+        def make_pattern(_m: nn.Module, _i: Any, k: torch.Tensor, queries=queries, attn=attn, layer=layer) -> None:
+            scores = patterns[layer]
+            torch.matmul(queries.pop("q").to(scores.dtype), k.to(scores.dtype).transpose(-2, -1), out=scores)
+            scores.mul_(attn.scale)
+            torch.softmax(scores, dim=-1, out=scores)
+
+        hooks.forward(attn.q_norm, keep_q)
+        hooks.forward(attn.k_norm, make_pattern)
+
+
+def capture_head_input(hooks: HookSet, model: nn.Module, store: dict[str, torch.Tensor]) -> None:
+    """Record the classifier's input (the final pooled CLS features) as ``store['features']``."""
+
+    def keep(_m: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        store.setdefault("features", inputs[0])
+
+    hooks.forward_pre(model.head, keep)

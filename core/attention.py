@@ -1,0 +1,67 @@
+"""Exact post-softmax attention of every layer and head, for any supported timm ViT."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from core._hooks import capture_head_input, capture_patterns, temporary_hooks
+from core.model import ViTHandle
+
+DEFAULT_BATCH = 32
+
+
+@dataclass(frozen=True)
+class AttentionBatch:
+    """Attention and outputs of one batch, on the CPU.
+
+    Attributes:
+        attn: ``[B, L, H, T, T]`` post-softmax attention; row ``i`` of ``attn[b, l, h]``
+            is how query token ``i`` spreads its attention over the ``T`` keys (sums to 1).
+        logits: ``[B, classes]`` classifier outputs of the unmodified model.
+        features: ``[B, D]`` the classifier's input (final CLS / pooled features).
+    """
+
+    attn: torch.Tensor
+    logits: torch.Tensor
+    features: torch.Tensor
+
+
+def iter_attention(handle: ViTHandle, x: torch.Tensor, *, batch_size: int = DEFAULT_BATCH) -> Iterator[AttentionBatch]:
+    """Yield ``AttentionBatch`` chunks of ``x`` (``[N, C, H, W]``), so callers can stream statistics."""
+    for start in range(0, len(x), batch_size):
+        yield _attention_of_batch(handle, x[start:start + batch_size])
+
+
+def extract_attention(handle: ViTHandle, x: torch.Tensor, *, batch_size: int = DEFAULT_BATCH) -> AttentionBatch:
+    """Attention ``[N, L, H, T, T]`` and logits for the whole batch ``x``.
+
+    Holds ``N * L * H * T * T`` floats: for set-level statistics use ``iter_attention``.
+    """
+    parts = list(iter_attention(handle, x, batch_size=batch_size))
+    if not parts:
+        raise ValueError("extract_attention needs at least one image")
+    return AttentionBatch(
+        attn=torch.cat([p.attn for p in parts]),
+        logits=torch.cat([p.logits for p in parts]),
+        features=torch.cat([p.features for p in parts]),
+    )
+
+
+def _attention_of_batch(handle: ViTHandle, x: torch.Tensor) -> AttentionBatch:
+    model = handle.model
+    t = handle.num_tokens
+    # [L, B, H, T, T]: one contiguous slab per layer, returned as a [B, L, H, T, T] view
+    patterns = torch.empty(handle.num_layers, len(x), handle.num_heads, t, t, device=handle.device)
+    store: dict[str, torch.Tensor] = {}
+    with handle.lock, torch.inference_mode(), temporary_hooks() as hooks:
+        capture_patterns(hooks, model, patterns)
+        capture_head_input(hooks, model, store)
+        logits = model(x.to(handle.device))
+    return AttentionBatch(
+        attn=patterns.cpu().permute(1, 0, 2, 3, 4),
+        logits=logits.float().cpu(),
+        features=store["features"].float().cpu(),
+    )

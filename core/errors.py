@@ -1,0 +1,23 @@
+"""Errors a user can cause. Each carries one sentence the user can act on."""
+
+from __future__ import annotations
+
+
+class HeadScopeError(Exception):
+    """Base class: ``str(error)`` is a complete sentence fit to show to a user."""
+
+
+class ImageRejected(HeadScopeError):
+    """An uploaded image (or archive) cannot be used; the message names it and says why."""
+
+
+class CheckpointRejected(HeadScopeError):
+    """A checkpoint file cannot be loaded safely or does not fit the architecture."""
+
+
+class ModelUnavailable(HeadScopeError):
+    """The requested model cannot be built or its weights cannot be found."""
+
+
+class UnsupportedModel(ModelUnavailable):
+    """The model exists but is not a ViT whose blocks use timm's standard ``Attention``."""

@@ -1,0 +1,645 @@
+"""Image sets and the decoding of untrusted image bytes.
+
+Everything a user uploads passes through :func:`decode_image`, the security boundary
+for images: only allow-listed decoders run, the pixel count is checked from the header
+before any pixel is decoded, and every failure becomes an :class:`ImageRejected` whose
+message names the file. Archives go through :func:`image_set_from_zip`, which never
+touches the disk and never trusts the sizes an archive declares.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import struct
+import unicodedata
+import zipfile
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from core.digits import digit_images, digits_split
+from core.errors import ImageRejected
+
+# Truncated files must fail loudly: a half-grey image would silently skew every analysis.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """Bounds on what an upload may cost to read and decode."""
+
+    max_files: int = 500
+    max_total_bytes: int = 200 * 2**20
+    max_file_bytes: int = 50 * 2**20
+    # Checked from the header before decoding, and below Pillow's own bomb limit
+    # (~89 megapixels) so Pillow's check is only a second line of defence.
+    max_pixels: int = 40_000_000
+    # Larger photos are downscaled as early as possible; a ViT sees 224-518 px anyway.
+    max_side: int = 1024
+    min_side: int = 8
+    max_aspect: float = 12.0
+
+
+DEFAULT_LIMITS = UploadLimits()
+
+# Pillow format names. Only these decoders are ever tried, so exotic plugins
+# (EPS via ghostscript, ICO, PCX, ...) can never run on user bytes. MPO is how Pillow
+# names the multi-picture JPEGs that phones write.
+ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "GIF", "TIFF")
+_ALLOWED_FOR_USERS = "PNG, JPEG, WebP, BMP, GIF, TIFF"
+# What Image.open is given: Pillow has no opener named MPO (its JPEG opener returns MPO
+# images), and an unknown name makes open() fail for every file.
+_OPEN_FORMATS: tuple[str, ...] = tuple(fmt for fmt in ALLOWED_FORMATS if fmt != "MPO")
+
+NEUTRAL_GREY = (128, 128, 128)  # transparent pixels become this: no class evidence either way
+_MAX_NAME_CHARS = 80
+_FALLBACK_NAME = "image"
+# Bidi overrides/isolates and marks can make "gnp.exe" display as "exe.png".
+_BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+# Honest archives spend well under 1 KiB of central directory per entry; the bound keeps
+# zipfile from building millions of entry records before max_files can be checked.
+_CENTRAL_DIRECTORY_BYTES_PER_FILE = 1024
+_EOCD_SIGNATURE = b"PK\x05\x06"
+_EOCD_SIZE = 22
+_MAX_LISTED_FOLDERS = 10
+
+
+@dataclass(frozen=True)
+class SetImage:
+    """One decoded image of a set.
+
+    Attributes:
+        id: First 16 hex characters of the sha256 of the original file bytes.
+        name: Sanitised display name.
+        image: Decoded image, mode ``"RGB"``, at most ``max_side`` on its longer side.
+        label: Class index, or ``None`` when unknown.
+    """
+
+    id: str
+    name: str
+    image: Image.Image
+    label: int | None
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """An ordered set of images; ``key`` identifies its content for every cached result.
+
+    Attributes:
+        title: Human-readable title including the image count.
+        images: The images, in display order.
+        key: sha256 hex over the ordered ``(id, label)`` pairs.
+    """
+
+    title: str
+    images: tuple[SetImage, ...]
+    key: str
+    _by_id: dict[str, SetImage] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        index: dict[str, SetImage] = {}
+        for item in self.images:
+            index.setdefault(item.id, item)
+        object.__setattr__(self, "_by_id", index)
+
+    @classmethod
+    def from_images(cls, title: str, images: Iterable[SetImage]) -> ImageSet:
+        """Build a set, computing its key from the ids and labels in order."""
+        items = tuple(images)
+        return cls(title=title, images=items, key=image_set_key(items))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def labels(self) -> list[int | None]:
+        """The label of each image, in order."""
+        return [item.label for item in self.images]
+
+    def by_id(self, image_id: str) -> SetImage:
+        """The image with this id; raises ``KeyError`` if the set has none."""
+        return self._by_id[image_id]
+
+    def pil_images(self) -> list[Image.Image]:
+        """The decoded RGB images, in order."""
+        return [item.image for item in self.images]
+
+
+def image_set_key(images: Sequence[SetImage]) -> str:
+    """sha256 hex over the ordered ``(id, label)`` pairs.
+
+    Labels are part of the key because accuracy-style results depend on them; the
+    title is not, since renaming a set changes no result.
+    """
+    digest = hashlib.sha256()
+    for item in images:
+        label = "-" if item.label is None else str(item.label)
+        digest.update(f"{item.id}:{label}\n".encode("ascii"))
+    return digest.hexdigest()
+
+
+def image_id(data: bytes) -> str:
+    """Stable id of an image: the first 16 hex characters of sha256 of its bytes."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def sanitize_name(name: str) -> str:
+    """A display name safe to show: base name only, no control or bidi characters."""
+    base = re.split(r"[/\\]", name)[-1]
+    kept = "".join(
+        ch
+        for ch in base
+        if ch not in _BIDI_CONTROLS and unicodedata.category(ch) not in ("Cc", "Cs")
+    )
+    cleaned = unicodedata.normalize("NFC", kept).strip()
+    if len(cleaned) > _MAX_NAME_CHARS:
+        stem, dot, ext = cleaned.rpartition(".")
+        # Keep a short extension visible so "holiday-...-photo.jpg" still reads as a JPEG.
+        if dot and stem and len(ext) <= 8:
+            cleaned = stem[: _MAX_NAME_CHARS - len(ext) - 1].rstrip() + "." + ext
+        else:
+            cleaned = cleaned[:_MAX_NAME_CHARS].rstrip()
+    if cleaned in ("", ".", ".."):
+        return _FALLBACK_NAME
+    return cleaned
+
+
+def _human_size(num_bytes: int) -> str:
+    if num_bytes >= 2**20:
+        return f"{num_bytes / 2**20:.1f}".removesuffix(".0") + " MB"
+    if num_bytes >= 2**10:
+        return f"{num_bytes / 2**10:.1f}".removesuffix(".0") + " KB"
+    return f"{num_bytes} bytes"
+
+
+def _megapixels(pixels: int) -> str:
+    return f"{pixels / 1e6:g} megapixels"
+
+
+def _check_geometry(name: str, width: int, height: int, limits: UploadLimits) -> None:
+    """Refuse sizes that are too large to decode or too small/thin to analyse."""
+    if width * height > limits.max_pixels:
+        raise ImageRejected(
+            f"{name} is {width}x{height} pixels; the limit is {_megapixels(limits.max_pixels)}."
+        )
+    if min(width, height) < limits.min_side:
+        raise ImageRejected(
+            f"{name} is {width}x{height} pixels; images must be at least "
+            f"{limits.min_side} pixels on each side."
+        )
+    aspect = max(width, height) / min(width, height)
+    if aspect > limits.max_aspect:
+        raise ImageRejected(
+            f"{name} is {width}x{height} pixels, an aspect ratio of {aspect:.1f}:1; "
+            f"the limit is {limits.max_aspect:g}:1, so crop it closer to square."
+        )
+
+
+def _fit_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    scale = max_side / max(width, height)
+    if scale >= 1.0:
+        return width, height
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _high_bit_to_8bit(img: Image.Image) -> Image.Image:
+    """Map 16-bit, 32-bit integer or float greyscale to 8-bit by range.
+
+    Pillow's own conversion clips at 255, which turns a typical 16-bit scan white.
+    """
+    values = np.asarray(img, dtype=np.float64)
+    if img.mode.startswith("I;16"):
+        scaled = values / 257.0
+    else:
+        finite = values[np.isfinite(values)]
+        low = float(finite.min()) if finite.size else 0.0
+        high = float(finite.max()) if finite.size else 0.0
+        if img.mode == "F" and low >= 0.0 and high <= 1.0:
+            scaled = values * 255.0
+        elif low >= 0.0 and high <= 255.0:
+            scaled = values
+        elif img.mode == "I" and low >= 0.0 and high <= 65535.0:
+            scaled = values / 257.0
+        else:
+            scaled = (values - low) * (255.0 / max(high - low, 1e-12))
+    pixels = np.clip(np.nan_to_num(scaled), 0.0, 255.0)
+    return Image.fromarray(np.rint(pixels).astype(np.uint8), mode="L")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any decoded mode to RGB, compositing transparency on neutral grey."""
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        img = _high_bit_to_8bit(img)
+    has_alpha = img.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in img.info
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*NEUTRAL_GREY, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def decode_image(
+    data: bytes,
+    name: str,
+    *,
+    limits: UploadLimits = DEFAULT_LIMITS,
+    label: int | None = None,
+) -> SetImage:
+    """Decode untrusted image bytes into an RGB :class:`SetImage`.
+
+    Args:
+        data: The file's bytes; their content, never the name's extension, decides the format.
+        name: The file name as given by the user; only a sanitised base name is kept.
+        limits: Size bounds to enforce.
+        label: Class index to attach, if known.
+
+    Raises:
+        ImageRejected: With one sentence naming the file, for anything not safely usable.
+    """
+    display = sanitize_name(name)
+    if not data:
+        raise ImageRejected(f"{display} is empty; choose a file that contains an image.")
+    if len(data) > limits.max_file_bytes:
+        raise ImageRejected(
+            f"{display} is {_human_size(len(data))}; the limit per file is "
+            f"{_human_size(limits.max_file_bytes)}."
+        )
+    try:
+        with Image.open(io.BytesIO(data), formats=_OPEN_FORMATS) as img:
+            if img.format not in ALLOWED_FORMATS:
+                raise UnidentifiedImageError(f"unexpected format {img.format}")
+            width, height = img.size
+            _check_geometry(display, width, height, limits)
+            # Only JPEG implements draft: it decodes at 1/2, 1/4 or 1/8 scale, so a
+            # 40-megapixel photo never exists in memory at full size.
+            img.draft(img.mode, _fit_size(width, height, limits.max_side))
+            img.load()
+            try:
+                upright = ImageOps.exif_transpose(img)
+            except (SyntaxError, ValueError, TypeError, KeyError, struct.error):
+                # A broken EXIF block should not cost the user a picture that decodes.
+                upright = img.copy()
+            rgb = _to_rgb(upright)
+    except ImageRejected:
+        raise
+    except UnidentifiedImageError as exc:
+        raise ImageRejected(
+            f"{display} is not an image HeadScope can read (allowed: {_ALLOWED_FOR_USERS})."
+        ) from exc
+    except Image.DecompressionBombError as exc:
+        # Pillow refuses inside open(), before the size reaches us; its message has the count.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        claim = f"is {int(found.group(1)) / 1e6:.0f} megapixels" if found else "has too many pixels"
+        raise ImageRejected(
+            f"{display} {claim}; the limit is {_megapixels(limits.max_pixels)}."
+        ) from exc
+    except MemoryError as exc:
+        raise ImageRejected(
+            f"{display} needs too much memory to decode; use a smaller image."
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - decoders are C code; any failure means "damaged"
+        raise ImageRejected(
+            f"{display} is damaged or truncated and could not be decoded; "
+            "export it again and re-upload it."
+        ) from exc
+    if max(rgb.size) > limits.max_side:
+        rgb.thumbnail((limits.max_side, limits.max_side), Image.Resampling.LANCZOS)
+    return SetImage(id=image_id(data), name=display, image=rgb, label=label)
+
+
+def _titled(title: str, count: int) -> str:
+    return f"{title} ({count} image{'s' if count != 1 else ''})"
+
+
+def _decode_all(
+    entries: Iterable[tuple[str, bytes, int | None]], limits: UploadLimits
+) -> tuple[list[SetImage], list[str]]:
+    """Decode each ``(name, bytes, label)``; keep the good, note the bad and the repeated."""
+    images: list[SetImage] = []
+    notes: list[str] = []
+    first_name_by_id: dict[str, str] = {}
+    for name, data, label in entries:
+        # Hash before decoding so a repeated file costs nothing to skip.
+        repeated = first_name_by_id.get(image_id(data))
+        if repeated is not None:
+            notes.append(
+                f"{sanitize_name(name)} has the same content as {repeated}, "
+                "so it is included only once."
+            )
+            continue
+        try:
+            item = decode_image(data, name, limits=limits, label=label)
+        except ImageRejected as err:
+            notes.append(str(err))
+            continue
+        first_name_by_id[item.id] = item.name
+        images.append(item)
+    return images, notes
+
+
+def _no_usable_images(count: int, notes: Sequence[str], what: str) -> ImageRejected:
+    if count == 0 or not notes:
+        return ImageRejected(f"There are no {what}; upload {_ALLOWED_FOR_USERS} images.")
+    reason = notes[0].rstrip(".")
+    return ImageRejected(
+        f"None of the {count} {what} could be used (for example, {reason}); "
+        f"upload {_ALLOWED_FOR_USERS} images."
+    )
+
+
+def image_set_from_files(
+    files: Sequence[tuple[str, bytes]],
+    *,
+    title: str = "Uploaded images",
+    limits: UploadLimits = DEFAULT_LIMITS,
+) -> tuple[ImageSet, list[str]]:
+    """Build a set from uploaded ``(file name, bytes)`` pairs.
+
+    Args:
+        files: The uploads, in the order to show them.
+        title: Title of the set; the image count is appended.
+        limits: Size bounds to enforce.
+
+    Returns:
+        The set of accepted images, and one sentence per rejected or repeated file.
+
+    Raises:
+        ImageRejected: Too many files or bytes in total, or no file is usable.
+    """
+    if not files:
+        raise ImageRejected("No files were uploaded; choose at least one image.")
+    if len(files) > limits.max_files:
+        raise ImageRejected(
+            f"{len(files)} files were uploaded; the limit is {limits.max_files} at once."
+        )
+    total = sum(len(data) for _, data in files)
+    if total > limits.max_total_bytes:
+        raise ImageRejected(
+            f"The upload totals {_human_size(total)}; the limit is "
+            f"{_human_size(limits.max_total_bytes)} at once."
+        )
+    images, notes = _decode_all(((name, data, None) for name, data in files), limits)
+    if not images:
+        if len(files) == 1 and notes:
+            raise ImageRejected(notes[0])
+        raise _no_usable_images(len(files), notes, "uploaded files")
+    return ImageSet.from_images(_titled(title, len(images)), images), notes
+
+
+def _normalise_class_name(text: str) -> str:
+    spaced = re.sub(r"[_\-\s]+", " ", unicodedata.normalize("NFKC", text))
+    return spaced.strip().casefold()
+
+
+def _class_lookup(
+    class_names: Sequence[str], aliases: Sequence[Sequence[str]] | None
+) -> dict[str, int]:
+    """Map every normalised name to a class index.
+
+    Full names win over aliases, which win over comma-separated synonyms, and earlier
+    classes win ties: ImageNet repeats some synonyms ("crane" is a bird and a machine).
+    """
+    lookup: dict[str, int] = {}
+    for index, full in enumerate(class_names):
+        lookup.setdefault(_normalise_class_name(full), index)
+    for index, extra in enumerate(aliases or ()):
+        for alias in extra:
+            lookup.setdefault(_normalise_class_name(alias), index)
+    for index, full in enumerate(class_names):
+        for synonym in full.split(","):
+            if synonym.strip():
+                lookup.setdefault(_normalise_class_name(synonym), index)
+    return lookup
+
+
+def match_class_name(
+    folder: str,
+    class_names: Sequence[str],
+    aliases: Sequence[Sequence[str]] | None = None,
+) -> int | None:
+    """The class index a folder name refers to, or ``None``.
+
+    Matching ignores case, treats ``_`` and ``-`` as spaces, accepts any of a class
+    name's comma-separated synonyms, and any of ``aliases[i]`` for class ``i``.
+    """
+    return _class_lookup(class_names, aliases).get(_normalise_class_name(folder))
+
+
+def _central_directory_size(data: bytes) -> int | None:
+    """Size of the ZIP central directory as the end record declares it, if found."""
+    # The end record sits in the last 22 bytes plus an optional comment of up to 64 KiB.
+    start = data.rfind(_EOCD_SIGNATURE, max(0, len(data) - _EOCD_SIZE - 0xFFFF))
+    if start < 0 or len(data) - start < _EOCD_SIZE:
+        return None
+    (size,) = struct.unpack_from("<I", data, start + 12)
+    return int(size)
+
+
+def _unsafe_entry_path(path: str) -> bool:
+    parts = re.split(r"[/\\]", path)
+    absolute = path.startswith(("/", "\\")) or bool(re.match(r"^[A-Za-z]:", path))
+    return absolute or ".." in parts
+
+
+def _ignored_entry(parts: Sequence[str]) -> bool:
+    # Finder's resource forks and dotfiles (.DS_Store, ._x.jpg) are never user images.
+    return parts[0] == "__MACOSX" or any(part.startswith(".") for part in parts)
+
+
+def _read_entries(
+    archive: zipfile.ZipFile,
+    candidates: Sequence[tuple[zipfile.ZipInfo, list[str]]],
+    lookup: dict[str, int],
+    limits: UploadLimits,
+    notes: list[str],
+    unmatched: set[str],
+) -> Iterator[tuple[str, bytes, int | None]]:
+    """Yield ``(name, bytes, label)`` per entry, reading each with a byte cap.
+
+    Unreadable or oversized entries add a sentence to ``notes``; folders that match
+    no class are added to ``unmatched``.
+
+    Raises:
+        ImageRejected: The entries hold more than ``max_total_bytes`` once uncompressed.
+    """
+    total = 0
+    for info, parts in candidates:
+        display = sanitize_name(parts[-1])
+        remaining = limits.max_total_bytes - total
+        try:
+            with archive.open(info) as stream:
+                # One byte past the cap tells us the entry is too big; the sizes in the
+                # entry's headers are never consulted, since a zip bomb lies about them.
+                content = stream.read(min(limits.max_file_bytes, remaining) + 1)
+        except (zipfile.BadZipFile, RuntimeError, NotImplementedError, OSError,
+                EOFError, ValueError, zlib.error):
+            notes.append(
+                f"{display} could not be read from the archive; it may be damaged or encrypted."
+            )
+            continue
+        # Skipped entries count too: the total bounds the decompression work, not just
+        # what is kept, so an archive of many bombs is still refused.
+        total += len(content)
+        if len(content) > remaining:
+            raise ImageRejected(
+                f"The archive holds more than {_human_size(limits.max_total_bytes)} once "
+                "uncompressed; upload fewer or smaller images."
+            )
+        if len(content) > limits.max_file_bytes:
+            notes.append(
+                f"{display} is larger than {_human_size(limits.max_file_bytes)} once "
+                "uncompressed, so it was skipped."
+            )
+            continue
+        label: int | None = None
+        if len(parts) > 1:
+            label = lookup.get(_normalise_class_name(parts[-2]))
+            if label is None:
+                unmatched.add(sanitize_name(parts[-2]))
+        yield parts[-1], content, label
+
+
+def image_set_from_zip(
+    data: bytes,
+    class_names: Sequence[str],
+    *,
+    aliases: Sequence[Sequence[str]] | None = None,
+    limits: UploadLimits = DEFAULT_LIMITS,
+) -> tuple[ImageSet, list[str]]:
+    """Build a labelled set from a ZIP in ImageFolder layout (``class_name/xxx.jpg``).
+
+    Each image's label is its immediate parent folder matched with
+    :func:`match_class_name`; files at the archive root, or in folders matching no
+    class, get ``None``. Nothing is extracted to disk, and each entry is read with a
+    byte cap, because the sizes an archive declares can lie.
+
+    Args:
+        data: The archive's bytes.
+        class_names: The model's class names.
+        aliases: Extra names per class, e.g. ImageNet synset ids.
+        limits: Size bounds to enforce.
+
+    Returns:
+        The set of accepted images, and one sentence per skipped entry or unmatched folder.
+
+    Raises:
+        ImageRejected: Not a readable ZIP, too many files or bytes, or no usable image.
+    """
+    if not data:
+        raise ImageRejected("The uploaded archive is empty; choose a ZIP file of images.")
+    if len(data) > limits.max_total_bytes:
+        raise ImageRejected(
+            f"The uploaded archive is {_human_size(len(data))}; the limit is "
+            f"{_human_size(limits.max_total_bytes)}."
+        )
+    directory_size = _central_directory_size(data)
+    if directory_size is not None and directory_size > _CENTRAL_DIRECTORY_BYTES_PER_FILE * (
+        4 * limits.max_files + 64
+    ):
+        raise ImageRejected(
+            f"The uploaded archive lists far more entries than the limit of "
+            f"{limits.max_files} files; split it into smaller archives."
+        )
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
+        raise ImageRejected(
+            "The uploaded file is not a readable ZIP archive; "
+            "create it again with a standard zip tool."
+        ) from exc
+
+    notes: list[str] = []
+    candidates: list[tuple[zipfile.ZipInfo, list[str]]] = []
+    with archive:
+        for info in archive.infolist():
+            if info.is_dir():
+                continue
+            if _unsafe_entry_path(info.filename):
+                notes.append(
+                    f"{sanitize_name(info.filename)} was skipped because its path in the archive "
+                    "points outside the archive."
+                )
+                continue
+            parts = [part for part in info.filename.split("/") if part not in ("", ".")]
+            if not parts or _ignored_entry(parts):
+                continue
+            candidates.append((info, parts))
+        if len(candidates) > limits.max_files:
+            raise ImageRejected(
+                f"The archive holds {len(candidates)} files; the limit is {limits.max_files}."
+            )
+
+        unmatched: set[str] = set()
+        # Entries are read lazily while decoding, so at most one entry's bytes are held.
+        entries = _read_entries(
+            archive, candidates, _class_lookup(class_names, aliases), limits, notes, unmatched
+        )
+        images, decode_notes = _decode_all(entries, limits)
+    notes.extend(decode_notes)
+    if unmatched:
+        listed = sorted(unmatched)
+        shown = ", ".join(listed[:_MAX_LISTED_FOLDERS])
+        hidden = len(listed) - _MAX_LISTED_FOLDERS
+        more = f" and {hidden} more" if hidden > 0 else ""
+        notes.append(
+            f"Folders that match no class name, so their images have no label: {shown}{more}."
+        )
+    if not images:
+        raise _no_usable_images(len(candidates), notes, "files in the archive")
+    return ImageSet.from_images(_titled("Uploaded archive", len(images)), images), notes
+
+
+def _png_bytes(img: Image.Image) -> bytes:
+    """Lossless, deterministic PNG encoding, so an id hashes real, reproducible bytes."""
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def demo_digits_set(seed: int, test_fraction: float) -> ImageSet:
+    """The held-out digits the demo model was tested on, with their true labels.
+
+    Names are ``"digit-0042 (7)"``: the ``load_digits`` index and the label.
+    """
+    split = digits_split(seed, test_fraction)
+    pictures, labels = digit_images(split.test)
+    images = [
+        decode_image(_png_bytes(picture), f"digit-{int(index):04d} ({label})", label=label)
+        for index, picture, label in zip(split.test, pictures, labels, strict=True)
+    ]
+    return ImageSet.from_images(_titled("Digits, held-out split", len(images)), images)
+
+
+# Natural photos that ship inside scikit-image, so the ImageNet demo works offline.
+SAMPLE_PHOTOS: tuple[str, ...] = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "immunohistochemistry",
+    "hubble_deep_field",
+    "camera",
+    "coins",
+    "stereo_motorcycle",
+)
+
+
+def sample_photos_set() -> ImageSet:
+    """scikit-image's bundled photos, unlabelled, each encoded as PNG for its id."""
+    import skimage.data
+
+    images = []
+    for photo in SAMPLE_PHOTOS:
+        pixels = getattr(skimage.data, photo)()
+        if isinstance(pixels, tuple):  # stereo_motorcycle: (left, right, disparity)
+            pixels = pixels[0]
+        encoded = _png_bytes(Image.fromarray(np.ascontiguousarray(pixels)))
+        images.append(decode_image(encoded, photo))
+    return ImageSet.from_images(_titled("Sample photos from scikit-image", len(images)), images)

@@ -1,0 +1,94 @@
+"""2-D layouts of feature vectors: a quick PCA, and UMAP once numba has compiled it.
+
+umap-learn compiles its numba kernels on first use, about 40 s per new process on
+a 2-core machine. ``start_umap_warmup`` pays that in a background thread when the
+server starts; until ``umap_ready()`` the app shows the PCA layout instead of waiting.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from typing import Literal
+
+import numpy as np
+
+Method = Literal["pca", "umap"]
+
+_warm_done = threading.Event()
+_warm_lock = threading.Lock()
+_warm_thread: threading.Thread | None = None
+_warm_error: list[BaseException] = []
+
+
+def layout_2d(features: np.ndarray, method: Method = "pca", *, seed: int = 0) -> np.ndarray:
+    """``[N, 2]`` positions for ``[N, D]`` features; any ``N >= 1``, constant features included."""
+    features = np.asarray(features, dtype=np.float32)
+    n = len(features)
+    if n == 0:
+        return np.zeros((0, 2), dtype=np.float32)
+    spread = features.std(axis=0).max() if n > 1 else 0.0
+    if n < 3 or not np.isfinite(spread) or spread < 1e-12:
+        # nothing to separate: spread the points on a line so every one stays visible
+        return np.stack([np.arange(n, dtype=np.float32), np.zeros(n, dtype=np.float32)], axis=1)
+    if method == "umap" and n >= 5:
+        return _umap(features, seed)
+    return _pca(features)
+
+
+def _pca(features: np.ndarray) -> np.ndarray:
+    from sklearn.decomposition import PCA
+
+    components = min(2, features.shape[1], len(features))
+    out = PCA(n_components=components, random_state=0).fit_transform(features)
+    if components < 2:
+        out = np.concatenate([out, np.zeros((len(out), 2 - components))], axis=1)
+    return out.astype(np.float32)
+
+
+def _umap(features: np.ndarray, seed: int) -> np.ndarray:
+    import umap
+
+    n_neighbors = max(2, min(15, len(features) - 1))
+    reducer = umap.UMAP(
+        n_neighbors=n_neighbors,
+        n_components=2,
+        min_dist=0.1,
+        random_state=seed,
+        init="spectral" if len(features) > n_neighbors + 2 else "random",
+        n_jobs=1,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # umap warns that random_state disables parallelism
+        return reducer.fit_transform(features).astype(np.float32)
+
+
+def _warm() -> None:
+    try:
+        rng = np.random.default_rng(0)
+        _umap(rng.normal(size=(64, 8)).astype(np.float32), seed=0)
+    except BaseException as err:  # a broken umap install must not kill the server thread silently
+        _warm_error.append(err)
+    finally:
+        _warm_done.set()
+
+
+def start_umap_warmup() -> None:
+    """Compile UMAP in a daemon thread, once per process; returns at once."""
+    global _warm_thread
+    with _warm_lock:
+        if _warm_thread is None:
+            _warm_thread = threading.Thread(target=_warm, name="umap-warmup", daemon=True)
+            _warm_thread.start()
+
+
+def umap_ready() -> bool:
+    """True once the warm-up finished without error (UMAP then runs without compiling)."""
+    return _warm_done.is_set() and not _warm_error
+
+
+def wait_for_umap(timeout: float | None = None) -> bool:
+    """Block until the warm-up ends (for scripts and tests); True if UMAP is usable."""
+    start_umap_warmup()
+    _warm_done.wait(timeout)
+    return umap_ready()

@@ -1,0 +1,35 @@
+"""Shared fixtures: tiny real timm ViTs built in-process (no network, random weights)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from core.model import ViTHandle, wrap_model
+
+
+def tiny_vit(**overrides) -> VisionTransformer:
+    """A few-thousand-parameter ViT; overrides go to ``VisionTransformer``."""
+    args = dict(img_size=32, patch_size=8, in_chans=3, num_classes=5, embed_dim=24, depth=3, num_heads=3, mlp_ratio=2.0)
+    args.update(overrides)
+    torch.manual_seed(0)
+    return VisionTransformer(**args)
+
+
+@pytest.fixture
+def tiny_handle() -> ViTHandle:
+    return wrap_model(tiny_vit(), class_names=[f"c{i}" for i in range(5)], device="cpu")
+
+
+@pytest.fixture
+def register_handle() -> ViTHandle:
+    """Non-square 3x4 grid, a CLS token plus three register tokens."""
+    return wrap_model(tiny_vit(img_size=(24, 32), reg_tokens=3), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def demo_handle() -> ViTHandle:
+    from core.model import load_model
+
+    return load_model("demo", device="cpu")

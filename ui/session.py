@@ -1,0 +1,210 @@
+"""Session-wide state and cached work shared by every page.
+
+The model lives in ``st.cache_resource`` (shared by all sessions, never mutated) and
+results in ``st.cache_data``, both bounded and keyed by content hashes: the model's
+``key`` and the image set's ``key``. Raw arrays and PIL images are passed as
+underscore arguments, which Streamlit leaves out of the cache key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core.errors import HeadScopeError
+from core.images import ImageSet, demo_digits_set, image_set_from_files, image_set_from_zip, sample_photos_set
+from core.inference import Predictions, predict_images
+from core.model import DEMO_NAME, ViTHandle, imagenet_synsets, load_model
+from core.projection import layout_2d, start_umap_warmup, umap_ready
+
+MODEL_KEY = "model_spec"
+SOURCE_KEY = "image_source"
+UPLOADED_KEY = "uploaded_set"
+FOCUS_KEY = "focus"
+
+SAMPLES, UPLOAD, ZIP = "Sample images", "Upload images", "Upload a ZIP (ImageFolder)"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the user asked for: a model name and, optionally, the digest of an uploaded checkpoint."""
+
+    name: str = DEMO_NAME
+    checkpoint_digest: str | None = None
+
+
+@dataclass(frozen=True)
+class FocusSelection:
+    """The focus image and focus head that every page reads and may change."""
+
+    image_id: str | None = None
+    layer: int = 0
+    head: int = 0
+
+    @property
+    def head_label(self) -> str:
+        return f"L{self.layer}H{self.head}"
+
+
+# --- model -----------------------------------------------------------------------------
+
+
+@st.cache_resource(max_entries=3, show_spinner="Loading the model…")
+def _cached_model(name: str, checkpoint_digest: str | None, _checkpoint: bytes | None) -> ViTHandle:
+    return load_model(name, checkpoint=_checkpoint)
+
+
+@st.cache_resource(show_spinner=False)
+def warm_up_umap() -> bool:
+    """Start UMAP's one-off compilation in the background, once per server process."""
+    start_umap_warmup()
+    return True
+
+
+def current_spec() -> ModelSpec:
+    return st.session_state.get(MODEL_KEY, ModelSpec())
+
+
+def current_model() -> ViTHandle:
+    """The active model; the demo model when nothing else was loaded."""
+    spec = current_spec()
+    checkpoints: dict[str, bytes] = st.session_state.get("checkpoints", {})
+    return _cached_model(spec.name, spec.checkpoint_digest, checkpoints.get(spec.checkpoint_digest or ""))
+
+
+def switch_model(name: str, checkpoint: bytes | None) -> str | None:
+    """Load and activate a model; on failure return the reason and keep the previous model."""
+    digest = hashlib.sha256(checkpoint).hexdigest() if checkpoint else None
+    try:
+        _cached_model(name.strip(), digest, checkpoint)
+    except HeadScopeError as err:
+        return str(err)
+    st.session_state["checkpoints"] = {digest: checkpoint} if digest and checkpoint else {}
+    st.session_state[MODEL_KEY] = ModelSpec(name.strip(), digest)
+    st.session_state.pop(UPLOADED_KEY, None)  # labels of a ZIP depend on the model's classes
+    return None
+
+
+# --- images ----------------------------------------------------------------------------
+
+
+@st.cache_data(max_entries=4, show_spinner="Preparing the sample images…")
+def _sample_set(model_name: str, seed: int | None, test_fraction: float | None) -> ImageSet:
+    if seed is not None and test_fraction is not None:
+        return demo_digits_set(seed, test_fraction)
+    return sample_photos_set()
+
+
+def sample_set(handle: ViTHandle) -> ImageSet:
+    """The model's own samples: the held-out digits for the demo model, else scikit-image photos."""
+    split = (handle.card or {}).get("split", {})
+    return _sample_set(handle.name if handle.card else "photos", split.get("seed"), split.get("test_fraction"))
+
+
+def upload_images(files: list[tuple[str, bytes]], handle: ViTHandle, as_zip: bool) -> tuple[ImageSet | None, list[str], str | None]:
+    """Decode uploads once per distinct content; returns (set, notes, error sentence)."""
+    digest = hashlib.sha256(handle.key.encode() + str(as_zip).encode())
+    for name, data in files:
+        digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    key = digest.hexdigest()
+    cached = st.session_state.get(UPLOADED_KEY)
+    if cached is not None and cached[0] == key:
+        return cached[1], cached[2], None
+    try:
+        if as_zip:
+            aliases = [[s] for s in imagenet_synsets()] if len(handle.class_names) == 1000 else None
+            image_set, notes = image_set_from_zip(files[0][1], handle.class_names, aliases=aliases)
+        else:
+            image_set, notes = image_set_from_files(files)
+    except HeadScopeError as err:
+        return None, [], str(err)
+    st.session_state[UPLOADED_KEY] = (key, image_set, notes)
+    return image_set, notes, None
+
+
+# --- results ---------------------------------------------------------------------------
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _predictions(model_key: str, set_key: str, _handle: ViTHandle, _images: ImageSet) -> Predictions:
+    bar = st.progress(0.0, text=f"Running the model over {len(_images)} images…")
+    try:
+        return predict_images(
+            _handle,
+            _images.pil_images(),
+            progress=lambda done, total: bar.progress(done / total, text=f"Classified {done} of {total} images…"),
+        )
+    finally:
+        bar.empty()
+
+
+def predictions(handle: ViTHandle, image_set: ImageSet) -> Predictions:
+    return _predictions(handle.key, image_set.key, handle, image_set)
+
+
+@st.cache_data(max_entries=16, show_spinner="Laying out the images…")
+def _layout(model_key: str, set_key: str, method: str, _features: np.ndarray) -> np.ndarray:
+    return layout_2d(_features, method)  # type: ignore[arg-type]
+
+
+def overview_points(handle: ViTHandle, image_set: ImageSet, preds: Predictions) -> tuple[pd.DataFrame, str]:
+    """The overview's table (one row per image) and the layout method used."""
+    method = "umap" if umap_ready() else "pca"
+    xy = _layout(handle.key, image_set.key, method, preds.features)
+    probs = preds.probs
+    predicted = preds.predicted
+    names = handle.class_names
+    rows = []
+    for i, image in enumerate(image_set.images):
+        shown = image.label if image.label is not None else int(predicted[i])
+        rows.append(
+            {
+                "x": float(xy[i, 0]),
+                "y": float(xy[i, 1]),
+                "id": image.id,
+                "name": image.name,
+                "class": names[shown],
+                "label": names[image.label] if image.label is not None else "",
+                "predicted": names[int(predicted[i])],
+                "probability": float(probs[i, predicted[i]]),
+            }
+        )
+    return pd.DataFrame(rows), method
+
+
+# --- focus -----------------------------------------------------------------------------
+
+
+def focus() -> FocusSelection:
+    return st.session_state.get(FOCUS_KEY, FocusSelection())
+
+
+def set_focus_image(image_id: str) -> None:
+    st.session_state[FOCUS_KEY] = FocusSelection(image_id, focus().layer, focus().head)
+
+
+def set_focus_head(layer: int, head: int) -> None:
+    st.session_state[FOCUS_KEY] = FocusSelection(focus().image_id, layer, head)
+
+
+def focus_image_id(image_set: ImageSet) -> str:
+    """The focus image if it belongs to ``image_set``, else the set's first image (made the focus)."""
+    current = focus().image_id
+    ids = {image.id for image in image_set.images}
+    if current not in ids:
+        current = image_set.images[0].id
+        set_focus_image(current)
+    return current
+
+
+def active_image_set(handle: ViTHandle) -> ImageSet:
+    """The set every page analyses: the user's upload when one is chosen and usable, else the samples."""
+    if st.session_state.get(SOURCE_KEY, SAMPLES) != SAMPLES:
+        uploaded = st.session_state.get(UPLOADED_KEY)
+        if uploaded is not None:
+            return uploaded[1]
+    return sample_set(handle)
