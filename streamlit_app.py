@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.images import DEFAULT_LIMITS
 from core.inference import top_k
 from core.model import DEMO_NAME
 from ui import session
@@ -49,9 +50,13 @@ def _image_controls() -> None:
         "ZIP with one folder per class" if as_zip else "Images (PNG, JPEG, WebP, BMP, GIF, TIFF)",
         type=["zip"] if as_zip else ["png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"],
         accept_multiple_files=not as_zip,
+        max_upload_size=DEFAULT_LIMITS.max_total_bytes // 2**20 if as_zip else DEFAULT_LIMITS.max_file_bytes // 2**20,
         key="zip_upload" if as_zip else "image_upload",
     )
-    files = [uploads] if as_zip and uploads is not None else list(uploads or []) if not as_zip else []
+    if as_zip:
+        files = [uploads] if uploads is not None else []
+    else:
+        files = list(uploads or [])
     if not files:
         st.sidebar.info("Upload files to analyse them; until then the sample images are shown.")
         st.session_state.pop(session.UPLOADED_KEY, None)
@@ -98,6 +103,9 @@ def main() -> None:
         except KeyError:
             st.warning(f"No image in this set has the id '{requested}'; ids are shown in the chart's tooltips.")
     focus_id = session.focus_image_id(image_set)
+    # a keyed text input ignores value= after its first run: keep it in step with the focus
+    if st.session_state.get("focus_id_input") != focus_id:
+        st.session_state["focus_id_input"] = focus_id
     points, method = session.overview_points(handle, image_set, preds)
 
     left, right = st.columns([3, 2], gap="large")
@@ -116,20 +124,25 @@ def main() -> None:
             width="stretch",
         )
         if method == "umap":
-            st.caption("UMAP of the final CLS features. Click a dot to make it the focus image; faint small dots are uncertain predictions.")
-        else:
-            st.caption("Quick PCA layout of the final CLS features; the UMAP layout replaces it as soon as UMAP is ready.")
+            layout = "UMAP of the final CLS features."
+        elif session.umap_pending():
+            layout = "Quick PCA layout of the final CLS features; UMAP replaces it as soon as it is ready."
             _refresh_when_umap_ready()
+        else:
+            layout = "PCA layout of the final CLS features (UMAP is unavailable in this process)."
+        st.caption(
+            f"{layout} Click a dot to make it the focus image; scroll to zoom, drag to pan. "
+            "Faint small dots are uncertain predictions; dark rings mark wrong ones."
+        )
     with right:
         st.subheader("Focus image")
-        st.text_input("Image id", value=focus_id, key="focus_id_input", on_change=_pick_from_text)
+        st.text_input("Image id", key="focus_id_input", on_change=_pick_from_text)
         image = image_set.by_id(focus_id)
         row = points.set_index("id").loc[focus_id]
         st.image(enlarge_for_display(image.image), width=220)
         label = f"label **{row['label']}**, " if row["label"] else ""
         st.markdown(f"`{image.name}` · {label}predicted **{row['predicted']}** ({row['probability']:.3f})")
-        index = [i.id for i in image_set.images].index(focus_id)
-        top = top_k(preds.probs[index], handle.class_names)
+        top = top_k(preds.probs[image_set.index_of(focus_id)], handle.class_names)
         st.altair_chart(top5_chart(top), width="stretch")
         st.dataframe(top[["rank", "class", "probability"]], hide_index=True, width="stretch")
     # UMAP compiles for ~40 s in a new process: start it once the first page is on screen

@@ -8,11 +8,14 @@ or a weight; hooks live only inside the ``with`` block that registered them and 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
+
+if TYPE_CHECKING:
+    from core.model import ViTHandle
 
 
 class HookSet:
@@ -76,3 +79,16 @@ def capture_head_input(hooks: HookSet, model: nn.Module, store: dict[str, torch.
         store.setdefault("features", inputs[0])
 
     hooks.forward_pre(model.head, keep)
+
+
+def locked_forward(handle: ViTHandle, x: torch.Tensor, *installers: Callable[[HookSet], None]) -> torch.Tensor:
+    """Logits of ``x`` from the shared model, with temporary hooks, under the model's lock.
+
+    Every forward of a shared model goes through here, hooked or not: hooks live on
+    modules, so another thread's forward would fire them (and feed them its batch)
+    unless all forwards are serialised.
+    """
+    with handle.lock, torch.inference_mode(), temporary_hooks() as hooks:
+        for install in installers:
+            install(hooks)
+        return handle.model(x.to(handle.device))

@@ -7,7 +7,7 @@ from typing import Iterator
 
 import torch
 
-from core._hooks import capture_head_input, capture_patterns, temporary_hooks
+from core._hooks import capture_head_input, capture_patterns, locked_forward
 from core.model import ViTHandle
 
 DEFAULT_BATCH = 32
@@ -56,10 +56,12 @@ def _attention_of_batch(handle: ViTHandle, x: torch.Tensor) -> AttentionBatch:
     # [L, B, H, T, T]: one contiguous slab per layer, returned as a [B, L, H, T, T] view
     patterns = torch.empty(handle.num_layers, len(x), handle.num_heads, t, t, device=handle.device)
     store: dict[str, torch.Tensor] = {}
-    with handle.lock, torch.inference_mode(), temporary_hooks() as hooks:
-        capture_patterns(hooks, model, patterns)
-        capture_head_input(hooks, model, store)
-        logits = model(x.to(handle.device))
+    logits = locked_forward(
+        handle,
+        x,
+        lambda hooks: capture_patterns(hooks, model, patterns),
+        lambda hooks: capture_head_input(hooks, model, store),
+    )
     return AttentionBatch(
         attn=patterns.cpu().permute(1, 0, 2, 3, 4),
         logits=logits.float().cpu(),

@@ -39,8 +39,9 @@ class UploadLimits:
     # Checked from the header before decoding, and below Pillow's own bomb limit
     # (~89 megapixels) so Pillow's check is only a second line of defence.
     max_pixels: int = 40_000_000
-    # Larger photos are downscaled as early as possible; a ViT sees 224-518 px anyway.
-    max_side: int = 1024
+    # Larger photos are downscaled as early as possible: a ViT sees 224-384 px, and a
+    # session may hold hundreds of decoded images.
+    max_side: int = 512
     min_side: int = 8
     max_aspect: float = 12.0
 
@@ -126,6 +127,10 @@ class ImageSet:
     def by_id(self, image_id: str) -> SetImage:
         """The image with this id; raises ``KeyError`` if the set has none."""
         return self._by_id[image_id]
+
+    def index_of(self, image_id: str) -> int:
+        """Position of the image with this id; raises ``KeyError`` if the set has none."""
+        return self.images.index(self._by_id[image_id])
 
     def pil_images(self) -> list[Image.Image]:
         """The decoded RGB images, in order."""
@@ -214,7 +219,7 @@ def _high_bit_to_8bit(img: Image.Image) -> Image.Image:
 
     Pillow's own conversion clips at 255, which turns a typical 16-bit scan white.
     """
-    values = np.asarray(img, dtype=np.float64)
+    values = np.asarray(img, dtype=np.float32)
     if img.mode.startswith("I;16"):
         scaled = values / 257.0
     else:
@@ -231,6 +236,26 @@ def _high_bit_to_8bit(img: Image.Image) -> Image.Image:
             scaled = (values - low) * (255.0 / max(high - low, 1e-12))
     pixels = np.clip(np.nan_to_num(scaled), 0.0, 255.0)
     return Image.fromarray(np.rint(pixels).astype(np.uint8), mode="L")
+
+
+def _shrink_early(img: Image.Image, max_side: int) -> Image.Image:
+    """Reduce by a whole factor right after decoding, before any per-pixel conversion.
+
+    The conversions below (16-bit rescaling, alpha compositing) allocate several copies;
+    doing them on the reduced image keeps a 40-megapixel upload from costing gigabytes.
+    """
+    factor = max(img.size) // max_side
+    if factor < 2:
+        return img
+    if img.mode.startswith("I;16"):
+        # Pillow cannot reduce 16-bit images; subsampling keeps the mode (and its range).
+        pixels = np.asarray(img)[::factor, ::factor]
+        return Image.fromarray(np.ascontiguousarray(pixels))
+    if img.mode == "1":
+        img = img.convert("L")
+    elif img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    return img.reduce(factor)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -286,7 +311,7 @@ def decode_image(
             except (SyntaxError, ValueError, TypeError, KeyError, struct.error):
                 # A broken EXIF block should not cost the user a picture that decodes.
                 upright = img.copy()
-            rgb = _to_rgb(upright)
+            rgb = _to_rgb(_shrink_early(upright, limits.max_side))
     except ImageRejected:
         raise
     except UnidentifiedImageError as exc:
@@ -473,6 +498,14 @@ def _read_entries(
     for info, parts in candidates:
         display = sanitize_name(parts[-1])
         remaining = limits.max_total_bytes - total
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            # zipfile decompresses bzip2 and LZMA entries without a size bound, so a
+            # few hundred bytes could expand to gigabytes before the byte cap applies.
+            notes.append(
+                f"{display} uses a compression method HeadScope does not accept "
+                "(only stored or deflate), so it was skipped."
+            )
+            continue
         try:
             with archive.open(info) as stream:
                 # One byte past the cap tells us the entry is too big; the sizes in the

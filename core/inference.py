@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from core._hooks import capture_head_input, temporary_hooks
+from core._hooks import capture_head_input, locked_forward
 from core.model import ViTHandle
 
 Progress = Callable[[int, int], None]  # (images done, images in all)
@@ -52,11 +52,10 @@ def predict_images(
     logits: list[torch.Tensor] = []
     features: list[torch.Tensor] = []
     for start in range(0, len(images), batch_size):
-        x = handle.preprocess(images[start:start + batch_size]).to(handle.device)
+        x = handle.preprocess(images[start:start + batch_size])
         store: dict[str, torch.Tensor] = {}
-        with handle.lock, torch.inference_mode(), temporary_hooks() as hooks:
-            capture_head_input(hooks, handle.model, store)
-            logits.append(handle.model(x).float().cpu())
+        out = locked_forward(handle, x, lambda hooks: capture_head_input(hooks, handle.model, store))
+        logits.append(out.float().cpu())
         features.append(store["features"].float().cpu())
         if progress is not None:
             progress(min(start + batch_size, len(images)), len(images))

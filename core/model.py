@@ -161,8 +161,8 @@ def load_model(
     if not pretrained:
         model = _create_supported(name)
         return _make_handle(model, name=f"{name} (random weights)", device=device)
+    path = _pretrained_weights_path(name)  # before building: an offline user hears at once
     model = _create_supported(name)
-    path = _pretrained_weights_path(name)
     _load_weights(model, _read_checkpoint(path), f"architecture '{name}'")
     return _make_handle(model, name=name, device=device)
 
@@ -212,12 +212,19 @@ def _load_demo(device: str | torch.device | None) -> ViTHandle:
         ) from err
     model = VisionTransformer(**card["architecture"])
     weights = DATA_DIR / card["weights"]
+    damaged = ModelUnavailable(
+        f"The demo weights {weights.name} are missing, damaged or not the ones its card describes; "
+        "retrain them with scripts/train_demo.py."
+    )
     try:
+        # the card's hash keys every cached result, so it must be the hash of these bytes
+        if hashlib.sha256(weights.read_bytes()).hexdigest() != card["weights_sha256"]:
+            raise damaged
         state = load_file(str(weights))
-    except Exception as err:  # safetensors raises several types for a damaged file
-        raise ModelUnavailable(
-            f"The demo weights {weights.name} are missing or damaged; retrain them with scripts/train_demo.py."
-        ) from err
+    except ModelUnavailable:
+        raise
+    except Exception as err:  # OSError, or safetensors' own errors for a damaged file
+        raise damaged from err
     _load_weights(model, state, "the demo architecture")
     model.pretrained_cfg = {
         "input_size": tuple(card["input_size"]),
@@ -245,7 +252,9 @@ def _create_supported(name: str, num_classes: int | None = None) -> nn.Module:
     try:
         model = timm.create_model(name, pretrained=False, **kwargs)
     except Exception as err:  # timm raises assorted errors for models that cannot be built
-        raise ModelUnavailable(f"timm could not build '{name}': {err}.") from err
+        raise ModelUnavailable(
+            f"timm could not build '{name}' ({type(err).__name__}); check the name and its pretrained tag."
+        ) from err
     _check_supported(model, name)
     return model
 
@@ -288,10 +297,14 @@ def _make_handle(
     if class_names is None:
         class_names = imagenet_class_names() if num_classes == 1000 else [f"class {i}" for i in range(num_classes)]
     if len(class_names) != num_classes:
-        raise ModelUnavailable(
-            f"{len(class_names)} class names were given for a model with {num_classes} outputs."
-        )
+        raise ValueError(f"{len(class_names)} class names were given for a model with {num_classes} outputs.")
     data_config = resolve_data_config(model=model)
+    # a model built without a pretrained config would get timm's 224x224 RGB default:
+    # the input size the patch embedding was built for is the one that fits
+    data_config["input_size"] = (
+        int(model.patch_embed.proj.in_channels),
+        *(int(side) for side in model.patch_embed.img_size),
+    )
     transform = create_transform(**data_config, is_training=False)
     first = model.blocks[0].attn
     return ViTHandle(
@@ -341,7 +354,8 @@ def _pretrained_weights_path(name: str) -> str:
         return hf_hub_download(**request, local_files_only=True)
     except Exception:  # not cached: fall through to the network unless offline
         pass
-    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
+    # the environment is read here too: huggingface_hub reads it once, at import
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}:
         raise ModelUnavailable(
             f"The weights of '{name}' are not in the local Hugging Face cache and the hub is offline; "
             "download them once while online, or upload a checkpoint."
@@ -357,27 +371,33 @@ def _pretrained_weights_path(name: str) -> str:
 
 def _read_checkpoint(source: str | Path | bytes) -> dict[str, torch.Tensor]:
     """Read a state dict safely, choosing the reader by content, never by file name."""
-    if isinstance(source, (str, Path)):
-        try:
-            data = Path(source).read_bytes()
-        except OSError as err:
-            raise CheckpointRejected(f"The checkpoint file {Path(source).name} cannot be read.") from err
-    else:
-        data = bytes(source)
-    if not data:
-        raise CheckpointRejected("The checkpoint file is empty.")
-    if _looks_like_safetensors(data):
-        from safetensors.torch import load as load_safetensors
+    from safetensors.torch import load as load_safetensors
+    from safetensors.torch import load_file
 
+    path = Path(source) if isinstance(source, (str, Path)) else None
+    try:
+        if path is not None:
+            with path.open("rb") as f:
+                head = f.read(16)
+            is_safetensors = _looks_like_safetensors(head, path.stat().st_size)
+        else:
+            data = bytes(source)  # type: ignore[arg-type]
+            head = data[:16]
+            is_safetensors = _looks_like_safetensors(head, len(data))
+    except OSError as err:
+        raise CheckpointRejected(f"The checkpoint file {path.name if path else ''} cannot be read.") from err
+    if not head:
+        raise CheckpointRejected("The checkpoint file is empty.")
+    if is_safetensors:
         try:
-            state: Any = load_safetensors(data)
+            state: Any = load_file(str(path)) if path is not None else load_safetensors(data)
         except Exception as err:  # safetensors raises its own error types for damaged files
             raise CheckpointRejected("The safetensors checkpoint is damaged or truncated.") from err
     else:
         try:
-            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            state = torch.load(path if path is not None else io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as err:  # UnpicklingError for unsafe pickles, RuntimeError/EOFError for damage
-            kind = "a PyTorch zip archive" if data.startswith(_ZIP_MAGIC) else "a safetensors or PyTorch file"
+            kind = "a PyTorch zip archive" if head.startswith(_ZIP_MAGIC) else "a safetensors or PyTorch file"
             raise CheckpointRejected(
                 f"The checkpoint could not be loaded safely: it is not {kind} holding only tensors "
                 "(damaged, truncated, or containing code that HeadScope refuses to run)."
@@ -385,12 +405,12 @@ def _read_checkpoint(source: str | Path | bytes) -> dict[str, torch.Tensor]:
     return _unwrap_state_dict(state)
 
 
-def _looks_like_safetensors(data: bytes) -> bool:
+def _looks_like_safetensors(head: bytes, size: int) -> bool:
     """safetensors = 8-byte little-endian header length, then a JSON object."""
-    if len(data) < 10:
+    if len(head) < 10:
         return False
-    header_len = int.from_bytes(data[:8], "little")
-    return 2 <= header_len <= min(_SAFETENSORS_MAX_HEADER, len(data) - 8) and data[8:9] == b"{"
+    header_len = int.from_bytes(head[:8], "little")
+    return 2 <= header_len <= min(_SAFETENSORS_MAX_HEADER, size - 8) and head[8:9] == b"{"
 
 
 def _unwrap_state_dict(state: Any) -> dict[str, torch.Tensor]:

@@ -53,7 +53,10 @@ def _umap(features: np.ndarray, seed: int) -> np.ndarray:
     reducer = umap.UMAP(
         n_neighbors=n_neighbors,
         n_components=2,
-        min_dist=0.1,
+        # well-separated classes collapse into dots at UMAP's defaults; a wider spread keeps
+        # the images inside each cluster apart so single images can be seen and clicked
+        min_dist=1.0,
+        spread=3.0,
         random_state=seed,
         init="spectral" if len(features) > n_neighbors + 2 else "random",
         n_jobs=1,
@@ -85,6 +88,11 @@ def start_umap_warmup() -> None:
 def umap_ready() -> bool:
     """True once the warm-up finished without error (UMAP then runs without compiling)."""
     return _warm_done.is_set() and not _warm_error
+
+
+def umap_failed() -> bool:
+    """True when the warm-up raised: UMAP is unusable in this process and PCA is final."""
+    return _warm_done.is_set() and bool(_warm_error)
 
 
 def wait_for_umap(timeout: float | None = None) -> bool:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 import zipfile
 from pathlib import Path
 
 import pytest
 import timm
+import torch
 from PIL import Image
 from safetensors.torch import save
 from streamlit.testing.v1 import AppTest
@@ -120,3 +123,51 @@ def test_checkpoint_upload_switches_model(app: AppTest) -> None:
     assert app.caption[0].value.startswith("**test_vit (checkpoint")
     assert "scikit-image" in app.caption[0].value or "photos" in app.caption[0].value.lower()
     assert len(app.dataframe[0].value) == 5
+
+
+class _Payload:
+    def __init__(self, sentinel: Path) -> None:
+        self.sentinel = sentinel
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.sentinel}",))
+
+
+def test_malicious_checkpoint_upload_is_refused_and_demo_stays(app: AppTest, tmp_path: Path) -> None:
+    sentinel = tmp_path / "pwned"
+    buffer = io.BytesIO()
+    torch.save({"head.weight": _Payload(sentinel)}, buffer)
+    app.radio(key="model_source").set_value("timm model").run()
+    app.text_input(key="timm_name").set_value("test_vit").run()
+    app.sidebar.get("file_uploader")[0].set_value(("weights.safetensors", buffer.getvalue(), "application/octet-stream"))
+    app.run()
+    app.button(key="load_model").click().run()
+    assert not app.exception
+    assert "could not be loaded safely" in app.error[0].value
+    assert app.caption[0].value.startswith("**demo**")
+    assert not sentinel.exists()
+
+
+def test_focus_box_follows_the_focus_when_the_set_changes(app: AppTest) -> None:
+    images, _ = digit_images(digits_split(0, 0.2).test[100:102])
+    app.radio(key="image_source").set_value("Upload images").run()
+    app.sidebar.get("file_uploader")[0].set_value([(f"u{i}.png", _png(im), "image/png") for i, im in enumerate(images)])
+    app.run()
+    focus_id = app.session_state["focus"].image_id
+    assert focus_id == hashlib.sha256(_png(images[0])).hexdigest()[:16]
+    assert app.text_input(key="focus_id_input").value == focus_id
+
+
+@pytest.mark.parametrize(
+    "ready, failed, expected",
+    [(False, False, "Quick PCA layout"), (True, False, "UMAP of the final CLS features"), (False, True, "PCA layout of the final CLS features (UMAP is unavailable")],
+)
+def test_overview_layout_follows_umap_state(monkeypatch, ready: bool, failed: bool, expected: str) -> None:
+    from ui import session
+
+    monkeypatch.setattr(session, "umap_ready", lambda: ready)
+    monkeypatch.setattr(session, "umap_failed", lambda: failed)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception
+    assert any(c.value.startswith(expected) for c in at.caption)

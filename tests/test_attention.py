@@ -24,6 +24,7 @@ def reference_attention(model, x: torch.Tensor) -> torch.Tensor:
             qkv = F.linear(y, attn.qkv.weight, attn.qkv.bias)
             b, n, _ = qkv.shape
             q, k, _v = qkv.reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+            q, k = attn.q_norm(q), attn.k_norm(k)
             scores = torch.einsum("bhqd,bhkd->bhqk", q, k) / attn.head_dim**0.5
             patterns.append(scores.softmax(-1))
             tokens = block(tokens)
@@ -44,6 +45,15 @@ def test_attention_equals_independent_softmax_qk(fused: bool) -> None:
     torch.testing.assert_close(batch.attn.sum(-1), torch.ones(3, handle.num_layers, handle.num_heads, handle.num_tokens))
     with torch.no_grad():
         torch.testing.assert_close(batch.logits, model(x), atol=1e-5, rtol=0)
+
+
+def test_attention_with_qk_norm_is_read_after_the_norm() -> None:
+    model = tiny_vit(qk_norm=True)
+    for block in model.blocks:  # non-trivial norm weights, so reading q before q_norm would differ
+        torch.nn.init.normal_(block.attn.q_norm.weight, 1.0, 0.5)
+    handle = wrap_model(model, device="cpu")
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(extract_attention(handle, x).attn, reference_attention(model, x), atol=1e-5, rtol=0)
 
 
 def test_capture_leaves_model_exactly_as_it_was(tiny_handle) -> None:
@@ -82,12 +92,16 @@ def test_batching_does_not_change_results(register_handle) -> None:
 
 
 def test_concurrent_captures_match_serial(tiny_handle) -> None:
+    """Four threads start together on one shared model; hooks must never see another thread's batch."""
     inputs = [torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(4)]
-    serial = [extract_attention(tiny_handle, x).attn for x in inputs]
+    serial = [extract_attention(tiny_handle, x, batch_size=1).attn for x in inputs]
     results: dict[int, torch.Tensor] = {}
+    start = threading.Barrier(4)
 
     def run(i: int) -> None:
-        results[i] = extract_attention(tiny_handle, inputs[i]).attn
+        start.wait()
+        for _ in range(5):
+            results[i] = extract_attention(tiny_handle, inputs[i], batch_size=1).attn
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
     for t in threads:
@@ -96,3 +110,4 @@ def test_concurrent_captures_match_serial(tiny_handle) -> None:
         t.join()
     for i in range(4):
         torch.testing.assert_close(results[i], serial[i], atol=0, rtol=0)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in tiny_handle.model.modules())

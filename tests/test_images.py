@@ -89,7 +89,7 @@ def test_default_limits_are_the_documented_ones() -> None:
         max_total_bytes=200 * 2**20,
         max_file_bytes=50 * 2**20,
         max_pixels=40_000_000,
-        max_side=1024,
+        max_side=512,
         min_side=8,
         max_aspect=12.0,
     )
@@ -294,7 +294,7 @@ def test_large_png_is_downscaled_to_max_side() -> None:
 
 def test_default_max_side_bounds_a_real_photo() -> None:
     item = decode_image(encode(solid((1, 2, 3), (2048, 1536)), "JPEG"), "photo.jpg")
-    assert item.image.size == (1024, 768)
+    assert item.image.size == (512, 384)
 
 
 @pytest.mark.parametrize("size", [(4, 4), (100, 7)])
@@ -784,3 +784,32 @@ def test_sample_photos_load_offline_as_rgb() -> None:
         assert max(item.image.size) <= DEFAULT_LIMITS.max_side
     assert image_set.images[0].name == "astronaut"
     assert image_set.images[6].image.size == (512, 512)  # camera: greyscale made RGB
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+def test_zip_entries_with_unbounded_decompressors_are_never_decompressed(method: int, monkeypatch) -> None:
+    # ~100 MB of zeros compresses to a few hundred bytes with bzip2/LZMA, and zipfile
+    # would inflate it all at once whatever byte cap is asked for.
+    bomb = make_zip({"3/bomb.png": bytes(100 * 2**20)}, method)
+    assert len(bomb) < 100_000
+    good = png(size=(16, 16))
+    archive = io.BytesIO(bomb)
+    with zipfile.ZipFile(archive, "a") as z:
+        z.writestr("3/ok.png", good)
+    opened: list[str] = []
+    real_open = zipfile.ZipFile.open
+    monkeypatch.setattr(zipfile.ZipFile, "open", lambda self, info, *a, **k: opened.append(getattr(info, "filename", info)) or real_open(self, info, *a, **k))
+    image_set, notes = image_set_from_zip(archive.getvalue(), [str(d) for d in range(10)])
+    assert len(image_set) == 1 and image_set.images[0].label == 3
+    assert "3/bomb.png" not in opened
+    assert any("bomb.png" in n and "compression method" in n for n in notes)
+
+
+def test_huge_16bit_image_is_reduced_before_conversion() -> None:
+    pixels = (np.arange(2400 * 1600, dtype=np.uint32) % 65536).astype(np.uint16).reshape(1600, 2400)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    item = decode_image(buffer.getvalue(), "scan.png")
+    assert max(item.image.size) == DEFAULT_LIMITS.max_side
+    assert item.image.mode == "RGB"
+    assert np.asarray(item.image).std() > 10  # range-mapped, not clipped to white

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import pickle
+import socket
 from pathlib import Path
 
 import huggingface_hub
@@ -16,6 +17,7 @@ from PIL import Image
 from safetensors.torch import save, save_file
 from timm.models.deit import VisionTransformerDistilled
 
+import core.model
 from core.errors import CheckpointRejected, ModelUnavailable, UnsupportedModel
 from core.model import DATA_DIR, load_model, wrap_model
 from tests.conftest import tiny_vit
@@ -155,16 +157,31 @@ def test_pretrained_weights_from_the_local_hub_cache_when_offline(tmp_path: Path
         load_model("test_vit2")
 
 
-def test_demo_model_loads_offline_and_matches_its_card(demo_handle, monkeypatch) -> None:
+def test_demo_model_loads_with_no_network_and_matches_its_card(demo_handle, monkeypatch) -> None:
     card = json.loads((DATA_DIR / "demo_vit.json").read_text())
     assert demo_handle.grid == (8, 8) and demo_handle.num_prefix_tokens == 1
     assert demo_handle.num_layers == card["architecture"]["depth"] == 6
     assert demo_handle.num_heads == card["architecture"]["num_heads"] == 6
     assert demo_handle.class_names == [str(d) for d in range(10)]
-    assert card["test_accuracy"] >= 0.97
     assert demo_handle.key.startswith("demo-")
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: pytest.fail("demo must not touch the hub"))
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the demo model must load without any network access")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
     assert load_model("demo").key == demo_handle.key
+
+
+def test_demo_weights_that_do_not_match_the_card_are_refused(tmp_path: Path, monkeypatch) -> None:
+    card = json.loads((DATA_DIR / "demo_vit.json").read_text())
+    weights = bytearray((DATA_DIR / card["weights"]).read_bytes())
+    weights[-1] ^= 0xFF  # one flipped bit in the last tensor
+    (tmp_path / card["weights"]).write_bytes(bytes(weights))
+    (tmp_path / "demo_vit.json").write_text(json.dumps(card))
+    monkeypatch.setattr(core.model, "DATA_DIR", tmp_path)
+    monkeypatch.setattr(core.model, "DEMO_CARD", tmp_path / "demo_vit.json")
+    with pytest.raises(ModelUnavailable, match="not the ones its card describes"):
+        load_model("demo")
 
 
 def test_demo_model_reaches_its_accuracy_through_the_app_pipeline(demo_handle) -> None:

@@ -12,19 +12,27 @@ def overview_chart(points: pd.DataFrame, focus_id: str | None) -> alt.LayerChart
     """View A: one dot per image at its 2-D layout position, coloured by class.
 
     ``points`` columns: x, y, id, name, class (label when known, else prediction),
-    predicted, probability (of the predicted class). Dot opacity and size grow with
-    the predicted probability, so uncertain images stand out as faint small dots.
+    predicted, probability (of the predicted class), wrong (prediction differs from a
+    known label). Dot opacity and size grow with the predicted probability, so
+    uncertain images stand out as faint small dots; wrong predictions get a dark ring.
+    Scroll to zoom and drag to pan; a click picks the image.
     """
     pick = alt.selection_point(name=OVERVIEW_SELECTION, fields=["id"], on="click", clear="dblclick")
-    base = alt.Chart(points)
+    zoom = alt.selection_interval(bind="scales")
+    largest = 140 if len(points) <= 100 else 70
     dots = (
-        base.mark_circle(stroke="white", strokeWidth=0.5)
+        alt.Chart(points)
+        .mark_circle()
         .encode(
             x=alt.X("x:Q", axis=None),
             y=alt.Y("y:Q", axis=None),
             color=alt.Color("class:N", title="class", legend=alt.Legend(columns=2, symbolLimit=40)),
-            size=alt.Size("probability:Q", title="probability", scale=alt.Scale(domain=[0, 1], range=[20, 140])),
+            size=alt.Size(
+                "probability:Q", title="probability", scale=alt.Scale(domain=[0, 1], range=[largest // 6, largest])
+            ),
             opacity=alt.Opacity("probability:Q", legend=None, scale=alt.Scale(domain=[0, 1], range=[0.35, 1.0])),
+            stroke=alt.condition("datum.wrong", alt.value("#222222"), alt.value("white")),
+            strokeWidth=alt.condition("datum.wrong", alt.value(1.5), alt.value(0.5)),
             tooltip=[
                 alt.Tooltip("id:N"),
                 alt.Tooltip("name:N"),
@@ -33,7 +41,7 @@ def overview_chart(points: pd.DataFrame, focus_id: str | None) -> alt.LayerChart
                 alt.Tooltip("probability:Q", format=".3f"),
             ],
         )
-        .add_params(pick)
+        .add_params(pick, zoom)
     )
     ring = (
         alt.Chart(points[points["id"] == focus_id])

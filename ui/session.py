@@ -19,7 +19,7 @@ from core.errors import HeadScopeError
 from core.images import ImageSet, demo_digits_set, image_set_from_files, image_set_from_zip, sample_photos_set
 from core.inference import Predictions, predict_images
 from core.model import DEMO_NAME, ViTHandle, imagenet_synsets, load_model
-from core.projection import layout_2d, start_umap_warmup, umap_ready
+from core.projection import layout_2d, start_umap_warmup, umap_failed, umap_ready
 
 MODEL_KEY = "model_spec"
 SOURCE_KEY = "image_source"
@@ -58,11 +58,14 @@ def _cached_model(name: str, checkpoint_digest: str | None, _checkpoint: bytes |
     return load_model(name, checkpoint=_checkpoint)
 
 
-@st.cache_resource(show_spinner=False)
-def warm_up_umap() -> bool:
-    """Start UMAP's one-off compilation in the background, once per server process."""
+def warm_up_umap() -> None:
+    """Start UMAP's one-off compilation in the background (once per server process)."""
     start_umap_warmup()
-    return True
+
+
+def umap_pending() -> bool:
+    """UMAP is still compiling: the overview shows PCA for now and refreshes when it is done."""
+    return not umap_ready() and not umap_failed()
 
 
 def current_spec() -> ModelSpec:
@@ -70,10 +73,22 @@ def current_spec() -> ModelSpec:
 
 
 def current_model() -> ViTHandle:
-    """The active model; the demo model when nothing else was loaded."""
+    """The active model; the demo model when nothing else was loaded.
+
+    The cache may have evicted the active model; if reloading it fails now (say the
+    machine went offline), the session falls back to the demo model and says why.
+    """
     spec = current_spec()
     checkpoints: dict[str, bytes] = st.session_state.get("checkpoints", {})
-    return _cached_model(spec.name, spec.checkpoint_digest, checkpoints.get(spec.checkpoint_digest or ""))
+    try:
+        return _cached_model(spec.name, spec.checkpoint_digest, checkpoints.get(spec.checkpoint_digest or ""))
+    except HeadScopeError as err:
+        if spec == ModelSpec():
+            raise
+        st.error(f"{err} Switched back to the demo model.")
+        st.session_state[MODEL_KEY] = ModelSpec()
+        st.session_state.pop("checkpoints", None)
+        return _cached_model(DEMO_NAME, None, None)
 
 
 def switch_model(name: str, checkpoint: bytes | None) -> str | None:
@@ -171,6 +186,7 @@ def overview_points(handle: ViTHandle, image_set: ImageSet, preds: Predictions) 
                 "label": names[image.label] if image.label is not None else "",
                 "predicted": names[int(predicted[i])],
                 "probability": float(probs[i, predicted[i]]),
+                "wrong": image.label is not None and image.label != int(predicted[i]),
             }
         )
     return pd.DataFrame(rows), method
@@ -194,8 +210,9 @@ def set_focus_head(layer: int, head: int) -> None:
 def focus_image_id(image_set: ImageSet) -> str:
     """The focus image if it belongs to ``image_set``, else the set's first image (made the focus)."""
     current = focus().image_id
-    ids = {image.id for image in image_set.images}
-    if current not in ids:
+    try:
+        image_set.by_id(current or "")
+    except KeyError:
         current = image_set.images[0].id
         set_focus_image(current)
     return current
