@@ -32,7 +32,7 @@ class AttentionBatch:
 def iter_attention(handle: ViTHandle, x: torch.Tensor, *, batch_size: int = DEFAULT_BATCH) -> Iterator[AttentionBatch]:
     """Yield ``AttentionBatch`` chunks of ``x`` (``[N, C, H, W]``), so callers can stream statistics."""
     for start in range(0, len(x), batch_size):
-        yield _attention_of_batch(handle, x[start:start + batch_size])
+        yield _as_batch(*_attention_of_batch(handle, x[start:start + batch_size]))
 
 
 def extract_attention(handle: ViTHandle, x: torch.Tensor, *, batch_size: int = DEFAULT_BATCH) -> AttentionBatch:
@@ -40,20 +40,24 @@ def extract_attention(handle: ViTHandle, x: torch.Tensor, *, batch_size: int = D
 
     Holds ``N * L * H * T * T`` floats: for set-level statistics use ``iter_attention``.
     """
-    parts = list(iter_attention(handle, x, batch_size=batch_size))
+    parts = [_attention_of_batch(handle, x[start:start + batch_size]) for start in range(0, len(x), batch_size)]
     if not parts:
         raise ValueError("extract_attention needs at least one image")
-    return AttentionBatch(
-        attn=torch.cat([p.attn for p in parts]),
-        logits=torch.cat([p.logits for p in parts]),
-        features=torch.cat([p.features for p in parts]),
-    )
+    if len(parts) == 1:
+        return _as_batch(*parts[0])
+    # joined in the layer-major layout: contiguous slabs, no strided copy
+    return _as_batch(*(torch.cat(column, dim=axis) for column, axis in zip(zip(*parts), (1, 0, 0))))
 
 
-def _attention_of_batch(handle: ViTHandle, x: torch.Tensor) -> AttentionBatch:
+def _as_batch(patterns: torch.Tensor, logits: torch.Tensor, features: torch.Tensor) -> AttentionBatch:
+    return AttentionBatch(attn=patterns.permute(1, 0, 2, 3, 4), logits=logits, features=features)
+
+
+def _attention_of_batch(handle: ViTHandle, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Layer-major attention ``[L, B, H, T, T]``, logits and features of one batch, on the CPU."""
     model = handle.model
     t = handle.num_tokens
-    # [L, B, H, T, T]: one contiguous slab per layer, returned as a [B, L, H, T, T] view
+    # one contiguous slab per layer, written in place by the hooks
     patterns = torch.empty(handle.num_layers, len(x), handle.num_heads, t, t, device=handle.device)
     store: dict[str, torch.Tensor] = {}
     logits = locked_forward(
@@ -62,8 +66,4 @@ def _attention_of_batch(handle: ViTHandle, x: torch.Tensor) -> AttentionBatch:
         lambda hooks: capture_patterns(hooks, model, patterns),
         lambda hooks: capture_head_input(hooks, model, store),
     )
-    return AttentionBatch(
-        attn=patterns.cpu().permute(1, 0, 2, 3, 4),
-        logits=logits.float().cpu(),
-        features=store["features"].float().cpu(),
-    )
+    return patterns.cpu(), logits.float().cpu(), store["features"].float().cpu()

@@ -16,11 +16,13 @@ import hashlib
 import io
 import json
 import os
+import socket
 import threading
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
+from urllib.parse import urlparse
 
 import torch
 from PIL import Image
@@ -360,13 +362,25 @@ def _pretrained_weights_path(name: str) -> str:
             f"The weights of '{name}' are not in the local Hugging Face cache and the hub is offline; "
             "download them once while online, or upload a checkpoint."
         )
+    unreachable = ModelUnavailable(
+        f"The weights of '{name}' are not cached locally and the Hugging Face hub cannot be reached; "
+        "connect to the internet once, or upload a checkpoint."
+    )
+    if not _hub_resolves(constants.ENDPOINT):
+        raise unreachable  # at once: the hub client would retry for half a minute first
     try:
         return hf_hub_download(**request, etag_timeout=10)
     except Exception as err:  # any network or hub failure means the same thing to the user
-        raise ModelUnavailable(
-            f"The weights of '{name}' could not be downloaded from the Hugging Face hub and are not cached locally; "
-            "connect to the internet once, or upload a checkpoint."
-        ) from err
+        raise unreachable from err
+
+
+def _hub_resolves(endpoint: str) -> bool:
+    """Whether the hub's host name resolves: a cheap offline check before any download."""
+    host = urlparse(endpoint).hostname
+    try:
+        return bool(host) and bool(socket.getaddrinfo(host, 443))
+    except OSError:
+        return False
 
 
 def _read_checkpoint(source: str | Path | bytes) -> dict[str, torch.Tensor]:

@@ -194,3 +194,35 @@ def test_demo_model_reaches_its_accuracy_through_the_app_pipeline(demo_handle) -
     accuracy = float((preds.predicted == torch.tensor(image_set.labels).numpy()).mean())
     assert accuracy >= 0.97
     assert abs(accuracy - card["test_accuracy"]) <= 1 / len(image_set)
+
+
+def test_unreachable_hub_fails_fast_without_download_attempts(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror("Name or service not known")
+
+    def download(*args, local_files_only: bool = False, **kwargs):
+        if local_files_only:
+            raise huggingface_hub.errors.LocalEntryNotFoundError("not cached")
+        pytest.fail("no download may be attempted when the hub's name does not resolve")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    with pytest.raises(ModelUnavailable, match="cannot be reached"):
+        load_model("test_vit")
+
+
+def test_device_preference_is_cuda_then_mps_then_cpu(monkeypatch) -> None:
+    from core.model import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device().type == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert pick_device().type == "mps"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert pick_device().type == "cpu"
+    assert pick_device("cpu").type == "cpu"

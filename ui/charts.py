@@ -26,11 +26,19 @@ def overview_chart(points: pd.DataFrame, focus_id: str | None) -> alt.LayerChart
         .encode(
             x=alt.X("x:Q", axis=None),
             y=alt.Y("y:Q", axis=None),
-            color=alt.Color("class:N", title="class", legend=alt.Legend(columns=2, symbolLimit=40)),
-            size=alt.Size(
-                "probability:Q", title="probability", scale=alt.Scale(domain=[0, 1], range=[largest // 6, largest])
+            # below the plot: long ImageNet class names beside it would squeeze the plot away
+            color=alt.Color(
+                "class:N",
+                title="class",
+                legend=alt.Legend(orient="bottom", columns=4, symbolLimit=40, labelLimit=180),
             ),
-            opacity=alt.Opacity("probability:Q", legend=None, scale=alt.Scale(domain=[0, 1], range=[0.35, 1.0])),
+            size=alt.Size(
+                "probability:Q",
+                title="probability",
+                scale=alt.Scale(domain=[0, 1], range=[largest // 3, largest]),
+                legend=alt.Legend(orient="bottom"),
+            ),
+            opacity=alt.Opacity("probability:Q", legend=None, scale=alt.Scale(domain=[0, 1], range=[0.5, 1.0])),
             stroke=alt.condition("datum.wrong", alt.value("#222222"), alt.value("white")),
             strokeWidth=alt.condition("datum.wrong", alt.value(1.5), alt.value(0.5)),
             tooltip=[
@@ -48,7 +56,7 @@ def overview_chart(points: pd.DataFrame, focus_id: str | None) -> alt.LayerChart
         .mark_point(shape="circle", size=320, strokeWidth=2.5, color="#d62728", filled=False)
         .encode(x="x:Q", y="y:Q")
     )
-    return alt.layer(dots, ring).properties(height=460)
+    return alt.layer(dots, ring).properties(height=420)
 
 
 def top5_chart(top: pd.DataFrame) -> alt.Chart:
