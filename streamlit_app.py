@@ -29,7 +29,7 @@ def _model_controls() -> None:
             placeholder="vit_base_patch16_224",
         )
         checkpoint = st.sidebar.file_uploader(
-            "Checkpoint for that architecture (optional)", type=["safetensors", "pth", "pt", "bin"], key="checkpoint_upload"
+            "Checkpoint for that architecture (optional)", type=["safetensors", "pth", "pt", "bin", "ckpt"], key="checkpoint_upload"
         )
         if st.sidebar.button("Load model", key="load_model", disabled=not name.strip()):
             error = session.switch_model(name, checkpoint.getvalue() if checkpoint is not None else None)
