@@ -63,8 +63,8 @@ def _image_controls() -> None:
         return
     image_set, notes, error = session.upload_images([(f.name, f.getvalue()) for f in files], handle, as_zip)
     if error:
-        st.sidebar.error(error)
-        st.session_state.pop(session.UPLOADED_KEY, None)
+        kept = st.session_state.get(session.UPLOADED_KEY)
+        st.sidebar.error(error + (f" Still showing {kept[1].title}." if kept else " Showing the sample images."))
     for note in notes:
         st.sidebar.warning(note)
     if image_set is not None:

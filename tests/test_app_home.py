@@ -171,3 +171,18 @@ def test_overview_layout_follows_umap_state(monkeypatch, ready: bool, failed: bo
     at.run()
     assert not at.exception
     assert any(c.value.startswith(expected) for c in at.caption)
+
+
+def test_a_bad_upload_keeps_the_previous_images(app: AppTest) -> None:
+    images, _ = digit_images(digits_split(0, 0.2).test[:2])
+    app.radio(key="image_source").set_value("Upload images").run()
+    uploader = app.sidebar.get("file_uploader")[0]
+    uploader.set_value([(f"d{i}.png", _png(im), "image/png") for i, im in enumerate(images)])
+    app.run()
+    assert "Uploaded images (2 images)" in app.caption[0].value
+    app.sidebar.get("file_uploader")[0].set_value([("empty.png", b"", "image/png")])
+    app.run()
+    assert not app.exception
+    assert "empty.png is empty" in app.error[0].value
+    assert "Still showing Uploaded images (2 images)" in app.error[0].value
+    assert "Uploaded images (2 images)" in app.caption[0].value
