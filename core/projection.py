@@ -95,6 +95,12 @@ def umap_failed() -> bool:
     return _warm_done.is_set() and bool(_warm_error)
 
 
+def join_umap_warmup(timeout: float | None = None) -> None:
+    """Wait for a warm-up that was started (no-op otherwise), e.g. before the process exits."""
+    if _warm_thread is not None:
+        _warm_thread.join(timeout)
+
+
 def wait_for_umap(timeout: float | None = None) -> bool:
     """Block until the warm-up ends (for scripts and tests); True if UMAP is usable."""
     start_umap_warmup()

@@ -17,6 +17,15 @@ def tiny_vit(**overrides) -> VisionTransformer:
     return VisionTransformer(**args)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _umap_warmup_ends_before_exit():
+    """App tests start UMAP's background compilation; let it finish before the interpreter exits."""
+    yield
+    from core.projection import join_umap_warmup
+
+    join_umap_warmup(timeout=300)
+
+
 @pytest.fixture
 def tiny_handle() -> ViTHandle:
     return wrap_model(tiny_vit(), class_names=[f"c{i}" for i in range(5)], device="cpu")
