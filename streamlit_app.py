@@ -7,6 +7,7 @@ import streamlit as st
 from core.images import DEFAULT_LIMITS
 from core.inference import top_k
 from core.model import DEMO_NAME
+from core.projection import start_umap_warmup
 from ui import session
 from ui.charts import OVERVIEW_SELECTION, overview_chart, top5_chart
 from ui.display import enlarge_for_display
@@ -146,7 +147,7 @@ def main() -> None:
         st.altair_chart(top5_chart(top), width="stretch")
         st.dataframe(top[["rank", "class", "probability"]], hide_index=True, width="stretch")
     # UMAP compiles for ~40 s in a new process: start it once the first page is on screen
-    session.warm_up_umap()
+    start_umap_warmup()  # once per process; returns at once
 
 
 @st.fragment(run_every=3)

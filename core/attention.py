@@ -31,8 +31,8 @@ class AttentionBatch:
 
 def iter_attention(handle: ViTHandle, x: torch.Tensor, *, batch_size: int = DEFAULT_BATCH) -> Iterator[AttentionBatch]:
     """Yield ``AttentionBatch`` chunks of ``x`` (``[N, C, H, W]``), so callers can stream statistics."""
-    for start in range(0, len(x), batch_size):
-        yield _as_batch(*_attention_of_batch(handle, x[start:start + batch_size]))
+    for part in _layer_major_batches(handle, x, batch_size):
+        yield _as_batch(*part)
 
 
 def extract_attention(handle: ViTHandle, x: torch.Tensor, *, batch_size: int = DEFAULT_BATCH) -> AttentionBatch:
@@ -40,13 +40,21 @@ def extract_attention(handle: ViTHandle, x: torch.Tensor, *, batch_size: int = D
 
     Holds ``N * L * H * T * T`` floats: for set-level statistics use ``iter_attention``.
     """
-    parts = [_attention_of_batch(handle, x[start:start + batch_size]) for start in range(0, len(x), batch_size)]
+    parts = list(_layer_major_batches(handle, x, batch_size))
     if not parts:
         raise ValueError("extract_attention needs at least one image")
     if len(parts) == 1:
         return _as_batch(*parts[0])
+    patterns, logits, features = zip(*parts)
     # joined in the layer-major layout: contiguous slabs, no strided copy
-    return _as_batch(*(torch.cat(column, dim=axis) for column, axis in zip(zip(*parts), (1, 0, 0))))
+    return _as_batch(torch.cat(patterns, dim=1), torch.cat(logits), torch.cat(features))
+
+
+def _layer_major_batches(
+    handle: ViTHandle, x: torch.Tensor, batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    for start in range(0, len(x), batch_size):
+        yield _attention_of_batch(handle, x[start:start + batch_size])
 
 
 def _as_batch(patterns: torch.Tensor, logits: torch.Tensor, features: torch.Tensor) -> AttentionBatch:

@@ -19,7 +19,7 @@ from core.errors import HeadScopeError
 from core.images import ImageSet, demo_digits_set, image_set_from_files, image_set_from_zip, sample_photos_set
 from core.inference import Predictions, predict_images
 from core.model import DEMO_NAME, ViTHandle, imagenet_synsets, load_model
-from core.projection import layout_2d, start_umap_warmup, umap_failed, umap_ready
+from core.projection import layout_2d, umap_failed, umap_ready
 
 MODEL_KEY = "model_spec"
 SOURCE_KEY = "image_source"
@@ -56,11 +56,6 @@ class FocusSelection:
 @st.cache_resource(max_entries=3, show_spinner="Loading the model…")
 def _cached_model(name: str, checkpoint_digest: str | None, _checkpoint: bytes | None) -> ViTHandle:
     return load_model(name, checkpoint=_checkpoint)
-
-
-def warm_up_umap() -> None:
-    """Start UMAP's one-off compilation in the background (once per server process)."""
-    start_umap_warmup()
 
 
 def umap_pending() -> bool:
