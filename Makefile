@@ -5,12 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench train-demo
+.PHONY: run test bench train-demo chromium
 
 run: $(STAMP)
 	$(BIN)/python -m streamlit run streamlit_app.py
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
@@ -18,6 +18,10 @@ bench: $(STAMP)
 
 train-demo: $(STAMP)
 	$(BIN)/python scripts/train_demo.py
+
+# the browser tests drive Debian's chromium; install it once when it is missing (needs root)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -43,7 +43,10 @@ def _model_controls() -> None:
 def _image_controls() -> None:
     handle = session.current_model()
     st.sidebar.header("Images")
+    if session.SOURCE_KEY not in st.session_state:  # back from another page: restore the choice
+        st.session_state[session.SOURCE_KEY] = st.session_state.get(session.SOURCE_CHOICE_KEY, session.SAMPLES)
     source = st.sidebar.radio("Image set", [session.SAMPLES, session.UPLOAD, session.ZIP], key=session.SOURCE_KEY)
+    st.session_state[session.SOURCE_CHOICE_KEY] = source
     if source == session.SAMPLES:
         return
     as_zip = source == session.ZIP
@@ -53,14 +56,24 @@ def _image_controls() -> None:
         accept_multiple_files=not as_zip,
         max_upload_size=DEFAULT_LIMITS.max_total_bytes // 2**20 if as_zip else DEFAULT_LIMITS.max_file_bytes // 2**20,
         key="zip_upload" if as_zip else "image_upload",
+        help=(
+            f"At most {DEFAULT_LIMITS.max_files} images, {DEFAULT_LIMITS.max_file_bytes // 2**20} MB per image and "
+            f"{DEFAULT_LIMITS.max_total_bytes // 2**20} MB in all; the server refuses any single file over "
+            f"{st.get_option('server.maxUploadSize')} MB."
+        ),
     )
     if as_zip:
         files = [uploads] if uploads is not None else []
     else:
         files = list(uploads or [])
     if not files:
-        st.sidebar.info("Upload files to analyse them; until then the sample images are shown.")
-        st.session_state.pop(session.UPLOADED_KEY, None)
+        # the uploader comes back empty after a visit to another page: keep what was uploaded
+        kept = st.session_state.get(session.UPLOADED_KEY)
+        if kept is None:
+            st.sidebar.info("Upload files to analyse them; until then the sample images are shown.")
+        else:
+            st.sidebar.info(f"Showing the {len(kept[1])} images uploaded earlier; upload files to replace them.")
+            st.sidebar.button("Forget the uploaded images", key="forget_upload", on_click=session.forget_upload)
         return
     image_set, notes, error = session.upload_images([(f.name, f.getvalue()) for f in files], handle, as_zip)
     if error:

@@ -20,9 +20,11 @@ from core.images import ImageSet, demo_digits_set, image_set_from_files, image_s
 from core.inference import Predictions, predict_images
 from core.model import DEMO_NAME, ViTHandle, imagenet_synsets, load_model
 from core.projection import layout_2d, umap_failed, umap_ready
+from ui.display import enlarge_for_display
 
 MODEL_KEY = "model_spec"
-SOURCE_KEY = "image_source"
+SOURCE_KEY = "image_source"  # the home page's radio; Streamlit drops it on other pages
+SOURCE_CHOICE_KEY = "image_source_choice"  # the same choice, kept while other pages run
 UPLOADED_KEY = "uploaded_set"
 FOCUS_KEY = "focus"
 
@@ -213,10 +215,84 @@ def focus_image_id(image_set: ImageSet) -> str:
     return current
 
 
+def forget_upload() -> None:
+    st.session_state.pop(UPLOADED_KEY, None)
+
+
 def active_image_set(handle: ViTHandle) -> ImageSet:
     """The set every page analyses: the user's upload when one is chosen and usable, else the samples."""
-    if st.session_state.get(SOURCE_KEY, SAMPLES) != SAMPLES:
+    if st.session_state.get(SOURCE_CHOICE_KEY, SAMPLES) != SAMPLES:
         uploaded = st.session_state.get(UPLOADED_KEY)
         if uploaded is not None:
             return uploaded[1]
     return sample_set(handle)
+
+
+# --- pages -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PageContext:
+    """What every analysis page starts from: the active model, image set and selections."""
+
+    handle: ViTHandle
+    image_set: ImageSet
+    preds: Predictions
+    focus_id: str
+    focus: FocusSelection
+
+
+def page_context() -> PageContext:
+    """Resolve the active model, set and focus, and draw the sidebar every view page shares.
+
+    The sidebar shows what is being analysed, lets the user change the focus image and the
+    focus head from any page, and links back to the home page for the model and images.
+    """
+    handle = current_model()
+    image_set = active_image_set(handle)
+    preds = predictions(handle, image_set)
+    focus_id = focus_image_id(image_set)
+    _clamp_focus_head(handle)
+    _focus_sidebar(handle, image_set, focus_id)
+    return PageContext(handle, image_set, preds, focus().image_id or focus_id, focus())
+
+
+def _clamp_focus_head(handle: ViTHandle) -> None:
+    """A head picked on a larger model may not exist in the current one: fall back to L0H0."""
+    current = focus()
+    if current.layer >= handle.num_layers or current.head >= handle.num_heads:
+        set_focus_head(0, 0)
+
+
+def _focus_sidebar(handle: ViTHandle, image_set: ImageSet, focus_id: str) -> None:
+    sidebar = st.sidebar
+    sidebar.page_link("streamlit_app.py", label="Change the model or the images", icon=":material/home:")
+    sidebar.caption(f"**{handle.name}** · {image_set.title}")
+
+    # keyed widgets ignore their default after the first run: keep them in step with the focus
+    current = focus()
+    for key, value in (("focus_image_pick", focus_id), ("focus_layer", current.layer), ("focus_head", current.head)):
+        if st.session_state.get(key) != value:
+            st.session_state[key] = value
+
+    sidebar.header("Focus")
+    names = {image.id: image.name for image in image_set.images}
+    sidebar.selectbox(
+        "Focus image",
+        list(names),
+        format_func=lambda image_id: f"{names[image_id]} ({image_id[:8]})",
+        key="focus_image_pick",
+        on_change=lambda: set_focus_image(st.session_state["focus_image_pick"]),
+    )
+    image = image_set.by_id(focus_id)
+    sidebar.image(enlarge_for_display(image.image, min_side=120), width=120)
+    left, right = sidebar.columns(2)
+    left.selectbox(
+        "Focus layer", list(range(handle.num_layers)), key="focus_layer",
+        on_change=lambda: set_focus_head(st.session_state["focus_layer"], focus().head),
+    )
+    right.selectbox(
+        "Focus head", list(range(handle.num_heads)), key="focus_head",
+        on_change=lambda: set_focus_head(focus().layer, st.session_state["focus_head"]),
+    )
+    sidebar.caption(f"Focus head **{focus().head_label}**; click a head in a chart to change it.")

@@ -1,0 +1,76 @@
+"""Smoke test of every page, and the selections and images the pages share."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from core.digits import digit_images, digits_split
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "streamlit_app.py")
+PAGES = [f"pages/{p.name}" for p in sorted((ROOT / "pages").glob("[0-9]*_*.py"))]
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def app(monkeypatch) -> AppTest:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def _sidebar_text(at: AppTest) -> str:
+    return "\n".join(str(c.value) for c in at.sidebar.caption)
+
+
+def test_every_view_has_a_page() -> None:
+    assert [Path(p).stem for p in PAGES][:3] == ["1_Head_Importance", "2_Attention_Strength", "3_Attention_Patterns"]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_opens_on_the_demo_samples(app: AppTest, page: str) -> None:
+    app.switch_page(page).run()
+    assert not app.exception, app.exception
+    assert not app.error, [e.value for e in app.error]
+    assert "Held-out digits" in _sidebar_text(app) or "360 images" in _sidebar_text(app)
+    assert app.selectbox(key="focus_layer").options == [str(i) for i in range(6)]
+
+
+def test_upload_focus_and_head_follow_the_user_across_pages(app: AppTest) -> None:
+    images, _ = digit_images(digits_split(0, 0.2).test[20:24])
+    app.radio(key="image_source").set_value("Upload images").run()
+    app.sidebar.get("file_uploader")[0].set_value([(f"u{i}.png", _png(im), "image/png") for i, im in enumerate(images)])
+    app.run()
+    ids = [image.id for image in app.session_state["uploaded_set"][1].images]
+
+    app.switch_page(PAGES[-1]).run()
+    assert not app.exception
+    assert "Uploaded images (4 images)" in _sidebar_text(app)
+    app.selectbox(key="focus_image_pick").set_value(ids[2]).run()
+    app.selectbox(key="focus_layer").set_value(3).run()
+    app.selectbox(key="focus_head").set_value(5).run()
+    focus = app.session_state["focus"]
+    assert (focus.image_id, focus.layer, focus.head) == (ids[2], 3, 5)
+    assert "L3H5" in _sidebar_text(app)
+
+    app.switch_page(PAGES[0]).run()  # another page reads the same selections
+    assert not app.exception
+    assert app.selectbox(key="focus_layer").value == 3 and app.selectbox(key="focus_head").value == 5
+    assert app.selectbox(key="focus_image_pick").value == ids[2]
+
+    app.switch_page("streamlit_app.py").run()  # home keeps the upload and the focus image
+    assert not app.exception
+    assert "Uploaded images (4 images)" in app.caption[0].value
+    assert app.text_input(key="focus_id_input").value == ids[2]

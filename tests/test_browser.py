@@ -1,0 +1,292 @@
+"""Real-browser tier: ``streamlit run`` on a free localhost port, driven by headless Chromium.
+
+Debian's ``chromium`` package is the browser (``make test`` installs it with apt-get when
+it is missing); Playwright's Python package drives it through ``executable_path``, so
+nothing is downloaded. The server runs with a small ``server.maxUploadSize`` so that the
+server's own upload rule can be exercised with a file of a few megabytes; every other
+setting comes from ``.streamlit/config.toml``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.digits import digit_images, digits_split
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = sorted((ROOT / "pages").glob("[0-9]*_*.py"))
+SERVER_UPLOAD_LIMIT_MB = 2
+PAGE_TIMEOUT_MS = 300_000
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    # this machine's network is closed: without these Chromium keeps dialling out
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ERROR_SELECTORS = ('[data-testid="stException"]', '[data-testid="stAlertContentError"]')
+
+
+def _chromium() -> str:
+    path = os.environ.get("HEADSCOPE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.fail("Debian's chromium is not installed: `make test` installs it (apt-get install chromium).")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _url_path(page: Path) -> str:
+    """Streamlit's URL path of a page file: ``1_Head_Importance.py`` -> ``Head_Importance``."""
+    return re.sub(r"^\d+_", "", page.stem)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[str]:
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("server") / "streamlit.log"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"),
+                "--server.port", str(port),
+                "--server.address", "127.0.0.1",
+                "--server.headless", "true",
+                "--server.maxUploadSize", str(SERVER_UPLOAD_LIMIT_MB),
+            ],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_for_health(url, proc)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    server_log = log_path.read_text(errors="replace")
+    assert "Traceback" not in server_log, server_log[-4000:]
+
+
+def _wait_for_health(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"streamlit exited with code {proc.returncode} before serving")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail("streamlit did not answer its health check within two minutes")
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    """Screenshots land in ``$HEADSCOPE_SCREENSHOTS`` when set (to look at them), else a temp dir."""
+    chosen = os.environ.get("HEADSCOPE_SCREENSHOTS")
+    path = Path(chosen) if chosen else tmp_path_factory.mktemp("screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _digit_files(indices: list[int]) -> list[dict]:
+    test = digits_split(0, 0.2).test
+    images, _ = digit_images(np.array([int(test[i]) for i in indices]))
+    return [{"name": f"digit_{i}.png", "mimeType": "image/png", "buffer": _png(im)} for i, im in zip(indices, images)]
+
+
+# --- the synchronous, single-session tests ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=_chromium(), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def _settle(page, timeout_ms: int = PAGE_TIMEOUT_MS) -> None:
+    """Wait until the script run ends: Streamlit's status widget ("Running...") is gone for a while."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    quiet_since = None
+    while time.monotonic() < deadline:
+        if page.query_selector('[data-testid="stStatusWidget"]') is None:
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since > 2.0:
+                return
+        else:
+            quiet_since = None
+        page.wait_for_timeout(250)
+    raise AssertionError("the page was still running after the timeout")
+
+
+def _assert_no_error(page, where: str) -> None:
+    for selector in ERROR_SELECTORS:
+        found = page.query_selector_all(selector)
+        assert not found, f"{where}: {[el.inner_text() for el in found]}"
+    assert "Traceback" not in page.inner_text("body"), f"{where}: a traceback is shown"
+
+
+def _open_page(page, base: str, page_file: Path) -> None:
+    """Follow the sidebar link, as a user does (a fresh URL would start a new session)."""
+    page.locator(f'[data-testid="stSidebarNav"] a[href$="/{_url_path(page_file)}"]').click()
+    page.wait_for_url(f"{base}/{_url_path(page_file)}")
+    _settle(page)
+
+
+def test_pages_exist_for_every_view() -> None:
+    assert [_url_path(p) for p in PAGES][:3] == ["Head_Importance", "Attention_Strength", "Attention_Patterns"]
+
+
+def test_upload_then_visit_every_page(server: str, browser, shots: Path) -> None:
+    page = browser.new_page(viewport={"width": 1500, "height": 1000})
+    page.goto(server)
+    page.wait_for_selector('[data-testid="stVegaLiteChart"]', timeout=PAGE_TIMEOUT_MS)
+    _settle(page)
+    _assert_no_error(page, "home")
+
+    page.get_by_text("Upload images", exact=True).click()
+    page.wait_for_selector('[data-testid="stFileUploaderDropzoneInput"]', state="attached")
+    page.set_input_files('[data-testid="stFileUploaderDropzoneInput"]', files=_digit_files([0, 1, 2]))
+    page.wait_for_selector("text=3 images ready", timeout=PAGE_TIMEOUT_MS)
+    _settle(page)
+    _assert_no_error(page, "home after the upload")
+    page.screenshot(path=str(shots / "0_home.png"), full_page=True)
+
+    for page_file in PAGES:
+        _open_page(page, server, page_file)
+        _assert_no_error(page, page_file.name)
+        # the upload stays the analysed set on every page
+        assert "Uploaded images (3 images)" in page.inner_text('[data-testid="stSidebar"]')
+        page.screenshot(path=str(shots / f"{page_file.stem}.png"), full_page=True)
+
+    page.locator('[data-testid="stSidebarNav"] a').first.click()
+    _settle(page)
+    assert "Uploaded images (3 images)" in page.inner_text('[data-testid="stMain"]')
+    _assert_no_error(page, "home after the tour")
+    page.close()
+
+
+def test_server_refuses_an_upload_over_its_limit(server: str, browser) -> None:
+    page = browser.new_page(viewport={"width": 1500, "height": 1000})
+    page.goto(server)
+    page.wait_for_selector('[data-testid="stVegaLiteChart"]', timeout=PAGE_TIMEOUT_MS)
+    page.get_by_text("Upload images", exact=True).click()
+    noise = np.random.default_rng(0).integers(0, 256, (1100, 1100, 3), dtype=np.uint8)
+    big = _png(Image.fromarray(noise))
+    assert len(big) > SERVER_UPLOAD_LIMIT_MB * 2**20  # under the widget's 50 MB, over the server's limit
+    page.set_input_files(
+        '[data-testid="stFileUploaderDropzoneInput"]',
+        files=[{"name": "big.png", "mimeType": "image/png", "buffer": big}],
+    )
+    page.wait_for_selector('[data-testid="stFileChipIconError"]', timeout=60_000)
+    assert "413" in page.inner_text('[data-testid="stFileUploader"]')
+    assert "images ready" not in page.inner_text('[data-testid="stSidebar"]')
+
+    # the refused file never reached the app, which keeps working for the next upload
+    page.locator('[data-testid="stFileChipDeleteBtn"] button, [data-testid="stFileChipDeleteBtn"]').first.click()
+    page.set_input_files('[data-testid="stFileUploaderDropzoneInput"]', files=_digit_files([5]))
+    page.wait_for_selector("text=1 images ready", timeout=PAGE_TIMEOUT_MS)
+    _settle(page)
+    for selector in ERROR_SELECTORS:
+        assert not page.query_selector_all(selector)
+    page.close()
+
+
+# --- three sessions at once ------------------------------------------------------------
+
+
+async def _one_session(browser, base: str, digits: list[int], shots: Path, tag: str) -> list[str]:
+    """Upload a session's own digits and visit every page; returns the problems seen."""
+    context = await browser.new_context(viewport={"width": 1400, "height": 900})
+    page = await context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda err: problems.append(f"{tag}: page error {err}"))
+    await page.goto(base)
+    await page.wait_for_selector('[data-testid="stVegaLiteChart"]', timeout=PAGE_TIMEOUT_MS)
+    await page.get_by_text("Upload images", exact=True).click()
+    await page.wait_for_selector('[data-testid="stFileUploaderDropzoneInput"]', state="attached")
+    await page.set_input_files('[data-testid="stFileUploaderDropzoneInput"]', files=_digit_files(digits))
+    await page.wait_for_selector(f"text={len(digits)} images ready", timeout=PAGE_TIMEOUT_MS)
+    for page_file in PAGES:
+        await page.locator(f'[data-testid="stSidebarNav"] a[href$="/{_url_path(page_file)}"]').click()
+        await page.wait_for_url(f"{base}/{_url_path(page_file)}")
+        await _settle_async(page)
+        for selector in ERROR_SELECTORS:
+            for element in await page.query_selector_all(selector):
+                problems.append(f"{tag} {page_file.name}: {await element.inner_text()}")
+        sidebar = await page.inner_text('[data-testid="stSidebar"]')
+        if f"Uploaded images ({len(digits)} images)" not in sidebar:
+            problems.append(f"{tag} {page_file.name}: another session's images are shown")
+    await page.screenshot(path=str(shots / f"session_{tag}.png"), full_page=True)
+    await context.close()
+    return problems
+
+
+async def _settle_async(page, timeout_ms: int = PAGE_TIMEOUT_MS) -> None:
+    deadline = time.monotonic() + timeout_ms / 1000
+    quiet_since = None
+    while time.monotonic() < deadline:
+        if await page.query_selector('[data-testid="stStatusWidget"]') is None:
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since > 2.0:
+                return
+        else:
+            quiet_since = None
+        await page.wait_for_timeout(250)
+    raise AssertionError("the page was still running after the timeout")
+
+
+def test_three_sessions_at_once(server: str, shots: Path) -> None:
+    from playwright.async_api import async_playwright
+
+    async def run() -> list[str]:
+        async with async_playwright() as playwright:
+            chromium = await playwright.chromium.launch(executable_path=_chromium(), args=CHROMIUM_ARGS)
+            try:
+                results = await asyncio.gather(
+                    _one_session(chromium, server, [3, 4], shots, "a"),
+                    _one_session(chromium, server, [6, 7, 8], shots, "b"),
+                    _one_session(chromium, server, [10, 11, 12, 13], shots, "c"),
+                )
+            finally:
+                await chromium.close()
+        return [problem for problems in results for problem in problems]
+
+    assert asyncio.run(run()) == []
