@@ -1,0 +1,100 @@
+"""AppTest of the attention strength page (view C) on the demo model."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.digits import digit_images, digits_split
+
+TIMEOUT = 180
+APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
+PAGE = "pages/2_Attention_Strength.py"
+
+
+@pytest.fixture
+def page(monkeypatch) -> AppTest:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    at.switch_page(PAGE).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _captions(at: AppTest) -> str:
+    return "\n".join(c.value for c in at.caption)
+
+
+def _charts(at: AppTest) -> list:
+    return at.get("vega_lite_chart")
+
+
+def test_page_shows_every_view_c_chart_for_the_focus_image(page: AppTest) -> None:
+    assert not page.error
+    assert page.title[0].value == "Attention strength"
+    assert len(_charts(page)) == 6  # C1, C2, C3, offsets, distance, prefix share
+    text = _captions(page)
+    assert "ln(8) = 2.08" in text
+    assert "C1 · entropy of every head on the focus image" in text
+    assert "C2 · s_n of **L0H0**" in text and "over the 360 images" in text
+    assert "C3 · entropy of **L0H0** over the 360 images" in text
+    assert "4×4-pixel patches" in text
+
+
+def test_scope_selector_switches_to_the_set_mean(page: AppTest) -> None:
+    assert page.radio(key="strength_scope").value == "Focus image"
+    page.radio(key="strength_scope").set_value("Set mean").run()
+    assert not page.exception and not page.error
+    text = _captions(page)
+    assert "C1 · entropy of every head averaged over the 360 images" in text
+    assert "from a patch to the patch dy rows below and dx columns right of it, averaged over the 360 images" in text
+    assert "on the focus image" not in text.split("C2")[0]
+
+
+def test_another_focus_head_moves_every_head_view(page: AppTest) -> None:
+    page.selectbox(key="focus_layer").set_value(3).run()
+    page.selectbox(key="focus_head").set_value(2).run()
+    assert not page.exception and not page.error
+    focus = page.session_state["focus"]
+    assert (focus.layer, focus.head) == (3, 2)
+    text = _captions(page)
+    assert "C2 · s_n of **L3H2**" in text and "C3 · entropy of **L3H2**" in text
+    assert "Mean attention of **L3H2**" in text
+    # the C1 chart rings the new focus head
+    c1 = _charts(page)[0].proto.spec
+    assert "L3H2 ringed" in c1
+
+
+def test_another_focus_image_changes_its_entropy(page: AppTest) -> None:
+    before = _captions(page).split("C3")[1]
+    options = page.selectbox(key="focus_image_pick").options
+    page.selectbox(key="focus_image_pick").select_index(7).run()
+    assert not page.exception and not page.error
+    after = _captions(page).split("C3")[1]
+    assert options[7].split(" (")[0] in after and after != before
+
+
+def test_a_two_image_upload_gives_a_spread_over_two_images(monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    images, _ = digit_images(digits_split(0, 0.2).test[:2])
+    files = []
+    for i, image in enumerate(images):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        files.append((f"u{i}.png", buffer.getvalue(), "image/png"))
+    at.radio(key="image_source").set_value("Upload images").run()
+    at.sidebar.get("file_uploader")[0].set_value(files)
+    at.run()
+    at.switch_page(PAGE).run()
+    assert not at.exception and not at.error
+    text = _captions(at)
+    assert "over the 2 images" in text and "`u0.png`" in text
+    at.radio(key="strength_scope").set_value("Set mean").run()
+    assert not at.exception and "averaged over the 2 images" in _captions(at)
+

@@ -1,0 +1,340 @@
+"""core.strength (view C) against slow loop references, and the pure charts of ui.strength."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core.attention import extract_attention
+from core.strength import (
+    SPREAD_QUANTILES,
+    attention_distance,
+    hop_entropy,
+    hop_strength,
+    offset_strength,
+    prefix_share,
+    strength_statistics,
+)
+from ui import strength as charts
+
+
+def random_attention(*shape: int, seed: int = 0) -> torch.Tensor:
+    """Row-stochastic float64 attention ``[*shape[:-1], T]`` with sharp, uneven rows."""
+    g = torch.Generator().manual_seed(seed)
+    return (3 * torch.randn(*shape, generator=g, dtype=torch.float64)).softmax(-1)
+
+
+def patches(grid: tuple[int, int]) -> list[tuple[int, int]]:
+    return [(r, c) for r in range(grid[0]) for c in range(grid[1])]
+
+
+def slow_hop_strength(a: torch.Tensor, grid: tuple[int, int], prefix: int) -> list[float]:
+    """SPEC 4C literally, for one ``[T, T]`` map: loops over sources, hops and targets."""
+    cells = patches(grid)
+    out = []
+    for n in range(max(grid)):
+        per_source = []
+        for i, (ri, ci) in enumerate(cells):
+            ring = [a[prefix + i, prefix + j].item() for j, (rj, cj) in enumerate(cells) if max(abs(ri - rj), abs(ci - cj)) == n]
+            if ring:
+                per_source.append(sum(ring) / len(ring))
+        out.append(sum(per_source) / len(per_source))
+    return out
+
+
+def slow_entropy(s: list[float]) -> float:
+    total = sum(s)
+    return -sum(v / total * math.log(v / total) for v in s if v > 0)
+
+
+def slow_offsets(a: torch.Tensor, grid: tuple[int, int], prefix: int) -> np.ndarray:
+    rows, cols = grid
+    cells = patches(grid)
+    out = np.zeros((2 * rows - 1, 2 * cols - 1))
+    for dy in range(-rows + 1, rows):
+        for dx in range(-cols + 1, cols):
+            values = [
+                a[prefix + i, prefix + cells.index((r + dy, c + dx))].item()
+                for i, (r, c) in enumerate(cells)
+                if 0 <= r + dy < rows and 0 <= c + dx < cols
+            ]
+            out[dy + rows - 1, dx + cols - 1] = sum(values) / len(values)
+    return out
+
+
+def slow_distance(a: torch.Tensor, grid: tuple[int, int], patch: tuple[int, int], prefix: int) -> float:
+    cells = patches(grid)
+    per_source = []
+    for i, (ri, ci) in enumerate(cells):
+        row = [a[prefix + i, prefix + j].item() for j in range(len(cells))]
+        mass = sum(row)
+        per_source.append(
+            sum(w / mass * math.hypot((ri - rj) * patch[0], (ci - cj) * patch[1]) for w, (rj, cj) in zip(row, cells))
+        )
+    return sum(per_source) / len(per_source)
+
+
+def slow_prefix_share(a: torch.Tensor, grid: tuple[int, int], prefix: int) -> float:
+    p = grid[0] * grid[1]
+    return sum(sum(a[prefix + i, k].item() for k in range(prefix)) for i in range(p)) / p
+
+
+# --- the metrics -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("grid, prefix", [((3, 4), 4), ((4, 4), 1), ((5, 2), 0), ((1, 1), 1)])
+def test_identity_attention_is_all_hop_zero_with_entropy_zero(grid: tuple[int, int], prefix: int) -> None:
+    t = prefix + grid[0] * grid[1]
+    s = hop_strength(torch.eye(t), grid, prefix)
+    assert s.shape == (max(grid),)
+    assert s[0].item() == pytest.approx(1.0, abs=1e-6) and torch.all(s[1:] == 0)
+    assert hop_entropy(s).item() == 0.0
+    assert math.copysign(1.0, hop_entropy(s).item()) == 1.0  # not -0.0
+
+
+@pytest.mark.parametrize("grid, prefix", [((3, 4), 4), ((8, 8), 1), ((2, 6), 2)])
+def test_uniform_attention_is_one_over_t_at_every_hop(grid: tuple[int, int], prefix: int) -> None:
+    t = prefix + grid[0] * grid[1]
+    attn = torch.full((2, 3, t, t), 1.0 / t)
+    s = hop_strength(attn, grid, prefix)
+    assert s.shape == (2, 3, max(grid))
+    torch.testing.assert_close(s, torch.full_like(s, 1.0 / t))
+    torch.testing.assert_close(hop_entropy(s), torch.full((2, 3), math.log(max(grid))))
+
+
+def test_register_grid_matches_slow_loops_on_random_attention() -> None:
+    grid, prefix, patch = (3, 4), 4, (8, 6)
+    attn = random_attention(2, 3, 16, 16, seed=1)
+    s = hop_strength(attn, grid, prefix)
+    h = hop_entropy(s)
+    offsets = offset_strength(attn, grid, prefix)
+    distance = attention_distance(attn, grid, patch, prefix)
+    share = prefix_share(attn, grid, prefix)
+    assert offsets.shape == (2, 3, 5, 7)
+    for b in range(2):
+        for k in range(3):
+            a = attn[b, k]
+            expected = slow_hop_strength(a, grid, prefix)
+            np.testing.assert_allclose(s[b, k].numpy(), expected, rtol=1e-12, atol=1e-15)
+            assert h[b, k].item() == pytest.approx(slow_entropy(expected), rel=1e-12)
+            np.testing.assert_allclose(offsets[b, k].numpy(), slow_offsets(a, grid, prefix), rtol=1e-12, atol=1e-15)
+            assert distance[b, k].item() == pytest.approx(slow_distance(a, grid, patch, prefix), rel=1e-12)
+            assert share[b, k].item() == pytest.approx(slow_prefix_share(a, grid, prefix), rel=1e-12)
+
+
+def test_real_register_model_attention_matches_slow_loops(register_handle) -> None:
+    attn = extract_attention(register_handle, torch.randn(2, 3, 24, 32)).attn  # [2, 3, 3, 16, 16]
+    grid, prefix = register_handle.grid, register_handle.num_prefix_tokens
+    assert grid == (3, 4) and prefix == 4
+    s = hop_strength(attn, grid, prefix)
+    offsets = offset_strength(attn, grid, prefix)
+    distance = attention_distance(attn, grid, register_handle.patch_size, prefix)
+    for layer, head in [(0, 0), (1, 2), (2, 1)]:
+        a = attn[1, layer, head].double()
+        np.testing.assert_allclose(s[1, layer, head].numpy(), slow_hop_strength(a, grid, prefix), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(offsets[1, layer, head].numpy(), slow_offsets(a, grid, prefix), rtol=1e-5, atol=1e-7)
+        assert distance[1, layer, head].item() == pytest.approx(
+            slow_distance(a, grid, register_handle.patch_size, prefix), rel=1e-5
+        )
+
+
+def test_hand_worked_example_on_a_two_by_two_grid() -> None:
+    # no prefix; patch 0 attends half to itself, half to its diagonal neighbour (patch 3)
+    attn = torch.tensor(
+        [[0.5, 0.0, 0.0, 0.5], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]], dtype=torch.float64
+    )
+    s = hop_strength(attn, (2, 2), 0)
+    # hop 0: mean of the self-weights (0.5, 1, 1, 1); hop 1: each source has 3 neighbours,
+    # patch 0 gives them 0.5 in all, the others 0 -> (0.5 / 3) / 4
+    torch.testing.assert_close(s, torch.tensor([3.5 / 4, 0.5 / 12], dtype=torch.float64))
+    offsets = offset_strength(attn, (2, 2), 0)
+    # only patch 0 has a target at (+1, +1): its weight there, 0.5, is the whole mean
+    assert offsets[2, 2].item() == 0.5 and offsets[1, 1].item() == 3.5 / 4 and offsets[0, 0].item() == 0.0
+    # patch 0 looks one diagonal step away with half its attention: 0.5 * sqrt(2) * 4 px, / 4 sources
+    assert attention_distance(attn, (2, 2), (4, 4), 0).item() == pytest.approx(0.5 * math.sqrt(32) / 4)
+
+
+def test_distance_ignores_attention_on_prefix_tokens_but_strength_does_not() -> None:
+    grid, prefix = (3, 3), 1
+    attn = random_attention(10, 10, seed=3)
+    sunk = attn.clone()
+    sunk[prefix:, prefix:] *= 0.25  # move three quarters of each patch row to CLS
+    sunk[prefix:, 0] += 1 - sunk[prefix:].sum(-1)
+    torch.testing.assert_close(attention_distance(sunk, grid, (16, 16), prefix), attention_distance(attn, grid, (16, 16), prefix))
+    torch.testing.assert_close(hop_strength(sunk, grid, prefix), 0.25 * hop_strength(attn, grid, prefix))
+    torch.testing.assert_close(hop_entropy(hop_strength(sunk, grid, prefix)), hop_entropy(hop_strength(attn, grid, prefix)))
+
+
+@pytest.mark.parametrize(
+    "shape, grid, prefix, needle",
+    [
+        ((2, 13, 12), (3, 4), 1, "last two dimensions must both be 13"),
+        ((2, 14, 14), (3, 4), 1, "does not fit a 3x4 grid with 1 prefix tokens"),
+        ((13,), (3, 4), 1, "Attention of shape (13,)"),
+        ((1, 1), (0, 4), 1, "at least 1x1"),
+        ((1, 1), (3, 4), -1, "non-negative"),
+    ],
+)
+def test_bad_shapes_raise_one_sentence(shape, grid, prefix, needle) -> None:
+    for metric in (hop_strength, offset_strength, prefix_share):
+        with pytest.raises(ValueError) as err:
+            metric(torch.rand(*shape), grid, prefix)
+        assert needle in str(err.value) and str(err.value).endswith(".")
+    with pytest.raises(ValueError, match="does not fit|at least 1x1|non-negative"):
+        attention_distance(torch.rand(*shape), grid, (4, 4), prefix)
+
+
+def test_half_precision_attention_is_summed_in_float32() -> None:
+    attn = random_attention(4, 17, 17, seed=5)
+    s = hop_strength(attn.to(torch.bfloat16), (4, 4), 1)
+    assert s.dtype == torch.float32
+    torch.testing.assert_close(s.double(), hop_strength(attn, (4, 4), 1), atol=2e-3, rtol=1e-2)
+
+
+# --- set-level statistics ----------------------------------------------------------
+
+
+def _images(n: int, size: tuple[int, int], seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def test_streaming_equals_the_whole_set_at_once(register_handle) -> None:
+    images = _images(5, (32, 24))
+    calls: list[tuple[int, int]] = []
+    stats = strength_statistics(register_handle, images, batch_size=2, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(2, 5), (4, 5), (5, 5)]
+
+    attn = extract_attention(register_handle, register_handle.preprocess(images)).attn  # [5, L, H, T, T]
+    grid, prefix = register_handle.grid, register_handle.num_prefix_tokens
+    s = hop_strength(attn, grid, prefix)
+    n, layers, heads = 5, register_handle.num_layers, register_handle.num_heads
+    assert stats.hop_strength.shape == (n, layers, heads, 4)
+    assert stats.entropy.shape == stats.distance.shape == stats.prefix_share.shape == (n, layers, heads)
+    assert stats.offset_mean.shape == (layers, heads, 5, 7)
+    np.testing.assert_allclose(stats.hop_strength, s.numpy(), atol=1e-6)
+    np.testing.assert_allclose(stats.entropy, hop_entropy(s).numpy(), atol=1e-5)
+    np.testing.assert_allclose(stats.distance, attention_distance(attn, grid, (8, 8), prefix).numpy(), atol=1e-4)
+    np.testing.assert_allclose(stats.prefix_share, prefix_share(attn, grid, prefix).numpy(), atol=1e-6)
+    np.testing.assert_allclose(stats.offset_mean, offset_strength(attn, grid, prefix).mean(0).numpy(), atol=1e-6)
+
+
+def test_statistics_leave_the_shared_model_as_it_was(tiny_handle) -> None:
+    model = tiny_handle.model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [b.attn.fused_attn for b in model.blocks]
+    strength_statistics(tiny_handle, _images(3, (32, 32)), batch_size=2)
+    assert [b.attn.fused_attn for b in model.blocks] == flags
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    assert not model.training
+
+
+def test_batches_shrink_so_a_batch_of_attention_fits_the_budget() -> None:
+    from core.model import wrap_model
+    from core.strength import ATTENTION_BUDGET_BYTES, MAX_BATCH
+    from tests.conftest import tiny_vit
+
+    handle = wrap_model(tiny_vit(img_size=128, patch_size=4), device="cpu")  # 32x32 patches, T = 1025
+    per_image = 3 * 3 * 1025 * 1025 * 4
+    expected = ATTENTION_BUDGET_BYTES // per_image
+    assert 1 <= expected < MAX_BATCH
+    calls: list[tuple[int, int]] = []
+    stats = strength_statistics(handle, _images(expected + 1, (128, 128)), progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(expected, expected + 1), (expected + 1, expected + 1)]
+    assert stats.hop_strength.shape == (expected + 1, 3, 3, 32)
+
+
+def test_no_images_is_a_sentence(tiny_handle) -> None:
+    with pytest.raises(ValueError, match="at least one image"):
+        strength_statistics(tiny_handle, [])
+
+
+def test_tables_for_the_charts(register_handle) -> None:
+    stats = strength_statistics(register_handle, _images(6, (32, 24), seed=2), batch_size=4)
+    heads = stats.heads()
+    assert list(heads.columns) == ["layer", "head", "head_label", "entropy", "distance", "prefix_share"]
+    assert len(heads) == 9 and heads["head_label"].iloc[5] == "L1H2"
+    assert heads["entropy"].iloc[5] == pytest.approx(float(np.mean([stats.entropy[i, 1, 2] for i in range(6)])), rel=1e-6)
+    assert heads.loc[7, "distance"] == pytest.approx(sum(stats.distance[i, 2, 1] for i in range(6)) / 6, rel=1e-6)
+    one = stats.heads(3)
+    assert one.loc[7, "distance"] == pytest.approx(stats.distance[3, 2, 1])
+    assert one.loc[4, "prefix_share"] == pytest.approx(stats.prefix_share[3, 1, 1])
+
+    profile = stats.hop_profile(1, 2, image=4)
+    values = sorted(stats.hop_strength[i, 1, 2, 1] for i in range(6))
+    # numpy's default quantile interpolates linearly between order statistics
+    low_rank = SPREAD_QUANTILES[0] * 5
+    expected_low = values[int(low_rank)] + (low_rank - int(low_rank)) * (values[int(low_rank) + 1] - values[int(low_rank)])
+    assert list(profile["hop"]) == [0, 1, 2, 3]
+    assert profile.loc[1, "strength"] == pytest.approx(stats.hop_strength[4, 1, 2, 1])
+    assert profile.loc[1, "low"] == pytest.approx(expected_low, rel=1e-6)
+    assert (profile["low"] <= profile["mean"] + 1e-9).all() and (profile["mean"] <= profile["high"] + 1e-9).all()
+
+    spread = stats.entropy_over_images(2, 0)
+    assert list(spread["image"]) == list(range(6)) and spread.loc[3, "entropy"] == pytest.approx(stats.entropy[3, 2, 0])
+
+    offsets = stats.offsets(0, 1)
+    assert len(offsets) == 5 * 7
+    row = offsets[(offsets["dy"] == -2) & (offsets["dx"] == 3)].iloc[0]
+    assert row["attention"] == pytest.approx(stats.offset_mean[0, 1, 0, 6])
+
+
+# --- charts ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_stats(demo_handle):
+    from core.images import demo_digits_set
+
+    images = demo_digits_set(0, 0.2).pil_images()[:8]
+    return strength_statistics(demo_handle, images, batch_size=8)
+
+
+def test_heads_chart_is_a_clickable_dot_per_head(demo_stats) -> None:
+    spec = charts.heads_by_layer_chart(demo_stats.heads(), "entropy", "Head entropy across layers", "entropy (nats)", (2, 3)).to_dict()
+    dots, ring = spec["layer"]
+    assert dots["mark"]["type"] == "circle"
+    assert dots["encoding"]["x"]["field"] == "layer" and dots["encoding"]["y"]["field"] == "entropy"
+    assert dots["encoding"]["color"]["field"] == "layer"
+    assert dots["encoding"]["xOffset"]["field"] == "head"
+    assert {t["field"] for t in dots["encoding"]["tooltip"]} >= {"head_label", "entropy"}
+    assert spec["params"][0]["name"] == charts.HEAD_SELECTION
+    assert spec["params"][0]["select"]["fields"] == ["layer", "head"]
+    ring_rows = spec["datasets"][ring["data"]["name"]]
+    assert [r["head_label"] for r in ring_rows] == ["L2H3"]
+    assert spec["title"]["text"] == "Head entropy across layers"
+
+
+def test_hop_profile_chart_bars_band_and_mean(demo_stats) -> None:
+    spec = charts.hop_profile_chart(demo_stats.hop_profile(1, 2, 0), "L1H2").to_dict()
+    kinds = [layer["mark"]["type"] for layer in spec["layer"]]
+    assert kinds == ["bar", "rule", "tick"]
+    bars, band, mean = spec["layer"]
+    assert bars["encoding"]["y"]["field"] == "strength" and bars["encoding"]["x"]["field"] == "hop"
+    assert band["encoding"]["y"]["field"] == "low" and band["encoding"]["y2"]["field"] == "high"
+    assert mean["encoding"]["y"]["field"] == "mean"
+    assert "L1H2" in spec["title"]["text"]
+    assert len(spec["datasets"][spec["data"]["name"]]) == 8
+
+
+def test_entropy_distribution_marks_the_focus_image(demo_stats) -> None:
+    spec = charts.entropy_distribution_chart(demo_stats.entropy_over_images(0, 0), focus_value=0.25, head_label="L0H0").to_dict()
+    bars, rule = spec["layer"]
+    assert bars["encoding"]["x"]["bin"] and bars["encoding"]["y"]["aggregate"] == "count"
+    assert rule["mark"]["type"] == "rule"
+    assert spec["datasets"][rule["data"]["name"]] == [{"entropy": 0.25}]
+
+
+def test_offset_heatmap_puts_up_on_top(demo_stats) -> None:
+    spec = charts.offset_heatmap(demo_stats.offsets(0, 0), "L0H0 · set mean").to_dict()
+    assert spec["mark"]["type"] == "rect"
+    enc = spec["encoding"]
+    assert enc["x"]["field"] == "dx" and enc["y"]["field"] == "dy" and enc["color"]["field"] == "attention"
+    assert enc["y"]["sort"] == "ascending"  # dy = -(rows - 1) (above the source) first, i.e. on top
+    assert len(spec["datasets"][spec["data"]["name"]]) == 15 * 15
