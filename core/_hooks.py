@@ -88,7 +88,21 @@ def locked_forward(handle: ViTHandle, x: torch.Tensor, *installers: Callable[[Ho
     modules, so another thread's forward would fire them (and feed them its batch)
     unless all forwards are serialised.
     """
-    with handle.lock, torch.inference_mode(), temporary_hooks() as hooks:
+    with locked_hooks(handle) as hooks:
         for install in installers:
             install(hooks)
         return handle.model(x.to(handle.device))
+
+
+@contextmanager
+def locked_hooks(handle: ViTHandle, *, grad: bool = False) -> Iterator[HookSet]:
+    """Hold the model's lock and yield a ``HookSet``, for running the model's parts by hand.
+
+    Without ``grad`` everything inside runs under ``inference_mode``. With ``grad``
+    autograd records the pass, so gradients can be taken with ``torch.autograd.grad``
+    with respect to tensors the caller created (nothing lands in a parameter's
+    ``.grad``); the lock is held either way because any hook lives on shared modules.
+    """
+    mode = torch.enable_grad() if grad else torch.inference_mode()
+    with handle.lock, mode, temporary_hooks() as hooks:
+        yield hooks

@@ -1,0 +1,91 @@
+"""View B, head importance: which heads the predictions depend on, and which part of a head's attention matters."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.importance import METRIC_HELP, METRICS, MODE_REMOVES, MODES, RANKED_BY_MAGNITUDE
+from ui import importance, session
+from ui.charts import top5_chart
+from ui.strength import show_head_chart  # clicking a head focuses it, as in view C
+
+st.set_page_config(page_title="Head importance · HeadScope", page_icon="🔭", layout="wide")
+ctx = session.page_context()
+handle, focus = ctx.handle, ctx.focus
+name = ctx.image_set.by_id(ctx.focus_id).name
+image = ctx.image_set.index_of(ctx.focus_id)
+measure = importance.target_measure(ctx.image_set)
+
+st.title("Head importance")
+st.caption(
+    "Pruning a head sets all its attention weights to zero, so it adds nothing to the residual stream. "
+    "The target class of an image is its label when known, else the unpruned model's top-1."
+)
+
+tables = importance.importance_tables(handle, ctx.image_set)
+
+GLOBAL, LOCAL = "Over the set (global)", "Focus image (local)"
+left, right = st.columns([1, 2])
+metric = left.selectbox(
+    "Metric", list(METRICS), key="importance_metric", format_func=lambda m: m.replace("_", " "),
+    help="; ".join(f"{m}: {text}" for m, text in METRIC_HELP.items()),
+)
+scope = right.radio("Scope", [GLOBAL, LOCAL], key="importance_scope", horizontal=True)
+on_image = scope == LOCAL
+shown = image if on_image else None
+values = importance.metric_values(tables, metric, shown)
+metric_title = importance.metric_title(metric, on_image, measure)
+baseline = importance.unpruned_value(tables, metric, shown)
+where = f"on the focus image `{name}`" if on_image else f"over the {len(ctx.image_set)} images"
+head_at = (focus.layer, focus.head)
+
+st.subheader("B1 · Every head")
+b1, heat, ranked = st.columns([5, 3, 3], gap="medium")
+with b1:
+    show_head_chart(
+        importance.importance_line_chart(values, metric_title, handle.num_heads, head_at, baseline, where),
+        key="importance_line",
+    )
+    st.caption(
+        f"{METRIC_HELP[metric].capitalize()}, {where}. The dashed rule is the unpruned model. Click a dot to focus a head."
+    )
+with heat:
+    signed = on_image and metric in RANKED_BY_MAGNITUDE
+    show_head_chart(
+        importance.importance_heatmap(values, metric, metric_title, head_at, signed), key="importance_heatmap"
+    )
+with ranked:
+    importance.show_ranked_table(values, "importance_ranked", metric_title)
+    by = " (by magnitude)" if metric in RANKED_BY_MAGNITUDE else ""
+    st.caption(f"Most important first{by}. Select a row to focus a head.")
+
+st.subheader(f"B2 · Partial pruning of {focus.head_label} on `{name}`")
+partial = importance.partial(handle, ctx.image_set, ctx.focus_id, focus.layer, focus.head)
+target_name = handle.class_names[int(tables.unpruned.iloc[image]["target"])]
+mode = st.radio(
+    "Mode shown in B3", list(MODES), key="importance_mode", horizontal=True,
+    format_func=lambda m: f"{m} ({MODE_REMOVES[m]})",
+)
+b2, b3 = st.columns([3, 2], gap="large")
+with b2:
+    st.altair_chart(importance.partial_pruning_chart(partial, mode, target_name), width="content")
+    st.caption(
+        f"The head's post-softmax attention is multiplied by a 0/1 mask, not renormalised; prefix = the "
+        f"{handle.num_prefix_tokens} CLS/distillation/register token(s). Mode `head` equals B1's local probability."
+    )
+with b3:
+    row = partial.set_index("mode").loc[mode]
+    st.markdown(
+        f"**B3 · Top-5 after `{mode}`** · removes {row['removes']} "
+        f"({row['removed_attention']:.1%} of the head's attention)"
+    )
+    st.altair_chart(top5_chart(importance.top5_table(row)), width="stretch")
+
+st.subheader("Which metric to trust")
+pruning = importance.curve(handle, ctx.image_set, tables)
+st.altair_chart(importance.pruning_curve_chart(pruning, measure), width="stretch")
+st.caption(
+    f"Heads are pruned cumulatively, least important first under each metric's global ranking (Michel et al. 2019), "
+    f"and the {measure} is measured over the {len(ctx.image_set)} images; the dashed line prunes in a random order. "
+    "A metric whose line stays high the longest has found the heads the model can spare."
+)

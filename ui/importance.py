@@ -1,0 +1,396 @@
+"""Head importance page (view B): cached computations, pure chart builders, head picking.
+
+The cached wrappers key on the model's and the image set's content hashes (and the
+focus image's id, a hash of its bytes) plus plain parameters, and show a progress bar
+while the set is streamed. The chart builders are pure: a tidy DataFrame in, an
+``alt.Chart`` out.
+"""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+import torch
+
+from core.images import ImageSet
+from core.importance import (
+    HIGHER_MEANS_LESS_IMPORTANT,
+    METRICS,
+    MODE_BLOCKS,
+    MODES,
+    RANDOM_ORDER,
+    HeadImportance,
+    head_importance_tables,
+    partial_pruning,
+    pruning_curve,
+    rank_heads,
+)
+from core.model import ViTHandle
+from ui import session
+# one head-picking selection and focus colour for every view's head charts
+from ui.strength import FOCUS_RED, HEAD_SELECTION
+
+_LAYER_COLOURS = "tableau20"  # distinct hues for up to 20 layers
+_CHART_HEIGHT = 300
+# (query, key) blocks of the attention matrix in the order of ``MODE_BLOCKS``' flags
+_BLOCK_NAMES = ("prefix → prefix", "prefix → patch", "patch → prefix", "patch → patch")
+CURVE_STEPS = 10
+# one hue per metric and a neutral grey for the random baseline
+_ORDER_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c8c8c"]
+
+
+# --- cached computations ---------------------------------------------------------------
+
+
+def set_labels(image_set: ImageSet) -> torch.Tensor | None:
+    """``[N]`` labels of the set (-1 where unknown), or ``None`` when no image has one."""
+    labels = image_set.labels
+    if all(label is None for label in labels):
+        return None
+    return torch.tensor([-1 if label is None else label for label in labels])
+
+
+def target_measure(image_set: ImageSet) -> str:
+    """What 'accuracy' means on this set: against labels, the unpruned model, or both."""
+    known = sum(label is not None for label in image_set.labels)
+    if known == len(image_set):
+        return "accuracy"
+    if known == 0:
+        return "agreement with the unpruned model"
+    return "accuracy (agreement where there is no label)"
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _tables(model_key: str, set_key: str, _handle: ViTHandle, _images: ImageSet) -> HeadImportance:
+    heads = _handle.num_layers * _handle.num_heads
+    bar = st.progress(0.0, text=f"Pruning each of the {heads} heads on {len(_images)} images…")
+    try:
+        return head_importance_tables(
+            _handle,
+            _images.pil_images(),
+            set_labels(_images),
+            progress=lambda done, total: bar.progress(done / total, text=f"Head importance: {done} of {total} images…"),
+        )
+    finally:
+        bar.empty()
+
+
+def importance_tables(handle: ViTHandle, image_set: ImageSet) -> HeadImportance:
+    """All four metrics of every head, per image and over the set (cached per model and set)."""
+    return _tables(handle.key, image_set.key, handle, image_set)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _curve(
+    model_key: str, set_key: str, steps: int, _handle: ViTHandle, _images: ImageSet, _overall: pd.DataFrame
+) -> pd.DataFrame:
+    bar = st.progress(0.0, text=f"Pruning more and more heads on {len(_images)} images…")
+    try:
+        return pruning_curve(
+            _handle,
+            _images.pil_images(),
+            _overall,
+            set_labels(_images),
+            steps=steps,
+            progress=lambda done, total: bar.progress(done / total, text=f"Pruning curve: {done} of {total} images…"),
+        )
+    finally:
+        bar.empty()
+
+
+def curve(handle: ViTHandle, image_set: ImageSet, tables: HeadImportance) -> pd.DataFrame:
+    """The cumulative pruning curve of every metric's order (cached per model and set).
+
+    ``tables`` is a function of the model and the set, so those keys cover it too.
+    """
+    return _curve(handle.key, image_set.key, CURVE_STEPS, handle, image_set, tables.overall)
+
+
+@st.cache_data(max_entries=64, show_spinner="Masking the head's attention…")
+def _partial(
+    model_key: str, image_id: str, layer: int, head: int, target: int | None, _handle: ViTHandle, _images: ImageSet
+) -> pd.DataFrame:
+    x = _handle.preprocess([_images.by_id(image_id).image])
+    return partial_pruning(_handle, x, layer, head, target)
+
+
+def partial(handle: ViTHandle, image_set: ImageSet, image_id: str, layer: int, head: int) -> pd.DataFrame:
+    """B2/B3 for one head on one image; the target is the image's label when known, as in B1."""
+    return _partial(handle.key, image_id, layer, head, image_set.by_id(image_id).label, handle, image_set)
+
+
+# --- head picking ----------------------------------------------------------------------
+
+
+def _pick_from_table(key: str, ranked: pd.DataFrame) -> None:
+    rows = st.session_state[key].selection.rows
+    if rows:
+        row = ranked.iloc[rows[0]]
+        session.set_focus_head(int(row["layer"]), int(row["head"]))
+
+
+def show_ranked_table(ranked: pd.DataFrame, key: str, value_title: str) -> None:
+    """The ranked heads as a table; selecting a row makes that head the focus head."""
+    st.dataframe(
+        ranked[["rank", "head_label", "value"]],
+        key=key,
+        on_select=lambda: _pick_from_table(key, ranked),
+        selection_mode="single-row",
+        hide_index=True,
+        height=_CHART_HEIGHT,
+        width="stretch",
+        column_config={
+            "rank": st.column_config.NumberColumn("rank", width="small"),
+            "head_label": st.column_config.TextColumn("head"),
+            "value": st.column_config.NumberColumn(value_title, format="%.4f"),
+        },
+    )
+
+
+# --- tables ----------------------------------------------------------------------------
+
+
+def metric_values(tables: HeadImportance, metric: str, image: int | None) -> pd.DataFrame:
+    """One metric's value per head, over the set (``image`` None) or on one image.
+
+    Columns layer, head, metric, value, head_label, index (``l * H + h``, the x of the
+    paper's line), rank (1 = most important).
+    """
+    table = tables.overall if image is None else tables.per_image[tables.per_image["image"] == image]
+    ranked = rank_heads(table, metric)
+    num_heads = int(ranked["head"].max()) + 1
+    return ranked.assign(
+        head_label=[f"L{layer}H{head}" for layer, head in zip(ranked["layer"], ranked["head"])],
+        index=ranked["layer"] * num_heads + ranked["head"],
+    )
+
+
+def metric_title(metric: str, on_image: bool, measure: str) -> str:
+    """Axis title of a metric: a local accuracy is 1/0 per image, a global one is the set's ``measure``."""
+    if metric == "accuracy":
+        return "top-1 is the target (1/0)" if on_image else measure
+    return metric.replace("_", " ")
+
+
+def unpruned_value(tables: HeadImportance, metric: str, image: int | None) -> float | None:
+    """The unpruned model's value of a probability or accuracy metric (on one image, or the set mean); else None."""
+    column = {"probability": "probability", "accuracy": "correct"}.get(metric)
+    if column is None:
+        return None
+    values = tables.unpruned[column].astype(float)
+    return float(values.iloc[image] if image is not None else values.mean())
+
+
+def top5_table(partial_row: pd.Series) -> pd.DataFrame:
+    """``partial_pruning``'s top5 list of one mode as columns rank, class, probability."""
+    top = partial_row["top5"]
+    return pd.DataFrame(
+        {"rank": range(1, len(top) + 1), "class": [name for name, _ in top], "probability": [p for _, p in top]}
+    )
+
+
+# --- charts ----------------------------------------------------------------------------
+
+
+def importance_line_chart(
+    values: pd.DataFrame, metric_title: str, num_heads: int, focus: tuple[int, int], baseline: float | None, subtitle: str
+) -> alt.LayerChart:
+    """B1: the metric of every head along ``x = l * H + h`` (as in the paper), dots coloured by layer.
+
+    ``values``: ``metric_values`` output. ``baseline`` (the unpruned value, for the
+    probability and accuracy metrics) is drawn as a dashed rule. A click selects
+    ``(layer, head)`` under ``HEAD_SELECTION``; the focus head is ringed in red.
+    """
+    pick = alt.selection_point(name=HEAD_SELECTION, fields=["layer", "head"], on="click", clear=False)
+    num_layers = int(values["layer"].max()) + 1
+    x = alt.X(
+        "index:Q",
+        title=f"head index l·{num_heads} + h (ticks at each layer's head 0)",
+        scale=alt.Scale(domain=[-0.5, num_layers * num_heads - 0.5], nice=False, zero=False),
+        axis=alt.Axis(values=list(range(0, num_layers * num_heads, num_heads)), format="d"),
+    )
+    y = alt.Y("value:Q", title=metric_title, scale=alt.Scale(zero=False))
+    tooltip = [
+        alt.Tooltip("head_label:N", title="head"),
+        alt.Tooltip("value:Q", title=metric_title, format=".4f"),
+        alt.Tooltip("rank:Q", title="rank"),
+    ]
+    line = alt.Chart(values).mark_line(color="#bbbbbb", strokeWidth=1).encode(x=x, y=y, order="index:Q")
+    dots = (
+        alt.Chart(values)
+        .mark_circle(size=55, opacity=0.95)
+        .encode(
+            x=x,
+            y=y,
+            color=alt.Color("layer:O", scale=alt.Scale(scheme=_LAYER_COLOURS), legend=alt.Legend(orient="right")),
+            tooltip=tooltip,
+        )
+        .add_params(pick)
+    )
+    layer, head = focus
+    ring = (
+        alt.Chart(values[(values["layer"] == layer) & (values["head"] == head)])
+        .mark_point(shape="circle", size=260, strokeWidth=2.5, color=FOCUS_RED, filled=False)
+        .encode(x=x, y=y)
+    )
+    layers: list[alt.Chart] = [line, dots, ring]
+    if baseline is not None:
+        layers.insert(
+            0,
+            alt.Chart(pd.DataFrame({"value": [baseline], "what": ["unpruned model"]}))
+            .mark_rule(color="#555555", strokeDash=[5, 4])
+            .encode(
+                y="value:Q",
+                tooltip=[alt.Tooltip("what:N", title=""), alt.Tooltip("value:Q", title=metric_title, format=".4f")],
+            ),
+        )
+    return alt.layer(*layers).properties(
+        title=alt.TitleParams(f"{metric_title} of every head", subtitle=subtitle), height=_CHART_HEIGHT
+    )
+
+
+def importance_heatmap(
+    values: pd.DataFrame, metric: str, metric_title: str, focus: tuple[int, int], signed: bool
+) -> alt.LayerChart:
+    """B1: layers x heads, darker = more important; the focus head outlined in red.
+
+    ``values``: ``metric_values`` output. ``signed`` values (a local Taylor gradient)
+    get a diverging scale centred on 0. A click selects ``(layer, head)``.
+    """
+    pick = alt.selection_point(name=HEAD_SELECTION, fields=["layer", "head"], on="click", clear=False)
+    if signed:
+        scale = alt.Scale(scheme="redblue", domainMid=0, reverse=True)
+    else:
+        # important heads dark: for probability and accuracy a LOW value is the important one
+        scale = alt.Scale(scheme="blues", reverse=HIGHER_MEANS_LESS_IMPORTANT[metric], zero=False)
+    x = alt.X("head:O", title="head", axis=alt.Axis(labelAngle=0))
+    y = alt.Y("layer:O", title="layer")
+    cells = (
+        alt.Chart(values)
+        .mark_rect()
+        .encode(
+            x=x,
+            y=y,
+            color=alt.Color("value:Q", title=metric_title, scale=scale, legend=alt.Legend(orient="bottom", gradientLength=160)),
+            tooltip=[
+                alt.Tooltip("head_label:N", title="head"),
+                alt.Tooltip("value:Q", title=metric_title, format=".4f"),
+                alt.Tooltip("rank:Q", title="rank"),
+            ],
+        )
+        .add_params(pick)
+    )
+    layer, head = focus
+    outline = (
+        alt.Chart(values[(values["layer"] == layer) & (values["head"] == head)])
+        .mark_rect(fill=None, stroke=FOCUS_RED, strokeWidth=3)
+        .encode(x=x, y=y)
+    )
+    step = max(14, min(36, 320 // max(values["head"].nunique(), values["layer"].nunique())))
+    return alt.layer(cells, outline).properties(
+        title=alt.TitleParams("Layers × heads", subtitle="darker = more important; click to focus"),
+        width=alt.Step(step),
+        height=alt.Step(step),
+    )
+
+
+def partial_pruning_chart(partial: pd.DataFrame, chosen: str, target_name: str) -> alt.HConcatChart:
+    """B2: per mode, a glyph of the attention blocks it removes and a bar of the target's probability.
+
+    ``partial``: ``core.importance.partial_pruning`` output. The glyph has one cell per
+    (query, key) block of the head's attention matrix, dark where the mode zeroes it;
+    the chosen mode's bar is highlighted and the unpruned probability is a dashed rule.
+    """
+    order = list(MODES)
+    glyph_rows = [
+        {"mode": mode, "block": name, "removed": "removed" if flag else "kept"}
+        for mode in MODES
+        for name, flag in zip(_BLOCK_NAMES, MODE_BLOCKS[mode])
+    ]
+    y = alt.Y("mode:N", sort=order, title="mode")
+    glyph = (
+        alt.Chart(pd.DataFrame(glyph_rows))
+        .mark_rect(stroke="white", strokeWidth=2)
+        .encode(
+            x=alt.X(
+                "block:N",
+                sort=list(_BLOCK_NAMES),
+                title="query → key block",
+                axis=alt.Axis(labelAngle=-45, orient="top", labelOverlap=False, labelLimit=120),
+            ),
+            y=y,
+            color=alt.Color(
+                "removed:N",
+                scale=alt.Scale(domain=["removed", "kept"], range=["#333333", "#e6e6e6"]),
+                legend=alt.Legend(orient="bottom", title=None),
+            ),
+            tooltip=["mode:N", alt.Tooltip("block:N", title="query → key"), alt.Tooltip("removed:N", title="")],
+        )
+        .properties(width=alt.Step(34), height=alt.Step(30))
+    )
+    data = partial.drop(columns=["top5"]).assign(chosen=partial["mode"] == chosen)
+    bars = (
+        alt.Chart(data)
+        .mark_bar()
+        .encode(
+            x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), title=f"probability of '{target_name}'"),
+            y=y.axis(None),
+            color=alt.condition("datum.chosen", alt.value(FOCUS_RED), alt.value("#9ecae1")),
+            tooltip=[
+                "mode:N",
+                alt.Tooltip("removes:N", title="removes"),
+                alt.Tooltip("removed_attention:Q", title="share of the head's attention removed", format=".1%"),
+                alt.Tooltip("probability:Q", format=".4f"),
+                alt.Tooltip("predicted:N", title="top-1"),
+            ],
+        )
+    )
+    labels = bars.mark_text(align="left", dx=3, fontSize=11).encode(
+        text=alt.Text("probability:Q", format=".3f"), color=alt.value("#333333")
+    )
+    unpruned = float(partial.loc[partial["mode"] == "none", "probability"].iloc[0])
+    rule = (
+        alt.Chart(pd.DataFrame({"probability": [unpruned]}))
+        .mark_rule(strokeDash=[5, 4], color="#555555")
+        .encode(x="probability:Q")
+    )
+    return alt.hconcat(glyph, alt.layer(bars, labels, rule).properties(width=320, height=alt.Step(30))).properties(
+        title=alt.TitleParams("Partial pruning", subtitle="left: what each mode removes · right: target probability after it")
+    )
+
+
+def pruning_curve_chart(curve: pd.DataFrame, measure: str) -> alt.Chart:
+    """Cumulative pruning: ``measure`` as heads are removed least important first, one line per order.
+
+    ``curve``: ``core.importance.pruning_curve`` output; the random order is dashed.
+    """
+    return (
+        alt.Chart(curve.assign(baseline=curve["order"] == RANDOM_ORDER))
+        .mark_line(point=True)
+        .encode(
+            x=alt.X(
+                "fraction:Q",
+                title="share of all heads pruned (least important first)",
+                axis=alt.Axis(format="%", tickCount=10),
+            ),
+            y=alt.Y("accuracy:Q", title=measure, scale=alt.Scale(domain=[0, 1])),
+            color=alt.Color(
+                "order:N",
+                title="order by",
+                scale=alt.Scale(domain=[*METRICS, RANDOM_ORDER], range=_ORDER_COLOURS),
+                legend=alt.Legend(orient="right"),
+            ),
+            strokeDash=alt.StrokeDash("baseline:N", legend=None, scale=alt.Scale(domain=[False, True], range=[[1, 0], [5, 4]])),
+            tooltip=[
+                alt.Tooltip("order:N", title="order by"),
+                alt.Tooltip("pruned:Q", title="heads pruned"),
+                alt.Tooltip("fraction:Q", title="share pruned", format=".0%"),
+                alt.Tooltip("accuracy:Q", title=measure, format=".3f"),
+            ],
+        )
+        .properties(
+            title=alt.TitleParams("Cumulative pruning", subtitle="the metric whose line stays up longest ranks heads best"),
+            height=_CHART_HEIGHT,
+        )
+    )
