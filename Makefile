@@ -15,6 +15,9 @@ test: $(STAMP) chromium
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_capture.py
+	$(BIN)/python benchmarks/bench_importance.py
+	$(BIN)/python benchmarks/bench_strength.py
+	$(BIN)/python benchmarks/bench_patterns.py
 
 train-demo: $(STAMP)
 	$(BIN)/python scripts/train_demo.py

@@ -21,18 +21,39 @@ _warm_thread: threading.Thread | None = None
 _warm_error: list[BaseException] = []
 
 
-def layout_2d(features: np.ndarray, method: Method = "pca", *, seed: int = 0) -> np.ndarray:
-    """``[N, 2]`` positions for ``[N, D]`` features; any ``N >= 1``, constant features included."""
+def layout_2d(
+    features: np.ndarray,
+    method: Method = "pca",
+    *,
+    seed: int = 0,
+    n_neighbors: int = 15,
+    min_dist: float = 1.0,
+    spread: float = 3.0,
+    n_epochs: int | None = None,
+    exact_neighbors: bool = False,
+) -> np.ndarray:
+    """``[N, 2]`` positions for ``[N, D]`` features; any ``N >= 1``, constant features included.
+
+    The keyword arguments tune UMAP (see ``_umap``); PCA ignores them.
+    """
     features = np.asarray(features, dtype=np.float32)
     n = len(features)
     if n == 0:
         return np.zeros((0, 2), dtype=np.float32)
-    spread = features.std(axis=0).max() if n > 1 else 0.0
-    if n < 3 or not np.isfinite(spread) or spread < 1e-12:
+    variation = features.std(axis=0).max() if n > 1 else 0.0
+    if n < 3 or not np.isfinite(variation) or variation < 1e-12:
         # nothing to separate: spread the points on a line so every one stays visible
         return np.stack([np.arange(n, dtype=np.float32), np.zeros(n, dtype=np.float32)], axis=1)
     if method == "umap" and n >= 5:
-        return _umap(features, seed)
+        return _umap(
+            features,
+            seed,
+            n_neighbors=n_neighbors,
+            min_dist=min_dist,
+            spread=spread,
+            n_epochs=n_epochs,
+            exact_neighbors=exact_neighbors,
+        )
     return _pca(features)
 
 
@@ -46,24 +67,50 @@ def _pca(features: np.ndarray) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def _umap(features: np.ndarray, seed: int) -> np.ndarray:
+def _umap(
+    features: np.ndarray,
+    seed: int,
+    *,
+    n_neighbors: int = 15,
+    # well-separated classes collapse into dots at UMAP's defaults; a wider spread keeps
+    # the images inside each cluster apart so single images can be seen and clicked
+    min_dist: float = 1.0,
+    spread: float = 3.0,
+    n_epochs: int | None = None,
+    exact_neighbors: bool = False,
+) -> np.ndarray:
+    """UMAP positions; ``n_epochs=None`` is umap's own choice (500 up to 10,000 points, else 200).
+
+    ``exact_neighbors`` finds the neighbours with scikit-learn instead of umap: above
+    4,096 points umap switches to its approximate search (pynndescent), whose numba
+    kernels the background warm-up does not compile (another ~35 s on first use).
+    """
     import umap
 
-    n_neighbors = max(2, min(15, len(features) - 1))
+    n_neighbors = max(2, min(n_neighbors, len(features) - 1))
+    knn = _exact_neighbors(features, n_neighbors) if exact_neighbors else (None, None, None)
     reducer = umap.UMAP(
         n_neighbors=n_neighbors,
         n_components=2,
-        # well-separated classes collapse into dots at UMAP's defaults; a wider spread keeps
-        # the images inside each cluster apart so single images can be seen and clicked
-        min_dist=1.0,
-        spread=3.0,
+        min_dist=min_dist,
+        spread=spread,
+        n_epochs=n_epochs,
         random_state=seed,
         init="spectral" if len(features) > n_neighbors + 2 else "random",
         n_jobs=1,
+        precomputed_knn=knn,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # umap warns that random_state disables parallelism
         return reducer.fit_transform(features).astype(np.float32)
+
+
+def _exact_neighbors(features: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray, None]:
+    """Each point's ``n_neighbors`` nearest points, counting itself, as umap's ``precomputed_knn``."""
+    from sklearn.neighbors import NearestNeighbors
+
+    distances, indices = NearestNeighbors(n_neighbors=n_neighbors).fit(features).kneighbors(features)
+    return indices.astype(np.int64), distances.astype(np.float32), None
 
 
 def _warm() -> None:

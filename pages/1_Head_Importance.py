@@ -7,7 +7,6 @@ import streamlit as st
 from core.importance import METRIC_HELP, METRICS, MODE_REMOVES, MODES, RANKED_BY_MAGNITUDE
 from ui import importance, session
 from ui.charts import top5_chart
-from ui.strength import show_head_chart  # clicking a head focuses it, as in view C
 
 st.set_page_config(page_title="Head importance · HeadScope", page_icon="🔭", layout="wide")
 ctx = session.page_context()
@@ -42,7 +41,7 @@ head_at = (focus.layer, focus.head)
 st.subheader("B1 · Every head")
 b1, heat, ranked = st.columns([5, 3, 3], gap="medium")
 with b1:
-    show_head_chart(
+    session.show_head_chart(
         importance.importance_line_chart(values, metric_title, handle.num_heads, head_at, baseline, where),
         key="importance_line",
     )
@@ -51,7 +50,7 @@ with b1:
     )
 with heat:
     signed = on_image and metric in RANKED_BY_MAGNITUDE
-    show_head_chart(
+    session.show_head_chart(
         importance.importance_heatmap(values, metric, metric_title, head_at, signed), key="importance_heatmap"
     )
 with ranked:

@@ -33,7 +33,7 @@ head_at = (focus.layer, focus.head)
 
 c1, c2, c3 = st.columns(3, gap="medium")
 with c1:
-    strength.show_head_chart(
+    session.show_head_chart(
         strength.heads_by_layer_chart(heads, "entropy", "Head entropy across layers", "entropy (nats)", head_at),
         key="strength_entropy_chart",
     )
@@ -66,7 +66,7 @@ with d1:
     )
 with d2:
     patch_h, patch_w = handle.patch_size
-    strength.show_head_chart(
+    session.show_head_chart(
         strength.heads_by_layer_chart(
             heads, "distance", "Mean attention distance", "distance (input pixels)", head_at, value_format=".1f"
         ),
@@ -78,7 +78,7 @@ with d2:
     )
 with d3:
     if handle.num_prefix_tokens:
-        strength.show_head_chart(
+        session.show_head_chart(
             strength.heads_by_layer_chart(heads, "prefix_share", "Attention to prefix tokens", "share of attention", head_at),
             key="strength_prefix_chart",
         )

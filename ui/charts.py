@@ -6,6 +6,9 @@ import altair as alt
 import pandas as pd
 
 OVERVIEW_SELECTION = "pick"
+HEAD_SELECTION = "head"  # every chart where a click picks a head: fields layer, head
+FOCUS_RED = "#d62728"  # the focus image or head, on every page
+LAYER_COLOURS = "tableau20"  # one distinct hue per layer (up to 20), as the paper's views C1 and D1
 
 
 def overview_chart(points: pd.DataFrame, focus_id: str | None) -> alt.LayerChart:
@@ -53,7 +56,7 @@ def overview_chart(points: pd.DataFrame, focus_id: str | None) -> alt.LayerChart
     )
     ring = (
         alt.Chart(points[points["id"] == focus_id])
-        .mark_point(shape="circle", size=320, strokeWidth=2.5, color="#d62728", filled=False)
+        .mark_point(shape="circle", size=320, strokeWidth=2.5, color=FOCUS_RED, filled=False)
         .encode(x="x:Q", y="y:Q")
     )
     return alt.layer(dots, ring).properties(height=420)

@@ -29,9 +29,8 @@ from core.importance import (
 from core.model import ViTHandle
 from ui import session
 # one head-picking selection and focus colour for every view's head charts
-from ui.strength import FOCUS_RED, HEAD_SELECTION
+from ui.charts import FOCUS_RED, HEAD_SELECTION, LAYER_COLOURS
 
-_LAYER_COLOURS = "tableau20"  # distinct hues for up to 20 layers
 _CHART_HEIGHT = 300
 # (query, key) blocks of the attention matrix in the order of ``MODE_BLOCKS``' flags
 _BLOCK_NAMES = ("prefix → prefix", "prefix → patch", "patch → prefix", "patch → patch")
@@ -223,7 +222,7 @@ def importance_line_chart(
         .encode(
             x=x,
             y=y,
-            color=alt.Color("layer:O", scale=alt.Scale(scheme=_LAYER_COLOURS), legend=alt.Legend(orient="right")),
+            color=alt.Color("layer:O", scale=alt.Scale(scheme=LAYER_COLOURS), legend=alt.Legend(orient="right")),
             tooltip=tooltip,
         )
         .add_params(pick)

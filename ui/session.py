@@ -20,6 +20,7 @@ from core.images import ImageSet, demo_digits_set, image_set_from_files, image_s
 from core.inference import Predictions, predict_images
 from core.model import DEMO_NAME, ViTHandle, imagenet_synsets, load_model
 from core.projection import layout_2d, umap_failed, umap_ready
+from ui.charts import HEAD_SELECTION
 from ui.display import enlarge_for_display
 
 MODEL_KEY = "model_spec"
@@ -204,6 +205,18 @@ def set_focus_head(layer: int, head: int) -> None:
     st.session_state[FOCUS_KEY] = FocusSelection(focus().image_id, layer, head)
 
 
+def pick_head(chart_key: str) -> None:
+    """``on_select`` of a head chart: the clicked ``(layer, head)`` becomes the focus head."""
+    selected = st.session_state[chart_key].selection.get(HEAD_SELECTION) or []
+    if selected and {"layer", "head"} <= selected[0].keys():
+        set_focus_head(int(selected[0]["layer"]), int(selected[0]["head"]))
+
+
+def show_head_chart(chart, key: str) -> None:
+    """Render a chart built with ``HEAD_SELECTION``; clicking a head makes it the focus head."""
+    st.altair_chart(chart, key=key, on_select=lambda: pick_head(key), selection_mode=HEAD_SELECTION, width="stretch")
+
+
 def focus_image_id(image_set: ImageSet) -> str:
     """The focus image if it belongs to ``image_set``, else the set's first image (made the focus)."""
     current = focus().image_id
@@ -269,11 +282,11 @@ def _focus_sidebar(handle: ViTHandle, image_set: ImageSet, focus_id: str) -> Non
     sidebar.page_link("streamlit_app.py", label="Change the model or the images", icon=":material/home:")
     sidebar.caption(f"**{handle.name}** · {image_set.title}")
 
-    # keyed widgets ignore their default after the first run: keep them in step with the focus
+    # keyed widgets ignore their default after the first run, and a page switch makes them
+    # new widgets: set their state from the focus on every run
     current = focus()
     for key, value in (("focus_image_pick", focus_id), ("focus_layer", current.layer), ("focus_head", current.head)):
-        if st.session_state.get(key) != value:
-            st.session_state[key] = value
+        st.session_state[key] = value
 
     sidebar.header("Focus")
     names = {image.id: image.name for image in image_set.images}

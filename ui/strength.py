@@ -15,10 +15,8 @@ from core.images import ImageSet
 from core.model import ViTHandle
 from core.strength import SPREAD_QUANTILES, StrengthStats, strength_statistics
 from ui import session
+from ui.charts import FOCUS_RED, HEAD_SELECTION, LAYER_COLOURS
 
-HEAD_SELECTION = "head"
-FOCUS_RED = "#d62728"
-_LAYER_COLOURS = "tableau20"  # distinct hues for up to 20 layers, as the paper's view C1
 _CHART_HEIGHT = 300
 
 
@@ -56,22 +54,6 @@ def image_statistics(handle: ViTHandle, image_set: ImageSet, image_id: str) -> S
     return _image_statistics(handle.key, image_id, handle, image_set)
 
 
-# --- head picking ----------------------------------------------------------------------
-
-
-def _pick_head(chart_key: str) -> None:
-    selected = st.session_state[chart_key].selection.get(HEAD_SELECTION) or []
-    if selected and {"layer", "head"} <= selected[0].keys():
-        session.set_focus_head(int(selected[0]["layer"]), int(selected[0]["head"]))
-
-
-def show_head_chart(chart: alt.TopLevelMixin, key: str) -> None:
-    """Render a ``heads_by_layer_chart``; clicking a dot makes that head the focus head."""
-    st.altair_chart(
-        chart, key=key, on_select=lambda: _pick_head(key), selection_mode=HEAD_SELECTION, width="stretch"
-    )
-
-
 # --- charts ----------------------------------------------------------------------------
 
 
@@ -95,7 +77,7 @@ def heads_by_layer_chart(
             x=x,
             xOffset=x_offset,
             y=y,
-            color=alt.Color("layer:O", scale=alt.Scale(scheme=_LAYER_COLOURS), legend=None),
+            color=alt.Color("layer:O", scale=alt.Scale(scheme=LAYER_COLOURS), legend=None),
             tooltip=[alt.Tooltip("head_label:N", title="head"), alt.Tooltip(f"{value}:Q", title=axis_title, format=value_format)],
         )
         .add_params(pick)

@@ -1,0 +1,136 @@
+"""Attention patterns (view D): the autoencoder and projection of ~20,000 maps, and the page's first run.
+
+Prints, with the machine facts:
+
+1. sampling ~20,000 patch maps from the demo model's held-out digits, training the
+   autoencoder on them, and projecting the codes: UMAP *cold* (the first UMAP call in
+   this process, which pays numba's compilation) and *warm* (later calls, each after a
+   fresh training, interleaved), then k-means;
+2. the attention patterns page on the demo set once UMAP is warm (AppTest, default
+   settings): the page's whole first run with every result cache empty against a
+   rerun with the caches filled, interleaved, and their ratio. D1 is the page's first
+   chart; the rest of the page adds well under a second, so the whole run bounds the
+   time to the first chart.
+
+    .venv/bin/python benchmarks/bench_patterns.py [--maps 20000] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from core.images import demo_digits_set  # noqa: E402
+from core.model import load_model  # noqa: E402
+from core.patterns import cluster_patterns, project_patterns, sample_maps, train_autoencoder  # noqa: E402
+
+T = TypeVar("T")
+PAGE = "pages/3_Attention_Patterns.py"
+
+
+def _timed(fn: Callable[[], T]) -> tuple[T, float]:
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _load() -> str:
+    return " ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+
+
+def machine_facts(device: torch.device) -> None:
+    print(
+        f"machine: {os.cpu_count()} cores ({_cpu_model()}), Python {platform.python_version()}, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), device {device.type}, load average {_load()}"
+    )
+
+
+def bench_space(max_maps: int, repeats: int) -> None:
+    handle = load_model("demo")
+    machine_facts(handle.device)
+    images = demo_digits_set(0, 0.2)
+    x = handle.preprocess(images.pil_images())
+    sample, sampling = _timed(lambda: sample_maps(handle, x, max_maps=max_maps))
+    print(f"sampled {len(sample.inputs):,} patch maps from {len(images)} images in {sampling:.1f} s")
+
+    space, first_train = _timed(lambda: train_autoencoder(sample, device=handle.device))
+    _, cold = _timed(lambda: project_patterns(space, method="umap"))
+    trains, warms, kmeans = [first_train], [], []
+    for _ in range(repeats):
+        space, train_s = _timed(lambda: train_autoencoder(sample, device=handle.device))
+        _, warm = _timed(lambda: project_patterns(space, method="umap"))
+        _, km = _timed(lambda: cluster_patterns(space))
+        trains.append(train_s)
+        warms.append(warm)
+        kmeans.append(km)
+    train_s, warm = statistics.median(trains), statistics.median(warms)
+    print(
+        f"autoencoder training: median {train_s:.1f} s (runs: {', '.join(f'{t:.1f}' for t in trains)}), "
+        f"reconstruction MSE {space.reconstruction_mse:.4f} vs mean-map {space.baseline_mse:.4f}"
+    )
+    print(f"UMAP projection cold (first call, numba compiles): {cold:.1f} s")
+    print(f"UMAP projection warm: median {warm:.1f} s (runs: {', '.join(f'{t:.1f}' for t in warms)}); cold/warm {cold / warm:.1f}x")
+    print(f"k-means (6 clusters): median {statistics.median(kmeans):.2f} s")
+    print(f"=> {len(sample.inputs):,} maps train + project: cold {first_train + cold:.1f} s, warm {train_s + warm:.1f} s")
+
+
+def bench_page(repeats: int) -> None:
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from core.projection import wait_for_umap
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    assert wait_for_umap(timeout=600), "UMAP is unusable in this process"
+    empty, cached = [], []
+    for _ in range(repeats):
+        at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=900)
+        at.run()
+        at.switch_page(PAGE)
+        st.cache_data.clear()  # the page's results and the set's predictions: a first visit
+        _, first = _timed(at.run)
+        assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+        _, again = _timed(at.run)
+        empty.append(first)
+        cached.append(again)
+    first, again = statistics.median(empty), statistics.median(cached)
+    print(
+        f"page on the demo set (default settings, UMAP warm): empty caches median {first:.1f} s "
+        f"(runs: {', '.join(f'{t:.1f}' for t in empty)}), cached median {again:.2f} s "
+        f"(runs: {', '.join(f'{t:.2f}' for t in cached)}); ratio {first / again:.0f}x"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--maps", type=int, default=20_000)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    bench_space(args.maps, args.repeats)
+    bench_page(args.repeats)
+    print(f"load average at the end: {_load()}")
+
+
+if __name__ == "__main__":
+    main()
