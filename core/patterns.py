@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Literal, TypeVar
+from typing import Iterable, Iterator, Literal, Sequence, TypeVar
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from core.attention import iter_attention
@@ -151,7 +152,7 @@ class MapSample:
 
 def sample_maps(
     handle: ViTHandle,
-    x: torch.Tensor,
+    x: torch.Tensor | Sequence[Image.Image],
     *,
     kind: MapKind = "patch",
     max_maps: int = DEFAULT_MAX_MAPS,
@@ -160,7 +161,7 @@ def sample_maps(
 ) -> MapSample:
     """A seeded sample of at most ``max_maps`` maps from every head, streamed over the images of ``x``.
 
-    ``x`` is ``[N, C, H, W]``; the attention of a few images at a time is read and
+    ``x`` is ``[N, C, H, W]`` or a list of PIL images; the attention of a few images at a time is read and
     dropped, so the set's full attention is never held. ``progress(images done, N)``.
 
     Raises:
@@ -170,9 +171,17 @@ def sample_maps(
     if kind == "cls" and getattr(handle.model, "cls_token", None) is None:
         raise ValueError("This model has no CLS token, so it has no CLS maps; use patch maps instead.")
     per_image = handle.num_layers * handle.num_heads * handle.num_tokens**2 * 4
-    batches = (batch.attn for batch in iter_attention(handle, x, batch_size=max(1, _ATTENTION_BYTES // per_image)))
+    step = max(1, _ATTENTION_BYTES // per_image)
+
+    def batches() -> Iterator[torch.Tensor]:
+        for start in range(0, len(x), step):
+            part = x[start:start + step]
+            # PIL images are preprocessed per batch, so the set's input tensor is never held either
+            part = part if isinstance(part, torch.Tensor) else handle.preprocess(part)
+            yield from (batch.attn for batch in iter_attention(handle, part, batch_size=step))
+
     return sample_maps_from(
-        batches,
+        batches(),
         num_images=len(x),
         grid=handle.grid,
         num_prefix_tokens=handle.num_prefix_tokens,

@@ -26,10 +26,10 @@ tables = importance.importance_tables(handle, ctx.image_set)
 GLOBAL, LOCAL = "Over the set (global)", "Focus image (local)"
 left, right = st.columns([1, 2])
 metric = left.selectbox(
-    "Metric", list(METRICS), key="importance_metric", format_func=lambda m: m.replace("_", " "),
+    "Metric", list(METRICS), key="importance_metric", persist_state="session", format_func=lambda m: m.replace("_", " "),
     help="; ".join(f"{m}: {text}" for m, text in METRIC_HELP.items()),
 )
-scope = right.radio("Scope", [GLOBAL, LOCAL], key="importance_scope", horizontal=True)
+scope = right.radio("Scope", [GLOBAL, LOCAL], key="importance_scope", horizontal=True, persist_state="session")
 on_image = scope == LOCAL
 shown = image if on_image else None
 values = importance.metric_values(tables, metric, shown)
@@ -62,7 +62,7 @@ st.subheader(f"B2 · Partial pruning of {focus.head_label} on `{name}`")
 partial = importance.partial(handle, ctx.image_set, ctx.focus_id, focus.layer, focus.head)
 target_name = handle.class_names[int(tables.unpruned.iloc[image]["target"])]
 mode = st.radio(
-    "Mode shown in B3", list(MODES), key="importance_mode", horizontal=True,
+    "Mode shown in B3", list(MODES), key="importance_mode", horizontal=True, persist_state="session",
     format_func=lambda m: f"{m} ({MODE_REMOVES[m]})",
 )
 b2, b3 = st.columns([3, 2], gap="large")

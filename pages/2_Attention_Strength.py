@@ -22,7 +22,7 @@ st.caption(
 )
 
 FOCUS_IMAGE, SET_MEAN = "Focus image", "Set mean"
-scope = st.radio("Show per-head values for", [FOCUS_IMAGE, SET_MEAN], key="strength_scope", horizontal=True)
+scope = st.radio("Show per-head values for", [FOCUS_IMAGE, SET_MEAN], key="strength_scope", horizontal=True, persist_state="session")
 
 stats = strength.set_statistics(handle, ctx.image_set)
 image = ctx.image_set.index_of(ctx.focus_id)

@@ -74,3 +74,21 @@ def test_upload_focus_and_head_follow_the_user_across_pages(app: AppTest) -> Non
     assert not app.exception
     assert "Uploaded images (4 images)" in app.caption[0].value
     assert app.text_input(key="focus_id_input").value == ids[2]
+
+
+def test_page_settings_survive_a_visit_to_another_page(app: AppTest) -> None:
+    images, _ = digit_images(digits_split(0, 0.2).test[30:33])
+    app.radio(key="image_source").set_value("Upload images").run()
+    app.sidebar.get("file_uploader")[0].set_value([(f"s{i}.png", _png(im), "image/png") for i, im in enumerate(images)])
+    app.run()
+    app.switch_page(PAGES[0]).run()
+    app.selectbox(key="importance_metric").set_value("taylor").run()
+    app.radio(key="importance_scope").set_value(app.radio(key="importance_scope").options[1]).run()
+    app.switch_page(PAGES[1]).run()
+    app.radio(key="strength_scope").set_value("Set mean").run()
+    app.switch_page(PAGES[0]).run()
+    assert not app.exception
+    assert app.selectbox(key="importance_metric").value == "taylor"
+    assert app.radio(key="importance_scope").value == app.radio(key="importance_scope").options[1]
+    app.switch_page(PAGES[1]).run()
+    assert app.radio(key="strength_scope").value == "Set mean"

@@ -153,6 +153,22 @@ def test_sampling_cap_is_respected_per_head_and_deterministic(tiny_handle) -> No
         torch.testing.assert_close(first.inputs[i:i + 1], autoencoder_input(raw, torch.tensor([row.source]), grid))
 
 
+def test_pil_images_are_preprocessed_per_batch_and_give_the_same_sample(tiny_handle, monkeypatch) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(5)]
+    from_tensor = sample_maps(tiny_handle, tiny_handle.preprocess(images), max_maps=60, seed=3)
+    monkeypatch.setattr("core.patterns._ATTENTION_BYTES", 2 * 3 * 3 * 17**2 * 4)  # two images per batch
+    sizes: list[int] = []
+    original = type(tiny_handle).preprocess
+    monkeypatch.setattr(type(tiny_handle), "preprocess", lambda self, ims: sizes.append(len(ims)) or original(self, ims))
+    from_pil = sample_maps(tiny_handle, images, max_maps=60, seed=3)
+    assert sizes == [2, 2, 1]  # never the whole set at once
+    pd.testing.assert_frame_equal(from_tensor.origin, from_pil.origin)
+    torch.testing.assert_close(from_tensor.inputs, from_pil.inputs)
+
+
 def test_small_pools_give_every_map_once_and_tiny_caps_are_refused(tiny_handle) -> None:
     x = torch.randn(1, 3, 32, 32)
     one = sample_maps(tiny_handle, x, kind="cls", max_maps=1000)

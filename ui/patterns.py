@@ -64,7 +64,7 @@ def _space(model_key: str, set_key: str, kind: str, max_maps: int, seed: int, _h
     try:
         sample = sample_maps(
             _handle,
-            _handle.preprocess(_images.pil_images()),
+            _images.pil_images(),
             kind=kind,  # type: ignore[arg-type]
             max_maps=max_maps,
             seed=seed,
