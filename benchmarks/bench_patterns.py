@@ -30,6 +30,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from _machine import cpu_model  # noqa: E402  (this folder is on sys.path when run as a script)
 
 from core.images import demo_digits_set  # noqa: E402
 from core.model import load_model  # noqa: E402
@@ -45,23 +46,13 @@ def _timed(fn: Callable[[], T]) -> tuple[T, float]:
     return result, time.perf_counter() - start
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _load() -> str:
     return " ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 
 def machine_facts(device: torch.device) -> None:
     print(
-        f"machine: {os.cpu_count()} cores ({_cpu_model()}), Python {platform.python_version()}, "
+        f"machine: {os.cpu_count()} cores ({cpu_model()}), Python {platform.python_version()}, "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), device {device.type}, load average {_load()}"
     )
 

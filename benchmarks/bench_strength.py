@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _machine import cpu_model  # noqa: E402  (this folder is on sys.path when run as a script)
 
 from core.digits import digit_images  # noqa: E402
 from core.model import load_model  # noqa: E402
@@ -89,15 +90,6 @@ def _run_child(n: int) -> dict[str, float]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -108,7 +100,7 @@ def main() -> None:
         child(args.child)
         return
     print(
-        f"{platform.system()} {platform.machine()}, {_cpu_model()}, {os.cpu_count()} CPUs, "
+        f"{platform.system()} {platform.machine()}, {cpu_model()}, {os.cpu_count()} CPUs, "
         f"python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"demo model, {args.repeats} interleaved runs per size, each in a fresh process"
     )

@@ -11,20 +11,15 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from PIL import Image
 from safetensors.torch import save
 from streamlit.testing.v1 import AppTest
 
 from core.digits import digit_images, digits_split
+from test_images import encode
 
 TIMEOUT = 180
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 
-
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture
@@ -73,7 +68,7 @@ def test_upload_images_keeps_good_files_and_explains_bad_ones(app: AppTest) -> N
     images, _ = digit_images(digits_split(0, 0.2).test[:3])
     app.radio(key="image_source").set_value("Upload images").run()
     uploader = app.sidebar.get("file_uploader")[0]
-    files = [(f"d{i}.png", _png(im), "image/png") for i, im in enumerate(images)]
+    files = [(f"d{i}.png", encode(im), "image/png") for i, im in enumerate(images)]
     files.append(("fake.png", b"this is not an image", "image/png"))
     uploader.set_value(files)
     app.run()
@@ -90,7 +85,7 @@ def test_zip_folders_become_labels(app: AppTest) -> None:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         for i, (image, label) in enumerate(zip(images, labels)):
-            archive.writestr(f"digits/{label}/img{i}.png", _png(image))
+            archive.writestr(f"digits/{label}/img{i}.png", encode(image))
     app.radio(key="image_source").set_value("Upload a ZIP (ImageFolder)").run()
     app.sidebar.get("file_uploader")[0].set_value(("digits.zip", buffer.getvalue(), "application/zip"))
     app.run()
@@ -151,10 +146,10 @@ def test_malicious_checkpoint_upload_is_refused_and_demo_stays(app: AppTest, tmp
 def test_focus_box_follows_the_focus_when_the_set_changes(app: AppTest) -> None:
     images, _ = digit_images(digits_split(0, 0.2).test[100:102])
     app.radio(key="image_source").set_value("Upload images").run()
-    app.sidebar.get("file_uploader")[0].set_value([(f"u{i}.png", _png(im), "image/png") for i, im in enumerate(images)])
+    app.sidebar.get("file_uploader")[0].set_value([(f"u{i}.png", encode(im), "image/png") for i, im in enumerate(images)])
     app.run()
     focus_id = app.session_state["focus"].image_id
-    assert focus_id == hashlib.sha256(_png(images[0])).hexdigest()[:16]
+    assert focus_id == hashlib.sha256(encode(images[0])).hexdigest()[:16]
     assert app.text_input(key="focus_id_input").value == focus_id
 
 
@@ -177,7 +172,7 @@ def test_a_bad_upload_keeps_the_previous_images(app: AppTest) -> None:
     images, _ = digit_images(digits_split(0, 0.2).test[:2])
     app.radio(key="image_source").set_value("Upload images").run()
     uploader = app.sidebar.get("file_uploader")[0]
-    uploader.set_value([(f"d{i}.png", _png(im), "image/png") for i, im in enumerate(images)])
+    uploader.set_value([(f"d{i}.png", encode(im), "image/png") for i, im in enumerate(images)])
     app.run()
     assert "Uploaded images (2 images)" in app.caption[0].value
     app.sidebar.get("file_uploader")[0].set_value([("empty.png", b"", "image/png")])

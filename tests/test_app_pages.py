@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pytest
-from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from core.digits import digit_images, digits_split
+from test_images import encode
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "streamlit_app.py")
 PAGES = [f"pages/{p.name}" for p in sorted((ROOT / "pages").glob("[0-9]*_*.py"))]
 
-
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture
@@ -51,7 +45,7 @@ def test_page_opens_on_the_demo_samples(app: AppTest, page: str) -> None:
 def test_upload_focus_and_head_follow_the_user_across_pages(app: AppTest) -> None:
     images, _ = digit_images(digits_split(0, 0.2).test[20:24])
     app.radio(key="image_source").set_value("Upload images").run()
-    app.sidebar.get("file_uploader")[0].set_value([(f"u{i}.png", _png(im), "image/png") for i, im in enumerate(images)])
+    app.sidebar.get("file_uploader")[0].set_value([(f"u{i}.png", encode(im), "image/png") for i, im in enumerate(images)])
     app.run()
     ids = [image.id for image in app.session_state["uploaded_set"][1].images]
 
@@ -79,7 +73,7 @@ def test_upload_focus_and_head_follow_the_user_across_pages(app: AppTest) -> Non
 def test_page_settings_survive_a_visit_to_another_page(app: AppTest) -> None:
     images, _ = digit_images(digits_split(0, 0.2).test[30:33])
     app.radio(key="image_source").set_value("Upload images").run()
-    app.sidebar.get("file_uploader")[0].set_value([(f"s{i}.png", _png(im), "image/png") for i, im in enumerate(images)])
+    app.sidebar.get("file_uploader")[0].set_value([(f"s{i}.png", encode(im), "image/png") for i, im in enumerate(images)])
     app.run()
     app.switch_page(PAGES[0]).run()
     app.selectbox(key="importance_metric").set_value("taylor").run()

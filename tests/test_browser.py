@@ -10,7 +10,6 @@ setting comes from ``.streamlit/config.toml``.
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import re
 import shutil
@@ -28,6 +27,7 @@ import pytest
 from PIL import Image
 
 from core.digits import digit_images, digits_split
+from test_images import encode
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = sorted((ROOT / "pages").glob("[0-9]*_*.py"))
@@ -117,16 +117,11 @@ def shots(tmp_path_factory) -> Path:
     return path
 
 
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
 
 def _digit_files(indices: list[int]) -> list[dict]:
     test = digits_split(0, 0.2).test
     images, _ = digit_images(np.array([int(test[i]) for i in indices]))
-    return [{"name": f"digit_{i}.png", "mimeType": "image/png", "buffer": _png(im)} for i, im in zip(indices, images)]
+    return [{"name": f"digit_{i}.png", "mimeType": "image/png", "buffer": encode(im)} for i, im in zip(indices, images)]
 
 
 # --- the synchronous, single-session tests ------------------------------------------
@@ -210,7 +205,7 @@ def test_server_refuses_an_upload_over_its_limit(server: str, browser) -> None:
     page.wait_for_selector('[data-testid="stVegaLiteChart"]', timeout=PAGE_TIMEOUT_MS)
     page.get_by_text("Upload images", exact=True).click()
     noise = np.random.default_rng(0).integers(0, 256, (1100, 1100, 3), dtype=np.uint8)
-    big = _png(Image.fromarray(noise))
+    big = encode(Image.fromarray(noise))
     assert len(big) > SERVER_UPLOAD_LIMIT_MB * 2**20  # under the widget's 50 MB, over the server's limit
     page.set_input_files(
         '[data-testid="stFileUploaderDropzoneInput"]',

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import gc
-import io
 import os
 import re
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from streamlit.runtime.caching import cache_data_api, cache_resource_api
 from streamlit.testing.v1 import AppTest
 
 from core.digits import digit_images, digits_split
+from test_images import encode
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "streamlit_app.py")
@@ -23,11 +22,6 @@ def _rss_bytes() -> int:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _cache_sizes() -> list[tuple[str, int, float]]:
@@ -51,7 +45,7 @@ def test_fifty_reruns_keep_memory_flat_and_caches_bounded(monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     test = digits_split(0, 0.2).test
     images, _ = digit_images(test)
-    uploads = [[(f"d{i}.png", _png(images[(3 * run + i) % len(images)]), "image/png") for i in range(3)] for run in range(70)]
+    uploads = [[(f"d{i}.png", encode(images[(3 * run + i) % len(images)]), "image/png") for i in range(3)] for run in range(70)]
 
     at = AppTest.from_file(APP, default_timeout=180)
     at.run()

@@ -63,16 +63,10 @@ def target_measure(image_set: ImageSet) -> str:
 @st.cache_data(max_entries=8, show_spinner=False)
 def _tables(model_key: str, set_key: str, _handle: ViTHandle, _images: ImageSet) -> HeadImportance:
     heads = _handle.num_layers * _handle.num_heads
-    bar = st.progress(0.0, text=f"Pruning each of the {heads} heads on {len(_images)} images…")
-    try:
-        return head_importance_tables(
-            _handle,
-            _images.pil_images(),
-            set_labels(_images),
-            progress=lambda done, total: bar.progress(done / total, text=f"Head importance: {done} of {total} images…"),
-        )
-    finally:
-        bar.empty()
+    with session.progress_bar(
+        f"Pruning each of the {heads} heads on {len(_images)} images…", "Head importance: {done} of {total} images…"
+    ) as progress:
+        return head_importance_tables(_handle, _images.pil_images(), set_labels(_images), progress=progress)
 
 
 def importance_tables(handle: ViTHandle, image_set: ImageSet) -> HeadImportance:
@@ -84,18 +78,10 @@ def importance_tables(handle: ViTHandle, image_set: ImageSet) -> HeadImportance:
 def _curve(
     model_key: str, set_key: str, steps: int, _handle: ViTHandle, _images: ImageSet, _overall: pd.DataFrame
 ) -> pd.DataFrame:
-    bar = st.progress(0.0, text=f"Pruning more and more heads on {len(_images)} images…")
-    try:
-        return pruning_curve(
-            _handle,
-            _images.pil_images(),
-            _overall,
-            set_labels(_images),
-            steps=steps,
-            progress=lambda done, total: bar.progress(done / total, text=f"Pruning curve: {done} of {total} images…"),
-        )
-    finally:
-        bar.empty()
+    with session.progress_bar(
+        f"Pruning more and more heads on {len(_images)} images…", "Pruning curve: {done} of {total} images…"
+    ) as progress:
+        return pruning_curve(_handle, _images.pil_images(), _overall, set_labels(_images), steps=steps, progress=progress)
 
 
 def curve(handle: ViTHandle, image_set: ImageSet, tables: HeadImportance) -> pd.DataFrame:

@@ -33,7 +33,6 @@ from core.patterns import (
     train_autoencoder,
 )
 from core.projection import Method, umap_failed, umap_ready
-from ui import session
 from ui.charts import FOCUS_RED, HEAD_SELECTION, LAYER_COLOURS
 from ui.display import enlarge_for_display
 

@@ -9,7 +9,9 @@ underscore arguments, which Streamlit leaves out of the cache key.
 from __future__ import annotations
 
 import hashlib
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -17,7 +19,7 @@ import streamlit as st
 
 from core.errors import HeadScopeError
 from core.images import ImageSet, demo_digits_set, image_set_from_files, image_set_from_zip, sample_photos_set
-from core.inference import Predictions, predict_images
+from core.inference import Predictions, Progress, predict_images
 from core.model import DEMO_NAME, ViTHandle, imagenet_synsets, load_model
 from core.projection import layout_2d, umap_failed, umap_ready
 from ui.charts import HEAD_SELECTION
@@ -51,6 +53,23 @@ class FocusSelection:
     @property
     def head_label(self) -> str:
         return f"L{self.layer}H{self.head}"
+
+
+# --- progress --------------------------------------------------------------------------
+
+
+@contextmanager
+def progress_bar(start: str, step: str) -> Iterator[Progress]:
+    """A progress bar fed by a core ``progress(done, total)`` callback, removed when the work ends.
+
+    ``step`` is formatted with ``done`` and ``total``. Used inside ``st.cache_data``
+    functions, so a cache hit replays the bar instead of recomputing.
+    """
+    bar = st.progress(0.0, text=start)
+    try:
+        yield lambda done, total: bar.progress(done / total, text=step.format(done=done, total=total))
+    finally:
+        bar.empty()
 
 
 # --- model -----------------------------------------------------------------------------
@@ -144,15 +163,8 @@ def upload_images(files: list[tuple[str, bytes]], handle: ViTHandle, as_zip: boo
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def _predictions(model_key: str, set_key: str, _handle: ViTHandle, _images: ImageSet) -> Predictions:
-    bar = st.progress(0.0, text=f"Running the model over {len(_images)} images…")
-    try:
-        return predict_images(
-            _handle,
-            _images.pil_images(),
-            progress=lambda done, total: bar.progress(done / total, text=f"Classified {done} of {total} images…"),
-        )
-    finally:
-        bar.empty()
+    with progress_bar(f"Running the model over {len(_images)} images…", "Classified {done} of {total} images…") as progress:
+        return predict_images(_handle, _images.pil_images(), progress=progress)
 
 
 def predictions(handle: ViTHandle, image_set: ImageSet) -> Predictions:

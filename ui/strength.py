@@ -25,15 +25,10 @@ _CHART_HEIGHT = 300
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def _set_statistics(model_key: str, set_key: str, _handle: ViTHandle, _images: ImageSet) -> StrengthStats:
-    bar = st.progress(0.0, text=f"Measuring attention strength on {len(_images)} images…")
-    try:
-        return strength_statistics(
-            _handle,
-            _images.pil_images(),
-            progress=lambda done, total: bar.progress(done / total, text=f"Attention strength: {done} of {total} images…"),
-        )
-    finally:
-        bar.empty()
+    with session.progress_bar(
+        f"Measuring attention strength on {len(_images)} images…", "Attention strength: {done} of {total} images…"
+    ) as progress:
+        return strength_statistics(_handle, _images.pil_images(), progress=progress)
 
 
 def set_statistics(handle: ViTHandle, image_set: ImageSet) -> StrengthStats:
