@@ -279,7 +279,7 @@ def page_context() -> PageContext:
     focus_id = focus_image_id(image_set)
     _clamp_focus_head(handle)
     _focus_sidebar(handle, image_set, focus_id)
-    return PageContext(handle, image_set, preds, focus().image_id or focus_id, focus())
+    return PageContext(handle, image_set, preds, focus_id, focus())
 
 
 def _clamp_focus_head(handle: ViTHandle) -> None:
