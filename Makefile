@@ -18,6 +18,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_importance.py
 	$(BIN)/python benchmarks/bench_strength.py
 	$(BIN)/python benchmarks/bench_patterns.py
+	$(BIN)/python benchmarks/bench_casestudy.py
 
 train-demo: $(STAMP)
 	$(BIN)/python scripts/train_demo.py

@@ -22,38 +22,25 @@ import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Callable, TypeVar
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from _machine import cpu_model  # noqa: E402  (this folder is on sys.path when run as a script)
+from _machine import cpu_model, load_average, timed  # noqa: E402  (this folder is on sys.path when run as a script)
 
 from core.images import demo_digits_set  # noqa: E402
 from core.model import load_model  # noqa: E402
 from core.patterns import cluster_patterns, project_patterns, sample_maps, train_autoencoder  # noqa: E402
 
-T = TypeVar("T")
 PAGE = "pages/3_Attention_Patterns.py"
-
-
-def _timed(fn: Callable[[], T]) -> tuple[T, float]:
-    start = time.perf_counter()
-    result = fn()
-    return result, time.perf_counter() - start
-
-
-def _load() -> str:
-    return " ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 
 def machine_facts(device: torch.device) -> None:
     print(
         f"machine: {os.cpu_count()} cores ({cpu_model()}), Python {platform.python_version()}, "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads), device {device.type}, load average {_load()}"
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), device {device.type}, load average {load_average()}"
     )
 
 
@@ -62,16 +49,16 @@ def bench_space(max_maps: int, repeats: int) -> None:
     machine_facts(handle.device)
     images = demo_digits_set(0, 0.2)
     x = handle.preprocess(images.pil_images())
-    sample, sampling = _timed(lambda: sample_maps(handle, x, max_maps=max_maps))
+    sample, sampling = timed(lambda: sample_maps(handle, x, max_maps=max_maps))
     print(f"sampled {len(sample.inputs):,} patch maps from {len(images)} images in {sampling:.1f} s")
 
-    space, first_train = _timed(lambda: train_autoencoder(sample, device=handle.device))
-    _, cold = _timed(lambda: project_patterns(space, method="umap"))
+    space, first_train = timed(lambda: train_autoencoder(sample, device=handle.device))
+    _, cold = timed(lambda: project_patterns(space, method="umap"))
     trains, warms, kmeans = [first_train], [], []
     for _ in range(repeats):
-        space, train_s = _timed(lambda: train_autoencoder(sample, device=handle.device))
-        _, warm = _timed(lambda: project_patterns(space, method="umap"))
-        _, km = _timed(lambda: cluster_patterns(space))
+        space, train_s = timed(lambda: train_autoencoder(sample, device=handle.device))
+        _, warm = timed(lambda: project_patterns(space, method="umap"))
+        _, km = timed(lambda: cluster_patterns(space))
         trains.append(train_s)
         warms.append(warm)
         kmeans.append(km)
@@ -100,9 +87,9 @@ def bench_page(repeats: int) -> None:
         at.run()
         at.switch_page(PAGE)
         st.cache_data.clear()  # the page's results and the set's predictions: a first visit
-        _, first = _timed(at.run)
+        _, first = timed(at.run)
         assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
-        _, again = _timed(at.run)
+        _, again = timed(at.run)
         empty.append(first)
         cached.append(again)
     first, again = statistics.median(empty), statistics.median(cached)
@@ -120,7 +107,7 @@ def main() -> None:
     args = parser.parse_args()
     bench_space(args.maps, args.repeats)
     bench_page(args.repeats)
-    print(f"load average at the end: {_load()}")
+    print(f"load average at the end: {load_average()}")
 
 
 if __name__ == "__main__":

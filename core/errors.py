@@ -21,3 +21,7 @@ class ModelUnavailable(HeadScopeError):
 
 class UnsupportedModel(ModelUnavailable):
     """The model exists but is not a ViT whose blocks use timm's standard ``Attention``."""
+
+
+class BundleRejected(HeadScopeError):
+    """A result bundle cannot be opened: not a bundle, damaged, unsafe or from another model."""

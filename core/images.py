@@ -18,6 +18,7 @@ import zipfile
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -627,6 +628,68 @@ def image_set_from_zip(
     if not images:
         raise _no_usable_images(len(candidates), notes, "files in the archive")
     return ImageSet.from_images(_titled("Uploaded archive", len(images)), images), notes
+
+
+# A folder on the user's own disk (the command line) may be a batch job of many images:
+# the per-file caps stay, the set-wide caps do not.
+FOLDER_LIMITS = UploadLimits(max_files=1_000_000, max_total_bytes=2**62)
+
+
+def image_set_from_folder(
+    folder: str | Path,
+    class_names: Sequence[str],
+    *,
+    aliases: Sequence[Sequence[str]] | None = None,
+    limits: UploadLimits = FOLDER_LIMITS,
+) -> tuple[ImageSet, list[str]]:
+    """Build a set from a folder of images, labelled by ImageFolder layout when present.
+
+    Files are taken in sorted path order from the folder and its subfolders (hidden
+    files and folders are skipped); an image's label is its parent folder matched with
+    :func:`match_class_name`, and images directly in ``folder`` have none. Each file is
+    read with the per-file byte cap and decoded as an upload would be.
+
+    Returns:
+        The set, and one sentence per skipped file or unmatched folder.
+
+    Raises:
+        ImageRejected: The folder does not exist or holds no usable image.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise ImageRejected(f"{sanitize_name(str(folder))} is not a folder; give a folder of images.")
+    paths = sorted(
+        path for path in root.rglob("*")
+        if path.is_file() and not _ignored_entry(path.relative_to(root).parts)
+    )
+    if len(paths) > limits.max_files:
+        raise ImageRejected(f"The folder holds {len(paths)} files; the limit is {limits.max_files}.")
+    lookup = _class_lookup(class_names, aliases)
+    notes: list[str] = []
+    unmatched: set[str] = set()
+
+    def entries() -> Iterator[tuple[str, bytes, int | None]]:
+        for path in paths:
+            parts = path.relative_to(root).parts
+            with path.open("rb") as stream:
+                content = stream.read(limits.max_file_bytes + 1)
+            if len(content) > limits.max_file_bytes:
+                notes.append(f"{sanitize_name(path.name)} is larger than {_human_size(limits.max_file_bytes)}, so it was skipped.")
+                continue
+            label = None
+            if len(parts) > 1:
+                label = lookup.get(_normalise_class_name(parts[-2]))
+                if label is None:
+                    unmatched.add(sanitize_name(parts[-2]))
+            yield path.name, content, label
+
+    images, decode_notes = _decode_all(entries(), limits)
+    notes.extend(decode_notes)
+    if unmatched:
+        notes.append(f"Folders that match no class name, so their images have no label: {', '.join(sorted(unmatched))}.")
+    if not images:
+        raise _no_usable_images(len(paths), notes, f"files in {sanitize_name(str(root))}")
+    return ImageSet.from_images(_titled(root.name or str(root), len(images)), images), notes
 
 
 def _png_bytes(img: Image.Image) -> bytes:

@@ -206,6 +206,16 @@ def head_importance_tables(
     return HeadImportance(overall=_tidy(overall), per_image=_tidy(local), unpruned=unpruned)
 
 
+def target_measure(labelled: Sequence[bool]) -> str:
+    """What 'accuracy' means for a set whose images are ``labelled`` or not: against labels, the unpruned model, or both."""
+    known = sum(bool(flag) for flag in labelled)
+    if known == len(labelled):
+        return "accuracy"
+    if known == 0:
+        return "agreement with the unpruned model"
+    return "accuracy (agreement where there is no label)"
+
+
 def rank_heads(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     """The rows of ``metric`` in ``table``, most important head first, with a ``rank`` column (1 = most important).
 

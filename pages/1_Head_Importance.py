@@ -6,6 +6,7 @@ import streamlit as st
 
 from core.importance import METRIC_HELP, METRICS, MODE_REMOVES, MODES, RANKED_BY_MAGNITUDE
 from ui import importance, session
+from core.charts import pruning_curve_chart
 from ui.charts import top5_chart
 
 st.set_page_config(page_title="Head importance · HeadScope", page_icon="🔭", layout="wide")
@@ -82,7 +83,7 @@ with b3:
 
 st.subheader("Which metric to trust")
 pruning = importance.curve(handle, ctx.image_set, tables)
-st.altair_chart(importance.pruning_curve_chart(pruning, measure), width="stretch")
+st.altair_chart(pruning_curve_chart(pruning, measure), width="stretch")
 st.caption(
     f"Heads are pruned cumulatively, least important first under each metric's global ranking (Michel et al. 2019), "
     f"and the {measure} is measured over the {len(ctx.image_set)} images; the dashed line prunes in a random order. "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.charts import prototype_chart
 from core.patterns import DEFAULT_CLUSTERS, attention_cells, grid_maps, strong_links, token_names, weight_histogram
 from core.projection import start_umap_warmup
 from ui import patterns, session
@@ -62,7 +63,7 @@ if view is not None:
         if view.note:
             st.caption(view.note)
     with right:
-        st.altair_chart(patterns.prototype_chart(view.clusters.prototypes, view.clusters.clusters, kind), width="content")
+        st.altair_chart(prototype_chart(view.clusters.prototypes, view.clusters.clusters, kind), width="content")
         st.dataframe(
             view.clusters.clusters[["cluster", "maps", "share", "heads"]],
             hide_index=True,

@@ -42,3 +42,25 @@ def demo_handle() -> ViTHandle:
     from core.model import load_model
 
     return load_model("demo", device="cpu")
+
+
+SMALL_STUDY_IMAGES = 24
+
+
+@pytest.fixture(scope="session")
+def small_set(demo_handle):
+    """The first ``SMALL_STUDY_IMAGES`` held-out digits of the demo model (labelled)."""
+    from core.images import ImageSet, demo_digits_set
+
+    split = demo_handle.card["split"]
+    full = demo_digits_set(split["seed"], split["test_fraction"])
+    return ImageSet.from_images(f"{SMALL_STUDY_IMAGES} digits", full.images[:SMALL_STUDY_IMAGES])
+
+
+@pytest.fixture(scope="session")
+def small_study(demo_handle, small_set):
+    """A whole case study of the demo model on a few digits (PCA layout, small map sample): a few seconds."""
+    from core.casestudy import CaseSettings, analyze
+
+    settings = CaseSettings(top_k=3, hurt_images=3, max_maps=600, n_clusters=4, curve_steps=4)
+    return analyze(demo_handle, small_set, settings, layout_method="pca")

@@ -13,6 +13,7 @@ from PIL import Image
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
+from core.charts import pruning_curve_chart
 from core.digits import digit_images, digits_split
 from core.importance import METRICS, MODE_REMOVES, MODES
 from ui import importance as ui
@@ -204,7 +205,7 @@ def test_pruning_curve_chart_has_one_line_per_order_and_a_dashed_baseline() -> N
             "accuracy": [1, 0.1, 1, 0.1],
         }
     )
-    spec = ui.pruning_curve_chart(curve, "accuracy").to_dict()
+    spec = pruning_curve_chart(curve, "accuracy").to_dict()
     assert spec["encoding"]["color"]["field"] == "order"
     assert spec["encoding"]["strokeDash"]["field"] == "baseline"
     assert spec["encoding"]["y"]["scale"]["domain"] == [0, 1] and spec["encoding"]["y"]["title"] == "accuracy"

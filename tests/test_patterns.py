@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from core.attention import extract_attention
+from core.charts import prototype_chart
 from core.patterns import (
     AE_SIZE,
     PatternSpace,
@@ -361,7 +362,7 @@ def test_prototype_chart_scales_each_map_to_its_peak_and_outlines_the_source() -
         columns=["cluster", "row", "col", "value"],
     )
     clusters = pd.DataFrame({"cluster": [0, 1], "share": [0.7, 0.3], "head_count": [3, 1]})
-    spec = ui_patterns.prototype_chart(proto, clusters, "patch").to_dict()
+    spec = prototype_chart(proto, clusters, "patch").to_dict()
     rows = spec["datasets"][spec["data"]["name"]]
     assert [r for r in rows if r["source"]] == [r for r in rows if r["row"] == 0 and r["col"] == 0]
     assert {r["title"] for r in rows} == {"C0 · 70% of maps|3 heads · peak 0.20", "C1 · 30% of maps|1 head · peak 0.50"}

@@ -5,10 +5,10 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
+from core.charts import FOCUS_RED
+
 OVERVIEW_SELECTION = "pick"
 HEAD_SELECTION = "head"  # every chart where a click picks a head: fields layer, head
-FOCUS_RED = "#d62728"  # the focus image or head, on every page
-LAYER_COLOURS = "tableau20"  # one distinct hue per layer (up to 20), as the paper's views C1 and D1
 
 
 def overview_chart(points: pd.DataFrame, focus_id: str | None) -> alt.LayerChart:

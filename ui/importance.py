@@ -11,53 +11,37 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 import streamlit as st
-import torch
 
+from core.casestudy import set_labels
+from core.charts import FOCUS_RED, LAYER_COLOURS, head_index_x, head_value_tooltip, importance_cells, unpruned_rule
 from core.images import ImageSet
 from core.importance import (
-    HIGHER_MEANS_LESS_IMPORTANT,
-    METRICS,
     MODE_BLOCKS,
     MODES,
-    RANDOM_ORDER,
     HeadImportance,
     head_importance_tables,
     partial_pruning,
     pruning_curve,
     rank_heads,
 )
+from core.importance import target_measure as core_target_measure
 from core.model import ViTHandle
 from ui import session
 # one head-picking selection and focus colour for every view's head charts
-from ui.charts import FOCUS_RED, HEAD_SELECTION, LAYER_COLOURS
+from ui.charts import HEAD_SELECTION
 
 _CHART_HEIGHT = 300
 # (query, key) blocks of the attention matrix in the order of ``MODE_BLOCKS``' flags
 _BLOCK_NAMES = ("prefix → prefix", "prefix → patch", "patch → prefix", "patch → patch")
 CURVE_STEPS = 10
-# one hue per metric and a neutral grey for the random baseline
-_ORDER_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c8c8c"]
 
 
 # --- cached computations ---------------------------------------------------------------
 
 
-def set_labels(image_set: ImageSet) -> torch.Tensor | None:
-    """``[N]`` labels of the set (-1 where unknown), or ``None`` when no image has one."""
-    labels = image_set.labels
-    if all(label is None for label in labels):
-        return None
-    return torch.tensor([-1 if label is None else label for label in labels])
-
-
 def target_measure(image_set: ImageSet) -> str:
     """What 'accuracy' means on this set: against labels, the unpruned model, or both."""
-    known = sum(label is not None for label in image_set.labels)
-    if known == len(image_set):
-        return "accuracy"
-    if known == 0:
-        return "agreement with the unpruned model"
-    return "accuracy (agreement where there is no label)"
+    return core_target_measure([label is not None for label in image_set.labels])
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -188,19 +172,9 @@ def importance_line_chart(
     ``(layer, head)`` under ``HEAD_SELECTION``; the focus head is ringed in red.
     """
     pick = alt.selection_point(name=HEAD_SELECTION, fields=["layer", "head"], on="click", clear=False)
-    num_layers = int(values["layer"].max()) + 1
-    x = alt.X(
-        "index:Q",
-        title=f"head index l·{num_heads} + h (ticks at each layer's head 0)",
-        scale=alt.Scale(domain=[-0.5, num_layers * num_heads - 0.5], nice=False, zero=False),
-        axis=alt.Axis(values=list(range(0, num_layers * num_heads, num_heads)), format="d"),
-    )
+    x = head_index_x(int(values["layer"].max()) + 1, num_heads)
     y = alt.Y("value:Q", title=metric_title, scale=alt.Scale(zero=False))
-    tooltip = [
-        alt.Tooltip("head_label:N", title="head"),
-        alt.Tooltip("value:Q", title=metric_title, format=".4f"),
-        alt.Tooltip("rank:Q", title="rank"),
-    ]
+    tooltip = head_value_tooltip(metric_title)
     line = alt.Chart(values).mark_line(color="#bbbbbb", strokeWidth=1).encode(x=x, y=y, order="index:Q")
     dots = (
         alt.Chart(values)
@@ -221,15 +195,7 @@ def importance_line_chart(
     )
     layers: list[alt.Chart] = [line, dots, ring]
     if baseline is not None:
-        layers.insert(
-            0,
-            alt.Chart(pd.DataFrame({"value": [baseline], "what": ["unpruned model"]}))
-            .mark_rule(color="#555555", strokeDash=[5, 4])
-            .encode(
-                y="value:Q",
-                tooltip=[alt.Tooltip("what:N", title=""), alt.Tooltip("value:Q", title=metric_title, format=".4f")],
-            ),
-        )
+        layers.insert(0, unpruned_rule(baseline, metric_title))
     return alt.layer(*layers).properties(
         title=alt.TitleParams(f"{metric_title} of every head", subtitle=subtitle), height=_CHART_HEIGHT
     )
@@ -244,28 +210,8 @@ def importance_heatmap(
     get a diverging scale centred on 0. A click selects ``(layer, head)``.
     """
     pick = alt.selection_point(name=HEAD_SELECTION, fields=["layer", "head"], on="click", clear=False)
-    if signed:
-        scale = alt.Scale(scheme="redblue", domainMid=0, reverse=True)
-    else:
-        # important heads dark: for probability and accuracy a LOW value is the important one
-        scale = alt.Scale(scheme="blues", reverse=HIGHER_MEANS_LESS_IMPORTANT[metric], zero=False)
-    x = alt.X("head:O", title="head", axis=alt.Axis(labelAngle=0))
-    y = alt.Y("layer:O", title="layer")
-    cells = (
-        alt.Chart(values)
-        .mark_rect()
-        .encode(
-            x=x,
-            y=y,
-            color=alt.Color("value:Q", title=metric_title, scale=scale, legend=alt.Legend(orient="bottom", gradientLength=160)),
-            tooltip=[
-                alt.Tooltip("head_label:N", title="head"),
-                alt.Tooltip("value:Q", title=metric_title, format=".4f"),
-                alt.Tooltip("rank:Q", title="rank"),
-            ],
-        )
-        .add_params(pick)
-    )
+    cells, x, y = importance_cells(values, metric, metric_title, signed=signed)
+    cells = cells.add_params(pick)
     layer, head = focus
     outline = (
         alt.Chart(values[(values["layer"] == layer) & (values["head"] == head)])
@@ -342,40 +288,4 @@ def partial_pruning_chart(partial: pd.DataFrame, chosen: str, target_name: str) 
     )
     return alt.hconcat(glyph, alt.layer(bars, labels, rule).properties(width=320, height=alt.Step(30))).properties(
         title=alt.TitleParams("Partial pruning", subtitle="left: what each mode removes · right: target probability after it")
-    )
-
-
-def pruning_curve_chart(curve: pd.DataFrame, measure: str) -> alt.Chart:
-    """Cumulative pruning: ``measure`` as heads are removed least important first, one line per order.
-
-    ``curve``: ``core.importance.pruning_curve`` output; the random order is dashed.
-    """
-    return (
-        alt.Chart(curve.assign(baseline=curve["order"] == RANDOM_ORDER))
-        .mark_line(point=True)
-        .encode(
-            x=alt.X(
-                "fraction:Q",
-                title="share of all heads pruned (least important first)",
-                axis=alt.Axis(format="%", tickCount=10),
-            ),
-            y=alt.Y("accuracy:Q", title=measure, scale=alt.Scale(domain=[0, 1])),
-            color=alt.Color(
-                "order:N",
-                title="order by",
-                scale=alt.Scale(domain=[*METRICS, RANDOM_ORDER], range=_ORDER_COLOURS),
-                legend=alt.Legend(orient="right"),
-            ),
-            strokeDash=alt.StrokeDash("baseline:N", legend=None, scale=alt.Scale(domain=[False, True], range=[[1, 0], [5, 4]])),
-            tooltip=[
-                alt.Tooltip("order:N", title="order by"),
-                alt.Tooltip("pruned:Q", title="heads pruned"),
-                alt.Tooltip("fraction:Q", title="share pruned", format=".0%"),
-                alt.Tooltip("accuracy:Q", title=measure, format=".3f"),
-            ],
-        )
-        .properties(
-            title=alt.TitleParams("Cumulative pruning", subtitle="the metric whose line stays up longest ranks heads best"),
-            height=_CHART_HEIGHT,
-        )
     )

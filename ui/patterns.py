@@ -33,7 +33,8 @@ from core.patterns import (
     train_autoencoder,
 )
 from core.projection import Method, umap_failed, umap_ready
-from ui.charts import FOCUS_RED, HEAD_SELECTION, LAYER_COLOURS
+from core.charts import FOCUS_RED, LAYER_COLOURS, PATCH_SCHEME, density_rects
+from ui.charts import HEAD_SELECTION
 from ui.display import enlarge_for_display
 
 CELL_SELECTION = "cell"
@@ -49,7 +50,7 @@ UMAP_WAIT_LIMIT = 300
 MAX_POINTS = 5000  # scatter mode: a browser draws this many dots smoothly
 TARGET_BLUE = "#1f77b4"
 PATCH_ORANGE = (253, 141, 60)
-_PREFIX_SCHEME, _PATCH_SCHEME = "blues", "oranges"
+_PREFIX_SCHEME = "blues"
 _KIND_NOUN = {"patch": "patch maps", "cls": "CLS maps"}
 
 
@@ -252,25 +253,7 @@ def pattern_space_chart(samples: pd.DataFrame, heads: pd.DataFrame, focus: tuple
     x = alt.X("x:Q", axis=None, scale=alt.Scale(zero=False))
     y = alt.Y("y:Q", axis=None, scale=alt.Scale(zero=False))
     if density:
-        counts, x_edges, y_edges = np.histogram2d(samples["x"], samples["y"], bins=60)
-        i, j = np.nonzero(counts)
-        cells = pd.DataFrame(
-            {"x": x_edges[i], "x2": x_edges[i + 1], "y": y_edges[j], "y2": y_edges[j + 1], "maps": counts[i, j].astype(int)}
-        )
-        background = (
-            alt.Chart(cells)
-            .mark_rect()
-            .encode(
-                x=x,
-                x2="x2:Q",
-                y=y,
-                y2="y2:Q",
-                color=alt.Color(
-                    "maps:Q", title="maps per cell", scale=alt.Scale(scheme="greys", type="sqrt"), legend=alt.Legend(orient="bottom")
-                ),
-                tooltip=[alt.Tooltip("maps:Q", title="maps in this cell")],
-            )
-        )
+        background = density_rects(samples, x, y, alt.Scale(scheme="greys", type="sqrt"), bins=60)
     else:
         shown = samples.sample(MAX_POINTS, random_state=0) if len(samples) > MAX_POINTS else samples
         background = (
@@ -314,59 +297,6 @@ def pattern_space_chart(samples: pd.DataFrame, heads: pd.DataFrame, focus: tuple
     )
 
 
-def prototype_chart(prototypes: pd.DataFrame, clusters: pd.DataFrame, kind: MapKind) -> alt.FacetChart:
-    """Each cluster's decoded prototype map as a small heatmap, titled with its size, head count and peak.
-
-    ``prototypes`` columns: cluster, row, col, value; ``clusters`` columns: cluster, share,
-    head_count (``PatternClusters``). Each map is coloured relative to its own peak, so
-    its shape shows even when it is faint; the peak itself, in the title, is about the
-    share of attention the maps give to patches rather than prefix tokens (the
-    autoencoder's inputs are scaled that way). Patch-map prototypes are centred on the
-    source patch (``row``/``col`` are offsets, the source cell outlined); CLS-map
-    prototypes are grid positions.
-    """
-    peaks = prototypes.groupby("cluster")["value"].max()
-    titles = {  # "|" breaks the facet header into two lines
-        row.cluster: f"C{row.cluster} · {row.share:.0%} of maps|{row.head_count} head{'s' if row.head_count != 1 else ''}"
-        f" · peak {peaks[row.cluster]:.2f}"
-        for row in clusters.itertuples()
-    }
-    data = prototypes.assign(
-        title=prototypes["cluster"].map(titles),
-        relative=prototypes["value"] / prototypes["cluster"].map(peaks).clip(lower=1e-12),
-        source=(prototypes["row"] == 0) & (prototypes["col"] == 0) if kind == "patch" else False,
-    )
-    row_title, col_title = ("dy from source", "dx from source") if kind == "patch" else ("row", "col")
-    rows, cols = sorted(data["row"].unique()), sorted(data["col"].unique())
-    return (
-        alt.Chart(data)
-        .mark_rect()
-        .encode(
-            x=alt.X("col:O", title=col_title, axis=alt.Axis(values=[cols[0], cols[-1]], labelAngle=0, titleFontWeight="normal")),
-            y=alt.Y("row:O", title=row_title, axis=alt.Axis(values=[rows[0], rows[-1]], titleFontWeight="normal")),
-            color=alt.Color(
-                "relative:Q", title="weight / peak", scale=alt.Scale(scheme=_PATCH_SCHEME, domain=[0, 1]), legend=alt.Legend(orient="bottom")
-            ),
-            stroke=alt.condition("datum.source", alt.value("#222222"), alt.value(None)),
-            strokeWidth=alt.condition("datum.source", alt.value(1.5), alt.value(0)),
-            tooltip=[
-                alt.Tooltip("title:N", title="cluster"),
-                alt.Tooltip("row:O", title=row_title),
-                alt.Tooltip("col:O", title=col_title),
-                alt.Tooltip("value:Q", title="decoded weight", format=".3f"),
-            ],
-        )
-        .properties(width=84, height=84)
-        .facet(
-            facet=alt.Facet(
-                "title:N", title=None, sort=alt.EncodingSortField("cluster"), header=alt.Header(labelExpr="split(datum.value, '|')")
-            ),
-            columns=3,
-            spacing=12,
-        )
-    )
-
-
 def link_chart(links: pd.DataFrame, prefix_names: list[str], num_tokens: int, head_label: str, threshold: float) -> alt.LayerChart:
     """D3: a line from each source token (layer l+1, top) to each target token (layer l, bottom).
 
@@ -403,7 +333,7 @@ def link_chart(links: pd.DataFrame, prefix_names: list[str], num_tokens: int, he
         )
 
     return (
-        alt.layer(rules(True, _PREFIX_SCHEME, "prefix-token attention"), rules(False, _PATCH_SCHEME, "patch attention"))
+        alt.layer(rules(True, _PREFIX_SCHEME, "prefix-token attention"), rules(False, PATCH_SCHEME, "patch attention"))
         .resolve_scale(color="independent")
         .properties(
             title=alt.TitleParams(f"Links of {head_label}", subtitle=f"{len(links):,} links with weight ≥ {threshold:.2f}"),

@@ -15,7 +15,8 @@ from core.images import ImageSet
 from core.model import ViTHandle
 from core.strength import SPREAD_QUANTILES, StrengthStats, strength_statistics
 from ui import session
-from ui.charts import FOCUS_RED, HEAD_SELECTION, LAYER_COLOURS
+from core.charts import FOCUS_RED, layer_dots
+from ui.charts import HEAD_SELECTION
 
 _CHART_HEIGHT = 300
 
@@ -61,29 +62,14 @@ def heads_by_layer_chart(
     A click selects ``(layer, head)`` under the selection ``HEAD_SELECTION``.
     """
     pick = alt.selection_point(name=HEAD_SELECTION, fields=["layer", "head"], on="click", clear=False)
-    x = alt.X("layer:O", title="layer", axis=alt.Axis(labelAngle=0))
-    x_offset = alt.XOffset("head:O")
-    y = alt.Y(f"{value}:Q", title=axis_title)
-    dots = (
-        alt.Chart(heads)
-        # 36 heads get 66 px² dots, ViT-B's 144 heads 20 px², so a layer's heads stay apart
-        .mark_circle(size=max(20, min(70, 2400 // max(1, len(heads)))), opacity=0.9)
-        .encode(
-            x=x,
-            xOffset=x_offset,
-            y=y,
-            color=alt.Color("layer:O", scale=alt.Scale(scheme=LAYER_COLOURS), legend=None),
-            tooltip=[alt.Tooltip("head_label:N", title="head"), alt.Tooltip(f"{value}:Q", title=axis_title, format=value_format)],
-        )
-        .add_params(pick)
-    )
+    dots, where = layer_dots(heads, value, axis_title, value_format)
     layer, head = focus
     ring = (
         alt.Chart(heads[(heads["layer"] == layer) & (heads["head"] == head)])
         .mark_point(shape="circle", size=260, strokeWidth=2.5, color=FOCUS_RED, filled=False)
-        .encode(x=x, xOffset=x_offset, y=y)
+        .encode(**where)
     )
-    return alt.layer(dots, ring).properties(
+    return alt.layer(dots.add_params(pick), ring).properties(
         title=alt.TitleParams(title, subtitle=f"focus head L{layer}H{head} ringed in red"), height=_CHART_HEIGHT
     )
 

@@ -1,0 +1,613 @@
+"""Case study: why the most important heads matter, as findings with their numbers.
+
+A ``CaseStudy`` gathers every result the case study needs (head importance, the pruning
+curve, attention strength, attention patterns and partial pruning of the top heads on
+the images where pruning hurts them most) as plain named tables and arrays plus a JSON
+manifest (model, images, settings, library versions). That container is what a result
+bundle stores (``core.bundle``), what the HTML report renders (``core.report``) and what
+the dashboard reopens without recomputing. ``findings`` turns it into short sentences.
+"""
+
+from __future__ import annotations
+
+import io
+import platform
+import sys
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from core.images import ImageSet
+from core.importance import (
+    METRICS,
+    MODE_BLOCKS,
+    MODE_REMOVES,
+    MODES,
+    HeadImportance,
+    head_importance_tables,
+    partial_pruning,
+    pruning_curve,
+    rank_heads,
+)
+from core.model import ViTHandle
+from core.patterns import (
+    DEFAULT_CLUSTERS,
+    PatternClusters,
+    PatternLayout,
+    PatternSpace,
+    cluster_patterns,
+    project_patterns,
+    sample_maps,
+    train_autoencoder,
+)
+from core.projection import Method
+from core.strength import StrengthStats, strength_statistics
+
+BUNDLE_FORMAT = "headscope-bundle"
+BUNDLE_VERSION = 1
+# The libraries whose versions a result depends on, in the manifest and the report.
+VERSIONED_PACKAGES = (
+    "torch", "timm", "numpy", "pandas", "scikit-learn", "umap-learn", "altair", "streamlit", "Pillow",
+)
+# Partial-pruning modes that remove part of a head (``none`` and ``head`` are the two ends).
+PARTIAL_MODES = tuple(mode for mode in MODES if mode not in ("none", "head"))
+# A head whose pruning lowers no image's target probability by this much changes no
+# prediction on its own: the case study says so instead of naming a mode.
+NEGLIGIBLE_DROP = 0.01
+THUMBNAIL_SIDE = 96
+
+# What a stage reports: (stage name, done, total).
+StageProgress = Callable[[str, int, int], None]
+
+# Tables of a ``CaseStudy`` and their columns, by name (a bundle stores exactly these).
+TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    # probability: the unpruned model's, of the target
+    "images": ("position", "id", "name", "label", "target", "probability"),
+    "importance_overall": ("layer", "head", "metric", "value"),
+    "importance_per_image": ("image", "layer", "head", "metric", "value"),
+    "importance_unpruned": ("image", "target", "probability", "correct", "labelled"),
+    "pruning_curve": ("order", "pruned", "fraction", "accuracy"),
+    "partial": ("layer", "head", "image", "image_id", "drop", "mode", "probability", "predicted", "removed_attention"),
+    "pattern_heads": ("layer", "head", "head_label", "cluster", "share", "x", "y", "maps"),
+    "pattern_clusters": ("cluster", "maps", "share", "heads", "head_count"),
+    "pattern_prototypes": ("cluster", "row", "col", "value"),
+    "pattern_samples": ("image", "layer", "head", "source", "x", "y", "cluster"),
+}
+TABLES = tuple(TABLE_COLUMNS)
+ARRAYS = (
+    "hop_strength",  # [N, L, H, n_hops]
+    "entropy",  # [N, L, H]
+    "distance",  # [N, L, H]
+    "prefix_share",  # [N, L, H]
+    "offset_mean",  # [L, H, 2 rows - 1, 2 cols - 1]
+)
+
+
+@dataclass(frozen=True)
+class CaseSettings:
+    """What the case study was computed with; stored in the manifest.
+
+    Attributes:
+        top_k: heads studied per metric (partial pruning runs for the union over metrics).
+        hurt_images: images per head on which partial pruning runs: those where pruning
+            the whole head lowers the target probability most.
+        kind: ``"patch"`` or ``"cls"`` maps for the pattern clusters.
+        max_maps: maps sampled for the pattern autoencoder.
+        n_clusters: pattern clusters.
+        curve_steps: points of the cumulative pruning curve.
+        seed: seed of the map sample, the autoencoder, the layout and k-means.
+    """
+
+    top_k: int = 5
+    hurt_images: int = 5
+    kind: str = "patch"
+    max_maps: int = 10_000
+    n_clusters: int = DEFAULT_CLUSTERS
+    curve_steps: int = 10
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class CaseStudy:
+    """Every result of a case study as named tables and arrays, plus a JSON-able manifest.
+
+    Attributes:
+        manifest: format, created (UTC ISO time), model (name, key, layers, heads, grid,
+            prefix tokens, patch size, class names), image_set (key, title, images: id,
+            name, label), settings (``CaseSettings`` plus the layout method), patterns
+            (reconstruction and baseline MSE), versions (Python and ``VERSIONED_PACKAGES``).
+        tables: one DataFrame per name in ``TABLES``.
+        arrays: one array per name in ``ARRAYS`` (the ``StrengthStats`` fields).
+        thumbnails: PNG bytes of the images the findings cite, by image id.
+    """
+
+    manifest: Mapping[str, Any]
+    tables: Mapping[str, pd.DataFrame]
+    arrays: Mapping[str, np.ndarray]
+    thumbnails: Mapping[str, bytes] = field(default_factory=dict)
+
+    @property
+    def importance(self) -> HeadImportance:
+        return HeadImportance(
+            overall=self.tables["importance_overall"],
+            per_image=self.tables["importance_per_image"],
+            unpruned=self.tables["importance_unpruned"],
+        )
+
+    @property
+    def strength(self) -> StrengthStats:
+        grid = tuple(self.manifest["model"]["grid"])
+        return StrengthStats(**{name: self.arrays[name] for name in ARRAYS}, grid=grid)  # type: ignore[arg-type]
+
+    @property
+    def settings(self) -> CaseSettings:
+        stored = self.manifest["settings"]
+        return CaseSettings(**{name: stored[name] for name in CaseSettings.__dataclass_fields__})
+
+    @property
+    def model_label(self) -> str:
+        return str(self.manifest["model"]["name"])
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.manifest["model"]["num_heads"])
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.manifest["model"]["num_layers"])
+
+
+# --- computing ---------------------------------------------------------------------------
+
+
+def analyze(
+    handle: ViTHandle,
+    image_set: ImageSet,
+    settings: CaseSettings = CaseSettings(),
+    *,
+    layout_method: Method = "umap",
+    progress: StageProgress | None = None,
+) -> CaseStudy:
+    """Compute every part of the case study from scratch (the command line's path).
+
+    Stages, each reported as ``progress(stage, done, total)``: head importance, pruning
+    curve, attention strength, attention patterns (sampling, training), layout,
+    partial pruning.
+
+    Raises:
+        ValueError: with one sentence (an empty set, a pattern kind the model lacks).
+    """
+    if not len(image_set):
+        raise ValueError("The case study needs at least one image.")
+    images = image_set.pil_images()
+    labels = set_labels(image_set)
+    report = _stage_reporter(progress)
+    tables = head_importance_tables(handle, images, labels, progress=report("head importance"))
+    curve = pruning_curve(
+        handle, images, tables.overall, labels, steps=settings.curve_steps, progress=report("pruning curve")
+    )
+    strength = strength_statistics(handle, images, progress=report("attention strength"))
+    sample = sample_maps(
+        handle, images, kind=settings.kind, max_maps=settings.max_maps, seed=settings.seed,  # type: ignore[arg-type]
+        progress=report("sampling attention maps"),
+    )
+    space = train_autoencoder(sample, seed=settings.seed, device=handle.device, progress=report("training the autoencoder"))
+    layout = project_patterns(space, method=layout_method, seed=settings.seed)
+    clusters = cluster_patterns(space, n_clusters=settings.n_clusters, seed=settings.seed)
+    return assemble(
+        handle, image_set, settings,
+        importance=tables, curve=curve, strength=strength, space=space, layout=layout, clusters=clusters,
+        progress=progress,
+    )
+
+
+def assemble(
+    handle: ViTHandle,
+    image_set: ImageSet,
+    settings: CaseSettings,
+    *,
+    importance: HeadImportance,
+    curve: pd.DataFrame,
+    strength: StrengthStats,
+    space: PatternSpace,
+    layout: PatternLayout,
+    clusters: PatternClusters,
+    progress: StageProgress | None = None,
+) -> CaseStudy:
+    """Build the case study from results computed elsewhere (the dashboard's cached views).
+
+    Only the partial pruning of the top heads runs here: for each metric's ``top_k`` heads,
+    on the ``hurt_images`` images where pruning the whole head lowers the target's
+    probability most.
+    """
+    heads = studied_heads(importance.overall, settings.top_k)
+    partial = _partial_table(handle, image_set, importance, heads, settings.hurt_images, _stage_reporter(progress)("partial pruning"))
+    cited = list(dict.fromkeys(partial["image_id"]))
+    pattern_heads = clusters.heads.merge(
+        layout.heads[["layer", "head", "x", "y", "maps"]], on=["layer", "head"], how="left"
+    )
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": model_summary(handle),
+        "image_set": {
+            "key": image_set.key,
+            "title": image_set.title,
+            "images": [{"id": item.id, "name": item.name, "label": item.label} for item in image_set.images],
+        },
+        "settings": {**asdict(settings), "layout": layout.method},
+        "patterns": {"reconstruction_mse": space.reconstruction_mse, "baseline_mse": space.baseline_mse},
+        "versions": library_versions(),
+    }
+    tables = {
+        "images": _images_table(handle, image_set, importance),
+        "importance_overall": importance.overall,
+        "importance_per_image": importance.per_image,
+        "importance_unpruned": importance.unpruned,
+        "pruning_curve": curve,
+        "partial": partial,
+        "pattern_heads": pattern_heads,
+        "pattern_clusters": clusters.clusters,
+        "pattern_prototypes": clusters.prototypes,
+        "pattern_samples": layout.samples.assign(cluster=clusters.labels),
+    }
+    arrays = {name: getattr(strength, name) for name in ARRAYS}
+    thumbnails = {image_id: thumbnail_png(image_set.by_id(image_id).image) for image_id in cited}
+    return CaseStudy(
+        manifest=manifest,
+        tables={name: tables[name][list(columns)].reset_index(drop=True) for name, columns in TABLE_COLUMNS.items()},
+        arrays=arrays,
+        thumbnails=thumbnails,
+    )
+
+
+def set_labels(image_set: ImageSet) -> torch.Tensor | None:
+    """``[N]`` labels of the set (-1 where unknown), or ``None`` when no image has one."""
+    labels = image_set.labels
+    if all(label is None for label in labels):
+        return None
+    return torch.tensor([-1 if label is None else label for label in labels])
+
+
+def studied_heads(overall: pd.DataFrame, top_k: int) -> list[tuple[int, int]]:
+    """The union over metrics of each metric's ``top_k`` heads, in model order."""
+    chosen: set[tuple[int, int]] = set()
+    for metric in overall["metric"].unique():
+        ranked = rank_heads(overall, metric).head(top_k)
+        chosen.update(zip(ranked["layer"].astype(int), ranked["head"].astype(int)))
+    return sorted(chosen)
+
+
+def hurt_images(importance: HeadImportance, layer: int, head: int, count: int) -> pd.DataFrame:
+    """The ``count`` images where pruning the head lowers the target probability most.
+
+    Columns image (position), drop (unpruned minus pruned probability of the target),
+    largest drop first; ties keep set order.
+    """
+    local = importance.per_image
+    pruned = local[(local["metric"] == "probability") & (local["layer"] == layer) & (local["head"] == head)]
+    pruned = pruned.set_index("image")["value"]
+    unpruned = importance.unpruned.set_index("image")["probability"]
+    drop = (unpruned - pruned.reindex(unpruned.index)).rename("drop").reset_index()
+    return drop.sort_values("drop", ascending=False, kind="stable").head(count).reset_index(drop=True)
+
+
+def _partial_table(
+    handle: ViTHandle,
+    image_set: ImageSet,
+    importance: HeadImportance,
+    heads: list[tuple[int, int]],
+    count: int,
+    progress: Callable[[int, int], None] | None,
+) -> pd.DataFrame:
+    targets = importance.unpruned["target"].to_numpy()
+    frames = []
+    for done, (layer, head) in enumerate(heads, start=1):
+        for image, drop in hurt_images(importance, layer, head, count).itertuples(index=False):
+            item = image_set.images[int(image)]
+            x = handle.preprocess([item.image])
+            modes = partial_pruning(handle, x, layer, head, int(targets[int(image)]))
+            frames.append(
+                modes[["mode", "probability", "predicted", "removed_attention"]].assign(
+                    layer=layer, head=head, image=int(image), image_id=item.id, drop=float(drop)
+                )
+            )
+        if progress is not None:
+            progress(done, len(heads))
+    columns = ["layer", "head", "image", "image_id", "drop", "mode", "probability", "predicted", "removed_attention"]
+    if not frames:
+        return pd.DataFrame({name: [] for name in columns})
+    return pd.concat(frames, ignore_index=True)[columns]
+
+
+def _images_table(handle: ViTHandle, image_set: ImageSet, importance: HeadImportance) -> pd.DataFrame:
+    unpruned = importance.unpruned
+    return pd.DataFrame(
+        {
+            "position": np.arange(len(image_set)),
+            "id": [item.id for item in image_set.images],
+            "name": [item.name for item in image_set.images],
+            "label": [handle.class_names[item.label] if item.label is not None else "" for item in image_set.images],
+            "target": [handle.class_names[int(t)] for t in unpruned["target"]],
+            "probability": unpruned["probability"].to_numpy(dtype=float),
+        }
+    )
+
+
+def model_summary(handle: ViTHandle) -> dict[str, Any]:
+    """The model facts a bundle records and checks when it is opened again."""
+    return {
+        "name": handle.name,
+        "key": handle.key,
+        "num_layers": handle.num_layers,
+        "num_heads": handle.num_heads,
+        "grid": list(handle.grid),
+        "num_prefix_tokens": handle.num_prefix_tokens,
+        "patch_size": list(handle.patch_size),
+        "class_names": list(handle.class_names),
+    }
+
+
+def library_versions() -> dict[str, str]:
+    """Python, the platform and each of ``VERSIONED_PACKAGES`` (``"not installed"`` when absent)."""
+    versions = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for package in VERSIONED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def thumbnail_png(image: Image.Image, side: int = THUMBNAIL_SIDE) -> bytes:
+    """A PNG of the image, its longer side scaled to ``side`` (nearest neighbour when enlarging)."""
+    width, height = image.size
+    scale = side / max(width, height)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resample = Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS
+    buffer = io.BytesIO()
+    image.convert("RGB").resize(size, resample).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _stage_reporter(progress: StageProgress | None) -> Callable[[str], Callable[[int, int], None] | None]:
+    def for_stage(stage: str) -> Callable[[int, int], None] | None:
+        if progress is None:
+            return None
+        return lambda done, total: progress(stage, done, total)
+
+    return for_stage
+
+
+# --- findings ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HeadFinding:
+    """Why one of the most important heads matters, in sentences and in numbers.
+
+    The sentences link to the views they come from: ``importance`` and ``mechanism`` to
+    head importance (B1, B2), ``locality`` to attention strength (C), ``pattern`` to
+    attention patterns (D).
+
+    Attributes:
+        rank: 1 = most important under ``metric``.
+        layer, head, label: the head (``L{l}H{h}``).
+        value: its global value under ``metric``.
+        importance: what pruning it does to the set.
+        mechanism: which partial-pruning mode kills the prediction on the images where
+            pruning it hurts most.
+        locality: how local or global it is (entropy, hop profile, mean distance).
+        pattern: the pattern cluster its maps fall in.
+        hurt_images: ids of the images partial pruning ran on, most hurt first.
+        mode_probability: mean target probability over those images, by mode.
+        killer_mode: the partial mode (not ``none``/``head``) with the lowest probability,
+            or ``None`` when pruning the head changes no image by ``NEGLIGIBLE_DROP``.
+        entropy, near_share, distance: set-mean entropy (nats), share of the mean hop
+            profile within one hop, mean attention distance (pixels).
+        cluster, cluster_share: its member pattern cluster and the share of its maps there.
+    """
+
+    rank: int
+    layer: int
+    head: int
+    label: str
+    value: float
+    importance: str
+    mechanism: str
+    locality: str
+    pattern: str
+    hurt_images: tuple[str, ...]
+    mode_probability: Mapping[str, float]
+    killer_mode: str | None
+    entropy: float
+    near_share: float
+    distance: float
+    cluster: int
+    cluster_share: float
+
+
+@dataclass(frozen=True)
+class CaseFindings:
+    """The case study under one metric: a finding per top head and the layer trend.
+
+    Attributes:
+        metric: the importance metric the heads are ranked by.
+        heads: one finding per top head, most important first.
+        layer_trend: one sentence on how locality changes with depth, with its numbers.
+        layers: one row per layer: layer, entropy, distance, prefix_share (set means over
+            heads and images), top_heads (how many of the top heads sit there).
+    """
+
+    metric: str
+    heads: tuple[HeadFinding, ...]
+    layer_trend: str
+    layers: pd.DataFrame
+
+
+def findings(study: CaseStudy, metric: str = "probability", top_k: int | None = None) -> CaseFindings:
+    """The case study's findings with the heads ranked by ``metric`` (``top_k`` defaults to the settings')."""
+    if metric not in METRICS:
+        raise ValueError(f"Unknown metric {metric!r}: choose one of {', '.join(METRICS)}.")
+    overall = study.tables["importance_overall"]
+    if metric not in set(overall["metric"]):
+        raise ValueError(f"This case study has no {metric!r} importance.")
+    top_k = study.settings.top_k if top_k is None else top_k
+    ranked = rank_heads(overall, metric).head(top_k)
+    strength = study.strength
+    per_head = strength.heads()
+    mean_profile = strength.hop_strength.mean(axis=0)  # [L, H, n]
+    partial = study.tables["partial"]
+    pattern_heads = study.tables["pattern_heads"].set_index(["layer", "head"])
+    clusters = study.tables["pattern_clusters"].set_index("cluster")
+    n_heads = study.num_layers * study.num_heads
+    unpruned = study.tables["importance_unpruned"]
+    entropy_rank = per_head["entropy"].rank(method="min").astype(int)
+    heads = []
+    for rank, row in enumerate(ranked.itertuples(index=False), start=1):
+        layer, head = int(row.layer), int(row.head)
+        label = f"L{layer}H{head}"
+        index = layer * study.num_heads + head
+        profile = mean_profile[layer, head]
+        share = profile / profile.sum() if profile.sum() > 0 else np.full_like(profile, 1 / len(profile))
+        near = float(share[:2].sum())
+        entropy = float(per_head["entropy"].iloc[index])
+        distance = float(per_head["distance"].iloc[index])
+        rows = partial[(partial["layer"] == layer) & (partial["head"] == head)]
+        modes = rows.groupby("mode")["probability"].mean().reindex(list(MODES)).to_dict()
+        hurt = tuple(dict.fromkeys(rows["image_id"]))
+        largest = float(rows["drop"].max()) if len(rows) else 0.0
+        killer = _killer_mode(modes) if len(rows) and largest >= NEGLIGIBLE_DROP else None
+        member = pattern_heads.loc[(layer, head)] if (layer, head) in pattern_heads.index else None
+        cluster = int(member["cluster"]) if member is not None else -1
+        cluster_share = float(member["share"]) if member is not None else float("nan")
+        heads.append(
+            HeadFinding(
+                rank=rank, layer=layer, head=head, label=label, value=float(row.value),
+                importance=_importance_sentence(label, rank, n_heads, metric, float(row.value), overall, unpruned),
+                mechanism=_mechanism_sentence(modes, killer, len(hurt), largest),
+                locality=_locality_sentence(entropy, int(entropy_rank.iloc[index]), n_heads, len(profile), near, distance),
+                pattern=_pattern_sentence(label, cluster, cluster_share, clusters, study.manifest["settings"]["kind"]),
+                hurt_images=hurt, mode_probability=modes, killer_mode=killer,
+                entropy=entropy, near_share=near, distance=distance, cluster=cluster, cluster_share=cluster_share,
+            )
+        )
+    layers = per_head.groupby("layer", as_index=False)[["entropy", "distance", "prefix_share"]].mean()
+    layers["top_heads"] = [int((ranked["layer"] == layer).sum()) for layer in layers["layer"]]
+    return CaseFindings(metric=metric, heads=tuple(heads), layer_trend=_trend_sentence(layers, len(mean_profile[0, 0])), layers=layers)
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def _importance_sentence(
+    label: str, rank: int, n_heads: int, metric: str, value: float, overall: pd.DataFrame, unpruned: pd.DataFrame
+) -> str:
+    head = f"{label} ranks {_ordinal(rank)} of {n_heads} heads by {metric.replace('_', ' ')}"
+    if metric == "probability":
+        base = float(unpruned["probability"].mean())
+        return f"{head}: pruning it lowers the mean target probability from {base:.3f} to {value:.3f}."
+    if metric == "accuracy":
+        base = float(unpruned["correct"].mean())
+        return f"{head}: pruning it changes the share of images whose top-1 is the target from {base:.1%} to {value:.1%}."
+    if metric == "layer_impact":
+        return f"{head}: pruning it turns its block's output tokens {value:.4f} away from the unpruned ones (1 - cosine)."
+    return f"{head}: its gate gradient is {value:.4f} in magnitude over the set (a first-order estimate of its cost)."
+
+
+def _blocks(mode: str) -> set[int]:
+    return {i for i, removed in enumerate(MODE_BLOCKS[mode]) if removed}
+
+
+def _killer_mode(modes: Mapping[str, float]) -> str:
+    """The partial mode that lowers the probability most; a smaller mode within it that does nearly as much wins.
+
+    ``cls`` removes the blocks of ``cls_patch`` and ``cls_cls`` too: when one of those alone
+    does at least 90% of the damage, it is the more precise answer.
+    """
+    killer = min(PARTIAL_MODES, key=lambda mode: (modes[mode], PARTIAL_MODES.index(mode)))
+    damage = modes["none"] - modes[killer]
+    within = [
+        mode for mode in PARTIAL_MODES
+        if _blocks(mode) < _blocks(killer) and modes["none"] - modes[mode] >= 0.9 * damage
+    ]
+    return min(within, key=lambda mode: (len(_blocks(mode)), modes[mode])) if within else killer
+
+
+def _mechanism_sentence(modes: Mapping[str, float], killer: str | None, images: int, largest: float) -> str:
+    if not images:
+        return "Partial pruning was not run for this head."
+    if killer is None:
+        return (
+            f"Pruning it moves no single image's target probability by {NEGLIGIBLE_DROP} or more "
+            f"(largest drop {largest:.3f}): its effect is spread thinly over many images."
+        )
+    # modes that keep the killer's blocks: what the head does without that flow
+    keeping = [modes[mode] for mode in PARTIAL_MODES if not _blocks(killer) <= _blocks(mode)]
+    rest = ""
+    if keeping:
+        span = f"{min(keeping):.3f}" if f"{min(keeping):.3f}" == f"{max(keeping):.3f}" else f"{min(keeping):.3f} to {max(keeping):.3f}"
+        rest = f"; modes that keep it leave {span}"
+    return (
+        f"On the {images} images where pruning it hurts most, removing only {MODE_REMOVES[killer]} "
+        f"({killer}) takes the target probability from {modes['none']:.3f} to {modes[killer]:.3f} "
+        f"(the whole head: {modes['head']:.3f}){rest}."
+    )
+
+
+def _locality_sentence(entropy: float, entropy_rank: int, n_heads: int, hops: int, near: float, distance: float) -> str:
+    uniform = float(np.log(hops)) if hops > 1 else 0.0
+    if entropy_rank <= n_heads / 3:
+        kind = "among the most local third of the heads"
+    elif entropy_rank > 2 * n_heads / 3:
+        kind = "among the most global third of the heads"
+    else:
+        kind = "in the middle third of the heads for locality"
+    # a rank alone would call a nearly uniform head "local" in a model whose heads are all diffuse
+    spread = "; its hop profile is close to uniform" if uniform and entropy >= 0.95 * uniform else ""
+    return (
+        f"It is {kind}: hop-profile entropy {entropy:.2f} nats (the {_ordinal(entropy_rank)} lowest of {n_heads}; "
+        f"uniform attention gives {uniform:.2f}{spread}), {near:.0%} of its strength within one hop, "
+        f"mean attention distance {distance:.1f} px."
+    )
+
+
+def _pattern_sentence(label: str, cluster: int, share: float, clusters: pd.DataFrame, kind: str) -> str:
+    if cluster < 0 or cluster not in clusters.index:
+        return f"{label} has no maps in the pattern sample."
+    info = clusters.loc[cluster]
+    mates = [name for name in str(info["heads"]).split(", ") if name and name != label]
+    shown = ", ".join(mates[:6]) + (f" and {len(mates) - 6} more" if len(mates) > 6 else "")
+    with_whom = f"shared with {shown}" if mates else "no other head's maps mostly fall there"
+    return (
+        f"{share:.0%} of its {kind} maps fall in pattern cluster {cluster} "
+        f"({float(info['share']):.0%} of all maps; {with_whom})."
+    )
+
+
+def _trend_sentence(layers: pd.DataFrame, hops: int) -> str:
+    first, last = layers.iloc[0], layers.iloc[-1]
+    low = layers.loc[layers["entropy"].idxmin()]
+    high = layers.loc[layers["entropy"].idxmax()]
+    change = (last["distance"] - first["distance"]) / max(first["distance"], 1e-12)
+    if change > 0.05:
+        verdict = "deeper heads look further"
+    elif change < -0.05:
+        verdict = "deeper heads look closer"
+    else:
+        verdict = "locality changes little with depth"
+    return (
+        f"From layer {int(first['layer'])} to layer {int(last['layer'])}, mean hop-profile entropy goes from "
+        f"{first['entropy']:.2f} to {last['entropy']:.2f} nats (lowest {low['entropy']:.2f} in layer {int(low['layer'])}, "
+        f"highest {high['entropy']:.2f} in layer {int(high['layer'])}; uniform attention gives {np.log(hops):.2f}) and "
+        f"mean attention distance from {first['distance']:.1f} px to {last['distance']:.1f} px: {verdict}."
+    )

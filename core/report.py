@@ -1,0 +1,661 @@
+"""The case study as one self-contained HTML file, and the charts it shares with the dashboard.
+
+``case_charts`` builds every chart of the case study from a ``CaseStudy`` and its
+``CaseFindings``; each builder is pure (a tidy DataFrame in, an ``alt.Chart`` out, no
+HTML), so the dashboard's case-study page draws the same charts. ``render_report`` lays
+them out with the findings, tables and thumbnails in one HTML document that opens with
+no network at all: the Vega, Vega-Lite and vega-embed JavaScript is inlined once (from
+``vl_convert``), every chart is its Vega-Lite spec as an inline JSON literal rendered to
+SVG, images are ``data:`` URIs and the CSS is inline.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from html import escape
+from typing import Any, Iterable, Mapping, Sequence
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+from core.casestudy import CaseFindings, CaseStudy, HeadFinding, findings
+from core.charts import (
+    FOCUS_RED,
+    LAYER_COLOURS,
+    head_index_x,
+    density_rects,
+    head_value_tooltip,
+    importance_cells,
+    layer_dots,
+    prototype_chart,
+    pruning_curve_chart,
+    unpruned_rule,
+)
+from core.importance import HIGHER_MEANS_LESS_IMPORTANT, METRIC_HELP, METRICS, MODE_REMOVES, MODES, rank_heads, target_measure
+
+CHART_WIDTH = 540  # plot area; with axes and legends a chart stays within about 600 px
+_HEAD_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
+_ALL_HEADS = "all heads (mean)"
+_DENSITY_BINS = 50  # the pattern sample is drawn as at most 50 x 50 cells, whatever its size
+# What a <script> must not contain literally: the specs carry user strings (image names).
+_SCRIPT_ESCAPES = {ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026"}
+
+
+# --- chart data ----------------------------------------------------------------------------
+
+
+def head_values(study: CaseStudy, metric: str, top_k: int) -> pd.DataFrame:
+    """One row per head with its global ``metric`` value, most important first.
+
+    Columns layer, head, metric, value, rank (1 = most important), head_label,
+    index (``l * H + h``, the x of the paper's line), top (among the ``top_k``).
+    """
+    ranked = rank_heads(study.tables["importance_overall"], metric)
+    return ranked.assign(
+        head_label=[f"L{layer}H{head}" for layer, head in zip(ranked["layer"], ranked["head"])],
+        index=ranked["layer"] * study.num_heads + ranked["head"],
+        top=ranked["rank"] <= top_k,
+    )
+
+
+def metric_title(metric: str, measure: str) -> str:
+    """Axis title of a global metric: the set's ``measure`` for accuracy, else the metric's name."""
+    return measure if metric == "accuracy" else metric.replace("_", " ")
+
+
+def _head_names(top: pd.DataFrame, x: alt.X, y: alt.Y) -> list[alt.Chart]:
+    """Red names of the top heads (columns head_label, rank) above or below their marks, alternating by rank."""
+    sides = [dict(dy=-15), dict(dy=17)]  # above for odd ranks, below for even ones
+    # a white halo under each name keeps it legible over dots and dark cells
+    looks = [dict(color="white", stroke="white", strokeWidth=3), dict(color=FOCUS_RED)]
+    return [
+        alt.Chart(top[(top["rank"] - 1) % len(sides) == i])
+        .mark_text(fontWeight="bold", fontSize=11, baseline="middle", **side, **look)
+        .encode(x=x, y=y, text="head_label:N")
+        for look in looks
+        for i, side in enumerate(sides)
+    ]
+
+
+def _head_colours(labels: Sequence[str]) -> alt.Scale:
+    """One hue per top head in rank order, grey for the mean over all heads."""
+    hues = [_HEAD_COLOURS[i % len(_HEAD_COLOURS)] for i in range(len(labels))]
+    return alt.Scale(domain=[*labels, _ALL_HEADS], range=[*hues, "#8c8c8c"])
+
+
+# --- chart builders --------------------------------------------------------------------------
+
+
+def mode_probability_chart(partial: pd.DataFrame, head_label: str, killer_mode: str | None) -> alt.LayerChart:
+    """Target probability after each partial-pruning mode of one head, on the images it hurts most.
+
+    ``partial``: the head's rows of the ``partial`` table with the image's ``name``. A bar
+    is the mean over the images, a dot one image; the mode that kills the prediction
+    (``killer_mode``) is red.
+    """
+    means = partial.groupby("mode", as_index=False)["probability"].mean()
+    means["killer"] = means["mode"] == killer_mode
+    y = alt.Y("mode:N", sort=list(MODES), title="mode")
+    x = alt.X("probability:Q", title="target probability", scale=alt.Scale(domain=[0, 1]))
+    bars = (
+        alt.Chart(means)
+        .mark_bar(height=alt.RelativeBandSize(0.7))
+        .encode(
+            x=x,
+            y=y,
+            color=alt.condition("datum.killer", alt.value(FOCUS_RED), alt.value("#9ecae1")),
+            tooltip=[alt.Tooltip("mode:N"), alt.Tooltip("probability:Q", title="mean over the images", format=".3f")],
+        )
+    )
+    dots = (
+        alt.Chart(partial[["mode", "probability", "name", "predicted"]])
+        .mark_circle(size=28, color="#333333", opacity=0.75)
+        .encode(
+            x=x,
+            y=y,
+            tooltip=[
+                alt.Tooltip("name:N", title="image"),
+                alt.Tooltip("mode:N"),
+                alt.Tooltip("probability:Q", format=".3f"),
+                alt.Tooltip("predicted:N", title="top-1"),
+            ],
+        )
+    )
+    return alt.layer(bars, dots).properties(
+        title=alt.TitleParams(f"{head_label}: partial pruning", subtitle="bar: mean · dot: one image · red: the killer mode"),
+        width=260,
+        height=alt.Step(18),
+    )
+
+
+def importance_line_chart(values: pd.DataFrame, title: str, num_heads: int, baseline: float | None) -> alt.LayerChart:
+    """Every head's global importance along ``x = l * H + h`` (as in the paper); top heads ringed and named.
+
+    ``values``: ``head_values`` output. ``baseline`` (the unpruned value, for probability
+    and accuracy) is a dashed rule.
+    """
+    x = head_index_x(int(values["layer"].max()) + 1, num_heads)
+    y = alt.Y("value:Q", title=title, scale=alt.Scale(zero=False))
+    tooltip = head_value_tooltip(title)
+    line = alt.Chart(values).mark_line(color="#bbbbbb", strokeWidth=1).encode(x=x, y=y, order="index:Q")
+    dots = (
+        alt.Chart(values)
+        .mark_circle(size=45, opacity=0.95)
+        .encode(x=x, y=y, color=alt.Color("layer:O", scale=alt.Scale(scheme=LAYER_COLOURS)), tooltip=tooltip)
+    )
+    top = values[values["top"]]
+    rings = alt.Chart(top).mark_point(shape="circle", size=220, strokeWidth=2, color=FOCUS_RED).encode(x=x, y=y, tooltip=tooltip)
+    layers: list[alt.Chart] = [line, dots, rings, *_head_names(top, x, y)]
+    if baseline is not None:
+        layers.insert(0, unpruned_rule(baseline, title))
+    subtitle = "top heads ringed in red" + (" · dashed: the unpruned model" if baseline is not None else "")
+    return alt.layer(*layers).properties(
+        title=alt.TitleParams(f"{title} of every head", subtitle=subtitle), width=CHART_WIDTH, height=260
+    )
+
+
+def importance_heatmap(values: pd.DataFrame, metric: str, title: str) -> alt.LayerChart:
+    """Layers x heads, darker = more important; the top heads outlined in red with their rank.
+
+    ``values``: ``head_values`` output.
+    """
+    cells, x, y = importance_cells(values, metric, title)
+    spread = (values["value"] - values["value"].min()) / max(float(np.ptp(values["value"])), 1e-12)
+    # the rank reads white on the darkest half of the scale, red on the light half
+    dark = spread < 0.5 if HIGHER_MEANS_LESS_IMPORTANT[metric] else spread > 0.5
+    top = values.assign(dark=dark)[values["top"]]
+    outline = alt.Chart(top).mark_rect(fill=None, stroke=FOCUS_RED, strokeWidth=3).encode(x=x, y=y)
+    ranks = (
+        alt.Chart(top)
+        .mark_text(fontWeight="bold", fontSize=12)
+        .encode(x=x, y=y, text="rank:Q", color=alt.condition("datum.dark", alt.value("white"), alt.value(FOCUS_RED)))
+    )
+    step = max(14, min(34, 320 // max(values["head"].nunique(), values["layer"].nunique())))
+    return alt.layer(cells, outline, ranks).properties(
+        title=alt.TitleParams("Layers × heads", subtitle="darker = more important · red: top heads by rank"),
+        width=alt.Step(step),
+        height=alt.Step(step),
+    )
+
+
+def heads_by_layer_chart(
+    heads: pd.DataFrame,
+    value: str,
+    title: str,
+    axis_title: str,
+    value_format: str = ".3f",
+    reference: tuple[float, str] | None = None,
+) -> alt.LayerChart:
+    """A dot per head by layer (heads side by side), coloured by layer; a black tick per layer mean.
+
+    ``heads`` columns: layer, head, head_label, top and ``value`` (e.g.
+    ``StrengthStats.heads()`` with a ``top`` flag); top heads are ringed in red.
+    ``reference`` (value, label) draws a dashed rule, e.g. uniform attention's entropy.
+    """
+    tooltip = [alt.Tooltip("head_label:N", title="head"), alt.Tooltip(f"{value}:Q", title=axis_title, format=value_format)]
+    dots, where = layer_dots(heads, value, axis_title, value_format, zero=False, largest=60)
+    x, y = where["x"], where["y"]
+    rings = (
+        alt.Chart(heads[heads["top"]])
+        .mark_point(shape="circle", size=200, strokeWidth=2, color=FOCUS_RED)
+        .encode(**where, tooltip=tooltip)
+    )
+    means = heads.groupby("layer", as_index=False)[value].mean()
+    ticks = (
+        alt.Chart(means)
+        .mark_tick(color="#222222", thickness=2, opacity=0.8)
+        .encode(
+            x=x,
+            y=y,
+            tooltip=[alt.Tooltip("layer:O"), alt.Tooltip(f"{value}:Q", title=f"layer mean {axis_title}", format=value_format)],
+        )
+    )
+    layers: list[alt.Chart] = [dots, ticks, rings]
+    subtitle = "a dot per head (set mean) · black tick: layer mean · red rings: top heads"
+    if reference is not None:
+        level, label = reference
+        layers.insert(
+            0,
+            alt.Chart(pd.DataFrame({value: [level], "what": [label]}))
+            .mark_rule(color="#777777", strokeDash=[5, 4])
+            .encode(y=y, tooltip=[alt.Tooltip("what:N", title=""), alt.Tooltip(f"{value}:Q", format=value_format)]),
+        )
+        subtitle += f" · dashed: {label}"
+    return alt.layer(*layers).properties(title=alt.TitleParams(title, subtitle=subtitle), width=CHART_WIDTH, height=240)
+
+
+def hop_profiles_chart(profiles: pd.DataFrame) -> alt.Chart:
+    """The set-mean hop profile ``s_n`` of each top head, and of all heads for comparison.
+
+    ``profiles`` columns: head_label (``"all heads (mean)"`` for the reference), hop,
+    strength; the top heads come first, in rank order.
+    """
+    labels = [label for label in dict.fromkeys(profiles["head_label"]) if label != _ALL_HEADS]
+    return (
+        alt.Chart(profiles.assign(reference=profiles["head_label"] == _ALL_HEADS))
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("hop:O", title="n-hop neighbours", axis=alt.Axis(labelAngle=0)),
+            y=alt.Y("strength:Q", title="mean attention strength s_n"),
+            color=alt.Color("head_label:N", title="head", scale=_head_colours(labels), sort=[*labels, _ALL_HEADS]),
+            strokeDash=alt.StrokeDash("reference:N", legend=None, scale=alt.Scale(domain=[False, True], range=[[1, 0], [5, 4]])),
+            tooltip=[
+                alt.Tooltip("head_label:N", title="head"),
+                alt.Tooltip("hop:O"),
+                alt.Tooltip("strength:Q", title="s_n", format=".4f"),
+            ],
+        )
+        .properties(
+            title=alt.TitleParams(
+                "Attention strength across neighbours", subtitle="mean over the images · flat = global, falling = local"
+            ),
+            width=CHART_WIDTH,
+            height=240,
+        )
+    )
+
+
+def pattern_space_chart(samples: pd.DataFrame, heads: pd.DataFrame, method: str) -> alt.LayerChart:
+    """The sampled maps' 2-D positions as a density, one dot per head coloured by layer, top heads named.
+
+    ``samples`` columns: x, y (``pattern_samples``); they are binned here, so the chart
+    stays small for any sample size. ``heads`` columns: layer, head, head_label, x, y,
+    cluster, share, maps, rank, top.
+    """
+    name = method.upper()
+    x = alt.X("x:Q", title=f"{name} 1", scale=alt.Scale(zero=False), axis=alt.Axis(labels=False, ticks=False, grid=False))
+    y = alt.Y("y:Q", title=f"{name} 2", scale=alt.Scale(zero=False), axis=alt.Axis(labels=False, ticks=False, grid=False))
+    # light, so the head dots stand out
+    density = density_rects(samples, x, y, alt.Scale(range=["#f0f0f0", "#636363"], type="sqrt"), _DENSITY_BINS)
+    tooltip = [
+        alt.Tooltip("head_label:N", title="head"),
+        alt.Tooltip("cluster:O", title="pattern cluster"),
+        alt.Tooltip("share:Q", title="its maps in that cluster", format=".0%"),
+        alt.Tooltip("maps:Q", title="maps sampled"),
+    ]
+    dots = (
+        alt.Chart(heads)
+        .mark_circle(size=90, opacity=0.95, stroke="white", strokeWidth=1)
+        .encode(
+            x=x,
+            y=y,
+            color=alt.Color("layer:O", scale=alt.Scale(scheme=LAYER_COLOURS), legend=alt.Legend(orient="bottom", columns=12)),
+            tooltip=tooltip,
+        )
+    )
+    top = heads[heads["top"]]
+    rings = alt.Chart(top).mark_point(shape="circle", size=260, strokeWidth=2, color=FOCUS_RED).encode(x=x, y=y, tooltip=tooltip)
+    return (
+        alt.layer(density, dots, rings, *_head_names(top, x, y))
+        .resolve_scale(color="independent")
+        .properties(
+            title=alt.TitleParams(
+                "Attention maps by their autoencoder codes",
+                subtitle="grey: density of the sampled maps · a dot per head at the mean of its maps · top heads in red",
+            ),
+            width=CHART_WIDTH,
+            height=400,
+        )
+    )
+
+
+def reconstruction_chart(reconstruction_mse: float, baseline_mse: float) -> alt.LayerChart:
+    """The autoencoder's reconstruction error beside the error of always answering the mean map."""
+    data = pd.DataFrame(
+        {"what": ["autoencoder reconstruction", "baseline: the mean map"], "mse": [reconstruction_mse, baseline_mse]}
+    )
+    y = alt.Y("what:N", title=None, sort=None, axis=alt.Axis(labelLimit=220))
+    bars = (
+        alt.Chart(data)
+        .mark_bar(height=alt.RelativeBandSize(0.7))
+        .encode(
+            x=alt.X("mse:Q", title="mean squared error per pixel"),
+            y=y,
+            color=alt.Color("what:N", legend=None, scale=alt.Scale(range=["#fd8d3c", "#bdbdbd"])),
+            tooltip=[alt.Tooltip("what:N", title=""), alt.Tooltip("mse:Q", title="MSE", format=".5f")],
+        )
+    )
+    labels = bars.mark_text(align="left", dx=4, fontSize=11).encode(text=alt.Text("mse:Q", format=".4f"), color=alt.value("#333333"))
+    return alt.layer(bars, labels).properties(
+        title=alt.TitleParams(
+            "How well the autoencoder keeps the maps", subtitle="lower than the baseline = the codes carry the pattern"
+        ),
+        width=380,
+        height=alt.Step(28),
+    )
+
+
+# --- all charts of a case study --------------------------------------------------------------
+
+
+def _hurt_rows(study: CaseStudy, finding: HeadFinding) -> pd.DataFrame:
+    """The head's partial-pruning rows with the image's name and target class."""
+    partial = study.tables["partial"]
+    rows = partial[(partial["layer"] == finding.layer) & (partial["head"] == finding.head)]
+    names = study.tables["images"][["id", "name", "target"]].rename(columns={"id": "image_id"})
+    return rows.merge(names, on="image_id", how="left")
+
+
+def mode_chart_key(finding: HeadFinding) -> str:
+    """Key in ``case_charts`` of a top head's partial-pruning chart."""
+    return f"modes-{finding.label}"
+
+
+def case_charts(study: CaseStudy, found: CaseFindings) -> dict[str, alt.TopLevelMixin]:
+    """Every chart of the case study by key, in the report's order.
+
+    Keys: ``mode_chart_key(head)`` for each top head with partial-pruning rows, then
+    ``importance-line``, ``importance-heatmap``, ``pruning-curve``, ``entropy-by-layer``,
+    ``hop-profiles``, ``distance-by-layer``, ``pattern-space``, ``pattern-prototypes``,
+    ``pattern-mse``.
+    """
+    charts: dict[str, alt.TopLevelMixin] = {}
+    for finding in found.heads:
+        rows = _hurt_rows(study, finding)
+        if len(rows):
+            charts[mode_chart_key(finding)] = mode_probability_chart(rows, finding.label, finding.killer_mode)
+
+    measure = target_measure(study.tables["importance_unpruned"]["labelled"])
+    title = metric_title(found.metric, measure)
+    values = head_values(study, found.metric, len(found.heads))
+    charts["importance-line"] = importance_line_chart(values, title, study.num_heads, _unpruned_value(study, found.metric))
+    charts["importance-heatmap"] = importance_heatmap(values, found.metric, title)
+    charts["pruning-curve"] = pruning_curve_chart(study.tables["pruning_curve"], measure, width=CHART_WIDTH)
+
+    top = {finding.label for finding in found.heads}
+    heads = study.strength.heads()
+    heads["top"] = heads["head_label"].isin(top)
+    hops = study.arrays["hop_strength"].shape[-1]
+    uniform = (float(np.log(hops)), "uniform attention") if hops > 1 else None
+    charts["entropy-by-layer"] = heads_by_layer_chart(
+        heads, "entropy", "Hop-profile entropy by layer", "entropy (nats)", ".3f", uniform
+    )
+    charts["hop-profiles"] = hop_profiles_chart(_hop_profiles(study, found))
+    charts["distance-by-layer"] = heads_by_layer_chart(
+        heads, "distance", "Mean attention distance by layer", "distance (px)", ".1f"
+    )
+
+    pattern_heads = study.tables["pattern_heads"]
+    ranks = values.set_index("head_label")["rank"]
+    pattern_heads = pattern_heads.assign(rank=pattern_heads["head_label"].map(ranks), top=pattern_heads["head_label"].isin(top))
+    method = str(study.manifest["settings"].get("layout", "umap"))
+    charts["pattern-space"] = pattern_space_chart(study.tables["pattern_samples"], pattern_heads, method)
+    charts["pattern-prototypes"] = prototype_chart(
+        study.tables["pattern_prototypes"], study.tables["pattern_clusters"], str(study.manifest["settings"]["kind"])
+    )
+    mse = study.manifest["patterns"]
+    charts["pattern-mse"] = reconstruction_chart(float(mse["reconstruction_mse"]), float(mse["baseline_mse"]))
+    return charts
+
+
+def _unpruned_value(study: CaseStudy, metric: str) -> float | None:
+    """The unpruned model's set value of a probability or accuracy metric; else None."""
+    column = {"probability": "probability", "accuracy": "correct"}.get(metric)
+    return None if column is None else float(study.tables["importance_unpruned"][column].astype(float).mean())
+
+
+def _hop_profiles(study: CaseStudy, found: CaseFindings) -> pd.DataFrame:
+    mean = study.arrays["hop_strength"].mean(axis=0)  # [L, H, n_hops]
+    series = [(finding.label, mean[finding.layer, finding.head]) for finding in found.heads]
+    series.append((_ALL_HEADS, mean.mean(axis=(0, 1))))
+    return pd.DataFrame(
+        [{"head_label": label, "hop": hop, "strength": float(s)} for label, profile in series for hop, s in enumerate(profile)]
+    )
+
+
+# --- HTML ------------------------------------------------------------------------------------
+
+_CSS = """
+body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222; margin: 0; background: #fafafa; }
+main { max-width: 1000px; margin: 0 auto; padding: 1.5em 2em 4em; background: #fff; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 2px solid #ddd; padding-bottom: 0.2em; margin-top: 2em; }
+nav a { margin-right: 1em; }
+a { color: #1f5fa8; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 14px; }
+th, td { border-bottom: 1px solid #e4e4e4; padding: 0.25em 0.8em 0.25em 0; text-align: left; vertical-align: top; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.facts th { color: #555; font-weight: 600; }
+.card { border: 1px solid #ddd; border-left: 4px solid #d62728; border-radius: 4px; padding: 0.6em 1em 1em; margin: 1.2em 0; }
+.card h3 { margin: 0.3em 0; } .card h3 small { color: #666; font-weight: normal; }
+.card ul { padding-left: 1.2em; } .card li { margin: 0.3em 0; }
+.source { font-size: 12px; white-space: nowrap; }
+.hurt { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
+.thumbs { display: flex; flex-wrap: wrap; gap: 0.6em; max-width: 420px; }
+figure { margin: 0; width: 76px; font-size: 11px; line-height: 1.25; overflow-wrap: anywhere; }
+figure img { width: 72px; height: 72px; object-fit: contain; image-rendering: pixelated; border: 1px solid #ccc; display: block; }
+.chart { margin: 1em 0; }
+.chart.vega-embed { display: block; }
+.row { display: flex; flex-wrap: wrap; gap: 2em; align-items: flex-start; }
+.trend, .note { background: #f3f6fa; border-radius: 4px; padding: 0.6em 1em; }
+details summary { cursor: pointer; color: #1f5fa8; }
+"""
+
+_EMBED = """
+const specs = {specs};
+const options = {{ renderer: "svg", actions: false, mode: "vega-lite" }};
+for (const [key, spec] of Object.entries(specs)) {{
+  vegaEmbed("#chart-" + key, spec, options).catch((error) => console.error(error));
+}}
+"""
+
+_SOURCES = {"importance": "importance", "mechanism": "importance", "locality": "strength", "pattern": "patterns"}
+_SECTION_TITLES = {
+    "summary": "Summary",
+    "findings": "Findings",
+    "importance": "Head importance",
+    "strength": "Attention strength",
+    "patterns": "Attention patterns",
+    "settings": "Settings and versions",
+}
+
+
+def render_report(study: CaseStudy, metric: str = "probability", *, top_k: int | None = None) -> str:
+    """The case study as one HTML document that opens without any network.
+
+    Sections: summary, findings (a card per top head under ``metric``), importance,
+    strength, patterns, settings and versions. Every user-supplied string (image, model
+    and class names) is HTML-escaped; chart specs are escaped so no string can end their
+    script.
+
+    ``top_k`` is how many heads the findings cover (default: the study's ``top_k``).
+
+    Raises:
+        ValueError: ``metric`` is unknown or the study lacks it (from ``findings``).
+    """
+    import vl_convert
+
+    found = findings(study, metric, top_k=top_k)
+    charts = case_charts(study, found)
+    bodies = {
+        "summary": _summary(study, found),
+        "findings": _findings(study, found, charts),
+        "importance": _importance(study, found),
+        "strength": _strength(found),
+        "patterns": _patterns(study),
+        "settings": _settings(study),
+    }
+    nav = " ".join(f'<a href="#{key}">{title}</a>' for key, title in _SECTION_TITLES.items())
+    sections = "\n".join(
+        f'<section id="{key}">\n<h2>{_SECTION_TITLES[key]}</h2>\n{body}\n</section>' for key, body in bodies.items()
+    )
+    specs = {key: _spec(chart) for key, chart in charts.items()}
+    title = f"HeadScope case study: {study.model_label} on {study.manifest['image_set']['title']}"
+    # the bundle holds no "</script" today; should a later one (in a string or regex, where "<\/" means "</"),
+    # the escape keeps it from ending the script early
+    bundle = vl_convert.javascript_bundle().replace("</script", "<\\/script")
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<title>{escape(title)}</title>\n<style>{_CSS}</style>\n"
+        f"<script>\n{bundle}\n</script>\n</head>\n<body>\n<main>\n"
+        f"<h1>{escape(title)}</h1>\n<nav>{nav}</nav>\n{sections}\n</main>\n"
+        f"<script>{_EMBED.format(specs=_script_json(specs))}</script>\n</body>\n</html>\n"
+    )
+
+
+def _spec(chart: alt.TopLevelMixin) -> dict[str, Any]:
+    spec = chart.to_dict()
+    spec.pop("$schema", None)  # a URL nothing needs: the embed options name the mode
+    return spec
+
+
+def _script_json(value: Any) -> str:
+    """JSON safe inside a ``<script>``: ``<``, ``>`` and ``&`` as ``\\u`` escapes."""
+    return json.dumps(value, separators=(",", ":")).translate(_SCRIPT_ESCAPES)
+
+
+def _chart(key: str) -> str:
+    return f'<div class="chart" id="chart-{escape(key)}"></div>'
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Sequence[bool] | None = None, css: str = "") -> str:
+    """An HTML table; every cell is escaped (cells are user strings or numbers already formatted)."""
+    numeric = numeric or [False] * len(header)
+    head = "".join(f"<th>{escape(str(name))}</th>" for name in header)
+    cell_open = ['<td class="num">' if num else "<td>" for num in numeric]
+    body = "\n".join(
+        "<tr>" + "".join(f"{start}{escape(str(cell))}</td>" for cell, start in zip(row, cell_open)) + "</tr>" for row in rows
+    )
+    return f'<table class="{css}"><thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table>'
+
+
+def _facts(pairs: Iterable[tuple[str, Any]]) -> str:
+    """A two-column table of name, value, escaped."""
+    rows = "\n".join(f"<tr><th>{escape(str(name))}</th><td>{escape(str(value))}</td></tr>" for name, value in pairs)
+    return f'<table class="facts"><tbody>\n{rows}\n</tbody></table>'
+
+
+def _summary(study: CaseStudy, found: CaseFindings) -> str:
+    model, image_set = study.manifest["model"], study.manifest["image_set"]
+    unpruned = study.tables["importance_unpruned"]
+    measure = target_measure(unpruned["labelled"])
+    rows, cols = model["grid"]
+    return _facts(
+        [
+            ("model", f"{model['name']} (key {model['key']})"),
+            ("architecture", f"{model['num_layers']} layers × {model['num_heads']} heads, {rows} × {cols} patch grid, "
+             f"{model['num_prefix_tokens']} prefix token(s)"),
+            ("image set", f"{image_set['title']} · {len(study.tables['images'])} images · key {image_set['key']}"),
+            ("created", study.manifest["created"]),
+            ("ranking metric", f"{found.metric}: {METRIC_HELP[found.metric]}"),
+            (f"unpruned {measure}", f"{float(unpruned['correct'].mean()):.1%}"),
+            ("unpruned mean target probability", f"{float(unpruned['probability'].mean()):.3f}"),
+            ("top heads", ", ".join(finding.label for finding in found.heads)),
+        ]
+    )
+
+
+def _findings(study: CaseStudy, found: CaseFindings, charts: Mapping[str, alt.TopLevelMixin]) -> str:
+    modes = _table(["mode", "removes"], [(mode, MODE_REMOVES[mode]) for mode in MODES])
+    parts = [
+        f'<p class="trend">{escape(found.layer_trend)} <a class="source" href="#strength">→ strength</a></p>',
+        f"<details><summary>What the partial-pruning modes remove</summary>{modes}</details>",
+    ]
+    parts += [_card(study, finding, found.metric, mode_chart_key(finding) in charts) for finding in found.heads]
+    return "\n".join(parts)
+
+
+def _card(study: CaseStudy, finding: HeadFinding, metric: str, has_chart: bool) -> str:
+    sentences = "\n".join(
+        f'<li>{escape(getattr(finding, part))} <a class="source" href="#{target}">→ {target}</a></li>'
+        for part, target in _SOURCES.items()
+    )
+    rows = _hurt_rows(study, finding)
+    figures = []
+    for image_id in finding.hurt_images:
+        image = rows[rows["image_id"] == image_id]
+        by_mode = image.set_index("mode")["probability"]
+        name, target = str(image["name"].iloc[0]), str(image["target"].iloc[0])
+        png = study.thumbnails.get(image_id)
+        img = (
+            f'<img src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}" alt="{escape(name)}">' if png else ""
+        )
+        figures.append(
+            f"<figure>{img}<figcaption>{escape(name)}<br>target {escape(target)}<br>"
+            f"p {by_mode.get('none', float('nan')):.2f} → {by_mode.get('head', float('nan')):.2f}</figcaption></figure>"
+        )
+    hurt = ""
+    if figures:
+        caption = "<p>Images where pruning it hurts most (target probability unpruned → head pruned):</p>"
+        chart = _chart(mode_chart_key(finding)) if has_chart else ""
+        hurt = f'{caption}<div class="hurt"><div class="thumbs">{"".join(figures)}</div>{chart}</div>'
+    return (
+        f'<article class="card" id="head-{finding.label}">\n'
+        f"<h3>#{finding.rank} · {finding.label} <small>{escape(metric.replace('_', ' '))} {finding.value:.4f}</small></h3>\n"
+        f"<ul>\n{sentences}\n</ul>\n{hurt}\n</article>"
+    )
+
+
+def _importance(study: CaseStudy, found: CaseFindings) -> str:
+    overall = study.tables["importance_overall"].pivot_table(index=["layer", "head"], columns="metric", values="value")
+    metrics = [metric for metric in METRICS if metric in overall.columns]
+    rows = [
+        [finding.rank, finding.label, *(f"{overall.loc[(finding.layer, finding.head), metric]:.4f}" for metric in metrics)]
+        for finding in found.heads
+    ]
+    table = _table(["rank", "head", *metrics], rows, [True, False, *([True] * len(metrics))])
+    help_rows = "".join(f"<li><b>{metric}</b>: {escape(METRIC_HELP[metric])}</li>" for metric in metrics)
+    return (
+        f"<p>Every head's value over the whole set; heads ranked by <b>{escape(found.metric)}</b> "
+        f"({escape(METRIC_HELP[found.metric])}).</p>\n"
+        f"{_chart('importance-line')}\n"
+        f'<div class="row">{_chart("importance-heatmap")}<div><h3>Top heads, all metrics</h3>{table}</div></div>\n'
+        f"<ul>{help_rows}</ul>\n{_chart('pruning-curve')}"
+    )
+
+
+def _strength(found: CaseFindings) -> str:
+    layers = found.layers
+    table = _table(
+        ["layer", "entropy (nats)", "distance (px)", "prefix share", "top heads"],
+        [
+            [int(row.layer), f"{row.entropy:.3f}", f"{row.distance:.1f}", f"{row.prefix_share:.1%}", int(row.top_heads)]
+            for row in layers.itertuples()
+        ],
+        [True] * 5,
+    )
+    return (
+        f'<p class="note">{escape(found.layer_trend)}</p>\n{_chart("entropy-by-layer")}\n'
+        f'{_chart("hop-profiles")}\n{_chart("distance-by-layer")}\n<h3>Layer means</h3>\n{table}'
+    )
+
+
+def _patterns(study: CaseStudy) -> str:
+    settings, mse = study.manifest["settings"], study.manifest["patterns"]
+    clusters = study.tables["pattern_clusters"]
+    table = _table(
+        ["cluster", "maps", "share of maps", "member heads"],
+        [[f"C{int(row.cluster)}", int(row.maps), f"{row.share:.0%}", row.heads] for row in clusters.itertuples()],
+        [False, True, True, False],
+    )
+    samples = len(study.tables["pattern_samples"])
+    ratio = float(mse["reconstruction_mse"]) / max(float(mse["baseline_mse"]), 1e-12)
+    return (
+        f"<p>{samples:,} {escape(str(settings['kind']))} maps sampled from every head and image, encoded by a small "
+        f"autoencoder, laid out in 2-D with {escape(str(settings.get('layout', 'umap')).upper())} and grouped into "
+        f"{len(clusters)} k-means clusters. A head belongs to the cluster most of its maps fall in.</p>\n"
+        f'<div class="row">{_chart("pattern-space")}{_chart("pattern-prototypes")}</div>\n{table}\n'
+        f"<p>The reconstruction error is {ratio:.0%} of the baseline's (always answering the mean map).</p>\n"
+        f"{_chart('pattern-mse')}"
+    )
+
+
+def _settings(study: CaseStudy) -> str:
+    images = study.tables["images"]
+    image_rows = [
+        [int(row.position), row.id, row.name, row.label, row.target, f"{row.probability:.3f}"] for row in images.itertuples()
+    ]
+    image_table = _table(
+        ["#", "id", "name", "label", "target", "probability"], image_rows, [True, False, False, False, False, True]
+    )
+    model = study.manifest["model"]
+    class_names = escape(", ".join(map(str, model["class_names"])))
+    return (
+        f"<h3>Settings</h3>\n{_facts(study.manifest['settings'].items())}\n"
+        f"<h3>Model</h3>\n{_facts((name, value) for name, value in model.items() if name != 'class_names')}\n"
+        f"<details><summary>{len(model['class_names'])} class names</summary><p>{class_names}</p></details>\n"
+        f"<h3>Library versions</h3>\n{_facts(study.manifest['versions'].items())}\n"
+        f"<h3>Images</h3>\n<details><summary>All {len(images)} images (id, name, label; target and unpruned "
+        f"probability of the target)</summary>\n{image_table}\n</details>"
+    )

@@ -1,0 +1,124 @@
+"""Case study: why the most important heads matter, as findings with their numbers; export and reopen."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.bundle import save_bundle
+from core.casestudy import findings
+from core.importance import METRIC_HELP, METRICS
+from core.projection import start_umap_warmup
+from core.report import case_charts, mode_chart_key, render_report
+from ui import casestudy, session
+
+st.set_page_config(page_title="Case study · HeadScope", page_icon="🔭", layout="wide")
+ctx = session.page_context()
+start_umap_warmup()  # once per process: a no-op when the home page started it
+handle = ctx.handle
+
+st.title("Case study")
+st.caption(
+    "The most important heads, and why: which part of their attention the prediction needs (partial pruning on "
+    "the images where pruning hurts most), how local they are (hop profile, entropy, distance) and which learned "
+    "pattern they share. Each finding links to the view it comes from."
+)
+
+with st.expander("Open a result bundle", expanded=casestudy.opened_bundle() is not None):
+    upload = st.file_uploader(
+        "A result bundle (.zip) saved from this page or written by `python -m core analyze`",
+        type=["zip"], key=casestudy.uploader_key(),
+    )
+    if upload is not None:
+        error = casestudy.open_bundle(upload.name, upload.getvalue(), handle)
+        if error:
+            st.error(error)
+opened = casestudy.opened_bundle()
+if opened is not None and opened.study.manifest["model"]["key"] != handle.key:
+    casestudy.close_bundle()  # the model changed on the home page since the bundle was opened
+    st.warning(f"The bundle {opened.file_name} was closed: it belongs to another model than {handle.name}.")
+    opened = None
+
+c1, c2 = st.columns([2, 1], gap="medium")
+metric = c1.selectbox(
+    "Rank heads by", METRICS, key="case_metric", persist_state="session",
+    format_func=lambda name: name.replace("_", " "), help="Global importance over the image set.",
+)
+c1.caption(METRIC_HELP[metric])
+top_k = c2.slider("Heads to study", 1, casestudy.MAX_TOP_K, 5, key="case_top_k", persist_state="session")
+
+if opened is not None:
+    study = opened.study
+    manifest = study.manifest
+    st.info(
+        f"Showing the bundle **{opened.file_name}**: {manifest['model']['name']} on "
+        f"{manifest['image_set']['title']}, created {manifest['created']}. Nothing is recomputed."
+    )
+    if manifest["image_set"]["key"] != ctx.image_set.key:
+        st.caption("Its images differ from the current image set: the links to the views show the current set.")
+    st.button("Back to the live analysis", on_click=casestudy.close_bundle, key="case_close_bundle")
+    if top_k > study.settings.top_k:
+        st.caption(f"The bundle studied {study.settings.top_k} heads per metric, so at most that many are shown.")
+else:
+    try:
+        study = casestudy.live_study(handle, ctx.image_set, casestudy.live_settings(top_k))
+    except ValueError as err:
+        st.error(str(err))
+        st.stop()
+
+found = findings(study, metric, top_k=min(top_k, study.settings.top_k))
+charts = case_charts(study, found)
+
+st.subheader("Across layers")
+st.markdown(found.layer_trend)
+
+st.subheader(f"The {len(found.heads)} most important heads by {metric.replace('_', ' ')}")
+names = {row["id"]: row for row in study.tables["images"].to_dict("records")}
+for finding in found.heads:
+    with st.container(border=True):
+        st.markdown(f"#### {finding.rank}. {finding.label}")
+        text, visual = st.columns([3, 2], gap="large")
+        with text:
+            for view, sentence in (
+                ("importance", finding.importance),
+                ("importance", finding.mechanism),
+                ("strength", finding.locality),
+                ("patterns", finding.pattern),
+            ):
+                st.markdown(sentence)
+            links = st.columns(3)
+            for column, view in zip(links, casestudy.VIEW_PAGES):
+                page, title = casestudy.VIEW_PAGES[view]
+                if column.button(f"{title} →", key=f"case_open_{view}_{finding.label}", help=f"Make {finding.label} the focus head and open {title}."):
+                    casestudy.open_in_view(view, finding.layer, finding.head)
+        with visual:
+            if mode_chart_key(finding) in charts:
+                st.altair_chart(charts[mode_chart_key(finding)], width="stretch")
+            thumbs = [image_id for image_id in finding.hurt_images if image_id in study.thumbnails]
+            if thumbs:
+                cells = st.columns(len(thumbs))
+                for cell, image_id in zip(cells, thumbs):
+                    row = names.get(image_id, {})
+                    cell.image(study.thumbnails[image_id], caption=f"{row.get('name', image_id)} · {row.get('target', '')}", width=72)
+
+st.subheader("The evidence")
+modes = {mode_chart_key(finding) for finding in found.heads}
+for key, chart in charts.items():
+    if key not in modes:
+        st.altair_chart(chart, width="content")
+
+st.subheader("Export and share")
+e1, e2 = st.columns(2)
+stem = f"headscope-{study.manifest['model']['name']}-{study.manifest['image_set']['key'][:8]}"
+e1.download_button(
+    "Download the HTML report", data=lambda: render_report(study, metric, top_k=len(found.heads)),
+    file_name=f"{stem}.html", mime="text/html", icon=":material/description:",
+    help="One file with every chart, image, number, setting and library version; opens with no network.",
+)
+e2.download_button(
+    "Download the result bundle", data=lambda: save_bundle(study), file_name=f"{stem}.zip", mime="application/zip",
+    icon=":material/folder_zip:", help="Tables, arrays and a manifest; open it again above without recomputing.",
+)
+st.caption(
+    "The same bundle from the command line, for batch jobs: "
+    "`python -m core analyze --model demo --images DIR --out results.zip --report report.html`."
+)

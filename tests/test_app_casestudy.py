@@ -1,0 +1,114 @@
+"""AppTest of the case-study page: findings on the demo set, links to the views, opening bundles."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.bundle import save_bundle
+from core.casestudy import findings
+from core.importance import head_importance, rank_heads
+from ui import patterns, session
+
+TIMEOUT = 300
+APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
+PAGE = "pages/4_Case_Study.py"
+HEADING = re.compile(r"#### (\d+)\. (L\d+H\d+)")
+
+
+@pytest.fixture(scope="module")
+def demo_ranking(demo_handle):
+    """Global importance of the demo samples from the core API, apart from the page's caches."""
+    from core.casestudy import set_labels
+    from core.images import demo_digits_set
+
+    split = demo_handle.card["split"]
+    images = demo_digits_set(split["seed"], split["test_fraction"])
+    return head_importance(demo_handle, images.pil_images(), set_labels(images))
+
+
+@pytest.fixture
+def page(monkeypatch) -> AppTest:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(patterns, "umap_ready", lambda: False)
+    monkeypatch.setattr(patterns, "umap_failed", lambda: True)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    at.session_state["pattern_max_maps"] = patterns.SAMPLE_SIZES[0]
+    at.switch_page(PAGE).run()
+    _ok(at)
+    return at
+
+
+def _ok(at: AppTest) -> None:
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+
+
+def _headings(at: AppTest) -> list[str]:
+    return [m.group(2) for md in at.markdown if (m := HEADING.match(md.value))]
+
+
+def _text(at: AppTest) -> str:
+    return "\n".join(md.value for md in at.markdown)
+
+
+def _upload(at: AppTest, name: str, data: bytes) -> None:
+    at.get("file_uploader")[0].set_value([(name, data, "application/zip")])
+    at.run()
+
+
+def test_findings_rank_the_heads_of_the_chosen_metric(page: AppTest, demo_ranking) -> None:
+    for metric in ("probability", "taylor"):
+        page.selectbox(key="case_metric").set_value(metric).run()
+        _ok(page)
+        expected = rank_heads(demo_ranking, metric).head(5)
+        assert _headings(page) == [f"L{l}H{h}" for l, h in zip(expected["layer"], expected["head"])]
+    text = _text(page)
+    assert re.search(r"From layer 0 to layer 5, mean hop-profile entropy goes from [\d.]+ to [\d.]+ nats", text)
+    assert text.count("hop-profile entropy") >= 5 and text.count("pattern cluster") >= 5
+    assert "ranks 1st of 36 heads by taylor" in text
+
+    page.slider(key="case_top_k").set_value(2).run()
+    _ok(page)
+    assert len(_headings(page)) == 2
+
+
+def test_a_finding_opens_its_view_with_that_head_in_focus(page: AppTest) -> None:
+    first = _headings(page)[0]
+    page.button(key=f"case_open_strength_{first}").click().run()
+    _ok(page)
+    focus = page.session_state[session.FOCUS_KEY]
+    assert focus.head_label == first
+    assert any("Attention strength" in title.value for title in page.title)
+
+
+def test_open_a_bundle_then_refuse_a_damaged_one_and_another_models(page: AppTest, small_study) -> None:
+    expected = findings(small_study, "probability")
+    _upload(page, "small.zip", save_bundle(small_study))
+    _ok(page)
+    assert "Showing the bundle **small.zip**" in "\n".join(i.value for i in page.info)
+    assert _headings(page) == [f.label for f in expected.heads]  # top_k 3 in the bundle: at most 3 shown
+    assert expected.layer_trend in _text(page)
+
+    # a damaged bundle: one sentence, the opened bundle stays
+    _upload(page, "broken.zip", b"PK\x03\x04 not really a zip")
+    assert not page.exception
+    assert len(page.error) == 1 and page.error[0].value.endswith(".")
+    assert _headings(page) == [f.label for f in expected.heads]
+
+    other = dataclasses.replace(
+        small_study, manifest={**small_study.manifest, "model": {**small_study.manifest["model"], "name": "vit_other", "key": "vit_other-0123456789abcdef"}}
+    )
+    _upload(page, "other.zip", save_bundle(other))
+    assert not page.exception
+    assert "vit_other" in page.error[0].value and "demo" in page.error[0].value
+    assert _headings(page) == [f.label for f in expected.heads]
+
+    page.button(key="case_close_bundle").click().run()
+    _ok(page)
+    assert not page.info and len(_headings(page)) == 5  # the live study again, and the uploader is empty

@@ -1,0 +1,359 @@
+"""Result bundles: an exact round trip, and every damaged or foreign bundle refused with one sentence."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import re
+import struct
+import warnings
+import zipfile
+import zlib
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.bundle import MANIFEST, BundleLimits, load_bundle, save_bundle, write_bundle
+from core.casestudy import ARRAYS, BUNDLE_VERSION, TABLES
+from core.errors import BundleRejected, HeadScopeError
+
+# Set when an object in a refused .npy is unpickled: it must never be.
+UNPICKLED: list[str] = []
+
+
+def _record_unpickling(note: str) -> str:
+    UNPICKLED.append(note)
+    return note
+
+
+class _NoisyWhenUnpickled:
+    def __reduce__(self):
+        return _record_unpickling, ("unpickled",)
+
+
+@pytest.fixture(scope="module")
+def bundle(small_study) -> bytes:
+    return save_bundle(small_study)
+
+
+def _members(data: bytes) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        return {info.filename: archive.read(info) for info in archive.infolist()}
+
+
+def _pack(members: dict[str, bytes], compress_type: int = zipfile.ZIP_DEFLATED) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, content in members.items():
+            archive.writestr(name, content, compress_type=compress_type)
+    return buffer.getvalue()
+
+
+def _edited(
+    data: bytes,
+    *,
+    replace: dict[str, bytes] | None = None,
+    drop: tuple[str, ...] = (),
+    manifest: Callable[[dict], None] | None = None,
+    rehash: bool = True,
+) -> bytes:
+    """The bundle with members replaced or dropped and its manifest edited.
+
+    With ``rehash`` the manifest's checksums are recomputed, so the damage reaches the
+    check behind the checksum one.
+    """
+    members = {name: content for name, content in _members(data).items() if name not in drop}
+    members.update(replace or {})
+    meta = json.loads(members[MANIFEST])
+    if rehash:
+        for name in meta["files"]:
+            if name in members:
+                meta["files"][name] = {"sha256": hashlib.sha256(members[name]).hexdigest(), "size": len(members[name])}
+    if manifest is not None:
+        manifest(meta)
+    members[MANIFEST] = json.dumps(meta).encode()
+    return _pack(members)
+
+
+def _npy(array: np.ndarray, allow_pickle: bool = False) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=allow_pickle)
+    return buffer.getvalue()
+
+
+def _refused(data: bytes, match: str, **kwargs) -> str:
+    """Open ``data``, assert it is refused with one sentence matching ``match``; return the sentence."""
+    with pytest.raises(BundleRejected, match=match) as caught:
+        load_bundle(data, **kwargs)
+    message = str(caught.value)
+    assert isinstance(caught.value, HeadScopeError)
+    assert message.endswith(".") and message[0].isupper()
+    assert "\n" not in message and "Traceback" not in message
+    return message
+
+
+# --- round trip --------------------------------------------------------------------------
+
+
+def test_round_trip_is_exact(small_study, bundle):
+    loaded = load_bundle(bundle, model_key=small_study.manifest["model"]["key"])
+
+    assert set(loaded.tables) == set(TABLES)
+    for name in TABLES:
+        pd.testing.assert_frame_equal(loaded.tables[name], small_study.tables[name], check_dtype=True)
+    assert set(loaded.arrays) == set(ARRAYS)
+    for name in ARRAYS:
+        assert loaded.arrays[name].dtype == small_study.arrays[name].dtype
+        assert loaded.arrays[name].shape == small_study.arrays[name].shape
+        np.testing.assert_array_equal(loaded.arrays[name], small_study.arrays[name])
+    assert small_study.thumbnails
+    assert dict(loaded.thumbnails) == dict(small_study.thumbnails)
+    assert loaded.manifest == small_study.manifest
+
+
+def test_bundle_layout_and_checksums(small_study, bundle):
+    members = _members(bundle)
+    expected = (
+        {MANIFEST}
+        | {f"tables/{name}.parquet" for name in TABLES}
+        | {f"arrays/{name}.npy" for name in ARRAYS}
+        | {f"images/{image_id}.png" for image_id in small_study.thumbnails}
+    )
+    assert set(members) == expected
+    files = json.loads(members[MANIFEST])["files"]
+    assert set(files) == expected - {MANIFEST}
+    for name, entry in files.items():
+        assert entry == {"sha256": hashlib.sha256(members[name]).hexdigest(), "size": len(members[name])}
+
+
+def test_same_study_gives_same_bytes(small_study, bundle):
+    assert save_bundle(small_study) == bundle
+
+
+def test_unsafe_image_id_is_not_saved(small_study):
+    with pytest.raises(ValueError, match="cannot name a bundle member"):
+        save_bundle(dataclasses.replace(small_study, thumbnails={"../evil": b"\x89PNG\r\n\x1a\n"}))
+
+
+def test_write_bundle_is_atomic_and_readable(small_study, bundle, tmp_path):
+    target = tmp_path / "study.zip"
+    target.write_bytes(b"an older file")
+
+    assert write_bundle(small_study, target) == target
+
+    assert target.read_bytes() == bundle
+    assert [path.name for path in tmp_path.iterdir()] == ["study.zip"]  # no temporary file left
+
+
+# --- not a bundle ------------------------------------------------------------------------
+
+
+def test_empty_bytes_are_refused():
+    _refused(b"", "empty")
+
+
+def test_random_bytes_are_refused():
+    _refused(np.random.default_rng(0).bytes(5000), "not a readable ZIP")
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.99])
+def test_truncated_bundle_is_refused(bundle, keep):
+    _refused(bundle[: int(len(bundle) * keep)], "not a readable ZIP")
+
+
+def test_missing_manifest_is_refused(bundle):
+    members = _members(bundle)
+    del members[MANIFEST]
+    _refused(_pack(members), "no manifest.json")
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [(b"{not json", "not valid JSON"), (b"\xff\xfe\x00garbage", "not valid JSON"), (b"[1, 2, 3]", "not a JSON object")],
+)
+def test_manifest_that_is_not_a_json_object_is_refused(bundle, text, match):
+    _refused(_pack({**_members(bundle), MANIFEST: text}), match)
+
+
+def test_wrong_format_is_refused(bundle):
+    data = _edited(bundle, manifest=lambda meta: meta.update(format="someone-else"))
+    message = _refused(data, "not a HeadScope result bundle")
+    assert "someone-else" in message
+    _refused(_edited(bundle, manifest=lambda meta: meta.pop("format")), "names no format")
+
+
+def test_future_version_is_refused(bundle):
+    message = _refused(
+        _edited(bundle, manifest=lambda meta: meta.update(format_version=BUNDLE_VERSION + 1)), "update HeadScope"
+    )
+    assert f"version {BUNDLE_VERSION + 1}" in message
+
+
+@pytest.mark.parametrize(
+    "edit, path",
+    [
+        (lambda meta: meta["model"].pop("num_heads"), "model.num_heads"),
+        (lambda meta: meta["model"].update(key=""), "model.key"),
+        (lambda meta: meta.update(model=["not", "an", "object"]), "model.name"),
+        (lambda meta: meta["settings"].pop("kind"), "settings.kind"),
+        (lambda meta: meta["settings"].update(top_k="5"), "settings.top_k"),
+        (lambda meta: meta.update(format_version=0), "format_version"),
+        (lambda meta: meta["files"].update({"arrays/entropy.npy": {"sha256": "no", "size": 1}}), "sha256 and size"),
+    ],
+)
+def test_incomplete_manifest_is_refused(bundle, edit, path):
+    _refused(_edited(bundle, manifest=edit), re.escape(path))
+
+
+# --- damaged -----------------------------------------------------------------------------
+
+
+def test_changed_table_bytes_fail_the_checksum(bundle):
+    name = "tables/pruning_curve.parquet"
+    content = bytearray(_members(bundle)[name])
+    content[len(content) // 2] ^= 0xFF
+    message = _refused(_edited(bundle, replace={name: bytes(content)}, rehash=False), "damaged")
+    assert name in message
+
+
+def test_missing_member_is_damage(bundle):
+    name = "arrays/entropy.npy"
+    message = _refused(_edited(bundle, drop=(name,), rehash=False), "damaged")
+    assert name in message and "missing" in message
+
+
+@pytest.mark.parametrize("member, kind", [("tables/partial.parquet", "table"), ("arrays/hop_strength.npy", "array")])
+def test_missing_table_or_array_is_refused(bundle, member, kind):
+    message = _refused(
+        _edited(bundle, drop=(member,), manifest=lambda meta: meta["files"].pop(member)), f"no {kind}"
+    )
+    assert member.split("/")[1].split(".")[0] in message
+
+
+def test_unlisted_member_is_refused(bundle):
+    _refused(_pack({**_members(bundle), "images/0123abcd.png": b"\x89PNG\r\n\x1a\n"}), "does not list")
+
+
+def test_table_that_is_not_parquet_is_refused(bundle):
+    _refused(_edited(bundle, replace={"tables/images.parquet": b"PAR1 but not really"}), "table 'images'")
+
+
+def test_thumbnail_that_is_not_a_png_is_refused(small_study, bundle):
+    name = f"images/{next(iter(small_study.thumbnails))}.png"
+    _refused(_edited(bundle, replace={name: b"<svg onload=alert(1)>"}), "not a small PNG")
+
+
+def test_thumbnail_that_would_decode_huge_is_refused(small_study, bundle):
+    """A PNG header claiming 30,000 x 30,000 pixels: a few bytes that a browser would try to allocate."""
+    name = f"images/{next(iter(small_study.thumbnails))}.png"
+    header = struct.pack(">IIBBBBB", 30_000, 30_000, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", len(header)) + b"IHDR" + header + struct.pack(">I", zlib.crc32(b"IHDR" + header))
+    _refused(_edited(bundle, replace={name: b"\x89PNG\r\n\x1a\n" + chunk}), "not a small PNG")
+
+
+def test_table_missing_a_column_is_refused(small_study, bundle):
+    """Checksums recomputed: only the column check stands between this table and a KeyError later."""
+    buffer = io.BytesIO()
+    small_study.tables["partial"].drop(columns="drop").to_parquet(buffer, index=False)
+    _refused(_edited(bundle, replace={"tables/partial.parquet": buffer.getvalue()}), "does not have the columns")
+
+
+def test_object_array_is_refused_without_unpickling(bundle):
+    evil = np.array([_NoisyWhenUnpickled()], dtype=object)
+    data = _edited(bundle, replace={"arrays/entropy.npy": _npy(evil, allow_pickle=True)})
+
+    _refused(data, "never loads Python objects")
+
+    assert UNPICKLED == []
+
+
+def test_array_shape_must_match_the_manifest(small_study, bundle):
+    entropy = small_study.arrays["entropy"]
+    data = _edited(bundle, replace={"arrays/entropy.npy": _npy(entropy[:, :, :-1])})
+
+    message = _refused(data, "has shape")
+
+    assert str(entropy.shape) in message
+
+
+def test_manifest_describing_other_images_is_refused(bundle):
+    # Every array is intact, but the manifest claims one image fewer.
+    _refused(_edited(bundle, manifest=lambda meta: meta["image_set"]["images"].pop()), "has shape")
+
+
+def test_array_with_fewer_values_than_its_header_is_damage(small_study, bundle):
+    content = _npy(small_study.arrays["distance"])
+    _refused(_edited(bundle, replace={"arrays/distance.npy": content[:-4]}), "as many values")
+
+
+# --- unsafe or too large -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["../evil", "/etc/evil", "tables/../../evil", "C:/evil", "images\\evil.png"])
+def test_unsafe_member_name_is_refused(bundle, name):
+    _refused(_pack({**_members(bundle), name: b"x"}), "does not accept")
+
+
+def test_duplicate_member_is_refused(bundle):
+    members = _members(bundle)
+    buffer = io.BytesIO(bundle)
+    with warnings.catch_warnings(), zipfile.ZipFile(buffer, "a") as archive:
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate we mean to write
+        archive.writestr("arrays/entropy.npy", members["arrays/entropy.npy"])
+    _refused(buffer.getvalue(), "two files named")
+
+
+def test_unbounded_compression_is_refused(bundle):
+    _refused(_pack(_members(bundle), compress_type=zipfile.ZIP_BZIP2), "compression method")
+
+
+def _declare_size(data: bytes, name: str, size: int) -> bytes:
+    """The bundle with ``name``'s uncompressed size in the ZIP central directory set to ``size``."""
+    edited = bytearray(data)
+    offset = data.index(b"PK\x01\x02")  # the first central directory entry
+    while True:
+        name_length, extra_length, comment_length = struct.unpack_from("<HHH", data, offset + 28)
+        if data[offset + 46 : offset + 46 + name_length] == name.encode():
+            struct.pack_into("<I", edited, offset + 24, size)
+            return bytes(edited)
+        offset += 46 + name_length + extra_length + comment_length
+
+
+def test_member_declaring_a_huge_size_is_refused_before_reading(bundle):
+    data = _declare_size(bundle, "arrays/offset_mean.npy", 0xFFFF_FFF0)
+    message = _refused(data, "the limit is")
+    assert "offset_mean" in message
+
+
+def test_total_size_cap(bundle):
+    total = sum(len(content) for content in _members(bundle).values())
+    _refused(bundle, "the limit is", limits=BundleLimits(max_total_bytes=total - 1))
+    assert load_bundle(bundle, limits=BundleLimits(max_total_bytes=total)).tables
+
+
+def test_table_declaring_too_many_values_is_refused(small_study, bundle):
+    rows, columns = small_study.tables["importance_per_image"].shape
+    message = _refused(bundle, "table 'importance_per_image'", limits=BundleLimits(max_table_values=rows * columns - 1))
+    assert f"{rows * columns:,} values" in message
+
+
+# --- another model -----------------------------------------------------------------------
+
+
+def test_bundle_of_another_model_is_refused_naming_both(small_study, bundle):
+    key = small_study.manifest["model"]["key"]
+    name = small_study.manifest["model"]["name"]
+
+    message = _refused(bundle, "load that model", model_key="vit_tiny-0123456789abcdef", model_name="vit_tiny")
+
+    assert f"'{name}'" in message and key.rsplit("-", 1)[-1][:8] in message
+    assert "'vit_tiny'" in message and "01234567" in message
+
+
+def test_bundle_of_another_model_is_refused_without_a_name(small_study, bundle):
+    message = _refused(bundle, "load that model", model_key="other")
+    assert "'other'" in message and f"'{small_study.manifest['model']['name']}'" in message

@@ -1,0 +1,237 @@
+"""The self-contained HTML report: its content, escaping, no external reference, and an offline browser."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import html
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from core.casestudy import findings
+from core.report import case_charts, render_report
+from test_browser import CHROMIUM_ARGS, _chromium
+
+SECTIONS = [
+    ("summary", "Summary"),
+    ("findings", "Findings"),
+    ("importance", "Head importance"),
+    ("strength", "Attention strength"),
+    ("patterns", "Attention patterns"),
+    ("settings", "Settings and versions"),
+]
+HOSTILE_IMAGE = "<script>alert(1)</script>.png"
+HOSTILE_MODEL = "<b onmouseover=alert(2)>vit</b>"
+HOSTILE_CLASS = "<img src=x onerror=alert(3)>"
+
+
+@pytest.fixture(scope="module")
+def report(small_study) -> str:
+    return render_report(small_study)
+
+
+@pytest.fixture(scope="module")
+def hostile_study(small_study):
+    """The small study with a script for a cited image's name, a tag for the model name and a class name."""
+    cited = findings(small_study).heads[0].hurt_images[0]
+    images = small_study.tables["images"].copy()
+    row = images["id"] == cited
+    images.loc[row, "name"] = HOSTILE_IMAGE
+    images.loc[row, "target"] = HOSTILE_CLASS
+    manifest = json.loads(json.dumps(small_study.manifest))
+    manifest["model"]["name"] = HOSTILE_MODEL
+    manifest["model"]["class_names"][0] = HOSTILE_CLASS
+    for item in manifest["image_set"]["images"]:
+        if item["id"] == cited:
+            item["name"] = HOSTILE_IMAGE
+    return dataclasses.replace(small_study, manifest=manifest, tables={**small_study.tables, "images": images})
+
+
+@pytest.fixture(scope="module")
+def hostile_report(hostile_study) -> str:
+    return render_report(hostile_study)
+
+
+def _without_bundle(document: str) -> str:
+    """The document minus the first <script>: the inlined Vega bundle, whose code builds tags and names URLs."""
+    start = document.index("<script>")
+    return document[:start] + document[document.index("</script>", start) + len("</script>"):]
+
+
+# --- content ---------------------------------------------------------------------------
+
+
+def test_sections_come_in_order_each_with_its_heading(report: str) -> None:
+    positions = []
+    for key, title in SECTIONS:
+        match = re.search(rf'<section id="{key}">\s*<h2>{title}</h2>', report)
+        assert match is not None, key
+        positions.append(match.start())
+    assert positions == sorted(positions)
+
+
+def test_every_top_head_has_its_label_and_four_linked_findings(small_study, report: str) -> None:
+    found = findings(small_study)
+    assert len(found.heads) == small_study.settings.top_k
+    assert html.escape(found.layer_trend) in report
+    for finding in found.heads:
+        assert f'id="head-{finding.label}"' in report
+        for sentence, section in (
+            (finding.importance, "importance"),
+            (finding.mechanism, "importance"),
+            (finding.locality, "strength"),
+            (finding.pattern, "patterns"),
+        ):
+            assert f'{html.escape(sentence)} <a class="source" href="#{section}">' in report
+
+
+def test_model_settings_and_every_library_version_are_recorded(small_study, report: str) -> None:
+    manifest = small_study.manifest
+    assert manifest["model"]["key"] in report
+    assert manifest["image_set"]["key"] in report
+    assert manifest["created"] in report
+    for name, version in manifest["versions"].items():
+        assert f"<tr><th>{html.escape(name)}</th><td>{html.escape(version)}</td></tr>" in report
+    for name, value in manifest["settings"].items():
+        assert f"<tr><th>{name}</th><td>{value}</td></tr>" in report
+    for item in manifest["image_set"]["images"]:
+        assert f"<td>{item['id']}</td><td>{html.escape(item['name'])}</td>" in report
+
+
+def test_each_cited_image_is_an_inline_png(small_study, report: str) -> None:
+    cards = findings(small_study).heads
+    cited = {image_id for finding in cards for image_id in finding.hurt_images}
+    assert cited and cited <= set(small_study.thumbnails)
+    for image_id in cited:
+        encoded = base64.b64encode(small_study.thumbnails[image_id]).decode("ascii")
+        assert f'<img src="data:image/png;base64,{encoded}"' in report
+    sources = re.findall(r'<img src="([^"]*)"', _without_bundle(report))
+    assert len(sources) == sum(len(finding.hurt_images) for finding in cards)
+    for source in sources:
+        assert base64.b64decode(source.removeprefix("data:image/png;base64,")).startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_every_chart_has_a_container(small_study, report: str) -> None:
+    charts = case_charts(small_study, findings(small_study))
+    assert {f"modes-{finding.label}" for finding in findings(small_study).heads} <= set(charts)
+    containers = re.findall(r'<div class="chart" id="chart-([^"]+)"></div>', report)
+    assert containers == list(charts)
+
+
+def test_pattern_density_is_binned_not_one_point_per_map(small_study) -> None:
+    spec = case_charts(small_study, findings(small_study))["pattern-space"].to_dict()
+    sizes = sorted(len(rows) for rows in spec["datasets"].values())
+    assert len(small_study.tables["pattern_samples"]) > 500
+    assert sizes[-1] <= 50 * 50  # the density cells, at most 50 x 50 whatever the sample size
+
+
+def test_another_metric_ranks_the_findings(small_study) -> None:
+    page = render_report(small_study, "layer_impact")
+    for finding in findings(small_study, "layer_impact").heads:
+        assert html.escape(finding.importance) in page
+    assert "heads ranked by <b>layer_impact</b>" in page
+
+
+def test_an_unknown_metric_is_refused(small_study) -> None:
+    with pytest.raises(ValueError, match="Unknown metric"):
+        render_report(small_study, "loudness")
+
+
+# --- escaping and self-containment -------------------------------------------------------
+
+
+def test_hostile_names_are_escaped_everywhere(hostile_report: str) -> None:
+    for raw in (HOSTILE_IMAGE, HOSTILE_MODEL, HOSTILE_CLASS, "<script>alert", "<b onmouseover", "<img src=x"):
+        assert raw not in hostile_report
+    assert html.escape(HOSTILE_IMAGE) in hostile_report  # the card's caption
+    assert html.escape(HOSTILE_MODEL) in hostile_report  # title and summary
+    assert html.escape(HOSTILE_CLASS) in hostile_report  # the card's target
+    # inside the chart specs the name is JSON with <, > as \u escapes: it cannot end the script
+    assert "\\u003cscript\\u003ealert(1)\\u003c/script\\u003e.png" in hostile_report
+    assert hostile_report.count("<script") == hostile_report.count("</script>") == 2
+
+
+def test_nothing_is_fetched_from_elsewhere(report: str) -> None:
+    markup = _without_bundle(report)
+    references = re.findall(r"""\b(?:src|href)\s*=\s*["']?([^"'\s>]*)""", markup)
+    assert references
+    for reference in references:
+        assert reference.startswith(("data:", "#")), reference
+    assert "<link" not in report
+    assert "@import" not in report
+    assert not re.search(r"url\(\s*['\"]?(?!data:)", markup)
+    # no URL of any scheme, nor a protocol-relative one, once the data: URIs' base64 is set aside
+    assert not re.search(r"https?:|//[a-z0-9]", re.sub(r"data:[^\"')\s]*", "", markup), re.IGNORECASE)
+
+
+def test_the_report_stays_small(report: str) -> None:
+    # the bundle is about 0.9 MB; specs and thumbnails of a small study add little
+    assert len(report.encode("utf-8")) < 2_000_000
+
+
+# --- a real browser, offline -------------------------------------------------------------
+
+
+async def _open_offline(path: Path) -> dict:
+    from playwright.async_api import async_playwright
+
+    url = path.as_uri()
+    seen: dict = {"blocked": [], "errors": [], "dialogs": []}
+
+    async def only_the_file(route) -> None:
+        if route.request.url == url:
+            await route.continue_()
+        else:
+            seen["blocked"].append(route.request.url)
+            await route.abort()
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=_chromium(), args=CHROMIUM_ARGS)
+        try:
+            context = await browser.new_context(viewport={"width": 1200, "height": 900})
+            await context.route("**/*", only_the_file)
+            await context.set_offline(True)
+            page = await context.new_page()
+            page.on("console", lambda message: seen["errors"].append(message.text) if message.type == "error" else None)
+            page.on("pageerror", lambda error: seen["errors"].append(str(error)))
+
+            async def refuse(dialog) -> None:
+                seen["dialogs"].append(dialog.message)
+                await dialog.dismiss()
+
+            page.on("dialog", refuse)
+            await page.goto(url)
+            await page.wait_for_function(
+                "[...document.querySelectorAll('div.chart')].every((div) => div.querySelector('svg'))", timeout=60_000
+            )
+            seen["containers"] = await page.locator("div.chart").count()
+            # vega-embed adds the <svg>; a chart counts once Vega has drawn marks into it
+            seen["rendered"] = await page.evaluate(
+                "[...document.querySelectorAll('div.chart')]"
+                ".filter((div) => div.querySelector('svg g.mark-rect, svg g.mark-symbol, svg g.mark-line')).length"
+            )
+            seen["images"] = await page.evaluate(
+                "[...document.images].filter((img) => img.complete && img.naturalWidth > 0).length"
+            )
+        finally:
+            await browser.close()
+    return seen
+
+
+def test_report_renders_offline_in_a_browser(hostile_report: str, tmp_path: Path) -> None:
+    path = tmp_path / "report.html"
+    path.write_text(hostile_report, encoding="utf-8")
+    # other tests' synchronous Playwright keeps an event loop on this thread: run on another
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        seen = pool.submit(asyncio.run, _open_offline(path)).result()
+    assert seen["blocked"] == []
+    assert seen["errors"] == []
+    assert seen["dialogs"] == []  # the hostile image name never ran
+    assert seen["containers"] == len(re.findall(r'<div class="chart"', hostile_report)) > 0
+    assert seen["rendered"] == seen["containers"]
+    assert seen["images"] == len(re.findall(r"<img ", _without_bundle(hostile_report))) > 0

@@ -1,0 +1,112 @@
+"""Case study page: the live study from the views' cached results, or a study opened from a bundle.
+
+The live study reuses what the view pages computed (their caches key on the same model,
+image set and settings), so after visiting them only the partial pruning of the top heads
+runs here. An opened bundle is checked against the loaded model and kept in the session
+until the user closes it; a bad bundle leaves the previous state untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import streamlit as st
+
+from core.bundle import load_bundle
+from core.casestudy import CaseSettings, CaseStudy, assemble
+from core.errors import HeadScopeError
+from core.images import ImageSet
+from core.model import ViTHandle
+from core.patterns import DEFAULT_CLUSTERS
+from ui import importance, patterns, session, strength
+
+OPENED_KEY = "case_bundle"  # (sha256 of the bundle, file name, CaseStudy)
+UPLOAD_ROUND_KEY = "case_bundle_round"
+MAX_TOP_K = 10
+VIEW_PAGES = {
+    "importance": ("pages/1_Head_Importance.py", "Head importance"),
+    "strength": ("pages/2_Attention_Strength.py", "Attention strength"),
+    "patterns": ("pages/3_Attention_Patterns.py", "Attention patterns"),
+}
+
+
+@dataclass(frozen=True)
+class OpenedBundle:
+    digest: str
+    file_name: str
+    study: CaseStudy
+
+
+def live_settings(top_k: int) -> CaseSettings:
+    """The settings the views use now: the patterns page's choices when the user made any."""
+    state = st.session_state
+    return CaseSettings(
+        top_k=top_k,
+        kind="cls" if state.get("pattern_cls", False) else "patch",
+        max_maps=int(state.get("pattern_max_maps", patterns.DEFAULT_SAMPLE_SIZE)),
+        n_clusters=int(state.get("pattern_clusters", DEFAULT_CLUSTERS)),
+        curve_steps=importance.CURVE_STEPS,
+        seed=patterns.SEED,
+    )
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def _assembled(
+    model_key: str, set_key: str, settings_key: str, layout_method: str,
+    _handle: ViTHandle, _images: ImageSet, _settings: CaseSettings, _parts: dict,
+) -> CaseStudy:
+    with session.progress_bar(
+        "Masking parts of the top heads' attention…", "Partial pruning: head {done} of {total}…"
+    ) as progress:
+        return assemble(_handle, _images, _settings, **_parts, progress=lambda _stage, done, total: progress(done, total))
+
+
+def live_study(handle: ViTHandle, image_set: ImageSet, settings: CaseSettings) -> CaseStudy:
+    """The case study of the current model and set, from the views' cached results.
+
+    Raises:
+        ValueError: with a sentence for the user (e.g. CLS maps on a model without CLS).
+    """
+    tables = importance.importance_tables(handle, image_set)
+    curve = importance.curve(handle, image_set, tables)
+    stats = strength.set_statistics(handle, image_set)
+    view = patterns.pattern_view(handle, image_set, settings.kind, settings.max_maps, settings.n_clusters)  # type: ignore[arg-type]
+    parts = dict(
+        importance=tables, curve=curve, strength=stats, space=view.space, layout=view.layout, clusters=view.clusters
+    )
+    return _assembled(handle.key, image_set.key, repr(settings), view.layout.method, handle, image_set, settings, parts)
+
+
+def open_bundle(file_name: str, data: bytes, handle: ViTHandle) -> str | None:
+    """Open an uploaded bundle for this model; returns the sentence that says why not, or ``None``."""
+    digest = hashlib.sha256(data).hexdigest()
+    opened = st.session_state.get(OPENED_KEY)
+    if opened is not None and opened.digest == digest:
+        return None
+    try:
+        study = load_bundle(data, model_key=handle.key, model_name=handle.name)
+    except HeadScopeError as err:
+        return str(err)
+    st.session_state[OPENED_KEY] = OpenedBundle(digest, file_name, study)
+    return None
+
+
+def opened_bundle() -> OpenedBundle | None:
+    return st.session_state.get(OPENED_KEY)
+
+
+def uploader_key() -> str:
+    """The bundle uploader's key: a new one after closing, so the closed file is not opened again."""
+    return f"case_bundle_upload_{st.session_state.get(UPLOAD_ROUND_KEY, 0)}"
+
+
+def close_bundle() -> None:
+    st.session_state.pop(OPENED_KEY, None)
+    st.session_state[UPLOAD_ROUND_KEY] = st.session_state.get(UPLOAD_ROUND_KEY, 0) + 1
+
+
+def open_in_view(view: str, layer: int, head: int) -> None:
+    """Make the head the focus head and go to the view a finding comes from."""
+    session.set_focus_head(layer, head)
+    st.switch_page(VIEW_PAGES[view][0])
