@@ -124,9 +124,9 @@ def mode_probability_chart(partial: pd.DataFrame, head_label: str, killer_mode: 
         )
     )
     return alt.layer(bars, dots).properties(
-        title=alt.TitleParams(f"{head_label}: partial pruning", subtitle="bar: mean · dot: one image · red: the killer mode"),
-        width=260,
-        height=alt.Step(18),
+        title=alt.TitleParams(f"{head_label}: partial pruning", subtitle="bar: mean · dot: an image · red: killer mode"),
+        width=280,
+        height=alt.Step(20),
     )
 
 
@@ -213,7 +213,7 @@ def heads_by_layer_chart(
         )
     )
     layers: list[alt.Chart] = [dots, ticks, rings]
-    subtitle = "a dot per head (set mean) · black tick: layer mean · red rings: top heads"
+    subtitle = "a dot per head (set mean) · tick: layer mean · red: top heads"
     if reference is not None:
         level, label = reference
         layers.insert(
@@ -320,7 +320,7 @@ def reconstruction_chart(reconstruction_mse: float, baseline_mse: float) -> alt.
     labels = bars.mark_text(align="left", dx=4, fontSize=11).encode(text=alt.Text("mse:Q", format=".4f"), color=alt.value("#333333"))
     return alt.layer(bars, labels).properties(
         title=alt.TitleParams(
-            "How well the autoencoder keeps the maps", subtitle="lower than the baseline = the codes carry the pattern"
+            "How well the autoencoder keeps the maps", subtitle="lower than the mean map = the codes carry the pattern"
         ),
         width=380,
         height=alt.Step(28),

@@ -92,7 +92,7 @@ for finding in found.heads:
                     casestudy.open_in_view(view, finding.layer, finding.head)
         with visual:
             if mode_chart_key(finding) in charts:
-                st.altair_chart(charts[mode_chart_key(finding)], width="stretch")
+                st.altair_chart(charts[mode_chart_key(finding)], width="content", theme=None)
             thumbs = [image_id for image_id in finding.hurt_images if image_id in study.thumbnails]
             if thumbs:
                 cells = st.columns(len(thumbs))
@@ -101,10 +101,13 @@ for finding in found.heads:
                     cell.image(study.thumbnails[image_id], caption=f"{row.get('name', image_id)} · {row.get('target', '')}", width=72)
 
 st.subheader("The evidence")
-modes = {mode_chart_key(finding) for finding in found.heads}
-for key, chart in charts.items():
-    if key not in modes:
-        st.altair_chart(chart, width="content")
+for view, keys in casestudy.EVIDENCE.items():
+    page, title = casestudy.VIEW_PAGES[view]
+    st.markdown(f"##### {title}")
+    st.page_link(page, label=f"Explore every head in {title}", icon=":material/arrow_forward:")
+    for key in keys:
+        # the report's own look (no Streamlit theme), so the page and the exported file match
+        st.altair_chart(charts[key], width="content", theme=None)
 
 st.subheader("Export and share")
 e1, e2 = st.columns(2)

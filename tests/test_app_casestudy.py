@@ -12,7 +12,9 @@ from streamlit.testing.v1 import AppTest
 from core.bundle import save_bundle
 from core.casestudy import findings
 from core.importance import head_importance, rank_heads
+from core.report import case_charts, mode_chart_key
 from ui import patterns, session
+from ui.casestudy import EVIDENCE
 
 TIMEOUT = 300
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
@@ -68,6 +70,7 @@ def test_findings_rank_the_heads_of_the_chosen_metric(page: AppTest, demo_rankin
         _ok(page)
         expected = rank_heads(demo_ranking, metric).head(5)
         assert _headings(page) == [f"L{l}H{h}" for l, h in zip(expected["layer"], expected["head"])]
+    assert len(page.get("vega_lite_chart")) == 5 + sum(len(keys) for keys in EVIDENCE.values())
     text = _text(page)
     assert re.search(r"From layer 0 to layer 5, mean hop-profile entropy goes from [\d.]+ to [\d.]+ nats", text)
     assert text.count("hop-profile entropy") >= 5 and text.count("pattern cluster") >= 5
@@ -112,3 +115,9 @@ def test_open_a_bundle_then_refuse_a_damaged_one_and_another_models(page: AppTes
     page.button(key="case_close_bundle").click().run()
     _ok(page)
     assert not page.info and len(_headings(page)) == 5  # the live study again, and the uploader is empty
+
+
+def test_the_page_shows_every_chart_of_the_report_once(small_study) -> None:
+    found = findings(small_study, "probability")
+    shown = [key for keys in EVIDENCE.values() for key in keys] + [mode_chart_key(f) for f in found.heads]
+    assert sorted(shown) == sorted(case_charts(small_study, found))

@@ -30,6 +30,13 @@ VIEW_PAGES = {
     "patterns": ("pages/3_Attention_Patterns.py", "Attention patterns"),
 }
 
+# The case study's charts (``core.report.case_charts`` keys) under the view each comes from.
+EVIDENCE = {
+    "importance": ("importance-line", "importance-heatmap", "pruning-curve"),
+    "strength": ("entropy-by-layer", "hop-profiles", "distance-by-layer"),
+    "patterns": ("pattern-space", "pattern-prototypes", "pattern-mse"),
+}
+
 
 @dataclass(frozen=True)
 class OpenedBundle:
