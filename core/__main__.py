@@ -2,7 +2,9 @@
 
 Computes the case study's result bundle headless, with a progress bar per stage, for
 batch jobs and for sharing: the dashboard's case-study page opens the bundle without
-recomputing. ``--report FILE.html`` also writes the self-contained HTML report.
+recomputing. ``--report FILE.html`` also writes the self-contained HTML report. Started
+with ``torchrun --nproc-per-node N -m core analyze ...`` the heavy stages are sharded
+over N processes (GPUs when present; see ``core.distributed``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from core import distributed
 from core.casestudy import CaseSettings, analyze, findings
 from core.errors import HeadScopeError
 from core.importance import METRICS
@@ -95,22 +98,28 @@ def analyze_command(args: argparse.Namespace) -> int:
     if args.out.exists() and args.out.is_dir():
         raise ValueError(f"--out {args.out} is a folder; give a file name such as results.zip.")
     started = time.perf_counter()
+    shards = distributed.start_from_environment()
+    lead = shards.rank == 0  # under torchrun, rank 0 talks and writes
     checkpoint = args.checkpoint.read_bytes() if args.checkpoint else None
-    handle = load_model(args.model, checkpoint=checkpoint)
+    handle = load_model(args.model, checkpoint=checkpoint, device=distributed.local_device())
     aliases = [[s] for s in imagenet_synsets()] if len(handle.class_names) == 1000 else None
     image_set, notes = image_set_from_folder(args.images, handle.class_names, aliases=aliases)
-    for note in notes:
+    for note in notes if lead else ():
         print(f"note: {note}", file=sys.stderr)
-    print(
-        f"{handle.name}: {handle.num_layers} layers x {handle.num_heads} heads on {handle.device}; "
-        f"{image_set.title}",
-        file=sys.stderr,
-    )
-    bars = _StageBars()
+    if lead:
+        print(
+            f"{handle.name}: {handle.num_layers} layers x {handle.num_heads} heads on {handle.device}"
+            f"{f' (x {shards.size} processes)' if shards.size > 1 else ''}; {image_set.title}",
+            file=sys.stderr,
+        )
+    bars = _StageBars() if lead else None
     try:
         study = analyze(handle, image_set, settings, layout_method=args.layout, progress=bars)
     finally:
-        bars.close()
+        if bars is not None:
+            bars.close()
+    if study is None:  # another rank writes
+        return 0
     write_bundle(study, args.out)
     found = findings(study, args.metric)
     print(f"Wrote {args.out} ({args.out.stat().st_size / 2**20:.1f} MB) in {time.perf_counter() - started:.0f} s.")
@@ -132,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = err.strerror + f": {err.filename}" if isinstance(err, OSError) and err.strerror else str(err)
         print(f"error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    finally:
+        distributed.stop()
 
 
 if __name__ == "__main__":

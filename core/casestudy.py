@@ -173,26 +173,43 @@ def analyze(
     *,
     layout_method: Method = "umap",
     progress: StageProgress | None = None,
-) -> CaseStudy:
+) -> CaseStudy | None:
     """Compute every part of the case study from scratch (the command line's path).
 
     Stages, each reported as ``progress(stage, done, total)``: head importance, pruning
     curve, attention strength, attention patterns (sampling, training), layout,
     partial pruning.
 
+    Under ``torchrun`` (``core.distributed``) each process computes importance, the curve
+    and strength on its share of the images; rank 0 gathers them, finishes the rest and
+    returns the study, the other ranks return ``None``. One process returns the study.
+
     Raises:
-        ValueError: with one sentence (an empty set, a pattern kind the model lacks).
+        ValueError: with one sentence (an empty set, a pattern kind the model lacks,
+            fewer images than processes).
     """
-    if not len(image_set):
-        raise ValueError("The case study needs at least one image.")
+    from core import distributed
+
+    shards = distributed.current()
+    if len(image_set) < max(1, shards.size):
+        raise ValueError(
+            f"The case study needs at least {max(1, shards.size)} image(s), one per process; the set has {len(image_set)}."
+        )
     images = image_set.pil_images()
     labels = set_labels(image_set)
+    part = shards.part(len(images))
+    mine, my_labels = images[part], labels[part] if labels is not None else None
     report = _stage_reporter(progress)
-    tables = head_importance_tables(handle, images, labels, progress=report("head importance"))
+    tables = head_importance_tables(handle, mine, my_labels, progress=report("head importance"))
+    tables = distributed.combine_importance(distributed.gather(tables, shards))
     curve = pruning_curve(
-        handle, images, tables.overall, labels, steps=settings.curve_steps, progress=report("pruning curve")
+        handle, mine, tables.overall, my_labels, steps=settings.curve_steps, progress=report("pruning curve")
     )
-    strength = strength_statistics(handle, images, progress=report("attention strength"))
+    curve = distributed.combine_curves(distributed.gather((curve, len(mine)), shards))
+    strength = strength_statistics(handle, mine, progress=report("attention strength"))
+    strength = distributed.combine_strength(distributed.gather(strength, shards))
+    if shards.rank != 0:
+        return None
     sample = sample_maps(
         handle, images, kind=settings.kind, max_maps=settings.max_maps, seed=settings.seed,  # type: ignore[arg-type]
         progress=report("sampling attention maps"),

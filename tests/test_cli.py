@@ -7,11 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from core.__main__ import EXIT_BAD_INPUT, main
 from core.bundle import load_bundle
 from core.casestudy import findings
+from core.distributed import Shards
 from core.errors import ImageRejected
 from core.images import image_set_from_folder
 
@@ -51,16 +54,27 @@ def test_folder_errors_are_sentences(tmp_path, demo_handle):
         image_set_from_folder(tmp_path, demo_handle.class_names)
 
 
-def test_analyze_writes_a_bundle_and_report_headless(digit_folder, demo_handle, tmp_path):
-    """The real entry point in a fresh process: bundle, report, progress bars, summary."""
-    root, expected = digit_folder
-    out, report = tmp_path / "results.zip", tmp_path / "report.html"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-m", "core", "analyze", "--model", "demo", "--images", str(root), "--out", str(out),
-         "--report", str(report), *FAST],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+def _analyze(command: list[str], folder: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    """``command`` + ``analyze`` on ``folder`` in a fresh process, from a scratch folder."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [*command, "analyze", "--model", "demo", "--images", str(folder), "--out", str(out), *FAST, *extra],
+        cwd=out.parent, env=env, capture_output=True, text=True, timeout=900,
     )
+
+
+@pytest.fixture(scope="module")
+def one_process(digit_folder, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path, Path]:
+    root, _ = digit_folder
+    where = tmp_path_factory.mktemp("one_process")
+    out, report = where / "results.zip", where / "report.html"
+    return _analyze([sys.executable, "-m", "core"], root, out, "--report", str(report)), out, report
+
+
+def test_analyze_writes_a_bundle_and_report_headless(one_process, digit_folder, demo_handle):
+    """The real entry point in a fresh process: bundle, report, progress bars, summary."""
+    done, out, report = one_process
+    _, expected = digit_folder
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     for stage in ("head importance", "pruning curve", "attention strength", "training the autoencoder", "partial pruning"):
@@ -76,6 +90,24 @@ def test_analyze_writes_a_bundle_and_report_headless(digit_folder, demo_handle, 
     assert top.layer_trend in done.stdout
     html = report.read_text(encoding="utf-8")
     assert html.startswith("<!DOCTYPE html>") and top.heads[0].label in html
+
+
+def test_torchrun_shards_give_the_bundle_of_one_process(one_process, digit_folder, tmp_path, demo_handle):
+    """Two ranks (gloo on the CPU) split the images; the gathered results equal one process's."""
+    _, single_out, _ = one_process
+    root, _ = digit_folder
+    out = tmp_path / "sharded.zip"
+    done = _analyze([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "core"], root, out)
+    assert done.returncode == 0, done.stderr
+    assert "x 2 processes" in done.stderr
+    assert done.stdout.count("Top heads by probability") == 1  # only rank 0 reports and writes
+
+    single = load_bundle(single_out.read_bytes(), model_key=demo_handle.key)
+    sharded = load_bundle(out.read_bytes(), model_key=demo_handle.key)
+    for name in ("images", "importance_overall", "importance_per_image", "importance_unpruned", "pruning_curve", "partial"):
+        pd.testing.assert_frame_equal(sharded.tables[name], single.tables[name], check_exact=False, atol=1e-5)
+    for name, array in single.arrays.items():
+        np.testing.assert_allclose(sharded.arrays[name], array, atol=1e-5, err_msg=name)
 
 
 @pytest.mark.parametrize(
@@ -102,3 +134,11 @@ def test_analyze_missing_or_empty_folder(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == EXIT_BAD_INPUT and "no" in err.lower() and "Traceback" not in err
     assert not (tmp_path / "x.zip").exists()
+
+
+@pytest.mark.parametrize("n, size", [(10, 3), (2, 2), (7, 1), (5, 4)])
+def test_shards_cover_the_set_once_in_order_and_evenly(n, size):
+    parts = [Shards(rank, size).part(n) for rank in range(size)]
+    assert [i for part in parts for i in range(n)[part]] == list(range(n))
+    lengths = [part.stop - part.start for part in parts]
+    assert max(lengths) - min(lengths) <= 1
