@@ -95,8 +95,14 @@ def analyze_command(args: argparse.Namespace) -> int:
     from core.model import imagenet_synsets, load_model
 
     settings = _settings(args)
-    if args.out.exists() and args.out.is_dir():
-        raise ValueError(f"--out {args.out} is a folder; give a file name such as results.zip.")
+    # checked before minutes of work, not after
+    for flag, path in (("--out", args.out), ("--report", args.report)):
+        if path is None:
+            continue
+        if path.is_dir():
+            raise ValueError(f"{flag} {path} is a folder; give a file name such as results.zip.")
+        if not path.resolve().parent.is_dir():
+            raise ValueError(f"{flag} {path}: the folder {path.resolve().parent} does not exist; create it first.")
     started = time.perf_counter()
     shards = distributed.start_from_environment()
     lead = shards.rank == 0  # under torchrun, rank 0 talks and writes

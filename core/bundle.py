@@ -34,6 +34,7 @@ from PIL import Image
 
 from core.casestudy import ARRAYS, BUNDLE_FORMAT, BUNDLE_VERSION, TABLE_COLUMNS, TABLES, CaseSettings, CaseStudy
 from core.errors import BundleRejected
+from core.importance import METRICS, MODES
 from core.images import _human_size
 
 MANIFEST = "manifest.json"
@@ -65,6 +66,8 @@ class BundleLimits:
         max_table_values: rows times columns of one table, as its Parquet footer
             declares them: encodings such as run-length make a few compressed bytes
             decode to many values, so the member's size does not bound the table's.
+        max_table_bytes: uncompressed bytes of one table, as its footer declares them and
+            as the decoded table holds them (one long string compresses to almost nothing).
     """
 
     max_members: int = 100_000
@@ -72,6 +75,7 @@ class BundleLimits:
     max_total_bytes: int = 2 * 2**30
     max_manifest_bytes: int = 64 * 2**20
     max_table_values: int = 2**28
+    max_table_bytes: int = 512 * 2**20
 
 
 DEFAULT_BUNDLE_LIMITS = BundleLimits()
@@ -175,10 +179,12 @@ def load_bundle(
         manifest = _read_manifest(archive, directory, limits)
         _check_settings(manifest)
         _check_model(manifest, model_key, model_name)
+        _check_summary(manifest)
         shapes = _array_shapes(manifest)
         files = _checked_files(manifest, directory, limits)
         contents = {name: _read_member(archive, directory[name], entry) for name, entry in files.items()}
     tables = {name: _table(name, contents[f"tables/{name}.parquet"], limits) for name in TABLES}
+    _check_tables(tables, shapes["entropy"])
     arrays = {name: _array(name, contents[f"arrays/{name}.npy"], expected) for name, expected in shapes.items()}
     thumbnails: dict[str, bytes] = {}
     for name, content in contents.items():
@@ -334,9 +340,29 @@ def _weights_tag(key: str) -> str:
 
 
 def _check_settings(manifest: dict[str, Any]) -> None:
-    """Refuse a manifest lacking a ``CaseSettings`` field (or the layout), or holding one of another type."""
+    """Refuse a manifest whose settings are missing, of another type or out of range.
+
+    With ``_check_model`` and ``_check_summary``, everything the case-study page and the
+    report read from the manifest is checked, so an opened bundle never fails later.
+    """
     for name, kind in _SETTING_TYPES.items():
         _field(manifest, f"settings.{name}", lambda value, kind=kind: type(value) is kind)
+    for name in ("top_k", "hurt_images", "max_maps", "n_clusters", "curve_steps"):
+        _field(manifest, f"settings.{name}", _is_count)
+    _field(manifest, "settings.kind", lambda value: value in ("patch", "cls"))
+    _field(manifest, "settings.layout", lambda value: value in ("umap", "pca"))
+
+
+def _check_summary(manifest: dict[str, Any]) -> None:
+    """Refuse a manifest lacking the model facts and summaries the page and the report show."""
+    for path in ("created", "image_set.key", "image_set.title"):
+        _field(manifest, path, lambda value: isinstance(value, str))
+    _field(manifest, "model.num_prefix_tokens", lambda value: type(value) is int and value >= 0)
+    _field(manifest, "model.patch_size", lambda value: isinstance(value, list) and len(value) == 2 and all(map(_is_count, value)))
+    _field(manifest, "model.class_names", lambda value: isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value))
+    for path in ("patterns.reconstruction_mse", "patterns.baseline_mse"):
+        _field(manifest, path, lambda value: type(value) in (int, float) and value >= 0)
+    _field(manifest, "versions", lambda value: isinstance(value, dict) and all(isinstance(v, str) for v in value.values()))
 
 
 def _check_model(manifest: dict[str, Any], model_key: str | None, model_name: str | None) -> None:
@@ -411,18 +437,65 @@ def _table(name: str, content: bytes, limits: BundleLimits) -> pd.DataFrame:
             f"The bundle's table '{name}' holds {values:,} values; the limit is {limits.max_table_values:,}, "
             f"{_FEWER}."
         )
+    meta = parquet.metadata
+    declared = sum(
+        meta.row_group(group).column(column).total_uncompressed_size
+        for group in range(meta.num_row_groups)
+        for column in range(meta.num_columns)
+    )
+    too_big = BundleRejected(
+        f"The bundle's table '{name}' holds more than {_human_size(limits.max_table_bytes)} once uncompressed; {_FEWER}."
+    )
+    if declared > limits.max_table_bytes:
+        raise too_big
     try:
         frame = parquet.read().to_pandas()
     except Exception as exc:  # noqa: BLE001 - as above
         raise damaged from exc
+    if int(frame.memory_usage(deep=True).sum()) > 2 * limits.max_table_bytes:  # a footer that lied
+        raise too_big
     if tuple(frame.columns) != TABLE_COLUMNS[name]:
         raise _damaged(f"table '{name}' does not have the columns {', '.join(TABLE_COLUMNS[name])}")
     return frame
 
 
+# Columns that hold text, by table; every other column must hold numbers (or booleans).
+_TEXT_COLUMNS = {
+    "images": {"id", "name", "label", "target"},
+    "importance_overall": {"metric"},
+    "importance_per_image": {"metric"},
+    "pruning_curve": {"order"},
+    "partial": {"image_id", "mode", "predicted"},
+    "pattern_heads": {"head_label"},
+    "pattern_clusters": {"heads"},
+}
+
+
+def _check_tables(tables: dict[str, pd.DataFrame], per_head: tuple[int, ...]) -> None:
+    """Refuse tables whose values the case study cannot use: wrong kinds, unknown names, indices out of range."""
+    images, layers, heads = per_head
+    bounds = {"image": images, "layer": layers, "head": heads, "position": images}
+    for name, frame in tables.items():
+        for column in frame.columns:
+            text = column in _TEXT_COLUMNS.get(name, ())
+            if text != (pd.api.types.is_object_dtype(frame[column]) or pd.api.types.is_string_dtype(frame[column])):
+                raise _damaged(f"column '{column}' of table '{name}' does not hold {'text' if text else 'numbers'}")
+            if column in bounds and len(frame) and not frame[column].between(0, bounds[column] - 1).all():
+                raise _damaged(f"column '{column}' of table '{name}' points outside the model or the images")
+    if len(tables["images"]) != images or set(tables["importance_overall"]["metric"]) != set(METRICS):
+        raise _damaged("its image or importance tables do not match its manifest")
+    if not set(tables["partial"]["mode"]) <= set(MODES):
+        raise _damaged("table 'partial' names an unknown pruning mode")
+
+
 def _array_shapes(manifest: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     """The shape of each of ``ARRAYS`` (the ``StrengthStats`` fields) for the manifest's model and images."""
-    images = _field(manifest, "image_set.images", lambda value: isinstance(value, list) and bool(value))
+    images = _field(
+        manifest,
+        "image_set.images",
+        lambda value: isinstance(value, list) and bool(value)
+        and all(isinstance(item, dict) and isinstance(item.get("id"), str) and isinstance(item.get("name"), str) for item in value),
+    )
     layers = _field(manifest, "model.num_layers", _is_count)
     heads = _field(manifest, "model.num_heads", _is_count)
     rows, cols = _field(

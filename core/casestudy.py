@@ -53,7 +53,8 @@ BUNDLE_FORMAT = "headscope-bundle"
 BUNDLE_VERSION = 1
 # The libraries whose versions a result depends on, in the manifest and the report.
 VERSIONED_PACKAGES = (
-    "torch", "timm", "numpy", "pandas", "scikit-learn", "umap-learn", "altair", "streamlit", "Pillow",
+    "torch", "timm", "numpy", "pandas", "scikit-learn", "umap-learn", "altair", "vl-convert-python", "pyarrow",
+    "streamlit", "Pillow",
 )
 # Partial-pruning modes that remove part of a head (``none`` and ``head`` are the two ends).
 PARTIAL_MODES = tuple(mode for mode in MODES if mode not in ("none", "head"))
@@ -177,8 +178,8 @@ def analyze(
     """Compute every part of the case study from scratch (the command line's path).
 
     Stages, each reported as ``progress(stage, done, total)``: head importance, pruning
-    curve, attention strength, attention patterns (sampling, training), layout,
-    partial pruning.
+    curve, attention strength, sampling attention maps, training the autoencoder, laying
+    out the patterns, partial pruning.
 
     Under ``torchrun`` (``core.distributed``) each process computes importance, the curve
     and strength on its share of the images; rank 0 gathers them, finishes the rest and
@@ -215,8 +216,13 @@ def analyze(
         progress=report("sampling attention maps"),
     )
     space = train_autoencoder(sample, seed=settings.seed, device=handle.device, progress=report("training the autoencoder"))
+    laying_out = report("laying out the patterns")  # UMAP's first call compiles for ~40 s: show that it runs
+    if laying_out is not None:
+        laying_out(0, 1)
     layout = project_patterns(space, method=layout_method, seed=settings.seed)
     clusters = cluster_patterns(space, n_clusters=settings.n_clusters, seed=settings.seed)
+    if laying_out is not None:
+        laying_out(1, 1)
     return assemble(
         handle, image_set, settings,
         importance=tables, curve=curve, strength=strength, space=space, layout=layout, clusters=clusters,
@@ -327,7 +333,9 @@ def _partial_table(
     targets = importance.unpruned["target"].to_numpy()
     frames = []
     for done, (layer, head) in enumerate(heads, start=1):
-        for image, drop in hurt_images(importance, layer, head, count).itertuples(index=False):
+        hurt = hurt_images(importance, layer, head, count)
+        # "where pruning hurts": an image whose target probability pruning leaves alone is no evidence
+        for image, drop in hurt[hurt["drop"] >= NEGLIGIBLE_DROP].itertuples(index=False):
             item = image_set.images[int(image)]
             x = handle.preprocess([item.image])
             modes = partial_pruning(handle, x, layer, head, int(targets[int(image)]))
@@ -425,10 +433,12 @@ class HeadFinding:
         pattern: the pattern cluster its maps fall in.
         hurt_images: ids of the images partial pruning ran on, most hurt first.
         mode_probability: mean target probability over those images, by mode.
-        killer_mode: the partial mode (not ``none``/``head``) with the lowest probability,
-            or ``None`` when pruning the head changes no image by ``NEGLIGIBLE_DROP``.
+        killer_mode: the partial mode (not ``none``/``head``) that alone does at least
+            ``KILLER_SHARE`` of the whole head's damage, or ``None`` (no part does, or no
+            image is hurt by ``NEGLIGIBLE_DROP``).
         entropy, near_share, distance: set-mean entropy (nats), share of the mean hop
-            profile within one hop, mean attention distance (pixels).
+            profile within one hop (NaN when the head's patches attend to no patch), mean
+            attention distance (pixels).
         cluster, cluster_share: its member pattern cluster and the share of its maps there.
     """
 
@@ -486,22 +496,22 @@ def findings(study: CaseStudy, metric: str = "probability", top_k: int | None = 
     clusters = study.tables["pattern_clusters"].set_index("cluster")
     n_heads = study.num_layers * study.num_heads
     unpruned = study.tables["importance_unpruned"]
-    entropy_rank = per_head["entropy"].rank(method="min").astype(int)
+    distance_rank = per_head["distance"].rank(method="min").astype(int)
     heads = []
     for rank, row in enumerate(ranked.itertuples(index=False), start=1):
         layer, head = int(row.layer), int(row.head)
         label = f"L{layer}H{head}"
         index = layer * study.num_heads + head
         profile = mean_profile[layer, head]
-        share = profile / profile.sum() if profile.sum() > 0 else np.full_like(profile, 1 / len(profile))
-        near = float(share[:2].sum())
+        near = float(profile[:2].sum() / profile.sum()) if profile.sum() > 0 else float("nan")
         entropy = float(per_head["entropy"].iloc[index])
         distance = float(per_head["distance"].iloc[index])
         rows = partial[(partial["layer"] == layer) & (partial["head"] == head)]
         modes = rows.groupby("mode")["probability"].mean().reindex(list(MODES)).to_dict()
+        removed = rows.groupby("mode")["removed_attention"].mean().reindex(list(MODES)).to_dict()
         hurt = tuple(dict.fromkeys(rows["image_id"]))
-        largest = float(rows["drop"].max()) if len(rows) else 0.0
-        killer = _killer_mode(modes) if len(rows) and largest >= NEGLIGIBLE_DROP else None
+        largest = float(hurt_images(study.importance, layer, head, 1)["drop"].max())
+        killer = _killer_mode(modes, removed) if len(rows) else None
         member = pattern_heads.loc[(layer, head)] if (layer, head) in pattern_heads.index else None
         cluster = int(member["cluster"]) if member is not None else -1
         cluster_share = float(member["share"]) if member is not None else float("nan")
@@ -509,8 +519,11 @@ def findings(study: CaseStudy, metric: str = "probability", top_k: int | None = 
             HeadFinding(
                 rank=rank, layer=layer, head=head, label=label, value=float(row.value),
                 importance=_importance_sentence(label, rank, n_heads, metric, float(row.value), overall, unpruned),
-                mechanism=_mechanism_sentence(modes, killer, len(hurt), largest),
-                locality=_locality_sentence(entropy, int(entropy_rank.iloc[index]), n_heads, len(profile), near, distance),
+                mechanism=_mechanism_sentence(modes, removed, killer, len(hurt), largest),
+                locality=_locality_sentence(
+                    int(distance_rank.iloc[index]), n_heads, distance, entropy, len(profile), near,
+                    float(per_head["prefix_share"].iloc[index]),
+                ),
                 pattern=_pattern_sentence(label, cluster, cluster_share, clusters, study.manifest["settings"]["kind"]),
                 hurt_images=hurt, mode_probability=modes, killer_mode=killer,
                 entropy=entropy, near_share=near, distance=distance, cluster=cluster, cluster_share=cluster_share,
@@ -545,56 +558,85 @@ def _blocks(mode: str) -> set[int]:
     return {i for i, removed in enumerate(MODE_BLOCKS[mode]) if removed}
 
 
-def _killer_mode(modes: Mapping[str, float]) -> str:
-    """The partial mode that lowers the probability most; a smaller mode within it that does nearly as much wins.
+# A partial mode "kills the prediction" when it does at least this share of the whole head's damage.
+KILLER_SHARE = 0.5
 
-    ``cls`` removes the blocks of ``cls_patch`` and ``cls_cls`` too: when one of those alone
-    does at least 90% of the damage, it is the more precise answer.
+
+def _killer_mode(modes: Mapping[str, float], removed: Mapping[str, float]) -> str | None:
+    """The partial mode that does most of the whole head's damage, or ``None`` when no part alone does.
+
+    Only modes that remove some attention count (on a model without prefix tokens the
+    prefix modes remove nothing). ``cls`` removes the blocks of ``cls_patch`` and
+    ``cls_cls`` too: when one of those alone does at least 90% of its damage, it is the
+    more precise answer.
     """
-    killer = min(PARTIAL_MODES, key=lambda mode: (modes[mode], PARTIAL_MODES.index(mode)))
+    whole = modes["none"] - modes["head"]
+    candidates = [mode for mode in PARTIAL_MODES if removed.get(mode, 0.0) > 0]
+    if whole <= 0 or not candidates:
+        return None
+    killer = min(candidates, key=lambda mode: (modes[mode], PARTIAL_MODES.index(mode)))
     damage = modes["none"] - modes[killer]
+    if damage < KILLER_SHARE * whole:
+        return None
     within = [
-        mode for mode in PARTIAL_MODES
+        mode for mode in candidates
         if _blocks(mode) < _blocks(killer) and modes["none"] - modes[mode] >= 0.9 * damage
     ]
     return min(within, key=lambda mode: (len(_blocks(mode)), modes[mode])) if within else killer
 
 
-def _mechanism_sentence(modes: Mapping[str, float], killer: str | None, images: int, largest: float) -> str:
+def _span(values: list[float]) -> str:
+    low, high = f"{min(values):.3f}", f"{max(values):.3f}"
+    return low if low == high else f"{low} to {high}"
+
+
+def _mechanism_sentence(
+    modes: Mapping[str, float], removed: Mapping[str, float], killer: str | None, images: int, largest: float
+) -> str:
     if not images:
-        return "Partial pruning was not run for this head."
-    if killer is None:
         return (
-            f"Pruning it moves no single image's target probability by {NEGLIGIBLE_DROP} or more "
-            f"(largest drop {largest:.3f}): its effect is spread thinly over many images."
+            f"Pruning it lowers no single image's target probability by {NEGLIGIBLE_DROP} or more "
+            f"(largest drop {largest:.3f}): its importance comes from small changes, not from any one prediction."
         )
-    # modes that keep the killer's blocks: what the head does without that flow
-    keeping = [modes[mode] for mode in PARTIAL_MODES if not _blocks(killer) <= _blocks(mode)]
-    rest = ""
-    if keeping:
-        span = f"{min(keeping):.3f}" if f"{min(keeping):.3f}" == f"{max(keeping):.3f}" else f"{min(keeping):.3f} to {max(keeping):.3f}"
-        rest = f"; modes that keep it leave {span}"
-    return (
-        f"On the {images} images where pruning it hurts most, removing only {MODE_REMOVES[killer]} "
-        f"({killer}) takes the target probability from {modes['none']:.3f} to {modes[killer]:.3f} "
-        f"(the whole head: {modes['head']:.3f}){rest}."
-    )
+    where = "On the image" if images == 1 else f"On the {images} images"
+    whole = f"{where} where pruning it hurts most, removing the whole head takes the target probability from {modes['none']:.3f} to {modes['head']:.3f}"
+    if killer is None:
+        removing = [mode for mode in PARTIAL_MODES if removed.get(mode, 0.0) > 0]
+        if not removing:
+            return f"{whole}; none of the partial modes removes any of its attention on these images."
+        best = min(removing, key=lambda mode: (modes[mode], PARTIAL_MODES.index(mode)))
+        return (
+            f"{whole}; no part of its attention does most of that alone: the closest, removing only "
+            f"{MODE_REMOVES[best]} ({best}), takes it to {modes[best]:.3f}."
+        )
+    # modes that remove none of the killer's blocks: what the head does without that flow
+    keeping = [
+        modes[mode] for mode in PARTIAL_MODES if removed.get(mode, 0.0) > 0 and not _blocks(killer) & _blocks(mode)
+    ]
+    rest = f"; modes that keep that flow leave {_span(keeping)}" if keeping else ""
+    return f"{whole}, and removing only {MODE_REMOVES[killer]} ({killer}) takes it to {modes[killer]:.3f}{rest}."
 
 
-def _locality_sentence(entropy: float, entropy_rank: int, n_heads: int, hops: int, near: float, distance: float) -> str:
-    uniform = float(np.log(hops)) if hops > 1 else 0.0
-    if entropy_rank <= n_heads / 3:
+def _locality_sentence(
+    distance_rank: int, n_heads: int, distance: float, entropy: float, hops: int, near: float, prefix_share: float
+) -> str:
+    """Local or global by mean attention distance; how concentrated by the hop profile's entropy."""
+    if distance_rank <= n_heads / 3:
         kind = "among the most local third of the heads"
-    elif entropy_rank > 2 * n_heads / 3:
+    elif distance_rank > 2 * n_heads / 3:
         kind = "among the most global third of the heads"
     else:
-        kind = "in the middle third of the heads for locality"
-    # a rank alone would call a nearly uniform head "local" in a model whose heads are all diffuse
-    spread = "; its hop profile is close to uniform" if uniform and entropy >= 0.95 * uniform else ""
+        kind = "in the middle third of the heads"
+    if not np.isfinite(near):
+        return (
+            f"It is {kind} by mean attention distance ({distance:.1f} px), but its patches give each other no "
+            f"attention: {prefix_share:.0%} of their attention goes to prefix tokens."
+        )
+    uniform = float(np.log(hops)) if hops > 1 else 0.0
     return (
-        f"It is {kind}: hop-profile entropy {entropy:.2f} nats (the {_ordinal(entropy_rank)} lowest of {n_heads}; "
-        f"uniform attention gives {uniform:.2f}{spread}), {near:.0%} of its strength within one hop, "
-        f"mean attention distance {distance:.1f} px."
+        f"It is {kind} by mean attention distance ({distance:.1f} px, the {_ordinal(distance_rank)} shortest of "
+        f"{n_heads}); {near:.0%} of its hop profile lies within one hop (uniform attention: {min(2, hops) / hops:.0%}) "
+        f"and its entropy is {entropy:.2f} nats (uniform: {uniform:.2f})."
     )
 
 

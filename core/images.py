@@ -671,8 +671,12 @@ def image_set_from_folder(
     def entries() -> Iterator[tuple[str, bytes, int | None]]:
         for path in paths:
             parts = path.relative_to(root).parts
-            with path.open("rb") as stream:
-                content = stream.read(limits.max_file_bytes + 1)
+            try:
+                with path.open("rb") as stream:
+                    content = stream.read(limits.max_file_bytes + 1)
+            except OSError as err:
+                notes.append(f"{sanitize_name(path.name)} could not be read ({err.strerror or err}), so it was skipped.")
+                continue
             if len(content) > limits.max_file_bytes:
                 notes.append(f"{sanitize_name(path.name)} is larger than {_human_size(limits.max_file_bytes)}, so it was skipped.")
                 continue

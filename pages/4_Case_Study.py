@@ -10,6 +10,7 @@ from core.importance import METRIC_HELP, METRICS
 from core.projection import start_umap_warmup
 from core.report import case_charts, mode_chart_key, render_report
 from ui import casestudy, session
+from ui.casestudy import plain
 
 st.set_page_config(page_title="Case study · HeadScope", page_icon="🔭", layout="wide")
 ctx = session.page_context()
@@ -50,8 +51,8 @@ if opened is not None:
     study = opened.study
     manifest = study.manifest
     st.info(
-        f"Showing the bundle **{opened.file_name}**: {manifest['model']['name']} on "
-        f"{manifest['image_set']['title']}, created {manifest['created']}. Nothing is recomputed."
+        f"Showing the bundle **{plain(opened.file_name)}**: {plain(manifest['model']['name'])} on "
+        f"{plain(manifest['image_set']['title'])}, created {plain(manifest['created'])}. Nothing is recomputed."
     )
     if manifest["image_set"]["key"] != ctx.image_set.key:
         st.caption("Its images differ from the current image set: the links to the views show the current set.")
@@ -69,7 +70,7 @@ found = findings(study, metric, top_k=min(top_k, study.settings.top_k))
 charts = case_charts(study, found)
 
 st.subheader("Across layers")
-st.markdown(found.layer_trend)
+st.markdown(plain(found.layer_trend))
 
 st.subheader(f"The {len(found.heads)} most important heads by {metric.replace('_', ' ')}")
 names = {row["id"]: row for row in study.tables["images"].to_dict("records")}
@@ -78,18 +79,14 @@ for finding in found.heads:
         st.markdown(f"#### {finding.rank}. {finding.label}")
         text, visual = st.columns([3, 2], gap="large")
         with text:
-            for view, sentence in (
-                ("importance", finding.importance),
-                ("importance", finding.mechanism),
-                ("strength", finding.locality),
-                ("patterns", finding.pattern),
-            ):
-                st.markdown(sentence)
-            links = st.columns(3)
-            for column, view in zip(links, casestudy.VIEW_PAGES):
-                page, title = casestudy.VIEW_PAGES[view]
-                if column.button(f"{title} →", key=f"case_open_{view}_{finding.label}", help=f"Make {finding.label} the focus head and open {title}."):
-                    casestudy.open_in_view(view, finding.layer, finding.head)
+            for part, view, label in casestudy.FINDING_LINKS:
+                sentence, link = st.columns([6, 1], vertical_alignment="center")
+                sentence.markdown(plain(getattr(finding, part)))
+                title = casestudy.VIEW_PAGES[view][1]
+                if link.button(label, key=f"case_{part}_{finding.label}", help=f"Make {finding.label} the focus head and open {title}."):
+                    # the mechanism is about the most hurt image: B2 shows it when it is in the current set
+                    image_id = finding.hurt_images[0] if part == "mechanism" and finding.hurt_images else None
+                    casestudy.open_in_view(view, finding.layer, finding.head, ctx.image_set, image_id)
         with visual:
             if mode_chart_key(finding) in charts:
                 st.altair_chart(charts[mode_chart_key(finding)], width="content", theme=None)
@@ -98,7 +95,7 @@ for finding in found.heads:
                 cells = st.columns(len(thumbs))
                 for cell, image_id in zip(cells, thumbs):
                     row = names.get(image_id, {})
-                    cell.image(study.thumbnails[image_id], caption=f"{row.get('name', image_id)} · {row.get('target', '')}", width=72)
+                    cell.image(study.thumbnails[image_id], caption=plain(f"{row.get('name', image_id)} · {row.get('target', '')}"), width=72)
 
 st.subheader("The evidence")
 for view, keys in casestudy.EVIDENCE.items():

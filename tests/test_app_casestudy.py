@@ -56,7 +56,8 @@ def _headings(at: AppTest) -> list[str]:
 
 
 def _text(at: AppTest) -> str:
-    return "\n".join(md.value for md in at.markdown)
+    """The page's Markdown as read: the page escapes Markdown's special characters with backslashes."""
+    return "\n".join(md.value for md in at.markdown).replace("\\", "")
 
 
 def _upload(at: AppTest, name: str, data: bytes) -> None:
@@ -73,7 +74,7 @@ def test_findings_rank_the_heads_of_the_chosen_metric(page: AppTest, demo_rankin
     assert len(page.get("vega_lite_chart")) == 5 + sum(len(keys) for keys in EVIDENCE.values())
     text = _text(page)
     assert re.search(r"From layer 0 to layer 5, mean hop-profile entropy goes from [\d.]+ to [\d.]+ nats", text)
-    assert text.count("hop-profile entropy") >= 5 and text.count("pattern cluster") >= 5
+    assert text.count("of its hop profile lies within one hop") == 5 and text.count("pattern cluster") >= 5
     assert "ranks 1st of 36 heads by taylor" in text
 
     page.slider(key="case_top_k").set_value(2).run()
@@ -81,20 +82,44 @@ def test_findings_rank_the_heads_of_the_chosen_metric(page: AppTest, demo_rankin
     assert len(_headings(page)) == 2
 
 
-def test_a_finding_opens_its_view_with_that_head_in_focus(page: AppTest) -> None:
+@pytest.mark.parametrize("part, title", [("locality", "Attention strength"), ("pattern", "Attention patterns")])
+def test_a_finding_opens_its_view_with_that_head_in_focus(page: AppTest, part: str, title: str) -> None:
     first = _headings(page)[0]
-    page.button(key=f"case_open_strength_{first}").click().run()
+    page.button(key=f"case_{part}_{first}").click().run()
     _ok(page)
+    assert page.session_state[session.FOCUS_KEY].head_label == first
+    assert any(title in t.value for t in page.title)
+
+
+def test_the_mechanism_opens_b2_on_the_image_pruning_hurts_most(page: AppTest, demo_ranking, demo_handle) -> None:
+    """The link sets the focus image too, so B2 shows the image the sentence is about."""
+    from core.casestudy import hurt_images, set_labels
+    from core.images import demo_digits_set
+    from core.importance import head_importance_tables
+
+    first = _headings(page)[0]
+    page.button(key=f"case_mechanism_{first}").click().run()
+    _ok(page)
+    split = demo_handle.card["split"]
+    images = demo_digits_set(split["seed"], split["test_fraction"])
+    layer, head = map(int, first[1:].split("H"))
+    tables = head_importance_tables(demo_handle, images.pil_images(), set_labels(images), metrics=("probability",))
+    most = int(hurt_images(tables, layer, head, 1)["image"].iloc[0])
     focus = page.session_state[session.FOCUS_KEY]
-    assert focus.head_label == first
-    assert any("Attention strength" in title.value for title in page.title)
+    assert (focus.head_label, focus.image_id) == (first, images.images[most].id)
+    assert any("Head importance" in t.value for t in page.title)
 
 
-def test_open_a_bundle_then_refuse_a_damaged_one_and_another_models(page: AppTest, small_study) -> None:
+def test_open_a_bundle_then_refuse_a_damaged_one_and_another_models(page: AppTest, small_study, monkeypatch) -> None:
+    from ui import casestudy
+
+    reads: list[int] = []
+    real = casestudy.load_bundle
+    monkeypatch.setattr(casestudy, "load_bundle", lambda *a, **k: reads.append(1) or real(*a, **k))
     expected = findings(small_study, "probability")
     _upload(page, "small.zip", save_bundle(small_study))
     _ok(page)
-    assert "Showing the bundle **small.zip**" in "\n".join(i.value for i in page.info)
+    assert "Showing the bundle **small.zip**" in "\n".join(i.value for i in page.info).replace("\\", "")
     assert _headings(page) == [f.label for f in expected.heads]  # top_k 3 in the bundle: at most 3 shown
     assert expected.layer_trend in _text(page)
 
@@ -103,6 +128,9 @@ def test_open_a_bundle_then_refuse_a_damaged_one_and_another_models(page: AppTes
     assert not page.exception
     assert len(page.error) == 1 and page.error[0].value.endswith(".")
     assert _headings(page) == [f.label for f in expected.heads]
+    before = len(reads)
+    page.slider(key="case_top_k").set_value(4).run()  # a rerun with the bad file still there
+    assert len(reads) == before and len(page.error) == 1  # refused once, not read again
 
     other = dataclasses.replace(
         small_study, manifest={**small_study.manifest, "model": {**small_study.manifest["model"], "name": "vit_other", "key": "vit_other-0123456789abcdef"}}
@@ -114,10 +142,25 @@ def test_open_a_bundle_then_refuse_a_damaged_one_and_another_models(page: AppTes
 
     page.button(key="case_close_bundle").click().run()
     _ok(page)
-    assert not page.info and len(_headings(page)) == 5  # the live study again, and the uploader is empty
+    assert not page.info and len(_headings(page)) == 4  # the live study again (4 heads chosen), the uploader empty
 
 
-def test_the_page_shows_every_chart_of_the_report_once(small_study) -> None:
+def test_the_page_groups_every_chart_of_the_report_under_one_view(small_study) -> None:
     found = findings(small_study, "probability")
     shown = [key for keys in EVIDENCE.values() for key in keys] + [mode_chart_key(f) for f in found.heads]
     assert sorted(shown) == sorted(case_charts(small_study, found))
+
+
+def test_names_in_a_bundle_are_shown_as_text_not_markdown(page: AppTest, small_study) -> None:
+    """A model name or set title in a bundle could carry Markdown: an image fetched from anywhere, LaTeX, icons."""
+    hostile = "![x](https://evil.example/a.png) $x$"
+    manifest = {
+        **small_study.manifest,
+        "model": {**small_study.manifest["model"], "name": hostile},
+        "image_set": {**small_study.manifest["image_set"], "title": hostile},
+    }
+    _upload(page, "hostile.zip", save_bundle(dataclasses.replace(small_study, manifest=manifest)))
+    _ok(page)
+    shown = page.info[0].value
+    assert "\\!\\[x\\]\\(https\\://evil\\.example/a\\.png\\) \\$x\\$" in shown
+    assert "![x](" not in shown

@@ -209,6 +209,51 @@ def test_incomplete_manifest_is_refused(bundle, edit, path):
     _refused(_edited(bundle, manifest=edit), re.escape(path))
 
 
+@pytest.mark.parametrize(
+    "edit, path",
+    [
+        (lambda meta: meta["settings"].update(top_k=-3), "settings.top_k"),
+        (lambda meta: meta["settings"].update(kind="everything"), "settings.kind"),
+        (lambda meta: meta.pop("created"), "created"),
+        (lambda meta: meta["model"].pop("num_prefix_tokens"), "model.num_prefix_tokens"),
+        (lambda meta: meta["patterns"].update(baseline_mse="low"), "patterns.baseline_mse"),
+        (lambda meta: meta.update(versions=["torch"]), "versions"),
+    ],
+)
+def test_manifest_values_the_page_reads_are_checked(bundle, edit, path):
+    """Fields the page and the report read later: a bundle missing one is refused now, not a crash then."""
+    _refused(_edited(bundle, manifest=edit), re.escape(path))
+
+
+def _parquet(frame: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "table, change, match",
+    [
+        ("importance_overall", lambda f: f.assign(value=f["value"].astype(str)), "does not hold numbers"),
+        ("pattern_heads", lambda f: f.assign(head=f["head"] + 100), "points outside the model"),
+        ("importance_overall", lambda f: f[f["metric"] != "taylor"], "do not match its manifest"),
+        ("partial", lambda f: f.assign(mode="everything"), "unknown pruning mode"),
+    ],
+)
+def test_table_values_the_case_study_cannot_use_are_refused(small_study, bundle, table, change, match):
+    """Checksums recomputed: each table is well-formed Parquet whose values would break the findings."""
+    _refused(_edited(bundle, replace={f"tables/{table}.parquet": _parquet(change(small_study.tables[table]))}), match)
+
+
+def test_a_long_string_that_compresses_to_nothing_is_refused(small_study, bundle):
+    """A few KB of Parquet that would decode to a string far over the table cap."""
+    clusters = small_study.tables["pattern_clusters"].copy()
+    clusters.loc[0, "heads"] = "L0H0, " * 400_000  # 2.4 MB of text, a few KB compressed
+    data = _edited(bundle, replace={"tables/pattern_clusters.parquet": _parquet(clusters)})
+    assert len(data) < len(bundle) + 200_000
+    _refused(data, "once uncompressed", limits=BundleLimits(max_table_bytes=2**20))
+
+
 # --- damaged -----------------------------------------------------------------------------
 
 
@@ -282,7 +327,7 @@ def test_array_shape_must_match_the_manifest(small_study, bundle):
 
 def test_manifest_describing_other_images_is_refused(bundle):
     # Every array is intact, but the manifest claims one image fewer.
-    _refused(_edited(bundle, manifest=lambda meta: meta["image_set"]["images"].pop()), "has shape")
+    _refused(_edited(bundle, manifest=lambda meta: meta["image_set"]["images"].pop()), "has shape|do not match its manifest|points outside")
 
 
 def test_array_with_fewer_values_than_its_header_is_damage(small_study, bundle):

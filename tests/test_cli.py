@@ -115,6 +115,7 @@ def test_torchrun_shards_give_the_bundle_of_one_process(one_process, digit_folde
     [
         (["--top-k", "0"], "--top-k must be at least 1"),
         (["--model", "no_such_model_anywhere"], "no_such_model_anywhere"),
+        (["--report", "/no/such/folder/report.html"], "the folder /no/such/folder does not exist"),
     ],
 )
 def test_analyze_bad_arguments_give_one_line(digit_folder, tmp_path, capsys, extra, message):
@@ -132,7 +133,7 @@ def test_analyze_missing_or_empty_folder(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code = main(["analyze", "--images", str(tmp_path / "empty"), "--out", str(tmp_path / "x.zip"), *FAST])
     err = capsys.readouterr().err
-    assert code == EXIT_BAD_INPUT and "no" in err.lower() and "Traceback" not in err
+    assert code == EXIT_BAD_INPUT and "There are no files in empty" in err and "Traceback" not in err
     assert not (tmp_path / "x.zip").exists()
 
 
@@ -142,3 +143,18 @@ def test_shards_cover_the_set_once_in_order_and_evenly(n, size):
     assert [i for part in parts for i in range(n)[part]] == list(range(n))
     lengths = [part.stop - part.start for part in parts]
     assert max(lengths) - min(lengths) <= 1
+
+
+def test_an_unreadable_file_is_skipped_with_a_note(digit_folder, demo_handle, monkeypatch):
+    root, expected = digit_folder
+    real_open = Path.open
+
+    def refuse(path, *args, **kwargs):
+        if path.name == "img03.png":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", refuse)
+    image_set, notes = image_set_from_folder(root, demo_handle.class_names)
+    assert sorted(item.name for item in image_set.images) == sorted(set(expected) - {"img03.png"})
+    assert "img03.png could not be read (Permission denied), so it was skipped." in notes

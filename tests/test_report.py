@@ -235,3 +235,11 @@ def test_report_renders_offline_in_a_browser(hostile_report: str, tmp_path: Path
     assert seen["containers"] == len(re.findall(r'<div class="chart"', hostile_report)) > 0
     assert seen["rendered"] == seen["containers"]
     assert seen["images"] == len(re.findall(r"<img ", _without_bundle(hostile_report))) > 0
+
+
+def test_a_reopened_bundle_gives_the_same_report(small_study):
+    """What the dashboard opens from a bundle renders exactly the report of the study that was saved."""
+    from core.bundle import load_bundle, save_bundle
+
+    reopened = load_bundle(save_bundle(small_study), model_key=small_study.manifest["model"]["key"])
+    assert render_report(reopened, "taylor") == render_report(small_study, "taylor")

@@ -9,6 +9,7 @@ until the user closes it; a bad bundle leaves the previous state untouched.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 import streamlit as st
@@ -23,6 +24,7 @@ from ui import importance, patterns, session, strength
 
 OPENED_KEY = "case_bundle"  # (sha256 of the bundle, file name, CaseStudy)
 UPLOAD_ROUND_KEY = "case_bundle_round"
+REFUSED_KEY = "case_bundle_refused"  # ((sha256, model key), sentence) of the last bundle refused
 MAX_TOP_K = 10
 VIEW_PAGES = {
     "importance": ("pages/1_Head_Importance.py", "Head importance"),
@@ -30,6 +32,13 @@ VIEW_PAGES = {
     "patterns": ("pages/3_Attention_Patterns.py", "Attention patterns"),
 }
 
+# Each sentence of a finding, the view it comes from, and its link's label.
+FINDING_LINKS = (
+    ("importance", "importance", "B1 →"),
+    ("mechanism", "importance", "B2 →"),
+    ("locality", "strength", "C →"),
+    ("pattern", "patterns", "D →"),
+)
 # The case study's charts (``core.report.case_charts`` keys) under the view each comes from.
 EVIDENCE = {
     "importance": ("importance-line", "importance-heatmap", "pruning-curve"),
@@ -91,9 +100,13 @@ def open_bundle(file_name: str, data: bytes, handle: ViTHandle) -> str | None:
     opened = st.session_state.get(OPENED_KEY)
     if opened is not None and opened.digest == digest:
         return None
+    refused = st.session_state.get(REFUSED_KEY)
+    if refused is not None and refused[0] == (digest, handle.key):
+        return refused[1]  # the same file again (any rerun while it sits in the uploader): not read twice
     try:
         study = load_bundle(data, model_key=handle.key, model_name=handle.name)
     except HeadScopeError as err:
+        st.session_state[REFUSED_KEY] = ((digest, handle.key), str(err))
         return str(err)
     st.session_state[OPENED_KEY] = OpenedBundle(digest, file_name, study)
     return None
@@ -113,7 +126,21 @@ def close_bundle() -> None:
     st.session_state[UPLOAD_ROUND_KEY] = st.session_state.get(UPLOAD_ROUND_KEY, 0) + 1
 
 
-def open_in_view(view: str, layer: int, head: int) -> None:
-    """Make the head the focus head and go to the view a finding comes from."""
+def open_in_view(view: str, layer: int, head: int, image_set: ImageSet, image_id: str | None = None) -> None:
+    """Make the head the focus head (and the image the focus image, when the set has it) and open the view."""
     session.set_focus_head(layer, head)
+    if image_id is not None and any(item.id == image_id for item in image_set.images):
+        session.set_focus_image(image_id)
     st.switch_page(VIEW_PAGES[view][0])
+
+
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
+
+
+def plain(text: str) -> str:
+    """``text`` with Markdown's special characters escaped: names from a bundle or an upload stay text.
+
+    Streamlit's Markdown would otherwise turn ``![](https://…)`` into an image fetched from
+    anywhere, ``$…$`` into LaTeX and ``:name:`` into icons.
+    """
+    return _MARKDOWN.sub(r"\\\1", str(text))

@@ -1,0 +1,108 @@
+"""Case-study findings: which mode kills a prediction, the hurt images, and sentences that match the tables."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import tiny_vit
+from core.casestudy import NEGLIGIBLE_DROP, CaseSettings, _killer_mode, analyze, findings
+from core.images import ImageSet, SetImage
+from core.importance import rank_heads
+from core.model import wrap_model
+
+TINY = CaseSettings(top_k=3, hurt_images=2, max_maps=200, n_clusters=2, curve_steps=2)
+ALL_REMOVE = {"cls": 0.3, "patch": 0.6, "cls_patch": 0.2, "cls_cls": 0.1}
+
+
+def _modes(none: float, head: float, **partial: float) -> dict[str, float]:
+    return {"none": none, "head": head, **partial}
+
+
+@pytest.mark.parametrize(
+    "modes, removed, expected",
+    [
+        # the patch block alone does 80% of the head's damage
+        (_modes(0.9, 0.1, cls=0.85, patch=0.26, cls_patch=0.86, cls_cls=0.9), ALL_REMOVE, "patch"),
+        # cls does it, and so does its part cls_patch nearly as well: the smaller mode is the answer
+        (_modes(0.9, 0.1, cls=0.20, patch=0.8, cls_patch=0.22, cls_cls=0.9), ALL_REMOVE, "cls_patch"),
+        # no part does half of the damage
+        (_modes(0.9, 0.1, cls=0.6, patch=0.6, cls_patch=0.6, cls_cls=0.9), ALL_REMOVE, None),
+        # every partial mode raises the probability
+        (_modes(0.5, 0.3, cls=0.51, patch=0.52, cls_patch=0.51, cls_cls=0.5), ALL_REMOVE, None),
+        # no prefix tokens: the prefix modes remove nothing and cannot be the answer
+        (_modes(0.5, 0.3, cls=0.5, patch=0.3, cls_patch=0.5, cls_cls=0.5), {"patch": 1.0}, "patch"),
+        (_modes(0.5, 0.3, cls=0.4, patch=0.6, cls_patch=0.4, cls_cls=0.4), {"patch": 1.0}, None),
+    ],
+)
+def test_killer_mode(modes, removed, expected):
+    assert _killer_mode(modes, removed) == expected
+
+
+def _set(count: int) -> ImageSet:
+    rng = np.random.default_rng(0)
+    images = [
+        SetImage(f"{i:016x}", f"img{i}.png", Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)), None)
+        for i in range(count)
+    ]
+    return ImageSet.from_images(f"{count} noise images", images)
+
+
+@pytest.fixture(scope="module")
+def no_prefix_study():
+    """A model without CLS or any prefix token (average pooling), on unlabelled noise."""
+    model = tiny_vit(class_token=False, global_pool="avg")
+    handle = wrap_model(model, class_names=[f"c{i}" for i in range(5)], device="cpu")
+    return analyze(handle, _set(6), TINY, layout_method="pca")
+
+
+def test_no_prefix_model_never_blames_prefix_attention(no_prefix_study):
+    for metric in ("probability", "accuracy", "layer_impact", "taylor"):
+        for finding in findings(no_prefix_study, metric).heads:
+            assert finding.killer_mode in (None, "patch")
+            assert "prefix" not in finding.mechanism
+
+
+def test_hurt_images_are_the_most_hurt_and_really_hurt(no_prefix_study):
+    study = no_prefix_study
+    local = study.tables["importance_per_image"]
+    unpruned = study.tables["importance_unpruned"].set_index("image")["probability"]
+    partial = study.tables["partial"]
+    for (layer, head), rows in partial.groupby(["layer", "head"]):
+        pruned = local[(local["metric"] == "probability") & (local["layer"] == layer) & (local["head"] == head)]
+        drops = sorted(
+            ((float(unpruned[i] - v), int(i)) for i, v in zip(pruned["image"], pruned["value"])), reverse=True
+        )
+        expected = [i for drop, i in drops[: TINY.hurt_images] if drop >= NEGLIGIBLE_DROP]
+        assert list(dict.fromkeys(rows["image"])) == expected
+        assert (rows["drop"] >= NEGLIGIBLE_DROP).all()
+
+
+def test_sentences_carry_the_tables_numbers(small_study):
+    found = findings(small_study, "probability")
+    ranked = rank_heads(small_study.tables["importance_overall"], "probability")
+    assert [f.label for f in found.heads] == [f"L{l}H{h}" for l, h in zip(ranked["layer"], ranked["head"])][:3]
+    base = small_study.tables["importance_unpruned"]["probability"].mean()
+    distance = small_study.arrays["distance"].mean(axis=0)
+    profile = small_study.arrays["hop_strength"].mean(axis=0)
+    for finding, row in zip(found.heads, ranked.itertuples()):
+        assert f"from {base:.3f} to {row.value:.3f}" in finding.importance
+        assert f"({distance[finding.layer, finding.head]:.1f} px" in finding.locality
+        near = profile[finding.layer, finding.head, :2].sum() / profile[finding.layer, finding.head].sum()
+        assert f"{near:.0%} of its hop profile lies within one hop" in finding.locality
+        rows = small_study.tables["partial"].query("layer == @finding.layer and head == @finding.head")
+        if len(rows):
+            none = rows[rows["mode"] == "none"]["probability"].mean()
+            head = rows[rows["mode"] == "head"]["probability"].mean()
+            assert f"from {none:.3f} to {head:.3f}" in finding.mechanism
+    layer_means = small_study.arrays["entropy"].mean(axis=(0, 2))
+    assert f"goes from {layer_means[0]:.2f} to {layer_means[-1]:.2f} nats" in found.layer_trend
+
+
+def test_one_image_reads_in_the_singular(demo_handle, small_set):
+    one = ImageSet.from_images("one digit", small_set.images[:1])
+    study = analyze(demo_handle, one, CaseSettings(top_k=2, hurt_images=3, max_maps=100, n_clusters=2, curve_steps=1), layout_method="pca")
+    for finding in findings(study, "probability").heads:
+        assert "images where" not in finding.mechanism
+        assert len(finding.hurt_images) <= 1
