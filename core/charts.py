@@ -29,6 +29,29 @@ def head_index_x(num_layers: int, num_heads: int) -> alt.X:
     )
 
 
+def head_line(values: pd.DataFrame, title: str, num_heads: int, dot_size: int) -> tuple[alt.Chart, alt.Chart, dict[str, alt.X | alt.Y]]:
+    """The paper's line over all heads: a grey line along ``x = l * H + h`` and a dot per head coloured by layer.
+
+    ``values`` columns: layer, head, head_label, index (``l * H + h``), value, rank.
+    Returns the line, the dots (legend on the right) and the x and y encodings for marks on top.
+    """
+    where = {
+        "x": head_index_x(int(values["layer"].max()) + 1, num_heads),
+        "y": alt.Y("value:Q", title=title, scale=alt.Scale(zero=False)),
+    }
+    line = alt.Chart(values).mark_line(color="#bbbbbb", strokeWidth=1).encode(**where, order="index:Q")
+    dots = (
+        alt.Chart(values)
+        .mark_circle(size=dot_size, opacity=0.95)
+        .encode(
+            **where,
+            color=alt.Color("layer:O", scale=alt.Scale(scheme=LAYER_COLOURS), legend=alt.Legend(orient="right")),
+            tooltip=head_value_tooltip(title),
+        )
+    )
+    return line, dots, where
+
+
 def head_value_tooltip(title: str) -> list[alt.Tooltip]:
     """Tooltip of a head's importance: its label, value and rank."""
     return [

@@ -24,7 +24,7 @@ from core.casestudy import CaseFindings, CaseStudy, HeadFinding, findings
 from core.charts import (
     FOCUS_RED,
     LAYER_COLOURS,
-    head_index_x,
+    head_line,
     density_rects,
     head_value_tooltip,
     importance_cells,
@@ -136,15 +136,8 @@ def importance_line_chart(values: pd.DataFrame, title: str, num_heads: int, base
     ``values``: ``head_values`` output. ``baseline`` (the unpruned value, for probability
     and accuracy) is a dashed rule.
     """
-    x = head_index_x(int(values["layer"].max()) + 1, num_heads)
-    y = alt.Y("value:Q", title=title, scale=alt.Scale(zero=False))
-    tooltip = head_value_tooltip(title)
-    line = alt.Chart(values).mark_line(color="#bbbbbb", strokeWidth=1).encode(x=x, y=y, order="index:Q")
-    dots = (
-        alt.Chart(values)
-        .mark_circle(size=45, opacity=0.95)
-        .encode(x=x, y=y, color=alt.Color("layer:O", scale=alt.Scale(scheme=LAYER_COLOURS)), tooltip=tooltip)
-    )
+    line, dots, where = head_line(values, title, num_heads, dot_size=45)
+    x, y, tooltip = where["x"], where["y"], head_value_tooltip(title)
     top = values[values["top"]]
     rings = alt.Chart(top).mark_point(shape="circle", size=220, strokeWidth=2, color=FOCUS_RED).encode(x=x, y=y, tooltip=tooltip)
     layers: list[alt.Chart] = [line, dots, rings, *_head_names(top, x, y)]

@@ -13,7 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from core.casestudy import set_labels
-from core.charts import FOCUS_RED, LAYER_COLOURS, head_index_x, head_value_tooltip, importance_cells, unpruned_rule
+from core.charts import FOCUS_RED, head_line, importance_cells, unpruned_rule
 from core.images import ImageSet
 from core.importance import (
     MODE_BLOCKS,
@@ -172,21 +172,9 @@ def importance_line_chart(
     ``(layer, head)`` under ``HEAD_SELECTION``; the focus head is ringed in red.
     """
     pick = alt.selection_point(name=HEAD_SELECTION, fields=["layer", "head"], on="click", clear=False)
-    x = head_index_x(int(values["layer"].max()) + 1, num_heads)
-    y = alt.Y("value:Q", title=metric_title, scale=alt.Scale(zero=False))
-    tooltip = head_value_tooltip(metric_title)
-    line = alt.Chart(values).mark_line(color="#bbbbbb", strokeWidth=1).encode(x=x, y=y, order="index:Q")
-    dots = (
-        alt.Chart(values)
-        .mark_circle(size=55, opacity=0.95)
-        .encode(
-            x=x,
-            y=y,
-            color=alt.Color("layer:O", scale=alt.Scale(scheme=LAYER_COLOURS), legend=alt.Legend(orient="right")),
-            tooltip=tooltip,
-        )
-        .add_params(pick)
-    )
+    line, dots, where = head_line(values, metric_title, num_heads, dot_size=55)
+    dots = dots.add_params(pick)
+    x, y = where["x"], where["y"]
     layer, head = focus
     ring = (
         alt.Chart(values[(values["layer"] == layer) & (values["head"] == head)])
