@@ -124,7 +124,7 @@ def mode_probability_chart(partial: pd.DataFrame, head_label: str, killer_mode: 
         )
     )
     return alt.layer(bars, dots).properties(
-        title=alt.TitleParams(f"{head_label}: partial pruning", subtitle="bar: mean · dot: an image · red: killer mode"),
+        title=alt.TitleParams(f"{head_label}: partial pruning", subtitle="bar: mean · dot: an image · red: killer"),
         width=280,
         height=alt.Step(20),
     )
