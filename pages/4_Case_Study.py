@@ -32,11 +32,11 @@ with st.expander("Open a result bundle", expanded=casestudy.opened_bundle() is n
     if upload is not None:
         error = casestudy.open_bundle(upload.name, upload.getvalue(), handle)
         if error:
-            st.error(error)
+            st.error(plain(error))  # it may quote names from the file
 opened = casestudy.opened_bundle()
 if opened is not None and opened.study.manifest["model"]["key"] != handle.key:
     casestudy.close_bundle()  # the model changed on the home page since the bundle was opened
-    st.warning(f"The bundle {opened.file_name} was closed: it belongs to another model than {handle.name}.")
+    st.warning(plain(f"The bundle {opened.file_name} was closed: it belongs to another model than {handle.name}."))
     opened = None
 
 c1, c2 = st.columns([2, 1], gap="medium")
