@@ -11,12 +11,28 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from core.importance import HIGHER_MEANS_LESS_IMPORTANT, METRICS, RANDOM_ORDER
+from core.importance import HIGHER_MEANS_LESS_IMPORTANT, METRICS, RANDOM_ORDER, HeadImportance
 
 FOCUS_RED = "#d62728"  # the focus image or head on the pages, the top heads in the report
 LAYER_COLOURS = "tableau20"  # one distinct hue per layer (up to 20), as the paper's views C1 and D1
 ORDER_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c8c8c"]  # one per metric, grey for random
 PATCH_SCHEME = "oranges"  # patch-to-patch attention and patch maps
+
+
+def metric_title(metric: str, on_image: bool, measure: str) -> str:
+    """Axis title of a metric: a local accuracy is 1/0 per image, a global one is the set's ``measure``."""
+    if metric == "accuracy":
+        return "top-1 is the target (1/0)" if on_image else measure
+    return metric.replace("_", " ")
+
+
+def unpruned_value(tables: HeadImportance, metric: str, image: int | None) -> float | None:
+    """The unpruned model's value of a probability or accuracy metric (on one image, or the set mean); else None."""
+    column = {"probability": "probability", "accuracy": "correct"}.get(metric)
+    if column is None:
+        return None
+    values = tables.unpruned[column].astype(float)
+    return float(values.iloc[image] if image is not None else values.mean())
 
 
 def head_index_x(num_layers: int, num_heads: int) -> alt.X:

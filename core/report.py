@@ -29,9 +29,11 @@ from core.charts import (
     head_value_tooltip,
     importance_cells,
     layer_dots,
+    metric_title,
     prototype_chart,
     pruning_curve_chart,
     unpruned_rule,
+    unpruned_value,
 )
 from core.importance import HIGHER_MEANS_LESS_IMPORTANT, METRIC_HELP, METRICS, MODE_REMOVES, MODES, rank_heads, target_measure
 
@@ -58,11 +60,6 @@ def head_values(study: CaseStudy, metric: str, top_k: int) -> pd.DataFrame:
         index=ranked["layer"] * study.num_heads + ranked["head"],
         top=ranked["rank"] <= top_k,
     )
-
-
-def metric_title(metric: str, measure: str) -> str:
-    """Axis title of a global metric: the set's ``measure`` for accuracy, else the metric's name."""
-    return measure if metric == "accuracy" else metric.replace("_", " ")
 
 
 def _head_names(top: pd.DataFrame, x: alt.X, y: alt.Y) -> list[alt.Chart]:
@@ -351,9 +348,9 @@ def case_charts(study: CaseStudy, found: CaseFindings) -> dict[str, alt.TopLevel
             charts[mode_chart_key(finding)] = mode_probability_chart(rows, finding.label, finding.killer_mode)
 
     measure = target_measure(study.tables["importance_unpruned"]["labelled"])
-    title = metric_title(found.metric, measure)
+    title = metric_title(found.metric, False, measure)
     values = head_values(study, found.metric, len(found.heads))
-    charts["importance-line"] = importance_line_chart(values, title, study.num_heads, _unpruned_value(study, found.metric))
+    charts["importance-line"] = importance_line_chart(values, title, study.num_heads, unpruned_value(study.importance, found.metric, None))
     charts["importance-heatmap"] = importance_heatmap(values, found.metric, title)
     charts["pruning-curve"] = pruning_curve_chart(study.tables["pruning_curve"], measure, width=CHART_WIDTH)
 
@@ -381,12 +378,6 @@ def case_charts(study: CaseStudy, found: CaseFindings) -> dict[str, alt.TopLevel
     mse = study.manifest["patterns"]
     charts["pattern-mse"] = reconstruction_chart(float(mse["reconstruction_mse"]), float(mse["baseline_mse"]))
     return charts
-
-
-def _unpruned_value(study: CaseStudy, metric: str) -> float | None:
-    """The unpruned model's set value of a probability or accuracy metric; else None."""
-    column = {"probability": "probability", "accuracy": "correct"}.get(metric)
-    return None if column is None else float(study.tables["importance_unpruned"][column].astype(float).mean())
 
 
 def _hop_profiles(study: CaseStudy, found: CaseFindings) -> pd.DataFrame:

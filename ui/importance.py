@@ -13,7 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from core.casestudy import set_labels
-from core.charts import FOCUS_RED, head_line, importance_cells, unpruned_rule
+from core.charts import FOCUS_RED, head_line, importance_cells, metric_title, unpruned_rule, unpruned_value  # noqa: F401  (page B reads the last two here)
 from core.images import ImageSet
 from core.importance import (
     MODE_BLOCKS,
@@ -133,22 +133,6 @@ def metric_values(tables: HeadImportance, metric: str, image: int | None) -> pd.
         head_label=[f"L{layer}H{head}" for layer, head in zip(ranked["layer"], ranked["head"])],
         index=ranked["layer"] * num_heads + ranked["head"],
     )
-
-
-def metric_title(metric: str, on_image: bool, measure: str) -> str:
-    """Axis title of a metric: a local accuracy is 1/0 per image, a global one is the set's ``measure``."""
-    if metric == "accuracy":
-        return "top-1 is the target (1/0)" if on_image else measure
-    return metric.replace("_", " ")
-
-
-def unpruned_value(tables: HeadImportance, metric: str, image: int | None) -> float | None:
-    """The unpruned model's value of a probability or accuracy metric (on one image, or the set mean); else None."""
-    column = {"probability": "probability", "accuracy": "correct"}.get(metric)
-    if column is None:
-        return None
-    values = tables.unpruned[column].astype(float)
-    return float(values.iloc[image] if image is not None else values.mean())
 
 
 def top5_table(partial_row: pd.Series) -> pd.DataFrame:
