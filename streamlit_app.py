@@ -10,7 +10,7 @@ from core.model import DEMO_NAME
 from core.projection import start_umap_warmup
 from ui import session
 from ui.charts import OVERVIEW_SELECTION, overview_chart, top5_chart
-from ui.display import enlarge_for_display
+from ui.display import enlarge_for_display, plain
 
 st.set_page_config(page_title="HeadScope", page_icon="🔭", layout="wide")
 
@@ -35,7 +35,7 @@ def _model_controls() -> None:
         if st.sidebar.button("Load model", key="load_model", disabled=not name.strip()):
             error = session.switch_model(name, checkpoint.getvalue() if checkpoint is not None else None)
             if error:
-                st.sidebar.error(error)
+                st.sidebar.error(plain(error))  # it may quote the typed name or the file
     elif spec.name != DEMO_NAME:
         session.switch_model(DEMO_NAME, None)
 
@@ -78,9 +78,9 @@ def _image_controls() -> None:
     image_set, notes, error = session.upload_images([(f.name, f.getvalue()) for f in files], handle, as_zip)
     if error:
         kept = st.session_state.get(session.UPLOADED_KEY)
-        st.sidebar.error(error + (f" Still showing {kept[1].title}." if kept else " Showing the sample images."))
-    for note in notes:
-        st.sidebar.warning(note)
+        st.sidebar.error(plain(error + (f" Still showing {kept[1].title}." if kept else " Showing the sample images.")))
+    for note in notes:  # sentences that quote file and folder names
+        st.sidebar.warning(plain(note))
     if image_set is not None:
         st.sidebar.success(f"{len(image_set)} images ready.")
 
@@ -104,9 +104,9 @@ def main() -> None:
 
     st.title("HeadScope")
     st.caption(
-        f"**{handle.name}**: {handle.num_layers} layers × {handle.num_heads} heads, "
+        f"**{plain(handle.name)}**: {handle.num_layers} layers × {handle.num_heads} heads, "
         f"{handle.grid[0]}×{handle.grid[1]} patches, {handle.num_prefix_tokens} prefix token(s), "
-        f"{len(handle.class_names)} classes · **{image_set.title}** · device {handle.device.type}"
+        f"{len(handle.class_names)} classes · **{plain(image_set.title)}** · device {handle.device.type}"
     )
     preds = session.predictions(handle, image_set)
     requested = st.session_state.pop("focus_request", None)
@@ -115,7 +115,7 @@ def main() -> None:
             image_set.by_id(requested)
             session.set_focus_image(requested)
         except KeyError:
-            st.warning(f"No image in this set has the id '{requested}'; ids are shown in the chart's tooltips.")
+            st.warning(f"No image in this set has the id '{plain(requested)}'; ids are shown in the chart's tooltips.")
     focus_id = session.focus_image_id(image_set)
     # a keyed text input ignores value= after its first run: keep it in step with the focus
     if st.session_state.get("focus_id_input") != focus_id:
@@ -154,8 +154,8 @@ def main() -> None:
         image = image_set.by_id(focus_id)
         row = points.set_index("id").loc[focus_id]
         st.image(enlarge_for_display(image.image), width=220)
-        label = f"label **{row['label']}**, " if row["label"] else ""
-        st.markdown(f"`{image.name}` · {label}predicted **{row['predicted']}** ({row['probability']:.3f})")
+        label = f"label **{plain(row['label'])}**, " if row["label"] else ""
+        st.markdown(f"{plain(image.name)} · {label}predicted **{plain(row['predicted'])}** ({row['probability']:.3f})")
         top = top_k(preds.probs[image_set.index_of(focus_id)], handle.class_names)
         st.altair_chart(top5_chart(top), width="stretch")
         st.dataframe(top[["rank", "class", "probability"]], hide_index=True, width="stretch")

@@ -14,8 +14,16 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from core.errors import NonFiniteOutputs
+
 if TYPE_CHECKING:
     from core.model import ViTHandle
+
+
+_NON_FINITE = (
+    "The model outputs NaN or infinite values for these images (its weights overflow on them), "
+    "so they cannot be analysed; load another checkpoint or use other images."
+)
 
 
 class HookSet:
@@ -67,6 +75,9 @@ def capture_patterns(hooks: HookSet, model: nn.Module, patterns: torch.Tensor) -
             torch.matmul(queries.pop("q").to(scores.dtype), k.to(scores.dtype).transpose(-2, -1), out=scores)
             scores.mul_(attn.scale)
             torch.softmax(scores, dim=-1, out=scores)
+            # softmax gives values in [0, 1] or NaN, so one sum finds a NaN without a mask as large as the maps
+            if not torch.isfinite(scores.sum(dtype=torch.float32)):
+                raise NonFiniteOutputs(_NON_FINITE)
 
         hooks.forward(attn.q_norm, keep_q)
         hooks.forward(attn.k_norm, make_pattern)
@@ -87,11 +98,18 @@ def locked_forward(handle: ViTHandle, x: torch.Tensor, *installers: Callable[[Ho
     Every forward of a shared model goes through here, hooked or not: hooks live on
     modules, so another thread's forward would fire them (and feed them its batch)
     unless all forwards are serialised.
+
+    Raises:
+        NonFiniteOutputs: a logit (or, with ``capture_patterns``, an attention weight) is NaN or infinite.
     """
     with locked_hooks(handle) as hooks:
         for install in installers:
             install(hooks)
-        return handle.model(x.to(handle.device))
+        logits = handle.model(x.to(handle.device))
+    # NaN logits (and the features before them) would reach scikit-learn as its own error text
+    if not torch.isfinite(logits).all():
+        raise NonFiniteOutputs(_NON_FINITE)
+    return logits
 
 
 @contextmanager

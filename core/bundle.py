@@ -8,9 +8,13 @@ Layout of a bundle::
     images/<image id>.png     the thumbnails the findings cite
 
 Opening a bundle is a security boundary: the file comes from a user. Nothing is
-extracted to disk or unpickled; sizes are checked from the ZIP directory before any
-member is read, every read is capped, and every member must match the sha256 the
-manifest lists for it. Any failure is a :class:`BundleRejected` with one sentence.
+extracted to disk or unpickled; the ZIP end records are checked before the directory is
+parsed and sizes are checked from the directory before any member is read. Members are
+then read one at a time, each capped at what its kind can honestly be (a table from
+the rows its manifest implies, an array from its shape, a thumbnail small), matched to
+the sha256 the manifest lists, parsed and checked before the next is read, and every
+number in them must be finite, whole where it counts or indexes, and in its range. Any
+failure is a :class:`BundleRejected` with one sentence.
 """
 
 from __future__ import annotations
@@ -29,13 +33,15 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
+from core._zipcheck import MIN_ENTRY_BYTES, declared_directory
 from core.casestudy import ARRAYS, BUNDLE_FORMAT, BUNDLE_VERSION, TABLE_COLUMNS, TABLES, CaseSettings, CaseStudy
-from core.errors import BundleRejected
-from core.importance import METRICS, MODES
-from core.images import _human_size
+from core.errors import BundleRejected, human_size
+from core.importance import METRICS, MODES, RANDOM_ORDER
 
 MANIFEST = "manifest.json"
 # A fixed timestamp makes the same study give the same bytes (1980 is ZIP's epoch).
@@ -52,6 +58,30 @@ _SETTING_TYPES = {**{name: type(value) for name, value in asdict(CaseSettings())
 _SHOWN_CHARS = 80
 _AGAIN = "save the bundle again with HeadScope"
 _FEWER = "so compute the case study on fewer images"
+# An honest directory entry is the 46-byte header plus a name of at most 75 characters
+# (``images/<64>.png``) and no extra fields; the slack covers any ZIP writer's extras.
+_DIRECTORY_BYTES_PER_MEMBER = MIN_ENTRY_BYTES + 210
+# What a manifest holds besides its images: model facts (up to ~22,000 class names for an
+# ImageNet-21k model: ~600 KB), settings, versions and the "files" listing (~140 bytes
+# per member). Per image it holds id, name and label: ~85 bytes measured (16-character
+# id, short name), ~200 with an 80-character name.
+_MANIFEST_BASE_BYTES = 2 * 2**20
+_MANIFEST_BYTES_PER_IMAGE = 192
+_MAX_IMAGES = 50_000
+_NPY_MAX_HEADER = 2**16 + 12  # magic, version and a 2-byte length: version 1.0 and 2.0 headers np.save writes
+_MAX_THUMBNAIL_BYTES = 2**20  # a 96 px thumbnail PNG is at most ~28 KB
+_TABLE_OVERHEAD_BYTES = 2**20  # footer, schema and the pandas metadata of one table
+# Parquet codecs whose output is at most a small multiple of their input (snappy: ~21x);
+# gzip, zstd, brotli and lz4 can turn a few KB of a page into gigabytes.
+_PARQUET_CODECS = ("UNCOMPRESSED", "SNAPPY")
+# Layers, heads, grid sides, prefix tokens and patch sides of any ViT are far below this.
+_MAX_MODEL_SIDE = 4096
+# Unbounded measures (coordinates, gradients, distances, errors) must stay below this:
+# no honest one comes near it, and sums and spans of such values stay finite in charts.
+_LARGEST = 1e12
+# Float values are checked against their ranges with this slack: float32 softmax and
+# cosine rounding can step just outside [0, 1] and [0, 2].
+_SLACK = 1e-4
 
 
 @dataclass(frozen=True)
@@ -59,10 +89,15 @@ class BundleLimits:
     """Bounds on what opening a bundle may cost, checked before anything is decompressed.
 
     Attributes:
-        max_members: ZIP entries (a study has one per table, array and thumbnail).
+        max_members: ZIP entries, as every end record declares them and as the directory
+            holds them (a study has one per table and array, plus a thumbnail per image
+            its findings cite: a few dozen to a few hundred).
+        max_images: images of the study, as its manifest lists them.
         max_member_bytes: uncompressed size of one entry.
         max_total_bytes: uncompressed size of all entries together.
-        max_manifest_bytes: size of ``manifest.json``, which is parsed whole.
+        max_manifest_bytes: size of ``manifest.json``, which is parsed whole: enough for
+            ``max_images`` honest images (Python objects parsed from hostile JSON take
+            up to ~27x its size, so this bound is also what parsing may cost).
         max_table_values: rows times columns of one table, as its Parquet footer
             declares them: encodings such as run-length make a few compressed bytes
             decode to many values, so the member's size does not bound the table's.
@@ -70,10 +105,11 @@ class BundleLimits:
             as the decoded table holds them (one long string compresses to almost nothing).
     """
 
-    max_members: int = 100_000
+    max_members: int = 4096
+    max_images: int = _MAX_IMAGES
     max_member_bytes: int = 2**30
     max_total_bytes: int = 2 * 2**30
-    max_manifest_bytes: int = 64 * 2**20
+    max_manifest_bytes: int = _MANIFEST_BASE_BYTES + _MAX_IMAGES * _MANIFEST_BYTES_PER_IMAGE
     max_table_values: int = 2**28
     max_table_bytes: int = 512 * 2**20
 
@@ -165,8 +201,21 @@ def load_bundle(
         BundleRejected: With one sentence: not a bundle, damaged, unsafe, too large, from
             a newer HeadScope, or computed with a model other than ``model_key``.
     """
+    try:
+        return _open(data, model_key, model_name, limits)
+    except MemoryError:
+        pass  # raised below, once this frame's references to what was read are gone
+    raise BundleRejected(
+        "Opening this bundle needs more memory than is free; close other work and try again, "
+        "or compute the case study on fewer images."
+    )
+
+
+def _open(data: bytes, model_key: str | None, model_name: str | None, limits: BundleLimits) -> CaseStudy:
+    """:func:`load_bundle` without its memory guard: each member is read, checked and parsed in turn."""
     if not data:
         raise BundleRejected("The bundle file is empty; choose a .zip file saved by HeadScope.")
+    _check_end_records(data, limits)
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
@@ -180,23 +229,48 @@ def load_bundle(
         _check_settings(manifest)
         _check_model(manifest, model_key, model_name)
         _check_summary(manifest)
-        shapes = _array_shapes(manifest)
+        shape = _study_shape(manifest, limits)
         files = _checked_files(manifest, directory, limits)
-        contents = {name: _read_member(archive, directory[name], entry) for name, entry in files.items()}
-    tables = {name: _table(name, contents[f"tables/{name}.parquet"], limits) for name in TABLES}
-    _check_tables(tables, shapes["entropy"])
-    arrays = {name: _array(name, contents[f"arrays/{name}.npy"], expected) for name, expected in shapes.items()}
-    thumbnails: dict[str, bytes] = {}
-    for name, content in contents.items():
-        image = _IMAGE_MEMBER.fullmatch(name)
-        if image:
-            thumbnails[image.group(1)] = _thumbnail(name, content)
+        _check_member_sizes(files, shape, limits)
+
+        def read(member: str) -> bytes:
+            return _read_member(archive, directory[member], files[member])
+
+        tables = {name: _table(name, read(f"tables/{name}.parquet"), shape, limits) for name in TABLES}
+        arrays = {name: _array(name, read(f"arrays/{name}.npy"), shape) for name in ARRAYS}
+        thumbnails = {
+            image.group(1): _thumbnail(member, read(member))
+            for member in files
+            if (image := _IMAGE_MEMBER.fullmatch(member))
+        }
+    _check_tables(tables, shape)
     return CaseStudy(
         manifest={key: value for key, value in manifest.items() if key != "files"},
         tables=tables,
         arrays=arrays,
         thumbnails=thumbnails,
     )
+
+
+def _check_end_records(data: bytes, limits: BundleLimits) -> None:
+    """Refuse an archive whose end records declare more entries or directory bytes than a bundle has.
+
+    ``zipfile.ZipFile`` builds an object per declared entry, reading up to the declared
+    directory size, before anything can be counted: millions of entries cost gigabytes.
+    """
+    declared = declared_directory(data)
+    if declared is None:
+        return  # no end record: zipfile refuses the file at once
+    if declared.entries > limits.max_members:
+        raise BundleRejected(
+            f"The bundle declares {declared.entries:,} files; the limit is {limits.max_members:,}, {_FEWER}."
+        )
+    most = limits.max_members * _DIRECTORY_BYTES_PER_MEMBER
+    if declared.size > most:
+        raise BundleRejected(
+            f"The bundle's file directory declares {human_size(declared.size)}; {limits.max_members:,} files "
+            f"need at most {human_size(most)}, so it was not written by HeadScope; {_AGAIN}."
+        )
 
 
 def _thumbnail(name: str, content: bytes) -> bytes:
@@ -263,15 +337,15 @@ def _checked_directory(archive: zipfile.ZipFile, limits: BundleLimits) -> dict[s
             )
         if info.file_size > limits.max_member_bytes:
             raise BundleRejected(
-                f"The bundle's file '{shown}' is {_human_size(info.file_size)} once uncompressed; "
-                f"the limit is {_human_size(limits.max_member_bytes)} per file, {_FEWER}."
+                f"The bundle's file '{shown}' is {human_size(info.file_size)} once uncompressed; "
+                f"the limit is {human_size(limits.max_member_bytes)} per file, {_FEWER}."
             )
         directory[info.filename] = info
     total = sum(info.file_size for info in infos)
     if total > limits.max_total_bytes:
         raise BundleRejected(
-            f"The bundle holds {_human_size(total)} once uncompressed; the limit is "
-            f"{_human_size(limits.max_total_bytes)}, {_FEWER}."
+            f"The bundle holds {human_size(total)} once uncompressed; the limit is "
+            f"{human_size(limits.max_total_bytes)}, {_FEWER}."
         )
     return directory
 
@@ -296,7 +370,7 @@ def _read_manifest(
     text = _read_capped(archive, directory[MANIFEST], limits.max_manifest_bytes)
     if len(text) > limits.max_manifest_bytes:
         raise BundleRejected(
-            f"The bundle's {MANIFEST} is larger than {_human_size(limits.max_manifest_bytes)}; {_AGAIN}."
+            f"The bundle's {MANIFEST} is larger than {human_size(limits.max_manifest_bytes)}; {_AGAIN}."
         )
     try:
         manifest = json.loads(text)
@@ -320,8 +394,14 @@ def _read_manifest(
     return manifest
 
 
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+def _is_count(value: Any, most: int = 2**31 - 1) -> bool:
+    """A whole number from 1 to ``most`` (JSON's ``true`` is not one)."""
+    return type(value) is int and 0 < value <= most
+
+
+def _is_measure(value: Any) -> bool:
+    """A finite non-negative number of a sane size (JSON parsing accepts ``NaN`` and ``Infinity``)."""
+    return type(value) in (int, float) and 0 <= value <= _LARGEST
 
 
 def _field(manifest: dict[str, Any], path: str, valid: Callable[[Any], bool]) -> Any:
@@ -349,6 +429,7 @@ def _check_settings(manifest: dict[str, Any]) -> None:
         _field(manifest, f"settings.{name}", lambda value, kind=kind: type(value) is kind)
     for name in ("top_k", "hurt_images", "max_maps", "n_clusters", "curve_steps"):
         _field(manifest, f"settings.{name}", _is_count)
+    _field(manifest, "settings.seed", lambda value: -(2**63) <= value < 2**64)  # what numpy and torch accept
     _field(manifest, "settings.kind", lambda value: value in ("patch", "cls"))
     _field(manifest, "settings.layout", lambda value: value in ("umap", "pca"))
 
@@ -357,11 +438,15 @@ def _check_summary(manifest: dict[str, Any]) -> None:
     """Refuse a manifest lacking the model facts and summaries the page and the report show."""
     for path in ("created", "image_set.key", "image_set.title"):
         _field(manifest, path, lambda value: isinstance(value, str))
-    _field(manifest, "model.num_prefix_tokens", lambda value: type(value) is int and value >= 0)
-    _field(manifest, "model.patch_size", lambda value: isinstance(value, list) and len(value) == 2 and all(map(_is_count, value)))
+    _field(manifest, "model.num_prefix_tokens", lambda value: type(value) is int and 0 <= value <= _MAX_MODEL_SIDE)
+    _field(
+        manifest,
+        "model.patch_size",
+        lambda value: isinstance(value, list) and len(value) == 2 and all(_is_count(v, _MAX_MODEL_SIDE) for v in value),
+    )
     _field(manifest, "model.class_names", lambda value: isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value))
     for path in ("patterns.reconstruction_mse", "patterns.baseline_mse"):
-        _field(manifest, path, lambda value: type(value) in (int, float) and value >= 0)
+        _field(manifest, path, _is_measure)
     _field(manifest, "versions", lambda value: isinstance(value, dict) and all(isinstance(v, str) for v in value.values()))
 
 
@@ -425,40 +510,25 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, entry: dict[st
     return content
 
 
-def _table(name: str, content: bytes, limits: BundleLimits) -> pd.DataFrame:
-    damaged = _damaged(f"table '{name}' is not a readable Parquet table")
-    try:
-        parquet = pq.ParquetFile(io.BytesIO(content))
-        values = parquet.metadata.num_rows * parquet.metadata.num_columns
-    except Exception as exc:  # noqa: BLE001 - pyarrow's reader is C++; any failure means "damaged"
-        raise damaged from exc
-    if values > limits.max_table_values:
-        raise BundleRejected(
-            f"The bundle's table '{name}' holds {values:,} values; the limit is {limits.max_table_values:,}, "
-            f"{_FEWER}."
-        )
-    meta = parquet.metadata
-    declared = sum(
-        meta.row_group(group).column(column).total_uncompressed_size
-        for group in range(meta.num_row_groups)
-        for column in range(meta.num_columns)
-    )
-    too_big = BundleRejected(
-        f"The bundle's table '{name}' holds more than {_human_size(limits.max_table_bytes)} once uncompressed; {_FEWER}."
-    )
-    if declared > limits.max_table_bytes:
-        raise too_big
-    try:
-        frame = parquet.read().to_pandas()
-    except Exception as exc:  # noqa: BLE001 - as above
-        raise damaged from exc
-    if int(frame.memory_usage(deep=True).sum()) > 2 * limits.max_table_bytes:  # a footer that lied
-        raise too_big
-    if tuple(frame.columns) != TABLE_COLUMNS[name]:
-        raise _damaged(f"table '{name}' does not have the columns {', '.join(TABLE_COLUMNS[name])}")
-    return frame
+@dataclass(frozen=True)
+class _Range:
+    """The values a numeric column or array may hold: finite, within ``[low, high]``, whole if ``whole``."""
+
+    low: float
+    high: float
+    whole: bool = False
 
 
+_SHARE = _Range(0.0, 1.0)
+_ANY = _Range(-_LARGEST, _LARGEST)
+# ``value`` of the importance tables, by metric: probabilities and top-1 shares, 1 - cosine,
+# and the signed gate gradient (its absolute mean over the set).
+_METRIC_VALUES = {
+    "probability": _SHARE,
+    "accuracy": _SHARE,
+    "layer_impact": _Range(0.0, 2.0),
+    "taylor": _ANY,
+}
 # Columns that hold text, by table; every other column must hold numbers (or booleans).
 _TEXT_COLUMNS = {
     "images": {"id", "name", "label", "target"},
@@ -469,50 +539,330 @@ _TEXT_COLUMNS = {
     "pattern_heads": {"head_label"},
     "pattern_clusters": {"heads"},
 }
+_NAME_BYTES = max(len(name) for name in (*METRICS, *MODES, RANDOM_ORDER))
 
 
-def _check_tables(tables: dict[str, pd.DataFrame], per_head: tuple[int, ...]) -> None:
-    """Refuse tables whose values the case study cannot use: wrong kinds, unknown names, indices out of range."""
-    images, layers, heads = per_head
-    bounds = {"image": images, "layer": layers, "head": heads, "position": images}
-    for name, frame in tables.items():
-        for column in frame.columns:
-            text = column in _TEXT_COLUMNS.get(name, ())
-            if text != (pd.api.types.is_object_dtype(frame[column]) or pd.api.types.is_string_dtype(frame[column])):
-                raise _damaged(f"column '{column}' of table '{name}' does not hold {'text' if text else 'numbers'}")
-            if column in bounds and len(frame) and not frame[column].between(0, bounds[column] - 1).all():
-                raise _damaged(f"column '{column}' of table '{name}' points outside the model or the images")
-    if len(tables["images"]) != images or set(tables["importance_overall"]["metric"]) != set(METRICS):
-        raise _damaged("its image or importance tables do not match its manifest")
-    if not set(tables["partial"]["mode"]) <= set(MODES):
-        raise _damaged("table 'partial' names an unknown pruning mode")
+@dataclass(frozen=True)
+class _StudyShape:
+    """What a bundle's manifest says its tables and arrays hold, so each member can be bounded before it is read.
+
+    Attributes:
+        images, layers, heads, rows, cols: images of the study and the model's geometry.
+        classes: the model's class count.
+        name_bytes: UTF-8 bytes of the longest image name.
+        class_bytes: UTF-8 bytes of the longest class name.
+        settings: the manifest's settings (checked).
+    """
+
+    images: int
+    layers: int
+    heads: int
+    rows: int
+    cols: int
+    classes: int
+    name_bytes: int
+    class_bytes: int
+    settings: dict[str, Any]
+
+    @property
+    def arrays(self) -> dict[str, tuple[int, ...]]:
+        """The shape of each of ``ARRAYS`` (the ``StrengthStats`` fields)."""
+        per_head = (self.images, self.layers, self.heads)
+        return {
+            "hop_strength": (*per_head, max(self.rows, self.cols)),
+            "entropy": per_head,
+            "distance": per_head,
+            "prefix_share": per_head,
+            "offset_mean": (self.layers, self.heads, 2 * self.rows - 1, 2 * self.cols - 1),
+        }
+
+    @property
+    def table_rows(self) -> dict[str, int]:
+        """The most rows each table can have for these images, this model and these settings."""
+        heads = self.layers * self.heads
+        settings = self.settings
+        studied = min(heads, settings["top_k"] * len(METRICS))
+        clusters = settings["n_clusters"]
+        window = (2 * self.rows - 1) * (2 * self.cols - 1) if settings["kind"] == "patch" else self.rows * self.cols
+        return {
+            "images": self.images,
+            "importance_overall": heads * len(METRICS),
+            "importance_per_image": self.images * heads * len(METRICS),
+            "importance_unpruned": self.images,
+            "pruning_curve": (len(METRICS) + 1) * (settings["curve_steps"] + 1),  # each metric's order and a random one
+            "partial": studied * min(settings["hurt_images"], self.images) * len(MODES),
+            "pattern_heads": heads,
+            "pattern_clusters": clusters,
+            "pattern_prototypes": clusters * window,
+            "pattern_samples": settings["max_maps"],
+        }
+
+    def text_bytes(self, table: str) -> dict[str, int]:
+        """The longest value, in UTF-8 bytes, of each text column of ``table``."""
+        label = len(f"L{self.layers - 1}H{self.heads - 1}")
+        longest = {
+            "id": 64, "image_id": 64, "name": self.name_bytes, "label": self.class_bytes, "target": self.class_bytes,
+            "predicted": self.class_bytes, "metric": _NAME_BYTES, "mode": _NAME_BYTES, "order": _NAME_BYTES,
+            "head_label": label, "heads": self.layers * self.heads * (label + 2),
+        }
+        return {column: longest[column] for column in _TEXT_COLUMNS.get(table, ())}
+
+    def table_bytes(self, table: str) -> int:
+        """The largest honest Parquet file of ``table``: plain-encoded values plus its footer."""
+        text = self.text_bytes(table)
+        per_row = sum(4 + text[column] if column in text else 9 for column in TABLE_COLUMNS[table])
+        return _TABLE_OVERHEAD_BYTES + self.table_rows[table] * per_row
+
+    def numbers(self, table: str) -> dict[str, _Range | dict[str, _Range]]:
+        """The range of each numeric column of ``table`` (``value`` by the row's metric)."""
+        image, layer, head = (_Range(0, count - 1, whole=True) for count in (self.images, self.layers, self.heads))
+        settings = self.settings
+        cluster = _Range(0, settings["n_clusters"] - 1, whole=True)
+        maps = _Range(0, settings["max_maps"], whole=True)
+        if settings["kind"] == "patch":  # prototype rows and columns are offsets from the source patch
+            row, col = (_Range(1 - side, side - 1, whole=True) for side in (self.rows, self.cols))
+        else:
+            row, col = (_Range(0, side - 1, whole=True) for side in (self.rows, self.cols))
+        return {
+            "images": {"position": image, "probability": _SHARE},
+            "importance_overall": {"layer": layer, "head": head, "value": _METRIC_VALUES},
+            "importance_per_image": {"image": image, "layer": layer, "head": head, "value": _METRIC_VALUES},
+            "importance_unpruned": {
+                "image": image, "target": _Range(0, self.classes - 1, whole=True), "probability": _SHARE,
+                "correct": _Range(0, 1, whole=True), "labelled": _Range(0, 1, whole=True),
+            },
+            "pruning_curve": {
+                "pruned": _Range(0, self.layers * self.heads, whole=True), "fraction": _SHARE, "accuracy": _SHARE,
+            },
+            "partial": {
+                "layer": layer, "head": head, "image": image, "drop": _Range(-1.0, 1.0), "probability": _SHARE,
+                "removed_attention": _SHARE,
+            },
+            "pattern_heads": {
+                "layer": layer, "head": head, "cluster": cluster, "share": _SHARE, "x": _ANY, "y": _ANY, "maps": maps,
+            },
+            "pattern_clusters": {
+                "cluster": cluster, "maps": maps, "share": _SHARE,
+                "head_count": _Range(0, self.layers * self.heads, whole=True),
+            },
+            "pattern_prototypes": {"cluster": cluster, "row": row, "col": col, "value": _ANY},
+            "pattern_samples": {
+                "image": image, "layer": layer, "head": head, "source": _Range(-1, self.rows * self.cols - 1, whole=True),
+                "x": _ANY, "y": _ANY, "cluster": cluster,
+            },
+        }[table]
+
+    @property
+    def array_values(self) -> dict[str, _Range]:
+        """The range of each array's values: attention means and shares, entropy of a hop profile, pixels."""
+        hops = max(self.rows, self.cols)
+        return {
+            "hop_strength": _SHARE,
+            "entropy": _Range(0.0, float(np.log(hops))),
+            "distance": _Range(0.0, _LARGEST),
+            "prefix_share": _SHARE,
+            "offset_mean": _SHARE,
+        }
 
 
-def _array_shapes(manifest: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    """The shape of each of ``ARRAYS`` (the ``StrengthStats`` fields) for the manifest's model and images."""
+def _study_shape(manifest: dict[str, Any], limits: BundleLimits) -> _StudyShape:
+    """The manifest's images, model geometry and settings, each checked."""
+    layers = _field(manifest, "model.num_layers", lambda value: _is_count(value, _MAX_MODEL_SIDE))
+    heads = _field(manifest, "model.num_heads", lambda value: _is_count(value, _MAX_MODEL_SIDE))
+    rows, cols = _field(
+        manifest,
+        "model.grid",
+        lambda value: isinstance(value, list) and len(value) == 2 and all(_is_count(v, _MAX_MODEL_SIDE) for v in value),
+    )
+    classes = manifest["model"]["class_names"]  # checked by _check_summary
     images = _field(
         manifest,
         "image_set.images",
         lambda value: isinstance(value, list) and bool(value)
-        and all(isinstance(item, dict) and isinstance(item.get("id"), str) and isinstance(item.get("name"), str) for item in value),
+        and all(
+            isinstance(item, dict) and isinstance(item.get("id"), str) and isinstance(item.get("name"), str)
+            and (item.get("label") is None or (type(item["label"]) is int and 0 <= item["label"] < len(classes)))
+            for item in value
+        ),
     )
-    layers = _field(manifest, "model.num_layers", _is_count)
-    heads = _field(manifest, "model.num_heads", _is_count)
-    rows, cols = _field(
-        manifest, "model.grid", lambda value: isinstance(value, list) and len(value) == 2 and all(map(_is_count, value))
+    if len(images) > limits.max_images:
+        raise BundleRejected(
+            f"The bundle's case study covers {len(images):,} images; the limit is {limits.max_images:,}, {_FEWER}."
+        )
+    return _StudyShape(
+        images=len(images), layers=layers, heads=heads, rows=rows, cols=cols, classes=len(classes),
+        name_bytes=max(len(item["name"].encode("utf-8", "surrogatepass")) for item in images),
+        class_bytes=max(len(name.encode("utf-8", "surrogatepass")) for name in classes),
+        settings=manifest["settings"],
     )
-    per_head = (len(images), layers, heads)
-    return {
-        "hop_strength": (*per_head, max(rows, cols)),
-        "entropy": per_head,
-        "distance": per_head,
-        "prefix_share": per_head,
-        "offset_mean": (layers, heads, 2 * rows - 1, 2 * cols - 1),
-    }
 
 
-def _array(name: str, content: bytes, expected: tuple[int, ...]) -> np.ndarray:
-    """The array of a ``.npy`` member, its header checked before any data is allocated."""
+def _check_member_sizes(files: dict[str, dict[str, Any]], shape: _StudyShape, limits: BundleLimits) -> None:
+    """Refuse, before any is read, a member larger than its kind can be for this study."""
+    for member, entry in files.items():
+        kind, name = member.split("/", 1)
+        name = name.rsplit(".", 1)[0]
+        if kind == "tables":
+            most, what = shape.table_bytes(name), f"table '{name}'"
+        elif kind == "arrays":
+            most, what = _NPY_MAX_HEADER + 8 * int(np.prod(shape.arrays[name])), f"array '{name}'"
+        else:
+            most, what = _MAX_THUMBNAIL_BYTES, "thumbnail"
+        if entry["size"] > min(most, limits.max_member_bytes):
+            raise BundleRejected(
+                f"The bundle's file '{_shown(member)}' is {human_size(entry['size'])}, more than any {what} of "
+                f"this study can be ({human_size(min(most, limits.max_member_bytes))}); {_AGAIN}."
+            )
+
+
+def _table(name: str, content: bytes, shape: _StudyShape, limits: BundleLimits) -> pd.DataFrame:
+    """The table of a Parquet member, bounded from its footer before any value is decoded.
+
+    Text columns are read as dictionaries, so a long value repeated on every row is held
+    once and its decoded size counted before a string is built per row.
+    """
+    damaged = _damaged(f"table '{name}' is not a readable Parquet table")
+    columns = TABLE_COLUMNS[name]
+    text = shape.text_bytes(name)
+    try:
+        parquet = pq.ParquetFile(io.BytesIO(content), read_dictionary=list(text))
+        meta, schema = parquet.metadata, parquet.schema_arrow
+        values = meta.num_rows * meta.num_columns
+        chunks = [meta.row_group(group).column(column) for group in range(meta.num_row_groups) for column in range(meta.num_columns)]
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pyarrow's reader is C++; any failure means "damaged"
+        raise damaged from exc
+    if tuple(schema.names) != columns:
+        raise _damaged(f"table '{name}' does not have the columns {', '.join(columns)}")
+    if values > limits.max_table_values:
+        raise BundleRejected(
+            f"The bundle's table '{name}' holds {values:,} values; the limit is {limits.max_table_values:,}, "
+            f"{_FEWER}."
+        )
+    if meta.num_rows > shape.table_rows[name]:
+        raise BundleRejected(
+            f"The bundle's table '{name}' has {meta.num_rows:,} rows, more than the {shape.table_rows[name]:,} its "
+            f"{MANIFEST} allows; {_AGAIN}."
+        )
+    codecs = {chunk.compression for chunk in chunks} - set(_PARQUET_CODECS)
+    if codecs:
+        raise BundleRejected(
+            f"The bundle's table '{name}' is compressed with {_shown(', '.join(sorted(codecs)))}, which HeadScope "
+            f"does not accept (only snappy or none); {_AGAIN}."
+        )
+    too_big = BundleRejected(
+        f"The bundle's table '{name}' holds more than {human_size(limits.max_table_bytes)} once uncompressed, {_FEWER}."
+    )
+    if sum(chunk.total_uncompressed_size for chunk in chunks) > limits.max_table_bytes:
+        raise too_big
+    for field in schema:
+        kind = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
+        numeric = pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+        textual = pa.types.is_string(kind) or pa.types.is_large_string(kind)
+        if not (textual if field.name in text else numeric) and not (pa.types.is_null(kind) and meta.num_rows == 0):
+            raise _damaged(
+                f"column '{field.name}' of table '{name}' does not hold {'text' if field.name in text else 'numbers'}"
+            )
+    try:
+        table = parquet.read()
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - as above
+        raise damaged from exc
+    decoded = 8 * meta.num_rows * (len(columns) - len(text))
+    for column in text:
+        longest, total = _text_sizes(table.column(column))
+        if longest > text[column]:
+            raise _damaged(f"column '{column}' of table '{name}' holds a text longer than HeadScope writes there")
+        decoded += total
+    if decoded > limits.max_table_bytes:
+        raise too_big
+    try:
+        frame = _frame(table, text)
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - as above
+        raise damaged from exc
+    del table
+    if int(frame.memory_usage(deep=True).sum()) > 2 * limits.max_table_bytes:  # pandas' own overhead per string
+        raise too_big
+    if tuple(frame.columns) != columns:
+        raise _damaged(f"table '{name}' does not have the columns {', '.join(columns)}")
+    _check_numbers(name, frame, shape.numbers(name))
+    return frame
+
+
+def _text_sizes(column: pa.ChunkedArray) -> tuple[int, int]:
+    """The longest value and the total UTF-8 bytes of a text column read as a dictionary, without decoding it."""
+    longest = total = 0
+    for chunk in column.chunks:
+        if not pa.types.is_dictionary(chunk.type):  # an empty column of nulls
+            continue
+        lengths = pc.binary_length(chunk.dictionary).fill_null(0)
+        if len(lengths):
+            longest = max(longest, pc.max(lengths).as_py())
+            total += pc.sum(pc.take(lengths, chunk.indices)).as_py() or 0
+    return longest, total
+
+
+def _frame(table: pa.Table, text: dict[str, int]) -> pd.DataFrame:
+    """The table as pandas, its dictionary columns decoded back to the strings :func:`save_bundle` wrote."""
+    for column in text:
+        index = table.schema.get_field_index(column)
+        field = table.schema.field(index)
+        if pa.types.is_dictionary(field.type):
+            table = table.set_column(index, field.with_type(field.type.value_type), table.column(index).cast(field.type.value_type))
+    return table.to_pandas()
+
+
+def _check_values(values: np.ndarray, valid: _Range) -> bool:
+    """Whether every value is finite, whole where it must be, and within its range (with float slack)."""
+    slack = 0.0 if valid.whole else _SLACK
+    values = values.astype(np.float64, copy=False)
+    return bool(
+        np.isfinite(values).all()
+        and (values >= valid.low - slack).all()
+        and (values <= valid.high + slack).all()
+        and (not valid.whole or (values == np.round(values)).all())
+    )
+
+
+def _check_numbers(name: str, frame: pd.DataFrame, ranges: dict[str, _Range | dict[str, _Range]]) -> None:
+    """Refuse a table with a number that is not finite, not whole where it counts or indexes, or out of range."""
+    if not len(frame):
+        return
+    for column, valid in ranges.items():
+        values = frame[column].to_numpy(dtype=np.float64, na_value=np.nan)
+        if isinstance(valid, dict):  # by the row's metric
+            metric = frame["metric"].to_numpy()
+            ok = all(_check_values(values[metric == key], rule) for key, rule in valid.items())
+        else:
+            ok = _check_values(values, valid)
+        if not ok:
+            raise _damaged(
+                f"column '{column}' of table '{name}' holds a number that is not finite, not whole or out of range"
+            )
+
+
+def _check_tables(tables: dict[str, pd.DataFrame], shape: _StudyShape) -> None:
+    """Refuse tables that disagree with the manifest or with each other."""
+    if len(tables["images"]) != shape.images or set(tables["importance_overall"]["metric"]) != set(METRICS):
+        raise _damaged("its image or importance tables do not match its manifest")
+    for name in ("importance_overall", "importance_per_image"):
+        if not set(tables[name]["metric"]) <= set(METRICS):
+            raise _damaged(f"table '{name}' names an unknown importance metric")
+    if not set(tables["partial"]["mode"]) <= set(MODES):
+        raise _damaged("table 'partial' names an unknown pruning mode")
+    clusters = len(tables["pattern_clusters"])
+    for name in ("pattern_heads", "pattern_prototypes", "pattern_samples"):
+        if len(tables[name]) and tables[name]["cluster"].max() >= clusters:
+            raise _damaged(f"table '{name}' names a pattern cluster that table 'pattern_clusters' lacks")
+
+
+def _array(name: str, content: bytes, shape: _StudyShape) -> np.ndarray:
+    """The array of a ``.npy`` member, its header checked before any data is allocated and its values after."""
+    expected = shape.arrays[name]
     stream = io.BytesIO(content)
     try:
         version = np.lib.format.read_magic(stream)
@@ -532,6 +882,9 @@ def _array(name: str, content: bytes, expected: tuple[int, ...]) -> np.ndarray:
     if stream.tell() + int(np.prod(found)) * dtype.itemsize != len(content):
         raise _damaged(f"array '{name}' does not hold as many values as its shape says")
     try:
-        return np.load(io.BytesIO(content), allow_pickle=False)
+        array = np.load(io.BytesIO(content), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise _damaged(f"array '{name}' is not a readable .npy file") from exc
+    if not _check_values(array.ravel(), shape.array_values[name]):
+        raise _damaged(f"array '{name}' holds a number that is not finite or out of range")
+    return array

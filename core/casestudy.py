@@ -322,6 +322,12 @@ def hurt_images(importance: HeadImportance, layer: int, head: int, count: int) -
     return drop.sort_values("drop", ascending=False, kind="stable").head(count).reset_index(drop=True)
 
 
+_PARTIAL_DTYPES = {
+    "layer": "int64", "head": "int64", "image": "int64", "image_id": "str", "drop": "float64",
+    "mode": "str", "probability": "float64", "predicted": "str", "removed_attention": "float64",
+}
+
+
 def _partial_table(
     handle: ViTHandle,
     image_set: ImageSet,
@@ -346,10 +352,10 @@ def _partial_table(
             )
         if progress is not None:
             progress(done, len(heads))
-    columns = ["layer", "head", "image", "image_id", "drop", "mode", "probability", "predicted", "removed_attention"]
     if not frames:
-        return pd.DataFrame({name: [] for name in columns})
-    return pd.concat(frames, ignore_index=True)[columns]
+        # typed like a filled table, so a study in which no head hurts any image saves and reopens
+        return pd.DataFrame({name: pd.Series([], dtype=kind) for name, kind in _PARTIAL_DTYPES.items()})
+    return pd.concat(frames, ignore_index=True)[list(_PARTIAL_DTYPES)]
 
 
 def _images_table(handle: ViTHandle, image_set: ImageSet, importance: HeadImportance) -> pd.DataFrame:

@@ -17,6 +17,27 @@ FOCUS_RED = "#d62728"  # the focus image or head on the pages, the top heads in 
 LAYER_COLOURS = "tableau20"  # one distinct hue per layer (up to 20), as the paper's views C1 and D1
 ORDER_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c8c8c"]  # one per metric, grey for random
 PATCH_SCHEME = "oranges"  # patch-to-patch attention and patch maps
+# vega-tooltip (on the pages and in the report) takes two keys out of the table: ``title``
+# becomes a heading and ``image`` becomes ``<img src=VALUE>``, a fetch of whatever URL the
+# value (say an image's name) holds. No tooltip here may carry either key.
+RESERVED_TOOLTIP_KEYS = frozenset({"image", "title"})
+
+
+def tooltip_field(shorthand: str, title: str, format: str | None = None, **channel: object) -> alt.Tooltip:
+    """One tooltip field, shown as ``title: value``; every chart's tooltips are built here.
+
+    Vega-Lite keys a tooltip field by its title, or by the field's own name when the title
+    is empty; ``channel`` takes any other ``alt.Tooltip`` argument (``bin``...).
+
+    Raises:
+        ValueError: the key would be one vega-tooltip renders as markup (``RESERVED_TOOLTIP_KEYS``).
+    """
+    key = title or shorthand.split(":")[0]
+    if key.strip().lower() in RESERVED_TOOLTIP_KEYS:
+        raise ValueError(f"A tooltip field keyed {key!r} is rendered as markup, not text; give it another title.")
+    if format is not None:
+        channel["format"] = format
+    return alt.Tooltip(shorthand, title=title, **channel)
 
 
 def metric_title(metric: str, on_image: bool, measure: str) -> str:
@@ -71,9 +92,9 @@ def head_line(values: pd.DataFrame, title: str, num_heads: int, dot_size: int) -
 def head_value_tooltip(title: str) -> list[alt.Tooltip]:
     """Tooltip of a head's importance: its label, value and rank."""
     return [
-        alt.Tooltip("head_label:N", title="head"),
-        alt.Tooltip("value:Q", title=title, format=".4f"),
-        alt.Tooltip("rank:Q", title="rank"),
+        tooltip_field("head_label:N", "head"),
+        tooltip_field("value:Q", title, format=".4f"),
+        tooltip_field("rank:Q", "rank"),
     ]
 
 
@@ -82,7 +103,7 @@ def unpruned_rule(baseline: float, title: str) -> alt.Chart:
     return (
         alt.Chart(pd.DataFrame({"value": [baseline], "what": ["unpruned model"]}))
         .mark_rule(color="#555555", strokeDash=[5, 4])
-        .encode(y="value:Q", tooltip=[alt.Tooltip("what:N", title=""), alt.Tooltip("value:Q", title=title, format=".4f")])
+        .encode(y="value:Q", tooltip=[tooltip_field("what:N", ""), tooltip_field("value:Q", title, format=".4f")])
     )
 
 
@@ -106,7 +127,7 @@ def layer_dots(
         .encode(
             **where,
             color=alt.Color("layer:O", scale=alt.Scale(scheme=LAYER_COLOURS), legend=None),
-            tooltip=[alt.Tooltip("head_label:N", title="head"), alt.Tooltip(f"{value}:Q", title=axis_title, format=value_format)],
+            tooltip=[tooltip_field("head_label:N", "head"), tooltip_field(f"{value}:Q", axis_title, format=value_format)],
         )
     )
     return dots, where
@@ -136,10 +157,10 @@ def pruning_curve_chart(curve: pd.DataFrame, measure: str, width: int | None = N
             ),
             strokeDash=alt.StrokeDash("baseline:N", legend=None, scale=alt.Scale(domain=[False, True], range=[[1, 0], [5, 4]])),
             tooltip=[
-                alt.Tooltip("order:N", title="order by"),
-                alt.Tooltip("pruned:Q", title="heads pruned"),
-                alt.Tooltip("fraction:Q", title="share pruned", format=".0%"),
-                alt.Tooltip("accuracy:Q", title=measure, format=".3f"),
+                tooltip_field("order:N", "order by"),
+                tooltip_field("pruned:Q", "heads pruned"),
+                tooltip_field("fraction:Q", "share pruned", format=".0%"),
+                tooltip_field("accuracy:Q", measure, format=".3f"),
             ],
         )
         .properties(
@@ -186,10 +207,10 @@ def prototype_chart(prototypes: pd.DataFrame, clusters: pd.DataFrame, kind: str)
             stroke=alt.condition("datum.source", alt.value("#222222"), alt.value(None)),
             strokeWidth=alt.condition("datum.source", alt.value(1.5), alt.value(0)),
             tooltip=[
-                alt.Tooltip("title:N", title="cluster"),
-                alt.Tooltip("row:O", title=row_title),
-                alt.Tooltip("col:O", title=col_title),
-                alt.Tooltip("value:Q", title="decoded weight", format=".3f"),
+                tooltip_field("title:N", "cluster"),
+                tooltip_field("row:O", row_title),
+                tooltip_field("col:O", col_title),
+                tooltip_field("value:Q", "decoded weight", format=".3f"),
             ],
         )
         .properties(width=84, height=84)
@@ -249,6 +270,6 @@ def density_rects(samples: pd.DataFrame, x: alt.X, y: alt.Y, scale: alt.Scale, b
             y=y,
             y2="y2:Q",
             color=alt.Color("maps:Q", title="maps per cell", scale=scale, legend=alt.Legend(orient="bottom")),
-            tooltip=[alt.Tooltip("maps:Q", title="maps in this cell")],
+            tooltip=[tooltip_field("maps:Q", "maps in this cell")],
         )
     )

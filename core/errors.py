@@ -19,9 +19,22 @@ class ModelUnavailable(HeadScopeError):
     """The requested model cannot be built or its weights cannot be found."""
 
 
+class NonFiniteOutputs(ModelUnavailable):
+    """The model's outputs or attention are NaN or infinite for the images it was given."""
+
+
 class UnsupportedModel(ModelUnavailable):
     """The model exists but is not a ViT whose blocks use timm's standard ``Attention``."""
 
 
 class BundleRejected(HeadScopeError):
     """A result bundle cannot be opened: not a bundle, damaged, unsafe or from another model."""
+
+
+def human_size(num_bytes: int) -> str:
+    """A byte count as a sentence shows it: ``512 bytes``, ``1.5 KB``, ``200 MB``."""
+    if num_bytes >= 2**20:
+        return f"{num_bytes / 2**20:.1f}".removesuffix(".0") + " MB"
+    if num_bytes >= 2**10:
+        return f"{num_bytes / 2**10:.1f}".removesuffix(".0") + " KB"
+    return f"{num_bytes} bytes"

@@ -2,7 +2,8 @@
 
 Everything a user uploads passes through :func:`decode_image`, the security boundary
 for images: only allow-listed decoders run, the pixel count is checked from the header
-before any pixel is decoded, and every failure becomes an :class:`ImageRejected` whose
+before any pixel is decoded, the structures a decoder walks (JPEG scans and segments,
+PNG chunks, GIF blocks, TIFF tags and tiles, RLE BMP data) are bounded before it runs, and every failure becomes an :class:`ImageRejected` whose
 message names the file. Archives go through :func:`image_set_from_zip`, which never
 touches the disk and never trusts the sizes an archive declares.
 """
@@ -23,8 +24,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from core._imagecheck import check_exif, check_structure
+from core._zipcheck import declared_directory
 from core.digits import digit_images, digits_split
-from core.errors import ImageRejected
+from core.errors import ImageRejected, human_size
 
 # Truncated files must fail loudly: a half-grey image would silently skew every analysis.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -65,11 +68,11 @@ _FALLBACK_NAME = "image"
 _BIDI_CONTROLS = frozenset(
     "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 )
-# Honest archives spend well under 1 KiB of central directory per entry; the bound keeps
-# zipfile from building millions of entry records before max_files can be checked.
+# Honest archives spend well under 1 KiB of central directory per entry, and list at most
+# a few folders and metadata files (__MACOSX, .DS_Store) per image.
 _CENTRAL_DIRECTORY_BYTES_PER_FILE = 1024
-_EOCD_SIGNATURE = b"PK\x05\x06"
-_EOCD_SIZE = 22
+_LISTED_ENTRIES_PER_FILE = 4
+_LISTED_ENTRIES_SLACK = 64
 _MAX_LISTED_FOLDERS = 10
 
 
@@ -175,14 +178,6 @@ def sanitize_name(name: str) -> str:
     if cleaned in ("", ".", ".."):
         return _FALLBACK_NAME
     return cleaned
-
-
-def _human_size(num_bytes: int) -> str:
-    if num_bytes >= 2**20:
-        return f"{num_bytes / 2**20:.1f}".removesuffix(".0") + " MB"
-    if num_bytes >= 2**10:
-        return f"{num_bytes / 2**10:.1f}".removesuffix(".0") + " KB"
-    return f"{num_bytes} bytes"
 
 
 def _megapixels(pixels: int) -> str:
@@ -294,10 +289,11 @@ def decode_image(
         raise ImageRejected(f"{display} is empty; choose a file that contains an image.")
     if len(data) > limits.max_file_bytes:
         raise ImageRejected(
-            f"{display} is {_human_size(len(data))}; the limit per file is "
-            f"{_human_size(limits.max_file_bytes)}."
+            f"{display} is {human_size(len(data))}; the limit per file is "
+            f"{human_size(limits.max_file_bytes)}."
         )
     try:
+        check_structure(display, data)
         with Image.open(io.BytesIO(data), formats=_OPEN_FORMATS) as img:
             if img.format not in ALLOWED_FORMATS:
                 raise UnidentifiedImageError(f"unexpected format {img.format}")
@@ -307,6 +303,7 @@ def decode_image(
             # 40-megapixel photo never exists in memory at full size.
             img.draft(img.mode, _fit_size(width, height, limits.max_side))
             img.load()
+            check_exif(display, img)
             try:
                 upright = ImageOps.exif_transpose(img)
             except (SyntaxError, ValueError, TypeError, KeyError, struct.error):
@@ -408,8 +405,8 @@ def image_set_from_files(
     total = sum(len(data) for _, data in files)
     if total > limits.max_total_bytes:
         raise ImageRejected(
-            f"The upload totals {_human_size(total)}; the limit is "
-            f"{_human_size(limits.max_total_bytes)} at once."
+            f"The upload totals {human_size(total)}; the limit is "
+            f"{human_size(limits.max_total_bytes)} at once."
         )
     images, notes = _decode_all(((name, data, None) for name, data in files), limits)
     if not images:
@@ -458,14 +455,24 @@ def match_class_name(
     return _class_lookup(class_names, aliases).get(_normalise_class_name(folder))
 
 
-def _central_directory_size(data: bytes) -> int | None:
-    """Size of the ZIP central directory as the end record declares it, if found."""
-    # The end record sits in the last 22 bytes plus an optional comment of up to 64 KiB.
-    start = data.rfind(_EOCD_SIGNATURE, max(0, len(data) - _EOCD_SIZE - 0xFFFF))
-    if start < 0 or len(data) - start < _EOCD_SIZE:
-        return None
-    (size,) = struct.unpack_from("<I", data, start + 12)
-    return int(size)
+def _check_declared_directory(data: bytes, limits: UploadLimits) -> None:
+    """Refuse an archive whose end records declare more entries than ``max_files`` allows.
+
+    zipfile builds one record per entry until it has consumed the directory size the end
+    record it trusts declares, whatever the entry count says, so the size is what bounds
+    the work: at most ``size // MIN_ENTRY_BYTES`` records (about 46,000 for 500 files,
+    a fraction of a second). Every end record is read, since zipfile prefers the zip64
+    one and a guard reading only the classic one is bypassed.
+    """
+    declared = declared_directory(data)
+    if declared is None:
+        return  # no end record: zipfile refuses the file itself
+    allowed = _LISTED_ENTRIES_PER_FILE * limits.max_files + _LISTED_ENTRIES_SLACK
+    if declared.entries > allowed or declared.size > allowed * _CENTRAL_DIRECTORY_BYTES_PER_FILE:
+        raise ImageRejected(
+            f"The uploaded archive lists far more entries than the limit of "
+            f"{limits.max_files} files; split it into smaller archives."
+        )
 
 
 def _unsafe_entry_path(path: str) -> bool:
@@ -523,12 +530,12 @@ def _read_entries(
         total += len(content)
         if len(content) > remaining:
             raise ImageRejected(
-                f"The archive holds more than {_human_size(limits.max_total_bytes)} once "
+                f"The archive holds more than {human_size(limits.max_total_bytes)} once "
                 "uncompressed; upload fewer or smaller images."
             )
         if len(content) > limits.max_file_bytes:
             notes.append(
-                f"{display} is larger than {_human_size(limits.max_file_bytes)} once "
+                f"{display} is larger than {human_size(limits.max_file_bytes)} once "
                 "uncompressed, so it was skipped."
             )
             continue
@@ -570,17 +577,10 @@ def image_set_from_zip(
         raise ImageRejected("The uploaded archive is empty; choose a ZIP file of images.")
     if len(data) > limits.max_total_bytes:
         raise ImageRejected(
-            f"The uploaded archive is {_human_size(len(data))}; the limit is "
-            f"{_human_size(limits.max_total_bytes)}."
+            f"The uploaded archive is {human_size(len(data))}; the limit is "
+            f"{human_size(limits.max_total_bytes)}."
         )
-    directory_size = _central_directory_size(data)
-    if directory_size is not None and directory_size > _CENTRAL_DIRECTORY_BYTES_PER_FILE * (
-        4 * limits.max_files + 64
-    ):
-        raise ImageRejected(
-            f"The uploaded archive lists far more entries than the limit of "
-            f"{limits.max_files} files; split it into smaller archives."
-        )
+    _check_declared_directory(data, limits)
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
@@ -593,7 +593,8 @@ def image_set_from_zip(
     candidates: list[tuple[zipfile.ZipInfo, list[str]]] = []
     with archive:
         for info in archive.infolist():
-            if info.is_dir():
+            # zipfile's is_dir() raises IndexError on an empty name, which no image has.
+            if not info.filename or info.is_dir():
                 continue
             if _unsafe_entry_path(info.filename):
                 notes.append(
@@ -678,7 +679,7 @@ def image_set_from_folder(
                 notes.append(f"{sanitize_name(path.name)} could not be read ({err.strerror or err}), so it was skipped.")
                 continue
             if len(content) > limits.max_file_bytes:
-                notes.append(f"{sanitize_name(path.name)} is larger than {_human_size(limits.max_file_bytes)}, so it was skipped.")
+                notes.append(f"{sanitize_name(path.name)} is larger than {human_size(limits.max_file_bytes)}, so it was skipped.")
                 continue
             label = None
             if len(parts) > 1:

@@ -32,6 +32,7 @@ from core.charts import (
     metric_title,
     prototype_chart,
     pruning_curve_chart,
+    tooltip_field,
     unpruned_rule,
     unpruned_value,
 )
@@ -103,7 +104,7 @@ def mode_probability_chart(partial: pd.DataFrame, head_label: str, killer_mode: 
             x=x,
             y=y,
             color=alt.condition("datum.killer", alt.value(FOCUS_RED), alt.value("#9ecae1")),
-            tooltip=[alt.Tooltip("mode:N"), alt.Tooltip("probability:Q", title="mean over the images", format=".3f")],
+            tooltip=[tooltip_field("mode:N", "mode"), tooltip_field("probability:Q", "mean over the images", format=".3f")],
         )
     )
     dots = (
@@ -113,10 +114,10 @@ def mode_probability_chart(partial: pd.DataFrame, head_label: str, killer_mode: 
             x=x,
             y=y,
             tooltip=[
-                alt.Tooltip("name:N", title="image"),
-                alt.Tooltip("mode:N"),
-                alt.Tooltip("probability:Q", format=".3f"),
-                alt.Tooltip("predicted:N", title="top-1"),
+                tooltip_field("name:N", "image name"),
+                tooltip_field("mode:N", "mode"),
+                tooltip_field("probability:Q", "probability", format=".3f"),
+                tooltip_field("predicted:N", "top-1"),
             ],
         )
     )
@@ -184,7 +185,7 @@ def heads_by_layer_chart(
     ``StrengthStats.heads()`` with a ``top`` flag); top heads are ringed in red.
     ``reference`` (value, label) draws a dashed rule, e.g. uniform attention's entropy.
     """
-    tooltip = [alt.Tooltip("head_label:N", title="head"), alt.Tooltip(f"{value}:Q", title=axis_title, format=value_format)]
+    tooltip = [tooltip_field("head_label:N", "head"), tooltip_field(f"{value}:Q", axis_title, format=value_format)]
     dots, where = layer_dots(heads, value, axis_title, value_format, zero=False, largest=60)
     x, y = where["x"], where["y"]
     rings = (
@@ -199,7 +200,7 @@ def heads_by_layer_chart(
         .encode(
             x=x,
             y=y,
-            tooltip=[alt.Tooltip("layer:O"), alt.Tooltip(f"{value}:Q", title=f"layer mean {axis_title}", format=value_format)],
+            tooltip=[tooltip_field("layer:O", "layer"), tooltip_field(f"{value}:Q", f"layer mean {axis_title}", format=value_format)],
         )
     )
     layers: list[alt.Chart] = [dots, ticks, rings]
@@ -210,7 +211,7 @@ def heads_by_layer_chart(
             0,
             alt.Chart(pd.DataFrame({value: [level], "what": [label]}))
             .mark_rule(color="#777777", strokeDash=[5, 4])
-            .encode(y=y, tooltip=[alt.Tooltip("what:N", title=""), alt.Tooltip(f"{value}:Q", format=value_format)]),
+            .encode(y=y, tooltip=[tooltip_field("what:N", ""), tooltip_field(f"{value}:Q", value, format=value_format)]),
         )
         subtitle += f" · dashed: {label}"
     return alt.layer(*layers).properties(title=alt.TitleParams(title, subtitle=subtitle), width=CHART_WIDTH, height=240)
@@ -232,9 +233,9 @@ def hop_profiles_chart(profiles: pd.DataFrame) -> alt.Chart:
             color=alt.Color("head_label:N", title="head", scale=_head_colours(labels), sort=[*labels, _ALL_HEADS]),
             strokeDash=alt.StrokeDash("reference:N", legend=None, scale=alt.Scale(domain=[False, True], range=[[1, 0], [5, 4]])),
             tooltip=[
-                alt.Tooltip("head_label:N", title="head"),
-                alt.Tooltip("hop:O"),
-                alt.Tooltip("strength:Q", title="s_n", format=".4f"),
+                tooltip_field("head_label:N", "head"),
+                tooltip_field("hop:O", "hop"),
+                tooltip_field("strength:Q", "s_n", format=".4f"),
             ],
         )
         .properties(
@@ -260,10 +261,10 @@ def pattern_space_chart(samples: pd.DataFrame, heads: pd.DataFrame, method: str)
     # light, so the head dots stand out
     density = density_rects(samples, x, y, alt.Scale(range=["#f0f0f0", "#636363"], type="sqrt"), _DENSITY_BINS)
     tooltip = [
-        alt.Tooltip("head_label:N", title="head"),
-        alt.Tooltip("cluster:O", title="pattern cluster"),
-        alt.Tooltip("share:Q", title="its maps in that cluster", format=".0%"),
-        alt.Tooltip("maps:Q", title="maps sampled"),
+        tooltip_field("head_label:N", "head"),
+        tooltip_field("cluster:O", "pattern cluster"),
+        tooltip_field("share:Q", "its maps in that cluster", format=".0%"),
+        tooltip_field("maps:Q", "maps sampled"),
     ]
     dots = (
         alt.Chart(heads)
@@ -304,7 +305,7 @@ def reconstruction_chart(reconstruction_mse: float, baseline_mse: float) -> alt.
             x=alt.X("mse:Q", title="mean squared error per pixel"),
             y=y,
             color=alt.Color("what:N", legend=None, scale=alt.Scale(range=["#fd8d3c", "#bdbdbd"])),
-            tooltip=[alt.Tooltip("what:N", title=""), alt.Tooltip("mse:Q", title="MSE", format=".5f")],
+            tooltip=[tooltip_field("what:N", ""), tooltip_field("mse:Q", "MSE", format=".5f")],
         )
     )
     labels = bars.mark_text(align="left", dx=4, fontSize=11).encode(text=alt.Text("mse:Q", format=".4f"), color=alt.value("#333333"))
@@ -416,12 +417,23 @@ figure img { width: 72px; height: 72px; object-fit: contain; image-rendering: pi
 details summary { cursor: pointer; color: #1f5fa8; }
 """
 
+# vega-tooltip's own formatter lifts a key "image" into <img src=VALUE> and "title" into a
+# heading; the charts never use those keys, and this formatter shows every key and value as
+# text whatever a spec holds.
 _EMBED = """
-const specs = {specs};
-const options = {{ renderer: "svg", actions: false, mode: "vega-lite" }};
-for (const [key, spec] of Object.entries(specs)) {{
+const asText = (value) => String(value).replace(/[&<>"']/g, (c) => "&#" + c.charCodeAt(0) + ";");
+const shown = (value) => asText(value !== null && typeof value === "object" ? JSON.stringify(value) : value);
+function textTooltip(value) {
+  if (value === null || typeof value !== "object" || Array.isArray(value)) return shown(value);
+  const rows = Object.entries(value).filter(([, field]) => field !== undefined).map(
+    ([key, field]) => '<tr><td class="key">' + asText(key) + '</td><td class="value">' + shown(field) + "</td></tr>"
+  );
+  return rows.length ? "<table>" + rows.join("") + "</table>" : "";
+}
+const options = { renderer: "svg", actions: false, mode: "vega-lite", tooltip: { formatTooltip: textTooltip } };
+for (const [key, spec] of Object.entries(specs)) {
   vegaEmbed("#chart-" + key, spec, options).catch((error) => console.error(error));
-}}
+}
 """
 
 _SOURCES = {"importance": "importance", "mechanism": "importance", "locality": "strength", "pattern": "patterns"}
@@ -474,7 +486,7 @@ def render_report(study: CaseStudy, metric: str = "probability", *, top_k: int |
         f"<title>{escape(title)}</title>\n<style>{_CSS}</style>\n"
         f"<script>\n{bundle}\n</script>\n</head>\n<body>\n<main>\n"
         f"<h1>{escape(title)}</h1>\n<nav>{nav}</nav>\n{sections}\n</main>\n"
-        f"<script>{_EMBED.format(specs=_script_json(specs))}</script>\n</body>\n</html>\n"
+        f"<script>\nconst specs = {_script_json(specs)};\n{_EMBED}</script>\n</body>\n</html>\n"
     )
 
 

@@ -8,6 +8,7 @@ from core.importance import METRIC_HELP, METRICS, MODE_REMOVES, MODES, RANKED_BY
 from ui import importance, session
 from core.charts import pruning_curve_chart
 from ui.charts import top5_chart
+from ui.display import plain
 
 st.set_page_config(page_title="Head importance · HeadScope", page_icon="🔭", layout="wide")
 ctx = session.page_context()
@@ -36,7 +37,7 @@ shown = image if on_image else None
 values = importance.metric_values(tables, metric, shown)
 metric_title = importance.metric_title(metric, on_image, measure)
 baseline = importance.unpruned_value(tables, metric, shown)
-where = f"on the focus image `{name}`" if on_image else f"over the {len(ctx.image_set)} images"
+where = f"on the focus image {name}" if on_image else f"over the {len(ctx.image_set)} images"
 head_at = (focus.layer, focus.head)
 
 st.subheader("B1 · Every head")
@@ -47,7 +48,7 @@ with b1:
         key="importance_line",
     )
     st.caption(
-        f"{METRIC_HELP[metric].capitalize()}, {where}. The dashed rule is the unpruned model. Click a dot to focus a head."
+        f"{METRIC_HELP[metric].capitalize()}, {plain(where)}. The dashed rule is the unpruned model. Click a dot to focus a head."
     )
 with heat:
     signed = on_image and metric in RANKED_BY_MAGNITUDE
@@ -59,7 +60,7 @@ with ranked:
     by = " (by magnitude)" if metric in RANKED_BY_MAGNITUDE else ""
     st.caption(f"Most important first{by}. Select a row to focus a head.")
 
-st.subheader(f"B2 · Partial pruning of {focus.head_label} on `{name}`")
+st.subheader(f"B2 · Partial pruning of {focus.head_label} on {plain(name)}")
 partial = importance.partial(handle, ctx.image_set, ctx.focus_id, focus.layer, focus.head)
 target_name = handle.class_names[int(tables.unpruned.iloc[image]["target"])]
 mode = st.radio(

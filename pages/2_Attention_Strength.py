@@ -7,11 +7,12 @@ import math
 import streamlit as st
 
 from ui import session, strength
+from ui.display import plain
 
 st.set_page_config(page_title="Attention strength · HeadScope", page_icon="🔭", layout="wide")
 ctx = session.page_context()
 handle, focus = ctx.handle, ctx.focus
-name = ctx.image_set.by_id(ctx.focus_id).name
+name = plain(ctx.image_set.by_id(ctx.focus_id).name)  # shown in Markdown only
 
 st.title("Attention strength")
 n_hops = max(handle.grid)
@@ -28,7 +29,7 @@ stats = strength.set_statistics(handle, ctx.image_set)
 image = ctx.image_set.index_of(ctx.focus_id)
 on_image = scope == FOCUS_IMAGE
 heads = stats.heads(image if on_image else None)
-where = f"on the focus image `{name}`" if on_image else f"averaged over the {stats.num_images} images"
+where = f"on the focus image {name}" if on_image else f"averaged over the {stats.num_images} images"
 head_at = (focus.layer, focus.head)
 
 c1, c2, c3 = st.columns(3, gap="medium")
@@ -40,7 +41,7 @@ with c1:
     st.caption(f"C1 · entropy of every head {where}. Click a dot to make it the focus head.")
 with c2:
     st.altair_chart(strength.hop_profile_chart(stats.hop_profile(*head_at, image), focus.head_label), width="stretch")
-    st.caption(f"C2 · s_n of **{focus.head_label}** on `{name}`, with the spread over the {stats.num_images} images.")
+    st.caption(f"C2 · s_n of **{focus.head_label}** on {name}, with the spread over the {stats.num_images} images.")
 with c3:
     entropies = stats.entropy_over_images(*head_at)
     st.altair_chart(
@@ -49,7 +50,7 @@ with c3:
     )
     st.caption(
         f"C3 · entropy of **{focus.head_label}** over the {stats.num_images} images; "
-        f"`{name}`: {entropies['entropy'][image]:.3f} nats."
+        f"{name}: {entropies['entropy'][image]:.3f} nats."
     )
 
 st.subheader("Beyond the paper")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import streamlit as st
 
 from core.charts import prototype_chart
+from core.errors import HeadScopeError
 from core.patterns import DEFAULT_CLUSTERS, attention_cells, grid_maps, strong_links, token_names, weight_histogram
 from core.projection import start_umap_warmup
 from ui import patterns, session
-from ui.display import enlarge_for_display
+from ui.display import enlarge_for_display, plain
 
 st.set_page_config(page_title="Attention patterns · HeadScope", page_icon="🔭", layout="wide")
 ctx = session.page_context()
@@ -41,8 +42,8 @@ kind = "cls" if cls_maps else "patch"
 
 try:
     view = patterns.pattern_view(handle, ctx.image_set, kind, max_maps, n_clusters)
-except ValueError as err:
-    st.warning(str(err))
+except (ValueError, HeadScopeError) as err:
+    st.warning(plain(str(err)))
     view = None
 if view is not None:
     left, right = st.columns([3, 2], gap="large")

@@ -6,11 +6,12 @@ import streamlit as st
 
 from core.bundle import save_bundle
 from core.casestudy import findings
+from core.errors import HeadScopeError
 from core.importance import METRIC_HELP, METRICS
 from core.projection import start_umap_warmup
 from core.report import case_charts, mode_chart_key, render_report
 from ui import casestudy, session
-from ui.casestudy import plain
+from ui.display import plain
 
 st.set_page_config(page_title="Case study · HeadScope", page_icon="🔭", layout="wide")
 ctx = session.page_context()
@@ -62,8 +63,8 @@ if opened is not None:
 else:
     try:
         study = casestudy.live_study(handle, ctx.image_set, casestudy.live_settings(top_k))
-    except ValueError as err:
-        st.error(str(err))
+    except (ValueError, HeadScopeError) as err:
+        st.error(plain(str(err)))
         st.stop()
 
 found = findings(study, metric, top_k=min(top_k, study.settings.top_k))

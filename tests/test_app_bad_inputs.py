@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,8 @@ from safetensors.torch import save
 from streamlit.testing.v1 import AppTest
 
 from test_images import encode, png, solid, with_ihdr_size
+from test_markdown import HOSTILE_NAME, assert_text_only, live_markup, shown
+from ui.display import plain
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 TIMEOUT = 180
@@ -29,7 +32,7 @@ def _texts(at: AppTest) -> str:
     parts = [m.value for m in at.markdown] + [c.value for c in at.caption]
     for kind in ("error", "warning", "success", "info"):
         parts += [e.value for e in getattr(at, kind)]
-    return "\n".join(str(p) for p in parts)
+    return shown("\n".join(str(p) for p in parts))  # as read: names in it are escaped
 
 
 @pytest.fixture
@@ -91,8 +94,8 @@ def test_bad_image_gets_a_sentence_and_the_app_keeps_going(app: AppTest, case: s
     assert len(good_ids) == 1  # the bad file left nothing behind
 
     _upload(app, [(name, data)])  # the bad file alone: refused, the previous upload stays
-    assert app.error and name in app.error[0].value
-    assert "Still showing Uploaded images (1 image)" in app.error[0].value
+    assert app.error and name in shown(app.error[0].value)
+    assert "Still showing Uploaded images (1 image)" in shown(app.error[0].value)
     assert _uploaded_ids(app) == good_ids
     assert "Uploaded images (1 image)" in app.caption[0].value
 
@@ -137,7 +140,7 @@ def test_odd_but_legitimate_images_are_all_accepted(app: AppTest) -> None:
 def test_too_many_files_are_refused_at_once(app: AppTest) -> None:
     files = [(f"f{i}.png", png((i % 256, 0, 0), (16, 16))) for i in range(501)]
     _upload(app, files)
-    assert "501 files were uploaded; the limit is 500" in app.error[0].value
+    assert "501 files were uploaded; the limit is 500" in shown(app.error[0].value)
     assert _uploaded_ids(app) == []
     assert "360 images" in app.caption[0].value  # the samples stay
 
@@ -184,14 +187,83 @@ def _load_checkpoint(at: AppTest, name: str, data: bytes, file_name: str = "weig
 def test_bad_checkpoint_keeps_the_demo_model(app: AppTest, case: str) -> None:
     data, reason = BAD_CHECKPOINTS[case]
     _load_checkpoint(app, "test_vit", data)
-    assert app.error and reason in app.error[0].value, (case, [e.value for e in app.error])
+    assert app.error and reason in shown(app.error[0].value), (case, [e.value for e in app.error])
     assert app.caption[0].value.startswith("**demo**")
     assert "model_spec" not in app.session_state  # nothing of the failed load was kept
     _load_checkpoint(app, "test_vit", _state_bytes(timm.create_model("test_vit", pretrained=False)))
-    assert app.caption[0].value.startswith("**test_vit (checkpoint")  # the next good one loads
+    assert shown(app.caption[0].value).startswith("**test_vit (checkpoint")  # the next good one loads
 
 
 def test_plain_pickle_named_safetensors_is_read_by_content_and_safely(app: AppTest) -> None:
     _load_checkpoint(app, "test_vit", _legit_pickle(), "renamed.safetensors")
     assert not app.error
-    assert app.caption[0].value.startswith("**test_vit (checkpoint")
+    assert shown(app.caption[0].value).startswith("**test_vit (checkpoint")
+
+
+# --- user strings rendered as Markdown ----------------------------------------------------
+
+HOSTILE_URL_NAME = "https:host?1.png"
+HOSTILE_FOLDER = "[f](https:host) ![](https:host) $x$"
+
+
+def _markdown_sources(at: AppTest) -> list[str]:
+    """Every element Streamlit renders as Markdown, main area and sidebar."""
+    kinds = ("markdown", "caption", "subheader", "header", "title", "error", "warning", "info", "success")
+    return [str(element.value) for kind in kinds for element in getattr(at, kind)]
+
+
+def _holding(at: AppTest, user_string: str) -> list[str]:
+    """The Markdown sources that show ``user_string``; each must hold it as text, with nothing else live."""
+    found = [source for source in _markdown_sources(at) if plain(user_string) in source]
+    for source in found:
+        assert_text_only(source, user_string)
+    for source in _markdown_sources(at):
+        assert live_markup(source, allowed=":") == [], source
+    return found
+
+
+def test_upload_names_stay_text_in_the_focus_line_and_the_notes(app: AppTest) -> None:
+    _upload(app, [(HOSTILE_NAME, GOOD[1]), (HOSTILE_URL_NAME, b"not an image")])
+    assert not app.exception, app.exception
+    focus_line = _holding(app, HOSTILE_NAME)
+    assert any("predicted" in source for source in focus_line)  # the home page's focus line
+    assert [w for w in _holding(app, HOSTILE_URL_NAME) if w in [n.value for n in app.sidebar.warning]]
+
+    _upload(app, [(HOSTILE_URL_NAME, b"not an image")])  # refused alone: the sidebar's error quotes it
+    assert app.error and plain(HOSTILE_URL_NAME) in app.error[0].value
+    _holding(app, HOSTILE_URL_NAME)
+
+
+def test_zip_folder_and_file_names_stay_text(app: AppTest) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(f"{HOSTILE_FOLDER}/{HOSTILE_NAME}", GOOD[1])
+    app.radio(key="image_source").set_value("Upload a ZIP (ImageFolder)").run()
+    app.sidebar.get("file_uploader")[0].set_value(("set.zip", buffer.getvalue(), "application/zip"))
+    app.run()
+    assert not app.exception, app.exception
+    assert _holding(app, HOSTILE_FOLDER)  # the note on folders that match no class
+    assert _holding(app, HOSTILE_NAME)  # the focus line
+
+
+def test_a_typed_image_id_and_model_name_stay_text(app: AppTest) -> None:
+    app.text_input(key="focus_id_input").set_value(HOSTILE_NAME).run()
+    assert _holding(app, HOSTILE_NAME)  # "No image in this set has the id …"
+    typed = "vit` [a](https:host) ![](https:host) `"
+    app.radio(key="model_source").set_value("timm model").run()
+    app.text_input(key="timm_name").set_value(typed).run()
+    app.button(key="load_model").click().run()
+    assert not app.exception, app.exception
+    assert app.error and _holding(app, typed.strip())
+
+
+@pytest.mark.parametrize("page", ["pages/1_Head_Importance.py", "pages/2_Attention_Strength.py"])
+def test_the_focus_image_name_stays_text_on_the_view_pages(app: AppTest, page: str) -> None:
+    _upload(app, [(HOSTILE_NAME, GOOD[1])])
+    app.switch_page(page).run()
+    if page.endswith("Head_Importance.py"):
+        app.radio(key="importance_scope").set_value(app.radio(key="importance_scope").options[1]).run()
+    assert not app.exception, app.exception
+    shown_in = _holding(app, HOSTILE_NAME)
+    expected = 2 if page.endswith("Head_Importance.py") else 5  # B1's caption and B2's heading; C1 to D3
+    assert len(shown_in) >= expected, shown_in

@@ -162,5 +162,38 @@ def test_names_in_a_bundle_are_shown_as_text_not_markdown(page: AppTest, small_s
     _upload(page, "hostile.zip", save_bundle(dataclasses.replace(small_study, manifest=manifest)))
     _ok(page)
     shown = page.info[0].value
-    assert "\\!\\[x\\]\\(https\\://evil\\.example/a\\.png\\) \\$x\\$" in shown
+    # however the shared helper escapes, the image syntax and the LaTeX stay backslash-escaped text
+    assert "\\!\\[x\\]" in shown and "\\$x\\$" in shown
     assert "![x](" not in shown
+
+
+def test_a_bundle_with_absurd_numbers_is_one_sentence_and_an_accepted_one_renders(page: AppTest, small_study) -> None:
+    """A NaN cluster id or an infinite map count once crashed the page on every rerun."""
+    import numpy as np
+    import pandas as pd
+
+    from core.report import render_report
+    from ui import casestudy
+
+    _upload(page, "small.zip", save_bundle(small_study))
+    _ok(page)
+    expected = _headings(page)
+    for table, column, value in (("pattern_heads", "cluster", np.nan), ("pattern_clusters", "maps", np.inf), ("pattern_heads", "cluster", 1e300)):
+        frame = small_study.tables[table].astype({column: float})
+        frame.loc[0, column] = value
+        hostile = dataclasses.replace(small_study, tables={**small_study.tables, table: frame})
+        _upload(page, f"{table}.zip", save_bundle(hostile))
+        assert not page.exception, page.exception
+        assert len(page.error) == 1 and "not finite" in page.error[0].value.replace("\\", "")
+        assert _headings(page) == expected  # the opened bundle stays
+
+    samples = small_study.tables["pattern_samples"].assign(x=1e9)
+    edge = dataclasses.replace(
+        small_study,
+        tables={**small_study.tables, "pattern_samples": samples, "images": small_study.tables["images"].assign(probability=1.0)},
+    )
+    _upload(page, "edge.zip", save_bundle(edge))
+    _ok(page)
+    opened = page.session_state[casestudy.OPENED_KEY].study
+    pd.testing.assert_frame_equal(opened.tables["pattern_samples"], samples)
+    assert "<html" in render_report(opened, "probability")

@@ -16,6 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.digits import digit_images, digits_split
 from test_images import encode
+from test_markdown import shown
 
 TIMEOUT = 180
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
@@ -35,7 +36,7 @@ def _texts(at: AppTest) -> str:
     parts = [m.value for m in at.markdown] + [c.value for c in at.caption]
     for kind in ("error", "warning", "success", "info"):
         parts += [e.value for e in getattr(at, kind)]
-    return "\n".join(str(p) for p in parts)
+    return shown("\n".join(str(p) for p in parts))  # as read: names in it are escaped
 
 
 def test_demo_overview_and_top5(app: AppTest) -> None:
@@ -58,7 +59,7 @@ def test_typing_an_id_moves_the_focus(app: AppTest) -> None:
     app.text_input(key="focus_id_input").set_value(other.id).run()
     assert app.text_input(key="focus_id_input").value == other.id
     assert app.session_state["focus"].image_id == other.id
-    assert f"`{other.name}`" in _texts(app)
+    assert f"{other.name} · " in _texts(app)
     app.text_input(key="focus_id_input").set_value("no-such-id").run()
     assert not app.exception
     assert "No image in this set has the id 'no-such-id'" in _texts(app)
@@ -98,7 +99,7 @@ def test_bad_model_names_keep_the_demo_model(app: AppTest) -> None:
     app.text_input(key="timm_name").set_value("resnet_not_a_model").run()
     app.button(key="load_model").click().run()
     assert not app.exception
-    assert "timm has no model called 'resnet_not_a_model'" in app.error[0].value
+    assert "timm has no model called 'resnet_not_a_model'" in shown(app.error[0].value)
     assert "demo" in app.caption[0].value
     app.text_input(key="timm_name").set_value("test_vit").run()
     app.button(key="load_model").click().run()  # offline, nothing cached
@@ -115,7 +116,7 @@ def test_checkpoint_upload_switches_model(app: AppTest) -> None:
     app.run()
     app.button(key="load_model").click().run()
     assert not app.exception
-    assert app.caption[0].value.startswith("**test_vit (checkpoint")
+    assert shown(app.caption[0].value).startswith("**test_vit (checkpoint")
     assert "scikit-image" in app.caption[0].value or "photos" in app.caption[0].value.lower()
     assert len(app.dataframe[0].value) == 5
 
@@ -138,7 +139,7 @@ def test_malicious_checkpoint_upload_is_refused_and_demo_stays(app: AppTest, tmp
     app.run()
     app.button(key="load_model").click().run()
     assert not app.exception
-    assert "could not be loaded safely" in app.error[0].value
+    assert "could not be loaded safely" in shown(app.error[0].value)
     assert app.caption[0].value.startswith("**demo**")
     assert not sentinel.exists()
 
@@ -178,6 +179,6 @@ def test_a_bad_upload_keeps_the_previous_images(app: AppTest) -> None:
     app.sidebar.get("file_uploader")[0].set_value([("empty.png", b"", "image/png")])
     app.run()
     assert not app.exception
-    assert "empty.png is empty" in app.error[0].value
-    assert "Still showing Uploaded images (2 images)" in app.error[0].value
+    assert "empty.png is empty" in shown(app.error[0].value)
+    assert "Still showing Uploaded images (2 images)" in shown(app.error[0].value)
     assert "Uploaded images (2 images)" in app.caption[0].value

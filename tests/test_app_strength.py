@@ -94,7 +94,7 @@ def test_a_two_image_upload_gives_a_spread_over_two_images(monkeypatch) -> None:
     at.switch_page(PAGE).run()
     assert not at.exception and not at.error
     text = _captions(at)
-    assert "over the 2 images" in text and "`u0.png`" in text
+    assert "over the 2 images" in text and "on u0.png" in text
     at.radio(key="strength_scope").set_value("Set mean").run()
     assert not at.exception and "averaged over the 2 images" in _captions(at)
 

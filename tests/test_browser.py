@@ -118,10 +118,36 @@ def shots(tmp_path_factory) -> Path:
 
 
 
-def _digit_files(indices: list[int]) -> list[dict]:
+def _digit_files(indices: list[int], names: list[str] | None = None) -> list[dict]:
     test = digits_split(0, 0.2).test
     images, _ = digit_images(np.array([int(test[i]) for i in indices]))
-    return [{"name": f"digit_{i}.png", "mimeType": "image/png", "buffer": encode(im)} for i, im in zip(indices, images)]
+    names = names or [f"digit_{i}.png" for i in indices]
+    return [{"name": name, "mimeType": "image/png", "buffer": encode(im)} for name, im in zip(names, images)]
+
+
+# Upload names a hostile user would pick: Markdown that would render a link and fetch an
+# image, and names that vega-tooltip would fetch if a tooltip showed them as <img src=NAME>
+HOSTILE_UPLOADS = ["x` [click me](https:host) ![](https:host) `.png", "https:host?1.png", "https:host?2.png"]
+_HOVER_GRID = (12, 8)
+_TOOLTIP = "document.getElementById('vg-tooltip-element')?.innerHTML ?? ''"
+
+
+def _hover_every_chart(page) -> set[str]:
+    """Move the mouse over a grid across every chart on the page; the tooltips' markup that showed."""
+    tooltips: set[str] = set()
+    for chart in page.query_selector_all('[data-testid="stVegaLiteChart"]'):
+        chart.scroll_into_view_if_needed()
+        box = chart.bounding_box()
+        if box is None:
+            continue
+        columns, rows = _HOVER_GRID
+        for i in range(columns):
+            for j in range(rows):
+                page.mouse.move(box["x"] + box["width"] * (i + 0.5) / columns, box["y"] + box["height"] * (j + 0.5) / rows)
+                tooltip = page.evaluate(_TOOLTIP)
+                if tooltip:
+                    tooltips.add(tooltip)
+    return tooltips
 
 
 # --- the synchronous, single-session tests ------------------------------------------
@@ -172,6 +198,16 @@ def test_pages_exist_for_every_view() -> None:
 
 def test_upload_then_visit_every_page(server: str, browser, shots: Path) -> None:
     page = browser.new_page(viewport={"width": 1500, "height": 1000})
+    offsite: list[str] = []
+
+    def only_the_server(route) -> None:
+        if route.request.url.startswith(server):
+            route.continue_()
+        else:
+            offsite.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_the_server)
     page.goto(server)
     page.wait_for_selector('[data-testid="stVegaLiteChart"]', timeout=PAGE_TIMEOUT_MS)
     _settle(page)
@@ -179,10 +215,13 @@ def test_upload_then_visit_every_page(server: str, browser, shots: Path) -> None
 
     page.get_by_text("Upload images", exact=True).click()
     page.wait_for_selector('[data-testid="stFileUploaderDropzoneInput"]', state="attached")
-    page.set_input_files('[data-testid="stFileUploaderDropzoneInput"]', files=_digit_files([0, 1, 2]))
+    page.set_input_files('[data-testid="stFileUploaderDropzoneInput"]', files=_digit_files([0, 1, 2], HOSTILE_UPLOADS))
     page.wait_for_selector("text=3 images ready", timeout=PAGE_TIMEOUT_MS)
     _settle(page)
     _assert_no_error(page, "home after the upload")
+    # the hostile name is shown as the text it is: no link, no image fetched from it
+    assert "[click me](https:host) ![](https:host)" in page.inner_text('[data-testid="stMain"]')
+    tooltips = _hover_every_chart(page)
     page.screenshot(path=str(shots / "0_home.png"), full_page=True)
 
     for page_file in PAGES:
@@ -190,7 +229,13 @@ def test_upload_then_visit_every_page(server: str, browser, shots: Path) -> None
         _assert_no_error(page, page_file.name)
         # the upload stays the analysed set on every page
         assert "Uploaded images (3 images)" in page.inner_text('[data-testid="stSidebar"]')
+        tooltips |= _hover_every_chart(page)
         page.screenshot(path=str(shots / f"{page_file.stem}.png"), full_page=True)
+        assert not page.query_selector_all('[data-testid="stMain"] a[href*="host"], img[src*="host"]'), page_file.name
+    page.wait_for_timeout(500)  # time for any fetch a tooltip started to be requested
+    assert offsite == []
+    assert tooltips  # the hover reached the marks
+    assert not [tip for tip in tooltips if "<img" in tip or "<h2" in tip]
 
     page.locator('[data-testid="stSidebarNav"] a').first.click()
     _settle(page)

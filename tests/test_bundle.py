@@ -15,10 +15,11 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from core.bundle import MANIFEST, BundleLimits, load_bundle, save_bundle, write_bundle
-from core.casestudy import ARRAYS, BUNDLE_VERSION, TABLES
+from core.casestudy import ARRAYS, BUNDLE_VERSION, TABLE_COLUMNS, TABLES
 from core.errors import BundleRejected, HeadScopeError
 
 # Set when an object in a refused .npy is unpickled: it must never be.
@@ -235,7 +236,7 @@ def _parquet(frame: pd.DataFrame) -> bytes:
     "table, change, match",
     [
         ("importance_overall", lambda f: f.assign(value=f["value"].astype(str)), "does not hold numbers"),
-        ("pattern_heads", lambda f: f.assign(head=f["head"] + 100), "points outside the model"),
+        ("pattern_heads", lambda f: f.assign(head=f["head"] + 100), "out of range"),
         ("importance_overall", lambda f: f[f["metric"] != "taylor"], "do not match its manifest"),
         ("partial", lambda f: f.assign(mode="everything"), "unknown pruning mode"),
     ],
@@ -327,7 +328,7 @@ def test_array_shape_must_match_the_manifest(small_study, bundle):
 
 def test_manifest_describing_other_images_is_refused(bundle):
     # Every array is intact, but the manifest claims one image fewer.
-    _refused(_edited(bundle, manifest=lambda meta: meta["image_set"]["images"].pop()), "has shape|do not match its manifest|points outside")
+    _refused(_edited(bundle, manifest=lambda meta: meta["image_set"]["images"].pop()), "has shape|do not match its manifest|out of range|rows, more than")
 
 
 def test_array_with_fewer_values_than_its_header_is_damage(small_study, bundle):
@@ -402,3 +403,229 @@ def test_bundle_of_another_model_is_refused_naming_both(small_study, bundle):
 def test_bundle_of_another_model_is_refused_without_a_name(small_study, bundle):
     message = _refused(bundle, "load that model", model_key="other")
     assert "'other'" in message and f"'{small_study.manifest['model']['name']}'" in message
+
+
+# --- hostile sizes: refused before the expensive step ------------------------------------
+
+
+def _with_zip64_end(data: bytes, entries: int, size: int) -> bytes:
+    """The bundle with a zip64 end record declaring ``entries`` and ``size`` before a classic record claiming none."""
+    directory_start = data.index(b"PK\x01\x02")
+    body = data[: data.rindex(b"PK\x05\x06")]
+    record = struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, entries, entries, size, directory_start)
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, len(body), 1)
+    classic = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 0, 0, 0, 0, 0)
+    return body + record + locator + classic
+
+
+@pytest.mark.parametrize("entries, size, match", [(4_000_000, 200_000, "declares 4,000,000 files"), (20, 2**30, "file directory declares")])
+def test_end_records_declaring_a_huge_directory_are_refused_before_zipfile_parses_it(bundle, monkeypatch, entries, size, match):
+    """4 million entries cost zipfile 23 s and 1.8 GB; only the end records are read here."""
+    import core.bundle
+
+    data = _with_zip64_end(bundle, entries, size)
+    monkeypatch.setattr(core.bundle.zipfile, "ZipFile", lambda *a, **k: pytest.fail("zipfile parsed the directory"))
+    _refused(data, match)
+
+
+def test_max_members_fits_a_real_bundle_with_room(small_study, bundle):
+    assert len(_members(bundle)) < 64 < BundleLimits().max_members <= 4096
+
+
+def test_manifest_bound_fits_the_image_cap_and_is_enforced(bundle):
+    """A real manifest's size per image, times the image cap, fits; a manifest past the bound is refused unparsed."""
+    meta = json.loads(_members(bundle)[MANIFEST])
+    per_image = len(json.dumps(meta["image_set"]["images"], indent=2)) / len(meta["image_set"]["images"])
+    limits = BundleLimits()
+    assert limits.max_images * 2 * per_image < limits.max_manifest_bytes <= 16 * 2**20
+    junk = json.dumps(meta)[:-1].encode() + b', "junk": [' + b"{}," * 4_000_000 + b"{}]}"
+    _refused(_pack({**_members(bundle), MANIFEST: junk}), "manifest.json is larger than")
+
+
+def test_too_many_images_are_refused(bundle):
+    _refused(bundle, "covers 24 images; the limit is 23", limits=BundleLimits(max_images=23))
+
+
+@pytest.mark.parametrize("where", ["core.bundle.json.loads", "core.bundle.pq.ParquetFile.read", "core.bundle.np.load"])
+def test_running_out_of_memory_is_a_sentence(bundle, monkeypatch, where):
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(where, out_of_memory)
+    _refused(bundle, "needs more memory than is free")
+
+
+def _forbid(monkeypatch, owner, attribute: str, when: Callable[..., bool]) -> None:
+    """Make ``owner.attribute`` fail the test when called on what ``when`` picks out (other calls go through)."""
+    real = getattr(owner, attribute)
+
+    def guarded(*args, **kwargs):
+        if when(*args):
+            pytest.fail(f"{attribute} was reached for the hostile member")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, attribute, guarded)
+
+
+def _metric_text(small_study, compression: str = "snappy") -> bytes:
+    """importance_per_image with its honest row count, each metric a 512 KiB string: ~2 GB once decoded per row."""
+    table = small_study.tables["importance_per_image"].assign(metric="x" * 2**19)
+    buffer = io.BytesIO()
+    table.to_parquet(buffer, index=False, compression=compression)
+    return buffer.getvalue()
+
+
+def test_a_dictionary_string_repeated_on_every_row_is_refused_before_decoding(small_study, bundle, monkeypatch):
+    import core.bundle
+
+    content = _metric_text(small_study)
+    assert len(content) < 100_000
+    rows = len(small_study.tables["importance_per_image"])
+    _forbid(monkeypatch, core.bundle, "_frame", lambda table, text: table.num_rows == rows)
+    _refused(_edited(bundle, replace={"tables/importance_per_image.parquet": content}), "text longer than HeadScope writes")
+
+
+def test_a_table_codec_without_a_bounded_ratio_is_refused_unread(small_study, bundle, monkeypatch):
+    _forbid(monkeypatch, pq.ParquetFile, "read", lambda file: file.metadata.row_group(0).column(0).compression == "ZSTD")
+    content = _metric_text(small_study, "zstd")
+    _refused(_edited(bundle, replace={"tables/importance_per_image.parquet": content}), "compressed with ZSTD")
+
+
+def test_a_table_with_more_rows_than_the_manifest_allows_is_refused_unread(small_study, bundle, monkeypatch):
+    clusters = pd.concat([small_study.tables["pattern_clusters"]] * 1000, ignore_index=True)
+    data = _edited(bundle, replace={"tables/pattern_clusters.parquet": _parquet(clusters)})
+    _forbid(monkeypatch, pq.ParquetFile, "read", lambda file: file.metadata.num_rows == len(clusters))
+    _refused(data, "rows, more than the 4 its manifest.json allows")
+
+
+def test_a_member_larger_than_its_kind_is_refused_before_any_member_is_read(small_study, bundle, monkeypatch):
+    """A checksummed thumbnail of zeros (1 GiB of them cost 2 GB before): refused from the listed size."""
+    import core.bundle
+
+    read: list[str] = []
+    real = core.bundle._read_member
+    monkeypatch.setattr(core.bundle, "_read_member", lambda archive, info, entry: read.append(info.filename) or real(archive, info, entry))
+    name = f"images/{next(iter(small_study.thumbnails))}.png"
+    _refused(_edited(bundle, replace={name: bytes(2 * 2**20)}), "more than any thumbnail")
+    array = _npy(np.zeros((10**6,), dtype=np.float32))
+    _refused(_edited(bundle, replace={"arrays/entropy.npy": array}), "more than any array 'entropy'")
+    assert read == []
+
+
+def test_members_are_read_one_at_a_time_and_a_bad_one_stops_the_rest(small_study, bundle, monkeypatch):
+    import core.bundle
+
+    read: list[str] = []
+    real = core.bundle._read_member
+    monkeypatch.setattr(core.bundle, "_read_member", lambda archive, info, entry: read.append(info.filename) or real(archive, info, entry))
+    curve = small_study.tables["pruning_curve"].assign(accuracy=np.nan)
+    _refused(_edited(bundle, replace={"tables/pruning_curve.parquet": _parquet(curve)}), "not finite")
+    assert read == [f"tables/{name}.parquet" for name in TABLES[: TABLES.index("pruning_curve") + 1]]
+
+
+# --- every number read from a bundle -----------------------------------------------------
+
+
+_TEXT_COLUMNS = {
+    "images": {"id", "name", "label", "target"}, "importance_overall": {"metric"}, "importance_per_image": {"metric"},
+    "pruning_curve": {"order"}, "partial": {"image_id", "mode", "predicted"}, "pattern_heads": {"head_label"},
+    "pattern_clusters": {"heads"},
+}
+_NUMERIC = [(t, c) for t, columns in TABLE_COLUMNS.items() for c in columns if c not in _TEXT_COLUMNS.get(t, ())]
+_ABSURD = (np.nan, np.inf, 1e300)
+
+
+@pytest.mark.parametrize("table, column", _NUMERIC, ids=[f"{t}.{c}" for t, c in _NUMERIC])
+def test_a_non_finite_or_absurd_number_in_any_table_column_is_refused(small_study, bundle, table, column):
+    frame = small_study.tables[table]
+    assert len(frame), f"the study has no rows in {table} to damage"
+    for value in _ABSURD:
+        damaged = frame.astype({column: float})
+        damaged.loc[0, column] = value
+        data = _edited(bundle, replace={f"tables/{table}.parquet": _parquet(damaged)})
+        _refused(data, f"column '{column}' of table '{table}' holds a number that is not finite, not whole or out of range")
+
+
+@pytest.mark.parametrize(
+    "table, column, value",
+    [("pattern_heads", "cluster", 1.5), ("pattern_samples", "cluster", 4), ("images", "probability", 1.5),
+     ("importance_unpruned", "target", 10), ("partial", "drop", -1.5), ("pattern_clusters", "maps", -1)],
+)
+def test_a_fractional_or_out_of_range_number_is_refused(small_study, bundle, table, column, value):
+    damaged = small_study.tables[table].astype({column: float})
+    damaged.loc[0, column] = value
+    _refused(_edited(bundle, replace={f"tables/{table}.parquet": _parquet(damaged)}), "out of range|cluster that table")
+
+
+@pytest.mark.parametrize("name", ARRAYS)
+def test_a_non_finite_or_absurd_number_in_any_array_is_refused(small_study, bundle, name):
+    for value in _ABSURD:
+        array = small_study.arrays[name].astype(np.float64)
+        array.flat[0] = value
+        _refused(_edited(bundle, replace={f"arrays/{name}.npy": _npy(array)}), f"array '{name}' holds a number")
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["format_version", "settings.top_k", "settings.hurt_images", "settings.max_maps", "settings.n_clusters",
+     "settings.curve_steps", "settings.seed", "model.num_layers", "model.num_heads", "model.grid", "model.num_prefix_tokens",
+     "model.patch_size", "patterns.reconstruction_mse", "patterns.baseline_mse", "image_set.images"],
+)
+def test_a_non_finite_or_absurd_number_in_the_manifest_is_refused(bundle, path):
+    """JSON parsing accepts NaN and Infinity; a whole number of 300 digits is still an int."""
+    def set_to(value):
+        def edit(meta):
+            *parents, last = path.split(".")
+            target = meta
+            for part in parents:
+                target = target[part]
+            if last == "images":
+                target[last][0]["label"] = value
+            elif isinstance(target[last], list):
+                target[last] = [value, value]
+            else:
+                target[last] = value
+        return edit
+
+    whole = not path.startswith("patterns.")  # an error may be fractional; every other field counts or indexes
+    for value in (float("nan"), float("inf"), 1e300, 10**300, -(10**300), *([1.5] if whole else [])):
+        _refused(_edited(bundle, manifest=set_to(value)), "has no valid|update HeadScope")
+
+
+def test_edge_values_are_accepted_and_render(small_study, bundle):
+    """Values at the ends of their ranges are honest: the bundle opens and the findings and report render."""
+    from core.casestudy import findings
+    from core.report import render_report
+
+    tables = dict(small_study.tables)
+    tables["images"] = tables["images"].assign(probability=1.0)
+    tables["importance_unpruned"] = tables["importance_unpruned"].assign(probability=0.0)
+    per_image = tables["importance_per_image"]
+    tables["importance_per_image"] = per_image.assign(value=np.where(per_image["metric"] == "taylor", -1e9, per_image["value"]))
+    tables["pattern_samples"] = tables["pattern_samples"].assign(x=1e9)
+    tables["partial"] = tables["partial"].assign(removed_attention=0.0, drop=1.0)
+    edited = dataclasses.replace(small_study, tables=tables)
+
+    loaded = load_bundle(save_bundle(edited))
+
+    for name in TABLES:
+        pd.testing.assert_frame_equal(loaded.tables[name], edited.tables[name])
+    for metric in ("probability", "taylor"):
+        assert findings(loaded, metric).heads
+        assert "<html" in render_report(loaded, metric)
+
+
+def test_a_study_in_which_no_head_hurts_any_image_saves_and_reopens(small_study, demo_handle) -> None:
+    from types import SimpleNamespace
+
+    from core.casestudy import _partial_table, findings
+    from core.report import render_report
+
+    no_heads = SimpleNamespace(unpruned=small_study.tables["importance_unpruned"])
+    empty = _partial_table(demo_handle, None, no_heads, [], 3, None)
+    study = dataclasses.replace(small_study, tables={**small_study.tables, "partial": empty})
+    reopened = load_bundle(save_bundle(study), model_key=demo_handle.key)
+    assert reopened.tables["partial"].empty
+    assert tuple(reopened.tables["partial"].columns) == TABLE_COLUMNS["partial"]
+    assert all("lowers no single image's target probability" in head.mechanism for head in findings(reopened).heads)
+    assert "<html" in render_report(reopened, "probability").lower()

@@ -813,3 +813,219 @@ def test_huge_16bit_image_is_reduced_before_conversion() -> None:
     assert max(item.image.size) == DEFAULT_LIMITS.max_side
     assert item.image.mode == "RGB"
     assert np.asarray(item.image).std() > 10  # range-mapped, not clipped to white
+
+
+# ---------------------------------------------------------------- hostile structure
+
+
+def _never_called(*args: object, **kwargs: object) -> None:
+    raise AssertionError("reached the expensive step")
+
+
+def test_zip64_record_declaring_millions_of_entries_is_refused_before_parsing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Only the end records: a classic one claiming an empty directory, and the zip64 one
+    # zipfile trusts instead, declaring 4 million 47-byte entries.
+    zip64 = struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, 4_000_000, 4_000_000, 188_000_000, 0)
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, 0, 1)
+    classic = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 0, 0, 0, 0, 0)
+    monkeypatch.setattr(zipfile, "ZipFile", _never_called)
+    with pytest.raises(ImageRejected, match="lists far more entries than the limit of 500 files"):
+        image_set_from_zip(zip64 + locator + classic, CLASSES)
+
+
+def test_honest_zip64_archive_still_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    buffer = io.BytesIO()
+    # zipfile writes zip64 end records only past 65,535 entries; lowering the limit makes
+    # it write them for three.
+    monkeypatch.setattr(zipfile, "ZIP_FILECOUNT_LIMIT", 1)
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for index in range(3):
+            with archive.open(f"tabby/{index}.png", "w", force_zip64=True) as entry:
+                entry.write(png((index, 9, 9)))
+    monkeypatch.undo()
+    data = buffer.getvalue()
+    assert b"PK\x06\x06" in data and b"PK\x06\x07" in data
+    image_set, notes = image_set_from_zip(data, CLASSES)
+    assert len(image_set) == 3 and set(image_set.labels) == {0}
+    assert notes == []
+
+
+def test_zip_entry_with_an_empty_name_is_not_a_crash() -> None:
+    data = make_zip({"": b"x", "tabby/a.png": png()})
+    image_set, _ = image_set_from_zip(data, CLASSES)
+    assert len(image_set) == 1
+
+
+def progressive(size: tuple[int, int] = (64, 48)) -> bytes:
+    return encode(solid((90, 140, 200), size), "JPEG", progressive=True, quality=90)
+
+
+def with_repeated_scan(data: bytes, times: int) -> bytes:
+    """The JPEG with its smallest scan (SOS header and entropy data) repeated before EOI."""
+    starts = [m.start() for m in re.finditer(rb"\xff\xda", data)]
+    ends = [re.compile(rb"\xff[^\x00\xd0-\xd7]").search(data, start + 2).start() for start in starts]
+    start, end = min(zip(starts, ends), key=lambda pair: pair[1] - pair[0])
+    eoi = data.rindex(b"\xff\xd9")
+    return data[:eoi] + data[start:end] * times + data[eoi:]
+
+
+def test_honest_progressive_jpeg_decodes() -> None:
+    data = progressive()
+    assert data.count(b"\xff\xda") >= 6
+    image = decode_image(data, "prog.jpg").image
+    assert image.size == (64, 48)
+    assert max(abs(a - b) for a, b in zip(image.getpixel((30, 20)), (90, 140, 200))) < 8
+
+
+def test_jpeg_with_thousands_of_scans_is_refused_before_decoding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = with_repeated_scan(progressive(), 5000)
+    assert len(data) < 200_000
+    monkeypatch.setattr(Image, "open", _never_called)
+    message = rejection(data, "scans.jpg")
+    assert message.startswith("scans.jpg is a JPEG with 5,0") and "scans; the limit is 256" in message
+
+
+def test_jpeg_header_segments_and_padding_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = encode(solid((1, 2, 3)), "JPEG")
+    comments = data[:2] + b"\xff\xfe\x00\x02" * 5000 + data[2:]
+    padded = data[:2] + b"\xff" * (2**20 + 10) + data[2:]
+    monkeypatch.setattr(Image, "open", _never_called)
+    assert "too many header segments; the limit is 4,096" in rejection(comments, "c.jpg")
+    assert "more than 1 MB of padding" in rejection(padded, "p.jpg")
+
+
+def test_multi_picture_jpeg_with_thumbnails_still_decodes() -> None:
+    thumb = encode(solid((0, 0, 255)), "JPEG", progressive=True)
+    exif = Image.Exif()
+    exif[0x010E] = "x"
+    data = encode(solid((255, 0, 0)), "MPO", save_all=True, append_images=[solid((0, 0, 255))],
+                  progressive=True, exif=exif.tobytes() + thumb)
+    assert data.count(b"\xff\xda") >= 10
+    red, _, _ = decode_image(data, "phone.jpg").image.getpixel((8, 8))
+    assert red > 200
+
+
+def tiff_ifd(tags: list[tuple[int, int, int, int]], body: bytes) -> bytes:
+    """A little-endian TIFF of one IFD; a value of -1 is replaced by the body's offset."""
+    start = 8 + 2 + 12 * len(tags) + 4
+    entries = b"".join(
+        struct.pack("<HHLL", tag, typ, count, start if value == -1 else value)
+        for tag, typ, count, value in sorted(tags)
+    )
+    return b"II*\x00" + struct.pack("<L", 8) + struct.pack("<H", len(tags)) + entries + b"\0\0\0\0" + body
+
+
+def test_tiff_with_a_tile_far_larger_than_the_image_is_refused_before_decoding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    body = zlib.compress(bytes(46336 * 16))
+    data = tiff_ifd(
+        [(256, 4, 1, 64), (257, 4, 1, 64), (258, 3, 1, 8), (259, 3, 1, 8), (262, 3, 1, 1),
+         (277, 3, 1, 1), (322, 4, 1, 46336), (323, 4, 1, 46336), (324, 4, 1, -1),
+         (325, 4, 1, len(body))],
+        body,
+    )
+    monkeypatch.setattr(Image, "open", _never_called)
+    assert rejection(data, "tile.tif") == (
+        "tile.tif is 64x64 pixels but stores them in tiles of 46336x46336; "
+        "save it again with a standard image editor."
+    )
+
+
+def test_tiff_listing_more_strips_than_its_height_allows_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    count = 10_000
+    offsets = struct.pack(f"<{count}L", *([0] * count))
+    data = tiff_ifd(
+        [(256, 4, 1, 64), (257, 4, 1, 64), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+         (277, 3, 1, 1), (278, 4, 1, 1), (273, 4, count, -1), (279, 4, count, -1)],
+        offsets,
+    )
+    monkeypatch.setattr(Image, "open", _never_called)
+    assert "lists 10,000 strips or tiles where its size allows 64" in rejection(data, "s.tif")
+
+
+def test_tiff_tag_with_a_huge_value_count_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    count = 2**18 + 1
+    data = tiff_ifd(
+        [(256, 4, 1, 8), (257, 4, 1, 8), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+         (273, 4, 1, 0), (277, 3, 1, 1), (279, 4, 1, 64), (0xC000, 3, count, -1)],
+        bytes(2 * count),
+    )
+    monkeypatch.setattr(Image, "open", _never_called)
+    assert "has a TIFF tag of 262,145 values; the limit is 262,144" in rejection(data, "t.tif")
+
+
+@pytest.mark.parametrize(
+    ("shape", "tile", "compression"),
+    [((48, 64, 3), (16, 16), None), ((40, 24, 3), (256, 256), "zlib"), ((64, 80), (32, 48), "zlib")],
+)
+def test_honest_tiled_tiffs_still_load(
+    shape: tuple[int, ...], tile: tuple[int, int], compression: str | None
+) -> None:
+    import tifffile  # a dependency of scikit-image
+    pixels = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, pixels, tile=tile, compression=compression)
+    with Image.open(io.BytesIO(buffer.getvalue())) as img:
+        assert img.tag_v2[322] == tile[1] and img.tag_v2[323] == tile[0]
+    image = decode_image(buffer.getvalue(), "tiled.tif").image
+    assert image.size == (shape[1], shape[0])
+    expected = pixels if pixels.ndim == 3 else np.repeat(pixels[..., None], 3, axis=2)
+    assert np.array_equal(np.asarray(image), expected)
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def test_png_of_too_many_chunks_is_refused_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = png()
+    idat = data.index(b"IDAT") - 4
+    hostile = data[:idat] + png_chunk(b"abCd", b"") * 100_001 + data[idat:]
+    monkeypatch.setattr(Image, "open", _never_called)
+    assert "is a PNG made of too many chunks; the limit is 100,000" in rejection(hostile, "c.png")
+
+
+def test_png_with_megabytes_of_exif_is_refused() -> None:
+    data = png()
+    idat = data.index(b"IDAT") - 4
+    hostile = data[:idat] + png_chunk(b"eXIf", b"II*\x00" + bytes(2**20 + 10)) + data[idat:]
+    assert rejection(hostile, "e.png") == (
+        "e.png carries 1 MB of EXIF metadata; the limit is 1 MB, so save it again without the metadata."
+    )
+
+
+def test_gif_with_too_many_blocks_before_its_frame_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = encode(Image.new("P", (16, 16), 3), "GIF")
+    frame = data.index(b",")
+    hostile = data[:frame] + b"!\x99" + b"\x01x" * 100_001 + b"\x00" + data[frame:]
+    monkeypatch.setattr(Image, "open", _never_called)
+    assert "is a GIF with too many blocks before its first frame" in rejection(hostile, "g.gif")
+
+
+def test_large_rle_bmp_is_refused_and_a_small_one_decodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    def rle_bmp(codes: bytes) -> bytes:
+        palette = b"".join(bytes((i, i, i, 0)) for i in range(256))
+        offset = 14 + 40 + len(palette)
+        info = struct.pack("<IiiHHIIiiII", 40, 16, 16, 1, 8, 1, len(codes), 2835, 2835, 256, 0)
+        return b"BM" + struct.pack("<IHHI", offset + len(codes), 0, 0, offset) + info + palette + codes
+
+    honest = rle_bmp(b"\x10\x80\x00\x00" * 16 + b"\x00\x01")
+    assert decode_image(honest, "ok.bmp").image.getpixel((3, 3)) == (128, 128, 128)
+    monkeypatch.setattr(Image, "open", _never_called)
+    assert "run-length compressed BMP with 2 MB of pixel data; the limit is 2 MB" in rejection(
+        rle_bmp(b"\x00\x00" * 2**20 + b"\x00\x00\x00\x01"), "r.bmp"
+    )
+
+
+def test_hostile_files_are_dropped_and_good_ones_kept() -> None:
+    hostile = with_repeated_scan(progressive(), 400)
+    image_set, notes = image_set_from_files([("good.png", png()), ("bomb.jpg", hostile), ("b.png", png((1, 1, 1)))])
+    assert [item.name for item in image_set.images] == ["good.png", "b.png"]
+    assert len(notes) == 1 and notes[0].startswith("bomb.jpg is a JPEG with")

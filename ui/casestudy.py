@@ -9,7 +9,6 @@ until the user closes it; a bad bundle leaves the previous state untouched.
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 
 import streamlit as st
@@ -133,14 +132,3 @@ def open_in_view(view: str, layer: int, head: int, image_set: ImageSet, image_id
         session.set_focus_image(image_id)
     st.switch_page(VIEW_PAGES[view][0])
 
-
-_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
-
-
-def plain(text: str) -> str:
-    """``text`` with Markdown's special characters escaped: names from a bundle or an upload stay text.
-
-    Streamlit's Markdown would otherwise turn ``![](https://…)`` into an image fetched from
-    anywhere, ``$…$`` into LaTeX and ``:name:`` into icons.
-    """
-    return _MARKDOWN.sub(r"\\\1", str(text))

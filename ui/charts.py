@@ -5,7 +5,7 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
-from core.charts import FOCUS_RED
+from core.charts import FOCUS_RED, tooltip_field
 
 OVERVIEW_SELECTION = "pick"
 HEAD_SELECTION = "head"  # every chart where a click picks a head: fields layer, head
@@ -45,11 +45,11 @@ def overview_chart(points: pd.DataFrame, focus_id: str | None) -> alt.LayerChart
             stroke=alt.condition("datum.wrong", alt.value("#222222"), alt.value("white")),
             strokeWidth=alt.condition("datum.wrong", alt.value(1.5), alt.value(0.5)),
             tooltip=[
-                alt.Tooltip("id:N"),
-                alt.Tooltip("name:N"),
-                alt.Tooltip("class:N"),
-                alt.Tooltip("predicted:N"),
-                alt.Tooltip("probability:Q", format=".3f"),
+                tooltip_field("id:N", "id"),
+                tooltip_field("name:N", "name"),
+                tooltip_field("class:N", "class"),
+                tooltip_field("predicted:N", "predicted"),
+                tooltip_field("probability:Q", "probability", format=".3f"),
             ],
         )
         .add_params(pick, zoom)
@@ -70,7 +70,7 @@ def top5_chart(top: pd.DataFrame) -> alt.Chart:
         .encode(
             x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), title="probability"),
             y=alt.Y("class:N", sort=alt.EncodingSortField("rank"), title=None),
-            tooltip=["rank:O", "class:N", alt.Tooltip("probability:Q", format=".4f")],
+            tooltip=[tooltip_field("rank:O", "rank"), tooltip_field("class:N", "class"), tooltip_field("probability:Q", "probability", format=".4f")],
         )
         .properties(height=alt.Step(22))
     )

@@ -1,8 +1,22 @@
-"""How images are shown: small inputs (8x8 digits at 32x32) are enlarged with crisp pixels."""
+"""How things are shown: small inputs enlarged with crisp pixels, user strings kept as text in Markdown."""
 
 from __future__ import annotations
 
+import re
+
 from PIL import Image
+
+# What starts a code span, emphasis, a link or an image, HTML, an entity, LaTeX, an icon or
+# a directive (``:red[…]``), or ends a heading, wherever it stands; each gets a backslash
+_INLINE = re.compile(r"([\\`*_~\[\]<>&$:!#])")
+# What starts a block only at the start of a line (a list item, a quote, a table row)
+_BLOCK_START = re.compile(r"^(\s*)(?:([-+=|])|(\d+)([.)]))")
+# Streamlit's GFM finds bare links in the text after escapes are undone (``https\://x.y`` is
+# still ``https://x.y`` to it): a word joiner (U+2060, invisible) where ``://``, ``www.``
+# and ``@`` would start one keeps them text
+_BARE_LINK = re.compile(r"(?<=:)(?=//)|(?<=www)(?=\.)|(?=@)", re.IGNORECASE)
+_LINE_BREAKS = re.compile(r"[\r\n\v\f\u2028\u2029]+")
+_WORD_JOINER = "\u2060"
 
 
 def enlarge_for_display(image: Image.Image, min_side: int = 224) -> Image.Image:
@@ -11,3 +25,22 @@ def enlarge_for_display(image: Image.Image, min_side: int = 224) -> Image.Image:
     if factor <= 1:
         return image
     return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+
+
+def plain(text: object) -> str:
+    """``text`` as Markdown that renders as exactly that text: for every user string on a page.
+
+    File, folder, image, class and model names from uploads, ZIPs, bundles and the sidebar
+    would otherwise become links, images fetched from anywhere (``![](https://…)``), LaTeX
+    (``$…$``), icons (``:name:``) or headings. Inline code cannot hold them either: a
+    backtick in the name ends the span, so they are escaped as text instead. Line breaks
+    become spaces, so a name cannot start a block of its own.
+    """
+    escaped = _INLINE.sub(r"\\\1", _LINE_BREAKS.sub(" ", str(text)))
+    escaped = _BLOCK_START.sub(_escape_block_start, escaped, count=1)
+    return _BARE_LINK.sub(_WORD_JOINER, escaped)
+
+
+def _escape_block_start(match: re.Match[str]) -> str:
+    indent, bullet, number, number_end = match.groups()
+    return f"{indent}\\{bullet}" if bullet else f"{indent}{number}\\{number_end}"

@@ -13,7 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from core.casestudy import set_labels
-from core.charts import FOCUS_RED, head_line, importance_cells, metric_title, unpruned_rule, unpruned_value  # noqa: F401  (page B reads the last two here)
+from core.charts import FOCUS_RED, head_line, importance_cells, metric_title, tooltip_field, unpruned_rule, unpruned_value  # noqa: F401  (page B reads the last two here)
 from core.images import ImageSet
 from core.importance import (
     MODE_BLOCKS,
@@ -228,7 +228,7 @@ def partial_pruning_chart(partial: pd.DataFrame, chosen: str, target_name: str) 
                 scale=alt.Scale(domain=["removed", "kept"], range=["#333333", "#e6e6e6"]),
                 legend=alt.Legend(orient="bottom", title=None),
             ),
-            tooltip=["mode:N", alt.Tooltip("block:N", title="query → key"), alt.Tooltip("removed:N", title="")],
+            tooltip=[tooltip_field("mode:N", "mode"), tooltip_field("block:N", "query → key"), tooltip_field("removed:N", "")],
         )
         .properties(width=alt.Step(34), height=alt.Step(30))
     )
@@ -241,11 +241,11 @@ def partial_pruning_chart(partial: pd.DataFrame, chosen: str, target_name: str) 
             y=y.axis(None),
             color=alt.condition("datum.chosen", alt.value(FOCUS_RED), alt.value("#9ecae1")),
             tooltip=[
-                "mode:N",
-                alt.Tooltip("removes:N", title="removes"),
-                alt.Tooltip("removed_attention:Q", title="share of the head's attention removed", format=".1%"),
-                alt.Tooltip("probability:Q", format=".4f"),
-                alt.Tooltip("predicted:N", title="top-1"),
+                tooltip_field("mode:N", "mode"),
+                tooltip_field("removes:N", "removes"),
+                tooltip_field("removed_attention:Q", "share of the head's attention removed", format=".1%"),
+                tooltip_field("probability:Q", "probability", format=".4f"),
+                tooltip_field("predicted:N", "top-1"),
             ],
         )
     )

@@ -33,7 +33,7 @@ from core.patterns import (
     train_autoencoder,
 )
 from core.projection import Method, umap_failed, umap_ready
-from core.charts import FOCUS_RED, LAYER_COLOURS, PATCH_SCHEME, density_rects
+from core.charts import FOCUS_RED, LAYER_COLOURS, PATCH_SCHEME, density_rects, tooltip_field
 from ui.charts import HEAD_SELECTION
 from ui.display import enlarge_for_display
 
@@ -259,7 +259,7 @@ def pattern_space_chart(samples: pd.DataFrame, heads: pd.DataFrame, focus: tuple
         background = (
             alt.Chart(shown[["x", "y", "layer", "head"]])
             .mark_circle(size=8, opacity=0.3)
-            .encode(x=x, y=y, color=_layer_colour(), tooltip=[alt.Tooltip("layer:O"), alt.Tooltip("head:O")])
+            .encode(x=x, y=y, color=_layer_colour(), tooltip=[tooltip_field("layer:O", "layer"), tooltip_field("head:O", "head")])
         )
     pick = alt.selection_point(name=HEAD_SELECTION, fields=["layer", "head"], on="click", clear=False)
     zoom = alt.selection_interval(bind="scales")
@@ -271,10 +271,10 @@ def pattern_space_chart(samples: pd.DataFrame, heads: pd.DataFrame, focus: tuple
             y=y,
             color=_layer_colour(),
             tooltip=[
-                alt.Tooltip("head_label:N", title="head"),
-                alt.Tooltip("cluster:O", title="pattern cluster"),
-                alt.Tooltip("share:Q", title="its maps in that cluster", format=".0%"),
-                alt.Tooltip("maps:Q", title="maps sampled"),
+                tooltip_field("head_label:N", "head"),
+                tooltip_field("cluster:O", "pattern cluster"),
+                tooltip_field("share:Q", "its maps in that cluster", format=".0%"),
+                tooltip_field("maps:Q", "maps sampled"),
             ],
         )
         .add_params(pick, zoom)
@@ -312,9 +312,9 @@ def link_chart(links: pd.DataFrame, prefix_names: list[str], num_tokens: int, he
         axis=alt.Axis(values=[0, 1], labelExpr="datum.value == 1 ? 'source (l+1)' : 'target (l)'", title=None, grid=False),
     )
     tooltip = [
-        alt.Tooltip("source_name:N", title="source (query)"),
-        alt.Tooltip("target_name:N", title="target (key)"),
-        alt.Tooltip("weight:Q", format=".3f"),
+        tooltip_field("source_name:N", "source (query)"),
+        tooltip_field("target_name:N", "target (key)"),
+        tooltip_field("weight:Q", "weight", format=".3f"),
     ]
     top = max(float(links["weight"].max()), threshold) if len(links) else 1.0
 
@@ -370,9 +370,9 @@ def matrix_chart(cells: pd.DataFrame, prefix_names: list[str], selected: tuple[i
                 legend=alt.Legend(orient="bottom", labelExpr="format(abs(datum.value), '.2f')", gradientLength=260),
             ),
             tooltip=[
-                alt.Tooltip("source_name:N", title="source (query)"),
-                alt.Tooltip("target_name:N", title="target (key)"),
-                alt.Tooltip("weight:Q", format=".4f"),
+                tooltip_field("source_name:N", "source (query)"),
+                tooltip_field("target_name:N", "target (key)"),
+                tooltip_field("weight:Q", "weight", format=".4f"),
             ],
         )
         .add_params(pick)
@@ -407,16 +407,16 @@ def histogram_chart(histogram: pd.DataFrame, threshold: float, head_label: str) 
             y=alt.Y("count:Q", title="weights (symlog scale)", scale=alt.Scale(type="symlog")),
             y2=alt.datum(0),
             tooltip=[
-                alt.Tooltip("start:Q", title="from", format=".2f"),
-                alt.Tooltip("end:Q", title="to", format=".2f"),
-                alt.Tooltip("count:Q", title="weights"),
+                tooltip_field("start:Q", "from", format=".2f"),
+                tooltip_field("end:Q", "to", format=".2f"),
+                tooltip_field("count:Q", "weights"),
             ],
         )
     )
     rule = (
         alt.Chart(pd.DataFrame({"threshold": [threshold]}))
         .mark_rule(color=FOCUS_RED, strokeWidth=2)
-        .encode(x="threshold:Q", tooltip=[alt.Tooltip("threshold:Q", title="link threshold", format=".2f")])
+        .encode(x="threshold:Q", tooltip=[tooltip_field("threshold:Q", "link threshold", format=".2f")])
     )
     return alt.layer(bars, rule).properties(
         title=alt.TitleParams(f"Attention values of {head_label}", subtitle="red: the link threshold"), height=260

@@ -23,7 +23,7 @@ from core.inference import Predictions, Progress, predict_images
 from core.model import DEMO_NAME, ViTHandle, imagenet_synsets, load_model
 from core.projection import layout_2d, umap_failed, umap_ready
 from ui.charts import HEAD_SELECTION
-from ui.display import enlarge_for_display
+from ui.display import enlarge_for_display, plain
 
 MODEL_KEY = "model_spec"
 SOURCE_KEY = "image_source"  # the home page's radio; Streamlit drops it on other pages
@@ -102,7 +102,7 @@ def current_model() -> ViTHandle:
     except HeadScopeError as err:
         if spec == ModelSpec():
             raise
-        st.error(f"{err} Switched back to the demo model.")
+        st.error(plain(f"{err} Switched back to the demo model."))
         st.session_state[MODEL_KEY] = ModelSpec()
         st.session_state.pop("checkpoints", None)
         return _cached_model(DEMO_NAME, None, None)
@@ -168,7 +168,12 @@ def _predictions(model_key: str, set_key: str, _handle: ViTHandle, _images: Imag
 
 
 def predictions(handle: ViTHandle, image_set: ImageSet) -> Predictions:
-    return _predictions(handle.key, image_set.key, handle, image_set)
+    """The set's predictions; a model whose outputs are not finite on these images stops the page with its sentence."""
+    try:
+        return _predictions(handle.key, image_set.key, handle, image_set)
+    except HeadScopeError as err:
+        st.error(plain(str(err)))
+        st.stop()
 
 
 @st.cache_data(max_entries=16, show_spinner="Laying out the images…")
@@ -292,7 +297,7 @@ def _clamp_focus_head(handle: ViTHandle) -> None:
 def _focus_sidebar(handle: ViTHandle, image_set: ImageSet, focus_id: str) -> None:
     sidebar = st.sidebar
     sidebar.page_link("streamlit_app.py", label="Change the model or the images", icon=":material/home:")
-    sidebar.caption(f"**{handle.name}** · {image_set.title}")
+    sidebar.caption(f"**{plain(handle.name)}** · {plain(image_set.title)}")
 
     # keyed widgets ignore their default after the first run, and a page switch makes them
     # new widgets: set their state from the focus on every run

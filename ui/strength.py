@@ -15,7 +15,7 @@ from core.images import ImageSet
 from core.model import ViTHandle
 from core.strength import SPREAD_QUANTILES, StrengthStats, strength_statistics
 from ui import session
-from core.charts import FOCUS_RED, layer_dots
+from core.charts import FOCUS_RED, layer_dots, tooltip_field
 from ui.charts import HEAD_SELECTION
 
 _CHART_HEIGHT = 300
@@ -82,11 +82,11 @@ def hop_profile_chart(profile: pd.DataFrame, head_label: str) -> alt.LayerChart:
     low, high = (f"{q:.0%}" for q in SPREAD_QUANTILES)
     x = alt.X("hop:O", title="n-hop neighbours", axis=alt.Axis(labelAngle=0))
     tooltip = [
-        alt.Tooltip("hop:O", title="hop"),
-        alt.Tooltip("strength:Q", title="focus image", format=".4f"),
-        alt.Tooltip("mean:Q", title="set mean", format=".4f"),
-        alt.Tooltip("low:Q", title=f"set {low}", format=".4f"),
-        alt.Tooltip("high:Q", title=f"set {high}", format=".4f"),
+        tooltip_field("hop:O", "hop"),
+        tooltip_field("strength:Q", "focus image", format=".4f"),
+        tooltip_field("mean:Q", "set mean", format=".4f"),
+        tooltip_field("low:Q", f"set {low}", format=".4f"),
+        tooltip_field("high:Q", f"set {high}", format=".4f"),
     ]
     base = alt.Chart(profile).encode(x=x, tooltip=tooltip)
     bars = base.mark_bar(color="#9ecae1", width=alt.RelativeBandSize(0.7)).encode(y=alt.Y("strength:Q", title="strength s_n"))
@@ -112,13 +112,13 @@ def entropy_distribution_chart(entropies: pd.DataFrame, focus_value: float, head
         .encode(
             x=alt.X("entropy:Q", bin=alt.Bin(maxbins=30), title="entropy (nats)"),
             y=alt.Y("count():Q", title="images"),
-            tooltip=[alt.Tooltip("entropy:Q", bin=alt.Bin(maxbins=30), title="entropy"), alt.Tooltip("count():Q", title="images")],
+            tooltip=[tooltip_field("entropy:Q", "entropy", bin=alt.Bin(maxbins=30)), tooltip_field("count():Q", "images")],
         )
     )
     rule = (
         alt.Chart(pd.DataFrame({"entropy": [focus_value]}))
         .mark_rule(color=FOCUS_RED, strokeWidth=2)
-        .encode(x="entropy:Q", tooltip=[alt.Tooltip("entropy:Q", title="focus image", format=".3f")])
+        .encode(x="entropy:Q", tooltip=[tooltip_field("entropy:Q", "focus image", format=".3f")])
     )
     return alt.layer(bars, rule).properties(
         title=alt.TitleParams(f"Head entropy over all images · {head_label}", subtitle="red: the focus image"),
@@ -143,9 +143,9 @@ def offset_heatmap(offsets: pd.DataFrame, subtitle: str) -> alt.Chart:
             y=alt.Y("dy:O", title="dy (patches below the source)", sort="ascending"),
             color=alt.Color("attention:Q", title="attention", scale=alt.Scale(scheme="oranges")),
             tooltip=[
-                alt.Tooltip("dy:O"),
-                alt.Tooltip("dx:O"),
-                alt.Tooltip("attention:Q", title="mean attention", format=".4f"),
+                tooltip_field("dy:O", "dy"),
+                tooltip_field("dx:O", "dx"),
+                tooltip_field("attention:Q", "mean attention", format=".4f"),
             ],
         )
         .properties(

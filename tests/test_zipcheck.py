@@ -1,0 +1,78 @@
+"""Tests for core._zipcheck: every end record an archive carries is read."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zipfile
+
+import pytest
+
+from core._zipcheck import MIN_ENTRY_BYTES, DeclaredDirectory, declared_directory
+
+
+def eocd(entries: int, size: int, offset: int = 0, comment: bytes = b"") -> bytes:
+    return struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, entries, entries, size, offset, len(comment)) + comment
+
+
+def zip64_record(entries: int, size: int) -> bytes:
+    return struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, entries, entries, size, 0)
+
+
+def locator(offset: int) -> bytes:
+    return struct.pack("<4sLQL", b"PK\x06\x07", 0, offset, 1)
+
+
+def honest_zip(count: int) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for index in range(count):
+            archive.writestr(f"tabby/{index}.png", b"x")
+    return buffer.getvalue()
+
+
+def test_honest_archive_reports_what_zipfile_reads() -> None:
+    data = honest_zip(3)
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        assert len(archive.infolist()) == 3
+    declared = declared_directory(data)
+    assert declared is not None and declared.entries == 3
+    # Each entry is a 46-byte header plus its 11-character name.
+    assert declared.size == 3 * (MIN_ENTRY_BYTES + len("tabby/0.png"))
+
+
+def test_zip64_record_wins_over_an_empty_classic_record() -> None:
+    data = zip64_record(4_000_000, 4_000_000 * MIN_ENTRY_BYTES) + locator(0) + eocd(0, 0)
+    assert declared_directory(data) == DeclaredDirectory(4_000_000, 4_000_000 * MIN_ENTRY_BYTES)
+
+
+def test_zip64_record_the_locator_points_to_is_read_too() -> None:
+    far = zip64_record(7_000_000, 10**9)
+    data = far + b"\x00" * 100 + locator(0) + eocd(0, 0)
+    assert declared_directory(data) == DeclaredDirectory(7_000_000, 10**9)
+
+
+def test_the_largest_claim_of_several_classic_records_is_reported() -> None:
+    data = honest_zip(2)
+    hidden = eocd(60_000, 9_000_000)
+    # A second record inside the comment: zipfile would use the last one, another reader the first.
+    with_comment = data[:-2] + struct.pack("<H", len(hidden)) + hidden
+    declared = declared_directory(with_comment)
+    assert declared is not None
+    assert declared.entries == 60_000 and declared.size == 9_000_000
+
+
+def test_a_record_at_the_far_edge_of_zipfiles_window_is_found() -> None:
+    # zipfile searches the last 64 KiB + 22 bytes, one byte more than the longest comment.
+    data = eocd(50_000, 5_000_000) + b"\x00" * (1 << 16)
+    found = zipfile._EndRecData(io.BytesIO(data))  # type: ignore[attr-defined]
+    assert found is not None and found[5] == 5_000_000
+    assert declared_directory(data) == DeclaredDirectory(50_000, 5_000_000)
+    assert declared_directory(data + b"\x00") is None  # one byte further is out of both reaches
+    assert zipfile._EndRecData(io.BytesIO(data + b"\x00")) is None  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("data", [b"", b"not a zip at all", b"PK\x05\x06" + b"\x00" * 10])
+def test_no_complete_end_record_gives_none(data: bytes) -> None:
+    assert declared_directory(data) is None
+
