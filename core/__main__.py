@@ -125,6 +125,7 @@ def analyze_command(args: argparse.Namespace) -> int:
         if bars is not None:
             bars.close()
     if study is None:  # another rank writes
+        distributed.stop(together=True)
         return 0
     write_bundle(study, args.out)
     found = findings(study, args.metric)
@@ -136,6 +137,7 @@ def analyze_command(args: argparse.Namespace) -> int:
         print(f"Wrote {args.report}.")
     print(f"Top heads by {args.metric}: {', '.join(finding.label for finding in found.heads)}.")
     print(found.layer_trend)
+    distributed.stop(together=True)
     return 0
 
 

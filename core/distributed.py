@@ -61,8 +61,17 @@ def local_device() -> torch.device | None:
     return None
 
 
-def stop() -> None:
+def stop(*, together: bool = False) -> None:
+    """Leave the process group (a no-op without one).
+
+    Args:
+        together: wait for every rank first. A rank that tore its group down while
+            rank 0 was still working was seen to abort at exit now and then (gloo, CPU),
+            so a run that succeeded leaves together; after an error ranks leave at once.
+    """
     if dist.is_available() and dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 

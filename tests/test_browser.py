@@ -231,7 +231,8 @@ def test_upload_then_visit_every_page(server: str, browser, shots: Path) -> None
         assert "Uploaded images (3 images)" in page.inner_text('[data-testid="stSidebar"]')
         tooltips |= _hover_every_chart(page)
         page.screenshot(path=str(shots / f"{page_file.stem}.png"), full_page=True)
-        assert not page.query_selector_all('[data-testid="stMain"] a[href*="host"], img[src*="host"]'), page_file.name
+        live = page.eval_on_selector_all('[data-testid="stMain"] a[href*="host"]:not([href^="#"]), img[src*="host"]', "(els) => els.map((el) => el.outerHTML)")
+        assert not live, (page_file.name, live)
     page.wait_for_timeout(500)  # time for any fetch a tooltip started to be requested
     assert offsite == []
     assert tooltips  # the hover reached the marks
