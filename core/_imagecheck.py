@@ -167,7 +167,8 @@ def _tiff_entries(data: bytes) -> Iterator[tuple[int, int, int, int | None]]:
     The first value is ``None`` for non-integer types and values outside the file.
     """
     endian = ">" if data[:2] == b"MM" else "<"
-    bigtiff = data[2] == 43
+    (version,) = struct.unpack_from(endian + "H", data, 2)
+    bigtiff = version == 43  # the version number is in the file's byte order too
     head, entry, inline = ("Q", "HHQ8s", 8) if bigtiff else ("H", "HHL4s", 4)
     (ifd,) = struct.unpack_from(endian + ("Q" if bigtiff else "L"), data, 8 if bigtiff else 4)
     (count,) = struct.unpack_from(endian + head, data, ifd)

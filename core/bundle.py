@@ -69,7 +69,11 @@ _MANIFEST_BASE_BYTES = 2 * 2**20
 _MANIFEST_BYTES_PER_IMAGE = 192
 _MAX_IMAGES = 50_000
 _NPY_MAX_HEADER = 2**16 + 12  # magic, version and a 2-byte length: version 1.0 and 2.0 headers np.save writes
-_MAX_THUMBNAIL_BYTES = 2**20  # a 96 px thumbnail PNG is at most ~28 KB
+_MAX_THUMBNAIL_BYTES = 2**16  # a 96 px thumbnail PNG is at most ~28 KB
+# Deflate shrinks what a bundle holds (snappy Parquet, float arrays, PNGs) 1-3x; a member of
+# zeros shrinks ~1000x, so the ratio over the whole bundle bounds what inflating may cost.
+_MAX_INFLATION = 32
+_INFLATION_SLACK_BYTES = 16 * 2**20
 _TABLE_OVERHEAD_BYTES = 2**20  # footer, schema and the pandas metadata of one table
 # Parquet codecs whose output is at most a small multiple of their input (snappy: ~21x);
 # gzip, zstd, brotli and lz4 can turn a few KB of a page into gigabytes.
@@ -346,6 +350,11 @@ def _checked_directory(archive: zipfile.ZipFile, limits: BundleLimits) -> dict[s
         raise BundleRejected(
             f"The bundle holds {human_size(total)} once uncompressed; the limit is "
             f"{human_size(limits.max_total_bytes)}, {_FEWER}."
+        )
+    if total > _MAX_INFLATION * sum(info.compress_size for info in infos) + _INFLATION_SLACK_BYTES:
+        raise BundleRejected(
+            f"The bundle's files inflate to {human_size(total)}, far more than a HeadScope bundle of its size "
+            f"holds, so it was not written by HeadScope; {_AGAIN}."
         )
     return directory
 
@@ -764,13 +773,17 @@ def _table(name: str, content: bytes, shape: _StudyShape, limits: BundleLimits) 
             raise _damaged(
                 f"column '{field.name}' of table '{name}' does not hold {'text' if field.name in text else 'numbers'}"
             )
+    # numbers and dictionary indices decode to fixed widths: bounded from the footer, before
+    # run-length pages of a few KB can decode to gigabytes
+    decoded = 8 * meta.num_rows * (len(columns) - len(text))
+    if decoded + 4 * meta.num_rows * len(text) > limits.max_table_bytes:
+        raise too_big
     try:
         table = parquet.read()
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - as above
         raise damaged from exc
-    decoded = 8 * meta.num_rows * (len(columns) - len(text))
     for column in text:
         longest, total = _text_sizes(table.column(column))
         if longest > text[column]:

@@ -571,7 +571,7 @@ def _safetensors_declared(header: bytes, data_len: int) -> _Declared:
     damaged = CheckpointRejected("The safetensors checkpoint is damaged or truncated.")
     try:
         entries = json.loads(header)
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:  # deep nesting overflows the JSON parser
         raise damaged from err
     if not isinstance(entries, dict):
         raise damaged
@@ -591,9 +591,11 @@ def _safetensors_declared(header: bytes, data_len: int) -> _Declared:
         if not (_int_list(shape) and _int_list(offsets) and len(offsets) == 2):
             raise damaged
         begin, end = offsets
-        numel = 1
-        for side in shape:
+        numel = 0 if 0 in shape else 1
+        for side in shape if numel else ():
             numel *= side
+            if numel > data_len:  # stop before a product of huge JSON integers gets slow
+                break
         if not 0 <= begin <= end <= data_len or end - begin != numel * dtype.itemsize:
             raise damaged
         declared[_plain_key(key)] = (tuple(shape), dtype)

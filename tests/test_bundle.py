@@ -629,3 +629,27 @@ def test_a_study_in_which_no_head_hurts_any_image_saves_and_reopens(small_study,
     assert tuple(reopened.tables["partial"].columns) == TABLE_COLUMNS["partial"]
     assert all("lowers no single image's target probability" in head.mechanism for head in findings(reopened).heads)
     assert "<html" in render_report(reopened, "probability").lower()
+
+
+def test_a_member_that_inflates_far_beyond_any_bundle_is_refused_from_the_directory(small_study, bundle, monkeypatch):
+    """A listed, checksummed array of zeros: about 64 KB that inflate to 64 MB."""
+    zeros = bytes(64 * 2**20)
+    data = _edited(bundle, replace={"arrays/entropy.npy": zeros})
+    del zeros
+    assert len(data) < len(bundle) + 2**20
+    monkeypatch.setattr(zipfile.ZipFile, "open", lambda *a, **k: pytest.fail("a member was inflated"))
+    _refused(data, "inflate to 6[45]")
+
+
+def test_numeric_columns_are_bounded_from_the_footer_before_any_value_is_decoded(small_study, bundle, monkeypatch):
+    per_image = small_study.tables["importance_per_image"]
+    limit = 8 * len(per_image) * 2  # far below what the table's numbers decode to
+    read = pq.ParquetFile.read
+
+    def read_small_tables(self, *args, **kwargs):
+        if self.metadata.num_rows == len(per_image):
+            pytest.fail("the table was decoded")
+        return read(self, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "read", read_small_tables)
+    _refused(bundle, "importance_per_image' holds more than", limits=BundleLimits(max_table_bytes=limit))

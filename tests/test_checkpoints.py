@@ -339,3 +339,17 @@ def test_attention_that_overflows_is_refused_even_when_the_logits_are_finite() -
     finally:
         hook.remove()
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in handle.model.modules())
+
+
+def test_a_header_nested_too_deep_for_the_json_parser_is_one_sentence(no_tensor_loading) -> None:
+    header = b"{" + b'"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    data = struct.pack("<Q", len(header)) + header
+    with pytest.raises(CheckpointRejected, match="damaged or truncated"):
+        load_model("test_vit", checkpoint=data)
+
+
+def test_a_shape_of_huge_integers_is_refused_as_damaged(no_tensor_loading) -> None:
+    # multiplied out, 200 sides of 4,000 digits would be an 800,000-digit product (seconds)
+    entries = {"head.weight": {"dtype": "F32", "shape": [10**4000] * 200, "data_offsets": [0, 4]}}
+    with pytest.raises(CheckpointRejected, match="damaged or truncated"):
+        load_model("test_vit", checkpoint=_safetensors(entries, b"\0" * 4))

@@ -936,6 +936,40 @@ def test_tiff_with_a_tile_far_larger_than_the_image_is_refused_before_decoding(
     )
 
 
+def any_tiff(tags: list[tuple[int, int, int, int]], body: bytes, endian: str, big: bool) -> bytes:
+    """A TIFF or BigTIFF of one IFD in either byte order; a value of -1 is the body's offset."""
+    mark = b"II" if endian == "<" else b"MM"
+    if not big:
+        start = 8 + 2 + 12 * len(tags) + 4
+        head = mark + struct.pack(endian + "HL", 42, 8) + struct.pack(endian + "H", len(tags))
+        entry, field, tail = endian + "HHL", 4, b"\0" * 4
+    else:
+        start = 16 + 8 + 20 * len(tags) + 8
+        head = mark + struct.pack(endian + "HHHQ", 43, 8, 0, 16) + struct.pack(endian + "Q", len(tags))
+        entry, field, tail = endian + "HHQ", 8, b"\0" * 8
+    entries = b""
+    for tag, typ, count, value in sorted(tags):
+        # an inline value sits at the start of its field, in the value's own size
+        inline = struct.pack(endian + ("L" if value == -1 else {3: "H", 4: "L"}[typ]), start if value == -1 else value)
+        entries += struct.pack(entry, tag, typ, count) + inline.ljust(field, b"\0")
+    return head + entries + tail + body
+
+
+@pytest.mark.parametrize(("endian", "big"), [("<", False), (">", False), ("<", True), (">", True)])
+def test_tile_bombs_are_refused_in_every_tiff_byte_order_and_size(
+    endian: str, big: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body = zlib.compress(bytes(46336 * 16))
+    data = any_tiff(
+        [(256, 4, 1, 64), (257, 4, 1, 64), (258, 3, 1, 8), (259, 3, 1, 8), (262, 3, 1, 1),
+         (277, 3, 1, 1), (322, 4, 1, 46336), (323, 4, 1, 46336), (324, 4, 1, -1),
+         (325, 4, 1, len(body))],
+        body, endian, big,
+    )
+    monkeypatch.setattr(Image, "open", _never_called)
+    assert "stores them in tiles of 46336x46336" in rejection(data, "tile.tif")
+
+
 def test_tiff_listing_more_strips_than_its_height_allows_is_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
