@@ -54,8 +54,6 @@ _MAX_TIFF_SAMPLES = 8
 _TIFF_OFFSET_TAGS = {273: 279, 324: 325}  # strip/tile offsets and their byte counts
 _TIFF_BYTE_TYPES = frozenset({1, 2, 6, 7})  # BYTE, ASCII, SBYTE, UNDEFINED stay bytes
 _TIFF_INT_FORMATS = {3: "H", 4: "L", 8: "h", 9: "l", 16: "Q", 17: "q"}
-_TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4,
-                    12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
 _JPEG_STANDALONE_MARKERS = frozenset({0x00, 0x01, *range(0xD0, 0xDA)})
 _FILL_BYTES = re.compile(rb"\xff+")
 _GIF_JUNK = re.compile(rb"[^!,;]+")
