@@ -1,7 +1,8 @@
-"""Whole-head sweep vs. the naive loop (one full forward per pruned head), SPEC section 6.
+"""Whole-head sweep vs. the naive loop (one full forward per pruned head).
 
-Both compute, for every head, the target probability, top-1 correctness and layer
-impact of every image with that head pruned, on the fused attention path. Prints, per
+Both compute, for every head, the target probability, top-1 correctness, layer impact
+and output impact of every image with that head pruned (a backbone: the two impacts),
+on the fused attention path. Prints, per
 model, the largest difference between the two (target <= 1e-5), the median time of
 each and their ratio (target <= 0.6 for a 12-layer model). Runs are interleaved so
 that machine noise hits both sides alike.
@@ -30,7 +31,12 @@ from core._hooks import locked_forward  # noqa: E402
 from core.importance import head_importance_tables  # noqa: E402
 from core.model import ViTHandle, load_model  # noqa: E402
 
-SWEPT = ("probability", "accuracy", "layer_impact")
+SWEPT = ("probability", "accuracy", "layer_impact", "output_impact")
+BACKBONE_SWEPT = ("layer_impact", "output_impact")
+
+
+def swept_metrics(handle: ViTHandle) -> tuple[str, ...]:
+    return BACKBONE_SWEPT if handle.is_backbone else SWEPT
 RATIO_TARGET = 0.6
 DIFF_TARGET = 1e-5
 
@@ -44,10 +50,10 @@ def naive_loop(handle: ViTHandle, x: torch.Tensor, target: torch.Tensor) -> dict
         for layer, block in enumerate(model.blocks):
             hooks.forward(block, lambda _m, _i, out, layer=layer: blocks_out.__setitem__(layer, out))
 
-    locked_forward(handle, x, keep_outputs)
+    clean_logits = locked_forward(handle, x, keep_outputs).double()
     clean = dict(blocks_out)
     shape = (len(x), handle.num_layers, handle.num_heads)
-    out = {metric: np.zeros(shape) for metric in SWEPT}
+    out = {metric: np.zeros(shape) for metric in swept_metrics(handle)}
     head_dim = model.blocks[0].attn.head_dim
     for layer, block in enumerate(model.blocks):
         for head in range(handle.num_heads):
@@ -61,29 +67,36 @@ def naive_loop(handle: ViTHandle, x: torch.Tensor, target: torch.Tensor) -> dict
                 hooks.forward(block, lambda _m, _i, o: blocks_out.__setitem__(layer, o))
 
             logits = locked_forward(handle, x, prune)
-            probs = logits.softmax(-1)
-            out["probability"][:, layer, head] = probs.gather(-1, target[:, None]).squeeze(-1).numpy()
-            out["accuracy"][:, layer, head] = (logits.argmax(-1) == target).numpy()
-            cos = F.cosine_similarity(blocks_out[layer].flatten(1), clean[layer].flatten(1), dim=-1)
+            if not handle.is_backbone:
+                probs = logits.softmax(-1)
+                out["probability"][:, layer, head] = probs.gather(-1, target[:, None]).squeeze(-1).numpy()
+                out["accuracy"][:, layer, head] = (logits.argmax(-1) == target).numpy()
+            cos = F.cosine_similarity(blocks_out[layer].flatten(1).double(), clean[layer].flatten(1).double(), dim=-1)
             out["layer_impact"][:, layer, head] = (1 - cos).numpy()
+            cos = F.cosine_similarity(logits.double(), clean_logits, dim=-1)
+            out["output_impact"][:, layer, head] = (1 - cos).numpy()
     return out
 
 
 def sweep(handle: ViTHandle, x: torch.Tensor) -> dict[str, np.ndarray]:
     """The same ``{metric: [N, L, H]}`` from ``head_importance_tables``."""
-    table = head_importance_tables(handle, x, metrics=SWEPT, batch_size=len(x)).per_image
+    metrics = swept_metrics(handle)
+    table = head_importance_tables(handle, x, metrics=metrics, batch_size=len(x)).per_image
     shape = (len(x), handle.num_layers, handle.num_heads)
     rows = table.sort_values(["metric", "image", "layer", "head"])
-    return {m: rows[rows["metric"] == m]["value"].to_numpy().reshape(shape) for m in SWEPT}
+    return {m: rows[rows["metric"] == m]["value"].to_numpy().reshape(shape) for m in metrics}
 
 
-def bench(handle: ViTHandle, images: int, repeats: int) -> tuple[float, float]:
+def bench(handle: ViTHandle, images: int, repeats: int, x: torch.Tensor | None = None) -> tuple[float, float]:
+    """``x``: the images (default ``images`` of standard normal noise)."""
     assert all(b.attn.fused_attn for b in handle.model.blocks), "both sides must use fused attention"
     c, h, w = handle.data_config["input_size"]
-    x = torch.randn(images, c, h, w, generator=torch.Generator().manual_seed(0))
+    if x is None:
+        x = torch.randn(images, c, h, w, generator=torch.Generator().manual_seed(0))
+    images = len(x)
     target = locked_forward(handle, x).argmax(-1)  # no labels: the target is the unpruned top-1
     results = {"naive": naive_loop(handle, x, target), "sweep": sweep(handle, x)}  # also the warm-up
-    diff = max(float(np.abs(results["naive"][m] - results["sweep"][m]).max()) for m in SWEPT)
+    diff = max(float(np.abs(results["naive"][m] - results["sweep"][m]).max()) for m in swept_metrics(handle))
     times: dict[str, list[float]] = {"naive": [], "sweep": []}
     for _ in range(repeats):
         for label, run in (("naive", lambda: naive_loop(handle, x, target)), ("sweep", lambda: sweep(handle, x))):

@@ -17,8 +17,8 @@ from typing import Sequence
 
 from core import distributed
 from core.casestudy import CaseSettings, analyze, findings
-from core.errors import HeadScopeError
-from core.importance import METRICS
+from core.errors import HeadScopeError, UnsupportedMetric
+from core.importance import BACKBONE_REASON, METRICS, metrics_for
 from core.patterns import DEFAULT_CLUSTERS
 
 EXIT_BAD_INPUT = 2
@@ -37,12 +37,19 @@ def _parser() -> argparse.ArgumentParser:
             "after classes get those labels (ImageFolder layout)."
         ),
     )
-    run.add_argument("--model", default="demo", help="'demo' (default) or a timm ViT name")
+    run.add_argument(
+        "--model", default="demo",
+        help="'demo' (default), 'dinov2-s' (DINOv2 ViT-S/14 backbone, prepared once offline) or a timm ViT name",
+    )
+    run.add_argument("--img-size", type=int, help="input side in pixels, a multiple of the patch size (default: the model's)")
     run.add_argument("--checkpoint", type=Path, help="weights for --model (.safetensors or a weights-only torch file)")
     run.add_argument("--images", type=Path, required=True, help="folder of images (class subfolders give labels)")
     run.add_argument("--out", type=Path, required=True, help="the result bundle to write (.zip)")
     run.add_argument("--report", type=Path, help="also write the self-contained HTML report here")
-    run.add_argument("--metric", choices=METRICS, default="probability", help="ranking metric of the report and summary")
+    run.add_argument(
+        "--metric", choices=METRICS,
+        help="ranking metric of the report and summary (default probability; layer_impact for a backbone)",
+    )
     defaults = CaseSettings()
     run.add_argument("--top-k", type=int, default=defaults.top_k, help="heads studied per metric (default %(default)s)")
     run.add_argument("--hurt-images", type=int, default=defaults.hurt_images, help="images per head for partial pruning")
@@ -107,7 +114,10 @@ def analyze_command(args: argparse.Namespace) -> int:
     shards = distributed.start_from_environment()
     lead = shards.rank == 0  # under torchrun, rank 0 talks and writes
     checkpoint = args.checkpoint.read_bytes() if args.checkpoint else None
-    handle = load_model(args.model, checkpoint=checkpoint, device=distributed.local_device())
+    handle = load_model(args.model, checkpoint=checkpoint, device=distributed.local_device(), img_size=args.img_size)
+    metric = args.metric or metrics_for(handle)[0]
+    if metric not in metrics_for(handle):  # before minutes of work
+        raise UnsupportedMetric(f"--metric {metric} is not available for '{handle.name}': {BACKBONE_REASON}.")
     aliases = [[s] for s in imagenet_synsets()] if len(handle.class_names) == 1000 else None
     image_set, notes = image_set_from_folder(args.images, handle.class_names, aliases=aliases)
     for note in notes if lead else ():
@@ -128,14 +138,14 @@ def analyze_command(args: argparse.Namespace) -> int:
         distributed.stop(together=True)
         return 0
     write_bundle(study, args.out)
-    found = findings(study, args.metric)
+    found = findings(study, metric)
     print(f"Wrote {args.out} ({args.out.stat().st_size / 2**20:.1f} MB) in {time.perf_counter() - started:.0f} s.")
     if args.report:
         from core.report import render_report
 
-        args.report.write_text(render_report(study, args.metric), encoding="utf-8")
+        args.report.write_text(render_report(study, metric), encoding="utf-8")
         print(f"Wrote {args.report}.")
-    print(f"Top heads by {args.metric}: {', '.join(finding.label for finding in found.heads)}.")
+    print(f"Top heads by {metric}: {', '.join(finding.label for finding in found.heads)}.")
     print(found.layer_trend)
     distributed.stop(together=True)
     return 0

@@ -41,7 +41,7 @@ from PIL import Image
 from core._zipcheck import MIN_ENTRY_BYTES, declared_directory
 from core.casestudy import ARRAYS, BUNDLE_FORMAT, BUNDLE_VERSION, TABLE_COLUMNS, TABLES, CaseSettings, CaseStudy
 from core.errors import BundleRejected, human_size
-from core.importance import METRICS, MODES, RANDOM_ORDER
+from core.importance import BACKBONE_METRICS, METRICS, MODES, RANDOM_ORDER
 
 MANIFEST = "manifest.json"
 # A fixed timestamp makes the same study give the same bytes (1980 is ZIP's epoch).
@@ -56,6 +56,10 @@ _NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.l
 # The manifest's settings: every ``CaseSettings`` field plus the layout method.
 _SETTING_TYPES = {**{name: type(value) for name, value in asdict(CaseSettings()).items()}, "layout": str}
 _SHOWN_CHARS = 80
+# What format version 2 added to version 1's tables: bundles of version 1 lack these
+# columns (they open with NaN there) and the output_impact metric.
+_ADDED_IN_2 = {"pruning_curve": ("similarity",), "partial": ("output_impact",)}
+_METRICS_1 = tuple(metric for metric in METRICS if metric != "output_impact")
 _AGAIN = "save the bundle again with HeadScope"
 _FEWER = "so compute the case study on fewer images"
 # An honest directory entry is the 46-byte header plus a name of at most 75 characters
@@ -453,7 +457,13 @@ def _check_summary(manifest: dict[str, Any]) -> None:
         "model.patch_size",
         lambda value: isinstance(value, list) and len(value) == 2 and all(_is_count(v, _MAX_MODEL_SIDE) for v in value),
     )
-    _field(manifest, "model.class_names", lambda value: isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value))
+    # no class names: a backbone (format version 2 on)
+    _field(
+        manifest,
+        "model.class_names",
+        lambda value: isinstance(value, list) and (bool(value) or manifest["format_version"] >= 2)
+        and all(isinstance(v, str) for v in value),
+    )
     for path in ("patterns.reconstruction_mse", "patterns.baseline_mse"):
         _field(manifest, path, _is_measure)
     _field(manifest, "versions", lambda value: isinstance(value, dict) and all(isinstance(v, str) for v in value.values()))
@@ -521,14 +531,16 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, entry: dict[st
 
 @dataclass(frozen=True)
 class _Range:
-    """The values a numeric column or array may hold: finite, within ``[low, high]``, whole if ``whole``."""
+    """The values a numeric column or array may hold: finite (or NaN if ``missing``), within ``[low, high]``, whole if ``whole``."""
 
     low: float
     high: float
     whole: bool = False
+    missing: bool = False
 
 
 _SHARE = _Range(0.0, 1.0)
+_NO_SHARE = _Range(0.0, 1.0, missing=True)  # a backbone's probability and accuracy: NaN, it has no classes
 _ANY = _Range(-_LARGEST, _LARGEST)
 # ``value`` of the importance tables, by metric: probabilities and top-1 shares, 1 - cosine,
 # and the signed gate gradient (its absolute mean over the set).
@@ -536,6 +548,7 @@ _METRIC_VALUES = {
     "probability": _SHARE,
     "accuracy": _SHARE,
     "layer_impact": _Range(0.0, 2.0),
+    "output_impact": _Range(0.0, 2.0),
     "taylor": _ANY,
 }
 # Columns that hold text, by table; every other column must hold numbers (or booleans).
@@ -557,10 +570,12 @@ class _StudyShape:
 
     Attributes:
         images, layers, heads, rows, cols: images of the study and the model's geometry.
-        classes: the model's class count.
+        classes: the model's class count (0: a backbone).
+        labels: how many names the labels index: the classes, or a backbone set's own names.
         name_bytes: UTF-8 bytes of the longest image name.
-        class_bytes: UTF-8 bytes of the longest class name.
+        class_bytes: UTF-8 bytes of the longest class or label name.
         settings: the manifest's settings (checked).
+        version: the bundle's format version.
     """
 
     images: int
@@ -569,9 +584,27 @@ class _StudyShape:
     rows: int
     cols: int
     classes: int
+    labels: int
     name_bytes: int
     class_bytes: int
     settings: dict[str, Any]
+    version: int = BUNDLE_VERSION
+
+    @property
+    def backbone(self) -> bool:
+        return self.classes == 0
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The importance metrics the study must hold."""
+        if self.backbone:
+            return BACKBONE_METRICS
+        return METRICS if self.version >= 2 else _METRICS_1
+
+    def columns(self, table: str) -> tuple[str, ...]:
+        """The columns ``table`` has in this format version."""
+        added = () if self.version >= 2 else _ADDED_IN_2.get(table, ())
+        return tuple(column for column in TABLE_COLUMNS[table] if column not in added)
 
     @property
     def arrays(self) -> dict[str, tuple[int, ...]]:
@@ -619,7 +652,7 @@ class _StudyShape:
     def table_bytes(self, table: str) -> int:
         """The largest honest Parquet file of ``table``: plain-encoded values plus its footer."""
         text = self.text_bytes(table)
-        per_row = sum(4 + text[column] if column in text else 9 for column in TABLE_COLUMNS[table])
+        per_row = sum(4 + text[column] if column in text else 9 for column in self.columns(table))
         return _TABLE_OVERHEAD_BYTES + self.table_rows[table] * per_row
 
     def numbers(self, table: str) -> dict[str, _Range | dict[str, _Range]]:
@@ -632,20 +665,25 @@ class _StudyShape:
             row, col = (_Range(1 - side, side - 1, whole=True) for side in (self.rows, self.cols))
         else:
             row, col = (_Range(0, side - 1, whole=True) for side in (self.rows, self.cols))
+        share = _NO_SHARE if self.backbone else _SHARE
+        # a classifier's target is a class; a backbone's is the image's label, -1 when unknown
+        target = _Range(-1 if self.backbone else 0, max(self.labels, 1) - 1, whole=True)
         return {
-            "images": {"position": image, "probability": _SHARE},
+            "images": {"position": image, "probability": share},
             "importance_overall": {"layer": layer, "head": head, "value": _METRIC_VALUES},
             "importance_per_image": {"image": image, "layer": layer, "head": head, "value": _METRIC_VALUES},
             "importance_unpruned": {
-                "image": image, "target": _Range(0, self.classes - 1, whole=True), "probability": _SHARE,
+                "image": image, "target": target, "probability": share,
                 "correct": _Range(0, 1, whole=True), "labelled": _Range(0, 1, whole=True),
             },
             "pruning_curve": {
-                "pruned": _Range(0, self.layers * self.heads, whole=True), "fraction": _SHARE, "accuracy": _SHARE,
+                "pruned": _Range(0, self.layers * self.heads, whole=True), "fraction": _SHARE, "accuracy": share,
+                **({"similarity": _Range(-1.0, 1.0)} if self.version >= 2 else {}),
             },
             "partial": {
-                "layer": layer, "head": head, "image": image, "drop": _Range(-1.0, 1.0), "probability": _SHARE,
-                "removed_attention": _SHARE,
+                # a backbone's drop is its output_impact, 1 - cosine
+                "layer": layer, "head": head, "image": image, "drop": _Range(-1.0, 2.0), "probability": share,
+                "removed_attention": _SHARE, **({"output_impact": _Range(0.0, 2.0)} if self.version >= 2 else {}),
             },
             "pattern_heads": {
                 "layer": layer, "head": head, "cluster": cluster, "share": _SHARE, "x": _ANY, "y": _ANY, "maps": maps,
@@ -684,13 +722,21 @@ def _study_shape(manifest: dict[str, Any], limits: BundleLimits) -> _StudyShape:
         lambda value: isinstance(value, list) and len(value) == 2 and all(_is_count(v, _MAX_MODEL_SIDE) for v in value),
     )
     classes = manifest["model"]["class_names"]  # checked by _check_summary
+    version = manifest["format_version"]  # checked by _read_manifest
+    # a backbone has no classes: its labels index the set's own names
+    names = classes
+    if not classes:
+        names = _field(
+            manifest, "image_set.label_names",
+            lambda value: isinstance(value, list) and all(isinstance(v, str) for v in value),
+        )
     images = _field(
         manifest,
         "image_set.images",
         lambda value: isinstance(value, list) and bool(value)
         and all(
             isinstance(item, dict) and isinstance(item.get("id"), str) and isinstance(item.get("name"), str)
-            and (item.get("label") is None or (type(item["label"]) is int and 0 <= item["label"] < len(classes)))
+            and (item.get("label") is None or (type(item["label"]) is int and 0 <= item["label"] < len(names)))
             for item in value
         ),
     )
@@ -699,10 +745,10 @@ def _study_shape(manifest: dict[str, Any], limits: BundleLimits) -> _StudyShape:
             f"The bundle's case study covers {len(images):,} images; the limit is {limits.max_images:,}, {_FEWER}."
         )
     return _StudyShape(
-        images=len(images), layers=layers, heads=heads, rows=rows, cols=cols, classes=len(classes),
+        images=len(images), layers=layers, heads=heads, rows=rows, cols=cols, classes=len(classes), labels=len(names),
         name_bytes=max(len(item["name"].encode("utf-8", "surrogatepass")) for item in images),
-        class_bytes=max(len(name.encode("utf-8", "surrogatepass")) for name in classes),
-        settings=manifest["settings"],
+        class_bytes=max((len(name.encode("utf-8", "surrogatepass")) for name in names), default=0),
+        settings=manifest["settings"], version=version,
     )
 
 
@@ -731,7 +777,7 @@ def _table(name: str, content: bytes, shape: _StudyShape, limits: BundleLimits) 
     once and its decoded size counted before a string is built per row.
     """
     damaged = _damaged(f"table '{name}' is not a readable Parquet table")
-    columns = TABLE_COLUMNS[name]
+    columns = shape.columns(name)
     text = shape.text_bytes(name)
     try:
         parquet = pq.ParquetFile(io.BytesIO(content), read_dictionary=list(text))
@@ -803,7 +849,10 @@ def _table(name: str, content: bytes, shape: _StudyShape, limits: BundleLimits) 
     if tuple(frame.columns) != columns:
         raise _damaged(f"table '{name}' does not have the columns {', '.join(columns)}")
     _check_numbers(name, frame, shape.numbers(name))
-    return frame
+    for column in TABLE_COLUMNS[name]:
+        if column not in frame.columns:  # added after the bundle's format version
+            frame[column] = np.nan
+    return frame[list(TABLE_COLUMNS[name])]
 
 
 def _text_sizes(column: pa.ChunkedArray) -> tuple[int, int]:
@@ -833,6 +882,8 @@ def _check_values(values: np.ndarray, valid: _Range) -> bool:
     """Whether every value is finite, whole where it must be, and within its range (with float slack)."""
     slack = 0.0 if valid.whole else _SLACK
     values = values.astype(np.float64, copy=False)
+    if valid.missing:
+        values = values[~np.isnan(values)]
     return bool(
         np.isfinite(values).all()
         and (values >= valid.low - slack).all()
@@ -860,7 +911,7 @@ def _check_numbers(name: str, frame: pd.DataFrame, ranges: dict[str, _Range | di
 
 def _check_tables(tables: dict[str, pd.DataFrame], shape: _StudyShape) -> None:
     """Refuse tables that disagree with the manifest or with each other."""
-    if len(tables["images"]) != shape.images or set(tables["importance_overall"]["metric"]) != set(METRICS):
+    if len(tables["images"]) != shape.images or set(tables["importance_overall"]["metric"]) != set(shape.metrics):
         raise _damaged("its image or importance tables do not match its manifest")
     for name in ("importance_overall", "importance_per_image"):
         if not set(tables[name]["metric"]) <= set(METRICS):

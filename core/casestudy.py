@@ -50,7 +50,9 @@ from core.projection import Method
 from core.strength import StrengthStats, strength_statistics
 
 BUNDLE_FORMAT = "headscope-bundle"
-BUNDLE_VERSION = 1
+# 2: backbones (empty class names), the output_impact metric, the curve's similarity and
+# partial pruning's output_impact columns. Bundles of version 1 still open.
+BUNDLE_VERSION = 2
 # The libraries whose versions a result depends on, in the manifest and the report.
 VERSIONED_PACKAGES = (
     "torch", "timm", "numpy", "pandas", "scikit-learn", "umap-learn", "altair", "vl-convert-python", "pyarrow",
@@ -61,6 +63,9 @@ PARTIAL_MODES = tuple(mode for mode in MODES if mode not in ("none", "head"))
 # A head whose pruning lowers no image's target probability by this much changes no
 # prediction on its own: the case study says so instead of naming a mode.
 NEGLIGIBLE_DROP = 0.01
+# The same for a backbone, whose change is 1 - cosine of its output features: pruning one
+# head of the real DINOv2-S moves its output by about 0.001 to 0.05 on a photo.
+NEGLIGIBLE_CHANGE = 0.001
 THUMBNAIL_SIDE = 96
 
 # What a stage reports: (stage name, done, total).
@@ -73,8 +78,14 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "importance_overall": ("layer", "head", "metric", "value"),
     "importance_per_image": ("image", "layer", "head", "metric", "value"),
     "importance_unpruned": ("image", "target", "probability", "correct", "labelled"),
-    "pruning_curve": ("order", "pruned", "fraction", "accuracy"),
-    "partial": ("layer", "head", "image", "image_id", "drop", "mode", "probability", "predicted", "removed_attention"),
+    # accuracy is NaN for a backbone, whose curve is the similarity of its output
+    "pruning_curve": ("order", "pruned", "fraction", "accuracy", "similarity"),
+    # drop: what pruning the whole head does to the image (target probability lost, or a
+    # backbone's output_impact); probability NaN and predicted "" for a backbone
+    "partial": (
+        "layer", "head", "image", "image_id", "drop", "mode", "probability", "predicted", "removed_attention",
+        "output_impact",
+    ),
     "pattern_heads": ("layer", "head", "head_label", "cluster", "share", "x", "y", "maps"),
     "pattern_clusters": ("cluster", "maps", "share", "heads", "head_count"),
     "pattern_prototypes": ("cluster", "row", "col", "value"),
@@ -97,7 +108,8 @@ class CaseSettings:
     Attributes:
         top_k: heads studied per metric (partial pruning runs for the union over metrics).
         hurt_images: images per head on which partial pruning runs: those where pruning
-            the whole head lowers the target probability most.
+            the whole head lowers the target probability most (for a backbone: changes
+            its output most).
         kind: ``"patch"`` or ``"cls"`` maps for the pattern clusters.
         max_maps: maps sampled for the pattern autoencoder.
         n_clusters: pattern clusters.
@@ -162,6 +174,17 @@ class CaseStudy:
     @property
     def num_layers(self) -> int:
         return int(self.manifest["model"]["num_layers"])
+
+    @property
+    def is_backbone(self) -> bool:
+        """The model has no classifier: heads are judged by how they change its output features."""
+        return not self.manifest["model"]["class_names"]
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The importance metrics the study holds, in ``METRICS`` order."""
+        present = set(self.tables["importance_overall"]["metric"])
+        return tuple(metric for metric in METRICS if metric in present)
 
 
 # --- computing ---------------------------------------------------------------------------
@@ -250,7 +273,9 @@ def assemble(
     probability most.
     """
     heads = studied_heads(importance.overall, settings.top_k)
-    partial = _partial_table(handle, image_set, importance, heads, settings.hurt_images, _stage_reporter(progress)("partial pruning"))
+    partial = _partial_table(
+        handle, image_set, importance, heads, settings.hurt_images, _stage_reporter(progress)("partial pruning")
+    )
     cited = list(dict.fromkeys(partial["image_id"]))
     pattern_heads = clusters.heads.merge(
         layout.heads[["layer", "head", "x", "y", "maps"]], on=["layer", "head"], how="left"
@@ -264,6 +289,8 @@ def assemble(
             "key": image_set.key,
             "title": image_set.title,
             "images": [{"id": item.id, "name": item.name, "label": item.label} for item in image_set.images],
+            # a backbone has no classes: labels then index the set's own names (its folders)
+            "label_names": list(getattr(image_set, "label_names", ())),
         },
         "settings": {**asdict(settings), "layout": layout.method},
         "patterns": {"reconstruction_mse": space.reconstruction_mse, "baseline_mse": space.baseline_mse},
@@ -309,22 +336,35 @@ def studied_heads(overall: pd.DataFrame, top_k: int) -> list[tuple[int, int]]:
 
 
 def hurt_images(importance: HeadImportance, layer: int, head: int, count: int) -> pd.DataFrame:
-    """The ``count`` images where pruning the head lowers the target probability most.
+    """The ``count`` images where pruning the head hurts most.
 
-    Columns image (position), drop (unpruned minus pruned probability of the target),
-    largest drop first; ties keep set order.
+    Columns image (position), drop: the unpruned minus the pruned probability of the
+    target, or for a backbone (no probability metric) the output_impact of pruning the
+    head; largest first, ties keep set order.
     """
     local = importance.per_image
-    pruned = local[(local["metric"] == "probability") & (local["layer"] == layer) & (local["head"] == head)]
+    backbone = "probability" not in set(local["metric"])
+    metric = "output_impact" if backbone else "probability"
+    pruned = local[(local["metric"] == metric) & (local["layer"] == layer) & (local["head"] == head)]
     pruned = pruned.set_index("image")["value"]
-    unpruned = importance.unpruned.set_index("image")["probability"]
-    drop = (unpruned - pruned.reindex(unpruned.index)).rename("drop").reset_index()
+    index = importance.unpruned.set_index("image").index
+    if backbone:
+        drop = pruned.reindex(index).rename("drop").reset_index()
+    else:
+        unpruned = importance.unpruned.set_index("image")["probability"]
+        drop = (unpruned - pruned.reindex(index)).rename("drop").reset_index()
     return drop.sort_values("drop", ascending=False, kind="stable").head(count).reset_index(drop=True)
+
+
+def negligible(backbone: bool) -> float:
+    """The least whole-head change on an image that counts as hurting it (see ``hurt_images``)."""
+    return NEGLIGIBLE_CHANGE if backbone else NEGLIGIBLE_DROP
 
 
 _PARTIAL_DTYPES = {
     "layer": "int64", "head": "int64", "image": "int64", "image_id": "str", "drop": "float64",
     "mode": "str", "probability": "float64", "predicted": "str", "removed_attention": "float64",
+    "output_impact": "float64",
 }
 
 
@@ -337,16 +377,20 @@ def _partial_table(
     progress: Callable[[int, int], None] | None,
 ) -> pd.DataFrame:
     targets = importance.unpruned["target"].to_numpy()
+    least = negligible(handle.is_backbone)
     frames = []
     for done, (layer, head) in enumerate(heads, start=1):
         hurt = hurt_images(importance, layer, head, count)
         # "where pruning hurts": an image whose target probability pruning leaves alone is no evidence
-        for image, drop in hurt[hurt["drop"] >= NEGLIGIBLE_DROP].itertuples(index=False):
+        for image, drop in hurt[hurt["drop"] >= least].itertuples(index=False):
             item = image_set.images[int(image)]
             x = handle.preprocess([item.image])
-            modes = partial_pruning(handle, x, layer, head, int(targets[int(image)]))
+            target = None if handle.is_backbone else int(targets[int(image)])
+            modes = partial_pruning(handle, x, layer, head, target)
+            if handle.is_backbone:
+                modes = modes.assign(probability=np.nan, predicted="")
             frames.append(
-                modes[["mode", "probability", "predicted", "removed_attention"]].assign(
+                modes[["mode", "probability", "predicted", "removed_attention", "output_impact"]].assign(
                     layer=layer, head=head, image=int(image), image_id=item.id, drop=float(drop)
                 )
             )
@@ -360,20 +404,22 @@ def _partial_table(
 
 def _images_table(handle: ViTHandle, image_set: ImageSet, importance: HeadImportance) -> pd.DataFrame:
     unpruned = importance.unpruned
+    # a backbone has no classes: its labels are the set's own names, and it has no target
+    names = handle.class_names or list(getattr(image_set, "label_names", ()))
     return pd.DataFrame(
         {
             "position": np.arange(len(image_set)),
             "id": [item.id for item in image_set.images],
             "name": [item.name for item in image_set.images],
-            "label": [handle.class_names[item.label] if item.label is not None else "" for item in image_set.images],
-            "target": [handle.class_names[int(t)] for t in unpruned["target"]],
+            "label": [names[item.label] if item.label is not None else "" for item in image_set.images],
+            "target": ["" if handle.is_backbone else handle.class_names[int(t)] for t in unpruned["target"]],
             "probability": unpruned["probability"].to_numpy(dtype=float),
         }
     )
 
 
 def model_summary(handle: ViTHandle) -> dict[str, Any]:
-    """The model facts a bundle records and checks when it is opened again."""
+    """The model facts a bundle records and checks when it is opened again (no class names: a backbone)."""
     return {
         "name": handle.name,
         "key": handle.key,
@@ -433,15 +479,18 @@ class HeadFinding:
         layer, head, label: the head (``L{l}H{h}``).
         value: its global value under ``metric``.
         importance: what pruning it does to the set.
-        mechanism: which partial-pruning mode kills the prediction on the images where
-            pruning it hurts most.
+        mechanism: which partial-pruning mode kills the prediction (for a backbone: does
+            most of the change to its output) on the images where pruning it hurts most.
         locality: how local or global it is (entropy, hop profile, mean distance).
         pattern: the pattern cluster its maps fall in.
         hurt_images: ids of the images partial pruning ran on, most hurt first.
-        mode_probability: mean target probability over those images, by mode.
+        mode_probability: mean target probability over those images, by mode (NaN for a
+            backbone).
+        mode_impact: mean output_impact over those images, by mode (NaN in a study saved
+            before that column existed).
         killer_mode: the partial mode (not ``none``/``head``) that alone does at least
             ``KILLER_SHARE`` of the whole head's damage, or ``None`` (no part does, or no
-            image is hurt by ``NEGLIGIBLE_DROP``).
+            image is hurt by ``negligible(backbone)``).
         entropy, near_share, distance: set-mean entropy (nats), share of the mean hop
             profile within one hop (NaN when the head's patches attend to no patch), mean
             attention distance (pixels).
@@ -460,6 +509,7 @@ class HeadFinding:
     hurt_images: tuple[str, ...]
     mode_probability: Mapping[str, float]
     killer_mode: str | None
+    mode_impact: Mapping[str, float]
     entropy: float
     near_share: float
     distance: float
@@ -485,8 +535,10 @@ class CaseFindings:
     layers: pd.DataFrame
 
 
-def findings(study: CaseStudy, metric: str = "probability", top_k: int | None = None) -> CaseFindings:
-    """The case study's findings with the heads ranked by ``metric`` (``top_k`` defaults to the settings')."""
+def findings(study: CaseStudy, metric: str | None = None, top_k: int | None = None) -> CaseFindings:
+    """The case study's findings with the heads ranked by ``metric`` (default the study's first metric:
+    ``probability``, or ``layer_impact`` for a backbone; ``top_k`` defaults to the settings')."""
+    metric = study.metrics[0] if metric is None else metric
     if metric not in METRICS:
         raise ValueError(f"Unknown metric {metric!r}: choose one of {', '.join(METRICS)}.")
     overall = study.tables["importance_overall"]
@@ -514,10 +566,12 @@ def findings(study: CaseStudy, metric: str = "probability", top_k: int | None = 
         distance = float(per_head["distance"].iloc[index])
         rows = partial[(partial["layer"] == layer) & (partial["head"] == head)]
         modes = rows.groupby("mode")["probability"].mean().reindex(list(MODES)).to_dict()
+        impacts = rows.groupby("mode")["output_impact"].mean().reindex(list(MODES)).to_dict()
         removed = rows.groupby("mode")["removed_attention"].mean().reindex(list(MODES)).to_dict()
         hurt = tuple(dict.fromkeys(rows["image_id"]))
         largest = float(hurt_images(study.importance, layer, head, 1)["drop"].max())
-        killer = _killer_mode(modes, removed) if len(rows) else None
+        damage = impacts if study.is_backbone else {mode: modes["none"] - value for mode, value in modes.items()}
+        killer = _killer_mode(damage, removed) if len(rows) else None
         member = pattern_heads.loc[(layer, head)] if (layer, head) in pattern_heads.index else None
         cluster = int(member["cluster"]) if member is not None else -1
         cluster_share = float(member["share"]) if member is not None else float("nan")
@@ -525,13 +579,16 @@ def findings(study: CaseStudy, metric: str = "probability", top_k: int | None = 
             HeadFinding(
                 rank=rank, layer=layer, head=head, label=label, value=float(row.value),
                 importance=_importance_sentence(label, rank, n_heads, metric, float(row.value), overall, unpruned),
-                mechanism=_mechanism_sentence(modes, removed, killer, len(hurt), largest),
+                mechanism=(
+                    _backbone_mechanism_sentence(impacts, removed, killer, len(hurt), largest)
+                    if study.is_backbone else _mechanism_sentence(modes, removed, killer, len(hurt), largest)
+                ),
                 locality=_locality_sentence(
                     int(distance_rank.iloc[index]), n_heads, distance, entropy, len(profile), near,
                     float(per_head["prefix_share"].iloc[index]),
                 ),
                 pattern=_pattern_sentence(label, cluster, cluster_share, clusters, study.manifest["settings"]["kind"]),
-                hurt_images=hurt, mode_probability=modes, killer_mode=killer,
+                hurt_images=hurt, mode_probability=modes, killer_mode=killer, mode_impact=impacts,
                 entropy=entropy, near_share=near, distance=distance, cluster=cluster, cluster_share=cluster_share,
             )
         )
@@ -557,6 +614,8 @@ def _importance_sentence(
         return f"{head}: pruning it changes the share of images whose top-1 is the target from {base:.1%} to {value:.1%}."
     if metric == "layer_impact":
         return f"{head}: pruning it turns its block's output tokens {value:.4f} away from the unpruned ones (1 - cosine)."
+    if metric == "output_impact":
+        return f"{head}: pruning it turns the model's output {value:.4f} away from the unpruned output (1 - cosine)."
     return f"{head}: its gate gradient is {value:.4f} in magnitude over the set (a first-order estimate of its cost)."
 
 
@@ -568,27 +627,24 @@ def _blocks(mode: str) -> set[int]:
 KILLER_SHARE = 0.5
 
 
-def _killer_mode(modes: Mapping[str, float], removed: Mapping[str, float]) -> str | None:
+def _killer_mode(damage: Mapping[str, float], removed: Mapping[str, float]) -> str | None:
     """The partial mode that does most of the whole head's damage, or ``None`` when no part alone does.
 
-    Only modes that remove some attention count (on a model without prefix tokens the
-    prefix modes remove nothing). ``cls`` removes the blocks of ``cls_patch`` and
-    ``cls_cls`` too: when one of those alone does at least 90% of its damage, it is the
-    more precise answer.
+    ``damage``: by mode, what it does to the images: the target probability it takes
+    away (unpruned minus pruned), or for a backbone its output_impact. Only modes that
+    remove some attention count (on a model without prefix tokens the prefix modes
+    remove nothing). ``cls`` removes the blocks of ``cls_patch`` and ``cls_cls`` too:
+    when one of those alone does at least 90% of its damage, it is the more precise answer.
     """
-    whole = modes["none"] - modes["head"]
-    candidates = [mode for mode in PARTIAL_MODES if removed.get(mode, 0.0) > 0]
-    if whole <= 0 or not candidates:
+    whole = damage["head"]
+    candidates = [mode for mode in PARTIAL_MODES if removed.get(mode, 0.0) > 0 and np.isfinite(damage[mode])]
+    if not whole > 0 or not candidates:
         return None
-    killer = min(candidates, key=lambda mode: (modes[mode], PARTIAL_MODES.index(mode)))
-    damage = modes["none"] - modes[killer]
-    if damage < KILLER_SHARE * whole:
+    killer = max(candidates, key=lambda mode: (damage[mode], -PARTIAL_MODES.index(mode)))
+    if damage[killer] < KILLER_SHARE * whole:
         return None
-    within = [
-        mode for mode in candidates
-        if _blocks(mode) < _blocks(killer) and modes["none"] - modes[mode] >= 0.9 * damage
-    ]
-    return min(within, key=lambda mode: (len(_blocks(mode)), modes[mode])) if within else killer
+    within = [mode for mode in candidates if _blocks(mode) < _blocks(killer) and damage[mode] >= 0.9 * damage[killer]]
+    return min(within, key=lambda mode: (len(_blocks(mode)), -damage[mode])) if within else killer
 
 
 def _span(values: list[float]) -> str:
@@ -621,6 +677,38 @@ def _mechanism_sentence(
     ]
     rest = f"; modes that keep that flow leave {_span(keeping)}" if keeping else ""
     return f"{whole}, and removing only {MODE_REMOVES[killer]} ({killer}) takes it to {modes[killer]:.3f}{rest}."
+
+
+def _backbone_mechanism_sentence(
+    impacts: Mapping[str, float], removed: Mapping[str, float], killer: str | None, images: int, largest: float
+) -> str:
+    if not images:
+        return (
+            f"Pruning it changes no single image's output by {NEGLIGIBLE_CHANGE} or more (1 - cosine; largest "
+            f"{largest:.4f}): its importance comes from small changes spread over the set."
+        )
+    where = "On the image" if images == 1 else f"On the {images} images"
+    whole = (
+        f"{where} where pruning it changes the output most, removing the whole head turns the output "
+        f"{impacts['head']:.4f} away from the unpruned one (1 - cosine)"
+    )
+    removing = [mode for mode in PARTIAL_MODES if removed.get(mode, 0.0) > 0]
+    if killer is None:
+        if not removing:
+            return f"{whole}; none of the partial modes removes any of its attention on these images."
+        best = max(removing, key=lambda mode: (impacts[mode], -PARTIAL_MODES.index(mode)))
+        return (
+            f"{whole}; no part of its attention does most of that alone: the closest, removing only "
+            f"{MODE_REMOVES[best]} ({best}), does {impacts[best]:.4f}."
+        )
+    keeping = [impacts[mode] for mode in removing if not _blocks(killer) & _blocks(mode)]
+    rest = f"; modes that keep that flow do {_span4(keeping)}" if keeping else ""
+    return f"{whole}, and removing only {MODE_REMOVES[killer]} ({killer}) does {impacts[killer]:.4f} of it{rest}."
+
+
+def _span4(values: list[float]) -> str:
+    low, high = f"{min(values):.4f}", f"{max(values):.4f}"
+    return low if low == high else f"{low} to {high}"
 
 
 def _locality_sentence(

@@ -15,7 +15,7 @@ from core.importance import HIGHER_MEANS_LESS_IMPORTANT, METRICS, RANDOM_ORDER, 
 
 FOCUS_RED = "#d62728"  # the focus image or head on the pages, the top heads in the report
 LAYER_COLOURS = "tableau20"  # one distinct hue per layer (up to 20), as the paper's views C1 and D1
-ORDER_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c8c8c"]  # one per metric, grey for random
+ORDER_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#8c564b", "#9467bd", "#8c8c8c"]  # one per metric, grey for random
 PATCH_SCHEME = "oranges"  # patch-to-patch attention and patch maps
 # vega-tooltip (on the pages and in the report) takes two keys out of the table: ``title``
 # becomes a heading and ``image`` becomes ``<img src=VALUE>``, a fetch of whatever URL the
@@ -133,12 +133,29 @@ def layer_dots(
     return dots, where
 
 
+SIMILARITY_TITLE = "output similarity to the unpruned model (cosine)"
+
+
+def curve_column(curve: pd.DataFrame) -> str:
+    """What a pruning curve measures: ``accuracy`` for a classifier, ``similarity`` of the output for a backbone."""
+    if "similarity" in curve.columns and bool(curve["accuracy"].isna().all()):
+        return "similarity"
+    return "accuracy"
+
+
 def pruning_curve_chart(curve: pd.DataFrame, measure: str, width: int | None = None) -> alt.Chart:
     """Cumulative pruning: ``measure`` as heads are removed least important first, one line per order.
 
-    ``curve``: ``core.importance.pruning_curve`` output; the random order is dashed.
-    ``width`` in pixels, or ``None`` to let the container decide.
+    ``curve``: ``core.importance.pruning_curve`` output; the random order is dashed. A
+    classifier's curve is its accuracy, a backbone's the cosine similarity of its output
+    to the unpruned output (``curve_column``), titled ``SIMILARITY_TITLE`` whatever
+    ``measure`` says. ``width`` in pixels, or ``None`` to let
+    the container decide.
     """
+    column = curve_column(curve)
+    if column == "similarity":
+        measure = SIMILARITY_TITLE
+    low = min(0.0, float(curve[column].min())) if len(curve) else 0.0
     chart = (
         alt.Chart(curve.assign(baseline=curve["order"] == RANDOM_ORDER))
         .mark_line(point=True)
@@ -148,7 +165,7 @@ def pruning_curve_chart(curve: pd.DataFrame, measure: str, width: int | None = N
                 title="share of all heads pruned (least important first)",
                 axis=alt.Axis(format="%", tickCount=10),
             ),
-            y=alt.Y("accuracy:Q", title=measure, scale=alt.Scale(domain=[0, 1])),
+            y=alt.Y(f"{column}:Q", title=measure, scale=alt.Scale(domain=[low, 1])),
             color=alt.Color(
                 "order:N",
                 title="order by",
@@ -160,7 +177,7 @@ def pruning_curve_chart(curve: pd.DataFrame, measure: str, width: int | None = N
                 tooltip_field("order:N", "order by"),
                 tooltip_field("pruned:Q", "heads pruned"),
                 tooltip_field("fraction:Q", "share pruned", format=".0%"),
-                tooltip_field("accuracy:Q", measure, format=".3f"),
+                tooltip_field(f"{column}:Q", measure, format=".3f"),
             ],
         )
         .properties(

@@ -118,12 +118,13 @@ def combine_importance(parts: Sequence[HeadImportance]) -> HeadImportance:
 
 
 def combine_curves(parts: Sequence[tuple[pd.DataFrame, int]]) -> pd.DataFrame:
-    """The pruning curve of the whole set from ``(curve, images)`` per shard: accuracy weighted by images."""
+    """The pruning curve of the whole set from ``(curve, images)`` per shard: accuracy and similarity weighted by images."""
     if len(parts) == 1:
         return parts[0][0]
     total = sum(images for _, images in parts)
     curve = parts[0][0].copy()
-    curve["accuracy"] = sum(part["accuracy"].to_numpy() * images for part, images in parts) / total
+    for column in ("accuracy", "similarity"):
+        curve[column] = sum(part[column].to_numpy() * images for part, images in parts) / total
     return curve
 
 

@@ -27,6 +27,10 @@ class UnsupportedModel(ModelUnavailable):
     """The model exists but is not a ViT whose blocks use timm's standard ``Attention``."""
 
 
+class UnsupportedMetric(HeadScopeError, ValueError):
+    """A metric or target the model cannot give: a class-based one asked of a backbone without classes."""
+
+
 class BundleRejected(HeadScopeError):
     """A result bundle cannot be opened: not a bundle, damaged, unsafe or from another model."""
 

@@ -27,15 +27,24 @@ from torch import nn
 
 from core._hooks import HookSet, locked_forward, locked_hooks, temporary_hooks
 from core.inference import Progress
+from core.errors import UnsupportedMetric
 from core.model import ViTHandle
 
-METRICS: tuple[str, ...] = ("probability", "accuracy", "layer_impact", "taylor")
+METRICS: tuple[str, ...] = ("probability", "accuracy", "layer_impact", "output_impact", "taylor")
+# The metrics that need a class target (a label or the top-1 class): a backbone has none.
+CLASS_METRICS: frozenset[str] = frozenset({"probability", "accuracy", "taylor"})
+BACKBONE_METRICS: tuple[str, ...] = tuple(m for m in METRICS if m not in CLASS_METRICS)
+BACKBONE_REASON = (
+    "probability, accuracy and taylor need a class target, and a backbone has no classifier: "
+    "its heads are ranked by how much pruning them changes its features"
+)
 # Whether a HIGHER value means the head matters LESS: with a head pruned, a high
 # remaining probability or accuracy means the model did not need it.
 HIGHER_MEANS_LESS_IMPORTANT: dict[str, bool] = {
     "probability": True,
     "accuracy": True,
     "layer_impact": False,
+    "output_impact": False,
     "taylor": False,
 }
 # Metrics whose sign carries no importance: a head whose gate gradient is strongly
@@ -45,6 +54,10 @@ METRIC_HELP: dict[str, str] = {
     "probability": "softmax probability of the target class with the head pruned (lower = more important)",
     "accuracy": "share of images whose top-1 still equals the target with the head pruned (lower = more important)",
     "layer_impact": "1 - cosine similarity of the block's output tokens with vs. without the head (higher = more important)",
+    "output_impact": (
+        "1 - cosine similarity of the model's output (logits, or a backbone's pooled features) with vs. "
+        "without the head (higher = more important)"
+    ),
     "taylor": (
         "gradient of the cross-entropy w.r.t. a gate on the head's output; the set value is |mean| "
         "(higher = more important)"
@@ -84,6 +97,11 @@ _HELD_BUDGET = 2**27
 ImageBatch = torch.Tensor | Sequence[Image.Image]
 
 
+def metrics_for(handle: ViTHandle) -> tuple[str, ...]:
+    """The importance metrics ``handle`` supports, in ``METRICS`` order: all of them, or a backbone's two."""
+    return BACKBONE_METRICS if handle.is_backbone else METRICS
+
+
 @dataclass(frozen=True)
 class HeadImportance:
     """Head importance of an image set, per image (local) and over the set (global).
@@ -96,6 +114,8 @@ class HeadImportance:
         unpruned: one row per image, columns image, target (class index), probability
             (of the target, unpruned), correct (unpruned top-1 equals the target),
             labelled (the target is the image's label rather than the model's top-1).
+            For a backbone, target is the label (-1 when unknown), probability NaN and
+            correct False: it has no classes to predict.
     """
 
     overall: pd.DataFrame
@@ -107,7 +127,7 @@ def head_importance(
     handle: ViTHandle,
     x: ImageBatch,
     labels: torch.Tensor | None = None,
-    metrics: Sequence[str] = METRICS,
+    metrics: Sequence[str] | None = None,
     *,
     batch_size: int = DEFAULT_BATCH,
     progress: Progress | None = None,
@@ -124,7 +144,7 @@ def head_importance_tables(
     handle: ViTHandle,
     x: ImageBatch,
     labels: torch.Tensor | None = None,
-    metrics: Sequence[str] = METRICS,
+    metrics: Sequence[str] | None = None,
     *,
     batch_size: int = DEFAULT_BATCH,
     progress: Progress | None = None,
@@ -142,6 +162,10 @@ def head_importance_tables(
     - ``layer_impact``: 1 - cosine similarity of the pruned block's output tokens
       (flattened) with the unpruned ones; global = mean. It measures the head's own
       contribution where it is made, before later layers can repair or amplify it.
+    - ``output_impact``: 1 - cosine similarity of the model's output vector (what
+      ``model(x)`` returns: logits, or a backbone's pooled features) with the head
+      pruned and without; global = mean. The head's effect on what the model gives
+      its user, for any model.
     - ``taylor``: d(cross-entropy to the target)/d(gate), a gate = 1 multiplying the
       head's output; global = |mean over images| (Michel et al. 2019). A first-order
       estimate of what pruning costs, from one forward and backward pass.
@@ -152,15 +176,17 @@ def head_importance_tables(
             batch, so the set never exists as one tensor).
         labels: ``[N]`` class indices, negative where an image's label is unknown; or
             ``None`` when no image has one.
-        metrics: a subset of ``METRICS``.
+        metrics: a subset of ``metrics_for(handle)``; default all of them (a backbone
+            has only ``layer_impact`` and ``output_impact``).
         batch_size: images per batch (fewer for a large model: see ``_images_per_batch``);
             memory is bounded by the batch.
         progress: called as ``progress(images done, images in all)``.
 
     Raises:
         ValueError: no images, an unknown metric, or labels that do not fit.
+        UnsupportedMetric: a class-based metric asked of a backbone.
     """
-    metrics = _check_metrics(metrics)
+    metrics = _check_metrics(metrics, handle)
     n = len(x)
     given = _check_labels(handle, labels, n)
     shape = (n, handle.num_layers, handle.num_heads)
@@ -174,20 +200,24 @@ def head_importance_tables(
         part = slice(start, start + len(xb))
         with locked_hooks(handle):
             tokens, clean_logits = _clean_pass(handle.model, xb)
-            target = _targets(given[part].to(handle.device), clean_logits)
+            target = _targets(given[part].to(handle.device), clean_logits, handle.is_backbone)
             if swept:
-                impact, logits = _run_configs(
-                    handle, tokens, clean_logits, keep, want_logits=bool({"probability", "accuracy"} & set(swept))
+                impact, logits, output = _run_configs(
+                    handle, tokens, clean_logits, keep,
+                    want_logits=bool({"probability", "accuracy", "output_impact"} & set(swept)),
                 )
-                per_head = _config_metrics(impact, logits, target)
+                per_head = _config_metrics(impact, logits, output, target, classes=not handle.is_backbone)
                 for metric in swept:
                     local[metric][part] = per_head[metric].reshape(len(xb), *shape[1:])
         if "taylor" in metrics:
             local["taylor"][part] = _taylor(handle, xb, target)
-        clean_probs = clean_logits.float().softmax(-1)
         targets[part] = target.cpu().numpy()
-        unpruned_prob[part] = clean_probs.gather(-1, target[:, None]).squeeze(-1).cpu().numpy()
-        unpruned_correct[part] = (clean_logits.argmax(-1) == target).cpu().numpy()
+        if handle.is_backbone:
+            unpruned_prob[part] = np.nan
+        else:
+            clean_probs = clean_logits.float().softmax(-1)
+            unpruned_prob[part] = clean_probs.gather(-1, target[:, None]).squeeze(-1).cpu().numpy()
+            unpruned_correct[part] = (clean_logits.argmax(-1) == target).cpu().numpy()
         if progress is not None:
             progress(part.stop, n)
     overall = {
@@ -223,7 +253,7 @@ def rank_heads(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     slice of the per-image table). Taylor values rank by magnitude. Ties keep the
     model's order (layer, then head).
     """
-    _check_metrics((metric,))
+    _check_metrics((metric,), None)
     rows = table[table["metric"] == metric].sort_values(["layer", "head"])
     score = rows["value"].abs() if metric in RANKED_BY_MAGNITUDE else rows["value"]
     if HIGHER_MEANS_LESS_IMPORTANT[metric]:
@@ -244,14 +274,15 @@ def pruning_curve(
     batch_size: int = DEFAULT_BATCH,
     progress: Progress | None = None,
 ) -> pd.DataFrame:
-    """Accuracy as more and more heads are pruned, in each metric's order and in a random order.
+    """Accuracy and output similarity as more and more heads are pruned, in each metric's order and in a random order.
 
     Heads are removed least important first (as Michel et al. 2019 do), so a metric
-    that ranks well keeps the accuracy up the longest; the random order is the
-    baseline a useful metric must beat. Accuracy is against the target (the label when
-    known, else the unpruned top-1: agreement with the unpruned model). Each point
-    prunes a set of heads at once through an ``[L, H]`` mask; all points of a batch run
-    together, each from the first layer its mask changes.
+    that ranks well keeps the curve up the longest; the random order is the baseline a
+    useful metric must beat. Accuracy is against the target (the label when known, else
+    the unpruned top-1: agreement with the unpruned model); a backbone has none, and its
+    curve is the similarity of its output to the unpruned one. Each point prunes a set
+    of heads at once through an ``[L, H]`` mask; all points of a batch run together,
+    each from the first layer its mask changes.
 
     Args:
         handle: the model.
@@ -266,7 +297,8 @@ def pruning_curve(
 
     Returns:
         Columns order (a metric or ``"random"``), pruned (heads removed), fraction (of
-        all heads), accuracy.
+        all heads), accuracy (NaN for a backbone), similarity (mean over images of the
+        cosine similarity of the model's output with the unpruned output).
     """
     if steps < 1:
         raise ValueError("The pruning curve needs at least one step.")
@@ -297,12 +329,14 @@ def pruning_curve(
             points.append((name, int(count), index))
     keep_all = torch.stack(keeps).reshape(-1, handle.num_layers, handle.num_heads)
     correct = np.zeros(len(keeps), dtype=np.int64)
+    similarity = np.zeros(len(keeps), dtype=np.float64)
     for start, xb in _batches(handle, x, batch_size):
         with locked_hooks(handle):
             tokens, clean_logits = _clean_pass(handle.model, xb)
-            target = _targets(given[start:start + len(xb)].to(handle.device), clean_logits)
-            _, logits = _run_configs(handle, tokens, clean_logits, keep_all, want_logits=True)
+            target = _targets(given[start:start + len(xb)].to(handle.device), clean_logits, handle.is_backbone)
+            _, logits, output = _run_configs(handle, tokens, clean_logits, keep_all, want_logits=True)
         correct += (logits.argmax(-1) == target).sum(-1).cpu().numpy()
+        similarity += (1 - output).sum(-1).cpu().numpy()
         if progress is not None:
             progress(start + len(xb), n)
     return pd.DataFrame(
@@ -310,7 +344,8 @@ def pruning_curve(
             "order": [name for name, _, _ in points],
             "pruned": [count for _, count, _ in points],
             "fraction": [count / num_heads for _, count, _ in points],
-            "accuracy": [correct[index] / n for _, _, index in points],
+            "accuracy": [np.nan if handle.is_backbone else correct[index] / n for _, _, index in points],
+            "similarity": [similarity[index] / n for _, _, index in points],
         }
     )
 
@@ -322,7 +357,7 @@ def partial_pruning(
     head: int,
     target: int | None = None,
 ) -> pd.DataFrame:
-    """The target's probability when parts of one head's attention are removed, in six modes.
+    """What the model outputs when parts of one head's attention are removed, in six modes.
 
     The head's post-softmax attention ``[T, T]`` is multiplied by a 0/1 mask without
     renormalising, so a removed block takes its share of attention with it instead of
@@ -336,20 +371,24 @@ def partial_pruning(
         x: ``[1, C, H, W]`` one preprocessed image.
         layer: the head's layer.
         head: the head's index within the layer.
-        target: class index; default the unpruned model's top-1.
+        target: class index; default the unpruned model's top-1. A backbone has none.
 
     Returns:
         Six rows in the order of ``MODES``: columns mode, removes (what the mask removes),
         removed_attention (share of the head's attention mass the mask removes, mean over
-        query tokens), probability (of the target), predicted (top-1 class name), top5
-        (list of (class name, probability)).
+        query tokens), output_impact (1 - cosine similarity of the model's output with
+        the unpruned one: 0 for ``none``), and for a classifier probability (of the
+        target), predicted (top-1 class name) and top5 (list of (class name, probability)).
 
     Raises:
         ValueError: not exactly one image, or a layer, head or target out of range.
+        UnsupportedMetric: a target class given for a backbone.
     """
     _check_head(handle, layer, head)
     if x.ndim != 4 or len(x) != 1:
         raise ValueError(f"partial_pruning takes one image as a batch of shape [1, C, H, W], not {list(x.shape)}.")
+    if target is not None and handle.is_backbone:
+        raise UnsupportedMetric(f"'{handle.name}' is a backbone without classes, so partial pruning has no target class.")
     if target is not None and not 0 <= target < len(handle.class_names):
         raise ValueError(f"Target class {target} does not exist: this model has classes 0 to {len(handle.class_names) - 1}.")
     keep = torch.ones(len(MODES), handle.num_heads, handle.num_tokens, handle.num_tokens, device=handle.device)
@@ -361,22 +400,31 @@ def partial_pruning(
         return _masked_attention(module, inputs[0], keep, head, removed)
 
     logits = locked_forward(handle, x.expand(len(MODES), -1, -1, -1), lambda hooks: hooks.forward(attn, masked))
-    probs = logits.float().softmax(-1).cpu()
-    chosen = int(probs[0].argmax()) if target is None else target
-    names = handle.class_names
-    top = probs.topk(min(5, probs.shape[-1]), dim=-1)
-    return pd.DataFrame(
+    outputs = logits.double()
+    # mode "none" is the unpruned model: exactly 0, and every other mode is measured against it
+    impact = (1 - F.cosine_similarity(outputs, outputs[:1], dim=-1)).cpu().numpy()
+    impact[0] = 0.0
+    table = pd.DataFrame(
         {
             "mode": list(MODES),
             "removes": [MODE_REMOVES[mode] for mode in MODES],
             "removed_attention": removed["share"].cpu().numpy().astype(float),
-            "probability": probs[:, chosen].numpy().astype(float),
-            "predicted": [names[int(i)] for i in probs.argmax(-1)],
-            "top5": [
-                [(names[int(i)], float(p)) for p, i in zip(values, indices)]
-                for values, indices in zip(top.values, top.indices)
-            ],
+            "output_impact": impact.astype(float),
         }
+    )
+    if handle.is_backbone:
+        return table
+    probs = logits.float().softmax(-1).cpu()
+    chosen = int(probs[0].argmax()) if target is None else target
+    names = handle.class_names
+    top = probs.topk(min(5, probs.shape[-1]), dim=-1)
+    return table.assign(
+        probability=probs[:, chosen].numpy().astype(float),
+        predicted=[names[int(i)] for i in probs.argmax(-1)],
+        top5=[
+            [(names[int(i)], float(p)) for p, i in zip(values, indices)]
+            for values, indices in zip(top.values, top.indices)
+        ],
     )
 
 
@@ -435,8 +483,10 @@ def _run_configs(
 
     Must run inside ``locked_hooks``. ``keep``: ``[C, L, H]``, 0 = pruned. Returns
     ``impact`` ``[C, B]`` (1 - cosine similarity of the first changed block's output
-    tokens with the unpruned ones; 0 for an all-ones mask) and ``logits``
-    ``[C, B, classes]`` (undefined when not ``want_logits``).
+    tokens with the unpruned ones; 0 for an all-ones mask), ``logits`` ``[C, B, outputs]``
+    (the model's output: a backbone's pooled features) and ``output_impact`` ``[C, B]``
+    (1 - cosine similarity of those outputs with the unpruned ones); the last two are
+    undefined when not ``want_logits``.
     """
     model = handle.model
     batch = len(clean_logits)
@@ -444,7 +494,9 @@ def _run_configs(
     changed = (keep != 1).any(-1)  # [C, L]
     first = torch.where(changed.any(-1), changed.float().argmax(-1), num_layers)
     impact = torch.zeros(len(keep), batch, dtype=torch.float64, device=clean_logits.device)
+    output = torch.zeros(len(keep), batch, dtype=torch.float64, device=clean_logits.device)
     logits = clean_logits.expand(len(keep), -1, -1).clone()
+    clean_output = clean_logits.double()[None]
     per_run = max(1, _sequences_per_run(handle) // batch)
     for start in first.unique().tolist():
         if start == num_layers:
@@ -462,8 +514,10 @@ def _run_configs(
                 if want_logits:
                     for block in model.blocks[start + 1:]:
                         x = block(x)
-                    logits[chunk] = _classify(model, x).reshape(count, batch, -1).to(logits.dtype)
-    return impact, logits
+                    pruned = _classify(model, x).reshape(count, batch, -1)
+                    logits[chunk] = pruned.to(logits.dtype)
+                    output[chunk] = (1 - F.cosine_similarity(pruned.double(), clean_output, dim=-1)).to(output.dtype)
+    return impact, logits, output
 
 
 def _taylor(handle: ViTHandle, x: torch.Tensor, target: torch.Tensor) -> np.ndarray:
@@ -568,23 +622,33 @@ def _single_head_masks(handle: ViTHandle) -> torch.Tensor:
     return (1 - torch.eye(count)).reshape(count, handle.num_layers, handle.num_heads)
 
 
-def _config_metrics(impact: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> dict[str, np.ndarray]:
-    """``[B, C]`` per-image values of the swept metrics, from ``[C, B]`` impact and ``[C, B, classes]`` logits."""
-    probs = logits.float().softmax(-1)
-    index = target[None, :, None].expand(len(logits), -1, 1)
-    return {
-        "probability": probs.gather(-1, index).squeeze(-1).T.cpu().numpy(),
-        "accuracy": (logits.argmax(-1) == target).T.float().cpu().numpy(),
-        "layer_impact": impact.T.cpu().numpy(),
-    }
+def _config_metrics(
+    impact: torch.Tensor, logits: torch.Tensor, output: torch.Tensor, target: torch.Tensor, *, classes: bool
+) -> dict[str, np.ndarray]:
+    """``[B, C]`` per-image values of the swept metrics, from ``[C, B]`` impacts and ``[C, B, outputs]`` logits.
+
+    ``classes``: the model is a classifier, so the class-based metrics exist too.
+    """
+    values = {"layer_impact": impact.T.cpu().numpy(), "output_impact": output.T.cpu().numpy()}
+    if classes:
+        probs = logits.float().softmax(-1)
+        index = target[None, :, None].expand(len(logits), -1, 1)
+        values["probability"] = probs.gather(-1, index).squeeze(-1).T.cpu().numpy()
+        values["accuracy"] = (logits.argmax(-1) == target).T.float().cpu().numpy()
+    return values
 
 
-def _targets(given: torch.Tensor, clean_logits: torch.Tensor) -> torch.Tensor:
-    """``[B]`` target classes: the label when known (>= 0), else the unpruned top-1."""
+def _targets(given: torch.Tensor, clean_logits: torch.Tensor, backbone: bool = False) -> torch.Tensor:
+    """``[B]`` target classes: the label when known (>= 0), else the unpruned top-1; a backbone's labels as they are."""
+    if backbone:
+        return given
     return torch.where(given >= 0, given, clean_logits.argmax(-1))
 
 
-def _check_metrics(metrics: Sequence[str]) -> tuple[str, ...]:
+def _check_metrics(metrics: Sequence[str] | None, handle: ViTHandle | None) -> tuple[str, ...]:
+    """The metrics asked for, each once; ``None`` = every metric ``handle`` supports."""
+    if metrics is None:
+        metrics = metrics_for(handle) if handle is not None else METRICS
     if isinstance(metrics, str):
         metrics = (metrics,)
     if not metrics:
@@ -592,6 +656,13 @@ def _check_metrics(metrics: Sequence[str]) -> tuple[str, ...]:
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise ValueError(f"'{unknown[0]}' is not a head-importance metric; choose from {', '.join(METRICS)}.")
+    if handle is not None and handle.is_backbone:
+        refused = [m for m in metrics if m in CLASS_METRICS]
+        if refused:
+            raise UnsupportedMetric(
+                f"'{refused[0]}' is not available for '{handle.name}': {BACKBONE_REASON}; "
+                f"use {' or '.join(BACKBONE_METRICS)}."
+            )
     return tuple(dict.fromkeys(metrics))
 
 
@@ -602,7 +673,7 @@ def _check_labels(handle: ViTHandle, labels: torch.Tensor | None, n: int) -> tor
     labels = torch.as_tensor(labels).long().cpu()
     if labels.shape != (n,):
         raise ValueError(f"Got {labels.numel()} labels for {n} images; give one label per image (negative = unknown).")
-    if bool((labels >= len(handle.class_names)).any()):
+    if not handle.is_backbone and bool((labels >= len(handle.class_names)).any()):
         raise ValueError(f"A label is {int(labels.max())}, but this model has classes 0 to {len(handle.class_names) - 1}.")
     return labels
 

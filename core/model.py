@@ -39,6 +39,19 @@ from core.errors import CheckpointRejected, HeadScopeError, ModelUnavailable, No
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 DEMO_CARD = DATA_DIR / "demo_vit.json"
 DEMO_NAME = "demo"
+DINOV2_NAME = "dinov2-s"
+# The models HeadScope ships (or prepares offline from a registry package), for the model picker.
+BUILTIN_MODELS: dict[str, str] = {
+    DEMO_NAME: "digits ViT: 6 layers x 6 heads, 8x8 grayscale digits, 10 classes",
+    DINOV2_NAME: "DINOv2 ViT-S/14: self-supervised backbone, 12 layers x 6 heads, 224 px, no classifier",
+}
+# A model whose native grid has more patches than ViT-B/16 at 384 px (24 x 24) runs at
+# DEFAULT_IMG_SIZE unless the user picks a size: DINOv2 is built at 518 px (37 x 37
+# patches), where one image's attention alone is 12 layers x 6 heads x 1370^2 floats (540 MB).
+_MAX_DEFAULT_PATCHES = 24 * 24
+DEFAULT_IMG_SIZE = 224
+# What loading reports while it works: (stage description, fraction done in [0, 1]).
+LoadProgress = Callable[[str, float], None]
 
 # timm's ViT headers measure about 100 bytes a tensor: 14 KB for ViT-B (152 tensors), 47 KB for
 # ViT-g (488) and 59 KB for the 7B DINOv3 (606). 1 MiB leaves 17 times that for metadata and long
@@ -82,7 +95,8 @@ class ViTHandle:
         num_heads: attention heads per block ``H``.
         grid: patch grid ``(rows, cols)``; tokens after the prefix are patches in row-major order.
         num_prefix_tokens: CLS, distillation and register tokens before the patches.
-        class_names: one display name per output class.
+        class_names: one display name per output class; empty for a backbone (no
+            classifier: ``model(x)`` returns the pooled features).
         name: what the user picked (``"demo"``, a timm name, or a name plus checkpoint).
         key: content hash of architecture and weights; keys every cached result.
         data_config: timm data config (input_size, mean, std, interpolation, crop_pct).
@@ -101,6 +115,16 @@ class ViTHandle:
     data_config: Mapping[str, Any]
     card: Mapping[str, Any] | None = None
     _transform: Callable[[Image.Image], torch.Tensor] = field(default=None, repr=False)  # type: ignore[assignment]
+
+    @property
+    def is_backbone(self) -> bool:
+        """No classifier head: the model's output is its pooled features, and there are no classes."""
+        return not self.class_names
+
+    @property
+    def img_size(self) -> tuple[int, int]:
+        """Input height and width in pixels."""
+        return int(self.data_config["input_size"][1]), int(self.data_config["input_size"][2])
 
     @property
     def num_tokens(self) -> int:
@@ -132,52 +156,71 @@ def load_model(
     checkpoint: str | Path | bytes | None = None,
     pretrained: bool = True,
     device: str | torch.device | None = None,
+    img_size: int | None = None,
+    progress: LoadProgress | None = None,
 ) -> ViTHandle:
     """Build a supported ViT and load its weights.
 
+    Models without a classifier (``num_classes=0``: DINOv2, DINO, MAE, CLIP image towers)
+    load as backbones: ``class_names`` is empty and ``model(x)`` gives pooled features.
+
     Args:
-        name: ``"demo"`` for the embedded digits model, or a timm model name.
+        name: ``"demo"`` for the embedded digits model, ``"dinov2-s"`` for the DINOv2
+            ViT-S/14 backbone (prepared once from a registry package, see ``core.dinov2``),
+            or a timm model name.
         checkpoint: a local checkpoint (path or raw bytes) for the architecture ``name``;
             safetensors, or a torch file loaded with ``weights_only=True``.
         pretrained: load timm's pretrained weights (hub, or its local cache when offline)
             when no checkpoint is given; ``False`` gives random weights.
         device: where to run; default ``cuda``, then ``mps``, then the CPU.
+        img_size: input side in pixels, a multiple of the patch size; the position table
+            is resampled to its grid. Default: the model's own size, except that a model
+            built for more than 24 x 24 patches (DINOv2 at 518 px) runs at 224 px.
+        progress: called as ``progress(stage, fraction)`` while weights are prepared.
 
     Raises:
         ModelUnavailable: unknown name, or weights not available offline.
         UnsupportedModel: the architecture is not a ViT with timm's standard attention.
         CheckpointRejected: the checkpoint is unreadable, unsafe, non-finite or for
             another architecture.
+        ValueError: ``img_size`` is not a positive multiple of the patch size.
     """
     name = name.strip()
-    if name == DEMO_NAME:
+    if name in BUILTIN_MODELS:
         if checkpoint is not None:
             raise CheckpointRejected(
-                "The demo model has its own weights; pick a timm architecture name to load a checkpoint."
+                f"The built-in model '{name}' has its own weights; pick a timm architecture name to load a checkpoint."
             )
-        return _load_demo(device)
+        if name == DEMO_NAME:
+            if img_size is not None:
+                raise ValueError("The demo model runs at its own 8x8 input size only.")
+            return _load_demo(device)
+        return _load_dinov2(device, img_size, progress)
     import timm
 
     if not timm.is_model(name):
         raise ModelUnavailable(
             f"timm has no model called '{name}'; use a name such as vit_base_patch16_224 or deit_small_patch16_224."
         )
+    size = _run_size(name, img_size)
+    suffix = "" if size is None else f", {size} px"
     if checkpoint is not None:
         state = _read_checkpoint(checkpoint, name)  # checked against the architecture before any model is built
         num_classes = _classifier_width({k: (tuple(v.shape), v.dtype) for k, v in state.items()})
-        model = _create_supported(name, num_classes=num_classes)
-        _load_weights(model, state, f"architecture '{name}'")
+        model = _create_supported(name, num_classes=num_classes, img_size=size)
+        _load_weights(model, _fit_position_table(model, state, name), f"architecture '{name}'")
         key = f"{name}-{_model_digest(model)}"
         return _make_handle(
-            model, name=f"{name} (checkpoint {key[-8:]})", device=device, key=key, refuse=CheckpointRejected
+            model, name=f"{name} (checkpoint {key[-8:]}{suffix})", device=device, key=key, refuse=CheckpointRejected
         )
     if not pretrained:
-        model = _create_supported(name)
-        return _make_handle(model, name=f"{name} (random weights)", device=device)
+        model = _create_supported(name, img_size=size)
+        return _make_handle(model, name=f"{name} (random weights{suffix})", device=device)
     path = _pretrained_weights_path(name)  # before building: an offline user hears at once
-    model = _create_supported(name)
-    _load_weights(model, _read_checkpoint(path, name), f"architecture '{name}'")
-    return _make_handle(model, name=name, device=device)
+    model = _create_supported(name, img_size=size)
+    state = _read_checkpoint(path, name)
+    _load_weights(model, _fit_position_table(model, state, name), f"architecture '{name}'")
+    return _make_handle(model, name=name if size is None else f"{name} ({size} px)", device=device)
 
 
 def wrap_model(
@@ -257,10 +300,71 @@ def _load_demo(device: str | torch.device | None) -> ViTHandle:
     )
 
 
-def _create_supported(name: str, num_classes: int | None = None) -> nn.Module:
+def _load_dinov2(device: str | torch.device | None, img_size: int | None, progress: LoadProgress | None) -> ViTHandle:
+    from core import dinov2
+
+    size = DEFAULT_IMG_SIZE if img_size is None else _check_img_size(img_size, dinov2.PATCH_SIZE)
+    weights = dinov2.prepare_weights(progress=progress)
+    if progress is not None:
+        progress("building the model", 1.0)
+    model = dinov2.build_model(weights, img_size=size)
+    return _make_handle(model, name=DINOV2_NAME if size == DEFAULT_IMG_SIZE else f"{DINOV2_NAME} ({size} px)", device=device)
+
+
+def _check_img_size(img_size: int, patch: int) -> int:
+    if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < patch or img_size % patch:
+        raise ValueError(
+            f"The input size must be a positive multiple of the model's {patch} px patches "
+            f"(e.g. {patch * (DEFAULT_IMG_SIZE // patch)}), not {img_size!r}."
+        )
+    return img_size
+
+
+def _run_size(name: str, img_size: int | None) -> int | None:
+    """The input side to build ``name`` at, or ``None`` for its own size (checked on the meta device)."""
+    with torch.device("meta"):
+        native = _create_supported(name)
+    patch = int(native.patch_embed.patch_size[0])
+    if img_size is not None:
+        size = _check_img_size(img_size, patch)
+        return None if (size, size) == tuple(native.patch_embed.img_size) else size
+    rows, cols = native.patch_embed.grid_size
+    if rows * cols <= _MAX_DEFAULT_PATCHES:
+        return None
+    return patch * (DEFAULT_IMG_SIZE // patch)
+
+
+def _fit_position_table(model: nn.Module, state: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    """``state`` with its position table resampled to ``model``'s patch grid when the two differ.
+
+    DINOv2's weights were trained with bicubic resampling without antialiasing (Meta's
+    and Hugging Face's code); for other weights this is what timm itself does when it
+    builds a pretrained model at another size (bicubic, antialiased).
+    """
+    from timm.layers import resample_abs_pos_embed
+
+    table = state.get("pos_embed")
+    want = model.state_dict().get("pos_embed")
+    if table is None or want is None or table.shape == want.shape:
+        return state
+    prefix = 0 if getattr(model, "no_embed_class", False) else int(model.num_prefix_tokens)
+    patches = table.shape[1] - prefix
+    side = int(round(patches ** 0.5))
+    if side * side != patches:
+        return state  # not a square table: the shape check refuses it with a sentence
+    resampled = resample_abs_pos_embed(
+        table.float(), list(model.patch_embed.grid_size), old_size=[side, side], num_prefix_tokens=prefix,
+        interpolation="bicubic", antialias="dinov2" not in name,
+    )
+    return {**state, "pos_embed": resampled.to(table.dtype)}
+
+
+def _create_supported(name: str, num_classes: int | None = None, img_size: int | None = None) -> nn.Module:
     import timm
 
     kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
+    if img_size is not None:
+        kwargs["img_size"] = img_size
     try:
         model = timm.create_model(name, pretrained=False, **kwargs)
     except Exception as err:  # timm raises assorted errors for models that cannot be built
@@ -284,8 +388,6 @@ def _check_supported(model: nn.Module, label: str) -> None:
         raise UnsupportedModel(
             f"'{label}' does not use timm's standard Attention in every block, so its attention cannot be read."
         )
-    if getattr(model, "num_classes", 0) <= 0:
-        raise UnsupportedModel(f"'{label}' has no classifier head; HeadScope needs class predictions.")
     if getattr(model, "attn_pool", None) is not None:
         raise UnsupportedModel(f"'{label}' pools with an attention head, which HeadScope does not analyse.")
     if not hasattr(model.patch_embed, "grid_size") or model.patch_embed.grid_size is None:
@@ -307,11 +409,12 @@ def _make_handle(
 
     dev = pick_device(device)
     model.eval().to(dev)
-    num_classes = int(model.num_classes)
+    num_classes = int(getattr(model, "num_classes", 0) or 0)  # 0: a backbone, whose output is its pooled features
     if class_names is None:
         class_names = imagenet_class_names() if num_classes == 1000 else [f"class {i}" for i in range(num_classes)]
     if len(class_names) != num_classes:
-        raise ValueError(f"{len(class_names)} class names were given for a model with {num_classes} outputs.")
+        what = "a backbone without a classifier" if num_classes == 0 else f"a model with {num_classes} outputs"
+        raise ValueError(f"{len(class_names)} class names were given for {what}.")
     data_config = resolve_data_config(model=model)
     # a model built without a pretrained config would get timm's 224x224 RGB default:
     # the input size the patch embedding was built for is the one that fits
@@ -740,6 +843,9 @@ def _unwrap_state_dict(state: Any) -> dict[str, torch.Tensor]:
 
 
 def _classifier_width(declared: Mapping[str, tuple[tuple[int, ...], torch.dtype]]) -> int | None:
+    """Outputs of the checkpoint's classifier: 0 for a backbone saved without one, ``None`` when unclear."""
+    if "head.weight" not in declared and "head.bias" not in declared:
+        return 0
     head = declared.get("head.weight")
     return int(head[0][0]) if head is not None and len(head[0]) == 2 else None
 

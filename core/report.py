@@ -86,17 +86,25 @@ def _head_colours(labels: Sequence[str]) -> alt.Scale:
 # --- chart builders --------------------------------------------------------------------------
 
 
-def mode_probability_chart(partial: pd.DataFrame, head_label: str, killer_mode: str | None) -> alt.LayerChart:
-    """Target probability after each partial-pruning mode of one head, on the images it hurts most.
+def mode_probability_chart(
+    partial: pd.DataFrame, head_label: str, killer_mode: str | None, *, backbone: bool = False
+) -> alt.LayerChart:
+    """Target probability (a backbone: output change) after each partial-pruning mode of one head, on the images it hurts most.
 
     ``partial``: the head's rows of the ``partial`` table with the image's ``name``. A bar
     is the mean over the images, a dot one image; the mode that kills the prediction
-    (``killer_mode``) is red.
+    (``killer_mode``) is red. A backbone's bars are the output_impact of each mode
+    (1 - cosine of its features with the unpruned ones).
     """
-    means = partial.groupby("mode", as_index=False)["probability"].mean()
+    column = "output_impact" if backbone else "probability"
+    means = partial.groupby("mode", as_index=False)[column].mean()
     means["killer"] = means["mode"] == killer_mode
     y = alt.Y("mode:N", sort=list(MODES), title="mode")
-    x = alt.X("probability:Q", title="target probability", scale=alt.Scale(domain=[0, 1]))
+    if backbone:
+        x = alt.X("output_impact:Q", title="output change (1 - cosine)", scale=alt.Scale(zero=True))
+    else:
+        x = alt.X("probability:Q", title="target probability", scale=alt.Scale(domain=[0, 1]))
+    value_title = "output change" if backbone else "probability"
     bars = (
         alt.Chart(means)
         .mark_bar(height=alt.RelativeBandSize(0.7))
@@ -104,22 +112,20 @@ def mode_probability_chart(partial: pd.DataFrame, head_label: str, killer_mode: 
             x=x,
             y=y,
             color=alt.condition("datum.killer", alt.value(FOCUS_RED), alt.value("#9ecae1")),
-            tooltip=[tooltip_field("mode:N", "mode"), tooltip_field("probability:Q", "mean over the images", format=".3f")],
+            tooltip=[tooltip_field("mode:N", "mode"), tooltip_field(f"{column}:Q", "mean over the images", format=".4f" if backbone else ".3f")],
         )
     )
+    dot_tooltip = [
+        tooltip_field("name:N", "image name"),
+        tooltip_field("mode:N", "mode"),
+        tooltip_field(f"{column}:Q", value_title, format=".4f" if backbone else ".3f"),
+    ]
+    if not backbone:
+        dot_tooltip.append(tooltip_field("predicted:N", "top-1"))
     dots = (
-        alt.Chart(partial[["mode", "probability", "name", "predicted"]])
+        alt.Chart(partial[["mode", column, "name", "predicted"]])
         .mark_circle(size=28, color="#333333", opacity=0.75)
-        .encode(
-            x=x,
-            y=y,
-            tooltip=[
-                tooltip_field("name:N", "image name"),
-                tooltip_field("mode:N", "mode"),
-                tooltip_field("probability:Q", "probability", format=".3f"),
-                tooltip_field("predicted:N", "top-1"),
-            ],
-        )
+        .encode(x=x, y=y, tooltip=dot_tooltip)
     )
     return alt.layer(bars, dots).properties(
         title=alt.TitleParams(f"{head_label}: partial pruning", subtitle="bar: mean · dot: an image · red: killer"),
@@ -346,7 +352,9 @@ def case_charts(study: CaseStudy, found: CaseFindings) -> dict[str, alt.TopLevel
     for finding in found.heads:
         rows = _hurt_rows(study, finding)
         if len(rows):
-            charts[mode_chart_key(finding)] = mode_probability_chart(rows, finding.label, finding.killer_mode)
+            charts[mode_chart_key(finding)] = mode_probability_chart(
+                rows, finding.label, finding.killer_mode, backbone=study.is_backbone
+            )
 
     measure = target_measure(study.tables["importance_unpruned"]["labelled"])
     title = metric_title(found.metric, False, measure)
@@ -447,7 +455,7 @@ _SECTION_TITLES = {
 }
 
 
-def render_report(study: CaseStudy, metric: str = "probability", *, top_k: int | None = None) -> str:
+def render_report(study: CaseStudy, metric: str | None = None, *, top_k: int | None = None) -> str:
     """The case study as one HTML document that opens without any network.
 
     Sections: summary, findings (a card per top head under ``metric``), importance,
@@ -455,7 +463,8 @@ def render_report(study: CaseStudy, metric: str = "probability", *, top_k: int |
     and class names) is HTML-escaped; chart specs are escaped so no string can end their
     script.
 
-    ``top_k`` is how many heads the findings cover (default: the study's ``top_k``).
+    ``metric`` defaults to the study's first (``probability``, or ``layer_impact`` for a
+    backbone); ``top_k`` is how many heads the findings cover (default: the study's ``top_k``).
 
     Raises:
         ValueError: ``metric`` is unknown or the study lacks it (from ``findings``).
@@ -535,8 +544,13 @@ def _summary(study: CaseStudy, found: CaseFindings) -> str:
             ("image set", f"{image_set['title']} · {len(study.tables['images'])} images · key {image_set['key']}"),
             ("created", study.manifest["created"]),
             ("ranking metric", f"{found.metric}: {METRIC_HELP[found.metric]}"),
-            (f"unpruned {measure}", f"{float(unpruned['correct'].mean()):.1%}"),
-            ("unpruned mean target probability", f"{float(unpruned['probability'].mean()):.3f}"),
+            *(
+                [("model kind", "backbone without a classifier: heads are judged by how pruning them changes its output features")]
+                if study.is_backbone else [
+                    (f"unpruned {measure}", f"{float(unpruned['correct'].mean()):.1%}"),
+                    ("unpruned mean target probability", f"{float(unpruned['probability'].mean()):.3f}"),
+                ]
+            ),
             ("top heads", ", ".join(finding.label for finding in found.heads)),
         ]
     )
@@ -561,19 +575,28 @@ def _card(study: CaseStudy, finding: HeadFinding, metric: str, has_chart: bool) 
     figures = []
     for image_id in finding.hurt_images:
         image = rows[rows["image_id"] == image_id]
-        by_mode = image.set_index("mode")["probability"]
         name, target = str(image["name"].iloc[0]), str(image["target"].iloc[0])
         png = study.thumbnails.get(image_id)
         img = (
             f'<img src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}" alt="{escape(name)}">' if png else ""
         )
-        figures.append(
-            f"<figure>{img}<figcaption>{escape(name)}<br>target {escape(target)}<br>"
-            f"p {by_mode.get('none', float('nan')):.2f} → {by_mode.get('head', float('nan')):.2f}</figcaption></figure>"
-        )
+        if study.is_backbone:
+            change = image.set_index("mode")["output_impact"].get("head", float("nan"))
+            caption_text = f"{escape(name)}<br>output change {change:.4f}"
+        else:
+            by_mode = image.set_index("mode")["probability"]
+            caption_text = (
+                f"{escape(name)}<br>target {escape(target)}<br>"
+                f"p {by_mode.get('none', float('nan')):.2f} → {by_mode.get('head', float('nan')):.2f}"
+            )
+        figures.append(f"<figure>{img}<figcaption>{caption_text}</figcaption></figure>")
     hurt = ""
     if figures:
-        caption = "<p>Images where pruning it hurts most (target probability unpruned → head pruned):</p>"
+        caption = (
+            "<p>Images where pruning it changes the output most (1 - cosine of the features with the head pruned):</p>"
+            if study.is_backbone else
+            "<p>Images where pruning it hurts most (target probability unpruned → head pruned):</p>"
+        )
         chart = _chart(mode_chart_key(finding)) if has_chart else ""
         hurt = f'{caption}<div class="hurt"><div class="thumbs">{"".join(figures)}</div>{chart}</div>'
     return (
@@ -639,19 +662,26 @@ def _patterns(study: CaseStudy) -> str:
 
 def _settings(study: CaseStudy) -> str:
     images = study.tables["images"]
-    image_rows = [
-        [int(row.position), row.id, row.name, row.label, row.target, f"{row.probability:.3f}"] for row in images.itertuples()
-    ]
-    image_table = _table(
-        ["#", "id", "name", "label", "target", "probability"], image_rows, [True, False, False, False, False, True]
-    )
     model = study.manifest["model"]
-    class_names = escape(", ".join(map(str, model["class_names"])))
+    if study.is_backbone:
+        image_rows = [[int(row.position), row.id, row.name, row.label] for row in images.itertuples()]
+        image_table = _table(["#", "id", "name", "label"], image_rows, [True, False, False, False])
+        what = "id, name, label"
+        classes = "<p>No class names: the model is a backbone without a classifier.</p>"
+    else:
+        image_rows = [
+            [int(row.position), row.id, row.name, row.label, row.target, f"{row.probability:.3f}"] for row in images.itertuples()
+        ]
+        image_table = _table(
+            ["#", "id", "name", "label", "target", "probability"], image_rows, [True, False, False, False, False, True]
+        )
+        what = "id, name, label; target and unpruned probability of the target"
+        class_names = escape(", ".join(map(str, model["class_names"])))
+        classes = f"<details><summary>{len(model['class_names'])} class names</summary><p>{class_names}</p></details>"
     return (
         f"<h3>Settings</h3>\n{_facts(study.manifest['settings'].items())}\n"
         f"<h3>Model</h3>\n{_facts((name, value) for name, value in model.items() if name != 'class_names')}\n"
-        f"<details><summary>{len(model['class_names'])} class names</summary><p>{class_names}</p></details>\n"
+        f"{classes}\n"
         f"<h3>Library versions</h3>\n{_facts(study.manifest['versions'].items())}\n"
-        f"<h3>Images</h3>\n<details><summary>All {len(images)} images (id, name, label; target and unpruned "
-        f"probability of the target)</summary>\n{image_table}\n</details>"
+        f"<h3>Images</h3>\n<details><summary>All {len(images)} images ({what})</summary>\n{image_table}\n</details>"
     )

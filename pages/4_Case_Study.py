@@ -7,7 +7,7 @@ import streamlit as st
 from core.bundle import save_bundle
 from core.casestudy import findings
 from core.errors import HeadScopeError
-from core.importance import METRIC_HELP, METRICS
+from core.importance import BACKBONE_REASON, METRIC_HELP, metrics_for
 from core.projection import start_umap_warmup
 from core.report import case_charts, mode_chart_key, render_report
 from ui import casestudy, session
@@ -41,11 +41,17 @@ if opened is not None and opened.study.manifest["model"]["key"] != handle.key:
     opened = None
 
 c1, c2 = st.columns([2, 1], gap="medium")
+# a bundle holds the metrics of its format version; the live study those of the model
+offered = opened.study.metrics if opened is not None else metrics_for(handle)
+if st.session_state.get("case_metric") not in offered:
+    st.session_state.pop("case_metric", None)
 metric = c1.selectbox(
-    "Rank heads by", METRICS, key="case_metric", persist_state="session",
+    "Rank heads by", offered, key="case_metric", persist_state="session",
     format_func=lambda name: name.replace("_", " "), help="Global importance over the image set.",
 )
 c1.caption(METRIC_HELP[metric])
+if handle.is_backbone:
+    c1.caption(plain(f"{handle.name} is a backbone: {BACKBONE_REASON}."))
 top_k = c2.slider("Heads to study", 1, casestudy.MAX_TOP_K, 5, key="case_top_k", persist_state="session")
 
 if opened is not None:
@@ -96,7 +102,8 @@ for finding in found.heads:
                 cells = st.columns(len(thumbs))
                 for cell, image_id in zip(cells, thumbs):
                     row = names.get(image_id, {})
-                    cell.image(study.thumbnails[image_id], caption=plain(f"{row.get('name', image_id)} · {row.get('target', '')}"), width=72)
+                    shown = " · ".join(str(part) for part in (row.get("name", image_id), row.get("target", "")) if part)
+                    cell.image(study.thumbnails[image_id], caption=plain(shown), width=72)
 
 st.subheader("The evidence")
 for view, keys in casestudy.EVIDENCE.items():
@@ -121,5 +128,5 @@ e2.download_button(
 )
 st.caption(
     "The same bundle from the command line, for batch jobs: "
-    "`python -m core analyze --model demo --images DIR --out results.zip --report report.html`."
+    f"`python -m core analyze --model {handle.name.split(' ')[0]} --images DIR --out results.zip --report report.html`."
 )

@@ -37,7 +37,8 @@ def _modes(none: float, head: float, **partial: float) -> dict[str, float]:
     ],
 )
 def test_killer_mode(modes, removed, expected):
-    assert _killer_mode(modes, removed) == expected
+    damage = {mode: modes["none"] - value for mode, value in modes.items()}  # probability taken away
+    assert _killer_mode(damage, removed) == expected
 
 
 def _set(count: int) -> ImageSet:

@@ -1,0 +1,68 @@
+"""Bundles saved by earlier HeadScope versions keep opening, with the numbers they were saved with.
+
+``data/bundle_v1_demo.zip`` was saved by format version 1 (before backbones and the
+output_impact metric): the demo model on the first 8 held-out digits, settings below.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.bundle import load_bundle
+from core.casestudy import CaseSettings, findings, set_labels
+from core.images import ImageSet, demo_digits_set
+from core.importance import head_importance_tables, pruning_curve
+from core.report import render_report
+
+V1_BUNDLE = Path(__file__).parent / "data" / "bundle_v1_demo.zip"
+V1_SETTINGS = CaseSettings(top_k=2, hurt_images=2, max_maps=200, n_clusters=3, curve_steps=3)
+V1_METRICS = ("probability", "accuracy", "layer_impact", "taylor")
+
+
+@pytest.fixture(scope="module")
+def v1_study(demo_handle):
+    return load_bundle(V1_BUNDLE.read_bytes(), model_key=demo_handle.key, model_name=demo_handle.name)
+
+
+@pytest.fixture(scope="module")
+def v1_images(demo_handle) -> ImageSet:
+    split = demo_handle.card["split"]
+    return ImageSet.from_images("8 digits", demo_digits_set(split["seed"], split["test_fraction"]).images[:8])
+
+
+def test_a_version_1_bundle_opens_with_its_metrics_and_empty_new_columns(v1_study, v1_images) -> None:
+    assert v1_study.manifest["format_version"] == 1
+    assert v1_study.manifest["image_set"]["key"] == v1_images.key
+    assert v1_study.metrics == V1_METRICS
+    assert not v1_study.is_backbone
+    assert v1_study.tables["pruning_curve"]["similarity"].isna().all()
+    assert v1_study.tables["partial"]["output_impact"].isna().all()
+    assert len(v1_study.tables["partial"]) > 0
+
+
+def test_the_numbers_of_a_version_1_bundle_are_what_this_version_computes(v1_study, v1_images, demo_handle) -> None:
+    """What this change should not touch stays the same: importance and the accuracy curve of a classifier."""
+    images, labels = v1_images.pil_images(), set_labels(v1_images)
+    tables = head_importance_tables(demo_handle, images, labels, V1_METRICS)
+    saved = v1_study.tables["importance_overall"].set_index(["metric", "layer", "head"])["value"].sort_index()
+    now = tables.overall.set_index(["metric", "layer", "head"])["value"].sort_index()
+    np.testing.assert_allclose(now.to_numpy(), saved.to_numpy(), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(
+        tables.unpruned["probability"].to_numpy(), v1_study.tables["importance_unpruned"]["probability"].to_numpy(), atol=1e-9
+    )
+    curve = pruning_curve(demo_handle, images, tables.overall, labels, steps=V1_SETTINGS.curve_steps)
+    np.testing.assert_array_equal(curve["accuracy"].to_numpy(), v1_study.tables["pruning_curve"]["accuracy"].to_numpy())
+
+
+def test_findings_and_the_report_of_a_version_1_bundle(v1_study) -> None:
+    found = findings(v1_study)
+    assert found.metric == "probability" and len(found.heads) == V1_SETTINGS.top_k
+    for finding in found.heads:
+        assert "target probability" in finding.mechanism or "lowers no single image" in finding.mechanism
+    html = render_report(v1_study, "layer_impact")
+    assert "layer_impact" in html and "Cumulative pruning" in html
+    with pytest.raises(ValueError, match="no 'output_impact' importance"):
+        findings(v1_study, "output_impact")
