@@ -19,6 +19,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_strength.py
 	$(BIN)/python benchmarks/bench_patterns.py
 	$(BIN)/python benchmarks/bench_casestudy.py
+	$(BIN)/python benchmarks/bench_dinov2.py
 
 train-demo: $(STAMP)
 	$(BIN)/python scripts/train_demo.py

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.images import DEFAULT_LIMITS
-from core.inference import top_k
-from core.model import DEMO_NAME
+from core.images import DEFAULT_LIMITS, ImageSet
+from core.inference import Predictions, top_k
+from core.model import BUILTIN_MODELS, DEFAULT_IMG_SIZE, DEMO_NAME, ViTHandle
 from core.projection import start_umap_warmup
 from ui import session
 from ui.charts import OVERVIEW_SELECTION, overview_chart, top5_chart
@@ -14,30 +14,57 @@ from ui.display import enlarge_for_display, plain
 
 st.set_page_config(page_title="HeadScope", page_icon="🔭", layout="wide")
 
+MAX_IMG_SIZE = 1024  # 14 px patches at 1,022 px are already 5,330 tokens per image
+TIMM_CHOICE = "timm model"
+_TIMM_CAPTION = "any timm ViT by name, with its pretrained weights or your checkpoint"
+
 
 def _model_controls() -> None:
     st.sidebar.header("Model")
     spec = session.current_spec()
+    choices = [*BUILTIN_MODELS, TIMM_CHOICE]
     choice = st.sidebar.radio(
         "Model source",
-        ["Demo model (digits)", "timm model"],
-        index=0 if spec.name == DEMO_NAME else 1,
+        choices,
+        index=choices.index(spec.name) if spec.name in BUILTIN_MODELS else choices.index(TIMM_CHOICE),
+        captions=[*BUILTIN_MODELS.values(), _TIMM_CAPTION],
         key="model_source",
     )
-    if choice == "timm model":
+    if choice == DEMO_NAME:  # instant and at one size only: picking it is loading it
+        if spec.name != DEMO_NAME:
+            session.switch_model(DEMO_NAME, None)
+        return
+    name, checkpoint = choice, None
+    if choice == TIMM_CHOICE:
         name = st.sidebar.text_input(
-            "timm model name", value="" if spec.name == DEMO_NAME else spec.name, key="timm_name",
+            "timm model name", value="" if spec.name in BUILTIN_MODELS else spec.name, key="timm_name",
             placeholder="vit_base_patch16_224",
         )
         checkpoint = st.sidebar.file_uploader(
             "Checkpoint for that architecture (optional)", type=["safetensors", "pth", "pt", "bin", "ckpt"], key="checkpoint_upload"
         )
-        if st.sidebar.button("Load model", key="load_model", disabled=not name.strip()):
-            error = session.switch_model(name, checkpoint.getvalue() if checkpoint is not None else None)
-            if error:
-                st.sidebar.error(plain(error))  # it may quote the typed name or the file
-    elif spec.name != DEMO_NAME:
-        session.switch_model(DEMO_NAME, None)
+    img_size = st.sidebar.number_input(
+        "Input size in pixels (optional)",
+        min_value=1,
+        max_value=MAX_IMG_SIZE,
+        value=spec.img_size,
+        step=1,
+        placeholder="the model's default",
+        key="img_size",
+        help=(
+            "A multiple of the model's patch size; the position embeddings are resampled to the new patch grid. "
+            f"Empty: the size the model was built for, or {DEFAULT_IMG_SIZE} px for a model built for a large grid "
+            "(DINOv2 at 518 px), whose attention at full size takes hundreds of MB per image."
+        ),
+    )
+    if choice in BUILTIN_MODELS:
+        st.sidebar.caption("The first load prepares the weights once (about a minute); later loads take seconds.")
+    if st.sidebar.button("Load model", key="load_model", disabled=not name.strip()):
+        error = session.switch_model(
+            name, checkpoint.getvalue() if checkpoint is not None else None, int(img_size) if img_size else None
+        )
+        if error:
+            st.sidebar.error(plain(error))  # it may quote the typed name or the file
 
 
 def _image_controls() -> None:
@@ -96,6 +123,58 @@ def _pick_from_text() -> None:
     st.session_state["focus_request"] = st.session_state["focus_id_input"].strip()
 
 
+def _model_summary(handle: ViTHandle, preds: Predictions) -> str:
+    height, width = handle.img_size
+    outputs = (
+        f"backbone: no classifier, {preds.features.shape[1]}-dim features"
+        if handle.is_backbone
+        else f"{len(handle.class_names)} classes"
+    )
+    return (
+        f"**{plain(handle.name)}**: {handle.num_layers} layers × {handle.num_heads} heads, "
+        f"{handle.grid[0]}×{handle.grid[1]} patches of {height}×{width} px input, "
+        f"{handle.num_prefix_tokens} prefix token(s), {outputs}"
+    )
+
+
+def _focus_panel(handle: ViTHandle, image_set: ImageSet, preds: Predictions, points, focus_id: str) -> None:
+    st.subheader("Focus image")
+    st.text_input("Image id", key="focus_id_input", on_change=_pick_from_text)
+    image = image_set.by_id(focus_id)
+    row = points.set_index("id").loc[focus_id]
+    st.image(enlarge_for_display(image.image), width=220)
+    label = f"label **{plain(row['label'])}**" if row["label"] else ""
+    if handle.is_backbone:
+        st.markdown(f"{plain(image.name)}" + (f" · {label}" if label else ""))
+        st.caption(
+            f"A backbone has no classifier, so there is nothing to predict: it turns each image into "
+            f"{preds.features.shape[1]} features, and the overview places images with similar features together."
+        )
+        return
+    st.markdown(f"{plain(image.name)} · {label + ', ' if label else ''}predicted **{plain(row['predicted'])}** ({row['probability']:.3f})")
+    top = top_k(preds.probs[image_set.index_of(focus_id)], handle.class_names)
+    st.altair_chart(top5_chart(top), width="stretch")
+    st.dataframe(top[["rank", "class", "probability"]], hide_index=True, width="stretch")
+
+
+def _layout_caption(handle: ViTHandle, points, method: str) -> str:
+    features = "pooled output features" if handle.is_backbone else "final CLS features"
+    if method == "umap":
+        layout = f"UMAP of the {features}."
+    elif session.umap_pending():
+        layout = f"Quick PCA layout of the {features}; UMAP replaces it as soon as it is ready."
+        _refresh_when_umap_ready()
+    else:
+        layout = f"PCA layout of the {features} (UMAP is unavailable in this process)."
+    if not handle.is_backbone:
+        marks = "Faint small dots are uncertain predictions; dark rings mark wrong ones."
+    elif (points["label"] != "").any():
+        marks = "Colours are the images' labels (the folders of an ImageFolder ZIP)."
+    else:
+        marks = "Upload a ZIP with one folder per group of images to colour them by folder."
+    return f"{layout} Click a dot to make it the focus image; scroll to zoom, drag to pan. {marks}"
+
+
 def main() -> None:
     _model_controls()
     _image_controls()
@@ -103,12 +182,8 @@ def main() -> None:
     image_set = session.active_image_set(handle)
 
     st.title("HeadScope")
-    st.caption(
-        f"**{plain(handle.name)}**: {handle.num_layers} layers × {handle.num_heads} heads, "
-        f"{handle.grid[0]}×{handle.grid[1]} patches, {handle.num_prefix_tokens} prefix token(s), "
-        f"{len(handle.class_names)} classes · **{plain(image_set.title)}** · device {handle.device.type}"
-    )
     preds = session.predictions(handle, image_set)
+    st.caption(f"{_model_summary(handle, preds)} · **{plain(image_set.title)}** · device {handle.device.type}")
     requested = st.session_state.pop("focus_request", None)
     if requested:
         try:
@@ -127,7 +202,7 @@ def main() -> None:
         st.subheader("Image overview")
         labels = [image.label for image in image_set.images]
         known = [i for i, label in enumerate(labels) if label is not None]
-        if known:
+        if known and not handle.is_backbone:
             accuracy = float((preds.predicted[known] == [labels[i] for i in known]).mean())
             st.caption(f"Accuracy on the {len(known)} labelled images: {accuracy:.1%}.")
         st.altair_chart(
@@ -137,28 +212,9 @@ def main() -> None:
             selection_mode=OVERVIEW_SELECTION,
             width="stretch",
         )
-        if method == "umap":
-            layout = "UMAP of the final CLS features."
-        elif session.umap_pending():
-            layout = "Quick PCA layout of the final CLS features; UMAP replaces it as soon as it is ready."
-            _refresh_when_umap_ready()
-        else:
-            layout = "PCA layout of the final CLS features (UMAP is unavailable in this process)."
-        st.caption(
-            f"{layout} Click a dot to make it the focus image; scroll to zoom, drag to pan. "
-            "Faint small dots are uncertain predictions; dark rings mark wrong ones."
-        )
+        st.caption(_layout_caption(handle, points, method))
     with right:
-        st.subheader("Focus image")
-        st.text_input("Image id", key="focus_id_input", on_change=_pick_from_text)
-        image = image_set.by_id(focus_id)
-        row = points.set_index("id").loc[focus_id]
-        st.image(enlarge_for_display(image.image), width=220)
-        label = f"label **{plain(row['label'])}**, " if row["label"] else ""
-        st.markdown(f"{plain(image.name)} · {label}predicted **{plain(row['predicted'])}** ({row['probability']:.3f})")
-        top = top_k(preds.probs[image_set.index_of(focus_id)], handle.class_names)
-        st.altair_chart(top5_chart(top), width="stretch")
-        st.dataframe(top[["rank", "class", "probability"]], hide_index=True, width="stretch")
+        _focus_panel(handle, image_set, preds, points, focus_id)
     # UMAP compiles for ~40 s in a new process: start it once the first page is on screen
     start_umap_warmup()  # once per process; returns at once
 

@@ -133,7 +133,7 @@ def layer_dots(
     return dots, where
 
 
-SIMILARITY_TITLE = "output similarity to the unpruned model (cosine)"
+SIMILARITY_TITLE = "output similarity (cosine)"  # to the unpruned model's output; short: a long axis title squeezes the plot
 
 
 def curve_column(curve: pd.DataFrame) -> str:
@@ -153,6 +153,9 @@ def pruning_curve_chart(curve: pd.DataFrame, measure: str, width: int | None = N
     the container decide.
     """
     column = curve_column(curve)
+    colours = dict(zip([*METRICS, RANDOM_ORDER], ORDER_COLOURS))
+    present = set(curve["order"])
+    orders = [name for name in (*METRICS, RANDOM_ORDER) if name in present]
     if column == "similarity":
         measure = SIMILARITY_TITLE
     low = min(0.0, float(curve[column].min())) if len(curve) else 0.0
@@ -169,7 +172,8 @@ def pruning_curve_chart(curve: pd.DataFrame, measure: str, width: int | None = N
             color=alt.Color(
                 "order:N",
                 title="order by",
-                scale=alt.Scale(domain=[*METRICS, RANDOM_ORDER], range=ORDER_COLOURS),
+                # only the orders the curve has (a backbone has two metrics), each in its fixed colour
+                scale=alt.Scale(domain=orders, range=[colours[name] for name in orders]),
                 legend=alt.Legend(orient="right"),
             ),
             strokeDash=alt.StrokeDash("baseline:N", legend=None, scale=alt.Scale(domain=[False, True], range=[[1, 0], [5, 4]])),

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import re
 import struct
 import unicodedata
 import zipfile
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -100,25 +101,36 @@ class ImageSet:
     Attributes:
         title: Human-readable title including the image count.
         images: The images, in display order.
-        key: sha256 hex over the ordered ``(id, label)`` pairs.
+        key: sha256 hex over the ordered ``(id, label)`` pairs (and the label names, when any).
+        label_names: The set's own label names, which labels index when the model has no
+            classes (a backbone): the sorted folder names of an ImageFolder upload. Empty
+            when labels are the model's class indices.
     """
 
     title: str
     images: tuple[SetImage, ...]
     key: str
+    label_names: tuple[str, ...] = ()
     _by_id: dict[str, SetImage] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.label_names:
+            for item in self.images:
+                if item.label is not None and not 0 <= item.label < len(self.label_names):
+                    raise ValueError(
+                        f"{item.name} has label {item.label}, but the set names labels 0 to {len(self.label_names) - 1}."
+                    )
         index: dict[str, SetImage] = {}
         for item in self.images:
             index.setdefault(item.id, item)
         object.__setattr__(self, "_by_id", index)
 
     @classmethod
-    def from_images(cls, title: str, images: Iterable[SetImage]) -> ImageSet:
-        """Build a set, computing its key from the ids and labels in order."""
+    def from_images(cls, title: str, images: Iterable[SetImage], label_names: Sequence[str] = ()) -> ImageSet:
+        """Build a set, computing its key from the ids and labels in order (and ``label_names``)."""
         items = tuple(images)
-        return cls(title=title, images=items, key=image_set_key(items))
+        names = tuple(label_names)
+        return cls(title=title, images=items, key=image_set_key(items, names), label_names=names)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -127,6 +139,12 @@ class ImageSet:
     def labels(self) -> list[int | None]:
         """The label of each image, in order."""
         return [item.label for item in self.images]
+
+    def label_text(self, label: int | None, class_names: Sequence[str]) -> str:
+        """The name of ``label``: the model's class name when it has classes, else the set's own; "" for none."""
+        if label is None:
+            return ""
+        return class_names[label] if class_names else self.label_names[label]
 
     def by_id(self, image_id: str) -> SetImage:
         """The image with this id; raises ``KeyError`` if the set has none."""
@@ -141,16 +159,21 @@ class ImageSet:
         return [item.image for item in self.images]
 
 
-def image_set_key(images: Sequence[SetImage]) -> str:
-    """sha256 hex over the ordered ``(id, label)`` pairs.
+def image_set_key(images: Sequence[SetImage], label_names: Sequence[str] = ()) -> str:
+    """sha256 hex over the ordered ``(id, label)`` pairs, then the label names when there are any.
 
-    Labels are part of the key because accuracy-style results depend on them; the
-    title is not, since renaming a set changes no result.
+    Labels are part of the key because accuracy-style results depend on them, and so
+    are the names a backbone's labels index (the same indices over other folders are
+    another labelling); the title is not, since renaming a set changes no result.
+    Without label names the key is the pairs' digest alone, as saved bundles recorded it.
     """
     digest = hashlib.sha256()
     for item in images:
         label = "-" if item.label is None else str(item.label)
         digest.update(f"{item.id}:{label}\n".encode("ascii"))
+    if label_names:
+        # NUL never occurs in the pair lines, and JSON (ASCII only) delimits every name
+        digest.update(b"\0label_names\0" + json.dumps(list(label_names)).encode("ascii"))
     return digest.hexdigest()
 
 
@@ -442,6 +465,34 @@ def _class_lookup(
     return lookup
 
 
+def _folder_labels(
+    folders: Iterable[str], class_names: Sequence[str], aliases: Sequence[Sequence[str]] | None
+) -> tuple[Callable[[str], int | None], tuple[str, ...]]:
+    """How an image's parent folder becomes its label, and the set's own label names.
+
+    With classes, a folder is matched to a class name (:func:`match_class_name`) and
+    the set names no labels of its own. A model without classes (a backbone) has
+    nothing to match, so every folder is a label: the sorted distinct display names
+    of ``folders``, which the labels index.
+    """
+    if class_names:
+        lookup = _class_lookup(class_names, aliases)
+        return (lambda folder: lookup.get(_normalise_class_name(folder))), ()
+    names = tuple(sorted({sanitize_name(folder) for folder in folders}))
+    index = {name: i for i, name in enumerate(names)}
+    return (lambda folder: index[sanitize_name(folder)]), names
+
+
+def _drop_unused_labels(images: list[SetImage], names: tuple[str, ...]) -> tuple[list[SetImage], tuple[str, ...]]:
+    """Only the label names some decoded image carries (a folder of broken files names none), in the same order."""
+    used = sorted({item.label for item in images if item.label is not None})
+    if not names or len(used) == len(names):  # labels that are class indices name nothing here
+        return images, names
+    renumber = {old: new for new, old in enumerate(used)}
+    relabelled = [item if item.label is None else replace(item, label=renumber[item.label]) for item in images]
+    return relabelled, tuple(names[old] for old in used)
+
+
 def match_class_name(
     folder: str,
     class_names: Sequence[str],
@@ -489,7 +540,7 @@ def _ignored_entry(parts: Sequence[str]) -> bool:
 def _read_entries(
     archive: zipfile.ZipFile,
     candidates: Sequence[tuple[zipfile.ZipInfo, list[str]]],
-    lookup: dict[str, int],
+    label_of: Callable[[str], int | None],
     limits: UploadLimits,
     notes: list[str],
     unmatched: set[str],
@@ -541,7 +592,7 @@ def _read_entries(
             continue
         label: int | None = None
         if len(parts) > 1:
-            label = lookup.get(_normalise_class_name(parts[-2]))
+            label = label_of(parts[-2])
             if label is None:
                 unmatched.add(sanitize_name(parts[-2]))
         yield parts[-1], content, label
@@ -558,12 +609,14 @@ def image_set_from_zip(
 
     Each image's label is its immediate parent folder matched with
     :func:`match_class_name`; files at the archive root, or in folders matching no
-    class, get ``None``. Nothing is extracted to disk, and each entry is read with a
-    byte cap, because the sizes an archive declares can lie.
+    class, get ``None``. For a model without classes (``class_names`` empty) the
+    folder names themselves, sorted, become the set's ``label_names``. Nothing is
+    extracted to disk, and each entry is read with a byte cap, because the sizes an
+    archive declares can lie.
 
     Args:
         data: The archive's bytes.
-        class_names: The model's class names.
+        class_names: The model's class names; empty for a backbone.
         aliases: Extra names per class, e.g. ImageNet synset ids.
         limits: Size bounds to enforce.
 
@@ -612,10 +665,11 @@ def image_set_from_zip(
             )
 
         unmatched: set[str] = set()
-        # Entries are read lazily while decoding, so at most one entry's bytes are held.
-        entries = _read_entries(
-            archive, candidates, _class_lookup(class_names, aliases), limits, notes, unmatched
+        label_of, label_names = _folder_labels(
+            (parts[-2] for _, parts in candidates if len(parts) > 1), class_names, aliases
         )
+        # Entries are read lazily while decoding, so at most one entry's bytes are held.
+        entries = _read_entries(archive, candidates, label_of, limits, notes, unmatched)
         images, decode_notes = _decode_all(entries, limits)
     notes.extend(decode_notes)
     if unmatched:
@@ -628,7 +682,8 @@ def image_set_from_zip(
         )
     if not images:
         raise _no_usable_images(len(candidates), notes, "files in the archive")
-    return ImageSet.from_images(_titled("Uploaded archive", len(images)), images), notes
+    images, label_names = _drop_unused_labels(images, label_names)
+    return ImageSet.from_images(_titled("Uploaded archive", len(images)), images, label_names), notes
 
 
 # A folder on the user's own disk (the command line) may be a batch job of many images:
@@ -647,8 +702,10 @@ def image_set_from_folder(
 
     Files are taken in sorted path order from the folder and its subfolders (hidden
     files and folders are skipped); an image's label is its parent folder matched with
-    :func:`match_class_name`, and images directly in ``folder`` have none. Each file is
-    read with the per-file byte cap and decoded as an upload would be.
+    :func:`match_class_name`, and images directly in ``folder`` have none. For a model
+    without classes (``class_names`` empty) the folder names, sorted, become the set's
+    ``label_names``. Each file is read with the per-file byte cap and decoded as an
+    upload would be.
 
     Returns:
         The set, and one sentence per skipped file or unmatched folder.
@@ -665,7 +722,9 @@ def image_set_from_folder(
     )
     if len(paths) > limits.max_files:
         raise ImageRejected(f"The folder holds {len(paths)} files; the limit is {limits.max_files}.")
-    lookup = _class_lookup(class_names, aliases)
+    label_of, label_names = _folder_labels(
+        (path.parent.name for path in paths if path.parent != root), class_names, aliases
+    )
     notes: list[str] = []
     unmatched: set[str] = set()
 
@@ -683,7 +742,7 @@ def image_set_from_folder(
                 continue
             label = None
             if len(parts) > 1:
-                label = lookup.get(_normalise_class_name(parts[-2]))
+                label = label_of(parts[-2])
                 if label is None:
                     unmatched.add(sanitize_name(parts[-2]))
             yield path.name, content, label
@@ -694,7 +753,8 @@ def image_set_from_folder(
         notes.append(f"Folders that match no class name, so their images have no label: {', '.join(sorted(unmatched))}.")
     if not images:
         raise _no_usable_images(len(paths), notes, f"files in {sanitize_name(str(root))}")
-    return ImageSet.from_images(_titled(root.name or str(root), len(images)), images), notes
+    images, label_names = _drop_unused_labels(images, label_names)
+    return ImageSet.from_images(_titled(root.name or str(root), len(images)), images, label_names), notes
 
 
 def _png_bytes(img: Image.Image) -> bytes:

@@ -402,7 +402,8 @@ def partial_pruning(
     logits = locked_forward(handle, x.expand(len(MODES), -1, -1, -1), lambda hooks: hooks.forward(attn, masked))
     outputs = logits.double()
     # mode "none" is the unpruned model: exactly 0, and every other mode is measured against it
-    impact = (1 - F.cosine_similarity(outputs, outputs[:1], dim=-1)).cpu().numpy()
+    # rounding can put 1 - cos a hair below 0 for a mode that changes nothing
+    impact = (1 - F.cosine_similarity(outputs, outputs[:1], dim=-1)).clamp_min(0).cpu().numpy()
     impact[0] = 0.0
     table = pd.DataFrame(
         {
@@ -516,7 +517,8 @@ def _run_configs(
                         x = block(x)
                     pruned = _classify(model, x).reshape(count, batch, -1)
                     logits[chunk] = pruned.to(logits.dtype)
-                    output[chunk] = (1 - F.cosine_similarity(pruned.double(), clean_output, dim=-1)).to(output.dtype)
+                    change = 1 - F.cosine_similarity(pruned.double(), clean_output, dim=-1)
+                    output[chunk] = change.clamp_min(0).to(output.dtype)  # rounding can dip a hair below 0
     return impact, logits, output
 
 

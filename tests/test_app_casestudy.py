@@ -197,3 +197,51 @@ def test_a_bundle_with_absurd_numbers_is_one_sentence_and_an_accepted_one_render
     opened = page.session_state[casestudy.OPENED_KEY].study
     pd.testing.assert_frame_equal(opened.tables["pattern_samples"], samples)
     assert "<html" in render_report(opened, "probability")
+
+
+def test_a_version_1_bundle_opens_on_the_page_with_its_own_metrics(page: AppTest) -> None:
+    """A bundle saved before output_impact existed: the page offers the metrics it holds, and renders."""
+    from test_bundle_versions import V1_BUNDLE, V1_METRICS
+
+    page.selectbox(key="case_metric").set_value("output_impact").run()  # the live study has it
+    _ok(page)
+    _upload(page, "old.zip", V1_BUNDLE.read_bytes())
+    _ok(page)
+    assert page.selectbox(key="case_metric").options == [m.replace("_", " ") for m in V1_METRICS]
+    assert page.selectbox(key="case_metric").value == "probability"  # the live choice is not in the bundle
+    assert len(_headings(page)) == 2 and "target probability" in _text(page)
+
+
+def test_the_case_study_of_a_backbone(monkeypatch, tmp_path) -> None:
+    import timm
+    from safetensors.torch import save
+
+    from core.importance import BACKBONE_METRICS, BACKBONE_REASON
+    from test_markdown import shown
+
+    weights = tmp_path / "backbone.safetensors"
+    model = timm.create_model("test_vit", pretrained=False, num_classes=0)
+    weights.write_bytes(save({k: v.contiguous() for k, v in model.state_dict().items()}))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HEADSCOPE_MODEL", "test_vit")
+    monkeypatch.setenv("HEADSCOPE_CHECKPOINT", str(weights))
+    monkeypatch.setattr(patterns, "umap_ready", lambda: False)
+    monkeypatch.setattr(patterns, "umap_failed", lambda: True)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    _ok(at)
+    at.session_state["pattern_max_maps"] = patterns.SAMPLE_SIZES[0]
+    at.switch_page(PAGE).run()
+    _ok(at)
+    assert at.selectbox(key="case_metric").options == [m.replace("_", " ") for m in BACKBONE_METRICS]
+    captions = shown("\n".join(c.value for c in at.caption))
+    assert f"is a backbone: {BACKBONE_REASON}." in captions
+    assert len(_headings(at)) == 5
+    text = _text(at)
+    assert "ranks 1st of 12 heads by layer impact" in text
+    assert "target probability" not in text and "the output" in text
+    at.selectbox(key="case_metric").set_value("output_impact").run()
+    _ok(at)
+    assert "ranks 1st of 12 heads by output impact" in _text(at)
+    labels = [b.label for b in at.get("download_button")]
+    assert labels == ["Download the HTML report", "Download the result bundle"]

@@ -534,6 +534,66 @@ def test_set_key_covers_ids_labels_and_order_but_not_title() -> None:
     assert ImageSet.from_images("x", [a]).key != key
 
 
+def test_set_key_without_label_names_is_the_old_digest_of_the_pairs() -> None:
+    # saved bundles and every cache entry hold keys made this way: it must never change
+    items = [
+        SetImage(id="00aa11bb22cc33dd", name="a.png", image=solid(GREY), label=3),
+        SetImage(id="ffee00dd11cc22bb", name="b.png", image=solid(GREY), label=None),
+    ]
+    expected = hashlib.sha256(b"00aa11bb22cc33dd:3\nffee00dd11cc22bb:-\n").hexdigest()
+    assert ImageSet.from_images("old", items).key == expected
+    named = ImageSet.from_images("new", items, label_names=["a", "b", "c", "d"])
+    assert named.key != expected
+    assert ImageSet.from_images("new", items, label_names=["a", "b", "c", "e"]).key != named.key
+    # names that run together the same way are still different labellings
+    other = [SetImage(id=items[0].id, name="a.png", image=solid(GREY), label=0)]
+    assert ImageSet.from_images("x", other, ["a,b"]).key != ImageSet.from_images("x", other, ["a", "b"]).key
+
+
+def test_label_text_names_a_class_or_the_sets_own_label() -> None:
+    items = [_item(1, 1), _item(2, None)]
+    own = ImageSet.from_images("x", items, label_names=["cats", "dogs"])
+    assert own.label_text(1, []) == "dogs" and own.label_text(None, []) == ""
+    classes = ImageSet.from_images("x", items)
+    assert classes.label_text(1, ["c0", "c1"]) == "c1" and classes.label_names == ()
+    with pytest.raises(ValueError, match="label 1"):
+        ImageSet.from_images("x", items, label_names=["only"])
+
+
+def test_zip_for_a_model_without_classes_labels_by_its_own_folders() -> None:
+    data = make_zip(
+        {
+            "set/zebra/a.png": png((1, 0, 0)),
+            "set/okapi/b.png": png((2, 0, 0)),
+            "set/zebra/c.png": png((3, 0, 0)),
+            "broken/d.png": b"not an image",  # its folder names no decoded image
+            "root.png": png((4, 0, 0)),
+        }
+    )
+    image_set, notes = image_set_from_zip(data, [])
+    assert image_set.label_names == ("okapi", "zebra")
+    assert {item.name: item.label for item in image_set.images} == {"a.png": 1, "b.png": 0, "c.png": 1, "root.png": None}
+    assert [image_set.label_text(item.label, []) for item in image_set.images] == ["zebra", "okapi", "zebra", ""]
+    assert len(notes) == 1 and "d.png" in notes[0]  # no "match no class name" note: every folder is a label
+    classified, _ = image_set_from_zip(data, CLASSES)
+    assert classified.label_names == () and classified.key != image_set.key
+
+
+def test_folder_for_a_model_without_classes_labels_by_its_own_folders(tmp_path: Path) -> None:
+    from core.images import image_set_from_folder
+
+    for folder, color in (("b_dogs", 1), ("a_cats", 2), ("a_cats", 3)):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        (tmp_path / folder / f"{color}.png").write_bytes(png((color, 0, 0)))
+    (tmp_path / "loose.png").write_bytes(png((9, 0, 0)))
+    image_set, notes = image_set_from_folder(tmp_path, [])
+    assert notes == []
+    assert image_set.label_names == ("a_cats", "b_dogs")
+    assert {item.name: image_set.label_text(item.label, []) for item in image_set.images} == {
+        "2.png": "a_cats", "3.png": "a_cats", "1.png": "b_dogs", "loose.png": "",
+    }
+
+
 # ---------------------------------------------------------------- class names
 
 

@@ -9,32 +9,29 @@ from core.charts import FOCUS_RED, tooltip_field
 
 OVERVIEW_SELECTION = "pick"
 HEAD_SELECTION = "head"  # every chart where a click picks a head: fields layer, head
+_ONE_COLOUR = "#4c78a8"  # a backbone's overview when no image has a label: nothing to colour by
 
 
 def overview_chart(points: pd.DataFrame, focus_id: str | None) -> alt.LayerChart:
     """View A: one dot per image at its 2-D layout position, coloured by class.
 
     ``points`` columns: x, y, id, name, class (label when known, else prediction),
-    predicted, probability (of the predicted class), wrong (prediction differs from a
-    known label). Dot opacity and size grow with the predicted probability, so
-    uncertain images stand out as faint small dots; wrong predictions get a dark ring.
+    and for a classifier predicted, probability (of the predicted class) and wrong
+    (prediction differs from a known label). A classifier's dot opacity and size grow
+    with the predicted probability, so uncertain images stand out as faint small dots,
+    and wrong predictions get a dark ring. A backbone's points (no ``probability``)
+    are all one size, coloured by label, or all one colour when no image has a label.
     Scroll to zoom and drag to pan; a click picks the image.
     """
     pick = alt.selection_point(name=OVERVIEW_SELECTION, fields=["id"], on="click", clear="dblclick")
     zoom = alt.selection_interval(bind="scales")
     largest = 140 if len(points) <= 100 else 70
-    dots = (
-        alt.Chart(points)
-        .mark_circle()
-        .encode(
-            x=alt.X("x:Q", axis=None),
-            y=alt.Y("y:Q", axis=None),
-            # below the plot: long ImageNet class names beside it would squeeze the plot away
-            color=alt.Color(
-                "class:N",
-                title="class",
-                legend=alt.Legend(orient="bottom", columns=4, symbolLimit=40, labelLimit=180),
-            ),
+    # below the plot: long ImageNet class names beside it would squeeze the plot away
+    legend = alt.Legend(orient="bottom", columns=4, symbolLimit=40, labelLimit=180)
+    tooltip = [tooltip_field("id:N", "id"), tooltip_field("name:N", "name")]
+    if "probability" in points.columns:
+        encoding = dict(
+            color=alt.Color("class:N", title="class", legend=legend),
             size=alt.Size(
                 "probability:Q",
                 title="probability",
@@ -44,14 +41,27 @@ def overview_chart(points: pd.DataFrame, focus_id: str | None) -> alt.LayerChart
             opacity=alt.Opacity("probability:Q", legend=None, scale=alt.Scale(domain=[0, 1], range=[0.5, 1.0])),
             stroke=alt.condition("datum.wrong", alt.value("#222222"), alt.value("white")),
             strokeWidth=alt.condition("datum.wrong", alt.value(1.5), alt.value(0.5)),
-            tooltip=[
-                tooltip_field("id:N", "id"),
-                tooltip_field("name:N", "name"),
-                tooltip_field("class:N", "class"),
-                tooltip_field("predicted:N", "predicted"),
-                tooltip_field("probability:Q", "probability", format=".3f"),
-            ],
         )
+        tooltip += [
+            tooltip_field("class:N", "class"),
+            tooltip_field("predicted:N", "predicted"),
+            tooltip_field("probability:Q", "probability", format=".3f"),
+        ]
+    else:
+        labelled = bool((points["label"] != "").any()) if len(points) else False
+        encoding = dict(
+            color=alt.Color("class:N", title="label", legend=legend) if labelled else alt.value(_ONE_COLOUR),
+            size=alt.value(largest * 2 // 3),
+            opacity=alt.value(0.85),
+            stroke=alt.value("white"),
+            strokeWidth=alt.value(0.5),
+        )
+        if labelled:
+            tooltip.append(tooltip_field("label:N", "label"))
+    dots = (
+        alt.Chart(points)
+        .mark_circle()
+        .encode(x=alt.X("x:Q", axis=None), y=alt.Y("y:Q", axis=None), tooltip=tooltip, **encoding)
         .add_params(pick, zoom)
     )
     ring = (

@@ -13,7 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from core.casestudy import set_labels
-from core.charts import FOCUS_RED, head_line, importance_cells, metric_title, tooltip_field, unpruned_rule, unpruned_value  # noqa: F401  (page B reads the last two here)
+from core.charts import FOCUS_RED, head_line, importance_cells, metric_title, tooltip_field, unpruned_rule, unpruned_value  # noqa: F401  (page B reads metric_title here)
 from core.images import ImageSet
 from core.importance import (
     MODE_BLOCKS,
@@ -54,7 +54,10 @@ def _tables(model_key: str, set_key: str, _handle: ViTHandle, _images: ImageSet)
 
 
 def importance_tables(handle: ViTHandle, image_set: ImageSet) -> HeadImportance:
-    """All four metrics of every head, per image and over the set (cached per model and set)."""
+    """Every metric the model supports (``metrics_for``) of every head, per image and over the set.
+
+    Cached per model and set.
+    """
     return _tables(handle.key, image_set.key, handle, image_set)
 
 
@@ -85,8 +88,13 @@ def _partial(
 
 
 def partial(handle: ViTHandle, image_set: ImageSet, image_id: str, layer: int, head: int) -> pd.DataFrame:
-    """B2/B3 for one head on one image; the target is the image's label when known, as in B1."""
-    return _partial(handle.key, image_id, layer, head, image_set.by_id(image_id).label, handle, image_set)
+    """B2/B3 for one head on one image; the target is the image's label when known, as in B1.
+
+    A backbone has no target class (its labels name the set's folders, not outputs), and
+    its table has no probabilities: only what each mode removes and its output impact.
+    """
+    target = None if handle.is_backbone else image_set.by_id(image_id).label
+    return _partial(handle.key, image_id, layer, head, target, handle, image_set)
 
 
 # --- head picking ----------------------------------------------------------------------
@@ -119,6 +127,21 @@ def show_ranked_table(ranked: pd.DataFrame, key: str, value_title: str) -> None:
 
 # --- tables ----------------------------------------------------------------------------
 
+# Metrics that measure how much pruning a head changes something: nothing, for the unpruned model
+_IMPACT_METRICS = frozenset({"layer_impact", "output_impact"})
+
+
+def baseline_value(tables: HeadImportance, metric: str, image: int | None) -> float | None:
+    """What B1's dashed rule marks: the unpruned model's value of ``metric`` (on one image, or over the set).
+
+    The unpruned model changes nothing, so its impact is 0; a target probability or
+    accuracy is measured (a backbone offers neither); a Taylor gradient has no
+    unpruned value (``None``).
+    """
+    if metric in _IMPACT_METRICS:
+        return 0.0
+    return unpruned_value(tables, metric, image)
+
 
 def metric_values(tables: HeadImportance, metric: str, image: int | None) -> pd.DataFrame:
     """One metric's value per head, over the set (``image`` None) or on one image.
@@ -133,6 +156,14 @@ def metric_values(tables: HeadImportance, metric: str, image: int | None) -> pd.
         head_label=[f"L{layer}H{head}" for layer, head in zip(ranked["layer"], ranked["head"])],
         index=ranked["layer"] * num_heads + ranked["head"],
     )
+
+
+def partial_table(partial: pd.DataFrame) -> pd.DataFrame:
+    """``partial_pruning``'s modes as a table for display: mode, removed_attention, output_impact.
+
+    What each mode removes is left out: the mode picker above the table names it.
+    """
+    return partial[["mode", "removed_attention", "output_impact"]]
 
 
 def top5_table(partial_row: pd.Series) -> pd.DataFrame:
@@ -151,8 +182,8 @@ def importance_line_chart(
 ) -> alt.LayerChart:
     """B1: the metric of every head along ``x = l * H + h`` (as in the paper), dots coloured by layer.
 
-    ``values``: ``metric_values`` output. ``baseline`` (the unpruned value, for the
-    probability and accuracy metrics) is drawn as a dashed rule. A click selects
+    ``values``: ``metric_values`` output. ``baseline`` (``baseline_value``: the unpruned
+    model's value, ``None`` for none) is drawn as a dashed rule. A click selects
     ``(layer, head)`` under ``HEAD_SELECTION``; the focus head is ringed in red.
     """
     pick = alt.selection_point(name=HEAD_SELECTION, fields=["layer", "head"], on="click", clear=False)
@@ -198,12 +229,14 @@ def importance_heatmap(
     )
 
 
-def partial_pruning_chart(partial: pd.DataFrame, chosen: str, target_name: str) -> alt.HConcatChart:
-    """B2: per mode, a glyph of the attention blocks it removes and a bar of the target's probability.
+def partial_pruning_chart(partial: pd.DataFrame, chosen: str, target_name: str | None) -> alt.HConcatChart:
+    """B2: per mode, a glyph of the attention blocks it removes and a bar of what the model outputs after it.
 
     ``partial``: ``core.importance.partial_pruning`` output. The glyph has one cell per
     (query, key) block of the head's attention matrix, dark where the mode zeroes it;
-    the chosen mode's bar is highlighted and the unpruned probability is a dashed rule.
+    the chosen mode's bar is highlighted. A classifier's bar is the probability of
+    ``target_name`` with the unpruned probability as a dashed rule; a backbone's (no
+    probability column, ``target_name`` None) is the output impact, 0 for ``none``.
     """
     order = list(MODES)
     glyph_rows = [
@@ -232,32 +265,44 @@ def partial_pruning_chart(partial: pd.DataFrame, chosen: str, target_name: str) 
         )
         .properties(width=alt.Step(34), height=alt.Step(30))
     )
-    data = partial.drop(columns=["top5"]).assign(chosen=partial["mode"] == chosen)
+    classified = "probability" in partial.columns
+    data = partial.drop(columns=["top5"], errors="ignore").assign(chosen=partial["mode"] == chosen)
+    tooltip = [
+        tooltip_field("mode:N", "mode"),
+        tooltip_field("removes:N", "removes"),
+        tooltip_field("removed_attention:Q", "share of the head's attention removed", format=".1%"),
+        tooltip_field("output_impact:Q", "output impact", format=".4g"),
+    ]
+    if classified:
+        measure, shown = "probability", ".3f"
+        x = alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), title=f"probability of '{target_name}'")
+        tooltip += [tooltip_field("probability:Q", "probability", format=".4f"), tooltip_field("predicted:N", "top-1")]
+        subtitle = "left: what each mode removes · right: target probability after it"
+    else:
+        measure, shown = "output_impact", ".3~g"  # impacts are often below 1e-3: digits, not decimals
+        x = alt.X("output_impact:Q", scale=alt.Scale(zero=True), title="output impact (1 - cosine)")
+        subtitle = "left: what each mode removes · right: how much it changes the output features"
     bars = (
         alt.Chart(data)
         .mark_bar()
         .encode(
-            x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), title=f"probability of '{target_name}'"),
+            x=x,
             y=y.axis(None),
             color=alt.condition("datum.chosen", alt.value(FOCUS_RED), alt.value("#9ecae1")),
-            tooltip=[
-                tooltip_field("mode:N", "mode"),
-                tooltip_field("removes:N", "removes"),
-                tooltip_field("removed_attention:Q", "share of the head's attention removed", format=".1%"),
-                tooltip_field("probability:Q", "probability", format=".4f"),
-                tooltip_field("predicted:N", "top-1"),
-            ],
+            tooltip=tooltip,
         )
     )
     labels = bars.mark_text(align="left", dx=3, fontSize=11).encode(
-        text=alt.Text("probability:Q", format=".3f"), color=alt.value("#333333")
+        text=alt.Text(f"{measure}:Q", format=shown), color=alt.value("#333333")
     )
-    unpruned = float(partial.loc[partial["mode"] == "none", "probability"].iloc[0])
-    rule = (
-        alt.Chart(pd.DataFrame({"probability": [unpruned]}))
-        .mark_rule(strokeDash=[5, 4], color="#555555")
-        .encode(x="probability:Q")
-    )
-    return alt.hconcat(glyph, alt.layer(bars, labels, rule).properties(width=320, height=alt.Step(30))).properties(
-        title=alt.TitleParams("Partial pruning", subtitle="left: what each mode removes · right: target probability after it")
+    layers: list[alt.Chart] = [bars, labels]
+    if classified:
+        unpruned = float(partial.loc[partial["mode"] == "none", "probability"].iloc[0])
+        layers.append(
+            alt.Chart(pd.DataFrame({"probability": [unpruned]}))
+            .mark_rule(strokeDash=[5, 4], color="#555555")
+            .encode(x="probability:Q")
+        )
+    return alt.hconcat(glyph, alt.layer(*layers).properties(width=320, height=alt.Step(30))).properties(
+        title=alt.TitleParams("Partial pruning", subtitle=subtitle)
     )

@@ -229,7 +229,7 @@ def attention_overlay(
 
 
 def _layer_colour(title: str = "layer") -> alt.Color:
-    return alt.Color("layer:O", title=title, scale=alt.Scale(scheme=LAYER_COLOURS), legend=alt.Legend(orient="bottom", columns=12))
+    return alt.Color("layer:O", title=title, scale=alt.Scale(scheme=LAYER_COLOURS), legend=alt.Legend(orient="bottom", columns=6))
 
 
 def _token_axis(prefix_names: list[str], num_tokens: int, title: str) -> alt.Axis:

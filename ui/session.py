@@ -9,9 +9,10 @@ underscore arguments, which Streamlit leaves out of the cache key.
 from __future__ import annotations
 
 import hashlib
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -30,16 +31,31 @@ SOURCE_KEY = "image_source"  # the home page's radio; Streamlit drops it on othe
 SOURCE_CHOICE_KEY = "image_source_choice"  # the same choice, kept while other pages run
 UPLOADED_KEY = "uploaded_set"
 FOCUS_KEY = "focus"
+START_CHECKED_KEY = "start_model_checked"  # the environment's start model was tried in this session
+
+# The model a new session starts on (default: the demo model), for a server run on one model:
+# a built-in or timm name, a checkpoint file on the server's disk for that timm name, an input size
+ENV_MODEL, ENV_CHECKPOINT, ENV_IMG_SIZE = "HEADSCOPE_MODEL", "HEADSCOPE_CHECKPOINT", "HEADSCOPE_IMG_SIZE"
 
 SAMPLES, UPLOAD, ZIP = "Sample images", "Upload images", "Upload a ZIP (ImageFolder)"
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What the user asked for: a model name and, optionally, the digest of an uploaded checkpoint."""
+    """What the user asked for: a model name, optionally a checkpoint, and an input size.
+
+    Attributes:
+        name: a built-in model (``BUILTIN_MODELS``) or a timm name.
+        checkpoint_digest: sha256 of the checkpoint's bytes; ``None`` without one.
+        img_size: input side in pixels; ``None`` for the model's default.
+        checkpoint_path: where the checkpoint lies on the server (``HEADSCOPE_CHECKPOINT``);
+            ``None`` for an upload, whose bytes the session keeps.
+    """
 
     name: str = DEMO_NAME
     checkpoint_digest: str | None = None
+    img_size: int | None = None
+    checkpoint_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,8 +92,29 @@ def progress_bar(start: str, step: str) -> Iterator[Progress]:
 
 
 @st.cache_resource(max_entries=3, show_spinner="Loading the model…")
-def _cached_model(name: str, checkpoint_digest: str | None, _checkpoint: bytes | None) -> ViTHandle:
-    return load_model(name, checkpoint=_checkpoint)
+def _cached_model(
+    name: str, checkpoint_digest: str | None, img_size: int | None, _checkpoint: bytes | str | None
+) -> ViTHandle:
+    bar = None
+
+    def report(stage: str, fraction: float) -> None:
+        # made on the first report only: most loads report nothing, and need no bar
+        nonlocal bar
+        done, text = min(max(float(fraction), 0.0), 1.0), f"Preparing {name}: {stage}…"
+        if bar is None:
+            bar = st.progress(done, text=text)
+        else:
+            bar.progress(done, text=text)
+
+    try:
+        return load_model(name, checkpoint=_checkpoint, img_size=img_size, progress=report)
+    finally:
+        if bar is not None:
+            bar.empty()
+
+
+def _load(spec: ModelSpec, checkpoint: bytes | None = None) -> ViTHandle:
+    return _cached_model(spec.name, spec.checkpoint_digest, spec.img_size, spec.checkpoint_path or checkpoint)
 
 
 def umap_pending() -> bool:
@@ -86,7 +123,44 @@ def umap_pending() -> bool:
 
 
 def current_spec() -> ModelSpec:
+    """What the session analyses; a new session first tries the environment's start model."""
+    if not st.session_state.get(START_CHECKED_KEY):
+        st.session_state[START_CHECKED_KEY] = True
+        error = _start_from_environment(os.environ)
+        if error:  # shown once: the session goes on with the demo model
+            st.error(plain(f"{error} Starting on the demo model instead."))
     return st.session_state.get(MODEL_KEY, ModelSpec())
+
+
+def _start_from_environment(environ: Mapping[str, str]) -> str | None:
+    """Activate ``HEADSCOPE_MODEL`` (with ``HEADSCOPE_CHECKPOINT``, ``HEADSCOPE_IMG_SIZE``); the reason when it fails."""
+    name = environ.get(ENV_MODEL, "").strip()
+    path = environ.get(ENV_CHECKPOINT, "").strip() or None
+    size_text = environ.get(ENV_IMG_SIZE, "").strip()
+    if not name:
+        if path:
+            return f"{ENV_CHECKPOINT} is set, but {ENV_MODEL} does not name the timm architecture it is for."
+        return None
+    img_size = None
+    if size_text:
+        try:
+            img_size = int(size_text)
+        except ValueError:
+            return f"{ENV_IMG_SIZE} must be a whole number of pixels, not '{size_text}'."
+    digest = None
+    if path:
+        try:
+            with open(path, "rb") as stream:
+                digest = hashlib.file_digest(stream, "sha256").hexdigest()
+        except OSError as err:
+            return f"The checkpoint {path} in {ENV_CHECKPOINT} cannot be read ({err.strerror or err})."
+    spec = ModelSpec(name, digest, img_size, path)
+    try:
+        _load(spec)
+    except (HeadScopeError, ValueError) as err:
+        return f"The start model {name} from {ENV_MODEL} could not be loaded: {err}"
+    st.session_state[MODEL_KEY] = spec
+    return None
 
 
 def current_model() -> ViTHandle:
@@ -98,25 +172,30 @@ def current_model() -> ViTHandle:
     spec = current_spec()
     checkpoints: dict[str, bytes] = st.session_state.get("checkpoints", {})
     try:
-        return _cached_model(spec.name, spec.checkpoint_digest, checkpoints.get(spec.checkpoint_digest or ""))
-    except HeadScopeError as err:
+        return _load(spec, checkpoints.get(spec.checkpoint_digest or ""))
+    except (HeadScopeError, ValueError) as err:
         if spec == ModelSpec():
             raise
         st.error(plain(f"{err} Switched back to the demo model."))
         st.session_state[MODEL_KEY] = ModelSpec()
         st.session_state.pop("checkpoints", None)
-        return _cached_model(DEMO_NAME, None, None)
+        return _load(ModelSpec())
 
 
-def switch_model(name: str, checkpoint: bytes | None) -> str | None:
-    """Load and activate a model; on failure return the reason and keep the previous model."""
+def switch_model(name: str, checkpoint: bytes | None, img_size: int | None = None) -> str | None:
+    """Load and activate a model; on failure return the reason and keep the previous model.
+
+    ``img_size`` is the input side in pixels (``None``: the model's default); one that
+    does not fit the model's patches fails with its sentence like any other load.
+    """
     digest = hashlib.sha256(checkpoint).hexdigest() if checkpoint else None
+    spec = ModelSpec(name.strip(), digest, img_size)
     try:
-        _cached_model(name.strip(), digest, checkpoint)
-    except HeadScopeError as err:
+        _load(spec, checkpoint)
+    except (HeadScopeError, ValueError) as err:  # ValueError: an input size that does not fit the patches
         return str(err)
     st.session_state["checkpoints"] = {digest: checkpoint} if digest and checkpoint else {}
-    st.session_state[MODEL_KEY] = ModelSpec(name.strip(), digest)
+    st.session_state[MODEL_KEY] = spec
     st.session_state.pop(UPLOADED_KEY, None)  # labels of a ZIP depend on the model's classes
     return None
 
@@ -181,29 +260,37 @@ def _layout(model_key: str, set_key: str, method: str, _features: np.ndarray) ->
     return layout_2d(_features, method)  # type: ignore[arg-type]
 
 
+NO_LABEL = "no label"  # a backbone's overview: the colour of images without a label
+
+
 def overview_points(handle: ViTHandle, image_set: ImageSet, preds: Predictions) -> tuple[pd.DataFrame, str]:
-    """The overview's table (one row per image) and the layout method used."""
+    """The overview's table (one row per image) and the layout method used.
+
+    Columns x, y, id, name, class (what colours the dot), label ("" when unknown) and,
+    for a classifier, predicted, probability (of the predicted class) and wrong. A
+    classifier's class is the label when known, else the prediction; a backbone
+    predicts nothing, so its class is the label, or ``NO_LABEL``.
+    """
     method = "umap" if umap_ready() else "pca"
     xy = _layout(handle.key, image_set.key, method, preds.features)
-    probs = preds.probs
-    predicted = preds.predicted
     names = handle.class_names
+    if not handle.is_backbone:
+        probs, predictions = preds.probs, preds.predicted  # each a pass over the whole set: once
     rows = []
     for i, image in enumerate(image_set.images):
-        shown = image.label if image.label is not None else int(predicted[i])
-        rows.append(
-            {
-                "x": float(xy[i, 0]),
-                "y": float(xy[i, 1]),
-                "id": image.id,
-                "name": image.name,
-                "class": names[shown],
-                "label": names[image.label] if image.label is not None else "",
-                "predicted": names[int(predicted[i])],
-                "probability": float(probs[i, predicted[i]]),
-                "wrong": image.label is not None and image.label != int(predicted[i]),
+        label = image_set.label_text(image.label, names)
+        row = {"x": float(xy[i, 0]), "y": float(xy[i, 1]), "id": image.id, "name": image.name, "label": label}
+        if handle.is_backbone:
+            row["class"] = label or NO_LABEL
+        else:
+            predicted = int(predictions[i])
+            row |= {
+                "class": label or names[predicted],
+                "predicted": names[predicted],
+                "probability": float(probs[i, predicted]),
+                "wrong": image.label is not None and image.label != predicted,
             }
-        )
+        rows.append(row)
     return pd.DataFrame(rows), method
 
 
