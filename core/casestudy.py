@@ -290,7 +290,7 @@ def assemble(
             "title": image_set.title,
             "images": [{"id": item.id, "name": item.name, "label": item.label} for item in image_set.images],
             # a backbone has no classes: labels then index the set's own names (its folders)
-            "label_names": list(getattr(image_set, "label_names", ())),
+            "label_names": list(image_set.label_names),
         },
         "settings": {**asdict(settings), "layout": layout.method},
         "patterns": {"reconstruction_mse": space.reconstruction_mse, "baseline_mse": space.baseline_mse},
@@ -405,13 +405,12 @@ def _partial_table(
 def _images_table(handle: ViTHandle, image_set: ImageSet, importance: HeadImportance) -> pd.DataFrame:
     unpruned = importance.unpruned
     # a backbone has no classes: its labels are the set's own names, and it has no target
-    names = handle.class_names or list(getattr(image_set, "label_names", ()))
     return pd.DataFrame(
         {
             "position": np.arange(len(image_set)),
             "id": [item.id for item in image_set.images],
             "name": [item.name for item in image_set.images],
-            "label": [names[item.label] if item.label is not None else "" for item in image_set.images],
+            "label": [image_set.label_text(item.label, handle.class_names) for item in image_set.images],
             "target": ["" if handle.is_backbone else handle.class_names[int(t)] for t in unpruned["target"]],
             "probability": unpruned["probability"].to_numpy(dtype=float),
         }
