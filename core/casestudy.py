@@ -578,10 +578,7 @@ def findings(study: CaseStudy, metric: str | None = None, top_k: int | None = No
             HeadFinding(
                 rank=rank, layer=layer, head=head, label=label, value=float(row.value),
                 importance=_importance_sentence(label, rank, n_heads, metric, float(row.value), overall, unpruned),
-                mechanism=(
-                    _backbone_mechanism_sentence(impacts, removed, killer, len(hurt), largest)
-                    if study.is_backbone else _mechanism_sentence(modes, removed, killer, len(hurt), largest)
-                ),
+                mechanism=_mechanism_sentence(modes, impacts, removed, killer, len(hurt), largest, study.is_backbone),
                 locality=_locality_sentence(
                     int(distance_rank.iloc[index]), n_heads, distance, entropy, len(profile), near,
                     float(per_head["prefix_share"].iloc[index]),
@@ -646,68 +643,58 @@ def _killer_mode(damage: Mapping[str, float], removed: Mapping[str, float]) -> s
     return min(within, key=lambda mode: (len(_blocks(mode)), -damage[mode])) if within else killer
 
 
-def _span(values: list[float]) -> str:
-    low, high = f"{min(values):.3f}", f"{max(values):.3f}"
+def _span(values: list[float], digits: int = 3) -> str:
+    low, high = f"{min(values):.{digits}f}", f"{max(values):.{digits}f}"
     return low if low == high else f"{low} to {high}"
 
 
 def _mechanism_sentence(
-    modes: Mapping[str, float], removed: Mapping[str, float], killer: str | None, images: int, largest: float
+    modes: Mapping[str, float],
+    impacts: Mapping[str, float],
+    removed: Mapping[str, float],
+    killer: str | None,
+    images: int,
+    largest: float,
+    backbone: bool,
 ) -> str:
+    """What partial pruning shows: the target probability by mode, or for a backbone its output_impact by mode."""
     if not images:
+        if backbone:
+            return (
+                f"Pruning it changes no single image's output by {NEGLIGIBLE_CHANGE} or more (1 - cosine; largest "
+                f"{largest:.4f}): its importance comes from small changes spread over the set."
+            )
         return (
             f"Pruning it lowers no single image's target probability by {NEGLIGIBLE_DROP} or more "
             f"(largest drop {largest:.3f}): its importance comes from small changes, not from any one prediction."
         )
     where = "On the image" if images == 1 else f"On the {images} images"
-    whole = f"{where} where pruning it hurts most, removing the whole head takes the target probability from {modes['none']:.3f} to {modes['head']:.3f}"
-    if killer is None:
-        removing = [mode for mode in PARTIAL_MODES if removed.get(mode, 0.0) > 0]
-        if not removing:
-            return f"{whole}; none of the partial modes removes any of its attention on these images."
-        best = min(removing, key=lambda mode: (modes[mode], PARTIAL_MODES.index(mode)))
-        return (
-            f"{whole}; no part of its attention does most of that alone: the closest, removing only "
-            f"{MODE_REMOVES[best]} ({best}), takes it to {modes[best]:.3f}."
+    if backbone:
+        whole = (
+            f"{where} where pruning it changes the output most, removing the whole head turns the output "
+            f"{impacts['head']:.4f} away from the unpruned one (1 - cosine)"
         )
-    # modes that remove none of the killer's blocks: what the head does without that flow
-    keeping = [
-        modes[mode] for mode in PARTIAL_MODES if removed.get(mode, 0.0) > 0 and not _blocks(killer) & _blocks(mode)
-    ]
-    rest = f"; modes that keep that flow leave {_span(keeping)}" if keeping else ""
-    return f"{whole}, and removing only {MODE_REMOVES[killer]} ({killer}) takes it to {modes[killer]:.3f}{rest}."
-
-
-def _backbone_mechanism_sentence(
-    impacts: Mapping[str, float], removed: Mapping[str, float], killer: str | None, images: int, largest: float
-) -> str:
-    if not images:
-        return (
-            f"Pruning it changes no single image's output by {NEGLIGIBLE_CHANGE} or more (1 - cosine; largest "
-            f"{largest:.4f}): its importance comes from small changes spread over the set."
+        damage, does, digits, keep_verb = impacts, (lambda mode: f"does {impacts[mode]:.4f}"), 4, "do"
+    else:
+        whole = (
+            f"{where} where pruning it hurts most, removing the whole head takes the target probability from "
+            f"{modes['none']:.3f} to {modes['head']:.3f}"
         )
-    where = "On the image" if images == 1 else f"On the {images} images"
-    whole = (
-        f"{where} where pruning it changes the output most, removing the whole head turns the output "
-        f"{impacts['head']:.4f} away from the unpruned one (1 - cosine)"
-    )
+        damage = {mode: modes["none"] - value for mode, value in modes.items()}
+        does, digits, keep_verb = (lambda mode: f"takes it to {modes[mode]:.3f}"), 3, "leave"
     removing = [mode for mode in PARTIAL_MODES if removed.get(mode, 0.0) > 0]
     if killer is None:
         if not removing:
             return f"{whole}; none of the partial modes removes any of its attention on these images."
-        best = max(removing, key=lambda mode: (impacts[mode], -PARTIAL_MODES.index(mode)))
+        best = max(removing, key=lambda mode: (damage[mode], -PARTIAL_MODES.index(mode)))
         return (
             f"{whole}; no part of its attention does most of that alone: the closest, removing only "
-            f"{MODE_REMOVES[best]} ({best}), does {impacts[best]:.4f}."
+            f"{MODE_REMOVES[best]} ({best}), {does(best)}."
         )
-    keeping = [impacts[mode] for mode in removing if not _blocks(killer) & _blocks(mode)]
-    rest = f"; modes that keep that flow do {_span4(keeping)}" if keeping else ""
-    return f"{whole}, and removing only {MODE_REMOVES[killer]} ({killer}) does {impacts[killer]:.4f} of it{rest}."
-
-
-def _span4(values: list[float]) -> str:
-    low, high = f"{min(values):.4f}", f"{max(values):.4f}"
-    return low if low == high else f"{low} to {high}"
+    # modes that remove none of the killer's blocks: what the head does without that flow
+    keeping = [(impacts if backbone else modes)[mode] for mode in removing if not _blocks(killer) & _blocks(mode)]
+    rest = f"; modes that keep that flow {keep_verb} {_span(keeping, digits)}" if keeping else ""
+    return f"{whole}, and removing only {MODE_REMOVES[killer]} ({killer}) {does(killer)}{' of it' if backbone else ''}{rest}."
 
 
 def _locality_sentence(
