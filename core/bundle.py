@@ -681,8 +681,9 @@ class _StudyShape:
                 **({"similarity": _Range(-1.0, 1.0)} if self.version >= 2 else {}),
             },
             "partial": {
-                # a backbone's drop is its output_impact, 1 - cosine
-                "layer": layer, "head": head, "image": image, "drop": _Range(-1.0, 2.0), "probability": share,
+                # a classifier's drop is a difference of probabilities, a backbone's its output_impact (1 - cosine)
+                "layer": layer, "head": head, "image": image,
+                "drop": _Range(0.0, 2.0) if self.backbone else _Range(-1.0, 1.0), "probability": share,
                 "removed_attention": _SHARE, **({"output_impact": _Range(0.0, 2.0)} if self.version >= 2 else {}),
             },
             "pattern_heads": {
@@ -916,6 +917,8 @@ def _check_tables(tables: dict[str, pd.DataFrame], shape: _StudyShape) -> None:
     for name in ("importance_overall", "importance_per_image"):
         if not set(tables[name]["metric"]) <= set(METRICS):
             raise _damaged(f"table '{name}' names an unknown importance metric")
+    if len(tables["importance_per_image"]) and set(tables["importance_per_image"]["metric"]) != set(shape.metrics):
+        raise _damaged("its per-image importance does not hold the metrics of its model")
     if not set(tables["partial"]["mode"]) <= set(MODES):
         raise _damaged("table 'partial' names an unknown pruning mode")
     clusters = len(tables["pattern_clusters"])

@@ -335,15 +335,16 @@ def studied_heads(overall: pd.DataFrame, top_k: int) -> list[tuple[int, int]]:
     return sorted(chosen)
 
 
-def hurt_images(importance: HeadImportance, layer: int, head: int, count: int) -> pd.DataFrame:
+def hurt_images(
+    importance: HeadImportance, layer: int, head: int, count: int, *, backbone: bool = False
+) -> pd.DataFrame:
     """The ``count`` images where pruning the head hurts most.
 
     Columns image (position), drop: the unpruned minus the pruned probability of the
-    target, or for a backbone (no probability metric) the output_impact of pruning the
-    head; largest first, ties keep set order.
+    target, or for a ``backbone`` (no classes) the output_impact of pruning the head;
+    largest first, ties keep set order.
     """
     local = importance.per_image
-    backbone = "probability" not in set(local["metric"])
     metric = "output_impact" if backbone else "probability"
     pruned = local[(local["metric"] == metric) & (local["layer"] == layer) & (local["head"] == head)]
     pruned = pruned.set_index("image")["value"]
@@ -380,7 +381,7 @@ def _partial_table(
     least = negligible(handle.is_backbone)
     frames = []
     for done, (layer, head) in enumerate(heads, start=1):
-        hurt = hurt_images(importance, layer, head, count)
+        hurt = hurt_images(importance, layer, head, count, backbone=handle.is_backbone)
         # "where pruning hurts": an image whose target probability pruning leaves alone is no evidence
         for image, drop in hurt[hurt["drop"] >= least].itertuples(index=False):
             item = image_set.images[int(image)]
@@ -568,7 +569,7 @@ def findings(study: CaseStudy, metric: str | None = None, top_k: int | None = No
         impacts = rows.groupby("mode")["output_impact"].mean().reindex(list(MODES)).to_dict()
         removed = rows.groupby("mode")["removed_attention"].mean().reindex(list(MODES)).to_dict()
         hurt = tuple(dict.fromkeys(rows["image_id"]))
-        largest = float(hurt_images(study.importance, layer, head, 1)["drop"].max())
+        largest = float(hurt_images(study.importance, layer, head, 1, backbone=study.is_backbone)["drop"].max())
         damage = impacts if study.is_backbone else {mode: modes["none"] - value for mode, value in modes.items()}
         killer = _killer_mode(damage, removed) if len(rows) else None
         member = pattern_heads.loc[(layer, head)] if (layer, head) in pattern_heads.index else None

@@ -175,7 +175,8 @@ def load_model(
         device: where to run; default ``cuda``, then ``mps``, then the CPU.
         img_size: input side in pixels, a multiple of the patch size; the position table
             is resampled to its grid. Default: the model's own size, except that a model
-            built for more than 24 x 24 patches (DINOv2 at 518 px) runs at 224 px.
+            built for more than 24 x 24 patches at more than 224 px (DINOv2 at 518 px)
+            runs at 224 px.
         progress: called as ``progress(stage, fraction)`` while weights are prepared.
 
     Raises:
@@ -329,9 +330,10 @@ def _run_size(name: str, img_size: int | None) -> int | None:
         size = _check_img_size(img_size, patch)
         return None if (size, size) == tuple(native.patch_embed.img_size) else size
     rows, cols = native.patch_embed.grid_size
-    if rows * cols <= _MAX_DEFAULT_PATCHES:
-        return None
-    return patch * (DEFAULT_IMG_SIZE // patch)
+    size = patch * (DEFAULT_IMG_SIZE // patch)
+    if rows * cols <= _MAX_DEFAULT_PATCHES or max(native.patch_embed.img_size) <= size:
+        return None  # small enough, or already no larger than the default (ViT-B/8 at 224 stays)
+    return size
 
 
 def _fit_position_table(model: nn.Module, state: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:

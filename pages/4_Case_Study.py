@@ -126,7 +126,10 @@ e2.download_button(
     "Download the result bundle", data=lambda: save_bundle(study), file_name=f"{stem}.zip", mime="application/zip",
     icon=":material/folder_zip:", help="Tables, arrays and a manifest; open it again above without recomputing.",
 )
+spec = session.current_spec()
+model_args = f"--model {spec.name}" + (f" --img-size {spec.img_size}" if spec.img_size else "")
+model_args += " --checkpoint FILE" if spec.checkpoint_digest else ""
 st.caption(
     "The same bundle from the command line, for batch jobs: "
-    f"`python -m core analyze --model {handle.name.split(' ')[0]} --images DIR --out results.zip --report report.html`."
+    f"`python -m core analyze {model_args} --images DIR --out results.zip --report report.html`."
 )

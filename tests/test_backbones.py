@@ -233,3 +233,24 @@ def test_the_command_line_analyses_a_backbone(tmp_path, capsys) -> None:
     assert "Top heads by layer_impact" in out
     study = load_bundle((tmp_path / "ok.zip").read_bytes())
     assert study.is_backbone and len(study.tables["images"]) == 3
+
+
+def test_a_model_already_at_224_px_keeps_its_size_whatever_its_grid() -> None:
+    from core.model import _run_size
+
+    assert _run_size("vit_base_patch8_224", None) is None  # 28 x 28 patches, but no larger than 224 px
+    assert _run_size("vit_small_patch14_dinov2", None) == 224  # 37 x 37 patches at 518 px
+
+
+def test_a_bundle_whose_per_image_importance_lacks_a_metric_is_refused(backbone_study) -> None:
+    import dataclasses
+
+    from core.errors import BundleRejected
+
+    handle, study = backbone_study
+    per_image = study.tables["importance_per_image"]
+    damaged = dataclasses.replace(
+        study, tables={**study.tables, "importance_per_image": per_image[per_image["metric"] == "layer_impact"]}
+    )
+    with pytest.raises(BundleRejected, match="per-image importance does not hold the metrics of its model"):
+        load_bundle(save_bundle(damaged), model_key=handle.key)

@@ -179,6 +179,7 @@ def current_model() -> ViTHandle:
         st.error(plain(f"{err} Switched back to the demo model."))
         st.session_state[MODEL_KEY] = ModelSpec()
         st.session_state.pop("checkpoints", None)
+        st.session_state.pop(UPLOADED_KEY, None)  # its labels belong to the model that failed
         return _load(ModelSpec())
 
 
