@@ -46,7 +46,8 @@ class ModelSpec:
 
     Attributes:
         name: a built-in model (``BUILTIN_MODELS``) or a timm name.
-        checkpoint_digest: sha256 of the checkpoint's bytes; ``None`` without one.
+        checkpoint_digest: sha256 of an uploaded checkpoint's bytes, or path, size and change
+            time of ``checkpoint_path``; ``None`` without a checkpoint.
         img_size: input side in pixels; ``None`` for the model's default.
         checkpoint_path: where the checkpoint lies on the server (``HEADSCOPE_CHECKPOINT``);
             ``None`` for an upload, whose bytes the session keeps.
@@ -150,8 +151,10 @@ def _start_from_environment(environ: Mapping[str, str]) -> str | None:
     digest = None
     if path:
         try:
-            with open(path, "rb") as stream:
-                digest = hashlib.file_digest(stream, "sha256").hexdigest()
+            # every new session comes here: the file's size and change time tell a replaced checkpoint
+            # apart without reading it (the loaded model's own key hashes its weights)
+            stat = os.stat(path)
+            digest = f"{os.path.abspath(path)}:{stat.st_size}:{stat.st_mtime_ns}"
         except OSError as err:
             return f"The checkpoint {path} in {ENV_CHECKPOINT} cannot be read ({err.strerror or err})."
     spec = ModelSpec(name, digest, img_size, path)
