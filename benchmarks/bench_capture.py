@@ -1,4 +1,4 @@
-"""Attention capture vs. a plain fused forward pass, same batch and device (SPEC section 6).
+"""Attention capture vs. a plain fused forward pass, same batch and device.
 
 Prints, per model, the median time of each and their ratio; the target is a ratio
 of at most 1.2. Runs are interleaved so that machine noise hits both sides alike.

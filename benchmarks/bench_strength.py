@@ -1,4 +1,4 @@
-"""Peak memory of the streamed attention-strength statistics: 64 vs. 512 images (SPEC section 6).
+"""Peak memory of the streamed attention-strength statistics: 64 vs. 512 images.
 
 Set-level statistics must not hold the ``N x L x H x T x T`` attention of a set, so
 their peak memory should barely grow with the number of images (target: the 512-image

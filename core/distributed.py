@@ -1,4 +1,4 @@
-"""Sharding the heavy analyses over processes started by ``torchrun`` (SPEC section 10).
+"""Sharding the heavy analyses over processes started by ``torchrun``.
 
 Each process (rank) runs head importance, the pruning curve and attention strength on its
 own contiguous part of the image set, on its own GPU when there is one; the per-image

@@ -108,7 +108,8 @@ class HeadImportance:
 
     Attributes:
         overall: one row per (layer, head, metric), columns layer, head, metric, value:
-            the set-level values (SPEC section 5).
+            the set-level values: the mean of the per-image values over the set (for
+            taylor its absolute value).
         per_image: the local values, columns image (index into the input), layer, head,
             metric, value.
         unpruned: one row per image, columns image, target (class index), probability

@@ -1,12 +1,69 @@
-"""Shared fixtures: tiny real timm ViTs built in-process (no network, random weights)."""
+"""Shared fixtures and helpers of every test tier.
+
+Tiers (folders, each with its marker, registered in pytest.ini): ``unit`` (core and
+chart functions, no app), ``app`` (pages driven in-process by Streamlit's AppTest),
+``browser`` (a real server and headless Chromium). ``make test`` runs all three;
+``pytest -m unit`` runs one.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pandas as pd
 import pytest
 import torch
+from streamlit.testing.v1 import AppTest
 from timm.models.vision_transformer import VisionTransformer
 
 from core.model import ViTHandle, wrap_model
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "streamlit_app.py")
+DATA = Path(__file__).resolve().parent / "data"
+TIERS = ("unit", "app", "browser")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with the tier its folder names."""
+    for item in items:
+        tier = Path(str(item.fspath)).parent.name
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
+
+
+def started_app(monkeypatch: pytest.MonkeyPatch, timeout: float) -> AppTest:
+    """The home page run once offline, without an exception."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    at = AppTest.from_file(APP, default_timeout=timeout)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def notice_texts(at: AppTest) -> str:
+    """Markdown, captions and notices of a run page, as a reader sees them (names unescaped)."""
+    from test_markdown import shown
+
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption]
+    for kind in ("error", "warning", "success", "info"):
+        parts += [e.value for e in getattr(at, kind)]
+    return shown("\n".join(str(p) for p in parts))
+
+
+def captions(at: AppTest) -> str:
+    return "\n".join(c.value for c in at.caption)
+
+
+def chart_specs(at: AppTest) -> list[tuple[dict, dict[str, pd.DataFrame]]]:
+    """Each rendered chart's Vega-Lite spec and its datasets by name."""
+    from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
+
+    return [
+        (json.loads(c.proto.spec), {d.name: convert_arrow_bytes_to_pandas_df(d.data.data) for d in c.proto.datasets})
+        for c in at.get("vega_lite_chart")
+    ]
 
 
 def tiny_vit(**overrides) -> VisionTransformer:

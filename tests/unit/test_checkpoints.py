@@ -28,7 +28,6 @@ from core.inference import predict_images
 from core.model import load_model, wrap_model
 from tests.conftest import tiny_vit
 
-
 _create_model = timm.create_model  # the real one: the fixtures below replace timm's
 
 

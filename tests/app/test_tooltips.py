@@ -15,22 +15,21 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 import vl_convert
+from conftest import ROOT
 from streamlit.testing.v1 import AppTest
+from test_images import encode
+from test_markdown import HOSTILE_NAME
 
 from core.casestudy import findings
 from core.charts import RESERVED_TOOLTIP_KEYS, tooltip_field
 from core.digits import digit_images, digits_split
 from core.report import case_charts
-from test_images import encode
-from test_markdown import HOSTILE_NAME
 from ui import patterns
 
-ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "streamlit_app.py")
 PAGES = [f"pages/{p.name}" for p in sorted((ROOT / "pages").glob("[0-9]*_*.py"))]
 # Streamlit's theme (``mark: {tooltip: {content: "encoding"}}`` in its frontend) gives every mark a tooltip

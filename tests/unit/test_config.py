@@ -1,11 +1,13 @@
-"""Deployment settings of .streamlit/config.toml (SPEC section 8)."""
+"""Deployment settings of .streamlit/config.toml: bounded uploads, XSRF protection, no
+tracebacks in the browser, no usage statistics."""
 
 from __future__ import annotations
 
 import tomllib
-from pathlib import Path
 
-CONFIG = Path(__file__).resolve().parent.parent / ".streamlit" / "config.toml"
+from conftest import ROOT
+
+CONFIG = ROOT / ".streamlit" / "config.toml"
 
 
 def test_streamlit_config_is_deployment_safe() -> None:

@@ -1,4 +1,4 @@
-"""SPEC section 8 through the app: each bad input gets a sentence, nothing is kept from it,
+"""Bad inputs through the app (README, Images): each bad input gets a sentence, nothing is kept from it,
 and the app goes on working for the next input.
 
 The decoding rules themselves are unit-tested in ``test_images.py`` and the checkpoint
@@ -10,38 +10,27 @@ from __future__ import annotations
 import io
 import math
 import zipfile
-from pathlib import Path
 
 import pytest
 import timm
 import torch
+from conftest import notice_texts as _texts
+from conftest import started_app
 from PIL import Image
 from safetensors.torch import save
 from streamlit.testing.v1 import AppTest
-
 from test_images import encode, png, solid, with_ihdr_size
 from test_markdown import HOSTILE_NAME, assert_text_only, live_markup, shown
+
 from ui.display import plain
 
-APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 TIMEOUT = 180
 GOOD = ("good.png", png((200, 30, 30), (32, 32)))
 
 
-def _texts(at: AppTest) -> str:
-    parts = [m.value for m in at.markdown] + [c.value for c in at.caption]
-    for kind in ("error", "warning", "success", "info"):
-        parts += [e.value for e in getattr(at, kind)]
-    return shown("\n".join(str(p) for p in parts))  # as read: names in it are escaped
-
-
 @pytest.fixture
 def app(monkeypatch) -> AppTest:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.run()
-    assert not at.exception
-    return at
+    return started_app(monkeypatch, TIMEOUT)
 
 
 def _upload(at: AppTest, files: list[tuple[str, bytes]]) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from pathlib import Path
 
 import pytest
+from conftest import APP
 from streamlit.testing.v1 import AppTest
 
 from core.bundle import save_bundle
@@ -17,7 +17,6 @@ from ui import patterns, session
 from ui.casestudy import EVIDENCE
 
 TIMEOUT = 300
-APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 PAGE = "pages/4_Case_Study.py"
 HEADING = re.compile(r"#### (\d+)\. (L\d+H\d+)")
 
@@ -215,9 +214,9 @@ def test_a_version_1_bundle_opens_on_the_page_with_its_own_metrics(page: AppTest
 def test_the_case_study_of_a_backbone(monkeypatch, tmp_path) -> None:
     import timm
     from safetensors.torch import save
+    from test_markdown import shown
 
     from core.importance import BACKBONE_METRICS, BACKBONE_REASON
-    from test_markdown import shown
 
     weights = tmp_path / "backbone.safetensors"
     model = timm.create_model("test_vit", pretrained=False, num_classes=0)

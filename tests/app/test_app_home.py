@@ -11,32 +11,22 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from conftest import APP, started_app
+from conftest import notice_texts as _texts
 from safetensors.torch import save
 from streamlit.testing.v1 import AppTest
-
-from core.digits import digit_images, digits_split
 from test_images import encode
 from test_markdown import shown
 
+from core.digits import digit_images, digits_split
+
 TIMEOUT = 180
-APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 
 
 
 @pytest.fixture
 def app(monkeypatch) -> AppTest:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
-
-def _texts(at: AppTest) -> str:
-    parts = [m.value for m in at.markdown] + [c.value for c in at.caption]
-    for kind in ("error", "warning", "success", "info"):
-        parts += [e.value for e in getattr(at, kind)]
-    return shown("\n".join(str(p) for p in parts))  # as read: names in it are escaped
+    return started_app(monkeypatch, TIMEOUT)
 
 
 def test_demo_overview_and_top5(app: AppTest) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, started_app
 from streamlit.testing.v1 import AppTest
-
-from core.digits import digit_images, digits_split
 from test_images import encode
 
-ROOT = Path(__file__).resolve().parent.parent
+from core.digits import digit_images, digits_split
+
 APP = str(ROOT / "streamlit_app.py")
 PAGES = [f"pages/{p.name}" for p in sorted((ROOT / "pages").glob("[0-9]*_*.py"))]
 
@@ -18,11 +18,7 @@ PAGES = [f"pages/{p.name}" for p in sorted((ROOT / "pages").glob("[0-9]*_*.py"))
 
 @pytest.fixture
 def app(monkeypatch) -> AppTest:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    at = AppTest.from_file(APP, default_timeout=300)
-    at.run()
-    assert not at.exception
-    return at
+    return started_app(monkeypatch, 300)
 
 
 def _sidebar_text(at: AppTest) -> str:

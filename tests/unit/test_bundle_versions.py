@@ -6,10 +6,9 @@ output_impact metric): the demo model on the first 8 held-out digits, settings b
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from conftest import DATA
 
 from core.bundle import load_bundle
 from core.casestudy import CaseSettings, findings, set_labels
@@ -17,7 +16,7 @@ from core.images import ImageSet, demo_digits_set
 from core.importance import head_importance_tables, pruning_curve
 from core.report import render_report
 
-V1_BUNDLE = Path(__file__).parent / "data" / "bundle_v1_demo.zip"
+V1_BUNDLE = DATA / "bundle_v1_demo.zip"
 V1_SETTINGS = CaseSettings(top_k=2, hurt_images=2, max_maps=200, n_clusters=3, curve_steps=3)
 V1_METRICS = ("probability", "accuracy", "layer_impact", "taylor")
 

@@ -33,7 +33,7 @@ def patches(grid: tuple[int, int]) -> list[tuple[int, int]]:
 
 
 def slow_hop_strength(a: torch.Tensor, grid: tuple[int, int], prefix: int) -> list[float]:
-    """SPEC 4C literally, for one ``[T, T]`` map: loops over sources, hops and targets."""
+    """The hop strength definition literally, for one ``[T, T]`` map: loops over sources, hops and targets."""
     cells = patches(grid)
     out = []
     for n in range(max(grid)):

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import pytest
+from conftest import APP
+from conftest import captions as _captions
 from streamlit.testing.v1 import AppTest
 
 from core.digits import digit_images, digits_split
 
 TIMEOUT = 180
-APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 PAGE = "pages/2_Attention_Strength.py"
 
 
@@ -23,10 +23,6 @@ def page(monkeypatch) -> AppTest:
     at.switch_page(PAGE).run()
     assert not at.exception, at.exception
     return at
-
-
-def _captions(at: AppTest) -> str:
-    return "\n".join(c.value for c in at.caption)
 
 
 def _charts(at: AppTest) -> list:

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import tiny_vit
 from PIL import Image
 
-from conftest import tiny_vit
-from core.casestudy import NEGLIGIBLE_DROP, CaseSettings, _killer_mode, analyze, findings
+from core.casestudy import (
+    NEGLIGIBLE_DROP,
+    CaseSettings,
+    _killer_mode,
+    analyze,
+    findings,
+)
 from core.images import ImageSet, SetImage
 from core.importance import rank_heads
 from core.model import wrap_model

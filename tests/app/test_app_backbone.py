@@ -17,21 +17,21 @@ import pandas as pd
 import pytest
 import streamlit
 import timm
+from conftest import APP
+from conftest import chart_specs as _specs
 from PIL import Image
 from safetensors.torch import save
-from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
-
-from core.importance import BACKBONE_METRICS, BACKBONE_REASON, METRICS, MODES
-from core.model import BUILTIN_MODELS, DINOV2_NAME
 from test_images import encode
 from test_markdown import shown
 from test_tooltips import _assert_no_reserved_key
+
+from core.importance import BACKBONE_METRICS, BACKBONE_REASON, METRICS, MODES
+from core.model import BUILTIN_MODELS, DINOV2_NAME
 from ui import importance, patterns, session
 from ui.charts import overview_chart
 
 TIMEOUT = 180
-APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 PAGES = ["pages/1_Head_Importance.py", "pages/2_Attention_Strength.py", "pages/3_Attention_Patterns.py"]
 BACKBONE_OPTIONS = [m.replace("_", " ") for m in BACKBONE_METRICS]
 
@@ -77,14 +77,6 @@ def _texts(at: AppTest) -> str:
 def _clean(at: AppTest) -> None:
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
-
-
-def _specs(at: AppTest) -> list[tuple[dict, dict[str, pd.DataFrame]]]:
-    """Each rendered chart's Vega-Lite spec and its datasets by name."""
-    return [
-        (json.loads(c.proto.spec), {d.name: convert_arrow_bytes_to_pandas_df(d.data.data) for d in c.proto.datasets})
-        for c in at.get("vega_lite_chart")
-    ]
 
 
 def _assert_tooltips_are_text(at: AppTest, where: str) -> None:
@@ -280,6 +272,7 @@ def test_an_input_size_off_the_patch_grid_keeps_the_previous_model(monkeypatch, 
 
 def test_loading_shows_the_preparation_as_a_progress_bar(monkeypatch) -> None:
     from conftest import tiny_vit
+
     from core.model import wrap_model
 
     def prepare(name: str, *, checkpoint=None, img_size=None, progress=None):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT
 from PIL import Image, ImageFile
 
 from core.digits import digit_images, digits_split
@@ -99,7 +100,7 @@ def test_default_limits_are_the_documented_ones() -> None:
 
 
 def test_core_images_never_imports_streamlit() -> None:
-    source = Path(__file__).resolve().parents[1] / "core" / "images.py"
+    source = ROOT / "core" / "images.py"
     tree = ast.parse(source.read_text())
     imported: set[str] = set()
     for node in ast.walk(tree):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import APP
 from PIL import Image
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
@@ -18,7 +18,6 @@ from core.digits import digit_images, digits_split
 from core.importance import METRICS, MODE_REMOVES, MODES
 from ui import importance as ui
 
-APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 PAGE = "pages/1_Head_Importance.py"
 
 

@@ -24,7 +24,12 @@ from core.casestudy import KILLER_SHARE, CaseSettings, analyze, findings
 from core.errors import UnsupportedMetric
 from core.images import ImageSet, decode_image
 from core.importance import (
-    BACKBONE_METRICS, METRICS, head_importance_tables, metrics_for, partial_pruning, pruning_curve,
+    BACKBONE_METRICS,
+    METRICS,
+    head_importance_tables,
+    metrics_for,
+    partial_pruning,
+    pruning_curve,
 )
 from core.model import load_model, wrap_model
 from core.report import render_report

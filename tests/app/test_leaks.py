@@ -5,16 +5,15 @@ from __future__ import annotations
 import gc
 import os
 import re
-from pathlib import Path
 
 import numpy as np
+from conftest import ROOT
 from streamlit.runtime.caching import cache_data_api, cache_resource_api
 from streamlit.testing.v1 import AppTest
-
-from core.digits import digit_images, digits_split
 from test_images import encode
 
-ROOT = Path(__file__).resolve().parent.parent
+from core.digits import digit_images, digits_split
+
 APP = str(ROOT / "streamlit_app.py")
 
 

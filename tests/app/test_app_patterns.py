@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import inspect
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from conftest import APP
+from conftest import captions as _captions
 from streamlit.testing.v1 import AppTest
 
 from core.projection import wait_for_umap
 from ui import patterns
 
 TIMEOUT = 300
-APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 PAGE = "pages/3_Attention_Patterns.py"
 SMALL_SAMPLE = 2_000  # the smallest choice on the page: keeps each training to a few seconds
 
@@ -41,10 +41,6 @@ def _open(monkeypatch, *, umap: str, polls: list[int] | None = None) -> AppTest:
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
     return at
-
-
-def _captions(at: AppTest) -> str:
-    return "\n".join(c.value for c in at.caption)
 
 
 def _specs(at: AppTest) -> list[dict]:

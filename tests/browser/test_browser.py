@@ -24,12 +24,12 @@ from typing import Iterator
 
 import numpy as np
 import pytest
+from conftest import ROOT
 from PIL import Image
-
-from core.digits import digit_images, digits_split
 from test_images import encode
 
-ROOT = Path(__file__).resolve().parent.parent
+from core.digits import digit_images, digits_split
+
 PAGES = sorted((ROOT / "pages").glob("[0-9]*_*.py"))
 SERVER_UPLOAD_LIMIT_MB = 2
 PAGE_TIMEOUT_MS = 300_000

@@ -12,10 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from test_browser import CHROMIUM_ARGS, _chromium
 
 from core.casestudy import findings
 from core.report import case_charts, render_report
-from test_browser import CHROMIUM_ARGS, _chromium
 
 SECTIONS = [
     ("summary", "Summary"),

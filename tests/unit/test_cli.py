@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import ROOT
 
 from core.__main__ import EXIT_BAD_INPUT, main
 from core.bundle import load_bundle
@@ -18,7 +19,6 @@ from core.distributed import Shards
 from core.errors import ImageRejected
 from core.images import image_set_from_folder
 
-ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--layout", "pca", "--max-maps", "300", "--top-k", "2", "--hurt-images", "2", "--curve-steps", "2", "--clusters", "3"]
 
 
