@@ -43,7 +43,8 @@ from _machine import cpu_model  # noqa: E402  (this folder is on sys.path when r
 
 from core.digits import digit_images  # noqa: E402
 from core.model import load_model  # noqa: E402
-from core.strength import attention_batch_size, strength_statistics  # noqa: E402
+from core.settings import images_per_batch  # noqa: E402
+from core.strength import strength_statistics  # noqa: E402
 
 SIZES = (64, 512)
 TARGET = 1.15
@@ -60,7 +61,7 @@ def child(n: int) -> None:
     """Measure one set size in this (fresh) process and print one JSON line."""
     handle = load_model("demo", device="cpu")
     images, _ = digit_images(np.arange(n))
-    batch = attention_batch_size(handle)
+    batch = images_per_batch(handle)
     strength_statistics(handle, images[:batch])
     gc.collect()
     # hand the warm-up's freed buffers back to the OS, so both sizes start from the same

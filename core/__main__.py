@@ -19,7 +19,7 @@ from core import distributed
 from core.casestudy import CaseSettings, analyze, findings
 from core.errors import HeadScopeError, UnsupportedMetric
 from core.importance import BACKBONE_REASON, METRICS, metrics_for
-from core.patterns import DEFAULT_CLUSTERS
+from core.settings import DEFAULT_CLUSTERS
 
 EXIT_BAD_INPUT = 2
 
@@ -98,7 +98,7 @@ def _settings(args: argparse.Namespace) -> CaseSettings:
 
 def analyze_command(args: argparse.Namespace) -> int:
     from core.bundle import write_bundle
-    from core.images import image_set_from_folder
+    from core.images import image_set_from_folder, join_folder_shares
     from core.model import imagenet_synsets, load_model
 
     settings = _settings(args)
@@ -119,7 +119,12 @@ def analyze_command(args: argparse.Namespace) -> int:
     if metric not in metrics_for(handle):  # before minutes of work
         raise UnsupportedMetric(f"--metric {metric} is not available for '{handle.name}': {BACKBONE_REASON}.")
     aliases = [[s] for s in imagenet_synsets()] if len(handle.class_names) == 1000 else None
-    image_set, notes = image_set_from_folder(args.images, handle.class_names, aliases=aliases)
+    # streamed: the set keeps names, ids and labels, and every pass decodes one batch at a
+    # time; each process reads (and later decodes) only its own share of the folder
+    share = image_set_from_folder(
+        args.images, handle.class_names, aliases=aliases, lazy=True, share=(shards.rank, shards.size)
+    )
+    image_set, notes = join_folder_shares(distributed.gather(share, shards), args.images)
     for note in notes if lead else ():
         print(f"note: {note}", file=sys.stderr)
     if lead:

@@ -68,11 +68,11 @@ def capture_patterns(hooks: HookSet, model: nn.Module, patterns: torch.Tensor) -
         queries: dict[str, torch.Tensor] = {}
 
         def keep_q(_m: nn.Module, _i: Any, q: torch.Tensor, queries=queries) -> None:
-            queries["q"] = q
+            queries["q"] = q.detach()  # read, never differentiated: the Taylor pass runs with these hooks
 
         def make_pattern(_m: nn.Module, _i: Any, k: torch.Tensor, queries=queries, attn=attn, layer=layer) -> None:
             scores = patterns[layer]
-            torch.matmul(queries.pop("q").to(scores.dtype), k.to(scores.dtype).transpose(-2, -1), out=scores)
+            torch.matmul(queries.pop("q").to(scores.dtype), k.detach().to(scores.dtype).transpose(-2, -1), out=scores)
             scores.mul_(attn.scale)
             torch.softmax(scores, dim=-1, out=scores)
             # softmax gives values in [0, 1] or NaN, so one sum finds a NaN without a mask as large as the maps
@@ -106,10 +106,18 @@ def locked_forward(handle: ViTHandle, x: torch.Tensor, *installers: Callable[[Ho
         for install in installers:
             install(hooks)
         logits = handle.model(x.to(handle.device))
-    # NaN logits (and the features before them) would reach scikit-learn as its own error text
-    if not torch.isfinite(logits).all():
-        raise NonFiniteOutputs(_NON_FINITE)
+    check_finite(logits)
     return logits
+
+
+def check_finite(logits: torch.Tensor) -> None:
+    """Raise ``NonFiniteOutputs`` when an output is NaN or infinite.
+
+    NaN logits (and the features before them) would otherwise reach scikit-learn, which
+    fails with its own error text.
+    """
+    if not torch.isfinite(logits.detach()).all():
+        raise NonFiniteOutputs(_NON_FINITE)
 
 
 @contextmanager

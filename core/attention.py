@@ -9,8 +9,7 @@ import torch
 
 from core._hooks import capture_head_input, capture_patterns, locked_forward
 from core.model import ViTHandle
-
-DEFAULT_BATCH = 32
+from core.settings import images_per_batch
 
 
 @dataclass(frozen=True)
@@ -29,13 +28,13 @@ class AttentionBatch:
     features: torch.Tensor
 
 
-def iter_attention(handle: ViTHandle, x: torch.Tensor, *, batch_size: int = DEFAULT_BATCH) -> Iterator[AttentionBatch]:
+def iter_attention(handle: ViTHandle, x: torch.Tensor, *, batch_size: int | None = None) -> Iterator[AttentionBatch]:
     """Yield ``AttentionBatch`` chunks of ``x`` (``[N, C, H, W]``), so callers can stream statistics."""
     for part in _layer_major_batches(handle, x, batch_size):
         yield _as_batch(*part)
 
 
-def extract_attention(handle: ViTHandle, x: torch.Tensor, *, batch_size: int = DEFAULT_BATCH) -> AttentionBatch:
+def extract_attention(handle: ViTHandle, x: torch.Tensor, *, batch_size: int | None = None) -> AttentionBatch:
     """Attention ``[N, L, H, T, T]`` and logits for the whole batch ``x``.
 
     Holds ``N * L * H * T * T`` floats: for set-level statistics use ``iter_attention``.
@@ -51,8 +50,9 @@ def extract_attention(handle: ViTHandle, x: torch.Tensor, *, batch_size: int = D
 
 
 def _layer_major_batches(
-    handle: ViTHandle, x: torch.Tensor, batch_size: int
+    handle: ViTHandle, x: torch.Tensor, batch_size: int | None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    batch_size = images_per_batch(handle, batch_size)
     for start in range(0, len(x), batch_size):
         yield _attention_of_batch(handle, x[start:start + batch_size])
 

@@ -5,7 +5,8 @@ curve, attention strength, attention patterns and partial pruning of the top hea
 the images where pruning hurts them most) as plain named tables and arrays plus a JSON
 manifest (model, images, settings, library versions). That container is what a result
 bundle stores (``core.bundle``), what the HTML report renders (``core.report``) and what
-the dashboard reopens without recomputing. ``findings`` turns it into short sentences.
+the dashboard reopens without recomputing. Its numbers come from one streamed analysis
+of the set (``core.analysis``); ``CaseSettings`` (``core.settings``) says with what. ``findings`` turns it into short sentences.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from core.analysis import PASS_STAGE, SetAnalysis, draw_samples, first_pass, samples_from
+from core.errors import EmptyImageSet, UnsupportedMapKind
 from core.images import ImageSet
 from core.importance import (
     METRICS,
@@ -30,24 +33,23 @@ from core.importance import (
     MODE_REMOVES,
     MODES,
     HeadImportance,
-    head_importance_tables,
     partial_pruning,
     pruning_curve,
     rank_heads,
 )
+from core.inference import Predictions
 from core.model import ViTHandle
 from core.patterns import (
-    DEFAULT_CLUSTERS,
     PatternClusters,
     PatternLayout,
     PatternSpace,
     cluster_patterns,
     project_patterns,
-    sample_maps,
     train_autoencoder,
 )
 from core.projection import Method
-from core.strength import StrengthStats, strength_statistics
+from core.settings import CaseSettings
+from core.strength import StrengthStats
 
 BUNDLE_FORMAT = "headscope-bundle"
 # 2: backbones (empty class names), the output_impact metric, the curve's similarity and
@@ -99,31 +101,6 @@ ARRAYS = (
     "prefix_share",  # [N, L, H]
     "offset_mean",  # [L, H, 2 rows - 1, 2 cols - 1]
 )
-
-
-@dataclass(frozen=True)
-class CaseSettings:
-    """What the case study was computed with; stored in the manifest.
-
-    Attributes:
-        top_k: heads studied per metric (partial pruning runs for the union over metrics).
-        hurt_images: images per head on which partial pruning runs: those where pruning
-            the whole head lowers the target probability most (for a backbone: changes
-            its output most).
-        kind: ``"patch"`` or ``"cls"`` maps for the pattern clusters.
-        max_maps: maps sampled for the pattern autoencoder.
-        n_clusters: pattern clusters.
-        curve_steps: points of the cumulative pruning curve.
-        seed: seed of the map sample, the autoencoder, the layout and k-means.
-    """
-
-    top_k: int = 5
-    hurt_images: int = 5
-    kind: str = "patch"
-    max_maps: int = 10_000
-    n_clusters: int = DEFAULT_CLUSTERS
-    curve_steps: int = 10
-    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -200,44 +177,74 @@ def analyze(
 ) -> CaseStudy | None:
     """Compute every part of the case study from scratch (the command line's path).
 
-    Stages, each reported as ``progress(stage, done, total)``: head importance, pruning
-    curve, attention strength, sampling attention maps, training the autoencoder, laying
-    out the patterns, partial pruning.
+    Stages, each reported as ``progress(stage, done, total)``: reading the set (the one
+    unpruned pass: importance, strength, predictions and the map sample), pruning curve,
+    training the autoencoder, laying out the patterns, partial pruning.
 
-    Under ``torchrun`` (``core.distributed``) each process computes importance, the curve
-    and strength on its share of the images; rank 0 gathers them, finishes the rest and
-    returns the study, the other ranks return ``None``. One process returns the study.
+    ``image_set`` may read its images lazily (``core.images.image_set_from_folder`` with
+    ``lazy=True``): each pass decodes one batch at a time, so only per-image summaries and
+    the thumbnails the findings cite are kept.
+
+    Under ``torchrun`` (``core.distributed``) each process runs the pass and the curve on
+    its share of the images (and decodes only those); rank 0 gathers them, finishes the
+    rest and returns the study, the other ranks return ``None``. One process returns the study.
 
     Raises:
-        ValueError: with one sentence (an empty set, a pattern kind the model lacks,
-            fewer images than processes).
+        EmptyImageSet: fewer images than processes (or none).
+        UnsupportedMapKind: CLS maps asked of a model without a CLS token.
+        InvalidSetting: a sample cap below the model's head count.
     """
     from core import distributed
 
     shards = distributed.current()
     if len(image_set) < max(1, shards.size):
-        raise ValueError(
+        raise EmptyImageSet(
             f"The case study needs at least {max(1, shards.size)} image(s), one per process; the set has {len(image_set)}."
         )
-    images = image_set.pil_images()
     labels = set_labels(image_set)
-    part = shards.part(len(images))
-    mine, my_labels = images[part], labels[part] if labels is not None else None
+    part = shards.part(len(image_set))
+    # read lazily: a folder's images are decoded batch by batch, each process only its own
+    mine, my_labels = image_set.pil_images(part), labels[part] if labels is not None else None
     report = _stage_reporter(progress)
-    tables = head_importance_tables(handle, mine, my_labels, progress=report("head importance"))
-    tables = distributed.combine_importance(distributed.gather(tables, shards))
+    # drawn over the whole set before the pass, the same on every process
+    picks = draw_samples(handle, len(image_set), settings)
+    first = first_pass(handle, mine, my_labels, picks, first_image=part.start, progress=report(PASS_STAGE))
+    parts = distributed.gather(first, shards)
+    tables = distributed.combine_importance([p.importance for p in parts])
     curve = pruning_curve(
-        handle, mine, tables.overall, my_labels, steps=settings.curve_steps, progress=report("pruning curve")
+        handle, mine, tables.overall, my_labels, steps=settings.curve_steps, seed=settings.seed,
+        progress=report("pruning curve"),
     )
     curve = distributed.combine_curves(distributed.gather((curve, len(mine)), shards))
-    strength = strength_statistics(handle, mine, progress=report("attention strength"))
-    strength = distributed.combine_strength(distributed.gather(strength, shards))
     if shards.rank != 0:
         return None
-    sample = sample_maps(
-        handle, images, kind=settings.kind, max_maps=settings.max_maps, seed=settings.seed,  # type: ignore[arg-type]
-        progress=report("sampling attention maps"),
+    analysis = SetAnalysis(
+        settings=settings,
+        importance=tables,
+        curve=curve,
+        strength=distributed.combine_strength([p.strength for p in parts]),
+        samples=samples_from(handle, {kind: [p.maps[kind] for p in parts] for kind in picks}),
+        predictions=Predictions(
+            logits=np.concatenate([p.logits for p in parts]), features=np.concatenate([p.features for p in parts])
+        ),
     )
+    return study_from(handle, image_set, analysis, layout_method=layout_method, progress=progress)
+
+
+def study_from(
+    handle: ViTHandle,
+    image_set: ImageSet,
+    analysis: SetAnalysis,
+    *,
+    layout_method: Method = "umap",
+    progress: StageProgress | None = None,
+) -> CaseStudy:
+    """The case study from a set's analysis: trains the pattern autoencoder, lays out, clusters, prunes partially."""
+    settings = analysis.settings
+    report = _stage_reporter(progress)
+    if settings.kind not in analysis.samples:
+        raise UnsupportedMapKind("This model has no CLS token, so it has no CLS maps; use patch maps instead.")
+    sample = analysis.samples[settings.kind]
     space = train_autoencoder(sample, seed=settings.seed, device=handle.device, progress=report("training the autoencoder"))
     laying_out = report("laying out the patterns")  # UMAP's first call compiles for ~40 s: show that it runs
     if laying_out is not None:
@@ -248,8 +255,8 @@ def analyze(
         laying_out(1, 1)
     return assemble(
         handle, image_set, settings,
-        importance=tables, curve=curve, strength=strength, space=space, layout=layout, clusters=clusters,
-        progress=progress,
+        importance=analysis.importance, curve=analysis.curve, strength=analysis.strength,
+        space=space, layout=layout, clusters=clusters, outputs=analysis.predictions.logits, progress=progress,
     )
 
 
@@ -264,17 +271,19 @@ def assemble(
     space: PatternSpace,
     layout: PatternLayout,
     clusters: PatternClusters,
+    outputs: np.ndarray | None = None,
     progress: StageProgress | None = None,
 ) -> CaseStudy:
     """Build the case study from results computed elsewhere (the dashboard's cached views).
 
     Only the partial pruning of the top heads runs here: for each metric's ``top_k`` heads,
     on the ``hurt_images`` images where pruning the whole head lowers the target's
-    probability most.
+    probability most. ``outputs``: ``[N, outputs]`` the unmodified model's output of every
+    image (a set analysis holds it), so mode ``none`` is not run again.
     """
     heads = studied_heads(importance.overall, settings.top_k)
     partial = _partial_table(
-        handle, image_set, importance, heads, settings.hurt_images, _stage_reporter(progress)("partial pruning")
+        handle, image_set, importance, heads, settings.hurt_images, _stage_reporter(progress)("partial pruning"), outputs
     )
     cited = list(dict.fromkeys(partial["image_id"]))
     pattern_heads = clusters.heads.merge(
@@ -376,6 +385,7 @@ def _partial_table(
     heads: list[tuple[int, int]],
     count: int,
     progress: Callable[[int, int], None] | None,
+    outputs: np.ndarray | None = None,
 ) -> pd.DataFrame:
     targets = importance.unpruned["target"].to_numpy()
     least = negligible(handle.is_backbone)
@@ -387,7 +397,8 @@ def _partial_table(
             item = image_set.images[int(image)]
             x = handle.preprocess([item.image])
             target = None if handle.is_backbone else int(targets[int(image)])
-            modes = partial_pruning(handle, x, layer, head, target)
+            unpruned = None if outputs is None else torch.from_numpy(outputs[int(image)])
+            modes = partial_pruning(handle, x, layer, head, target, unpruned=unpruned)
             if handle.is_backbone:
                 modes = modes.assign(probability=np.nan, predicted="")
             frames.append(

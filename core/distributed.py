@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
+from core.images import share_of
 from core.importance import HeadImportance
 from core.strength import StrengthStats
 
@@ -36,9 +37,7 @@ class Shards:
 
     def part(self, n: int) -> slice:
         """This rank's contiguous share of ``n`` items: sizes differ by at most one."""
-        base, extra = divmod(n, self.size)
-        start = self.rank * base + min(self.rank, extra)
-        return slice(start, start + base + (1 if self.rank < extra else 0))
+        return share_of(n, self.rank, self.size)
 
 
 def start_from_environment() -> Shards:

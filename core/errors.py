@@ -31,6 +31,18 @@ class UnsupportedMetric(HeadScopeError, ValueError):
     """A metric or target the model cannot give: a class-based one asked of a backbone without classes."""
 
 
+class InvalidSetting(HeadScopeError, ValueError):
+    """A setting of an analysis out of its range (a sample cap, a step count, a map kind, a batch size)."""
+
+
+class EmptyImageSet(HeadScopeError, ValueError):
+    """An analysis was asked of no images, or of fewer images than it needs."""
+
+
+class UnsupportedMapKind(HeadScopeError, ValueError):
+    """Attention maps of a kind the model does not have: CLS maps of a model without a CLS token."""
+
+
 class BundleRejected(HeadScopeError):
     """A result bundle cannot be opened: not a bundle, damaged, unsafe or from another model."""
 

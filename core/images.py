@@ -154,9 +154,28 @@ class ImageSet:
         """Position of the image with this id; raises ``KeyError`` if the set has none."""
         return self.images.index(self._by_id[image_id])
 
-    def pil_images(self) -> list[Image.Image]:
-        """The decoded RGB images, in order."""
-        return [item.image for item in self.images]
+    def pil_images(self, part: slice = slice(None)) -> Sequence[Image.Image]:
+        """The decoded RGB images (of ``part`` of the set), in order.
+
+        Items are read on access, so for a lazy set (``FolderImage``) a slice of this
+        sequence decodes just its own images and nothing stays in memory.
+        """
+        return _PilImages(self.images[part])
+
+
+class _PilImages(Sequence[Image.Image]):
+    """The images of a set's items, read from each item on access (``FolderImage`` decodes then)."""
+
+    def __init__(self, items: Sequence[SetImage]) -> None:
+        self._items = items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [item.image for item in self._items[index]]
+        return self._items[index].image
 
 
 def image_set_key(images: Sequence[SetImage], label_names: Sequence[str] = ()) -> str:
@@ -365,10 +384,12 @@ def _titled(title: str, count: int) -> str:
 
 
 def _decode_all(
-    entries: Iterable[tuple[str, bytes, int | None]], limits: UploadLimits
-) -> tuple[list[SetImage], list[str]]:
-    """Decode each ``(name, bytes, label)``; keep the good, note the bad and the repeated."""
-    images: list[SetImage] = []
+    entries: Iterable[tuple[str, bytes, int | None]],
+    limits: UploadLimits,
+    keep: Callable[[SetImage], SetImage | FolderImage] = lambda item: item,
+) -> tuple[list[SetImage | FolderImage], list[str]]:
+    """Decode each ``(name, bytes, label)``; keep the good (as ``keep`` makes them), note the bad and the repeated."""
+    images: list[SetImage | FolderImage] = []
     notes: list[str] = []
     first_name_by_id: dict[str, str] = {}
     for name, data, label in entries:
@@ -386,7 +407,7 @@ def _decode_all(
             notes.append(str(err))
             continue
         first_name_by_id[item.id] = item.name
-        images.append(item)
+        images.append(keep(item))
     return images, notes
 
 
@@ -691,12 +712,48 @@ def image_set_from_zip(
 FOLDER_LIMITS = UploadLimits(max_files=1_000_000, max_total_bytes=2**62)
 
 
+@dataclass(frozen=True)
+class FolderImage:
+    """An image of a folder read lazily: ``image`` decodes the file again on every access.
+
+    A set of them holds only names, ids and labels, so a folder of any size can be
+    analysed batch by batch (the command line does).
+    """
+
+    id: str
+    name: str
+    label: int | None
+    path: Path
+    limits: UploadLimits = field(default=FOLDER_LIMITS, repr=False)
+
+    @property
+    def image(self) -> Image.Image:
+        """The decoded image, as ``decode_image`` gives it when the folder was read."""
+        try:
+            with self.path.open("rb") as stream:
+                data = stream.read(self.limits.max_file_bytes + 1)
+        except OSError as err:
+            raise ImageRejected(f"{self.name} could not be read again ({err.strerror or err}).") from None
+        if image_id(data) != self.id:
+            raise ImageRejected(f"{self.name} changed while it was being analysed; run the analysis again.")
+        return decode_image(data, self.path.name, limits=self.limits, label=self.label).image
+
+
+def share_of(n: int, rank: int, size: int) -> slice:
+    """Process ``rank``'s contiguous share of ``n`` items among ``size``: sizes differ by at most one."""
+    base, extra = divmod(n, size)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (1 if rank < extra else 0))
+
+
 def image_set_from_folder(
     folder: str | Path,
     class_names: Sequence[str],
     *,
     aliases: Sequence[Sequence[str]] | None = None,
     limits: UploadLimits = FOLDER_LIMITS,
+    lazy: bool = False,
+    share: tuple[int, int] | None = None,
 ) -> tuple[ImageSet, list[str]]:
     """Build a set from a folder of images, labelled by ImageFolder layout when present.
 
@@ -706,6 +763,10 @@ def image_set_from_folder(
     without classes (``class_names`` empty) the folder names, sorted, become the set's
     ``label_names``. Each file is read with the per-file byte cap and decoded as an
     upload would be.
+
+    With ``lazy`` the set keeps no pixels: each image is a ``FolderImage``, decoded again
+    whenever it is read. With ``share=(rank, size)`` only that process's contiguous share of
+    the files is read (``join_folder_shares`` puts the shares together).
 
     Returns:
         The set, and one sentence per skipped file or unmatched folder.
@@ -728,8 +789,11 @@ def image_set_from_folder(
     notes: list[str] = []
     unmatched: set[str] = set()
 
+    path_of: dict[str, Path] = {}
+    mine = paths[share_of(len(paths), *share)] if share is not None else paths
+
     def entries() -> Iterator[tuple[str, bytes, int | None]]:
-        for path in paths:
+        for path in mine:
             parts = path.relative_to(root).parts
             try:
                 with path.open("rb") as stream:
@@ -745,16 +809,45 @@ def image_set_from_folder(
                 label = label_of(parts[-2])
                 if label is None:
                     unmatched.add(sanitize_name(parts[-2]))
+            path_of.setdefault(image_id(content), path)
             yield path.name, content, label
 
-    images, decode_notes = _decode_all(entries(), limits)
+    def lazily(item: SetImage) -> SetImage | FolderImage:
+        return FolderImage(item.id, item.name, item.label, path_of[item.id], limits) if lazy else item
+
+    images, decode_notes = _decode_all(entries(), limits, lazily)
     notes.extend(decode_notes)
     if unmatched:
         notes.append(f"Folders that match no class name, so their images have no label: {', '.join(sorted(unmatched))}.")
+    title = root.name or str(root)
+    if share is not None:  # one process's part: the shares are checked and relabelled once joined
+        return ImageSet(title=title, images=tuple(images), key="", label_names=label_names), notes  # type: ignore[arg-type]
     if not images:
         raise _no_usable_images(len(paths), notes, f"files in {sanitize_name(str(root))}")
     images, label_names = _drop_unused_labels(images, label_names)
-    return ImageSet.from_images(_titled(root.name or str(root), len(images)), images, label_names), notes
+    return ImageSet.from_images(_titled(title, len(images)), images, label_names), notes
+
+
+def join_folder_shares(shares: Sequence[tuple[ImageSet, list[str]]], folder: str | Path) -> tuple[ImageSet, list[str]]:
+    """The set of a whole folder from its processes' shares (``image_set_from_folder(share=...)``), in rank order.
+
+    Raises:
+        ImageRejected: no share holds a usable image.
+    """
+    images: list[SetImage | FolderImage] = []
+    notes = [note for _, share_notes in shares for note in share_notes]
+    seen: dict[str, str] = {}
+    for part, _ in shares:
+        for item in part.images:
+            if item.id in seen:
+                notes.append(f"{item.name} has the same content as {seen[item.id]}, so it is included only once.")
+                continue
+            seen[item.id] = item.name
+            images.append(item)
+    if not images:
+        raise _no_usable_images(len(notes), notes, f"files in {sanitize_name(str(folder))}")
+    kept, label_names = _drop_unused_labels(images, shares[0][0].label_names)
+    return ImageSet.from_images(_titled(shares[0][0].title, len(kept)), kept, label_names), notes
 
 
 def _png_bytes(img: Image.Image) -> bytes:

@@ -29,6 +29,7 @@ from core._hooks import HookSet, locked_forward, locked_hooks, temporary_hooks
 from core.inference import Progress
 from core.errors import UnsupportedMetric
 from core.model import ViTHandle
+from core.settings import HELD_BUDGET, images_per_batch
 
 METRICS: tuple[str, ...] = ("probability", "accuracy", "layer_impact", "output_impact", "taylor")
 # The metrics that need a class target (a label or the top-1 class): a backbone has none.
@@ -85,14 +86,10 @@ MODE_BLOCKS: dict[str, tuple[bool, bool, bool, bool]] = {
 }
 RANDOM_ORDER = "random"
 
-DEFAULT_BATCH = 64
 # Floats (64 MB in float32) that the widest activation of one batched run may hold:
 # ablations of many heads run in chunks of about this size, which on a 2-core CPU ran
 # faster than both much smaller chunks (thread overhead) and much larger ones (cache).
 _RUN_BUDGET = 2**24
-# Floats (512 MB in float32) that what a batch keeps may take: the unpruned pass's
-# input of every block, or the autograd graph of the Taylor pass.
-_HELD_BUDGET = 2**27
 
 ImageBatch = torch.Tensor | Sequence[Image.Image]
 
@@ -130,7 +127,7 @@ def head_importance(
     labels: torch.Tensor | None = None,
     metrics: Sequence[str] | None = None,
     *,
-    batch_size: int = DEFAULT_BATCH,
+    batch_size: int | None = None,
     progress: Progress | None = None,
 ) -> pd.DataFrame:
     """Set-level importance of every head: columns layer, head, metric, value.
@@ -147,7 +144,7 @@ def head_importance_tables(
     labels: torch.Tensor | None = None,
     metrics: Sequence[str] | None = None,
     *,
-    batch_size: int = DEFAULT_BATCH,
+    batch_size: int | None = None,
     progress: Progress | None = None,
 ) -> HeadImportance:
     """Importance of every head under each metric, per image and over the set.
@@ -179,7 +176,7 @@ def head_importance_tables(
             ``None`` when no image has one.
         metrics: a subset of ``metrics_for(handle)``; default all of them (a backbone
             has only ``layer_impact`` and ``output_impact``).
-        batch_size: images per batch (fewer for a large model: see ``_images_per_batch``);
+        batch_size: cap on images per batch (see ``core.settings.images_per_batch``);
             memory is bounded by the batch.
         progress: called as ``progress(images done, images in all)``.
 
@@ -221,16 +218,23 @@ def head_importance_tables(
             unpruned_correct[part] = (clean_logits.argmax(-1) == target).cpu().numpy()
         if progress is not None:
             progress(part.stop, n)
+    return _importance(local, targets, unpruned_prob, unpruned_correct, given)
+
+
+def _importance(
+    local: dict[str, np.ndarray], targets: np.ndarray, probability: np.ndarray, correct: np.ndarray, given: torch.Tensor
+) -> HeadImportance:
+    """The tables from ``[N, L, H]`` per-image values of each metric and the unpruned model's per-image results."""
     overall = {
         metric: np.abs(values.mean(axis=0)) if metric == "taylor" else values.mean(axis=0)
         for metric, values in local.items()
     }
     unpruned = pd.DataFrame(
         {
-            "image": np.arange(n),
+            "image": np.arange(len(targets)),
             "target": targets,
-            "probability": unpruned_prob,
-            "correct": unpruned_correct,
+            "probability": probability,
+            "correct": correct,
             "labelled": given.numpy() >= 0,
         }
     )
@@ -272,7 +276,7 @@ def pruning_curve(
     *,
     steps: int = 10,
     seed: int = 0,
-    batch_size: int = DEFAULT_BATCH,
+    batch_size: int | None = None,
     progress: Progress | None = None,
 ) -> pd.DataFrame:
     """Accuracy and output similarity as more and more heads are pruned, in each metric's order and in a random order.
@@ -293,7 +297,7 @@ def pruning_curve(
         labels: as for ``head_importance_tables``.
         steps: number of intervals between 0 and all heads pruned (points = steps + 1).
         seed: seed of the random order.
-        batch_size: images per batch.
+        batch_size: cap on images per batch.
         progress: called as ``progress(images done, images in all)``.
 
     Returns:
@@ -357,6 +361,8 @@ def partial_pruning(
     layer: int,
     head: int,
     target: int | None = None,
+    *,
+    unpruned: torch.Tensor | None = None,
 ) -> pd.DataFrame:
     """What the model outputs when parts of one head's attention are removed, in six modes.
 
@@ -373,6 +379,8 @@ def partial_pruning(
         layer: the head's layer.
         head: the head's index within the layer.
         target: class index; default the unpruned model's top-1. A backbone has none.
+        unpruned: ``[outputs]`` the unmodified model's output for this image, when the
+            caller holds it (a set's analysis does): mode ``none`` is then not run again.
 
     Returns:
         Six rows in the order of ``MODES``: columns mode, removes (what the mask removes),
@@ -392,15 +400,22 @@ def partial_pruning(
         raise UnsupportedMetric(f"'{handle.name}' is a backbone without classes, so partial pruning has no target class.")
     if target is not None and not 0 <= target < len(handle.class_names):
         raise ValueError(f"Target class {target} does not exist: this model has classes 0 to {len(handle.class_names) - 1}.")
-    keep = torch.ones(len(MODES), handle.num_heads, handle.num_tokens, handle.num_tokens, device=handle.device)
-    keep[:, head] = _mode_masks(handle.num_tokens, handle.num_prefix_tokens).to(handle.device)
+    masks = _mode_masks(handle.num_tokens, handle.num_prefix_tokens)
+    if unpruned is not None:
+        masks = masks[1:]  # mode "none" (no mask) is the output the caller gave
+    keep = torch.ones(len(masks), handle.num_heads, handle.num_tokens, handle.num_tokens, device=handle.device)
+    keep[:, head] = masks.to(handle.device)
     removed: dict[str, torch.Tensor] = {}
     attn = handle.model.blocks[layer].attn
 
     def masked(module: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> torch.Tensor:
         return _masked_attention(module, inputs[0], keep, head, removed)
 
-    logits = locked_forward(handle, x.expand(len(MODES), -1, -1, -1), lambda hooks: hooks.forward(attn, masked))
+    logits = locked_forward(handle, x.expand(len(masks), -1, -1, -1), lambda hooks: hooks.forward(attn, masked))
+    share = removed["share"]
+    if unpruned is not None:
+        logits = torch.cat([torch.as_tensor(unpruned).to(logits)[None], logits])
+        share = torch.cat([share.new_zeros(1), share])
     outputs = logits.double()
     # mode "none" is the unpruned model: exactly 0, and every other mode is measured against it
     # rounding can put 1 - cos a hair below 0 for a mode that changes nothing
@@ -410,7 +425,7 @@ def partial_pruning(
         {
             "mode": list(MODES),
             "removes": [MODE_REMOVES[mode] for mode in MODES],
-            "removed_attention": removed["share"].cpu().numpy().astype(float),
+            "removed_attention": share.cpu().numpy().astype(float),
             "output_impact": impact.astype(float),
         }
     )
@@ -547,21 +562,15 @@ def _sequences_per_run(handle: ViTHandle, *, keep_graph: bool = False) -> int:
 
     The widest activation per token is the MLP's hidden layer (or, on the manual
     attention path, a row of attention over all tokens); a backward pass keeps roughly
-    four such activations of every block, within ``_HELD_BUDGET``.
+    four such activations of every block, within ``HELD_BUDGET``.
     """
     model = handle.model
     dim = int(model.embed_dim)
     hidden = int(getattr(getattr(model.blocks[0].mlp, "fc1", None), "out_features", 4 * dim))
     per_sequence = handle.num_tokens * max(dim, hidden, handle.num_heads * handle.num_tokens)
     if keep_graph:
-        return max(1, _HELD_BUDGET // (per_sequence * 4 * handle.num_layers))
+        return max(1, HELD_BUDGET // (per_sequence * 4 * handle.num_layers))
     return max(1, _RUN_BUDGET // per_sequence)
-
-
-def _images_per_batch(handle: ViTHandle, batch_size: int) -> int:
-    """At most ``batch_size`` images, and no more than the unpruned pass's input of every block can be kept for."""
-    cached = (handle.num_layers + 1) * handle.num_tokens * int(handle.model.embed_dim)
-    return max(1, min(batch_size, _HELD_BUDGET // cached))
 
 
 def _masked_attention(
@@ -609,9 +618,7 @@ def _batches(handle: ViTHandle, x: ImageBatch, batch_size: int) -> Iterator[tupl
     """``(start, [b, C, H, W] on the model's device)``; PIL images are preprocessed batch by batch."""
     if len(x) == 0:
         raise ValueError("Head importance needs at least one image.")
-    if batch_size < 1:
-        raise ValueError("The batch size must be at least 1.")
-    step = _images_per_batch(handle, batch_size)
+    step = images_per_batch(handle, batch_size)
     for start in range(0, len(x), step):
         part = x[start:start + step]
         batch = part if isinstance(part, torch.Tensor) else handle.preprocess(part)

@@ -12,6 +12,7 @@ from PIL import Image
 
 from core._hooks import capture_head_input, locked_forward
 from core.model import ViTHandle
+from core.settings import images_per_batch
 
 Progress = Callable[[int, int], None]  # (images done, images in all)
 
@@ -45,10 +46,14 @@ def predict_images(
     handle: ViTHandle,
     images: Sequence[Image.Image],
     *,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     progress: Progress | None = None,
 ) -> Predictions:
-    """Run the model over ``images`` in batches, preprocessing each batch just in time."""
+    """Run the model over ``images`` in batches, preprocessing each batch just in time.
+
+    ``batch_size`` caps the batch (see ``core.settings.images_per_batch``).
+    """
+    batch_size = images_per_batch(handle, batch_size)
     logits: list[torch.Tensor] = []
     features: list[torch.Tensor] = []
     for start in range(0, len(images), batch_size):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Literal, Sequence, TypeVar
+from typing import Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -25,17 +25,15 @@ from torch import nn
 
 from core.attention import iter_attention
 from core.inference import Progress
+from core.errors import InvalidSetting
 from core.model import ViTHandle, pick_device
 from core.projection import Method, layout_2d
+from core.settings import DEFAULT_CLUSTERS, DEFAULT_MAX_MAPS, MAP_KINDS, MapKind, images_per_batch
 
-MapKind = Literal["patch", "cls"]
 ArrayT = TypeVar("ArrayT", torch.Tensor, np.ndarray)
 
 AE_SIZE = 16  # every map is resized to AE_SIZE x AE_SIZE, so one autoencoder fits any grid
 LATENT_DIM = 16
-DEFAULT_MAX_MAPS = 20_000
-DEFAULT_CLUSTERS = 6
-_ATTENTION_BYTES = 128 * 2**20  # per streamed batch: a 12x12-head ViT at T=197 holds 22 MB per image
 _ENCODE_CHUNK = 4096
 
 
@@ -170,8 +168,7 @@ def sample_maps(
     """
     if kind == "cls" and getattr(handle.model, "cls_token", None) is None:
         raise ValueError("This model has no CLS token, so it has no CLS maps; use patch maps instead.")
-    per_image = handle.num_layers * handle.num_heads * handle.num_tokens**2 * 4
-    step = max(1, _ATTENTION_BYTES // per_image)
+    step = images_per_batch(handle)
 
     def batches() -> Iterator[torch.Tensor]:
         for start in range(0, len(x), step):
@@ -210,7 +207,7 @@ def sample_maps_from(
     its (image, source) pairs. Equal counts make every head's mean position (D1) equally
     reliable and keep the density from being dominated by any one head.
     """
-    if kind not in ("patch", "cls"):
+    if kind not in MAP_KINDS:
         raise ValueError(f"Unknown map kind '{kind}'; use 'patch' or 'cls'.")
     sources = grid[0] * grid[1] if kind == "patch" else 1
     picks: pd.DataFrame | None = None
@@ -245,7 +242,7 @@ def _draw(num_images: int, sources: int, num_layers: int, num_heads: int, max_ma
     """Which maps to take: columns image, layer, head, source; ordered by image for streaming."""
     heads = num_layers * num_heads
     if max_maps < heads:
-        raise ValueError(
+        raise InvalidSetting(
             f"The sample cap of {max_maps} maps is below the model's {heads} heads; "
             "raise it so that every head contributes at least one map."
         )

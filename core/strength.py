@@ -22,11 +22,8 @@ from PIL import Image
 from core.attention import iter_attention
 from core.inference import Progress
 from core.model import ViTHandle
+from core.settings import images_per_batch
 
-MAX_BATCH = 32
-# a batch's attention is L * H * T * T floats per image: about 0.6 MB for the demo model
-# but 22 MB for ViT-B/16, so the batch is sized to this budget rather than fixed
-ATTENTION_BUDGET_BYTES = 128 * 2**20
 SPREAD_QUANTILES = (0.1, 0.9)  # the band C2 draws around the set mean
 
 
@@ -297,12 +294,6 @@ class StrengthStats:
         )
 
 
-def attention_batch_size(handle: ViTHandle) -> int:
-    """Images per batch whose attention ``[B, L, H, T, T]`` fits ``ATTENTION_BUDGET_BYTES`` (1 to ``MAX_BATCH``)."""
-    per_image = handle.num_layers * handle.num_heads * handle.num_tokens**2 * 4
-    return max(1, min(MAX_BATCH, ATTENTION_BUDGET_BYTES // per_image))
-
-
 def strength_statistics(
     handle: ViTHandle,
     images: Sequence[Image.Image],
@@ -313,14 +304,14 @@ def strength_statistics(
     """Strength summaries of every image, layer and head, holding one batch of attention at a time.
 
     Images are preprocessed per batch, so neither the attention nor the input tensor
-    of the whole set is ever held. ``batch_size`` defaults to ``attention_batch_size``.
+    of the whole set is ever held. ``batch_size`` caps the batch (see ``core.settings.images_per_batch``).
 
     Raises:
         ValueError: ``images`` is empty.
     """
     if not images:
         raise ValueError("Strength statistics need at least one image.")
-    batch_size = batch_size or attention_batch_size(handle)
+    batch_size = images_per_batch(handle, batch_size)
     grid, prefix = handle.grid, handle.num_prefix_tokens
     n, per_image = len(images), (len(images), handle.num_layers, handle.num_heads)
     # filled in place: small per-batch results kept alive between batches would sit

@@ -110,7 +110,7 @@ with b3:
         st.altair_chart(top5_chart(importance.top5_table(row)), width="stretch")
 
 st.subheader("Which metric to trust")
-pruning = importance.curve(handle, ctx.image_set, tables)
+pruning = importance.curve(handle, ctx.image_set)
 st.altair_chart(pruning_curve_chart(pruning, measure), width="stretch")
 measured = (
     "the cosine similarity of the model's output to the unpruned output is averaged"

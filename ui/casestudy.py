@@ -1,8 +1,8 @@
 """Case study page: the live study from the views' cached results, or a study opened from a bundle.
 
-The live study reuses what the view pages computed (their caches key on the same model,
-image set and settings), so after visiting them only the partial pruning of the top heads
-runs here. An opened bundle is checked against the loaded model and kept in the session
+The live study reads the set's analysis every view reads (``session.analysis``) and the
+patterns page's cached pattern space, so after visiting the views only the partial
+pruning of the top heads runs here. An opened bundle is checked against the loaded model and kept in the session
 until the user closes it; a bad bundle leaves the previous state untouched.
 """
 
@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import streamlit as st
 
 from core.bundle import load_bundle
-from core.casestudy import CaseSettings, CaseStudy, assemble
+from core.casestudy import CaseStudy, assemble
 from core.errors import HeadScopeError
 from core.images import ImageSet
 from core.model import ViTHandle
-from core.patterns import DEFAULT_CLUSTERS
-from ui import importance, patterns, session, strength
+from core.settings import DEFAULT_CLUSTERS, CaseSettings
+from ui import patterns, session
 
 OPENED_KEY = "case_bundle"  # (sha256 of the bundle, file name, CaseStudy)
 UPLOAD_ROUND_KEY = "case_bundle_round"
@@ -61,8 +61,8 @@ def live_settings(top_k: int) -> CaseSettings:
         kind="cls" if state.get("pattern_cls", False) else "patch",
         max_maps=int(state.get("pattern_max_maps", patterns.DEFAULT_SAMPLE_SIZE)),
         n_clusters=int(state.get("pattern_clusters", DEFAULT_CLUSTERS)),
-        curve_steps=importance.CURVE_STEPS,
-        seed=patterns.SEED,
+        curve_steps=session.ANALYSIS_SETTINGS.curve_steps,
+        seed=session.ANALYSIS_SETTINGS.seed,
     )
 
 
@@ -81,14 +81,13 @@ def live_study(handle: ViTHandle, image_set: ImageSet, settings: CaseSettings) -
     """The case study of the current model and set, from the views' cached results.
 
     Raises:
-        ValueError: with a sentence for the user (e.g. CLS maps on a model without CLS).
+        HeadScopeError: with a sentence for the user (e.g. CLS maps on a model without CLS).
     """
-    tables = importance.importance_tables(handle, image_set)
-    curve = importance.curve(handle, image_set, tables)
-    stats = strength.set_statistics(handle, image_set)
-    view = patterns.pattern_view(handle, image_set, settings.kind, settings.max_maps, settings.n_clusters)  # type: ignore[arg-type]
+    analysis = session.analysis(handle, image_set)
+    view = patterns.pattern_view(handle, image_set, settings.kind, settings.max_maps, settings.n_clusters)
     parts = dict(
-        importance=tables, curve=curve, strength=stats, space=view.space, layout=view.layout, clusters=view.clusters
+        importance=analysis.importance, curve=analysis.curve, strength=analysis.strength,
+        space=view.space, layout=view.layout, clusters=view.clusters, outputs=analysis.predictions.logits,
     )
     return _assembled(handle.key, image_set.key, repr(settings), view.layout.method, handle, image_set, settings, parts)
 

@@ -11,17 +11,15 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 import streamlit as st
+import torch
 
-from core.casestudy import set_labels
 from core.charts import FOCUS_RED, head_line, importance_cells, metric_title, tooltip_field, unpruned_rule, unpruned_value  # noqa: F401  (page B reads metric_title here)
 from core.images import ImageSet
 from core.importance import (
     MODE_BLOCKS,
     MODES,
     HeadImportance,
-    head_importance_tables,
     partial_pruning,
-    pruning_curve,
     rank_heads,
 )
 from core.importance import target_measure as core_target_measure
@@ -33,7 +31,6 @@ from ui.charts import HEAD_SELECTION
 _CHART_HEIGHT = 300
 # (query, key) blocks of the attention matrix in the order of ``MODE_BLOCKS``' flags
 _BLOCK_NAMES = ("prefix → prefix", "prefix → patch", "patch → prefix", "patch → patch")
-CURVE_STEPS = 10
 
 
 # --- cached computations ---------------------------------------------------------------
@@ -44,47 +41,26 @@ def target_measure(image_set: ImageSet) -> str:
     return core_target_measure([label is not None for label in image_set.labels])
 
 
-@st.cache_data(max_entries=8, show_spinner=False)
-def _tables(model_key: str, set_key: str, _handle: ViTHandle, _images: ImageSet) -> HeadImportance:
-    heads = _handle.num_layers * _handle.num_heads
-    with session.progress_bar(
-        f"Pruning each of the {heads} heads on {len(_images)} images…", "Head importance: {done} of {total} images…"
-    ) as progress:
-        return head_importance_tables(_handle, _images.pil_images(), set_labels(_images), progress=progress)
-
-
 def importance_tables(handle: ViTHandle, image_set: ImageSet) -> HeadImportance:
     """Every metric the model supports (``metrics_for``) of every head, per image and over the set.
 
-    Cached per model and set.
+    Read from the set's analysis (``session.analysis``: computed once per model and set).
     """
-    return _tables(handle.key, image_set.key, handle, image_set)
+    return session.analysis(handle, image_set).importance
 
 
-@st.cache_data(max_entries=8, show_spinner=False)
-def _curve(
-    model_key: str, set_key: str, steps: int, _handle: ViTHandle, _images: ImageSet, _overall: pd.DataFrame
-) -> pd.DataFrame:
-    with session.progress_bar(
-        f"Pruning more and more heads on {len(_images)} images…", "Pruning curve: {done} of {total} images…"
-    ) as progress:
-        return pruning_curve(_handle, _images.pil_images(), _overall, set_labels(_images), steps=steps, progress=progress)
-
-
-def curve(handle: ViTHandle, image_set: ImageSet, tables: HeadImportance) -> pd.DataFrame:
-    """The cumulative pruning curve of every metric's order (cached per model and set).
-
-    ``tables`` is a function of the model and the set, so those keys cover it too.
-    """
-    return _curve(handle.key, image_set.key, CURVE_STEPS, handle, image_set, tables.overall)
+def curve(handle: ViTHandle, image_set: ImageSet) -> pd.DataFrame:
+    """The cumulative pruning curve of every metric's order, from the set's analysis."""
+    return session.analysis(handle, image_set).curve
 
 
 @st.cache_data(max_entries=64, show_spinner="Masking the head's attention…")
 def _partial(
-    model_key: str, image_id: str, layer: int, head: int, target: int | None, _handle: ViTHandle, _images: ImageSet
+    model_key: str, image_id: str, layer: int, head: int, target: int | None,
+    _handle: ViTHandle, _images: ImageSet, _unpruned: torch.Tensor,
 ) -> pd.DataFrame:
     x = _handle.preprocess([_images.by_id(image_id).image])
-    return partial_pruning(_handle, x, layer, head, target)
+    return partial_pruning(_handle, x, layer, head, target, unpruned=_unpruned)
 
 
 def partial(handle: ViTHandle, image_set: ImageSet, image_id: str, layer: int, head: int) -> pd.DataFrame:
@@ -94,7 +70,9 @@ def partial(handle: ViTHandle, image_set: ImageSet, image_id: str, layer: int, h
     its table has no probabilities: only what each mode removes and its output impact.
     """
     target = None if handle.is_backbone else image_set.by_id(image_id).label
-    return _partial(handle.key, image_id, layer, head, target, handle, image_set)
+    # mode "none" is the unpruned output, which the set's analysis holds
+    unpruned = torch.from_numpy(session.analysis(handle, image_set).predictions.logits[image_set.index_of(image_id)])
+    return _partial(handle.key, image_id, layer, head, target, handle, image_set, unpruned)
 
 
 # --- head picking ----------------------------------------------------------------------

@@ -20,10 +20,11 @@ import torch
 from PIL import Image, ImageDraw
 
 from core.attention import extract_attention
+from core.errors import UnsupportedMapKind
 from core.images import ImageSet
 from core.model import ViTHandle
 from core.patterns import (
-    MapKind,
+    MapSample,
     PatternClusters,
     PatternLayout,
     PatternSpace,
@@ -33,7 +34,10 @@ from core.patterns import (
     train_autoencoder,
 )
 from core.projection import Method, umap_failed, umap_ready
+from core.settings import DEFAULT_MAX_MAPS, MapKind
+from core.settings import SAMPLE_SIZES as SAMPLE_SIZES  # the sample caps the page offers
 from core.charts import FOCUS_RED, LAYER_COLOURS, PATCH_SCHEME, density_rects, tooltip_field
+from ui import session
 from ui.charts import HEAD_SELECTION
 from ui.display import enlarge_for_display
 
@@ -42,9 +46,7 @@ SPACE_CHART_KEY = "pattern_space_chart"
 MATRIX_CHART_KEY = "pattern_matrix_chart"
 SOURCE_KEY = "pattern_source"
 TARGET_KEY = "pattern_target"
-SEED = 0
-SAMPLE_SIZES = [2_000, 5_000, 10_000, 20_000]
-DEFAULT_SAMPLE_SIZE = 10_000  # demo set: sampled, trained, laid out and clustered in about 9 s on two idle cores
+DEFAULT_SAMPLE_SIZE = DEFAULT_MAX_MAPS
 UMAP_COMPILE_SECONDS = 40  # what the progress bar expects; the wait itself lasts as long as compiling does
 UMAP_WAIT_LIMIT = 300
 MAX_POINTS = 5000  # scatter mode: a browser draws this many dots smoothly
@@ -58,14 +60,18 @@ _KIND_NOUN = {"patch": "patch maps", "cls": "CLS maps"}
 
 
 @st.cache_data(max_entries=6, show_spinner=False)
-def _space(model_key: str, set_key: str, kind: str, max_maps: int, seed: int, _handle: ViTHandle, _images: ImageSet) -> PatternSpace:
+def _space(
+    model_key: str, set_key: str, kind: MapKind, max_maps: int, seed: int,
+    _handle: ViTHandle, _images: ImageSet, _sample: MapSample | None,
+) -> PatternSpace:
     count = len(_images)
     bar = st.progress(0.0, text=f"Sampling {_KIND_NOUN[kind]} from {count} images…")
     try:
-        sample = sample_maps(
+        # the set's analysis drew its sample of each kind in its one pass; another size needs its own pass
+        sample = _sample or sample_maps(
             _handle,
             _images.pil_images(),
-            kind=kind,  # type: ignore[arg-type]
+            kind=kind,
             max_maps=max_maps,
             seed=seed,
             progress=lambda done, total: bar.progress(
@@ -86,12 +92,12 @@ def _space(model_key: str, set_key: str, kind: str, max_maps: int, seed: int, _h
 
 
 @st.cache_data(max_entries=6, show_spinner="Laying out the latent codes in 2-D…")
-def _layout(model_key: str, set_key: str, kind: str, max_maps: int, seed: int, method: str, _space: PatternSpace) -> PatternLayout:
-    return project_patterns(_space, method=method, seed=seed)  # type: ignore[arg-type]
+def _layout(model_key: str, set_key: str, kind: MapKind, max_maps: int, seed: int, method: Method, _space: PatternSpace) -> PatternLayout:
+    return project_patterns(_space, method=method, seed=seed)
 
 
 @st.cache_data(max_entries=12, show_spinner="Clustering the patterns…")
-def _clusters(model_key: str, set_key: str, kind: str, max_maps: int, seed: int, n_clusters: int, _space: PatternSpace) -> PatternClusters:
+def _clusters(model_key: str, set_key: str, kind: MapKind, max_maps: int, seed: int, n_clusters: int, _space: PatternSpace) -> PatternClusters:
     return cluster_patterns(_space, n_clusters=n_clusters, seed=seed)
 
 
@@ -121,12 +127,18 @@ def pattern_view(handle: ViTHandle, image_set: ImageSet, kind: MapKind, max_maps
     """Sample, train, lay out and cluster (each step cached); waits visibly for UMAP if needed.
 
     Raises:
-        ValueError: with a sentence for the user (no CLS token, cap below the head count).
+        UnsupportedMapKind: CLS maps of a model without a CLS token.
+        InvalidSetting: a sample cap below the model's head count.
     """
-    space = _space(handle.key, image_set.key, kind, max_maps, SEED, handle, image_set)
+    analysis = session.analysis(handle, image_set)
+    seed = analysis.settings.seed
+    if kind not in analysis.samples:
+        raise UnsupportedMapKind("This model has no CLS token, so it has no CLS maps; use patch maps instead.")
+    drawn = analysis.samples[kind] if max_maps == analysis.settings.max_maps else None
+    space = _space(handle.key, image_set.key, kind, max_maps, seed, handle, image_set, drawn)
     method, note = layout_method()
-    layout = _layout(handle.key, image_set.key, kind, max_maps, SEED, method, space)
-    clusters = _clusters(handle.key, image_set.key, kind, max_maps, SEED, n_clusters, space)
+    layout = _layout(handle.key, image_set.key, kind, max_maps, seed, method, space)
+    clusters = _clusters(handle.key, image_set.key, kind, max_maps, seed, n_clusters, space)
     return PatternView(space, layout, clusters, note)
 
 

@@ -18,11 +18,14 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from core.analysis import CURVE_STAGE, SetAnalysis, analyze_set
+from core.casestudy import set_labels
 from core.errors import HeadScopeError
 from core.images import ImageSet, demo_digits_set, image_set_from_files, image_set_from_zip, sample_photos_set
 from core.inference import Predictions, Progress, predict_images
 from core.model import DEMO_NAME, ViTHandle, imagenet_synsets, load_model
 from core.projection import layout_2d, umap_failed, umap_ready
+from core.settings import CaseSettings
 from ui.charts import HEAD_SELECTION
 from ui.display import enlarge_for_display, plain
 
@@ -243,6 +246,44 @@ def upload_images(files: list[tuple[str, bytes]], handle: ViTHandle, as_zip: boo
 
 # --- results ---------------------------------------------------------------------------
 
+# What the views' analysis of a set is computed with: the defaults of ``CaseSettings``.
+# A page's display choices never change it; a pattern sample of another size is drawn
+# on its own (``ui.patterns``).
+ANALYSIS_SETTINGS = CaseSettings()
+_ANALYSIS_ENTRIES = 4
+_analysed: list[tuple[str, str]] = []  # (model key, set key) of the analyses cached last, newest last
+
+
+@st.cache_data(max_entries=_ANALYSIS_ENTRIES, show_spinner=False)
+def _analysis(model_key: str, set_key: str, settings_key: str, _handle: ViTHandle, _images: ImageSet) -> SetAnalysis:
+    n, heads = len(_images), _handle.num_layers * _handle.num_heads
+    bar = st.progress(0.0, text=f"Analysing {n} images: one pass of the model, then pruning each of its {heads} heads…")
+
+    def report(stage: str, done: int, total: int) -> None:
+        # the pass (pruning every head singly) costs more than the curve's few masks
+        start, share, what = (0.7, 0.3, "Pruning curve") if stage == CURVE_STAGE else (0.0, 0.7, "Analysing the set")
+        bar.progress(start + share * done / total, text=f"{what}: {done} of {total} images…")
+
+    try:
+        result = analyze_set(_handle, _images.pil_images(), set_labels(_images), ANALYSIS_SETTINGS, progress=report)
+    finally:
+        bar.empty()
+    _analysed[:] = [*(k for k in _analysed if k != (model_key, set_key)), (model_key, set_key)][-_ANALYSIS_ENTRIES:]
+    return result
+
+
+def analysis(handle: ViTHandle, image_set: ImageSet) -> SetAnalysis:
+    """The set's analysis every view reads: computed once per model and set, then cached.
+
+    A model whose outputs are not finite on these images (or any other error with a
+    sentence for the user) stops the page with that sentence.
+    """
+    try:
+        return _analysis(handle.key, image_set.key, repr(ANALYSIS_SETTINGS), handle, image_set)
+    except HeadScopeError as err:
+        st.error(plain(str(err)))
+        st.stop()
+
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def _predictions(model_key: str, set_key: str, _handle: ViTHandle, _images: ImageSet) -> Predictions:
@@ -251,7 +292,14 @@ def _predictions(model_key: str, set_key: str, _handle: ViTHandle, _images: Imag
 
 
 def predictions(handle: ViTHandle, image_set: ImageSet) -> Predictions:
-    """The set's predictions; a model whose outputs are not finite on these images stops the page with its sentence."""
+    """The set's predictions; a model whose outputs are not finite on these images stops the page with its sentence.
+
+    They come from the set's analysis once a view has computed it; before that (the home
+    page is the first one opened) a forward pass alone gives them, so the overview does
+    not wait for every head to be pruned.
+    """
+    if (handle.key, image_set.key) in _analysed:
+        return analysis(handle, image_set).predictions
     try:
         return _predictions(handle.key, image_set.key, handle, image_set)
     except HeadScopeError as err:
@@ -358,9 +406,13 @@ class PageContext:
 
     handle: ViTHandle
     image_set: ImageSet
-    preds: Predictions
+    analysis: SetAnalysis
     focus_id: str
     focus: FocusSelection
+
+    @property
+    def preds(self) -> Predictions:
+        return self.analysis.predictions
 
 
 def page_context() -> PageContext:
@@ -371,11 +423,10 @@ def page_context() -> PageContext:
     """
     handle = current_model()
     image_set = active_image_set(handle)
-    preds = predictions(handle, image_set)
     focus_id = focus_image_id(image_set)
     _clamp_focus_head(handle)
     _focus_sidebar(handle, image_set, focus_id)
-    return PageContext(handle, image_set, preds, focus_id, focus())
+    return PageContext(handle, image_set, analysis(handle, image_set), focus_id, focus())
 
 
 def _clamp_focus_head(handle: ViTHandle) -> None:

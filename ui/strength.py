@@ -24,17 +24,9 @@ _CHART_HEIGHT = 300
 # --- cached statistics -----------------------------------------------------------------
 
 
-@st.cache_data(max_entries=8, show_spinner=False)
-def _set_statistics(model_key: str, set_key: str, _handle: ViTHandle, _images: ImageSet) -> StrengthStats:
-    with session.progress_bar(
-        f"Measuring attention strength on {len(_images)} images…", "Attention strength: {done} of {total} images…"
-    ) as progress:
-        return strength_statistics(_handle, _images.pil_images(), progress=progress)
-
-
 def set_statistics(handle: ViTHandle, image_set: ImageSet) -> StrengthStats:
-    """Strength summaries of every image of the set (cached per model and set)."""
-    return _set_statistics(handle.key, image_set.key, handle, image_set)
+    """Strength summaries of every image of the set, from the set's analysis (``session.analysis``)."""
+    return session.analysis(handle, image_set).strength
 
 
 @st.cache_data(max_entries=32, show_spinner=False)

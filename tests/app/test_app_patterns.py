@@ -123,7 +123,7 @@ def test_cached_functions_key_on_hashes_and_plain_parameters_only() -> None:
     for fn in (patterns._space, patterns._layout, patterns._clusters, patterns._image_attention):
         params = inspect.signature(fn).parameters
         keyed = {name: p.annotation for name, p in params.items() if not name.startswith("_")}
-        assert set(keyed.values()) <= {"str", "int"}, (fn.__name__, keyed)
+        assert set(keyed.values()) <= {"str", "int", "MapKind", "Method"}, (fn.__name__, keyed)  # the last two: Literals of str
 
 
 def test_same_model_set_and_parameters_hit_the_cache(monkeypatch) -> None:
@@ -158,14 +158,14 @@ def test_same_model_set_and_parameters_hit_the_cache(monkeypatch) -> None:
     monkeypatch.setattr(patterns, "sample_maps", fake_sample)
     monkeypatch.setattr(patterns, "train_autoencoder", fake_train)
     patterns._space.clear()
-    first = patterns._space("model-a", "set-a", "patch", 2000, 0, FakeHandle(1.0), FakeSet(3))
+    first = patterns._space("model-a", "set-a", "patch", 2000, 0, FakeHandle(1.0), FakeSet(3), None)
     # other objects behind the same hashes (arrays are never part of the key): a hit
-    again = patterns._space("model-a", "set-a", "patch", 2000, 0, FakeHandle(2.0), FakeSet(5))
+    again = patterns._space("model-a", "set-a", "patch", 2000, 0, FakeHandle(2.0), FakeSet(5), None)
     assert len(calls) == 1 and again.equals(first)
-    patterns._space("model-a", "set-a", "patch", 5000, 0, FakeHandle(1.0), FakeSet(3))
-    patterns._space("model-a", "set-a", "cls", 2000, 0, FakeHandle(1.0), FakeSet(3))
-    patterns._space("model-b", "set-a", "patch", 2000, 0, FakeHandle(1.0), FakeSet(3))
-    patterns._space("model-a", "set-b", "patch", 2000, 0, FakeHandle(1.0), FakeSet(3))
+    patterns._space("model-a", "set-a", "patch", 5000, 0, FakeHandle(1.0), FakeSet(3), None)
+    patterns._space("model-a", "set-a", "cls", 2000, 0, FakeHandle(1.0), FakeSet(3), None)
+    patterns._space("model-b", "set-a", "patch", 2000, 0, FakeHandle(1.0), FakeSet(3), None)
+    patterns._space("model-a", "set-b", "patch", 2000, 0, FakeHandle(1.0), FakeSet(3), None)
     assert len(calls) == 5
     assert calls[1:3] == [("sample", "patch", 5000), ("sample", "cls", 2000)]
     patterns._space.clear()

@@ -517,7 +517,7 @@ def test_image_set_accessors() -> None:
     assert len(image_set) == 2
     assert image_set.labels == [0, None]
     assert image_set.by_id(items[1].id) is items[1]
-    assert image_set.pil_images() == [items[0].image, items[1].image]
+    assert list(image_set.pil_images()) == [items[0].image, items[1].image]
     with pytest.raises(KeyError):
         image_set.by_id("0" * 16)
 

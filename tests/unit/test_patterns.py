@@ -160,7 +160,7 @@ def test_pil_images_are_preprocessed_per_batch_and_give_the_same_sample(tiny_han
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(5)]
     from_tensor = sample_maps(tiny_handle, tiny_handle.preprocess(images), max_maps=60, seed=3)
-    monkeypatch.setattr("core.patterns._ATTENTION_BYTES", 2 * 3 * 3 * 17**2 * 4)  # two images per batch
+    monkeypatch.setattr("core.settings.ATTENTION_BUDGET_BYTES", 2 * 3 * 3 * 17**2 * 4)  # two images per batch
     sizes: list[int] = []
     original = type(tiny_handle).preprocess
     monkeypatch.setattr(type(tiny_handle), "preprocess", lambda self, ims: sizes.append(len(ims)) or original(self, ims))

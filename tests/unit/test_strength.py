@@ -237,13 +237,13 @@ def test_statistics_leave_the_shared_model_as_it_was(tiny_handle) -> None:
 
 def test_batches_shrink_so_a_batch_of_attention_fits_the_budget() -> None:
     from core.model import wrap_model
-    from core.strength import ATTENTION_BUDGET_BYTES, MAX_BATCH
+    from core.settings import ATTENTION_BUDGET_BYTES, BATCH_CAP
     from tests.conftest import tiny_vit
 
     handle = wrap_model(tiny_vit(img_size=128, patch_size=4), device="cpu")  # 32x32 patches, T = 1025
     per_image = 3 * 3 * 1025 * 1025 * 4
     expected = ATTENTION_BUDGET_BYTES // per_image
-    assert 1 <= expected < MAX_BATCH
+    assert 1 <= expected < BATCH_CAP
     calls: list[tuple[int, int]] = []
     stats = strength_statistics(handle, _images(expected + 1, (128, 128)), progress=lambda d, t: calls.append((d, t)))
     assert calls == [(expected, expected + 1), (expected + 1, expected + 1)]

@@ -1,0 +1,80 @@
+"""Every default of an analysis, in one place: the pages, the command line and core read them here.
+
+``CaseSettings`` holds what a set's analysis is computed with (it is stored in a saved
+bundle's manifest); ``images_per_batch`` is the one rule for how many images a batch
+of any pass holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, get_args
+
+from core.errors import InvalidSetting
+
+if TYPE_CHECKING:
+    from core.model import ViTHandle
+
+MapKind = Literal["patch", "cls"]
+MAP_KINDS: tuple[MapKind, ...] = get_args(MapKind)
+
+DEFAULT_TOP_K = 5
+DEFAULT_HURT_IMAGES = 5
+DEFAULT_MAX_MAPS = 10_000  # demo set: sampled, trained, laid out and clustered in about 9 s on two idle cores
+SAMPLE_SIZES = (2_000, 5_000, 10_000, 20_000)  # the sample caps the patterns page offers
+DEFAULT_CLUSTERS = 6
+DEFAULT_CURVE_STEPS = 10
+DEFAULT_SEED = 0
+
+BATCH_CAP = 64  # images per batch at most
+# a batch keeps the input of every block for the ablations to restart from: at most this many floats
+HELD_BUDGET = 2**27
+# and its attention [B, L, H, T, T] in float32, captured once and reduced batch by batch
+ATTENTION_BUDGET_BYTES = 128 * 2**20
+
+
+@dataclass(frozen=True)
+class CaseSettings:
+    """What a set's analysis (and the case study built on it) is computed with; stored in a bundle's manifest.
+
+    Attributes:
+        top_k: heads studied per metric (partial pruning runs for the union over metrics).
+        hurt_images: images per head on which partial pruning runs: those where pruning
+            the whole head lowers the target probability most (for a backbone: changes
+            its output most).
+        kind: ``"patch"`` or ``"cls"`` maps for the pattern clusters.
+        max_maps: maps sampled for the pattern autoencoder.
+        n_clusters: pattern clusters.
+        curve_steps: points of the cumulative pruning curve.
+        seed: seed of the map sample, the autoencoder, the layout, k-means and the
+            curve's random order.
+    """
+
+    top_k: int = DEFAULT_TOP_K
+    hurt_images: int = DEFAULT_HURT_IMAGES
+    kind: MapKind = "patch"
+    max_maps: int = DEFAULT_MAX_MAPS
+    n_clusters: int = DEFAULT_CLUSTERS
+    curve_steps: int = DEFAULT_CURVE_STEPS
+    seed: int = DEFAULT_SEED
+
+    def __post_init__(self) -> None:
+        if self.kind not in MAP_KINDS:
+            raise InvalidSetting(f"Unknown map kind '{self.kind}'; use 'patch' or 'cls'.")
+        for name in ("top_k", "hurt_images", "max_maps", "n_clusters", "curve_steps"):
+            if int(getattr(self, name)) < 1:
+                raise InvalidSetting(f"The setting {name.replace('_', ' ')} must be at least 1, not {getattr(self, name)}.")
+
+
+def images_per_batch(handle: ViTHandle, cap: int | None = None) -> int:
+    """Images one batch of any pass holds: at most ``cap`` (default ``BATCH_CAP``), within both budgets.
+
+    A batch keeps every block's input (``(L + 1) * T * D`` floats per image, within
+    ``HELD_BUDGET``) and its attention (``L * H * T * T`` float32 per image, within
+    ``ATTENTION_BUDGET_BYTES``), so memory is bounded by the batch whatever the set's size.
+    """
+    if cap is not None and cap < 1:
+        raise InvalidSetting("The batch size must be at least 1.")
+    tokens = (handle.num_layers + 1) * handle.num_tokens * int(handle.model.embed_dim)
+    attention = handle.num_layers * handle.num_heads * handle.num_tokens**2 * 4
+    return max(1, min(cap or BATCH_CAP, HELD_BUDGET // tokens, ATTENTION_BUDGET_BYTES // attention))
