@@ -9,8 +9,8 @@ from core.inference import Predictions, top_k
 from core.model import BUILTIN_MODELS, DEFAULT_IMG_SIZE, DEMO_NAME, ViTHandle
 from core.projection import start_umap_warmup
 from ui import session
-from ui.charts import OVERVIEW_SELECTION, overview_chart, top5_chart
 from ui.display import enlarge_for_display, plain
+from viz.overview import OVERVIEW_SELECTION, overview_chart, top5_chart
 
 st.set_page_config(page_title="HeadScope", page_icon="🔭", layout="wide")
 

@@ -36,7 +36,7 @@ from core.casestudy import CaseSettings, CaseStudy, analyze  # noqa: E402
 from core.images import demo_digits_set  # noqa: E402
 from core.model import load_model  # noqa: E402
 from core.projection import start_umap_warmup, wait_for_umap  # noqa: E402
-from core.report import render_report  # noqa: E402
+from viz.report import render_report  # noqa: E402
 
 TARGET_ANALYSIS_S = 60.0
 TARGET_SWITCH_S = 1.0

@@ -1,1 +1,1 @@
-"""HeadScope core: all computation on Vision Transformers. Never imports streamlit."""
+"""HeadScope core: all computation on Vision Transformers. Imports neither streamlit, altair nor vl_convert."""

@@ -146,7 +146,8 @@ def analyze_command(args: argparse.Namespace) -> int:
     found = findings(study, metric)
     print(f"Wrote {args.out} ({args.out.stat().st_size / 2**20:.1f} MB) in {time.perf_counter() - started:.0f} s.")
     if args.report:
-        from core.report import render_report
+        # imported here, not at the top: core never imports viz (altair, vl_convert) when it is imported
+        from viz.report import render_report
 
         args.report.write_text(render_report(study, metric), encoding="utf-8")
         print(f"Wrote {args.report}.")

@@ -4,9 +4,10 @@ A ``CaseStudy`` gathers every result the case study needs (head importance, the 
 curve, attention strength, attention patterns and partial pruning of the top heads on
 the images where pruning hurts them most) as plain named tables and arrays plus a JSON
 manifest (model, images, settings, library versions). That container is what a result
-bundle stores (``core.bundle``), what the HTML report renders (``core.report``) and what
+bundle stores (``core.bundle``), what the HTML report renders (``viz.report``) and what
 the dashboard reopens without recomputing. Its numbers come from one streamed analysis
-of the set (``core.analysis``); ``CaseSettings`` (``core.settings``) says with what. ``findings`` turns it into short sentences.
+of the set (``core.analysis``); ``CaseSettings`` (``core.settings``) says with what.
+``findings`` turns it into short sentences.
 """
 
 from __future__ import annotations

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.charts import pruning_curve_chart
 from core.importance import BACKBONE_REASON, METRIC_HELP, MODE_REMOVES, MODES, RANKED_BY_MAGNITUDE, metrics_for
 from ui import importance, session
-from ui.charts import top5_chart
 from ui.display import plain
+from viz.importance import importance_heatmap, importance_line_chart, metric_title, partial_pruning_chart, pruning_curve_chart
+from viz.overview import top5_chart
 
 st.set_page_config(page_title="Head importance · HeadScope", page_icon="🔭", layout="wide")
 ctx = session.page_context()
@@ -48,7 +48,7 @@ scope = right.radio("Scope", [GLOBAL, LOCAL], key="importance_scope", horizontal
 on_image = scope == LOCAL
 shown = image if on_image else None
 values = importance.metric_values(tables, metric, shown)
-metric_title = importance.metric_title(metric, on_image, measure)
+value_title = metric_title(metric, on_image, measure)
 baseline = importance.baseline_value(tables, metric, shown)
 where = f"on the focus image {name}" if on_image else f"over the {len(ctx.image_set)} images"
 head_at = (focus.layer, focus.head)
@@ -57,7 +57,7 @@ st.subheader("B1 · Every head")
 b1, heat, ranked = st.columns([5, 3, 3], gap="medium")
 with b1:
     session.show_head_chart(
-        importance.importance_line_chart(values, metric_title, handle.num_heads, head_at, baseline, where),
+        importance_line_chart(values, value_title, handle.num_heads, head_at, baseline, where),
         key="importance_line",
     )
     rule = "" if baseline is None else " The dashed rule is the unpruned model."
@@ -65,10 +65,10 @@ with b1:
 with heat:
     signed = on_image and metric in RANKED_BY_MAGNITUDE
     session.show_head_chart(
-        importance.importance_heatmap(values, metric, metric_title, head_at, signed), key="importance_heatmap"
+        importance_heatmap(values, metric, value_title, head_at, signed), key="importance_heatmap"
     )
 with ranked:
-    importance.show_ranked_table(values, "importance_ranked", metric_title)
+    importance.show_ranked_table(values, "importance_ranked", value_title)
     by = " (by magnitude)" if metric in RANKED_BY_MAGNITUDE else ""
     st.caption(f"Most important first{by}. Select a row to focus a head.")
 
@@ -81,7 +81,7 @@ mode = st.radio(
 )
 b2, b3 = st.columns([3, 2], gap="large")
 with b2:
-    st.altair_chart(importance.partial_pruning_chart(partial, mode, target_name), width="content")
+    st.altair_chart(partial_pruning_chart(partial, mode, target_name), width="content")
     equals = "local output impact" if handle.is_backbone else "local probability"
     st.caption(
         f"The head's post-softmax attention is multiplied by a 0/1 mask, not renormalised; prefix = the "

@@ -8,6 +8,12 @@ import streamlit as st
 
 from ui import session, strength
 from ui.display import plain
+from viz.strength import (
+    entropy_distribution_chart,
+    heads_by_layer_chart,
+    hop_profile_chart,
+    offset_heatmap,
+)
 
 st.set_page_config(page_title="Attention strength · HeadScope", page_icon="🔭", layout="wide")
 ctx = session.page_context()
@@ -35,17 +41,17 @@ head_at = (focus.layer, focus.head)
 c1, c2, c3 = st.columns(3, gap="medium")
 with c1:
     session.show_head_chart(
-        strength.heads_by_layer_chart(heads, "entropy", "Head entropy across layers", "entropy (nats)", head_at),
+        heads_by_layer_chart(heads, "entropy", "Head entropy across layers", "entropy (nats)", head_at),
         key="strength_entropy_chart",
     )
     st.caption(f"C1 · entropy of every head {where}. Click a dot to make it the focus head.")
 with c2:
-    st.altair_chart(strength.hop_profile_chart(stats.hop_profile(*head_at, image), focus.head_label), width="stretch")
+    st.altair_chart(hop_profile_chart(stats.hop_profile(*head_at, image), focus.head_label), width="stretch")
     st.caption(f"C2 · s_n of **{focus.head_label}** on {name}, with the spread over the {stats.num_images} images.")
 with c3:
     entropies = stats.entropy_over_images(*head_at)
     st.altair_chart(
-        strength.entropy_distribution_chart(entropies, float(entropies["entropy"][image]), focus.head_label),
+        entropy_distribution_chart(entropies, float(entropies["entropy"][image]), focus.head_label),
         width="stretch",
     )
     st.caption(
@@ -58,7 +64,7 @@ d1, d2, d3 = st.columns(3, gap="medium")
 with d1:
     offsets = strength.image_statistics(handle, ctx.image_set, ctx.focus_id) if on_image else stats
     st.altair_chart(
-        strength.offset_heatmap(offsets.offsets(*head_at), f"{focus.head_label} · {'focus image' if on_image else 'set mean'}"),
+        offset_heatmap(offsets.offsets(*head_at), f"{focus.head_label} · {'focus image' if on_image else 'set mean'}"),
         width="content",
     )
     st.caption(
@@ -68,7 +74,7 @@ with d1:
 with d2:
     patch_h, patch_w = handle.patch_size
     session.show_head_chart(
-        strength.heads_by_layer_chart(
+        heads_by_layer_chart(
             heads, "distance", "Mean attention distance", "distance (input pixels)", head_at, value_format=".1f"
         ),
         key="strength_distance_chart",
@@ -80,7 +86,7 @@ with d2:
 with d3:
     if handle.num_prefix_tokens:
         session.show_head_chart(
-            strength.heads_by_layer_chart(heads, "prefix_share", "Attention to prefix tokens", "share of attention", head_at),
+            heads_by_layer_chart(heads, "prefix_share", "Attention to prefix tokens", "share of attention", head_at),
             key="strength_prefix_chart",
         )
         st.caption(

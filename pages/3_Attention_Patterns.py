@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.charts import prototype_chart
 from core.errors import HeadScopeError
 from core.patterns import DEFAULT_CLUSTERS, attention_cells, grid_maps, strong_links, token_names, weight_histogram
 from core.projection import start_umap_warmup
 from ui import patterns, session
 from ui.display import enlarge_for_display, plain
+from viz.patterns import CELL_SELECTION, histogram_chart, link_chart, matrix_chart, pattern_space_chart, prototype_chart
 
 st.set_page_config(page_title="Attention patterns · HeadScope", page_icon="🔭", layout="wide")
 ctx = session.page_context()
@@ -50,7 +50,7 @@ if view is not None:
     with left:
         heads = view.layout.heads.merge(view.clusters.heads[["layer", "head", "cluster", "share"]], on=["layer", "head"])
         session.show_head_chart(
-            patterns.pattern_space_chart(view.layout.samples, heads, (focus.layer, focus.head), density=not scatter),
+            pattern_space_chart(view.layout.samples, heads, (focus.layer, focus.head), density=not scatter),
             key=patterns.SPACE_CHART_KEY,
         )
         method = "UMAP" if view.layout.method == "umap" else "PCA"
@@ -110,7 +110,7 @@ with d2:
     st.caption(f"D2 · {names[source]} → {names[target]}: weight {attn[source, target]:.4f}.")
 with d3:
     links = strong_links(cells, threshold)
-    st.altair_chart(patterns.link_chart(links, names[:prefix], handle.num_tokens, focus.head_label, threshold), width="stretch")
+    st.altair_chart(link_chart(links, names[:prefix], handle.num_tokens, focus.head_label, threshold), width="stretch")
     st.caption(
         f"D3 · {focus.head_label} builds each token of layer {focus.layer + 1} (top, the query) from the tokens "
         f"of layer {focus.layer} (bottom, the keys): one line per weight at or above the threshold. "
@@ -120,14 +120,14 @@ with d3:
 d4, d5 = st.columns(2, gap="large")
 with d4:
     st.altair_chart(
-        patterns.matrix_chart(cells, names[:prefix], (source, target), focus.head_label),
+        matrix_chart(cells, names[:prefix], (source, target), focus.head_label),
         key=patterns.MATRIX_CHART_KEY,
         on_select=patterns.pick_cell,
-        selection_mode=patterns.CELL_SELECTION,
+        selection_mode=CELL_SELECTION,
         width="content",
     )
     st.caption("D4 · the full token × token attention; rows are sources (queries), columns targets (keys).")
 with d5:
-    st.altair_chart(patterns.histogram_chart(weight_histogram(attn), threshold, focus.head_label), width="stretch")
+    st.altair_chart(histogram_chart(weight_histogram(attn), threshold, focus.head_label), width="stretch")
     above = int((cells["weight"] >= threshold).sum())
     st.caption(f"D5 · {above:,} of {len(cells):,} weights reach the threshold {threshold:.2f}.")

@@ -9,9 +9,9 @@ from core.casestudy import findings
 from core.errors import HeadScopeError
 from core.importance import BACKBONE_REASON, METRIC_HELP, metrics_for
 from core.projection import start_umap_warmup
-from core.report import case_charts, mode_chart_key, render_report
 from ui import casestudy, session
 from ui.display import plain
+from viz.report import case_charts, mode_chart_key, render_report
 
 st.set_page_config(page_title="Case study · HeadScope", page_icon="🔭", layout="wide")
 ctx = session.page_context()

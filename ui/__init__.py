@@ -1,1 +1,1 @@
-"""Streamlit glue shared by the pages: cached loaders, session selections, charts."""
+"""Streamlit glue shared by the pages: cached loaders, session selections, widgets. The charts are in ``viz``."""

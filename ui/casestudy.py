@@ -38,7 +38,7 @@ FINDING_LINKS = (
     ("locality", "strength", "C →"),
     ("pattern", "patterns", "D →"),
 )
-# The case study's charts (``core.report.case_charts`` keys) under the view each comes from.
+# The case study's charts (``viz.report.case_charts`` keys) under the view each comes from.
 EVIDENCE = {
     "importance": ("importance-line", "importance-heatmap", "pruning-curve"),
     "strength": ("entropy-by-layer", "hop-profiles", "distance-by-layer"),

@@ -1,23 +1,18 @@
-"""Head importance page (view B): cached computations, pure chart builders, head picking.
+"""Head importance page (view B): cached computations, the ranked table, head picking.
 
-The cached wrappers key on the model's and the image set's content hashes (and the
-focus image's id, a hash of its bytes) plus plain parameters, and show a progress bar
-while the set is streamed. The chart builders are pure: a tidy DataFrame in, an
-``alt.Chart`` out.
+The set's tables come from its one cached analysis (``session.analysis``); partial
+pruning of one head on one image is cached by the model's key and the image's id (a
+hash of its bytes). The page's charts are in ``viz.importance``.
 """
 
 from __future__ import annotations
 
-import altair as alt
 import pandas as pd
 import streamlit as st
 import torch
 
-from core.charts import FOCUS_RED, head_line, importance_cells, metric_title, tooltip_field, unpruned_rule, unpruned_value  # noqa: F401  (page B reads metric_title here)
 from core.images import ImageSet
 from core.importance import (
-    MODE_BLOCKS,
-    MODES,
     HeadImportance,
     partial_pruning,
     rank_heads,
@@ -25,12 +20,7 @@ from core.importance import (
 from core.importance import target_measure as core_target_measure
 from core.model import ViTHandle
 from ui import session
-# one head-picking selection and focus colour for every view's head charts
-from ui.charts import HEAD_SELECTION
-
-_CHART_HEIGHT = 300
-# (query, key) blocks of the attention matrix in the order of ``MODE_BLOCKS``' flags
-_BLOCK_NAMES = ("prefix → prefix", "prefix → patch", "patch → prefix", "patch → patch")
+from viz.importance import CHART_HEIGHT, unpruned_value
 
 
 # --- cached computations ---------------------------------------------------------------
@@ -93,7 +83,7 @@ def show_ranked_table(ranked: pd.DataFrame, key: str, value_title: str) -> None:
         on_select=lambda: _pick_from_table(key, ranked),
         selection_mode="single-row",
         hide_index=True,
-        height=_CHART_HEIGHT,
+        height=CHART_HEIGHT,
         width="stretch",
         column_config={
             "rank": st.column_config.NumberColumn("rank", width="small"),
@@ -149,138 +139,4 @@ def top5_table(partial_row: pd.Series) -> pd.DataFrame:
     top = partial_row["top5"]
     return pd.DataFrame(
         {"rank": range(1, len(top) + 1), "class": [name for name, _ in top], "probability": [p for _, p in top]}
-    )
-
-
-# --- charts ----------------------------------------------------------------------------
-
-
-def importance_line_chart(
-    values: pd.DataFrame, metric_title: str, num_heads: int, focus: tuple[int, int], baseline: float | None, subtitle: str
-) -> alt.LayerChart:
-    """B1: the metric of every head along ``x = l * H + h`` (as in the paper), dots coloured by layer.
-
-    ``values``: ``metric_values`` output. ``baseline`` (``baseline_value``: the unpruned
-    model's value, ``None`` for none) is drawn as a dashed rule. A click selects
-    ``(layer, head)`` under ``HEAD_SELECTION``; the focus head is ringed in red.
-    """
-    pick = alt.selection_point(name=HEAD_SELECTION, fields=["layer", "head"], on="click", clear=False)
-    line, dots, where = head_line(values, metric_title, num_heads, dot_size=55)
-    dots = dots.add_params(pick)
-    x, y = where["x"], where["y"]
-    layer, head = focus
-    ring = (
-        alt.Chart(values[(values["layer"] == layer) & (values["head"] == head)])
-        .mark_point(shape="circle", size=260, strokeWidth=2.5, color=FOCUS_RED, filled=False)
-        .encode(x=x, y=y)
-    )
-    layers: list[alt.Chart] = [line, dots, ring]
-    if baseline is not None:
-        layers.insert(0, unpruned_rule(baseline, metric_title))
-    return alt.layer(*layers).properties(
-        title=alt.TitleParams(f"{metric_title} of every head", subtitle=subtitle), height=_CHART_HEIGHT
-    )
-
-
-def importance_heatmap(
-    values: pd.DataFrame, metric: str, metric_title: str, focus: tuple[int, int], signed: bool
-) -> alt.LayerChart:
-    """B1: layers x heads, darker = more important; the focus head outlined in red.
-
-    ``values``: ``metric_values`` output. ``signed`` values (a local Taylor gradient)
-    get a diverging scale centred on 0. A click selects ``(layer, head)``.
-    """
-    pick = alt.selection_point(name=HEAD_SELECTION, fields=["layer", "head"], on="click", clear=False)
-    cells, x, y = importance_cells(values, metric, metric_title, signed=signed)
-    cells = cells.add_params(pick)
-    layer, head = focus
-    outline = (
-        alt.Chart(values[(values["layer"] == layer) & (values["head"] == head)])
-        .mark_rect(fill=None, stroke=FOCUS_RED, strokeWidth=3)
-        .encode(x=x, y=y)
-    )
-    step = max(14, min(36, 320 // max(values["head"].nunique(), values["layer"].nunique())))
-    return alt.layer(cells, outline).properties(
-        title=alt.TitleParams("Layers × heads", subtitle="darker = more important; click to focus"),
-        width=alt.Step(step),
-        height=alt.Step(step),
-    )
-
-
-def partial_pruning_chart(partial: pd.DataFrame, chosen: str, target_name: str | None) -> alt.HConcatChart:
-    """B2: per mode, a glyph of the attention blocks it removes and a bar of what the model outputs after it.
-
-    ``partial``: ``core.importance.partial_pruning`` output. The glyph has one cell per
-    (query, key) block of the head's attention matrix, dark where the mode zeroes it;
-    the chosen mode's bar is highlighted. A classifier's bar is the probability of
-    ``target_name`` with the unpruned probability as a dashed rule; a backbone's (no
-    probability column, ``target_name`` None) is the output impact, 0 for ``none``.
-    """
-    order = list(MODES)
-    glyph_rows = [
-        {"mode": mode, "block": name, "removed": "removed" if flag else "kept"}
-        for mode in MODES
-        for name, flag in zip(_BLOCK_NAMES, MODE_BLOCKS[mode])
-    ]
-    y = alt.Y("mode:N", sort=order, title="mode")
-    glyph = (
-        alt.Chart(pd.DataFrame(glyph_rows))
-        .mark_rect(stroke="white", strokeWidth=2)
-        .encode(
-            x=alt.X(
-                "block:N",
-                sort=list(_BLOCK_NAMES),
-                title="query → key block",
-                axis=alt.Axis(labelAngle=-45, orient="top", labelOverlap=False, labelLimit=120),
-            ),
-            y=y,
-            color=alt.Color(
-                "removed:N",
-                scale=alt.Scale(domain=["removed", "kept"], range=["#333333", "#e6e6e6"]),
-                legend=alt.Legend(orient="bottom", title=None),
-            ),
-            tooltip=[tooltip_field("mode:N", "mode"), tooltip_field("block:N", "query → key"), tooltip_field("removed:N", "")],
-        )
-        .properties(width=alt.Step(34), height=alt.Step(30))
-    )
-    classified = "probability" in partial.columns
-    data = partial.drop(columns=["top5"], errors="ignore").assign(chosen=partial["mode"] == chosen)
-    tooltip = [
-        tooltip_field("mode:N", "mode"),
-        tooltip_field("removes:N", "removes"),
-        tooltip_field("removed_attention:Q", "share of the head's attention removed", format=".1%"),
-        tooltip_field("output_impact:Q", "output impact", format=".4g"),
-    ]
-    if classified:
-        measure, shown = "probability", ".3f"
-        x = alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), title=f"probability of '{target_name}'")
-        tooltip += [tooltip_field("probability:Q", "probability", format=".4f"), tooltip_field("predicted:N", "top-1")]
-        subtitle = "left: what each mode removes · right: target probability after it"
-    else:
-        measure, shown = "output_impact", ".3~g"  # impacts are often below 1e-3: digits, not decimals
-        x = alt.X("output_impact:Q", scale=alt.Scale(zero=True), title="output impact (1 - cosine)")
-        subtitle = "left: what each mode removes · right: how much it changes the output features"
-    bars = (
-        alt.Chart(data)
-        .mark_bar()
-        .encode(
-            x=x,
-            y=y.axis(None),
-            color=alt.condition("datum.chosen", alt.value(FOCUS_RED), alt.value("#9ecae1")),
-            tooltip=tooltip,
-        )
-    )
-    labels = bars.mark_text(align="left", dx=3, fontSize=11).encode(
-        text=alt.Text(f"{measure}:Q", format=shown), color=alt.value("#333333")
-    )
-    layers: list[alt.Chart] = [bars, labels]
-    if classified:
-        unpruned = float(partial.loc[partial["mode"] == "none", "probability"].iloc[0])
-        layers.append(
-            alt.Chart(pd.DataFrame({"probability": [unpruned]}))
-            .mark_rule(strokeDash=[5, 4], color="#555555")
-            .encode(x="probability:Q")
-        )
-    return alt.hconcat(glyph, alt.layer(*layers).properties(width=320, height=alt.Step(30))).properties(
-        title=alt.TitleParams("Partial pruning", subtitle=subtitle)
     )

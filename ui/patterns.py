@@ -1,10 +1,9 @@
-"""Attention patterns page (view D): cached analyses, the UMAP wait, pure chart builders, picking.
+"""Attention patterns page (view D): cached analyses, the UMAP wait, picking, the overlay.
 
 The cached wrappers key on content hashes only (the model's ``key``, the image set's
 ``key``, an image id) and plain parameters; the handle, the images and intermediate
-results go in as underscore arguments. The chart builders are pure: tidy DataFrames
-in, an ``alt.Chart`` out. The overlay helpers turn the focus image into what the model
-sees, with a patch map on top.
+results go in as underscore arguments. The overlay helpers turn the focus image into
+what the model sees, with a patch map on top. The page's charts are in ``viz.patterns``.
 """
 
 from __future__ import annotations
@@ -12,9 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import altair as alt
 import numpy as np
-import pandas as pd
 import streamlit as st
 import torch
 from PIL import Image, ImageDraw
@@ -36,12 +33,11 @@ from core.patterns import (
 from core.projection import Method, umap_failed, umap_ready
 from core.settings import DEFAULT_MAX_MAPS, MapKind
 from core.settings import SAMPLE_SIZES as SAMPLE_SIZES  # the sample caps the page offers
-from core.charts import FOCUS_RED, LAYER_COLOURS, PATCH_SCHEME, density_rects, tooltip_field
 from ui import session
-from ui.charts import HEAD_SELECTION
 from ui.display import enlarge_for_display
+from viz.common import FOCUS_RED
+from viz.patterns import CELL_SELECTION
 
-CELL_SELECTION = "cell"
 SPACE_CHART_KEY = "pattern_space_chart"
 MATRIX_CHART_KEY = "pattern_matrix_chart"
 SOURCE_KEY = "pattern_source"
@@ -49,10 +45,8 @@ TARGET_KEY = "pattern_target"
 DEFAULT_SAMPLE_SIZE = DEFAULT_MAX_MAPS
 UMAP_COMPILE_SECONDS = 40  # what the progress bar expects; the wait itself lasts as long as compiling does
 UMAP_WAIT_LIMIT = 300
-MAX_POINTS = 5000  # scatter mode: a browser draws this many dots smoothly
 TARGET_BLUE = "#1f77b4"
 PATCH_ORANGE = (253, 141, 60)
-_PREFIX_SCHEME = "blues"
 _KIND_NOUN = {"patch": "patch maps", "cls": "CLS maps"}
 
 
@@ -235,201 +229,3 @@ def attention_overlay(
             box = (c * cell_w, r * cell_h, (c + 1) * cell_w - 1, (r + 1) * cell_h - 1)
             draw.rectangle(box, outline=colour, width=max(2, round(min(cell_w, cell_h) / 8)))
     return tinted
-
-
-# --- charts ----------------------------------------------------------------------------
-
-
-def _layer_colour(title: str = "layer") -> alt.Color:
-    return alt.Color("layer:O", title=title, scale=alt.Scale(scheme=LAYER_COLOURS), legend=alt.Legend(orient="bottom", columns=6))
-
-
-def _token_axis(prefix_names: list[str], num_tokens: int, title: str) -> alt.Axis:
-    """Ticks at every prefix token and at evenly spaced patches; prefix tokens by name, patches by index."""
-    p = len(prefix_names)
-    step = max(1, (num_tokens - p) // 8)
-    values = list(range(p)) + list(range(p, num_tokens, step))
-    names = "[" + ", ".join(f"'{n}'" for n in prefix_names) + "]"
-    label = f"datum.value < {p} ? {names}[datum.value] : 'p' + (datum.value - {p})" if p else "'p' + datum.value"
-    return alt.Axis(values=values, labelExpr=label, title=title, labelAngle=0)
-
-
-def pattern_space_chart(samples: pd.DataFrame, heads: pd.DataFrame, focus: tuple[int, int], *, density: bool) -> alt.LayerChart:
-    """D1: the maps' 2-D positions (a density, or points) and one dot per head, coloured by layer.
-
-    ``samples`` columns: x, y, layer (``PatternLayout.samples``). ``heads`` columns: layer,
-    head, head_label, x, y, maps, cluster, share (layout heads joined with
-    ``PatternClusters.heads``). Clicking a head dot selects ``(layer, head)`` under
-    ``HEAD_SELECTION``; the focus head is ringed. Scroll to zoom, drag to pan.
-    """
-    x = alt.X("x:Q", axis=None, scale=alt.Scale(zero=False))
-    y = alt.Y("y:Q", axis=None, scale=alt.Scale(zero=False))
-    if density:
-        background = density_rects(samples, x, y, alt.Scale(scheme="greys", type="sqrt"), bins=60)
-    else:
-        shown = samples.sample(MAX_POINTS, random_state=0) if len(samples) > MAX_POINTS else samples
-        background = (
-            alt.Chart(shown[["x", "y", "layer", "head"]])
-            .mark_circle(size=8, opacity=0.3)
-            .encode(x=x, y=y, color=_layer_colour(), tooltip=[tooltip_field("layer:O", "layer"), tooltip_field("head:O", "head")])
-        )
-    pick = alt.selection_point(name=HEAD_SELECTION, fields=["layer", "head"], on="click", clear=False)
-    zoom = alt.selection_interval(bind="scales")
-    dots = (
-        alt.Chart(heads)
-        .mark_circle(size=110, opacity=0.95, stroke="white", strokeWidth=1)
-        .encode(
-            x=x,
-            y=y,
-            color=_layer_colour(),
-            tooltip=[
-                tooltip_field("head_label:N", "head"),
-                tooltip_field("cluster:O", "pattern cluster"),
-                tooltip_field("share:Q", "its maps in that cluster", format=".0%"),
-                tooltip_field("maps:Q", "maps sampled"),
-            ],
-        )
-        .add_params(pick, zoom)
-    )
-    layer, head = focus
-    ring = (
-        alt.Chart(heads[(heads["layer"] == layer) & (heads["head"] == head)])
-        .mark_point(shape="circle", size=360, strokeWidth=2.5, color=FOCUS_RED, filled=False)
-        .encode(x=x, y=y)
-    )
-    chart = alt.layer(background, dots, ring)
-    if density:
-        chart = chart.resolve_scale(color="independent")
-    return chart.properties(
-        title=alt.TitleParams(
-            "Attention maps by their autoencoder codes",
-            subtitle=f"one dot per head at the mean of its maps · focus head L{layer}H{head} ringed",
-        ),
-        height=460,
-    )
-
-
-def link_chart(links: pd.DataFrame, prefix_names: list[str], num_tokens: int, head_label: str, threshold: float) -> alt.LayerChart:
-    """D3: a line from each source token (layer l+1, top) to each target token (layer l, bottom).
-
-    ``links`` columns: source, target, source_name, target_name, weight, prefix
-    (``core.patterns.strong_links``). Links with a prefix token at either end use a blue
-    scale, patch-to-patch links an orange one; stronger links are darker.
-    """
-    data = links.assign(top=1.0, bottom=0.0)
-    x = alt.X("source:Q", scale=alt.Scale(domain=[0, num_tokens - 1], nice=False), axis=_token_axis(prefix_names, num_tokens, "token"))
-    y = alt.Y(
-        "top:Q",
-        scale=alt.Scale(domain=[0, 1]),
-        axis=alt.Axis(values=[0, 1], labelExpr="datum.value == 1 ? 'source (l+1)' : 'target (l)'", title=None, grid=False),
-    )
-    tooltip = [
-        tooltip_field("source_name:N", "source (query)"),
-        tooltip_field("target_name:N", "target (key)"),
-        tooltip_field("weight:Q", "weight", format=".3f"),
-    ]
-    top = max(float(links["weight"].max()), threshold) if len(links) else 1.0
-
-    def rules(prefix: bool, scheme: str, title: str) -> alt.Chart:
-        return (
-            alt.Chart(data[data["prefix"] == prefix])
-            .mark_rule(strokeWidth=1.2, opacity=0.85)
-            .encode(
-                x=x,
-                x2="target:Q",
-                y=y,
-                y2="bottom:Q",
-                color=alt.Color("weight:Q", title=title, scale=alt.Scale(scheme=scheme, domain=[0, top]), legend=alt.Legend(orient="bottom")),
-                tooltip=tooltip,
-            )
-        )
-
-    return (
-        alt.layer(rules(True, _PREFIX_SCHEME, "prefix-token attention"), rules(False, PATCH_SCHEME, "patch attention"))
-        .resolve_scale(color="independent")
-        .properties(
-            title=alt.TitleParams(f"Links of {head_label}", subtitle=f"{len(links):,} links with weight ≥ {threshold:.2f}"),
-            height=260,
-        )
-    )
-
-
-def matrix_chart(cells: pd.DataFrame, prefix_names: list[str], selected: tuple[int, int], head_label: str) -> alt.LayerChart:
-    """D4: the token x token attention of one head; prefix rows and columns blue, patch cells orange.
-
-    ``cells`` columns: source, target, source_name, target_name, weight, prefix
-    (``core.patterns.attention_cells``). One diverging scale carries both colours (prefix
-    weights are plotted negative, the legend shows magnitudes) so the whole matrix is a
-    single clickable layer: a click selects ``(source, target)`` under ``CELL_SELECTION``.
-    The selected cell is outlined.
-    """
-    t = int(cells["source"].max()) + 1
-    data = cells.assign(signed=np.where(cells["prefix"], -cells["weight"], cells["weight"]))
-    top = max(float(cells["weight"].max()), 1e-6)
-    x = alt.X("target:O", axis=_token_axis(prefix_names, t, "target token (key, layer l)"))
-    y = alt.Y("source:O", axis=_token_axis(prefix_names, t, "source token (query, layer l+1)"))
-    pick = alt.selection_point(name=CELL_SELECTION, fields=["source", "target"], on="click", clear=False)
-    heat = (
-        alt.Chart(data)
-        .mark_rect()
-        .encode(
-            x=x,
-            y=y,
-            color=alt.Color(
-                "signed:Q",
-                title="attention",
-                scale=alt.Scale(scheme="blueorange", domain=[-top, top], domainMid=0),
-                legend=alt.Legend(orient="bottom", labelExpr="format(abs(datum.value), '.2f')", gradientLength=260),
-            ),
-            tooltip=[
-                tooltip_field("source_name:N", "source (query)"),
-                tooltip_field("target_name:N", "target (key)"),
-                tooltip_field("weight:Q", "weight", format=".4f"),
-            ],
-        )
-        .add_params(pick)
-    )
-    source, target = selected
-    mark = (
-        alt.Chart(data[(data["source"] == source) & (data["target"] == target)])
-        .mark_rect(filled=False, stroke="#222222", strokeWidth=2)
-        .encode(x=x, y=y)
-    )
-    return alt.layer(heat, mark).properties(
-        title=alt.TitleParams(
-            f"Attention matrix of {head_label}", subtitle="blue: with a prefix token · orange: patch to patch · click a cell to pick it"
-        ),
-        width=420,
-        height=420,
-    )
-
-
-def histogram_chart(histogram: pd.DataFrame, threshold: float, head_label: str) -> alt.LayerChart:
-    """D5: how many of the head's attention weights fall in each bin, with the link threshold as a red rule.
-
-    ``histogram`` columns: start, end, count (``core.patterns.weight_histogram``). Counts
-    use a symlog scale: nearly all weights are tiny and would flatten every other bar.
-    """
-    bars = (
-        alt.Chart(histogram[histogram["count"] > 0])
-        .mark_bar(color="#fdae6b")
-        .encode(
-            x=alt.X("start:Q", title="attention weight", scale=alt.Scale(domain=[0, 1])),
-            x2="end:Q",
-            y=alt.Y("count:Q", title="weights (symlog scale)", scale=alt.Scale(type="symlog")),
-            y2=alt.datum(0),
-            tooltip=[
-                tooltip_field("start:Q", "from", format=".2f"),
-                tooltip_field("end:Q", "to", format=".2f"),
-                tooltip_field("count:Q", "weights"),
-            ],
-        )
-    )
-    rule = (
-        alt.Chart(pd.DataFrame({"threshold": [threshold]}))
-        .mark_rule(color=FOCUS_RED, strokeWidth=2)
-        .encode(x="threshold:Q", tooltip=[tooltip_field("threshold:Q", "link threshold", format=".2f")])
-    )
-    return alt.layer(bars, rule).properties(
-        title=alt.TitleParams(f"Attention values of {head_label}", subtitle="red: the link threshold"), height=260
-    )

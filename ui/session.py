@@ -26,8 +26,8 @@ from core.inference import Predictions, Progress, predict_images
 from core.model import DEMO_NAME, ViTHandle, imagenet_synsets, load_model
 from core.projection import layout_2d, umap_failed, umap_ready
 from core.settings import CaseSettings
-from ui.charts import HEAD_SELECTION
 from ui.display import enlarge_for_display, plain
+from viz.common import HEAD_SELECTION
 
 MODEL_KEY = "model_spec"
 SOURCE_KEY = "image_source"  # the home page's radio; Streamlit drops it on other pages

@@ -29,7 +29,7 @@ from test_tooltips import _assert_no_reserved_key
 from core.importance import BACKBONE_METRICS, BACKBONE_REASON, METRICS, MODES
 from core.model import BUILTIN_MODELS, DINOV2_NAME
 from ui import importance, patterns, session
-from ui.charts import overview_chart
+from viz.overview import overview_chart
 
 TIMEOUT = 180
 PAGES = ["pages/1_Head_Importance.py", "pages/2_Attention_Strength.py", "pages/3_Attention_Patterns.py"]

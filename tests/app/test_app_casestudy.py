@@ -12,9 +12,9 @@ from streamlit.testing.v1 import AppTest
 from core.bundle import save_bundle
 from core.casestudy import findings
 from core.importance import head_importance, rank_heads
-from core.report import case_charts, mode_chart_key
 from ui import patterns, session
 from ui.casestudy import EVIDENCE
+from viz.report import case_charts, mode_chart_key
 
 TIMEOUT = 300
 PAGE = "pages/4_Case_Study.py"
@@ -171,8 +171,8 @@ def test_a_bundle_with_absurd_numbers_is_one_sentence_and_an_accepted_one_render
     import numpy as np
     import pandas as pd
 
-    from core.report import render_report
     from ui import casestudy
+    from viz.report import render_report
 
     _upload(page, "small.zip", save_bundle(small_study))
     _ok(page)

@@ -13,10 +13,12 @@ from PIL import Image
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
-from core.charts import pruning_curve_chart
 from core.digits import digit_images, digits_split
 from core.importance import METRICS, MODE_REMOVES, MODES
 from ui import importance as ui
+from viz import importance as charts
+from viz.common import HEAD_SELECTION
+from viz.importance import pruning_curve_chart
 
 PAGE = "pages/1_Head_Importance.py"
 
@@ -143,8 +145,8 @@ def _data(spec: dict, layer: dict) -> list[dict]:
 
 
 def test_line_chart_encodes_heads_along_l_times_h_plus_h_and_rings_the_focus() -> None:
-    spec = ui.importance_line_chart(_values(), "probability", 2, (1, 0), baseline=0.7, subtitle="over 4 images").to_dict()
-    assert spec["params"][0]["name"] == ui.HEAD_SELECTION
+    spec = charts.importance_line_chart(_values(), "probability", 2, (1, 0), baseline=0.7, subtitle="over 4 images").to_dict()
+    assert spec["params"][0]["name"] == HEAD_SELECTION
     assert spec["params"][0]["select"]["fields"] == ["layer", "head"]
     rule, line, dots, ring = spec["layer"]
     assert dots["encoding"]["x"]["field"] == "index" and dots["encoding"]["y"]["field"] == "value"
@@ -157,13 +159,13 @@ def test_line_chart_encodes_heads_along_l_times_h_plus_h_and_rings_the_focus() -
 
 
 def test_heatmap_is_dark_where_heads_matter() -> None:
-    low_is_important = ui.importance_heatmap(_values(), "probability", "probability", (0, 1), signed=False).to_dict()
+    low_is_important = charts.importance_heatmap(_values(), "probability", "probability", (0, 1), signed=False).to_dict()
     cells = low_is_important["layer"][0]
     assert (cells["encoding"]["x"]["field"], cells["encoding"]["y"]["field"]) == ("head", "layer")
     assert cells["encoding"]["color"]["scale"]["reverse"] is True
-    high_is_important = ui.importance_heatmap(_values("layer_impact"), "layer_impact", "layer impact", (0, 1), signed=False)
+    high_is_important = charts.importance_heatmap(_values("layer_impact"), "layer_impact", "layer impact", (0, 1), signed=False)
     assert high_is_important.to_dict()["layer"][0]["encoding"]["color"]["scale"]["reverse"] is False
-    signed = ui.importance_heatmap(_values("taylor"), "taylor", "taylor", (0, 1), signed=True).to_dict()
+    signed = charts.importance_heatmap(_values("taylor"), "taylor", "taylor", (0, 1), signed=True).to_dict()
     assert signed["layer"][0]["encoding"]["color"]["scale"]["domainMid"] == 0
     outline = low_is_important["layer"][1]
     assert [(r["layer"], r["head"]) for r in _data(low_is_important, outline)] == [(0, 1)]
@@ -180,7 +182,7 @@ def test_partial_pruning_chart_shows_what_each_mode_removes() -> None:
             "top5": [[("1", 0.9)]] * 6,
         }
     )
-    spec = ui.partial_pruning_chart(partial, "cls", "1").to_dict()
+    spec = charts.partial_pruning_chart(partial, "cls", "1").to_dict()
     glyph, bars = spec["hconcat"]
     removed = {(r["mode"], r["block"]) for r in _data(spec, glyph) if r["removed"] == "removed"}
     assert {block for mode, block in removed if mode == "patch"} == {"patch → patch"}
@@ -236,9 +238,9 @@ def test_unpruned_baseline_and_axis_titles() -> None:
 
     unpruned = pd.DataFrame({"image": [0, 1], "target": [3, 4], "probability": [0.8, 0.4], "correct": [True, False]})
     tables = HeadImportance(overall=pd.DataFrame(), per_image=pd.DataFrame(), unpruned=unpruned)
-    assert ui.unpruned_value(tables, "probability", None) == pytest.approx(0.6)
-    assert ui.unpruned_value(tables, "accuracy", 1) == 0.0 and ui.unpruned_value(tables, "accuracy", None) == 0.5
-    assert ui.unpruned_value(tables, "layer_impact", 0) is None and ui.unpruned_value(tables, "taylor", None) is None
-    assert ui.metric_title("accuracy", False, "agreement with the unpruned model") == "agreement with the unpruned model"
-    assert ui.metric_title("accuracy", True, "accuracy") == "top-1 is the target (1/0)"
-    assert ui.metric_title("layer_impact", True, "accuracy") == "layer impact"
+    assert charts.unpruned_value(tables, "probability", None) == pytest.approx(0.6)
+    assert charts.unpruned_value(tables, "accuracy", 1) == 0.0 and charts.unpruned_value(tables, "accuracy", None) == 0.5
+    assert charts.unpruned_value(tables, "layer_impact", 0) is None and charts.unpruned_value(tables, "taylor", None) is None
+    assert charts.metric_title("accuracy", False, "agreement with the unpruned model") == "agreement with the unpruned model"
+    assert charts.metric_title("accuracy", True, "accuracy") == "top-1 is the target (1/0)"
+    assert charts.metric_title("layer_impact", True, "accuracy") == "layer impact"

@@ -25,10 +25,10 @@ from test_images import encode
 from test_markdown import HOSTILE_NAME
 
 from core.casestudy import findings
-from core.charts import RESERVED_TOOLTIP_KEYS, tooltip_field
 from core.digits import digit_images, digits_split
-from core.report import case_charts
 from ui import patterns
+from viz.common import RESERVED_TOOLTIP_KEYS, tooltip_field
+from viz.report import case_charts
 
 APP = str(ROOT / "streamlit_app.py")
 PAGES = [f"pages/{p.name}" for p in sorted((ROOT / "pages").glob("[0-9]*_*.py"))]

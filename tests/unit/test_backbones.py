@@ -32,8 +32,8 @@ from core.importance import (
     pruning_curve,
 )
 from core.model import load_model, wrap_model
-from core.report import render_report
 from tests.conftest import tiny_vit
+from viz.report import render_report
 
 
 @pytest.fixture

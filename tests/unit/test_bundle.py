@@ -595,7 +595,7 @@ def test_a_non_finite_or_absurd_number_in_the_manifest_is_refused(bundle, path):
 def test_edge_values_are_accepted_and_render(small_study, bundle):
     """Values at the ends of their ranges are honest: the bundle opens and the findings and report render."""
     from core.casestudy import findings
-    from core.report import render_report
+    from viz.report import render_report
 
     tables = dict(small_study.tables)
     tables["images"] = tables["images"].assign(probability=1.0)
@@ -619,7 +619,7 @@ def test_a_study_in_which_no_head_hurts_any_image_saves_and_reopens(small_study,
     from types import SimpleNamespace
 
     from core.casestudy import _partial_table, findings
-    from core.report import render_report
+    from viz.report import render_report
 
     no_heads = SimpleNamespace(unpruned=small_study.tables["importance_unpruned"])
     empty = _partial_table(demo_handle, None, no_heads, [], 3, None)

@@ -14,7 +14,7 @@ from core.bundle import load_bundle
 from core.casestudy import CaseSettings, findings, set_labels
 from core.images import ImageSet, demo_digits_set
 from core.importance import head_importance_tables, pruning_curve
-from core.report import render_report
+from viz.report import render_report
 
 V1_BUNDLE = DATA / "bundle_v1_demo.zip"
 V1_SETTINGS = CaseSettings(top_k=2, hurt_images=2, max_maps=200, n_clusters=3, curve_steps=3)

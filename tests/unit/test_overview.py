@@ -9,8 +9,8 @@ from PIL import Image
 
 from core.inference import predict_images, top_k
 from core.projection import layout_2d
-from ui.charts import OVERVIEW_SELECTION, overview_chart, top5_chart
 from ui.display import enlarge_for_display
+from viz.overview import OVERVIEW_SELECTION, overview_chart, top5_chart
 
 
 def test_predictions_match_the_model_and_report_progress(tiny_handle) -> None:

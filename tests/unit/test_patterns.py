@@ -1,4 +1,4 @@
-"""core.patterns (view D) and the pure parts of ui.patterns: maps, sampling, autoencoder, layout, clusters, charts."""
+"""core.patterns (view D), the pure parts of ui.patterns and the charts of viz.patterns: maps, sampling, autoencoder, layout, clusters, charts."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from core.attention import extract_attention
-from core.charts import prototype_chart
 from core.patterns import (
     AE_SIZE,
     PatternSpace,
@@ -31,6 +30,9 @@ from core.patterns import (
 )
 from core.projection import layout_2d, wait_for_umap
 from ui import patterns as ui_patterns
+from viz import patterns as charts
+from viz.common import HEAD_SELECTION
+from viz.patterns import prototype_chart
 
 KINDS = ("self", "left", "cls", "uniform")
 STEPS = 300  # the floor of ``training_steps``: what the page uses for small samples
@@ -342,16 +344,16 @@ def _pattern_frames() -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def test_pattern_space_chart_density_and_points() -> None:
     samples, heads = _pattern_frames()
-    dense = ui_patterns.pattern_space_chart(samples, heads, (1, 1), density=True).to_dict()
+    dense = charts.pattern_space_chart(samples, heads, (1, 1), density=True).to_dict()
     background, dots, ring = dense["layer"]
     assert background["mark"]["type"] == "rect" and background["encoding"]["color"]["field"] == "maps"
     assert sum(r["maps"] for r in dense["datasets"][background["data"]["name"]]) == 300
     assert dots["encoding"]["color"]["field"] == "layer"
     assert {"head_label", "cluster"} <= {t["field"] for t in dots["encoding"]["tooltip"]}
-    assert ui_patterns.HEAD_SELECTION in [p["name"] for p in dense["params"]]
+    assert HEAD_SELECTION in [p["name"] for p in dense["params"]]
     assert [(r["layer"], r["head"]) for r in dense["datasets"][ring["data"]["name"]]] == [(1, 1)]
     assert dense["resolve"]["scale"]["color"] == "independent"
-    points = ui_patterns.pattern_space_chart(samples, heads, (0, 0), density=False).to_dict()
+    points = charts.pattern_space_chart(samples, heads, (0, 0), density=False).to_dict()
     assert points["layer"][0]["mark"]["type"] == "circle" and points["layer"][0]["encoding"]["color"]["field"] == "layer"
     assert len(points["datasets"][points["layer"][0]["data"]["name"]]) == 300
 
@@ -376,7 +378,7 @@ def test_link_chart_uses_blue_for_prefix_links_and_orange_for_patches() -> None:
     attn = np.random.default_rng(0).dirichlet(np.ones(6), size=6)
     cells = attention_cells(attn, ["CLS", "p0", "p1", "p2", "p3", "p4"], 1)
     links = strong_links(cells, 0.1)
-    spec = ui_patterns.link_chart(links, ["CLS"], 6, "L0H0", 0.1).to_dict()
+    spec = charts.link_chart(links, ["CLS"], 6, "L0H0", 0.1).to_dict()
     prefix_layer, patch_layer = spec["layer"]
     assert prefix_layer["encoding"]["color"]["scale"]["scheme"] == "blues"
     assert patch_layer["encoding"]["color"]["scale"]["scheme"] == "oranges"
@@ -390,18 +392,18 @@ def test_link_chart_uses_blue_for_prefix_links_and_orange_for_patches() -> None:
 def test_matrix_chart_signs_prefix_cells_and_is_clickable() -> None:
     attn = np.random.default_rng(1).dirichlet(np.ones(5), size=5)
     cells = attention_cells(attn, ["CLS", "p0", "p1", "p2", "p3"], 1)
-    spec = ui_patterns.matrix_chart(cells, ["CLS"], (2, 3), "L1H0").to_dict()
+    spec = charts.matrix_chart(cells, ["CLS"], (2, 3), "L1H0").to_dict()
     heat, mark = spec["layer"]
     rows = spec["datasets"][heat["data"]["name"]]
     assert all((r["signed"] < 0) == r["prefix"] and abs(r["signed"]) == pytest.approx(r["weight"]) for r in rows)
     assert heat["encoding"]["color"]["scale"]["scheme"] == "blueorange"
-    assert ui_patterns.CELL_SELECTION in [p["name"] for p in spec["params"]]
+    assert charts.CELL_SELECTION in [p["name"] for p in spec["params"]]
     assert [(r["source"], r["target"]) for r in spec["datasets"][mark["data"]["name"]]] == [(2, 3)]
     assert "CLS" in heat["encoding"]["x"]["axis"]["labelExpr"]
 
 
 def test_histogram_chart_marks_the_threshold() -> None:
-    spec = ui_patterns.histogram_chart(weight_histogram(np.array([0.1, 0.2, 0.9])), 0.35, "L0H0").to_dict()
+    spec = charts.histogram_chart(weight_histogram(np.array([0.1, 0.2, 0.9])), 0.35, "L0H0").to_dict()
     bars, rule = spec["layer"]
     assert bars["encoding"]["y"]["scale"]["type"] == "symlog" and bars["encoding"]["y2"] == {"datum": 0}
     assert sorted(r["count"] for r in spec["datasets"][bars["data"]["name"]]) == [1, 1, 1]  # empty bins left out

@@ -15,7 +15,7 @@ import pytest
 from test_browser import CHROMIUM_ARGS, _chromium
 
 from core.casestudy import findings
-from core.report import case_charts, render_report
+from viz.report import case_charts, render_report
 
 SECTIONS = [
     ("summary", "Summary"),

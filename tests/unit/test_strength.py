@@ -1,4 +1,4 @@
-"""core.strength (view C) against slow loop references, and the pure charts of ui.strength."""
+"""core.strength (view C) against slow loop references, and the charts of viz.strength."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from core.strength import (
     prefix_share,
     strength_statistics,
 )
-from ui import strength as charts
+from viz import strength as charts
+from viz.common import HEAD_SELECTION
 
 
 def random_attention(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -304,7 +305,7 @@ def test_heads_chart_is_a_clickable_dot_per_head(demo_stats) -> None:
     assert dots["encoding"]["color"]["field"] == "layer"
     assert dots["encoding"]["xOffset"]["field"] == "head"
     assert {t["field"] for t in dots["encoding"]["tooltip"]} >= {"head_label", "entropy"}
-    assert spec["params"][0]["name"] == charts.HEAD_SELECTION
+    assert spec["params"][0]["name"] == HEAD_SELECTION
     assert spec["params"][0]["select"]["fields"] == ["layer", "head"]
     ring_rows = spec["datasets"][ring["data"]["name"]]
     assert [r["head_label"] for r in ring_rows] == ["L2H3"]

@@ -1,14 +1,18 @@
-"""Pure chart builders: a tidy DataFrame in, an ``alt.Chart`` out. No streamlit here."""
+"""View A, the image overview on the home page: the images laid out in 2-D, and the focus image's top-5.
+
+Pure builders: a tidy DataFrame in, an ``alt.Chart`` out. No streamlit here.
+"""
 
 from __future__ import annotations
 
 import altair as alt
 import pandas as pd
 
-from core.charts import FOCUS_RED, tooltip_field
+from viz.common import FOCUS_RED, tooltip_field
+
+__all__ = ["OVERVIEW_SELECTION", "overview_chart", "top5_chart"]
 
 OVERVIEW_SELECTION = "pick"
-HEAD_SELECTION = "head"  # every chart where a click picks a head: fields layer, head
 _ONE_COLOUR = "#4c78a8"  # a backbone's overview when no image has a label: nothing to colour by
 
 

@@ -1,0 +1,250 @@
+"""View C, attention strength: heads by layer, hop profiles, entropy over the images, 2-D offsets.
+
+Pure builders: a tidy DataFrame from ``core.strength.StrengthStats`` in, an ``alt.Chart``
+out. ``heads_by_layer_chart`` draws C1 on the page (``focus``) and in the report
+(``for_report``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import altair as alt
+import pandas as pd
+
+from core.strength import SPREAD_QUANTILES
+from viz.common import (
+    CHART_WIDTH,
+    FOCUS_RED,
+    HEAD_SELECTION,
+    LAYER_COLOURS,
+    tooltip_field,
+)
+
+__all__ = [
+    "ALL_HEADS",
+    "entropy_distribution_chart",
+    "heads_by_layer_chart",
+    "hop_profile_chart",
+    "layer_dots",
+    "offset_heatmap",
+    "top_heads_hop_profiles_chart",
+]
+
+ALL_HEADS = "all heads (mean)"  # the reference line of ``top_heads_hop_profiles_chart``
+_CHART_HEIGHT = 300  # the page's charts
+_HEAD_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
+
+
+def layer_dots(
+    heads: pd.DataFrame, value: str, axis_title: str, value_format: str = ".3f", *, zero: bool = True, largest: int = 70
+) -> tuple[alt.Chart, dict[str, alt.X | alt.XOffset | alt.Y]]:
+    """A dot per head by layer (a layer's heads side by side), coloured by layer.
+
+    ``heads`` columns: layer, head, head_label and ``value``. Returns the chart and its
+    ``x``, ``xOffset`` and ``y`` encodings, for marks layered on the same heads.
+    """
+    where = {
+        "x": alt.X("layer:O", title="layer", axis=alt.Axis(labelAngle=0)),
+        "xOffset": alt.XOffset("head:O"),
+        "y": alt.Y(f"{value}:Q", title=axis_title, scale=alt.Scale(zero=zero)),
+    }
+    dots = (
+        alt.Chart(heads)
+        # 36 heads get dots of about 66 px², ViT-B's 144 heads 20 px², so a layer's heads stay apart
+        .mark_circle(size=max(20, min(largest, 2400 // max(1, len(heads)))), opacity=0.9)
+        .encode(
+            **where,
+            color=alt.Color("layer:O", scale=alt.Scale(scheme=LAYER_COLOURS), legend=None),
+            tooltip=[tooltip_field("head_label:N", "head"), tooltip_field(f"{value}:Q", axis_title, format=value_format)],
+        )
+    )
+    return dots, where
+
+
+def heads_by_layer_chart(
+    heads: pd.DataFrame,
+    value: str,
+    title: str,
+    axis_title: str,
+    focus: tuple[int, int] | None = None,
+    value_format: str = ".3f",
+    *,
+    reference: tuple[float, str] | None = None,
+    for_report: bool = False,
+) -> alt.LayerChart:
+    """C1: a dot per head, by layer (heads side by side within a layer), coloured by layer.
+
+    ``heads`` columns: layer, head, head_label and ``value`` (e.g. ``StrengthStats.heads()``),
+    and top for the report. ``focus`` (layer, head), on a page: that head is ringed in red
+    and a click selects ``(layer, head)`` under ``HEAD_SELECTION``. ``for_report``: the
+    top heads are ringed in red and a black tick marks each layer's mean, at the report's
+    fixed width. ``reference`` (value, label) draws a dashed rule, e.g. uniform attention's entropy.
+    """
+    tooltip = [tooltip_field("head_label:N", "head"), tooltip_field(f"{value}:Q", axis_title, format=value_format)]
+    if for_report:
+        dots, where = layer_dots(heads, value, axis_title, value_format, zero=False, largest=60)
+    else:
+        dots, where = layer_dots(heads, value, axis_title, value_format)
+    x, y = where["x"], where["y"]
+    if focus is not None:
+        dots = dots.add_params(alt.selection_point(name=HEAD_SELECTION, fields=["layer", "head"], on="click", clear=False))
+    layers: list[alt.Chart] = [dots]
+    notes: list[str] = []
+    if for_report:
+        means = heads.groupby("layer", as_index=False)[value].mean()
+        ticks = (
+            alt.Chart(means)
+            .mark_tick(color="#222222", thickness=2, opacity=0.8)
+            .encode(
+                x=x,
+                y=y,
+                tooltip=[tooltip_field("layer:O", "layer"), tooltip_field(f"{value}:Q", f"layer mean {axis_title}", format=value_format)],
+            )
+        )
+        rings = (
+            alt.Chart(heads[heads["top"]])
+            .mark_point(shape="circle", size=200, strokeWidth=2, color=FOCUS_RED)
+            .encode(**where, tooltip=tooltip)
+        )
+        layers += [ticks, rings]
+        notes += ["a dot per head (set mean)", "tick: layer mean", "red: top heads"]
+    if focus is not None:
+        layer, head = focus
+        layers.append(
+            alt.Chart(heads[(heads["layer"] == layer) & (heads["head"] == head)])
+            .mark_point(shape="circle", size=260, strokeWidth=2.5, color=FOCUS_RED, filled=False)
+            .encode(**where)
+        )
+        notes.append(f"focus head L{layer}H{head} ringed in red")
+    if reference is not None:
+        level, label = reference
+        layers.insert(
+            0,
+            alt.Chart(pd.DataFrame({value: [level], "what": [label]}))
+            .mark_rule(color="#777777", strokeDash=[5, 4])
+            .encode(y=y, tooltip=[tooltip_field("what:N", ""), tooltip_field(f"{value}:Q", value, format=value_format)]),
+        )
+        notes.append(f"dashed: {label}")
+    size = {"width": CHART_WIDTH, "height": 240} if for_report else {"height": _CHART_HEIGHT}
+    subtitle = " · ".join(notes) if notes else alt.Undefined
+    return alt.layer(*layers).properties(title=alt.TitleParams(title, subtitle=subtitle), **size)
+
+
+def hop_profile_chart(profile: pd.DataFrame, head_label: str) -> alt.LayerChart:
+    """C2: ``s_n`` of one head on the focus image (bars), the set's spread (line) and mean (tick).
+
+    ``profile`` columns: hop, strength, mean, low, high (``StrengthStats.hop_profile``).
+    """
+    low, high = (f"{q:.0%}" for q in SPREAD_QUANTILES)
+    x = alt.X("hop:O", title="n-hop neighbours", axis=alt.Axis(labelAngle=0))
+    tooltip = [
+        tooltip_field("hop:O", "hop"),
+        tooltip_field("strength:Q", "focus image", format=".4f"),
+        tooltip_field("mean:Q", "set mean", format=".4f"),
+        tooltip_field("low:Q", f"set {low}", format=".4f"),
+        tooltip_field("high:Q", f"set {high}", format=".4f"),
+    ]
+    base = alt.Chart(profile).encode(x=x, tooltip=tooltip)
+    bars = base.mark_bar(color="#9ecae1", width=alt.RelativeBandSize(0.7)).encode(y=alt.Y("strength:Q", title="strength s_n"))
+    band = base.mark_rule(color="#333333", strokeWidth=2).encode(y="low:Q", y2="high:Q")
+    mean = base.mark_tick(color="#333333", thickness=2, size=14).encode(y="mean:Q")
+    return alt.layer(bars, band, mean).properties(
+        title=alt.TitleParams(
+            f"Attention strength across neighbours · {head_label}",
+            subtitle=f"bars: focus image · line: {low}-{high} of the images · tick: set mean",
+        ),
+        height=_CHART_HEIGHT,
+    )
+
+
+def _head_colours(labels: Sequence[str]) -> alt.Scale:
+    """One hue per top head in rank order, grey for the mean over all heads."""
+    hues = [_HEAD_COLOURS[i % len(_HEAD_COLOURS)] for i in range(len(labels))]
+    return alt.Scale(domain=[*labels, ALL_HEADS], range=[*hues, "#8c8c8c"])
+
+
+def top_heads_hop_profiles_chart(profiles: pd.DataFrame) -> alt.Chart:
+    """The set-mean hop profile ``s_n`` of each top head, and of all heads for comparison.
+
+    ``profiles`` columns: head_label (``ALL_HEADS`` for the reference), hop,
+    strength; the top heads come first, in rank order.
+    """
+    labels = [label for label in dict.fromkeys(profiles["head_label"]) if label != ALL_HEADS]
+    return (
+        alt.Chart(profiles.assign(reference=profiles["head_label"] == ALL_HEADS))
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("hop:O", title="n-hop neighbours", axis=alt.Axis(labelAngle=0)),
+            y=alt.Y("strength:Q", title="mean attention strength s_n"),
+            color=alt.Color("head_label:N", title="head", scale=_head_colours(labels), sort=[*labels, ALL_HEADS]),
+            strokeDash=alt.StrokeDash("reference:N", legend=None, scale=alt.Scale(domain=[False, True], range=[[1, 0], [5, 4]])),
+            tooltip=[
+                tooltip_field("head_label:N", "head"),
+                tooltip_field("hop:O", "hop"),
+                tooltip_field("strength:Q", "s_n", format=".4f"),
+            ],
+        )
+        .properties(
+            title=alt.TitleParams(
+                "Attention strength across neighbours", subtitle="mean over the images · flat = global, falling = local"
+            ),
+            width=CHART_WIDTH,
+            height=240,
+        )
+    )
+
+
+def entropy_distribution_chart(entropies: pd.DataFrame, focus_value: float, head_label: str) -> alt.LayerChart:
+    """C3: histogram of one head's entropy over the images, the focus image as a red rule.
+
+    ``entropies`` columns: image, entropy (``StrengthStats.entropy_over_images``).
+    """
+    bars = (
+        alt.Chart(entropies)
+        .mark_bar(color="#9ecae1")
+        .encode(
+            x=alt.X("entropy:Q", bin=alt.Bin(maxbins=30), title="entropy (nats)"),
+            y=alt.Y("count():Q", title="images"),
+            tooltip=[tooltip_field("entropy:Q", "entropy", bin=alt.Bin(maxbins=30)), tooltip_field("count():Q", "images")],
+        )
+    )
+    rule = (
+        alt.Chart(pd.DataFrame({"entropy": [focus_value]}))
+        .mark_rule(color=FOCUS_RED, strokeWidth=2)
+        .encode(x="entropy:Q", tooltip=[tooltip_field("entropy:Q", "focus image", format=".3f")])
+    )
+    return alt.layer(bars, rule).properties(
+        title=alt.TitleParams(f"Head entropy over all images · {head_label}", subtitle="red: the focus image"),
+        height=_CHART_HEIGHT,
+    )
+
+
+def offset_heatmap(offsets: pd.DataFrame, subtitle: str) -> alt.Chart:
+    """Mean attention at each 2-D offset from the source patch; up is up, left is left.
+
+    ``offsets`` columns: dy, dx, attention (``StrengthStats.offsets``). The centre cell is
+    a patch's attention to itself.
+    """
+    # square cells, the whole map about 240 px wide so it fits a third of a wide page
+    step = max(6, min(18, 240 // offsets["dx"].nunique()))
+    return (
+        alt.Chart(offsets)
+        .mark_rect()
+        .encode(
+            x=alt.X("dx:O", title="dx (patches right of the source)", axis=alt.Axis(labelAngle=0)),
+            # ascending: negative dy (rows above the source) on top, as on the image
+            y=alt.Y("dy:O", title="dy (patches below the source)", sort="ascending"),
+            color=alt.Color("attention:Q", title="attention", scale=alt.Scale(scheme="oranges")),
+            tooltip=[
+                tooltip_field("dy:O", "dy"),
+                tooltip_field("dx:O", "dx"),
+                tooltip_field("attention:Q", "mean attention", format=".4f"),
+            ],
+        )
+        .properties(
+            title=alt.TitleParams("Attention by 2-D offset", subtitle=subtitle),
+            width=alt.Step(step),
+            height=alt.Step(step),
+        )
+    )
