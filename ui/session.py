@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Mapping
@@ -251,7 +253,9 @@ def upload_images(files: list[tuple[str, bytes]], handle: ViTHandle, as_zip: boo
 # on its own (``ui.patterns``).
 ANALYSIS_SETTINGS = CaseSettings()
 _ANALYSIS_ENTRIES = 4
-_analysed: list[tuple[str, str]] = []  # (model key, set key) of the analyses cached last, newest last
+# the predictions of the sets analysed last, by (model key, set key), newest last: the home page reads them
+_analysed: OrderedDict[tuple[str, str], Predictions] = OrderedDict()
+_analysed_lock = threading.Lock()
 
 
 @st.cache_data(max_entries=_ANALYSIS_ENTRIES, show_spinner=False)
@@ -268,7 +272,11 @@ def _analysis(model_key: str, set_key: str, settings_key: str, _handle: ViTHandl
         result = analyze_set(_handle, _images.pil_images(), set_labels(_images), ANALYSIS_SETTINGS, progress=report)
     finally:
         bar.empty()
-    _analysed[:] = [*(k for k in _analysed if k != (model_key, set_key)), (model_key, set_key)][-_ANALYSIS_ENTRIES:]
+    with _analysed_lock:
+        _analysed[(model_key, set_key)] = result.predictions
+        _analysed.move_to_end((model_key, set_key))
+        while len(_analysed) > _ANALYSIS_ENTRIES:
+            _analysed.popitem(last=False)
     return result
 
 
@@ -298,8 +306,10 @@ def predictions(handle: ViTHandle, image_set: ImageSet) -> Predictions:
     page is the first one opened) a forward pass alone gives them, so the overview does
     not wait for every head to be pruned.
     """
-    if (handle.key, image_set.key) in _analysed:
-        return analysis(handle, image_set).predictions
+    with _analysed_lock:
+        analysed = _analysed.get((handle.key, image_set.key))
+    if analysed is not None:
+        return analysed
     try:
         return _predictions(handle.key, image_set.key, handle, image_set)
     except HeadScopeError as err:
