@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from core.errors import NotEnoughImages, UnsupportedMetric
 from core.images import ImageSet
 from core.importance import (
     METRICS,
@@ -209,14 +210,15 @@ def analyze(
     returns the study, the other ranks return ``None``. One process returns the study.
 
     Raises:
-        ValueError: with one sentence (an empty set, a pattern kind the model lacks,
-            fewer images than processes).
+        HeadScopeError: with one sentence: ``NotEnoughImages`` (an empty set, fewer images
+            than processes), ``UnsupportedMapKind`` (a pattern kind the model lacks),
+            ``InvalidSetting`` (a setting out of range).
     """
     from core import distributed
 
     shards = distributed.current()
     if len(image_set) < max(1, shards.size):
-        raise ValueError(
+        raise NotEnoughImages(
             f"The case study needs at least {max(1, shards.size)} image(s), one per process; the set has {len(image_set)}."
         )
     images = image_set.pil_images()
@@ -537,13 +539,17 @@ class CaseFindings:
 
 def findings(study: CaseStudy, metric: str | None = None, top_k: int | None = None) -> CaseFindings:
     """The case study's findings with the heads ranked by ``metric`` (default the study's first metric:
-    ``probability``, or ``layer_impact`` for a backbone; ``top_k`` defaults to the settings')."""
+    ``probability``, or ``layer_impact`` for a backbone; ``top_k`` defaults to the settings').
+
+    Raises:
+        UnsupportedMetric: ``metric`` is unknown or the study does not hold it.
+    """
     metric = study.metrics[0] if metric is None else metric
     if metric not in METRICS:
-        raise ValueError(f"Unknown metric {metric!r}: choose one of {', '.join(METRICS)}.")
+        raise UnsupportedMetric(f"Unknown metric {metric!r}: choose one of {', '.join(METRICS)}.")
     overall = study.tables["importance_overall"]
     if metric not in set(overall["metric"]):
-        raise ValueError(f"This case study has no {metric!r} importance.")
+        raise UnsupportedMetric(f"This case study has no {metric!r} importance.")
     top_k = study.settings.top_k if top_k is None else top_k
     ranked = rank_heads(overall, metric).head(top_k)
     strength = study.strength

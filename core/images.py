@@ -28,7 +28,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from core._imagecheck import check_exif, check_structure
 from core._zipcheck import declared_directory
 from core.digits import digit_images, digits_split
-from core.errors import ImageRejected, human_size
+from core.errors import ImageRejected, LabelsMismatch, human_size
 
 # Truncated files must fail loudly: a half-grey image would silently skew every analysis.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -105,6 +105,9 @@ class ImageSet:
         label_names: The set's own label names, which labels index when the model has no
             classes (a backbone): the sorted folder names of an ImageFolder upload. Empty
             when labels are the model's class indices.
+
+    Raises:
+        LabelsMismatch: with ``label_names``, an image's label is not one of them.
     """
 
     title: str
@@ -117,7 +120,7 @@ class ImageSet:
         if self.label_names:
             for item in self.images:
                 if item.label is not None and not 0 <= item.label < len(self.label_names):
-                    raise ValueError(
+                    raise LabelsMismatch(
                         f"{item.name} has label {item.label}, but the set names labels 0 to {len(self.label_names) - 1}."
                     )
         index: dict[str, SetImage] = {}

@@ -24,6 +24,7 @@ from PIL import Image
 from torch import nn
 
 from core.attention import iter_attention
+from core.errors import InvalidSetting, NotEnoughImages, UnsupportedMapKind
 from core.inference import Progress
 from core.model import ViTHandle, pick_device
 from core.projection import Method, layout_2d
@@ -165,11 +166,12 @@ def sample_maps(
     dropped, so the set's full attention is never held. ``progress(images done, N)``.
 
     Raises:
-        ValueError: ``kind`` is ``"cls"`` for a model without a CLS token, or the cap
-            leaves no map for some head.
+        UnsupportedMapKind: ``kind`` is ``"cls"`` for a model without a CLS token.
+        InvalidSetting: the cap leaves no map for some head.
+        NotEnoughImages: ``x`` holds no image.
     """
     if kind == "cls" and getattr(handle.model, "cls_token", None) is None:
-        raise ValueError("This model has no CLS token, so it has no CLS maps; use patch maps instead.")
+        raise UnsupportedMapKind("This model has no CLS token, so it has no CLS maps; use patch maps instead.")
     per_image = handle.num_layers * handle.num_heads * handle.num_tokens**2 * 4
     step = max(1, _ATTENTION_BYTES // per_image)
 
@@ -209,9 +211,14 @@ def sample_maps_from(
     maps, ``min(max_maps // (L * H), maps it has)``, drawn without replacement from all
     its (image, source) pairs. Equal counts make every head's mean position (D1) equally
     reliable and keep the density from being dominated by any one head.
+
+    Raises:
+        UnsupportedMapKind: ``kind`` is neither ``"patch"`` nor ``"cls"``.
+        InvalidSetting: the cap leaves no map for some head.
+        NotEnoughImages: ``attention`` yields no batch.
     """
     if kind not in ("patch", "cls"):
-        raise ValueError(f"Unknown map kind '{kind}'; use 'patch' or 'cls'.")
+        raise UnsupportedMapKind(f"Unknown map kind '{kind}'; use 'patch' or 'cls'.")
     sources = grid[0] * grid[1] if kind == "patch" else 1
     picks: pd.DataFrame | None = None
     inputs: list[torch.Tensor] = []
@@ -236,7 +243,7 @@ def sample_maps_from(
         if progress is not None:
             progress(start, num_images)
     if picks is None:
-        raise ValueError("Attention patterns need at least one image.")
+        raise NotEnoughImages("Attention patterns need at least one image.")
     origin = picks.assign(source=picks["source"] if kind == "patch" else -1).reset_index(drop=True)
     return MapSample(torch.cat(inputs), origin, kind, grid, num_layers, num_heads)
 
@@ -245,7 +252,7 @@ def _draw(num_images: int, sources: int, num_layers: int, num_heads: int, max_ma
     """Which maps to take: columns image, layer, head, source; ordered by image for streaming."""
     heads = num_layers * num_heads
     if max_maps < heads:
-        raise ValueError(
+        raise InvalidSetting(
             f"The sample cap of {max_maps} maps is below the model's {heads} heads; "
             "raise it so that every head contributes at least one map."
         )

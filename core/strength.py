@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from core.attention import iter_attention
+from core.errors import NotEnoughImages
 from core.inference import Progress
 from core.model import ViTHandle
 
@@ -316,10 +317,10 @@ def strength_statistics(
     of the whole set is ever held. ``batch_size`` defaults to ``attention_batch_size``.
 
     Raises:
-        ValueError: ``images`` is empty.
+        NotEnoughImages: ``images`` is empty.
     """
     if not images:
-        raise ValueError("Strength statistics need at least one image.")
+        raise NotEnoughImages("Strength statistics need at least one image.")
     batch_size = batch_size or attention_batch_size(handle)
     grid, prefix = handle.grid, handle.num_prefix_tokens
     n, per_image = len(images), (len(images), handle.num_layers, handle.num_heads)

@@ -81,7 +81,8 @@ def live_study(handle: ViTHandle, image_set: ImageSet, settings: CaseSettings) -
     """The case study of the current model and set, from the views' cached results.
 
     Raises:
-        ValueError: with a sentence for the user (e.g. CLS maps on a model without CLS).
+        HeadScopeError: with a sentence for the user (e.g. ``UnsupportedMapKind`` for CLS maps
+            on a model without CLS).
     """
     tables = importance.importance_tables(handle, image_set)
     curve = importance.curve(handle, image_set, tables)

@@ -121,7 +121,8 @@ def pattern_view(handle: ViTHandle, image_set: ImageSet, kind: MapKind, max_maps
     """Sample, train, lay out and cluster (each step cached); waits visibly for UMAP if needed.
 
     Raises:
-        ValueError: with a sentence for the user (no CLS token, cap below the head count).
+        UnsupportedMapKind, InvalidSetting: with a sentence for the user (no CLS token, cap
+            below the head count); NotEnoughImages for an empty set.
     """
     space = _space(handle.key, image_set.key, kind, max_maps, SEED, handle, image_set)
     method, note = layout_method()

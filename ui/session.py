@@ -144,10 +144,9 @@ def _start_from_environment(environ: Mapping[str, str]) -> str | None:
         return None
     img_size = None
     if size_text:
-        try:
-            img_size = int(size_text)
-        except ValueError:
+        if not size_text.isdecimal():
             return f"{ENV_IMG_SIZE} must be a whole number of pixels, not '{size_text}'."
+        img_size = int(size_text)
     digest = None
     if path:
         try:
@@ -160,7 +159,7 @@ def _start_from_environment(environ: Mapping[str, str]) -> str | None:
     spec = ModelSpec(name, digest, img_size, path)
     try:
         _load(spec)
-    except (HeadScopeError, ValueError) as err:
+    except HeadScopeError as err:
         return f"The start model {name} from {ENV_MODEL} could not be loaded: {err}"
     st.session_state[MODEL_KEY] = spec
     return None
@@ -176,7 +175,7 @@ def current_model() -> ViTHandle:
     checkpoints: dict[str, bytes] = st.session_state.get("checkpoints", {})
     try:
         return _load(spec, checkpoints.get(spec.checkpoint_digest or ""))
-    except (HeadScopeError, ValueError) as err:
+    except HeadScopeError as err:
         if spec == ModelSpec():
             raise
         st.error(plain(f"{err} Switched back to the demo model."))
@@ -196,7 +195,7 @@ def switch_model(name: str, checkpoint: bytes | None, img_size: int | None = Non
     spec = ModelSpec(name.strip(), digest, img_size)
     try:
         _load(spec, checkpoint)
-    except (HeadScopeError, ValueError) as err:  # ValueError: an input size that does not fit the patches
+    except HeadScopeError as err:  # InvalidSetting: an input size that does not fit the patches
         return str(err)
     st.session_state["checkpoints"] = {digest: checkpoint} if digest and checkpoint else {}
     st.session_state[MODEL_KEY] = spec
