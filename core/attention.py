@@ -10,6 +10,13 @@ import torch
 from core._hooks import capture_head_input, capture_patterns, locked_forward
 from core.model import ViTHandle
 
+__all__ = [
+    "DEFAULT_BATCH",
+    "AttentionBatch",
+    "extract_attention",
+    "iter_attention",
+]
+
 DEFAULT_BATCH = 32
 
 

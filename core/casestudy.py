@@ -50,6 +50,35 @@ from core.patterns import (
 from core.projection import Method
 from core.strength import StrengthStats, strength_statistics
 
+__all__ = [
+    "ARRAYS",
+    "BUNDLE_FORMAT",
+    "BUNDLE_VERSION",
+    "KILLER_SHARE",
+    "NEGLIGIBLE_CHANGE",
+    "NEGLIGIBLE_DROP",
+    "PARTIAL_MODES",
+    "TABLES",
+    "TABLE_COLUMNS",
+    "THUMBNAIL_SIDE",
+    "VERSIONED_PACKAGES",
+    "CaseFindings",
+    "CaseSettings",
+    "CaseStudy",
+    "HeadFinding",
+    "StageProgress",
+    "analyze",
+    "assemble",
+    "findings",
+    "hurt_images",
+    "library_versions",
+    "model_summary",
+    "negligible",
+    "set_labels",
+    "studied_heads",
+    "thumbnail_png",
+]
+
 BUNDLE_FORMAT = "headscope-bundle"
 # 2: backbones (empty class names), the output_impact metric, the curve's similarity and
 # partial pruning's output_impact columns. Bundles of version 1 still open.

@@ -13,6 +13,28 @@ import pandas as pd
 
 from core.importance import HIGHER_MEANS_LESS_IMPORTANT, METRICS, RANDOM_ORDER, HeadImportance
 
+__all__ = [
+    "FOCUS_RED",
+    "LAYER_COLOURS",
+    "ORDER_COLOURS",
+    "PATCH_SCHEME",
+    "RESERVED_TOOLTIP_KEYS",
+    "SIMILARITY_TITLE",
+    "curve_column",
+    "density_rects",
+    "head_index_x",
+    "head_line",
+    "head_value_tooltip",
+    "importance_cells",
+    "layer_dots",
+    "metric_title",
+    "prototype_chart",
+    "pruning_curve_chart",
+    "tooltip_field",
+    "unpruned_rule",
+    "unpruned_value",
+]
+
 FOCUS_RED = "#d62728"  # the focus image or head on the pages, the top heads in the report
 LAYER_COLOURS = "tableau20"  # one distinct hue per layer (up to 20), as the paper's views C1 and D1
 ORDER_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#8c564b", "#9467bd", "#8c8c8c"]  # one per metric, grey for random

@@ -26,6 +26,18 @@ import torch.distributed as dist
 from core.importance import HeadImportance
 from core.strength import StrengthStats
 
+__all__ = [
+    "Shards",
+    "combine_curves",
+    "combine_importance",
+    "combine_strength",
+    "current",
+    "gather",
+    "local_device",
+    "start_from_environment",
+    "stop",
+]
+
 
 @dataclass(frozen=True)
 class Shards:

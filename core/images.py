@@ -30,6 +30,27 @@ from core._zipcheck import declared_directory
 from core.digits import digit_images, digits_split
 from core.errors import ImageRejected, LabelsMismatch, human_size
 
+__all__ = [
+    "ALLOWED_FORMATS",
+    "DEFAULT_LIMITS",
+    "FOLDER_LIMITS",
+    "NEUTRAL_GREY",
+    "SAMPLE_PHOTOS",
+    "ImageSet",
+    "SetImage",
+    "UploadLimits",
+    "decode_image",
+    "demo_digits_set",
+    "image_id",
+    "image_set_from_files",
+    "image_set_from_folder",
+    "image_set_from_zip",
+    "image_set_key",
+    "match_class_name",
+    "sample_photos_set",
+    "sanitize_name",
+]
+
 # Truncated files must fail loudly: a half-grey image would silently skew every analysis.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 

@@ -30,6 +30,30 @@ from core.inference import Progress
 from core.errors import InvalidSetting, LabelsMismatch, NotEnoughImages, UnsupportedMetric
 from core.model import ViTHandle
 
+__all__ = [
+    "BACKBONE_METRICS",
+    "BACKBONE_REASON",
+    "CLASS_METRICS",
+    "DEFAULT_BATCH",
+    "HIGHER_MEANS_LESS_IMPORTANT",
+    "METRICS",
+    "METRIC_HELP",
+    "MODES",
+    "MODE_BLOCKS",
+    "MODE_REMOVES",
+    "RANDOM_ORDER",
+    "RANKED_BY_MAGNITUDE",
+    "HeadImportance",
+    "ImageBatch",
+    "head_importance",
+    "head_importance_tables",
+    "metrics_for",
+    "partial_pruning",
+    "pruning_curve",
+    "rank_heads",
+    "target_measure",
+]
+
 METRICS: tuple[str, ...] = ("probability", "accuracy", "layer_impact", "output_impact", "taylor")
 # The metrics that need a class target (a label or the top-1 class): a backbone has none.
 CLASS_METRICS: frozenset[str] = frozenset({"probability", "accuracy", "taylor"})

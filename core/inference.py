@@ -13,6 +13,13 @@ from PIL import Image
 from core._hooks import capture_head_input, locked_forward
 from core.model import ViTHandle
 
+__all__ = [
+    "Predictions",
+    "Progress",
+    "predict_images",
+    "top_k",
+]
+
 Progress = Callable[[int, int], None]  # (images done, images in all)
 
 

@@ -44,6 +44,23 @@ from core.errors import (
     UnsupportedModel,
 )
 
+__all__ = [
+    "BUILTIN_MODELS",
+    "DATA_DIR",
+    "DEFAULT_IMG_SIZE",
+    "DEMO_CARD",
+    "DEMO_NAME",
+    "DINOV2_NAME",
+    "LoadProgress",
+    "ViTHandle",
+    "imagenet_class_names",
+    "imagenet_synsets",
+    "load_model",
+    "model_lock",
+    "pick_device",
+    "wrap_model",
+]
+
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 DEMO_CARD = DATA_DIR / "demo_vit.json"
 DEMO_NAME = "demo"

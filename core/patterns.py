@@ -29,6 +29,34 @@ from core.inference import Progress
 from core.model import ViTHandle, pick_device
 from core.projection import Method, layout_2d
 
+__all__ = [
+    "AE_SIZE",
+    "DEFAULT_CLUSTERS",
+    "DEFAULT_MAX_MAPS",
+    "LATENT_DIM",
+    "MapKind",
+    "MapSample",
+    "PatternAutoencoder",
+    "PatternClusters",
+    "PatternLayout",
+    "PatternSpace",
+    "attention_cells",
+    "autoencoder_input",
+    "centre_on_source",
+    "cluster_patterns",
+    "display_shape",
+    "grid_maps",
+    "project_patterns",
+    "resize_maps",
+    "sample_maps",
+    "sample_maps_from",
+    "strong_links",
+    "token_names",
+    "train_autoencoder",
+    "training_steps",
+    "weight_histogram",
+]
+
 MapKind = Literal["patch", "cls"]
 ArrayT = TypeVar("ArrayT", torch.Tensor, np.ndarray)
 

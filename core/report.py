@@ -38,6 +38,21 @@ from core.charts import (
 )
 from core.importance import HIGHER_MEANS_LESS_IMPORTANT, METRIC_HELP, METRICS, MODE_REMOVES, MODES, rank_heads, target_measure
 
+__all__ = [
+    "CHART_WIDTH",
+    "case_charts",
+    "head_values",
+    "heads_by_layer_chart",
+    "hop_profiles_chart",
+    "importance_heatmap",
+    "importance_line_chart",
+    "mode_chart_key",
+    "mode_probability_chart",
+    "pattern_space_chart",
+    "reconstruction_chart",
+    "render_report",
+]
+
 CHART_WIDTH = 540  # plot area; with axes and legends a chart stays within about 600 px
 _HEAD_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
 _ALL_HEADS = "all heads (mean)"

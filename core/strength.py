@@ -24,6 +24,20 @@ from core.errors import NotEnoughImages
 from core.inference import Progress
 from core.model import ViTHandle
 
+__all__ = [
+    "ATTENTION_BUDGET_BYTES",
+    "MAX_BATCH",
+    "SPREAD_QUANTILES",
+    "StrengthStats",
+    "attention_batch_size",
+    "attention_distance",
+    "hop_entropy",
+    "hop_strength",
+    "offset_strength",
+    "prefix_share",
+    "strength_statistics",
+]
+
 MAX_BATCH = 32
 # a batch's attention is L * H * T * T floats per image: about 0.6 MB for the demo model
 # but 22 MB for ViT-B/16, so the batch is sized to this budget rather than fixed

@@ -21,6 +21,24 @@ from core.model import ViTHandle
 from core.patterns import DEFAULT_CLUSTERS
 from ui import importance, patterns, session, strength
 
+__all__ = [
+    "EVIDENCE",
+    "FINDING_LINKS",
+    "MAX_TOP_K",
+    "OPENED_KEY",
+    "REFUSED_KEY",
+    "UPLOAD_ROUND_KEY",
+    "VIEW_PAGES",
+    "OpenedBundle",
+    "close_bundle",
+    "live_settings",
+    "live_study",
+    "open_bundle",
+    "open_in_view",
+    "opened_bundle",
+    "uploader_key",
+]
+
 OPENED_KEY = "case_bundle"  # (sha256 of the bundle, file name, CaseStudy)
 UPLOAD_ROUND_KEY = "case_bundle_round"
 REFUSED_KEY = "case_bundle_refused"  # ((sha256, model key), sentence) of the last bundle refused

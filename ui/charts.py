@@ -7,6 +7,13 @@ import pandas as pd
 
 from core.charts import FOCUS_RED, tooltip_field
 
+__all__ = [
+    "HEAD_SELECTION",
+    "OVERVIEW_SELECTION",
+    "overview_chart",
+    "top5_chart",
+]
+
 OVERVIEW_SELECTION = "pick"
 HEAD_SELECTION = "head"  # every chart where a click picks a head: fields layer, head
 _ONE_COLOUR = "#4c78a8"  # a backbone's overview when no image has a label: nothing to colour by

@@ -30,6 +30,22 @@ from ui import session
 # one head-picking selection and focus colour for every view's head charts
 from ui.charts import HEAD_SELECTION
 
+__all__ = [
+    "CURVE_STEPS",
+    "baseline_value",
+    "curve",
+    "importance_heatmap",
+    "importance_line_chart",
+    "importance_tables",
+    "metric_values",
+    "partial",
+    "partial_pruning_chart",
+    "partial_table",
+    "show_ranked_table",
+    "target_measure",
+    "top5_table",
+]
+
 _CHART_HEIGHT = 300
 # (query, key) blocks of the attention matrix in the order of ``MODE_BLOCKS``' flags
 _BLOCK_NAMES = ("prefix → prefix", "prefix → patch", "patch → prefix", "patch → patch")

@@ -37,6 +37,35 @@ from core.charts import FOCUS_RED, LAYER_COLOURS, PATCH_SCHEME, density_rects, t
 from ui.charts import HEAD_SELECTION
 from ui.display import enlarge_for_display
 
+__all__ = [
+    "CELL_SELECTION",
+    "DEFAULT_SAMPLE_SIZE",
+    "MATRIX_CHART_KEY",
+    "MAX_POINTS",
+    "PATCH_ORANGE",
+    "SAMPLE_SIZES",
+    "SEED",
+    "SOURCE_KEY",
+    "SPACE_CHART_KEY",
+    "TARGET_BLUE",
+    "TARGET_KEY",
+    "UMAP_COMPILE_SECONDS",
+    "UMAP_WAIT_LIMIT",
+    "PatternView",
+    "attention_overlay",
+    "histogram_chart",
+    "image_attention",
+    "layout_method",
+    "link_chart",
+    "matrix_chart",
+    "model_view",
+    "patch_position",
+    "pattern_space_chart",
+    "pattern_view",
+    "pick_cell",
+    "reset_token_picks",
+]
+
 CELL_SELECTION = "cell"
 SPACE_CHART_KEY = "pattern_space_chart"
 MATRIX_CHART_KEY = "pattern_matrix_chart"

@@ -26,6 +26,43 @@ from core.projection import layout_2d, umap_failed, umap_ready
 from ui.charts import HEAD_SELECTION
 from ui.display import enlarge_for_display, plain
 
+__all__ = [
+    "ENV_CHECKPOINT",
+    "ENV_IMG_SIZE",
+    "ENV_MODEL",
+    "FOCUS_KEY",
+    "MODEL_KEY",
+    "NO_LABEL",
+    "SAMPLES",
+    "SOURCE_CHOICE_KEY",
+    "SOURCE_KEY",
+    "START_CHECKED_KEY",
+    "UPLOAD",
+    "UPLOADED_KEY",
+    "ZIP",
+    "FocusSelection",
+    "ModelSpec",
+    "PageContext",
+    "active_image_set",
+    "current_model",
+    "current_spec",
+    "focus",
+    "focus_image_id",
+    "forget_upload",
+    "overview_points",
+    "page_context",
+    "pick_head",
+    "predictions",
+    "progress_bar",
+    "sample_set",
+    "set_focus_head",
+    "set_focus_image",
+    "show_head_chart",
+    "switch_model",
+    "umap_pending",
+    "upload_images",
+]
+
 MODEL_KEY = "model_spec"
 SOURCE_KEY = "image_source"  # the home page's radio; Streamlit drops it on other pages
 SOURCE_CHOICE_KEY = "image_source_choice"  # the same choice, kept while other pages run

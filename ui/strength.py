@@ -18,6 +18,15 @@ from ui import session
 from core.charts import FOCUS_RED, layer_dots, tooltip_field
 from ui.charts import HEAD_SELECTION
 
+__all__ = [
+    "entropy_distribution_chart",
+    "heads_by_layer_chart",
+    "hop_profile_chart",
+    "image_statistics",
+    "offset_heatmap",
+    "set_statistics",
+]
+
 _CHART_HEIGHT = 300
 
 
