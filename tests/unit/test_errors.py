@@ -26,7 +26,12 @@ from core.errors import (
     UnsupportedMetric,
 )
 from core.images import ImageSet
-from core.importance import head_importance, head_importance_tables, partial_pruning, pruning_curve
+from core.importance import (
+    head_importance,
+    head_importance_tables,
+    partial_pruning,
+    pruning_curve,
+)
 from core.model import load_model, wrap_model
 from core.patterns import sample_maps, sample_maps_from
 from core.strength import strength_statistics
