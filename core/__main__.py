@@ -17,7 +17,7 @@ from typing import Sequence
 
 from core import distributed
 from core.casestudy import CaseSettings, analyze, findings
-from core.errors import HeadScopeError, UnsupportedMetric
+from core.errors import HeadScopeError, InvalidSetting, UnsupportedMetric
 from core.importance import BACKBONE_REASON, METRICS, metrics_for
 from core.settings import DEFAULT_CLUSTERS
 
@@ -89,7 +89,7 @@ class _StageBars:
 def _settings(args: argparse.Namespace) -> CaseSettings:
     for name in ("top_k", "hurt_images", "max_maps", "clusters", "curve_steps"):
         if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}.")
+            raise InvalidSetting(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}.")
     return CaseSettings(
         top_k=args.top_k, hurt_images=args.hurt_images, kind=args.kind, max_maps=args.max_maps,
         n_clusters=args.clusters, curve_steps=args.curve_steps, seed=args.seed,
@@ -107,9 +107,9 @@ def analyze_command(args: argparse.Namespace) -> int:
         if path is None:
             continue
         if path.is_dir():
-            raise ValueError(f"{flag} {path} is a folder; give a file name such as results.zip.")
+            raise InvalidSetting(f"{flag} {path} is a folder; give a file name such as results.zip.")
         if not path.resolve().parent.is_dir():
-            raise ValueError(f"{flag} {path}: the folder {path.resolve().parent} does not exist; create it first.")
+            raise InvalidSetting(f"{flag} {path}: the folder {path.resolve().parent} does not exist; create it first.")
     started = time.perf_counter()
     shards = distributed.start_from_environment()
     lead = shards.rank == 0  # under torchrun, rank 0 talks and writes
@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return analyze_command(args)
-    except (HeadScopeError, ValueError, OSError) as err:
+    except (HeadScopeError, OSError) as err:
         message = err.strerror + f": {err.filename}" if isinstance(err, OSError) and err.strerror else str(err)
         print(f"error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT

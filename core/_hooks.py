@@ -19,6 +19,15 @@ from core.errors import NonFiniteOutputs
 if TYPE_CHECKING:
     from core.model import ViTHandle
 
+__all__ = [
+    "HookSet",
+    "capture_head_input",
+    "capture_patterns",
+    "locked_forward",
+    "locked_hooks",
+    "temporary_hooks",
+]
+
 
 _NON_FINITE = (
     "The model outputs NaN or infinite values for these images (its weights overflow on them), "

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from core._hooks import capture_head_input, capture_patterns, check_finite, locked_hooks
-from core.errors import EmptyImageSet
+from core.errors import NotEnoughImages
 from core.importance import (
     HeadImportance,
     _check_labels,
@@ -48,12 +48,15 @@ from core.settings import MAP_KINDS, CaseSettings, MapKind, images_per_batch
 from core.strength import StrengthStats, attention_distance, hop_entropy, hop_strength, offset_strength, prefix_share
 
 __all__ = [
-    "SetAnalysis",
+    "CURVE_STAGE",
+    "PASS_STAGE",
     "PassResult",
+    "SetAnalysis",
     "analyze_set",
+    "draw_samples",
     "first_pass",
     "map_kinds",
-    "draw_samples",
+    "samples_from",
 ]
 
 Progress = Callable[[int, int], None]  # (done, in all)
@@ -147,7 +150,7 @@ def analyze_set(
         progress: ``progress(stage, done, total)`` for the stages ``PASS_STAGE`` and ``CURVE_STAGE``.
 
     Raises:
-        EmptyImageSet: no images.
+        NotEnoughImages: no images.
         InvalidSetting: a sample cap below the model's head count, or a bad batch size.
         UnsupportedMetric: a class-based metric asked of a backbone.
     """
@@ -197,11 +200,11 @@ def first_pass(
     the importance tables count from 0 within the shard, map origins within the set.
 
     Raises:
-        EmptyImageSet: no images.
+        NotEnoughImages: no images.
     """
     n = len(images)
     if n == 0:
-        raise EmptyImageSet("The analysis needs at least one image.")
+        raise NotEnoughImages("The analysis needs at least one image.")
     metrics = _check_metrics(metrics, handle)
     given = _check_labels(handle, labels, n)
     step = images_per_batch(handle, batch_size)

@@ -11,6 +11,12 @@ from core._hooks import capture_head_input, capture_patterns, locked_forward
 from core.model import ViTHandle
 from core.settings import images_per_batch
 
+__all__ = [
+    "AttentionBatch",
+    "extract_attention",
+    "iter_attention",
+]
+
 
 @dataclass(frozen=True)
 class AttentionBatch:

@@ -43,6 +43,15 @@ from core.casestudy import ARRAYS, BUNDLE_FORMAT, BUNDLE_VERSION, TABLE_COLUMNS,
 from core.errors import BundleRejected, human_size
 from core.importance import BACKBONE_METRICS, METRICS, MODES, RANDOM_ORDER
 
+__all__ = [
+    "DEFAULT_BUNDLE_LIMITS",
+    "MANIFEST",
+    "BundleLimits",
+    "load_bundle",
+    "save_bundle",
+    "write_bundle",
+]
+
 MANIFEST = "manifest.json"
 # A fixed timestamp makes the same study give the same bytes (1980 is ZIP's epoch).
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)

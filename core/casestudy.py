@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from core.analysis import PASS_STAGE, SetAnalysis, draw_samples, first_pass, samples_from
-from core.errors import EmptyImageSet, UnsupportedMapKind
+from core.errors import NotEnoughImages, UnsupportedMapKind, UnsupportedMetric
 from core.images import ImageSet
 from core.importance import (
     METRICS,
@@ -51,6 +51,35 @@ from core.patterns import (
 from core.projection import Method
 from core.settings import CaseSettings
 from core.strength import StrengthStats
+
+__all__ = [
+    "ARRAYS",
+    "BUNDLE_FORMAT",
+    "BUNDLE_VERSION",
+    "KILLER_SHARE",
+    "NEGLIGIBLE_CHANGE",
+    "NEGLIGIBLE_DROP",
+    "PARTIAL_MODES",
+    "TABLES",
+    "TABLE_COLUMNS",
+    "THUMBNAIL_SIDE",
+    "VERSIONED_PACKAGES",
+    "CaseFindings",
+    "CaseSettings",
+    "CaseStudy",
+    "HeadFinding",
+    "StageProgress",
+    "analyze",
+    "assemble",
+    "findings",
+    "hurt_images",
+    "library_versions",
+    "model_summary",
+    "negligible",
+    "set_labels",
+    "studied_heads",
+    "thumbnail_png",
+]
 
 BUNDLE_FORMAT = "headscope-bundle"
 # 2: backbones (empty class names), the output_impact metric, the curve's similarity and
@@ -191,15 +220,15 @@ def analyze(
     rest and returns the study, the other ranks return ``None``. One process returns the study.
 
     Raises:
-        EmptyImageSet: fewer images than processes (or none).
-        UnsupportedMapKind: CLS maps asked of a model without a CLS token.
-        InvalidSetting: a sample cap below the model's head count.
+        HeadScopeError: with one sentence: ``NotEnoughImages`` (an empty set, fewer images
+            than processes), ``UnsupportedMapKind`` (a pattern kind the model lacks),
+            ``InvalidSetting`` (a setting out of range).
     """
     from core import distributed
 
     shards = distributed.current()
     if len(image_set) < max(1, shards.size):
-        raise EmptyImageSet(
+        raise NotEnoughImages(
             f"The case study needs at least {max(1, shards.size)} image(s), one per process; the set has {len(image_set)}."
         )
     labels = set_labels(image_set)
@@ -549,13 +578,17 @@ class CaseFindings:
 
 def findings(study: CaseStudy, metric: str | None = None, top_k: int | None = None) -> CaseFindings:
     """The case study's findings with the heads ranked by ``metric`` (default the study's first metric:
-    ``probability``, or ``layer_impact`` for a backbone; ``top_k`` defaults to the settings')."""
+    ``probability``, or ``layer_impact`` for a backbone; ``top_k`` defaults to the settings').
+
+    Raises:
+        UnsupportedMetric: ``metric`` is unknown or the study does not hold it.
+    """
     metric = study.metrics[0] if metric is None else metric
     if metric not in METRICS:
-        raise ValueError(f"Unknown metric {metric!r}: choose one of {', '.join(METRICS)}.")
+        raise UnsupportedMetric(f"Unknown metric {metric!r}: choose one of {', '.join(METRICS)}.")
     overall = study.tables["importance_overall"]
     if metric not in set(overall["metric"]):
-        raise ValueError(f"This case study has no {metric!r} importance.")
+        raise UnsupportedMetric(f"This case study has no {metric!r} importance.")
     top_k = study.settings.top_k if top_k is None else top_k
     ranked = rank_heads(overall, metric).head(top_k)
     strength = study.strength

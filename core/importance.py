@@ -27,9 +27,32 @@ from torch import nn
 
 from core._hooks import HookSet, locked_forward, locked_hooks, temporary_hooks
 from core.inference import Progress
-from core.errors import UnsupportedMetric
+from core.errors import InvalidSetting, LabelsMismatch, NotEnoughImages, UnsupportedMetric
 from core.model import ViTHandle
 from core.settings import HELD_BUDGET, images_per_batch
+
+__all__ = [
+    "BACKBONE_METRICS",
+    "BACKBONE_REASON",
+    "CLASS_METRICS",
+    "HIGHER_MEANS_LESS_IMPORTANT",
+    "METRICS",
+    "METRIC_HELP",
+    "MODES",
+    "MODE_BLOCKS",
+    "MODE_REMOVES",
+    "RANDOM_ORDER",
+    "RANKED_BY_MAGNITUDE",
+    "HeadImportance",
+    "ImageBatch",
+    "head_importance",
+    "head_importance_tables",
+    "metrics_for",
+    "partial_pruning",
+    "pruning_curve",
+    "rank_heads",
+    "target_measure",
+]
 
 METRICS: tuple[str, ...] = ("probability", "accuracy", "layer_impact", "output_impact", "taylor")
 # The metrics that need a class target (a label or the top-1 class): a backbone has none.
@@ -181,8 +204,10 @@ def head_importance_tables(
         progress: called as ``progress(images done, images in all)``.
 
     Raises:
-        ValueError: no images, an unknown metric, or labels that do not fit.
-        UnsupportedMetric: a class-based metric asked of a backbone.
+        NotEnoughImages: no images.
+        InvalidSetting: a batch size below 1.
+        LabelsMismatch: labels that do not fit the images or the model's classes.
+        UnsupportedMetric: an unknown metric, or a class-based metric asked of a backbone.
     """
     metrics = _check_metrics(metrics, handle)
     n = len(x)
@@ -304,9 +329,12 @@ def pruning_curve(
         Columns order (a metric or ``"random"``), pruned (heads removed), fraction (of
         all heads), accuracy (NaN for a backbone), similarity (mean over images of the
         cosine similarity of the model's output with the unpruned output).
+
+    Raises:
+        InvalidSetting: ``steps`` below 1 (and the errors of ``head_importance_tables``).
     """
     if steps < 1:
-        raise ValueError("The pruning curve needs at least one step.")
+        raise InvalidSetting("The pruning curve needs at least one step.")
     n = len(x)
     given = _check_labels(handle, labels, n)
     num_heads = handle.num_layers * handle.num_heads
@@ -390,7 +418,8 @@ def partial_pruning(
         target), predicted (top-1 class name) and top5 (list of (class name, probability)).
 
     Raises:
-        ValueError: not exactly one image, or a layer, head or target out of range.
+        InvalidSetting: a layer, head or target out of range.
+        ValueError: ``x`` is not exactly one image (a programming error).
         UnsupportedMetric: a target class given for a backbone.
     """
     _check_head(handle, layer, head)
@@ -399,7 +428,7 @@ def partial_pruning(
     if target is not None and handle.is_backbone:
         raise UnsupportedMetric(f"'{handle.name}' is a backbone without classes, so partial pruning has no target class.")
     if target is not None and not 0 <= target < len(handle.class_names):
-        raise ValueError(f"Target class {target} does not exist: this model has classes 0 to {len(handle.class_names) - 1}.")
+        raise InvalidSetting(f"Target class {target} does not exist: this model has classes 0 to {len(handle.class_names) - 1}.")
     masks = _mode_masks(handle.num_tokens, handle.num_prefix_tokens)
     if unpruned is not None:
         masks = masks[1:]  # mode "none" (no mask) is the output the caller gave
@@ -617,7 +646,7 @@ def _mode_masks(tokens: int, prefix: int) -> torch.Tensor:
 def _batches(handle: ViTHandle, x: ImageBatch, batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:
     """``(start, [b, C, H, W] on the model's device)``; PIL images are preprocessed batch by batch."""
     if len(x) == 0:
-        raise ValueError("Head importance needs at least one image.")
+        raise NotEnoughImages("Head importance needs at least one image.")
     step = images_per_batch(handle, batch_size)
     for start in range(0, len(x), step):
         part = x[start:start + step]
@@ -662,10 +691,10 @@ def _check_metrics(metrics: Sequence[str] | None, handle: ViTHandle | None) -> t
     if isinstance(metrics, str):
         metrics = (metrics,)
     if not metrics:
-        raise ValueError(f"Pick at least one head-importance metric from {', '.join(METRICS)}.")
+        raise UnsupportedMetric(f"Pick at least one head-importance metric from {', '.join(METRICS)}.")
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
-        raise ValueError(f"'{unknown[0]}' is not a head-importance metric; choose from {', '.join(METRICS)}.")
+        raise UnsupportedMetric(f"'{unknown[0]}' is not a head-importance metric; choose from {', '.join(METRICS)}.")
     if handle is not None and handle.is_backbone:
         refused = [m for m in metrics if m in CLASS_METRICS]
         if refused:
@@ -682,17 +711,17 @@ def _check_labels(handle: ViTHandle, labels: torch.Tensor | None, n: int) -> tor
         return torch.full((n,), -1, dtype=torch.long)
     labels = torch.as_tensor(labels).long().cpu()
     if labels.shape != (n,):
-        raise ValueError(f"Got {labels.numel()} labels for {n} images; give one label per image (negative = unknown).")
+        raise LabelsMismatch(f"Got {labels.numel()} labels for {n} images; give one label per image (negative = unknown).")
     if not handle.is_backbone and bool((labels >= len(handle.class_names)).any()):
-        raise ValueError(f"A label is {int(labels.max())}, but this model has classes 0 to {len(handle.class_names) - 1}.")
+        raise LabelsMismatch(f"A label is {int(labels.max())}, but this model has classes 0 to {len(handle.class_names) - 1}.")
     return labels
 
 
 def _check_head(handle: ViTHandle, layer: int, head: int) -> None:
     if not 0 <= layer < handle.num_layers:
-        raise ValueError(f"Layer {layer} does not exist: this model has layers 0 to {handle.num_layers - 1}.")
+        raise InvalidSetting(f"Layer {layer} does not exist: this model has layers 0 to {handle.num_layers - 1}.")
     if not 0 <= head < handle.num_heads:
-        raise ValueError(f"Head {head} does not exist: this model has heads 0 to {handle.num_heads - 1} in each layer.")
+        raise InvalidSetting(f"Head {head} does not exist: this model has heads 0 to {handle.num_heads - 1} in each layer.")
 
 
 def _tidy(values: dict[str, np.ndarray]) -> pd.DataFrame:

@@ -14,6 +14,13 @@ from core._hooks import capture_head_input, locked_forward
 from core.model import ViTHandle
 from core.settings import images_per_batch
 
+__all__ = [
+    "Predictions",
+    "Progress",
+    "predict_images",
+    "top_k",
+]
+
 Progress = Callable[[int, int], None]  # (images done, images in all)
 
 

@@ -34,7 +34,32 @@ from core._hooks import locked_forward
 from core._zipcheck import (
     EOCD, EOCD_FORMAT, EOCD_SIZE, LOCATOR, LOCATOR_SIZE, ZIP64, ZIP64_FORMAT, ZIP64_SIZE, declared_directory,
 )
-from core.errors import CheckpointRejected, HeadScopeError, ModelUnavailable, NonFiniteOutputs, UnsupportedModel
+from core.errors import (
+    CheckpointRejected,
+    HeadScopeError,
+    InvalidSetting,
+    LabelsMismatch,
+    ModelUnavailable,
+    NonFiniteOutputs,
+    UnsupportedModel,
+)
+
+__all__ = [
+    "BUILTIN_MODELS",
+    "DATA_DIR",
+    "DEFAULT_IMG_SIZE",
+    "DEMO_CARD",
+    "DEMO_NAME",
+    "DINOV2_NAME",
+    "LoadProgress",
+    "ViTHandle",
+    "imagenet_class_names",
+    "imagenet_synsets",
+    "load_model",
+    "model_lock",
+    "pick_device",
+    "wrap_model",
+]
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 DEMO_CARD = DATA_DIR / "demo_vit.json"
@@ -184,7 +209,8 @@ def load_model(
         UnsupportedModel: the architecture is not a ViT with timm's standard attention.
         CheckpointRejected: the checkpoint is unreadable, unsafe, non-finite or for
             another architecture.
-        ValueError: ``img_size`` is not a positive multiple of the patch size.
+        InvalidSetting: ``img_size`` is not a positive multiple of the patch size (or is
+            given for the demo model).
     """
     name = name.strip()
     if name in BUILTIN_MODELS:
@@ -194,7 +220,7 @@ def load_model(
             )
         if name == DEMO_NAME:
             if img_size is not None:
-                raise ValueError("The demo model runs at its own 8x8 input size only.")
+                raise InvalidSetting("The demo model runs at its own 8x8 input size only.")
             return _load_demo(device)
         return _load_dinov2(device, img_size, progress)
     import timm
@@ -314,7 +340,7 @@ def _load_dinov2(device: str | torch.device | None, img_size: int | None, progre
 
 def _check_img_size(img_size: int, patch: int) -> int:
     if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < patch or img_size % patch:
-        raise ValueError(
+        raise InvalidSetting(
             f"The input size must be a positive multiple of the model's {patch} px patches "
             f"(e.g. {patch * (DEFAULT_IMG_SIZE // patch)}), not {img_size!r}."
         )
@@ -416,7 +442,7 @@ def _make_handle(
         class_names = imagenet_class_names() if num_classes == 1000 else [f"class {i}" for i in range(num_classes)]
     if len(class_names) != num_classes:
         what = "a backbone without a classifier" if num_classes == 0 else f"a model with {num_classes} outputs"
-        raise ValueError(f"{len(class_names)} class names were given for {what}.")
+        raise LabelsMismatch(f"{len(class_names)} class names were given for {what}.")
     data_config = resolve_data_config(model=model)
     # a model built without a pretrained config would get timm's 224x224 RGB default:
     # the input size the patch embedding was built for is the one that fits

@@ -24,11 +24,39 @@ from PIL import Image
 from torch import nn
 
 from core.attention import iter_attention
+from core.errors import InvalidSetting, NotEnoughImages, UnsupportedMapKind
 from core.inference import Progress
-from core.errors import InvalidSetting
 from core.model import ViTHandle, pick_device
 from core.projection import Method, layout_2d
 from core.settings import DEFAULT_CLUSTERS, DEFAULT_MAX_MAPS, MAP_KINDS, MapKind, images_per_batch
+
+__all__ = [
+    "AE_SIZE",
+    "DEFAULT_CLUSTERS",
+    "DEFAULT_MAX_MAPS",
+    "LATENT_DIM",
+    "MapKind",
+    "MapSample",
+    "PatternAutoencoder",
+    "PatternClusters",
+    "PatternLayout",
+    "PatternSpace",
+    "attention_cells",
+    "autoencoder_input",
+    "centre_on_source",
+    "cluster_patterns",
+    "display_shape",
+    "grid_maps",
+    "project_patterns",
+    "resize_maps",
+    "sample_maps",
+    "sample_maps_from",
+    "strong_links",
+    "token_names",
+    "train_autoencoder",
+    "training_steps",
+    "weight_histogram",
+]
 
 ArrayT = TypeVar("ArrayT", torch.Tensor, np.ndarray)
 
@@ -163,11 +191,12 @@ def sample_maps(
     dropped, so the set's full attention is never held. ``progress(images done, N)``.
 
     Raises:
-        ValueError: ``kind`` is ``"cls"`` for a model without a CLS token, or the cap
-            leaves no map for some head.
+        UnsupportedMapKind: ``kind`` is ``"cls"`` for a model without a CLS token.
+        InvalidSetting: the cap leaves no map for some head.
+        NotEnoughImages: ``x`` holds no image.
     """
     if kind == "cls" and getattr(handle.model, "cls_token", None) is None:
-        raise ValueError("This model has no CLS token, so it has no CLS maps; use patch maps instead.")
+        raise UnsupportedMapKind("This model has no CLS token, so it has no CLS maps; use patch maps instead.")
     step = images_per_batch(handle)
 
     def batches() -> Iterator[torch.Tensor]:
@@ -206,9 +235,14 @@ def sample_maps_from(
     maps, ``min(max_maps // (L * H), maps it has)``, drawn without replacement from all
     its (image, source) pairs. Equal counts make every head's mean position (D1) equally
     reliable and keep the density from being dominated by any one head.
+
+    Raises:
+        UnsupportedMapKind: ``kind`` is neither ``"patch"`` nor ``"cls"``.
+        InvalidSetting: the cap leaves no map for some head.
+        NotEnoughImages: ``attention`` yields no batch.
     """
     if kind not in MAP_KINDS:
-        raise ValueError(f"Unknown map kind '{kind}'; use 'patch' or 'cls'.")
+        raise UnsupportedMapKind(f"Unknown map kind '{kind}'; use 'patch' or 'cls'.")
     sources = grid[0] * grid[1] if kind == "patch" else 1
     picks: pd.DataFrame | None = None
     inputs: list[torch.Tensor] = []
@@ -233,7 +267,7 @@ def sample_maps_from(
         if progress is not None:
             progress(start, num_images)
     if picks is None:
-        raise ValueError("Attention patterns need at least one image.")
+        raise NotEnoughImages("Attention patterns need at least one image.")
     origin = picks.assign(source=picks["source"] if kind == "patch" else -1).reset_index(drop=True)
     return MapSample(torch.cat(inputs), origin, kind, grid, num_layers, num_heads)
 

@@ -13,6 +13,16 @@ from typing import Literal
 
 import numpy as np
 
+__all__ = [
+    "Method",
+    "join_umap_warmup",
+    "layout_2d",
+    "start_umap_warmup",
+    "umap_failed",
+    "umap_ready",
+    "wait_for_umap",
+]
+
 Method = Literal["pca", "umap"]
 
 _warm_done = threading.Event()

@@ -15,6 +15,23 @@ from core.errors import InvalidSetting
 if TYPE_CHECKING:
     from core.model import ViTHandle
 
+__all__ = [
+    "ATTENTION_BUDGET_BYTES",
+    "BATCH_CAP",
+    "DEFAULT_CLUSTERS",
+    "DEFAULT_CURVE_STEPS",
+    "DEFAULT_HURT_IMAGES",
+    "DEFAULT_MAX_MAPS",
+    "DEFAULT_SEED",
+    "DEFAULT_TOP_K",
+    "HELD_BUDGET",
+    "MAP_KINDS",
+    "SAMPLE_SIZES",
+    "CaseSettings",
+    "MapKind",
+    "images_per_batch",
+]
+
 MapKind = Literal["patch", "cls"]
 MAP_KINDS: tuple[MapKind, ...] = get_args(MapKind)
 

@@ -20,9 +20,21 @@ import torch
 from PIL import Image
 
 from core.attention import iter_attention
+from core.errors import NotEnoughImages
 from core.inference import Progress
 from core.model import ViTHandle
 from core.settings import images_per_batch
+
+__all__ = [
+    "SPREAD_QUANTILES",
+    "StrengthStats",
+    "attention_distance",
+    "hop_entropy",
+    "hop_strength",
+    "offset_strength",
+    "prefix_share",
+    "strength_statistics",
+]
 
 SPREAD_QUANTILES = (0.1, 0.9)  # the band C2 draws around the set mean
 
@@ -307,10 +319,10 @@ def strength_statistics(
     of the whole set is ever held. ``batch_size`` caps the batch (see ``core.settings.images_per_batch``).
 
     Raises:
-        ValueError: ``images`` is empty.
+        NotEnoughImages: ``images`` is empty.
     """
     if not images:
-        raise ValueError("Strength statistics need at least one image.")
+        raise NotEnoughImages("Strength statistics need at least one image.")
     batch_size = images_per_batch(handle, batch_size)
     grid, prefix = handle.grid, handle.num_prefix_tokens
     n, per_image = len(images), (len(images), handle.num_layers, handle.num_heads)

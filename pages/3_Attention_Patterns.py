@@ -42,7 +42,7 @@ kind = "cls" if cls_maps else "patch"
 
 try:
     view = patterns.pattern_view(handle, ctx.image_set, kind, max_maps, n_clusters)
-except (ValueError, HeadScopeError) as err:
+except HeadScopeError as err:
     st.warning(plain(str(err)))
     view = None
 if view is not None:

@@ -69,7 +69,7 @@ if opened is not None:
 else:
     try:
         study = casestudy.live_study(handle, ctx.image_set, casestudy.live_settings(top_k))
-    except (ValueError, HeadScopeError) as err:
+    except HeadScopeError as err:
         st.error(plain(str(err)))
         st.stop()
 

@@ -21,6 +21,24 @@ from core.model import ViTHandle
 from core.settings import DEFAULT_CLUSTERS, CaseSettings
 from ui import patterns, session
 
+__all__ = [
+    "EVIDENCE",
+    "FINDING_LINKS",
+    "MAX_TOP_K",
+    "OPENED_KEY",
+    "REFUSED_KEY",
+    "UPLOAD_ROUND_KEY",
+    "VIEW_PAGES",
+    "OpenedBundle",
+    "close_bundle",
+    "live_settings",
+    "live_study",
+    "open_bundle",
+    "open_in_view",
+    "opened_bundle",
+    "uploader_key",
+]
+
 OPENED_KEY = "case_bundle"  # (sha256 of the bundle, file name, CaseStudy)
 UPLOAD_ROUND_KEY = "case_bundle_round"
 REFUSED_KEY = "case_bundle_refused"  # ((sha256, model key), sentence) of the last bundle refused
@@ -81,7 +99,8 @@ def live_study(handle: ViTHandle, image_set: ImageSet, settings: CaseSettings) -
     """The case study of the current model and set, from the views' cached results.
 
     Raises:
-        HeadScopeError: with a sentence for the user (e.g. CLS maps on a model without CLS).
+        HeadScopeError: with a sentence for the user (e.g. ``UnsupportedMapKind`` for CLS maps
+            on a model without CLS).
     """
     analysis = session.analysis(handle, image_set)
     view = patterns.pattern_view(handle, image_set, settings.kind, settings.max_maps, settings.n_clusters)

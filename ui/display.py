@@ -6,6 +6,11 @@ import re
 
 from PIL import Image
 
+__all__ = [
+    "enlarge_for_display",
+    "plain",
+]
+
 # What starts a code span, emphasis, a link or an image, HTML, an entity, LaTeX, an icon or
 # a directive (``:red[…]``), or ends a heading, wherever it stands; each gets a backslash
 _INLINE = re.compile(r"([\\`*_~\[\]<>&$:!#])")

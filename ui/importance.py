@@ -22,6 +22,18 @@ from core.model import ViTHandle
 from ui import session
 from viz.importance import CHART_HEIGHT, unpruned_value
 
+__all__ = [
+    "baseline_value",
+    "curve",
+    "importance_tables",
+    "metric_values",
+    "partial",
+    "partial_table",
+    "show_ranked_table",
+    "target_measure",
+    "top5_table",
+]
+
 
 # --- cached computations ---------------------------------------------------------------
 

@@ -38,6 +38,28 @@ from ui.display import enlarge_for_display
 from viz.common import FOCUS_RED
 from viz.patterns import CELL_SELECTION
 
+__all__ = [
+    "DEFAULT_SAMPLE_SIZE",
+    "MATRIX_CHART_KEY",
+    "PATCH_ORANGE",
+    "SAMPLE_SIZES",
+    "SOURCE_KEY",
+    "SPACE_CHART_KEY",
+    "TARGET_BLUE",
+    "TARGET_KEY",
+    "UMAP_COMPILE_SECONDS",
+    "UMAP_WAIT_LIMIT",
+    "PatternView",
+    "attention_overlay",
+    "image_attention",
+    "layout_method",
+    "model_view",
+    "patch_position",
+    "pattern_view",
+    "pick_cell",
+    "reset_token_picks",
+]
+
 SPACE_CHART_KEY = "pattern_space_chart"
 MATRIX_CHART_KEY = "pattern_matrix_chart"
 SOURCE_KEY = "pattern_source"
@@ -121,8 +143,8 @@ def pattern_view(handle: ViTHandle, image_set: ImageSet, kind: MapKind, max_maps
     """Sample, train, lay out and cluster (each step cached); waits visibly for UMAP if needed.
 
     Raises:
-        UnsupportedMapKind: CLS maps of a model without a CLS token.
-        InvalidSetting: a sample cap below the model's head count.
+        UnsupportedMapKind, InvalidSetting: with a sentence for the user (no CLS token, cap
+            below the head count); NotEnoughImages for an empty set.
     """
     analysis = session.analysis(handle, image_set)
     seed = analysis.settings.seed

@@ -31,6 +31,43 @@ from core.settings import CaseSettings
 from ui.display import enlarge_for_display, plain
 from viz.common import HEAD_SELECTION
 
+__all__ = [
+    "ENV_CHECKPOINT",
+    "ENV_IMG_SIZE",
+    "ENV_MODEL",
+    "FOCUS_KEY",
+    "MODEL_KEY",
+    "NO_LABEL",
+    "SAMPLES",
+    "SOURCE_CHOICE_KEY",
+    "SOURCE_KEY",
+    "START_CHECKED_KEY",
+    "UPLOAD",
+    "UPLOADED_KEY",
+    "ZIP",
+    "FocusSelection",
+    "ModelSpec",
+    "PageContext",
+    "active_image_set",
+    "current_model",
+    "current_spec",
+    "focus",
+    "focus_image_id",
+    "forget_upload",
+    "overview_points",
+    "page_context",
+    "pick_head",
+    "predictions",
+    "progress_bar",
+    "sample_set",
+    "set_focus_head",
+    "set_focus_image",
+    "show_head_chart",
+    "switch_model",
+    "umap_pending",
+    "upload_images",
+]
+
 MODEL_KEY = "model_spec"
 SOURCE_KEY = "image_source"  # the home page's radio; Streamlit drops it on other pages
 SOURCE_CHOICE_KEY = "image_source_choice"  # the same choice, kept while other pages run
@@ -149,10 +186,9 @@ def _start_from_environment(environ: Mapping[str, str]) -> str | None:
         return None
     img_size = None
     if size_text:
-        try:
-            img_size = int(size_text)
-        except ValueError:
+        if not size_text.isdecimal():
             return f"{ENV_IMG_SIZE} must be a whole number of pixels, not '{size_text}'."
+        img_size = int(size_text)
     digest = None
     if path:
         try:
@@ -165,7 +201,7 @@ def _start_from_environment(environ: Mapping[str, str]) -> str | None:
     spec = ModelSpec(name, digest, img_size, path)
     try:
         _load(spec)
-    except (HeadScopeError, ValueError) as err:
+    except HeadScopeError as err:
         return f"The start model {name} from {ENV_MODEL} could not be loaded: {err}"
     st.session_state[MODEL_KEY] = spec
     return None
@@ -181,7 +217,7 @@ def current_model() -> ViTHandle:
     checkpoints: dict[str, bytes] = st.session_state.get("checkpoints", {})
     try:
         return _load(spec, checkpoints.get(spec.checkpoint_digest or ""))
-    except (HeadScopeError, ValueError) as err:
+    except HeadScopeError as err:
         if spec == ModelSpec():
             raise
         st.error(plain(f"{err} Switched back to the demo model."))
@@ -201,7 +237,7 @@ def switch_model(name: str, checkpoint: bytes | None, img_size: int | None = Non
     spec = ModelSpec(name.strip(), digest, img_size)
     try:
         _load(spec, checkpoint)
-    except (HeadScopeError, ValueError) as err:  # ValueError: an input size that does not fit the patches
+    except HeadScopeError as err:  # InvalidSetting: an input size that does not fit the patches
         return str(err)
     st.session_state["checkpoints"] = {digest: checkpoint} if digest and checkpoint else {}
     st.session_state[MODEL_KEY] = spec

@@ -13,6 +13,12 @@ from core.model import ViTHandle
 from core.strength import StrengthStats, strength_statistics
 from ui import session
 
+__all__ = [
+    "image_statistics",
+    "set_statistics",
+]
+
+
 # --- cached statistics -----------------------------------------------------------------
 
 

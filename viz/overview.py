@@ -12,6 +12,12 @@ from viz.common import FOCUS_RED, tooltip_field
 
 __all__ = ["OVERVIEW_SELECTION", "overview_chart", "top5_chart"]
 
+__all__ = [
+    "OVERVIEW_SELECTION",
+    "overview_chart",
+    "top5_chart",
+]
+
 OVERVIEW_SELECTION = "pick"
 _ONE_COLOUR = "#4c78a8"  # a backbone's overview when no image has a label: nothing to colour by
 

@@ -11,6 +11,7 @@ from conftest import APP
 from conftest import captions as _captions
 from streamlit.testing.v1 import AppTest
 
+from core.errors import UnsupportedMapKind
 from core.projection import wait_for_umap
 from ui import patterns
 
@@ -107,7 +108,7 @@ def test_page_waits_for_umap_then_lays_out_with_it(monkeypatch) -> None:
 
 def test_a_failing_analysis_explains_itself_and_the_rest_of_the_page_works(monkeypatch) -> None:
     def refuse(*_args, **_kwargs):
-        raise ValueError("This model has no CLS token, so it has no CLS maps; use patch maps instead.")
+        raise UnsupportedMapKind("This model has no CLS token, so it has no CLS maps; use patch maps instead.")
 
     monkeypatch.setattr(patterns, "sample_maps", refuse)
     patterns._space.clear()

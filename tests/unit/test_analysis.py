@@ -15,7 +15,7 @@ import core.analysis
 import core.attention
 from core.analysis import analyze_set, draw_samples, first_pass
 from core.casestudy import CaseSettings, set_labels, study_from
-from core.errors import EmptyImageSet, HeadScopeError, InvalidSetting
+from core.errors import NotEnoughImages, HeadScopeError, InvalidSetting
 from core.images import ImageSet, demo_digits_set
 from core.importance import head_importance_tables, pruning_curve
 from core.patterns import sample_maps
@@ -169,7 +169,7 @@ def test_batches_follow_one_rule_and_bad_settings_are_sentences(demo_handle, tin
     assert images_per_batch(tiny_handle, 5) == 5
     with pytest.raises(InvalidSetting, match="at least 1"):
         images_per_batch(tiny_handle, 0)
-    with pytest.raises(EmptyImageSet):
+    with pytest.raises(NotEnoughImages):
         analyze_set(tiny_handle, [], None)
     with pytest.raises(InvalidSetting, match="map kind"):
         CaseSettings(kind="rows")  # type: ignore[arg-type]
