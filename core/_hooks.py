@@ -23,6 +23,7 @@ __all__ = [
     "HookSet",
     "capture_head_input",
     "capture_patterns",
+    "check_finite",
     "locked_forward",
     "locked_hooks",
     "temporary_hooks",

@@ -78,6 +78,7 @@ __all__ = [
     "negligible",
     "set_labels",
     "studied_heads",
+    "study_from",
     "thumbnail_png",
 ]
 

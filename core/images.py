@@ -36,6 +36,7 @@ __all__ = [
     "FOLDER_LIMITS",
     "NEUTRAL_GREY",
     "SAMPLE_PHOTOS",
+    "FolderImage",
     "ImageSet",
     "SetImage",
     "UploadLimits",
@@ -46,9 +47,11 @@ __all__ = [
     "image_set_from_folder",
     "image_set_from_zip",
     "image_set_key",
+    "join_folder_shares",
     "match_class_name",
     "sample_photos_set",
     "sanitize_name",
+    "share_of",
 ]
 
 # Truncated files must fail loudly: a half-grey image would silently skew every analysis.

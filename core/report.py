@@ -10,6 +10,7 @@ import importlib
 from typing import Any
 
 _FORWARDED = ("case_charts", "head_values", "mode_chart_key", "render_report")  # what scripts import from here
+__all__ = list(_FORWARDED)
 
 
 def __getattr__(name: str) -> Any:
