@@ -43,9 +43,9 @@ from core.importance import (
 )
 from core.inference import Predictions
 from core.model import ViTHandle
-from core.patterns import MapSample, _draw, autoencoder_input, grid_maps
+from core.patterns import MapSample, _draw, drawn_inputs
 from core.settings import MAP_KINDS, CaseSettings, MapKind, images_per_batch
-from core.strength import StrengthStats, attention_distance, hop_entropy, hop_strength, offset_strength, prefix_share
+from core.strength import StrengthStats, reduce_layer
 
 __all__ = [
     "CURVE_STAGE",
@@ -253,15 +253,10 @@ def first_pass(
         features_out.append(clean.features.float().cpu().numpy())
         attn = clean.attention  # [L, B, H, T, T]
         for layer in range(num_layers):
-            layer_attn = attn[layer]
-            hops = hop_strength(layer_attn, grid, prefix)
-            strength["hop_strength"][part, layer] = hops.numpy()
-            strength["entropy"][part, layer] = hop_entropy(hops).numpy()
-            strength["distance"][part, layer] = attention_distance(layer_attn, grid, handle.patch_size, prefix).numpy()
-            strength["prefix_share"][part, layer] = prefix_share(layer_attn, grid, prefix).numpy()
-            offset_sum[layer] += offset_strength(layer_attn, grid, prefix).sum(0)
+            reduce_layer(strength, offset_sum, part, layer, attn[layer], handle)
         for kind, drawn in picks.items():
-            maps[kind].append(_sampled(attn, drawn, first_image + part.start, part.stop - part.start, kind, grid, prefix))
+            # image-major view, no copy: only the drawn rows are gathered
+            maps[kind].append(drawn_inputs(attn.transpose(0, 1), drawn, first_image + part.start, kind, grid, prefix))
         # the batch's attention and block inputs go before the next batch allocates its own
         del clean, attn
         if progress is not None:
@@ -340,24 +335,6 @@ def _unpruned_chunk(handle: ViTHandle, x: torch.Tensor, given: torch.Tensor, tay
         target=target,
         taylor=None if grad is None else grad.cpu().numpy(),
     )
-
-
-def _sampled(
-    attn: torch.Tensor, drawn: pd.DataFrame, first: int, count: int, kind: str, grid: tuple[int, int], prefix: int
-) -> torch.Tensor:
-    """Autoencoder inputs of the drawn maps of images ``first`` to ``first + count`` (``attn``: ``[L, B, H, T, T]``)."""
-    lo, hi = np.searchsorted(drawn["image"].to_numpy(), [first, first + count])
-    part = drawn.iloc[lo:hi]
-    local = torch.tensor(part["image"].to_numpy() - first)
-    layer = torch.tensor(part["layer"].to_numpy())
-    head = torch.tensor(part["head"].to_numpy())
-    if kind == "patch":
-        source = torch.tensor(part["source"].to_numpy())
-        query, centre = prefix + source, source
-    else:
-        query, centre = torch.zeros_like(layer), None  # the CLS token's row
-    maps = grid_maps(attn[layer, local, head, query], grid, prefix)
-    return autoencoder_input(maps, centre, grid)
 
 
 def _joined(

@@ -46,6 +46,7 @@ __all__ = [
     "centre_on_source",
     "cluster_patterns",
     "display_shape",
+    "drawn_inputs",
     "grid_maps",
     "project_patterns",
     "resize_maps",
@@ -251,18 +252,7 @@ def sample_maps_from(
         if picks is None:
             num_layers, num_heads = attn.shape[1], attn.shape[2]
             picks = _draw(num_images, sources, num_layers, num_heads, max_maps, seed)
-        lo, hi = np.searchsorted(picks["image"].to_numpy(), [start, start + len(attn)])
-        part = picks.iloc[lo:hi]
-        local = torch.tensor(part["image"].to_numpy() - start)
-        layer = torch.tensor(part["layer"].to_numpy())
-        head = torch.tensor(part["head"].to_numpy())
-        if kind == "patch":
-            source = torch.tensor(part["source"].to_numpy())
-            query, centre = num_prefix_tokens + source, source
-        else:
-            query, centre = torch.zeros_like(layer), None  # the CLS token's row
-        maps = grid_maps(attn[local, layer, head, query], grid, num_prefix_tokens)
-        inputs.append(autoencoder_input(maps, centre, grid))
+        inputs.append(drawn_inputs(attn, picks, start, kind, grid, num_prefix_tokens))
         start += len(attn)
         if progress is not None:
             progress(start, num_images)
@@ -270,6 +260,28 @@ def sample_maps_from(
         raise NotEnoughImages("Attention patterns need at least one image.")
     origin = picks.assign(source=picks["source"] if kind == "patch" else -1).reset_index(drop=True)
     return MapSample(torch.cat(inputs), origin, kind, grid, num_layers, num_heads)
+
+
+def drawn_inputs(
+    attn: torch.Tensor, picks: pd.DataFrame, first: int, kind: MapKind, grid: tuple[int, int], num_prefix_tokens: int
+) -> torch.Tensor:
+    """Autoencoder inputs of the drawn maps of images ``first`` onwards, from their attention ``[B, L, H, T, T]``.
+
+    ``picks`` is the whole draw (ordered by image, see ``_draw``); only its rows of these
+    ``B`` images are read.
+    """
+    lo, hi = np.searchsorted(picks["image"].to_numpy(), [first, first + len(attn)])
+    part = picks.iloc[lo:hi]
+    local = torch.tensor(part["image"].to_numpy() - first)
+    layer = torch.tensor(part["layer"].to_numpy())
+    head = torch.tensor(part["head"].to_numpy())
+    if kind == "patch":
+        source = torch.tensor(part["source"].to_numpy())
+        query, centre = num_prefix_tokens + source, source
+    else:
+        query, centre = torch.zeros_like(layer), None  # the CLS token's row
+    maps = grid_maps(attn[local, layer, head, query], grid, num_prefix_tokens)
+    return autoencoder_input(maps, centre, grid)
 
 
 def _draw(num_images: int, sources: int, num_layers: int, num_heads: int, max_maps: int, seed: int) -> pd.DataFrame:

@@ -33,6 +33,7 @@ __all__ = [
     "hop_strength",
     "offset_strength",
     "prefix_share",
+    "reduce_layer",
     "strength_statistics",
 ]
 
@@ -306,6 +307,23 @@ class StrengthStats:
         )
 
 
+def reduce_layer(
+    out: dict[str, np.ndarray], offset_sum: torch.Tensor, rows: slice, layer: int, attn: torch.Tensor, handle: ViTHandle
+) -> None:
+    """Write one layer's strength summaries of a batch's images into ``out[...][rows, layer]``.
+
+    ``attn``: ``[B, H, T, T]`` that layer's attention; its offset maps are added to
+    ``offset_sum[layer]``. A layer at a time: the temporaries stay at 1/L of the batch's attention.
+    """
+    grid, prefix = handle.grid, handle.num_prefix_tokens
+    strength = hop_strength(attn, grid, prefix)
+    out["hop_strength"][rows, layer] = strength.numpy()
+    out["entropy"][rows, layer] = hop_entropy(strength).numpy()
+    out["distance"][rows, layer] = attention_distance(attn, grid, handle.patch_size, prefix).numpy()
+    out["prefix_share"][rows, layer] = prefix_share(attn, grid, prefix).numpy()
+    offset_sum[layer] += offset_strength(attn, grid, prefix).sum(0)
+
+
 def strength_statistics(
     handle: ViTHandle,
     images: Sequence[Image.Image],
@@ -324,7 +342,7 @@ def strength_statistics(
     if not images:
         raise NotEnoughImages("Strength statistics need at least one image.")
     batch_size = images_per_batch(handle, batch_size)
-    grid, prefix = handle.grid, handle.num_prefix_tokens
+    grid = handle.grid
     n, per_image = len(images), (len(images), handle.num_layers, handle.num_heads)
     # filled in place: small per-batch results kept alive between batches would sit
     # between the freed attention buffers and fragment the heap (RSS grew ~1.4 MB/image)
@@ -341,18 +359,11 @@ def strength_statistics(
         x = handle.preprocess(images[start:start + batch_size])
         for batch in iter_attention(handle, x, batch_size=batch_size):
             rows = slice(done, done + len(batch.attn))
-            # a layer at a time: the metrics' temporaries stay at 1/L of the batch's attention
             for layer in range(handle.num_layers):
-                attn = batch.attn[:, layer]  # [B, H, T, T]
-                strength = hop_strength(attn, grid, prefix)
-                out["hop_strength"][rows, layer] = strength.numpy()
-                out["entropy"][rows, layer] = hop_entropy(strength).numpy()
-                out["distance"][rows, layer] = attention_distance(attn, grid, handle.patch_size, prefix).numpy()
-                out["prefix_share"][rows, layer] = prefix_share(attn, grid, prefix).numpy()
-                offset_sum[layer] += offset_strength(attn, grid, prefix).sum(0)
+                reduce_layer(out, offset_sum, rows, layer, batch.attn[:, layer], handle)
             done += len(batch.attn)
         # let go of this batch's attention before the next forward allocates its own
-        del batch, attn, strength
+        del batch
         if progress is not None:
             progress(done, n)
     return StrengthStats(**out, offset_mean=(offset_sum / n).float().numpy(), grid=grid)
