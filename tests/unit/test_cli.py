@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import ROOT
+from PIL import Image
 
 from core.__main__ import EXIT_BAD_INPUT, main
 from core.bundle import load_bundle
@@ -44,6 +45,29 @@ def test_folder_labels_come_from_class_folders(digit_folder, demo_handle):
     assert any("broken.png" in note for note in notes)
     assert any("unknown-class" in note for note in notes)
     assert not any("DS_Store" in note for note in notes)  # hidden files are not images
+
+
+def test_a_lazy_folder_set_keeps_no_pixels_and_each_process_decodes_its_share(digit_folder, demo_handle, monkeypatch):
+    import core.images
+    from core.images import FolderImage, join_folder_shares
+
+    root, _ = digit_folder
+    whole, whole_notes = image_set_from_folder(root, demo_handle.class_names)
+    decoded: list[str] = []
+    real_decode = core.images.decode_image
+    monkeypatch.setattr(core.images, "decode_image", lambda data, name, **kw: decoded.append(name) or real_decode(data, name, **kw))
+    shares = [image_set_from_folder(root, demo_handle.class_names, lazy=True, share=(rank, 2)) for rank in range(2)]
+    # 13 files (12 digits and a broken one): 7 for rank 0, 6 for rank 1, each read once
+    assert len(decoded) == 13 and len(set(decoded)) == 13
+    assert len(shares[0][0].images) + len(shares[1][0].images) == len(whole)
+    lazy, notes = join_folder_shares(shares, root)
+    assert lazy.key == whole.key and sorted(notes) == sorted(whole_notes)
+    assert all(isinstance(item, FolderImage) for item in lazy.images)
+    assert not any(isinstance(value, Image.Image) for item in lazy.images for value in vars(item).values())
+    decoded.clear()
+    batch = lazy.pil_images()[2:5]  # a slice decodes just its own images
+    assert decoded == [item.path.name for item in lazy.images[2:5]]
+    assert [np.asarray(im).tolist() for im in batch] == [np.asarray(item.image).tolist() for item in whole.images[2:5]]
 
 
 def test_folder_errors_are_sentences(tmp_path, demo_handle):
