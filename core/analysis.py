@@ -81,7 +81,7 @@ class PassResult:
 
     importance: HeadImportance
     strength: StrengthStats
-    maps: Mapping[str, tuple[torch.Tensor, pd.DataFrame]]
+    maps: Mapping[MapKind, tuple[torch.Tensor, pd.DataFrame]]
     logits: np.ndarray
     features: np.ndarray
 
@@ -103,7 +103,7 @@ class SetAnalysis:
     importance: HeadImportance
     curve: pd.DataFrame
     strength: StrengthStats
-    samples: Mapping[str, MapSample]
+    samples: Mapping[MapKind, MapSample]
     predictions: Predictions
 
     @property
@@ -117,7 +117,7 @@ def map_kinds(handle: ViTHandle) -> tuple[MapKind, ...]:
     return tuple(kind for kind in MAP_KINDS if kind == "patch" or has_cls)
 
 
-def draw_samples(handle: ViTHandle, num_images: int, settings: CaseSettings) -> dict[str, pd.DataFrame]:
+def draw_samples(handle: ViTHandle, num_images: int, settings: CaseSettings) -> dict[MapKind, pd.DataFrame]:
     """Which maps the pass keeps, per map kind: columns image, layer, head, source (ordered by image)."""
     grid = handle.grid
     sources = {"patch": grid[0] * grid[1], "cls": 1}
@@ -172,13 +172,15 @@ def analyze_set(
     )
 
 
-def samples_from(handle: ViTHandle, parts: Mapping[str, Sequence[tuple[torch.Tensor, pd.DataFrame]]]) -> dict[str, MapSample]:
+def samples_from(
+    handle: ViTHandle, parts: Mapping[MapKind, Sequence[tuple[torch.Tensor, pd.DataFrame]]]
+) -> dict[MapKind, MapSample]:
     """``MapSample`` per kind from the maps of one or more shards, in shard order."""
     samples = {}
     for kind, pieces in parts.items():
         inputs = torch.cat([inputs for inputs, _ in pieces])
         origin = pd.concat([origin for _, origin in pieces], ignore_index=True)
-        samples[kind] = MapSample(inputs, origin, kind, handle.grid, handle.num_layers, handle.num_heads)  # type: ignore[arg-type]
+        samples[kind] = MapSample(inputs, origin, kind, handle.grid, handle.num_layers, handle.num_heads)
     return samples
 
 
@@ -186,7 +188,7 @@ def first_pass(
     handle: ViTHandle,
     images: Sequence[Image.Image],
     labels: torch.Tensor | None,
-    picks: Mapping[str, pd.DataFrame],
+    picks: Mapping[MapKind, pd.DataFrame],
     *,
     metrics: Sequence[str] | None = None,
     first_image: int = 0,
@@ -224,7 +226,7 @@ def first_pass(
     }
     # float64: the sum over many images must not lose the small offsets' precision
     offset_sum = torch.zeros(num_layers, num_heads, 2 * grid[0] - 1, 2 * grid[1] - 1, dtype=torch.float64)
-    maps: dict[str, list[torch.Tensor]] = {kind: [] for kind in picks}
+    maps: dict[MapKind, list[torch.Tensor]] = {kind: [] for kind in picks}
     logits_out: list[np.ndarray] = []
     features_out: list[np.ndarray] = []
     for start in range(0, n, step):
@@ -264,7 +266,7 @@ def first_pass(
     return PassResult(
         importance=_importance(local, targets, unpruned_prob, unpruned_correct, given),
         strength=StrengthStats(**strength, offset_mean=(offset_sum / n).float().numpy(), grid=grid),
-        maps={kind: _joined(handle, chunks, picks[kind], first_image, n, kind) for kind, chunks in maps.items()},
+        maps={kind: _joined(chunks, picks[kind], first_image, n, kind) for kind, chunks in maps.items()},
         logits=np.concatenate(logits_out),
         features=np.concatenate(features_out),
     )
@@ -292,7 +294,7 @@ def _unpruned(handle: ViTHandle, x: torch.Tensor, given: torch.Tensor, *, taylor
         features=torch.cat([p.features for p in pieces]),
         attention=torch.cat([p.attention for p in pieces], dim=1),
         target=torch.cat([p.target for p in pieces]),
-        taylor=np.concatenate([p.taylor for p in pieces]) if taylor else None,  # type: ignore[misc]
+        taylor=np.concatenate([p.taylor for p in pieces if p.taylor is not None]) if taylor else None,
     )
 
 
@@ -338,8 +340,9 @@ def _unpruned_chunk(handle: ViTHandle, x: torch.Tensor, given: torch.Tensor, tay
 
 
 def _joined(
-    handle: ViTHandle, chunks: list[torch.Tensor], drawn: pd.DataFrame, first: int, n: int, kind: str
+    chunks: list[torch.Tensor], drawn: pd.DataFrame, first: int, n: int, kind: MapKind
 ) -> tuple[torch.Tensor, pd.DataFrame]:
+    """A shard's sampled maps as one tensor, with their origin rows (``drawn`` restricted to its images)."""
     lo, hi = np.searchsorted(drawn["image"].to_numpy(), [first, first + n])
     origin = drawn.iloc[lo:hi]
     origin = origin.assign(source=origin["source"] if kind == "patch" else -1)

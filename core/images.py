@@ -135,7 +135,7 @@ class ImageSet:
     """
 
     title: str
-    images: tuple[SetImage, ...]
+    images: tuple[SetImage | FolderImage, ...]
     key: str
     label_names: tuple[str, ...] = ()
     _by_id: dict[str, SetImage] = field(init=False, repr=False, compare=False)
@@ -848,7 +848,7 @@ def image_set_from_folder(
         notes.append(f"Folders that match no class name, so their images have no label: {', '.join(sorted(unmatched))}.")
     title = root.name or str(root)
     if share is not None:  # one process's part: the shares are checked and relabelled once joined
-        return ImageSet(title=title, images=tuple(images), key="", label_names=label_names), notes  # type: ignore[arg-type]
+        return ImageSet(title=title, images=tuple(images), key="", label_names=label_names), notes
     if not images:
         raise _no_usable_images(len(paths), notes, f"files in {sanitize_name(str(root))}")
     images, label_names = _drop_unused_labels(images, label_names)
