@@ -234,6 +234,15 @@ def first_pass(
         x = handle.preprocess(list(images[part])).to(handle.device)
         clean = _unpruned(handle, x, given[part], taylor="taylor" in metrics)
         target = clean.target
+        attn = clean.attention  # [L, B, H, T, T]
+        for layer in range(num_layers):
+            reduce_layer(strength, offset_sum, part, layer, attn[layer], handle)
+        for kind, drawn in picks.items():
+            # image-major view, no copy: only the drawn rows are gathered
+            maps[kind].append(drawn_inputs(attn.transpose(0, 1), drawn, first_image + part.start, kind, grid, prefix))
+        # reduced: the attention goes before the ablations allocate their activations
+        clean.attention = None
+        del attn
         if swept:
             with locked_hooks(handle):
                 impact, logits, output = _run_configs(
@@ -253,14 +262,8 @@ def first_pass(
             unpruned_correct[part] = (clean.logits.argmax(-1) == target).cpu().numpy()
         logits_out.append(clean.logits.float().cpu().numpy())
         features_out.append(clean.features.float().cpu().numpy())
-        attn = clean.attention  # [L, B, H, T, T]
-        for layer in range(num_layers):
-            reduce_layer(strength, offset_sum, part, layer, attn[layer], handle)
-        for kind, drawn in picks.items():
-            # image-major view, no copy: only the drawn rows are gathered
-            maps[kind].append(drawn_inputs(attn.transpose(0, 1), drawn, first_image + part.start, kind, grid, prefix))
         # the batch's attention and block inputs go before the next batch allocates its own
-        del clean, attn
+        del clean
         if progress is not None:
             progress(part.stop, n)
     return PassResult(
@@ -277,7 +280,7 @@ class _Unpruned:
     tokens: list[torch.Tensor]  # tokens[l]: [B, T, D] entering block l; tokens[L] leaves the last
     logits: torch.Tensor
     features: torch.Tensor
-    attention: torch.Tensor  # [L, B, H, T, T] on the CPU
+    attention: torch.Tensor | None  # [L, B, H, T, T] on the CPU, dropped once reduced
     target: torch.Tensor
     taylor: np.ndarray | None  # [B, L, H]
 

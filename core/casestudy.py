@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import platform
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from typing import Any, Callable, Mapping
@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from core.analysis import PASS_STAGE, SetAnalysis, draw_samples, first_pass, samples_from
+from core.analysis import PASS_STAGE, SetAnalysis, draw_samples, first_pass, map_kinds, samples_from
 from core.errors import NotEnoughImages, UnsupportedMapKind, UnsupportedMetric
 from core.images import ImageSet
 from core.importance import (
@@ -228,6 +228,8 @@ def analyze(
     from core import distributed
 
     shards = distributed.current()
+    if settings.kind not in map_kinds(handle):  # before minutes of work, not after
+        raise UnsupportedMapKind("This model has no CLS token, so it has no CLS maps; use patch maps instead.")
     if len(image_set) < max(1, shards.size):
         raise NotEnoughImages(
             f"The case study needs at least {max(1, shards.size)} image(s), one per process; the set has {len(image_set)}."
@@ -240,7 +242,9 @@ def analyze(
     # drawn over the whole set before the pass, the same on every process
     picks = draw_samples(handle, len(image_set), settings)
     first = first_pass(handle, mine, my_labels, picks, first_image=part.start, progress=report(PASS_STAGE))
-    parts = distributed.gather(first, shards)
+    # the study needs no final features: they are not sent between processes
+    parts = distributed.gather(replace(first, features=first.features[:, :0]), shards)
+    del first
     tables = distributed.combine_importance([p.importance for p in parts])
     curve = pruning_curve(
         handle, mine, tables.overall, my_labels, steps=settings.curve_steps, seed=settings.seed,
@@ -259,6 +263,7 @@ def analyze(
             logits=np.concatenate([p.logits for p in parts]), features=np.concatenate([p.features for p in parts])
         ),
     )
+    del parts
     return study_from(handle, image_set, analysis, layout_method=layout_method, progress=progress)
 
 

@@ -452,13 +452,8 @@ class PageContext:
 
     handle: ViTHandle
     image_set: ImageSet
-    analysis: SetAnalysis
     focus_id: str
     focus: FocusSelection
-
-    @property
-    def preds(self) -> Predictions:
-        return self.analysis.predictions
 
 
 def page_context() -> PageContext:
@@ -472,7 +467,8 @@ def page_context() -> PageContext:
     focus_id = focus_image_id(image_set)
     _clamp_focus_head(handle)
     _focus_sidebar(handle, image_set, focus_id)
-    return PageContext(handle, image_set, analysis(handle, image_set), focus_id, focus())
+    # the set's analysis is read where a view needs it: an opened bundle needs none
+    return PageContext(handle, image_set, focus_id, focus())
 
 
 def _clamp_focus_head(handle: ViTHandle) -> None:
