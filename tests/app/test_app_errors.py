@@ -18,6 +18,8 @@ def test_a_plain_value_error_from_core_is_shown_as_an_exception(monkeypatch) -> 
     monkeypatch.setattr(patterns, "sample_maps", broken)
     patterns._space.clear()
     at = started_app(monkeypatch, TIMEOUT)
+    # a sample size other than the analysis' own: the page draws it with sample_maps
+    at.session_state["pattern_max_maps"] = patterns.SAMPLE_SIZES[0]
     at.switch_page(PAGE).run()
     assert len(at.exception) == 1  # its message is redacted by the app's showErrorDetails setting
     assert not at.warning and not at.error  # not worded as the user's mistake
