@@ -18,7 +18,7 @@ import sys
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import metadata
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from core.analysis import PASS_STAGE, SetAnalysis, draw_samples, first_pass, map_kinds, samples_from
-from core.errors import NotEnoughImages, UnsupportedMapKind, UnsupportedMetric
+from core.errors import HeadScopeError, NotEnoughImages, UnsupportedMapKind, UnsupportedMetric
 from core.images import ImageSet
 from core.importance import (
     METRICS,
@@ -51,6 +51,9 @@ from core.patterns import (
 from core.projection import Method
 from core.settings import CaseSettings
 from core.strength import StrengthStats
+
+if TYPE_CHECKING:
+    from core.distributed import Shards
 
 __all__ = [
     "ARRAYS",
@@ -219,6 +222,7 @@ def analyze(
     Under ``torchrun`` (``core.distributed``) each process runs the pass and the curve on
     its share of the images (and decodes only those); rank 0 gathers them, finishes the
     rest and returns the study, the other ranks return ``None``. One process returns the study.
+    A user error on any process is raised on every process.
 
     Raises:
         HeadScopeError: with one sentence: ``NotEnoughImages`` (an empty set, fewer images
@@ -241,16 +245,23 @@ def analyze(
     report = _stage_reporter(progress)
     # drawn over the whole set before the pass, the same on every process
     picks = draw_samples(handle, len(image_set), settings)
-    first = first_pass(handle, mine, my_labels, picks, first_image=part.start, progress=report(PASS_STAGE))
-    # the study needs no final features: they are not sent between processes
-    parts = distributed.gather(replace(first, features=first.features[:, :0]), shards)
-    del first
+
+    def pass_result():
+        first = first_pass(handle, mine, my_labels, picks, first_image=part.start, progress=report(PASS_STAGE))
+        # the study needs no final features: they are not sent between processes
+        return replace(first, features=first.features[:, :0])
+
+    parts = _gather_or_raise(shards, pass_result)
     tables = distributed.combine_importance([p.importance for p in parts])
-    curve = pruning_curve(
-        handle, mine, tables.overall, my_labels, steps=settings.curve_steps, seed=settings.seed,
-        progress=report("pruning curve"),
-    )
-    curve = distributed.combine_curves(distributed.gather((curve, len(mine)), shards))
+
+    def curve_part():
+        curve = pruning_curve(
+            handle, mine, tables.overall, my_labels, steps=settings.curve_steps, seed=settings.seed,
+            progress=report("pruning curve"),
+        )
+        return curve, len(mine)
+
+    curve = distributed.combine_curves(_gather_or_raise(shards, curve_part))
     if shards.rank != 0:
         return None
     analysis = SetAnalysis(
@@ -265,6 +276,26 @@ def analyze(
     )
     del parts
     return study_from(handle, image_set, analysis, layout_method=layout_method, progress=progress)
+
+
+def _gather_or_raise(shards: Shards, compute: Callable[[], Any]) -> list[Any]:
+    """Every process's ``compute()``, in rank order; a user error on any process is raised on all of them.
+
+    Without this, a process whose share fails (a file that changed since the folder was
+    read, outputs that are not finite on its images) would leave the others waiting in
+    the gather.
+    """
+    from core import distributed
+
+    try:
+        value: Any = compute()
+    except HeadScopeError as err:
+        value = err
+    parts = distributed.gather(value, shards)
+    for item in parts:
+        if isinstance(item, HeadScopeError):
+            raise item
+    return parts
 
 
 def study_from(

@@ -175,3 +175,24 @@ def test_batches_follow_one_rule_and_bad_settings_are_sentences(demo_handle, tin
         CaseSettings(kind="rows")  # type: ignore[arg-type]
     with pytest.raises(HeadScopeError, match="below the model's 9 heads"):
         analyze_set(tiny_handle, [Image.new("RGB", (32, 32))], None, CaseSettings(max_maps=4))
+
+
+def test_a_user_error_on_another_process_is_raised_on_this_one(demo_handle, set_24, monkeypatch) -> None:
+    """Under torchrun a process whose share fails must not leave the others waiting: all raise its sentence."""
+    import core.distributed
+    from core.casestudy import analyze
+    from core.distributed import Shards
+    from core.errors import ImageRejected
+
+    other = ImageRejected("digit-0007 changed while it was being analysed; run the analysis again.")
+    gathered: list = []
+
+    def gather(value, shards):
+        gathered.append(value)
+        return [value, other]  # rank 1's share failed
+
+    monkeypatch.setattr(core.distributed, "current", lambda: Shards(rank=0, size=2))
+    monkeypatch.setattr(core.distributed, "gather", gather)
+    with pytest.raises(ImageRejected, match="changed while it was being analysed"):
+        analyze(demo_handle, set_24, CaseSettings(max_maps=600, curve_steps=1), layout_method="pca")
+    assert len(gathered) == 1 and not isinstance(gathered[0], HeadScopeError)  # this rank's pass did run
