@@ -804,10 +804,7 @@ def image_set_from_folder(
     root = Path(folder)
     if not root.is_dir():
         raise ImageRejected(f"{sanitize_name(str(folder))} is not a folder; give a folder of images.")
-    paths = sorted(
-        path for path in root.rglob("*")
-        if path.is_file() and not _ignored_entry(path.relative_to(root).parts)
-    )
+    paths = _folder_files(root)
     if len(paths) > limits.max_files:
         raise ImageRejected(f"The folder holds {len(paths)} files; the limit is {limits.max_files}.")
     label_of, label_names = _folder_labels(
@@ -845,7 +842,7 @@ def image_set_from_folder(
     images, decode_notes = _decode_all(entries(), limits, lazily)
     notes.extend(decode_notes)
     if unmatched:
-        notes.append(f"Folders that match no class name, so their images have no label: {', '.join(sorted(unmatched))}.")
+        notes.append(f"{_UNMATCHED_FOLDERS}{', '.join(sorted(unmatched))}.")
     title = root.name or str(root)
     if share is not None:  # one process's part: the shares are checked and relabelled once joined
         return ImageSet(title=title, images=tuple(images), key="", label_names=label_names), notes
@@ -855,6 +852,17 @@ def image_set_from_folder(
     return ImageSet.from_images(_titled(title, len(images)), images, label_names), notes
 
 
+_UNMATCHED_FOLDERS = "Folders that match no class name, so their images have no label: "
+
+
+def _folder_files(root: Path) -> list[Path]:
+    """Every file below ``root`` that could be an image, in sorted path order (hidden ones skipped)."""
+    return sorted(
+        path for path in root.rglob("*")
+        if path.is_file() and not _ignored_entry(path.relative_to(root).parts)
+    )
+
+
 def join_folder_shares(shares: Sequence[tuple[ImageSet, list[str]]], folder: str | Path) -> tuple[ImageSet, list[str]]:
     """The set of a whole folder from its processes' shares (``image_set_from_folder(share=...)``), in rank order.
 
@@ -862,7 +870,16 @@ def join_folder_shares(shares: Sequence[tuple[ImageSet, list[str]]], folder: str
         ImageRejected: no share holds a usable image.
     """
     images: list[SetImage | FolderImage] = []
-    notes = [note for _, share_notes in shares for note in share_notes]
+    # each process noted the folders of its own share that match no class: one note for all
+    notes = [note for _, share_notes in shares for note in share_notes if not note.startswith(_UNMATCHED_FOLDERS)]
+    unmatched = {
+        name
+        for _, share_notes in shares
+        for note in share_notes if note.startswith(_UNMATCHED_FOLDERS)
+        for name in note.removeprefix(_UNMATCHED_FOLDERS).removesuffix(".").split(", ")
+    }
+    if unmatched:
+        notes.append(f"{_UNMATCHED_FOLDERS}{', '.join(sorted(unmatched))}.")
     seen: dict[str, str] = {}
     for part, _ in shares:
         for item in part.images:
@@ -872,7 +889,7 @@ def join_folder_shares(shares: Sequence[tuple[ImageSet, list[str]]], folder: str
             seen[item.id] = item.name
             images.append(item)
     if not images:
-        raise _no_usable_images(len(notes), notes, f"files in {sanitize_name(str(folder))}")
+        raise _no_usable_images(len(_folder_files(Path(folder))), notes, f"files in {sanitize_name(str(folder))}")
     kept, label_names = _drop_unused_labels(images, shares[0][0].label_names)
     return ImageSet.from_images(_titled(shares[0][0].title, len(kept)), kept, label_names), notes
 

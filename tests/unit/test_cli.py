@@ -70,6 +70,19 @@ def test_a_lazy_folder_set_keeps_no_pixels_and_each_process_decodes_its_share(di
     assert [np.asarray(im).tolist() for im in batch] == [np.asarray(item.image).tolist() for item in whole.images[2:5]]
 
 
+def test_shares_of_a_folder_of_broken_files_say_what_one_process_says(tmp_path, demo_handle):
+    from core.images import join_folder_shares
+
+    for i in range(4):
+        (tmp_path / f"broken{i}.png").write_bytes(b"not an image")
+    with pytest.raises(ImageRejected) as whole:
+        image_set_from_folder(tmp_path, demo_handle.class_names)
+    shares = [image_set_from_folder(tmp_path, demo_handle.class_names, lazy=True, share=(rank, 2)) for rank in range(2)]
+    with pytest.raises(ImageRejected) as joined:
+        join_folder_shares(shares, tmp_path)
+    assert str(joined.value) == str(whole.value) and "None of the 4 files" in str(whole.value)
+
+
 def test_folder_errors_are_sentences(tmp_path, demo_handle):
     with pytest.raises(ImageRejected, match=r"is not a folder"):
         image_set_from_folder(tmp_path / "missing", demo_handle.class_names)
