@@ -43,8 +43,8 @@ from core.importance import (
 )
 from core.inference import Predictions
 from core.model import ViTHandle
-from core.patterns import MapSample, _draw, drawn_inputs
-from core.settings import MAP_KINDS, CaseSettings, MapKind, images_per_batch
+from core.patterns import MapSample, _draw, drawn_inputs, map_kinds
+from core.settings import CaseSettings, MapKind, images_per_batch
 from core.strength import StrengthStats, reduce_layer
 
 __all__ = [
@@ -52,15 +52,15 @@ __all__ = [
     "PASS_STAGE",
     "PassResult",
     "SetAnalysis",
+    "StageProgress",
     "analyze_set",
     "draw_samples",
     "first_pass",
-    "map_kinds",
     "samples_from",
 ]
 
 Progress = Callable[[int, int], None]  # (done, in all)
-StageProgress = Callable[[str, int, int], None]  # (stage, done, in all)
+StageProgress = Callable[[str, int, int], None]  # (stage, done, in all): the case study reports the same way
 
 PASS_STAGE = "reading the set"
 CURVE_STAGE = "pruning curve"
@@ -105,16 +105,6 @@ class SetAnalysis:
     strength: StrengthStats
     samples: Mapping[MapKind, MapSample]
     predictions: Predictions
-
-    @property
-    def num_images(self) -> int:
-        return len(self.importance.unpruned)
-
-
-def map_kinds(handle: ViTHandle) -> tuple[MapKind, ...]:
-    """The map kinds the model has: CLS maps need a CLS token."""
-    has_cls = getattr(handle.model, "cls_token", None) is not None
-    return tuple(kind for kind in MAP_KINDS if kind == "patch" or has_cls)
 
 
 def draw_samples(handle: ViTHandle, num_images: int, settings: CaseSettings) -> dict[MapKind, pd.DataFrame]:

@@ -25,8 +25,8 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from core.analysis import PASS_STAGE, SetAnalysis, draw_samples, first_pass, map_kinds, samples_from
-from core.errors import HeadScopeError, NotEnoughImages, UnsupportedMapKind, UnsupportedMetric
+from core.analysis import PASS_STAGE, SetAnalysis, StageProgress, draw_samples, first_pass, samples_from
+from core.errors import HeadScopeError, NotEnoughImages, UnsupportedMetric
 from core.images import ImageSet
 from core.importance import (
     METRICS,
@@ -44,6 +44,7 @@ from core.patterns import (
     PatternClusters,
     PatternLayout,
     PatternSpace,
+    check_map_kind,
     cluster_patterns,
     project_patterns,
     train_autoencoder,
@@ -103,9 +104,6 @@ NEGLIGIBLE_DROP = 0.01
 # head of the real DINOv2-S moves its output by about 0.001 to 0.05 on a photo.
 NEGLIGIBLE_CHANGE = 0.001
 THUMBNAIL_SIDE = 96
-
-# What a stage reports: (stage name, done, total).
-StageProgress = Callable[[str, int, int], None]
 
 # Tables of a ``CaseStudy`` and their columns, by name (a bundle stores exactly these).
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -232,8 +230,7 @@ def analyze(
     from core import distributed
 
     shards = distributed.current()
-    if settings.kind not in map_kinds(handle):  # before minutes of work, not after
-        raise UnsupportedMapKind("This model has no CLS token, so it has no CLS maps; use patch maps instead.")
+    check_map_kind(handle, settings.kind)  # before minutes of work, not after
     if len(image_set) < max(1, shards.size):
         raise NotEnoughImages(
             f"The case study needs at least {max(1, shards.size)} image(s), one per process; the set has {len(image_set)}."
@@ -309,8 +306,7 @@ def study_from(
     """The case study from a set's analysis: trains the pattern autoencoder, lays out, clusters, prunes partially."""
     settings = analysis.settings
     report = _stage_reporter(progress)
-    if settings.kind not in analysis.samples:
-        raise UnsupportedMapKind("This model has no CLS token, so it has no CLS maps; use patch maps instead.")
+    check_map_kind(handle, settings.kind)
     sample = analysis.samples[settings.kind]
     space = train_autoencoder(sample, seed=settings.seed, device=handle.device, progress=report("training the autoencoder"))
     laying_out = report("laying out the patterns")  # UMAP's first call compiles for ~40 s: show that it runs

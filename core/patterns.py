@@ -44,10 +44,12 @@ __all__ = [
     "attention_cells",
     "autoencoder_input",
     "centre_on_source",
+    "check_map_kind",
     "cluster_patterns",
     "display_shape",
     "drawn_inputs",
     "grid_maps",
+    "map_kinds",
     "project_patterns",
     "resize_maps",
     "sample_maps",
@@ -177,6 +179,18 @@ class MapSample:
     num_heads: int
 
 
+def map_kinds(handle: ViTHandle) -> tuple[MapKind, ...]:
+    """The map kinds the model has: CLS maps need a CLS token."""
+    has_cls = getattr(handle.model, "cls_token", None) is not None
+    return tuple(kind for kind in MAP_KINDS if kind == "patch" or has_cls)
+
+
+def check_map_kind(handle: ViTHandle, kind: MapKind) -> None:
+    """Raise ``UnsupportedMapKind`` with its sentence when the model has no maps of ``kind``."""
+    if kind not in map_kinds(handle):
+        raise UnsupportedMapKind("This model has no CLS token, so it has no CLS maps; use patch maps instead.")
+
+
 def sample_maps(
     handle: ViTHandle,
     x: torch.Tensor | Sequence[Image.Image],
@@ -196,8 +210,7 @@ def sample_maps(
         InvalidSetting: the cap leaves no map for some head.
         NotEnoughImages: ``x`` holds no image.
     """
-    if kind == "cls" and getattr(handle.model, "cls_token", None) is None:
-        raise UnsupportedMapKind("This model has no CLS token, so it has no CLS maps; use patch maps instead.")
+    check_map_kind(handle, kind)
     step = images_per_batch(handle)
 
     def batches() -> Iterator[torch.Tensor]:

@@ -17,7 +17,6 @@ import torch
 from PIL import Image, ImageDraw
 
 from core.attention import extract_attention
-from core.errors import UnsupportedMapKind
 from core.images import ImageSet
 from core.model import ViTHandle
 from core.patterns import (
@@ -25,6 +24,7 @@ from core.patterns import (
     PatternClusters,
     PatternLayout,
     PatternSpace,
+    check_map_kind,
     cluster_patterns,
     project_patterns,
     sample_maps,
@@ -146,10 +146,9 @@ def pattern_view(handle: ViTHandle, image_set: ImageSet, kind: MapKind, max_maps
         UnsupportedMapKind, InvalidSetting: with a sentence for the user (no CLS token, cap
             below the head count); NotEnoughImages for an empty set.
     """
+    check_map_kind(handle, kind)
     analysis = session.analysis(handle, image_set)
     seed = analysis.settings.seed
-    if kind not in analysis.samples:
-        raise UnsupportedMapKind("This model has no CLS token, so it has no CLS maps; use patch maps instead.")
     drawn = analysis.samples[kind] if max_maps == analysis.settings.max_maps else None
     space = _space(handle.key, image_set.key, kind, max_maps, seed, handle, image_set, drawn)
     method, note = layout_method()

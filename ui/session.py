@@ -32,6 +32,7 @@ from ui.display import enlarge_for_display, plain
 from viz.common import HEAD_SELECTION
 
 __all__ = [
+    "ANALYSIS_SETTINGS",
     "ENV_CHECKPOINT",
     "ENV_IMG_SIZE",
     "ENV_MODEL",
@@ -49,6 +50,7 @@ __all__ = [
     "ModelSpec",
     "PageContext",
     "active_image_set",
+    "analysis",
     "current_model",
     "current_spec",
     "focus",
