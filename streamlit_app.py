@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.hfmodels import is_transformers_source
 from core.images import DEFAULT_LIMITS, ImageSet
 from core.inference import Predictions, top_k
 from core.model import BUILTIN_MODELS, DEFAULT_IMG_SIZE, DEMO_NAME, ViTHandle
@@ -17,32 +18,51 @@ st.set_page_config(page_title="HeadScope", page_icon="🔭", layout="wide")
 MAX_IMG_SIZE = 1024  # 14 px patches at 1,022 px are already 5,330 tokens per image
 TIMM_CHOICE = "timm model"
 _TIMM_CAPTION = "any timm ViT by name, with its pretrained weights or your checkpoint"
+TRANSFORMERS_CHOICE = "transformers model"
+_TRANSFORMERS_CAPTION = "a Hugging Face ViT, DeiT or DINOv2: a hub repo id, or a ZIP of its save_pretrained folder"
 
 
 def _model_controls() -> None:
     st.sidebar.header("Model")
     spec = session.current_spec()
-    choices = [*BUILTIN_MODELS, TIMM_CHOICE]
+    choices = [*BUILTIN_MODELS, TIMM_CHOICE, TRANSFORMERS_CHOICE]
+    transformers_spec = spec.transformers_zip or is_transformers_source(spec.name, local_paths=spec.server_paths)
+    current = spec.name if spec.name in BUILTIN_MODELS else TRANSFORMERS_CHOICE if transformers_spec else TIMM_CHOICE
     choice = st.sidebar.radio(
         "Model source",
         choices,
-        index=choices.index(spec.name) if spec.name in BUILTIN_MODELS else choices.index(TIMM_CHOICE),
-        captions=[*BUILTIN_MODELS.values(), _TIMM_CAPTION],
+        index=choices.index(current),
+        captions=[*BUILTIN_MODELS.values(), _TIMM_CAPTION, _TRANSFORMERS_CAPTION],
         key="model_source",
     )
     if choice == DEMO_NAME:  # instant and at one size only: picking it is loading it
         if spec.name != DEMO_NAME:
             session.switch_model(DEMO_NAME, None)
         return
-    name, checkpoint = choice, None
+    name, checkpoint, archive = choice, None, None
     if choice == TIMM_CHOICE:
         name = st.sidebar.text_input(
-            "timm model name", value="" if spec.name in BUILTIN_MODELS else spec.name, key="timm_name",
-            placeholder="vit_base_patch16_224",
+            "timm model name", value="" if spec.name in BUILTIN_MODELS or transformers_spec else spec.name,
+            key="timm_name", placeholder="vit_base_patch16_224",
         )
         checkpoint = st.sidebar.file_uploader(
             "Checkpoint for that architecture (optional)", type=["safetensors", "pth", "pt", "bin", "ckpt"], key="checkpoint_upload"
         )
+    elif choice == TRANSFORMERS_CHOICE:
+        name = st.sidebar.text_input(
+            "Hub repo id", value=spec.name if transformers_spec and not spec.transformers_zip else "",
+            key="hf_repo", placeholder="facebook/dinov2-small",
+            help="Read from this machine's Hugging Face cache first; from the hub when it can be reached.",
+        )
+        archive = st.sidebar.file_uploader(
+            "…or a ZIP of a save_pretrained folder", type=["zip"], key="hf_zip_upload",
+            help=(
+                "config.json with model.safetensors or pytorch_model.bin (and preprocessor_config.json if any). "
+                "While a ZIP is here, Load model loads it instead of the repo id."
+            ),
+        )
+        if archive is not None:
+            name = archive.name.removesuffix(".zip").removesuffix(".ZIP") or "uploaded model"
     img_size = st.sidebar.number_input(
         "Input size in pixels (optional)",
         min_value=1,
@@ -60,8 +80,10 @@ def _model_controls() -> None:
     if choice in BUILTIN_MODELS:
         st.sidebar.caption("The first load prepares the weights once (about a minute); later loads take seconds.")
     if st.sidebar.button("Load model", key="load_model", disabled=not name.strip()):
+        upload = archive if archive is not None else checkpoint
         error = session.switch_model(
-            name, checkpoint.getvalue() if checkpoint is not None else None, int(img_size) if img_size else None
+            name, upload.getvalue() if upload is not None else None, int(img_size) if img_size else None,
+            transformers_zip=archive is not None,
         )
         if error:
             st.sidebar.error(plain(error))  # it may quote the typed name or the file

@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--model", default="demo",
-        help="'demo' (default), 'dinov2-s' (DINOv2 ViT-S/14 backbone, prepared once offline) or a timm ViT name",
+        help="'demo' (default), 'dinov2-s' (DINOv2 ViT-S/14 backbone, prepared once offline), a timm ViT name, "
+        "or a transformers ViT/DeiT/DINOv2: hub repo id, save_pretrained folder or ZIP file",
     )
     run.add_argument("--img-size", type=int, help="input side in pixels, a multiple of the patch size (default: the model's)")
     run.add_argument("--checkpoint", type=Path, help="weights for --model (.safetensors or a weights-only torch file)")

@@ -12,11 +12,12 @@ can refuse before any entry is built.
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 
 __all__ = [
-    "DeclaredDirectory", "declared_directory", "MIN_ENTRY_BYTES",
+    "DeclaredDirectory", "declared_directory", "unsafe_entry_path", "MIN_ENTRY_BYTES",
     "EOCD", "EOCD_FORMAT", "EOCD_SIZE", "LOCATOR", "LOCATOR_SIZE", "ZIP64", "ZIP64_FORMAT", "ZIP64_SIZE",
 ]
 
@@ -82,3 +83,10 @@ def declared_directory(data: bytes) -> DeclaredDirectory | None:
     if not claims:
         return None
     return DeclaredDirectory(entries=max(c[0] for c in claims), size=max(c[1] for c in claims))
+
+
+def unsafe_entry_path(path: str) -> bool:
+    """An entry name that would escape the folder it is read into: absolute, a drive, or a ``..`` part."""
+    parts = re.split(r"[/\\]", path)
+    absolute = path.startswith(("/", "\\")) or bool(re.match(r"^[A-Za-z]:", path))
+    return absolute or ".." in parts

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from core._imagecheck import check_exif, check_structure
-from core._zipcheck import declared_directory
+from core._zipcheck import declared_directory, unsafe_entry_path
 from core.digits import digit_images, digits_split
 from core.errors import ImageRejected, LabelsMismatch, human_size
 
@@ -574,12 +574,6 @@ def _check_declared_directory(data: bytes, limits: UploadLimits) -> None:
         )
 
 
-def _unsafe_entry_path(path: str) -> bool:
-    parts = re.split(r"[/\\]", path)
-    absolute = path.startswith(("/", "\\")) or bool(re.match(r"^[A-Za-z]:", path))
-    return absolute or ".." in parts
-
-
 def _ignored_entry(parts: Sequence[str]) -> bool:
     # Finder's resource forks and dotfiles (.DS_Store, ._x.jpg) are never user images.
     return parts[0] == "__MACOSX" or any(part.startswith(".") for part in parts)
@@ -697,7 +691,7 @@ def image_set_from_zip(
             # zipfile's is_dir() raises IndexError on an empty name, which no image has.
             if not info.filename or info.is_dir():
                 continue
-            if _unsafe_entry_path(info.filename):
+            if unsafe_entry_path(info.filename):
                 notes.append(
                     f"{sanitize_name(info.filename)} was skipped because its path in the archive "
                     "points outside the archive."

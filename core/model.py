@@ -183,6 +183,7 @@ def load_model(
     device: str | torch.device | None = None,
     img_size: int | None = None,
     progress: LoadProgress | None = None,
+    local_paths: bool = True,
 ) -> ViTHandle:
     """Build a supported ViT and load its weights.
 
@@ -192,7 +193,9 @@ def load_model(
     Args:
         name: ``"demo"`` for the embedded digits model, ``"dinov2-s"`` for the DINOv2
             ViT-S/14 backbone (prepared once from a registry package, see ``core.dinov2``),
-            or a timm model name.
+            a timm model name, or a Hugging Face transformers ViT, DeiT or DINOv2: a hub repo
+            id (``facebook/dinov2-small``; the local cache first), a folder written by
+            ``save_pretrained`` or a ZIP file of one (see ``core.hfmodels``).
         checkpoint: a local checkpoint (path or raw bytes) for the architecture ``name``;
             safetensors, or a torch file loaded with ``weights_only=True``.
         pretrained: load timm's pretrained weights (hub, or its local cache when offline)
@@ -203,6 +206,8 @@ def load_model(
             built for more than 24 x 24 patches at more than 224 px (DINOv2 at 518 px)
             runs at 224 px.
         progress: called as ``progress(stage, fraction)`` while weights are prepared.
+        local_paths: read folders and ZIP files on this machine as transformers models;
+            ``False`` takes a name with a slash as a hub repo id only (the app's text field).
 
     Raises:
         ModelUnavailable: unknown name, or weights not available offline.
@@ -223,11 +228,22 @@ def load_model(
                 raise InvalidSetting("The demo model runs at its own 8x8 input size only.")
             return _load_demo(device)
         return _load_dinov2(device, img_size, progress)
+    from core import hfmodels
+
+    if hfmodels.is_transformers_source(name, local_paths=local_paths):
+        if checkpoint is not None:
+            raise CheckpointRejected(
+                f"'{name}' is a transformers model with its own weights; a checkpoint goes with a timm name."
+            )
+        return hfmodels.load_transformers(
+            name, device=device, img_size=img_size, local_paths=local_paths, progress=progress
+        )
     import timm
 
     if not timm.is_model(name):
         raise ModelUnavailable(
-            f"timm has no model called '{name}'; use a name such as vit_base_patch16_224 or deit_small_patch16_224."
+            f"timm has no model called '{name}'; use a name such as vit_base_patch16_224 or deit_small_patch16_224, "
+            "or a transformers repo id such as facebook/dinov2-small."
         )
     size = _run_size(name, img_size)
     suffix = "" if size is None else f", {size} px"
@@ -431,8 +447,13 @@ def _make_handle(
     key: str | None = None,
     card: Mapping[str, Any] | None = None,
     refuse: type[HeadScopeError] = ModelUnavailable,
+    data_config: Mapping[str, Any] | None = None,
+    transform: Callable[[Image.Image], torch.Tensor] | None = None,
 ) -> ViTHandle:
-    """Describe ``model`` and probe it once; a model whose outputs are not finite is refused with ``refuse``."""
+    """Describe ``model`` and probe it once; a model whose outputs are not finite is refused with ``refuse``.
+
+    ``data_config`` and ``transform`` replace timm's (a transformers model brings its own preprocessing).
+    """
     from timm.data import create_transform, resolve_data_config
 
     dev = pick_device(device)
@@ -443,14 +464,16 @@ def _make_handle(
     if len(class_names) != num_classes:
         what = "a backbone without a classifier" if num_classes == 0 else f"a model with {num_classes} outputs"
         raise LabelsMismatch(f"{len(class_names)} class names were given for {what}.")
-    data_config = resolve_data_config(model=model)
-    # a model built without a pretrained config would get timm's 224x224 RGB default:
-    # the input size the patch embedding was built for is the one that fits
-    data_config["input_size"] = (
-        int(model.patch_embed.proj.in_channels),
-        *(int(side) for side in model.patch_embed.img_size),
-    )
-    transform = create_transform(**data_config, is_training=False)
+    if data_config is None:
+        data_config = resolve_data_config(model=model)
+        # a model built without a pretrained config would get timm's 224x224 RGB default:
+        # the input size the patch embedding was built for is the one that fits
+        data_config["input_size"] = (
+            int(model.patch_embed.proj.in_channels),
+            *(int(side) for side in model.patch_embed.img_size),
+        )
+    if transform is None:
+        transform = create_transform(**data_config, is_training=False)
     first = model.blocks[0].attn
     handle = ViTHandle(
         model=model,
@@ -548,8 +571,11 @@ def _hub_resolves(endpoint: str) -> bool:
         return False
 
 
-def _read_checkpoint(source: str | Path | bytes, name: str) -> dict[str, torch.Tensor]:
+def _read_checkpoint(source: str | Path | bytes, name: str, *, architecture: Any = None) -> dict[str, torch.Tensor]:
     """Read a state dict for architecture ``name`` safely, choosing the reader by content, never by file name.
+
+    ``architecture`` replaces the timm layout check of ``name`` (``core.hfmodels`` checks
+    Hugging Face names against a config.json this way).
 
     Every size, count, dtype and shape the file declares is checked against the
     architecture before the reader allocates what it declares: safetensors by its
@@ -569,7 +595,7 @@ def _read_checkpoint(source: str | Path | bytes, name: str) -> dict[str, torch.T
         raise CheckpointRejected(f"The checkpoint file {path.name if path else ''} cannot be read.") from err
     if not head:
         raise CheckpointRejected("The checkpoint file is empty.")
-    architecture = _Architecture(name)
+    architecture = architecture or _Architecture(name)
     if _looks_like_safetensors(head, size):
         return _read_safetensors(path if path is not None else data, size, architecture)
     if path is not None:

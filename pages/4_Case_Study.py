@@ -127,7 +127,8 @@ e2.download_button(
     icon=":material/folder_zip:", help="Tables, arrays and a manifest; open it again above without recomputing.",
 )
 spec = session.current_spec()
-model_args = f"--model {spec.name}" + (f" --img-size {spec.img_size}" if spec.img_size else "")
+model_args = "--model MODEL.zip" if spec.transformers_zip else f"--model {spec.name}"
+model_args += f" --img-size {spec.img_size}" if spec.img_size else ""
 model_args += " --checkpoint FILE" if spec.checkpoint_digest else ""
 st.caption(
     "The same bundle from the command line, for batch jobs: "

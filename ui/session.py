@@ -25,6 +25,7 @@ from core.casestudy import set_labels
 from core.errors import HeadScopeError
 from core.images import ImageSet, demo_digits_set, image_set_from_files, image_set_from_zip, sample_photos_set
 from core.inference import Predictions, Progress, predict_images
+from core.hfmodels import load_transformers
 from core.model import DEMO_NAME, ViTHandle, imagenet_synsets, load_model
 from core.projection import layout_2d, umap_failed, umap_ready
 from core.settings import CaseSettings
@@ -89,18 +90,25 @@ class ModelSpec:
     """What the user asked for: a model name, optionally a checkpoint, and an input size.
 
     Attributes:
-        name: a built-in model (``BUILTIN_MODELS``) or a timm name.
+        name: a built-in model (``BUILTIN_MODELS``), a timm name, a transformers hub repo id,
+            the name of an uploaded transformers ZIP, or (from the environment only) a
+            transformers folder or ZIP file on the server.
         checkpoint_digest: sha256 of an uploaded checkpoint's bytes, or path, size and change
             time of ``checkpoint_path``; ``None`` without a checkpoint.
         img_size: input side in pixels; ``None`` for the model's default.
         checkpoint_path: where the checkpoint lies on the server (``HEADSCOPE_CHECKPOINT``);
             ``None`` for an upload, whose bytes the session keeps.
+        transformers_zip: the "checkpoint" is an uploaded ZIP of a save_pretrained folder.
+        server_paths: ``name`` may be a folder or file on the server; only the environment's
+            start model may, never what a visitor types.
     """
 
     name: str = DEMO_NAME
     checkpoint_digest: str | None = None
     img_size: int | None = None
     checkpoint_path: str | None = None
+    transformers_zip: bool = False
+    server_paths: bool = False
 
 
 @dataclass(frozen=True)
@@ -138,7 +146,12 @@ def progress_bar(start: str, step: str) -> Iterator[Progress]:
 
 @st.cache_resource(max_entries=3, show_spinner="Loading the model…")
 def _cached_model(
-    name: str, checkpoint_digest: str | None, img_size: int | None, _checkpoint: bytes | str | None
+    name: str,
+    checkpoint_digest: str | None,
+    img_size: int | None,
+    _checkpoint: bytes | str | None,
+    transformers_zip: bool = False,
+    server_paths: bool = False,
 ) -> ViTHandle:
     bar = None
 
@@ -152,14 +165,19 @@ def _cached_model(
             bar.progress(done, text=text)
 
     try:
-        return load_model(name, checkpoint=_checkpoint, img_size=img_size, progress=report)
+        if transformers_zip:
+            return load_transformers(_checkpoint, label=name, img_size=img_size, progress=report)  # type: ignore[arg-type]
+        return load_model(name, checkpoint=_checkpoint, img_size=img_size, progress=report, local_paths=server_paths)
     finally:
         if bar is not None:
             bar.empty()
 
 
 def _load(spec: ModelSpec, checkpoint: bytes | None = None) -> ViTHandle:
-    return _cached_model(spec.name, spec.checkpoint_digest, spec.img_size, spec.checkpoint_path or checkpoint)
+    return _cached_model(
+        spec.name, spec.checkpoint_digest, spec.img_size, spec.checkpoint_path or checkpoint,
+        spec.transformers_zip, spec.server_paths,
+    )
 
 
 def umap_pending() -> bool:
@@ -200,7 +218,7 @@ def _start_from_environment(environ: Mapping[str, str]) -> str | None:
             digest = f"{os.path.abspath(path)}:{stat.st_size}:{stat.st_mtime_ns}"
         except OSError as err:
             return f"The checkpoint {path} in {ENV_CHECKPOINT} cannot be read ({err.strerror or err})."
-    spec = ModelSpec(name, digest, img_size, path)
+    spec = ModelSpec(name, digest, img_size, path, server_paths=True)
     try:
         _load(spec)
     except HeadScopeError as err:
@@ -229,14 +247,18 @@ def current_model() -> ViTHandle:
         return _load(ModelSpec())
 
 
-def switch_model(name: str, checkpoint: bytes | None, img_size: int | None = None) -> str | None:
+def switch_model(
+    name: str, checkpoint: bytes | None, img_size: int | None = None, *, transformers_zip: bool = False
+) -> str | None:
     """Load and activate a model; on failure return the reason and keep the previous model.
 
     ``img_size`` is the input side in pixels (``None``: the model's default); one that
-    does not fit the model's patches fails with its sentence like any other load.
+    does not fit the model's patches fails with its sentence like any other load. With
+    ``transformers_zip``, ``checkpoint`` is a ZIP of a save_pretrained folder and ``name``
+    the uploaded file's name. A name typed here is never read as a path on the server.
     """
     digest = hashlib.sha256(checkpoint).hexdigest() if checkpoint else None
-    spec = ModelSpec(name.strip(), digest, img_size)
+    spec = ModelSpec(name.strip(), digest, img_size, transformers_zip=transformers_zip)
     try:
         _load(spec, checkpoint)
     except HeadScopeError as err:  # InvalidSetting: an input size that does not fit the patches

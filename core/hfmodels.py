@@ -1,0 +1,1052 @@
+"""Hugging Face ``transformers`` ViTs, read as timm ``VisionTransformer``s.
+
+Supported: ``ViTModel``, ``ViTForImageClassification``, ``DeiTModel``,
+``DeiTForImageClassification``, ``DeiTForImageClassificationWithTeacher``, ``Dinov2Model``,
+``Dinov2ForImageClassification``, ``Dinov2WithRegistersModel`` and
+``Dinov2WithRegistersForImageClassification``, from a folder written by ``save_pretrained``
+(``config.json`` with ``model.safetensors``, or ``pytorch_model.bin`` read with
+``weights_only=True``), a ZIP of such a folder, or a hub repo in that format (the local
+Hugging Face cache first, the hub when online).
+
+``transformers`` itself is never imported. ``config.json`` is checked field by field, a
+timm model that computes what ``transformers`` computes in eager mode is built from it on
+the meta device, and the names and shapes the weight file declares (its header, or the
+tensors of a ``weights_only`` load) are renamed onto that model and compared before a
+single weight is allocated. What maps onto what:
+
+- the blocks: ``query``/``key``/``value`` stack into timm's ``qkv``, ``layernorm_before`` and
+  ``layernorm_after`` (ViT, DeiT) or ``norm1``/``norm2`` (DINOv2) are ``norm1``/``norm2``, DINOv2's
+  ``layer_scale`` ``lambda1`` is timm's ``ls.gamma``; LayerNorm eps (1e-12 in ViT and DeiT)
+  and the activation come from the config;
+- the tokens: DeiT's distillation token is a second prefix token with its own position
+  (timm's ``dist_token``); DINOv2's registers are inserted after the class token and get
+  no position, so the class token's position is added to it once at load and timm's
+  table covers the patches only (``no_embed_class``);
+- the position table is resampled to the run grid as ``transformers`` does at every
+  forward: bicubic with half-pixel centres, antialiased only in DINOv2 with registers;
+- the output: ``ViTForImageClassification`` and ``DeiTForImageClassification`` classify the
+  class token, ``DeiTForImageClassificationWithTeacher`` averages the class-token and
+  distillation-token heads, ``Dinov2ForImageClassification`` classifies the class token
+  beside the mean of the patch tokens; a backbone's output is its pooled output:
+  ``ViTModel``'s and ``DeiTModel``'s pooler (dense + tanh on the class token) when the
+  weights have one, else the class token after the final LayerNorm.
+
+Class names come from ``id2label``; preprocessing from ``preprocessor_config.json`` when it
+is there (resize, centre crop, rescale and normalisation), else the defaults of the
+model type's image processor on the hub.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+import stat
+import zipfile
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from core._zipcheck import declared_directory, unsafe_entry_path
+from core.errors import CheckpointRejected, ModelUnavailable, UnsupportedModel, human_size
+from core.model import (
+    _MAX_DEFAULT_PATCHES,
+    DEFAULT_IMG_SIZE,
+    ViTHandle,
+    _check_img_size,
+    _load_weights,
+    _make_handle,
+    _model_digest,
+    _read_checkpoint,
+)
+
+__all__ = [
+    "SUPPORTED_ARCHITECTURES",
+    "CONFIG_FILE",
+    "PREPROCESSOR_FILE",
+    "WEIGHT_FILES",
+    "is_repo_id",
+    "is_transformers_source",
+    "load_transformers",
+]
+
+CONFIG_FILE = "config.json"
+PREPROCESSOR_FILE = "preprocessor_config.json"
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_SHARDED_INDEX = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+# class name in config.json "architectures" -> (model_type, how the output is made)
+SUPPORTED_ARCHITECTURES: dict[str, tuple[str, str]] = {
+    "ViTModel": ("vit", "backbone"),
+    "ViTForImageClassification": ("vit", "class_token"),
+    "DeiTModel": ("deit", "backbone"),
+    "DeiTForImageClassification": ("deit", "class_token"),
+    "DeiTForImageClassificationWithTeacher": ("deit", "distilled"),
+    "Dinov2Model": ("dinov2", "backbone"),
+    "Dinov2ForImageClassification": ("dinov2", "class_and_patch_mean"),
+    "Dinov2WithRegistersModel": ("dinov2_with_registers", "backbone"),
+    "Dinov2WithRegistersForImageClassification": ("dinov2_with_registers", "class_and_patch_mean"),
+}
+_SUPPORTED_TEXT = (
+    "HeadScope reads transformers ViT, DeiT and DINOv2 models (ViTModel, ViTForImageClassification, "
+    "DeiTForImageClassification, DeiTForImageClassificationWithTeacher, Dinov2Model, "
+    "Dinov2ForImageClassification, Dinov2WithRegistersModel)"
+)
+_MODEL_TYPES = ("vit", "deit", "dinov2", "dinov2_with_registers")
+_BASE_PREFIX = {"vit": "vit.", "deit": "deit.", "dinov2": "dinov2.", "dinov2_with_registers": "dinov2_with_registers."}
+_BASE_MODEL = {"vit": "ViTModel", "deit": "DeiTModel", "dinov2": "Dinov2Model",
+               "dinov2_with_registers": "Dinov2WithRegistersModel"}
+_CLASSIFIER = {"vit": "ViTForImageClassification", "deit": "DeiTForImageClassification",
+               "dinov2": "Dinov2ForImageClassification",
+               "dinov2_with_registers": "Dinov2WithRegistersForImageClassification"}
+
+# Bounds on what config.json may ask for. The largest ViTs in transformers (ViT-22B: 6,144
+# wide, 48 blocks, 48 heads; DINOv2-g: 1,536 wide, 40 blocks) are well inside them; beyond
+# them a config is a mistake or an attack, refused before anything is built.
+_MAX_WIDTH = 16_384
+_MAX_DEPTH = 128
+_MAX_HEADS = 256
+_MAX_HIDDEN = 131_072
+_MAX_IMAGE = 4_096
+_MAX_REGISTERS = 64
+# Attention grows with the square of the tokens: 80 x 80 patches (DINOv2 at 1,120 px) is
+# already 41 million weights per head and image; the app's largest input size gives 73 x 73.
+_MAX_RUN_PATCHES = 80 * 80
+_MAX_CLASSES = 100_000
+_MAX_LABEL_CHARS = 200
+# ImageNet-21k's id2label is about 700 KB of JSON; a config many times that is no model's.
+_MAX_JSON_BYTES = 16 * 2**20
+# A save_pretrained folder holds a handful of files; a ZIP of one lists a few entries more.
+_MAX_ZIP_ENTRIES = 256
+# Float weights barely compress (deflate gains about 10%); an entry that would expand to more
+# than this many times the whole archive is a ZIP bomb.
+_MAX_EXPANSION = 4
+
+def _activation(name: str) -> type[nn.Module]:
+    """The timm layer for a hidden_act or pooler_act name: the function transformers' ACT2FN computes."""
+    from timm.layers import GELUTanh, QuickGELU
+
+    table: dict[str, type[nn.Module]] = {
+        "gelu": nn.GELU,
+        "gelu_new": GELUTanh,
+        "gelu_pytorch_tanh": GELUTanh,
+        "gelu_fast": GELUTanh,
+        "quick_gelu": QuickGELU,
+        "relu": nn.ReLU,
+        "silu": nn.SiLU,
+        "swish": nn.SiLU,
+        "tanh": nn.Tanh,
+    }
+    return table[name]
+
+
+_ACTIVATION_NAMES = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "quick_gelu", "relu", "silu", "swish", "tanh")
+
+# PIL resampling codes in preprocessor_config.json -> torchvision's names
+_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# What each model type's image processor does when a folder has no preprocessor_config.json
+# (the hub repos' own files): ViT squashes to its size, DeiT resizes to 256 and crops 224,
+# DINOv2 resizes the short side to 256 and crops 224.
+_DEFAULT_PREPROCESSING: dict[str, dict[str, Any]] = {
+    "vit": {"do_resize": True, "size": None, "resample": 2, "do_center_crop": False,
+            "image_mean": (0.5, 0.5, 0.5), "image_std": (0.5, 0.5, 0.5)},
+    "deit": {"do_resize": True, "size": {"height": 256, "width": 256}, "resample": 3, "do_center_crop": True,
+             "crop_size": {"height": 224, "width": 224}, "image_mean": _IMAGENET_MEAN, "image_std": _IMAGENET_STD},
+    "dinov2": {"do_resize": True, "size": {"shortest_edge": 256}, "resample": 3, "do_center_crop": True,
+               "crop_size": {"height": 224, "width": 224}, "image_mean": _IMAGENET_MEAN, "image_std": _IMAGENET_STD},
+}
+_DEFAULT_PREPROCESSING["dinov2_with_registers"] = _DEFAULT_PREPROCESSING["dinov2"]
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}(@[\w./-]{1,200})?$")
+
+Progress = Callable[[str, float], None]
+
+
+# --- where the files come from ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Files:
+    """The files of one save_pretrained folder: the config text, the weights, the preprocessor text."""
+
+    label: str
+    config: bytes
+    weights: Path | bytes
+    preprocessor: bytes | None
+
+
+def is_repo_id(name: str) -> bool:
+    """``name`` has the form of a hub repo id, ``owner/name`` (optionally ``@revision``)."""
+    return bool(_REPO_ID.match(name.strip()))
+
+
+def is_transformers_source(name: str, *, local_paths: bool = True) -> bool:
+    """Whether :func:`load_transformers` is the loader for ``name``: a repo id, or (with
+    ``local_paths``) an existing folder or ``.zip`` file. timm names never contain a slash."""
+    name = name.strip()
+    if local_paths and name:
+        path = Path(name).expanduser()
+        if path.is_dir() or (path.suffix.lower() == ".zip" and path.is_file()):
+            return True
+    return is_repo_id(name)
+
+
+def load_transformers(
+    source: str | Path | bytes,
+    *,
+    label: str | None = None,
+    device: str | torch.device | None = None,
+    img_size: int | None = None,
+    local_paths: bool = True,
+    progress: Progress | None = None,
+) -> ViTHandle:
+    """Load a transformers ViT, DeiT or DINOv2 as a :class:`~core.model.ViTHandle`.
+
+    Args:
+        source: a save_pretrained folder or a ZIP file of one (path), the bytes of such a ZIP,
+            or a hub repo id (``facebook/dinov2-small``, optionally ``@revision``).
+        label: the name the handle shows; default the folder, file or repo name.
+        device: where to run.
+        img_size: input side in pixels, a multiple of the patch size; default the size the
+            preprocessor feeds (its crop), else the config's ``image_size`` (224 for a model
+            built for more than 24 x 24 patches, as for timm models).
+        local_paths: read folders and ZIP files on this machine; ``False`` takes a string as
+            a repo id only (what the app's text field does).
+        progress: called as ``progress(stage, fraction)``.
+
+    Raises:
+        ModelUnavailable: no such folder, file or repo, or the repo is not cached and the hub
+            cannot be reached.
+        UnsupportedModel: the config is for an architecture HeadScope does not read.
+        CheckpointRejected: the config, preprocessor, ZIP or weights are malformed, hostile
+            or do not match each other.
+        InvalidSetting: ``img_size`` does not fit the model's patches.
+    """
+    report = progress or (lambda stage, fraction: None)
+    report("reading the files", 0.0)
+    files = _files_of(source, local_paths=local_paths)
+    config = _parse_json(files.config, CONFIG_FILE)
+    spec = _spec_from_config(config)
+    preprocessing = _preprocessing(spec, None if files.preprocessor is None else _parse_json(files.preprocessor, PREPROCESSOR_FILE))
+    run = _run_size(spec, preprocessing, img_size)
+    architecture = _HFArchitecture(replace(spec, run_size=run))
+    report("checking the weights against config.json", 0.3)
+    state = _read_checkpoint(files.weights, spec.architecture, architecture=architecture)
+    spec = architecture.spec  # now knows whether the weights hold a pooler (or which head they have)
+    report("building the model", 0.7)
+    return _build_handle(spec, state, preprocessing, label or files.label, device)
+
+
+def _files_of(source: str | Path | bytes, *, local_paths: bool) -> _Files:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return _zip_files(bytes(source), "uploaded ZIP")
+    text = str(source).strip()
+    if not text:
+        raise ModelUnavailable("No model was named; give a hub repo id such as facebook/dinov2-small.")
+    path = Path(text).expanduser()
+    if local_paths and path.is_dir():
+        return _folder_files(path)
+    if local_paths and path.is_file() and path.suffix.lower() == ".zip":
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise ModelUnavailable(f"The ZIP file {path.name} cannot be read ({err.strerror or err}).") from err
+        return _zip_files(data, path.stem)
+    if is_repo_id(text):
+        return _repo_files(text)
+    what = "a folder, a ZIP file or a hub repo id" if local_paths else "a hub repo id (owner/name)"
+    raise ModelUnavailable(f"'{text[:80]}' is not {what} of a transformers model.")
+
+
+def _folder_files(folder: Path) -> _Files:
+    names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+    if CONFIG_FILE not in names:
+        raise CheckpointRejected(
+            f"The folder {folder.name} has no {CONFIG_FILE}; give a folder written by save_pretrained."
+        )
+    weights = _pick_weights(names, folder.name)
+    return _Files(
+        label=folder.name,
+        config=_read_small(folder / CONFIG_FILE),
+        weights=folder / weights,
+        preprocessor=_read_small(folder / PREPROCESSOR_FILE) if PREPROCESSOR_FILE in names else None,
+    )
+
+
+def _pick_weights(names: set[str], where: str) -> str:
+    for name in WEIGHT_FILES:
+        if name in names:
+            return name
+    if any(index in names for index in _SHARDED_INDEX):
+        raise CheckpointRejected(
+            f"{where} holds its weights in shards; HeadScope reads one model.safetensors or pytorch_model.bin "
+            "(save it again with save_pretrained(max_shard_size='20GB'))."
+        )
+    raise CheckpointRejected(f"{where} has a {CONFIG_FILE} but no weights ({' or '.join(WEIGHT_FILES)}).")
+
+
+def _read_small(path: Path) -> bytes:
+    try:
+        size = path.stat().st_size
+        if size > _MAX_JSON_BYTES:
+            raise CheckpointRejected(
+                f"{path.name} is {human_size(size)}; a model's is well under {human_size(_MAX_JSON_BYTES)}."
+            )
+        return path.read_bytes()
+    except OSError as err:
+        raise CheckpointRejected(f"{path.name} cannot be read ({err.strerror or err}).") from err
+
+
+def _zip_files(data: bytes, label: str) -> _Files:
+    """The model folder inside a ZIP, read in memory: nothing is extracted to disk."""
+    if not data:
+        raise CheckpointRejected("The uploaded ZIP is empty.")
+    declared = declared_directory(data)
+    if declared is not None and (declared.entries > _MAX_ZIP_ENTRIES or declared.size > _MAX_ZIP_ENTRIES * 1024):
+        raise CheckpointRejected(
+            f"The ZIP lists {declared.entries:,} entries; a save_pretrained folder has a handful. Zip one model folder."
+        )
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        infos = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as err:
+        raise CheckpointRejected("The uploaded file is not a readable ZIP archive.") from err
+    members: dict[str, zipfile.ZipInfo] = {}
+    for info in infos:
+        name = info.filename
+        if unsafe_entry_path(name) or "\\" in name or "\x00" in name:
+            raise CheckpointRejected(
+                f"The ZIP holds an entry with an unsafe path ('{name[:60]}'); zip the model folder itself."
+            )
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise CheckpointRejected(f"The ZIP holds a symbolic link ('{name[:60]}'); zip the files themselves.")
+        parts = [p for p in name.split("/") if p]
+        if info.is_dir() or not parts or parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts):
+            continue
+        if name in members:
+            raise CheckpointRejected(f"The ZIP holds '{name[:60]}' twice; zip the model folder again.")
+        members[name] = info
+    configs = [n for n in members if n.rsplit("/", 1)[-1] == CONFIG_FILE and n.count("/") <= 1]
+    if not configs:
+        raise CheckpointRejected(
+            f"The ZIP has no {CONFIG_FILE} at its top or in one folder; zip a folder written by save_pretrained."
+        )
+    if len(configs) > 1:
+        raise CheckpointRejected(f"The ZIP holds {len(configs)} models ({CONFIG_FILE} files); zip one model folder.")
+    folder = configs[0][: -len(CONFIG_FILE)]
+    names = {n[len(folder):] for n in members if n.startswith(folder) and "/" not in n[len(folder):]}
+    weights = _pick_weights(names, "The ZIP")
+    budget = _MAX_EXPANSION * len(data) + 2**20
+    with archive:
+        return _Files(
+            label=folder.rstrip("/") or label,
+            config=_read_member(archive, members[folder + CONFIG_FILE], _MAX_JSON_BYTES),
+            weights=_read_member(archive, members[folder + weights], budget),
+            preprocessor=(
+                _read_member(archive, members[folder + PREPROCESSOR_FILE], _MAX_JSON_BYTES)
+                if PREPROCESSOR_FILE in names else None
+            ),
+        )
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int) -> bytes:
+    short = info.filename.rsplit("/", 1)[-1]
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        # zipfile inflates bzip2 and LZMA without a size bound
+        raise CheckpointRejected(f"{short} in the ZIP uses a compression HeadScope does not read (only stored or deflate).")
+    try:
+        with archive.open(info) as stream:
+            content = stream.read(cap + 1)  # the sizes an entry declares can lie: the cap is read, not trusted
+    except (zipfile.BadZipFile, RuntimeError, NotImplementedError, OSError, EOFError, ValueError) as err:
+        raise CheckpointRejected(f"{short} could not be read from the ZIP; it is damaged or encrypted.") from err
+    if len(content) > cap:
+        raise CheckpointRejected(
+            f"{short} expands to more than {human_size(cap)}, far more than the ZIP's size allows for real files; "
+            "it is a ZIP bomb or damaged."
+        )
+    return content
+
+
+def _repo_files(repo: str) -> _Files:
+    """The files of a hub repo: from the local cache first, from the hub when it can be reached."""
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    repo_id, _, revision = repo.partition("@")
+    request = dict(repo_id=repo_id, revision=revision or None)
+
+    def cached(filename: str) -> str | None:
+        try:
+            return hf_hub_download(filename=filename, local_files_only=True, **request)
+        except Exception:  # not cached (or cached as absent): the caller decides
+            return None
+
+    def remote(filename: str) -> str | None:
+        try:
+            return hf_hub_download(filename=filename, etag_timeout=10, **request)
+        except (RepositoryNotFoundError, RevisionNotFoundError) as err:
+            raise ModelUnavailable(
+                f"The hub has no model repo '{repo}' (or it is private); check the id, such as facebook/dinov2-small."
+            ) from err
+        except EntryNotFoundError:
+            return None
+        except Exception as err:  # any other network or hub failure means the same thing to the user
+            raise ModelUnavailable(
+                f"'{repo}' could not be fetched from the Hugging Face hub ({type(err).__name__}); try again, "
+                "or upload a ZIP of the model folder."
+            ) from err
+
+    fetch = cached
+    if cached(CONFIG_FILE) is None:
+        from core.model import _hub_resolves
+
+        if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}:
+            raise ModelUnavailable(
+                f"'{repo}' is not in the local Hugging Face cache and the hub is offline; download it once while "
+                "online, or upload a ZIP of its save_pretrained folder."
+            )
+        if not _hub_resolves(constants.ENDPOINT):
+            raise ModelUnavailable(
+                f"'{repo}' is not cached locally and the Hugging Face hub cannot be reached; connect once, "
+                "or upload a ZIP of its save_pretrained folder."
+            )
+        fetch = remote
+    config = fetch(CONFIG_FILE)
+    if config is None:
+        raise CheckpointRejected(f"The repo '{repo}' has no {CONFIG_FILE}; it is not a transformers model.")
+    weights = next((found for name in WEIGHT_FILES if (found := fetch(name)) is not None), None)
+    if weights is None:
+        if any(fetch(index) is not None for index in _SHARDED_INDEX):
+            _pick_weights({_SHARDED_INDEX[0]}, f"The repo '{repo}'")
+        where = "in the local cache" if fetch is cached else "on the hub"
+        raise ModelUnavailable(f"The repo '{repo}' has no {' or '.join(WEIGHT_FILES)} {where}.")
+    preprocessor = fetch(PREPROCESSOR_FILE)
+    return _Files(
+        label=repo,
+        config=_read_small(Path(config)),
+        weights=Path(weights),
+        preprocessor=None if preprocessor is None else _read_small(Path(preprocessor)),
+    )
+
+
+def _parse_json(data: bytes, what: str) -> dict[str, Any]:
+    if len(data) > _MAX_JSON_BYTES:
+        raise CheckpointRejected(f"{what} is {human_size(len(data))}; a model's is well under {human_size(_MAX_JSON_BYTES)}.")
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:  # RecursionError: hostile nesting
+        raise CheckpointRejected(f"{what} is not valid JSON.") from err
+    if not isinstance(value, dict):
+        raise CheckpointRejected(f"{what} does not hold a JSON object.")
+    return value
+
+
+# --- config.json -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """What config.json (and the weights) say about the model, checked."""
+
+    model_type: str
+    architecture: str
+    output: str  # backbone, class_token, distilled or class_and_patch_mean
+    width: int
+    depth: int
+    heads: int
+    mlp_hidden: int
+    activation: str
+    eps: float
+    qkv_bias: bool
+    layer_scale: bool
+    image_size: int
+    patch_size: int
+    channels: int
+    registers: int
+    class_names: tuple[str, ...]
+    pooler: int | None = None  # the pooler's width when a backbone's weights hold one
+    pooler_activation: str = "tanh"
+    run_size: int = 0  # the input side the model is built for
+
+    @property
+    def native_grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def position_prefix(self) -> int:
+        """Rows of the position table before the patches: class token, and DeiT's distillation token."""
+        return 2 if self.model_type == "deit" else 1
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _whole(config: Mapping[str, Any], key: str, default: Any, low: int, high: int) -> int:
+    value = config.get(key, default)
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(type(v) is int for v in value):
+        if value[0] != value[1]:
+            raise UnsupportedModel(f"config.json's {key} is {value[0]} x {value[1]}; HeadScope reads square ones only.")
+        value = value[0]  # a square size written as [side, side]
+    if type(value) is not int or not low <= value <= high:
+        raise CheckpointRejected(
+            f"config.json's {key} must be a whole number from {low:,} to {high:,}, not {_show(value)}."
+        )
+    return value
+
+
+def _number(config: Mapping[str, Any], key: str, default: float, low: float, high: float) -> float:
+    value = config.get(key, default)
+    if type(value) not in (int, float) or not math.isfinite(value) or not low < value <= high:
+        raise CheckpointRejected(f"config.json's {key} must be a number above {low:g} and at most {high:g}, not {_show(value)}.")
+    return float(value)
+
+
+def _flag(config: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = config.get(key, default)
+    if type(value) is not bool:
+        raise CheckpointRejected(f"config.json's {key} must be true or false, not {_show(value)}.")
+    return value
+
+
+def _choice(config: Mapping[str, Any], key: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = config.get(key, default)
+    if value not in allowed:
+        raise UnsupportedModel(
+            f"config.json's {key} is {_show(value)}; HeadScope supports {', '.join(allowed)}."
+        )
+    return value
+
+
+def _spec_from_config(config: Mapping[str, Any]) -> _Spec:
+    model_type = config.get("model_type")
+    architectures = config.get("architectures")
+    named = architectures[0] if isinstance(architectures, list) and architectures and isinstance(architectures[0], str) else None
+    if model_type not in _MODEL_TYPES:
+        what = f"'{named}'" if named else f"model_type {_show(model_type)}"
+        raise UnsupportedModel(f"{_SUPPORTED_TEXT}; this config.json is for {what}.")
+    if named is not None and named not in SUPPORTED_ARCHITECTURES:
+        raise UnsupportedModel(f"{_SUPPORTED_TEXT}; this config.json is for '{named[:60]}'.")
+    if named is not None and SUPPORTED_ARCHITECTURES[named][0] != model_type:
+        raise CheckpointRejected(f"config.json names {named} but its model_type is '{model_type}'; they do not go together.")
+    architecture = named or ""  # decided from the weights when config.json does not say
+    width = _whole(config, "hidden_size", 768, 1, _MAX_WIDTH)
+    heads = _whole(config, "num_attention_heads", 12, 1, _MAX_HEADS)
+    if width % heads:
+        raise CheckpointRejected(f"config.json's hidden_size {width} is not divisible by its {heads} attention heads.")
+    depth = _whole(config, "num_hidden_layers", 12, 1, _MAX_DEPTH)
+    dinov2 = model_type.startswith("dinov2")
+    if dinov2:
+        if _flag(config, "use_swiglu_ffn", False):
+            raise UnsupportedModel("This DINOv2 uses a SwiGLU feed-forward (the giant model), which HeadScope does not read yet.")
+        ratio = _number(config, "mlp_ratio", 4, 0, 64)
+        mlp_hidden = int(width * ratio)
+        if not 1 <= mlp_hidden <= _MAX_HIDDEN:
+            raise CheckpointRejected(f"config.json's mlp_ratio {ratio:g} gives {mlp_hidden:,} hidden units; at most {_MAX_HIDDEN:,}.")
+    else:
+        mlp_hidden = _whole(config, "intermediate_size", 3072, 1, _MAX_HIDDEN)
+    image_size = _whole(config, "image_size", 518 if dinov2 else 224, 1, _MAX_IMAGE)
+    patch_size = _whole(config, "patch_size", 14 if model_type == "dinov2" else 16, 1, image_size)
+    if image_size % patch_size:
+        raise CheckpointRejected(
+            f"config.json's image_size {image_size} is not a multiple of its patch_size {patch_size}."
+        )
+    channels = _whole(config, "num_channels", 3, 1, 3)
+    if channels == 2:
+        raise CheckpointRejected("config.json's num_channels is 2; HeadScope reads grayscale (1) or RGB (3) models.")
+    registers = _whole(config, "num_register_tokens", 4, 0, _MAX_REGISTERS) if model_type == "dinov2_with_registers" else 0
+    spec = _Spec(
+        model_type=model_type,
+        architecture=architecture,
+        output=SUPPORTED_ARCHITECTURES[architecture][1] if architecture else "",
+        width=width,
+        depth=depth,
+        heads=heads,
+        mlp_hidden=mlp_hidden,
+        activation=_choice(config, "hidden_act", "gelu", _ACTIVATION_NAMES),
+        eps=_number(config, "layer_norm_eps", 1e-6 if dinov2 else 1e-12, 0, 1),
+        qkv_bias=_flag(config, "qkv_bias", True),
+        layer_scale=dinov2,
+        image_size=image_size,
+        patch_size=patch_size,
+        channels=channels,
+        registers=registers,
+        class_names=_class_names(config),
+        pooler_activation=_choice(config, "pooler_act", "tanh", _ACTIVATION_NAMES) if not dinov2 else "tanh",
+    )
+    if not dinov2:
+        pooler = config.get("pooler_output_size")
+        spec = replace(spec, pooler=width if pooler is None else _whole(config, "pooler_output_size", width, 1, _MAX_WIDTH))
+    return spec
+
+
+def _class_names(config: Mapping[str, Any]) -> tuple[str, ...]:
+    labels = config.get("id2label")
+    if labels is None:
+        count = config.get("num_labels", 0)
+        if type(count) is not int or not 0 <= count <= _MAX_CLASSES:
+            raise CheckpointRejected(f"config.json's num_labels must be a whole number up to {_MAX_CLASSES:,}, not {_show(count)}.")
+        return tuple(f"LABEL_{i}" for i in range(count))
+    if not isinstance(labels, dict) or len(labels) > _MAX_CLASSES:
+        raise CheckpointRejected(f"config.json's id2label must map class numbers to names, at most {_MAX_CLASSES:,} of them.")
+    names: dict[int, str] = {}
+    for key, value in labels.items():
+        if not (isinstance(key, str) and key.isdecimal() and isinstance(value, str)):
+            raise CheckpointRejected(f"config.json's id2label maps {_show(key)} to {_show(value)}; it must map \"0\", \"1\", ... to names.")
+        names[int(key)] = value.strip()[:_MAX_LABEL_CHARS] or f"LABEL_{key}"
+    if sorted(names) != list(range(len(names))):
+        raise CheckpointRejected("config.json's id2label does not number its classes 0, 1, 2, ... without gaps.")
+    return tuple(names[i] for i in range(len(names)))
+
+
+# --- preprocessing -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Preprocessing:
+    resize: tuple[int, int] | int | None  # (height, width) squash, a shortest edge, or no resize
+    resample: str
+    crop: tuple[int, int] | None
+    scale: float  # what pixel values 0..255 are multiplied by
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    given: bool = True  # read from preprocessor_config.json, not the model type's defaults
+
+    @property
+    def output_side(self) -> int | None:
+        """The square side this pipeline produces, when it produces a fixed one."""
+        if self.crop is not None:
+            return self.crop[0] if self.crop[0] == self.crop[1] else None
+        if isinstance(self.resize, tuple):
+            return self.resize[0] if self.resize[0] == self.resize[1] else None
+        return None
+
+
+def _preprocessing(spec: _Spec, config: Mapping[str, Any] | None) -> _Preprocessing:
+    """The image pipeline of ``preprocessor_config.json``, or of the model type's defaults."""
+    source = dict(_DEFAULT_PREPROCESSING[spec.model_type])
+    if source["size"] is None:
+        source["size"] = {"height": spec.image_size, "width": spec.image_size}
+    given = config is not None
+    if config is not None:
+        source.update(config)
+    what = PREPROCESSOR_FILE if given else "the default preprocessing"
+
+    def fail(key: str) -> CheckpointRejected:
+        return CheckpointRejected(f"{what}'s {key} is {_show(source.get(key))}, which HeadScope cannot apply.")
+
+    def side_pair(key: str) -> tuple[int, int] | int | None:
+        value = source.get(key)
+        if isinstance(value, dict):
+            if set(value) >= {"height", "width"}:
+                pair = (value["height"], value["width"])
+                if all(type(v) is int and 1 <= v <= _MAX_IMAGE for v in pair):
+                    return pair  # type: ignore[return-value]
+            elif "shortest_edge" in value and type(value["shortest_edge"]) is int and 1 <= value["shortest_edge"] <= _MAX_IMAGE:
+                return value["shortest_edge"]
+        elif type(value) is int and 1 <= value <= _MAX_IMAGE:
+            return (value, value) if key == "crop_size" else value
+        raise fail(key)
+
+    def flag(key: str, default: bool) -> bool:
+        value = source.get(key, default)
+        if type(value) is not bool:
+            raise fail(key)
+        return value
+
+    resize = side_pair("size") if flag("do_resize", True) else None
+    crop = side_pair("crop_size") if flag("do_center_crop", False) else None
+    if isinstance(crop, int):
+        crop = (crop, crop)
+    resample = source.get("resample", 3)
+    if resample not in _RESAMPLE:
+        raise fail("resample")
+    scale = 1.0
+    if flag("do_rescale", True):
+        factor = source.get("rescale_factor", 1 / 255)
+        if type(factor) not in (int, float) or not math.isfinite(factor) or factor <= 0:
+            raise fail("rescale_factor")
+        scale = float(factor)
+    mean, std = (0.0,) * spec.channels, (1.0,) * spec.channels
+    if flag("do_normalize", True):
+        mean, std = _per_channel(source.get("image_mean"), spec.channels), _per_channel(source.get("image_std"), spec.channels)
+        if mean is None:
+            raise fail("image_mean")
+        if std is None or min(std) <= 0:
+            raise fail("image_std")
+    return _Preprocessing(
+        resize=resize, resample=_RESAMPLE[resample], crop=crop, scale=scale, mean=mean, std=std, given=given
+    )
+
+
+def _per_channel(value: Any, channels: int) -> tuple[float, ...] | None:
+    if type(value) in (int, float):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value or not all(type(v) in (int, float) and math.isfinite(v) for v in value):
+        return None
+    if len(value) == 1:
+        value = list(value) * channels
+    elif len(value) != channels:
+        if channels == 1:
+            value = [sum(value) / len(value)]  # a grayscale model given RGB statistics
+        else:
+            return None
+    return tuple(float(v) for v in value)
+
+
+def _run_size(spec: _Spec, preprocessing: _Preprocessing, img_size: int | None) -> int:
+    """The input side: ``img_size``, else the preprocessor's output, else the config's (224 px for a large grid)."""
+    run = _default_run_size(spec, preprocessing) if img_size is None else _check_img_size(img_size, spec.patch_size)
+    patches = (run // spec.patch_size) ** 2
+    if patches > _MAX_RUN_PATCHES:
+        raise CheckpointRejected(
+            f"At {run} px with {spec.patch_size} px patches the model would see {patches:,} patches; HeadScope "
+            f"analyses at most {_MAX_RUN_PATCHES:,} (80 x 80), so choose a smaller input size."
+        )
+    return run
+
+
+def _default_run_size(spec: _Spec, preprocessing: _Preprocessing) -> int:
+    fed = preprocessing.output_side if preprocessing.given else None
+    if fed is not None and fed % spec.patch_size == 0:
+        return fed  # what the model's own preprocessor gives it (224 for DINOv2, built at 518)
+    if spec.native_grid**2 <= _MAX_DEFAULT_PATCHES or spec.image_size <= DEFAULT_IMG_SIZE:
+        return spec.image_size
+    return spec.patch_size * max(1, DEFAULT_IMG_SIZE // spec.patch_size)
+
+
+def _transform(preprocessing: _Preprocessing, run: int) -> Callable:
+    """torchvision's pipeline for ``preprocessing``, scaled so that it gives ``run`` x ``run`` pixels."""
+    from torchvision import transforms
+    from torchvision.transforms import InterpolationMode
+
+    mode = InterpolationMode(preprocessing.resample)
+    fed = preprocessing.output_side or run
+    ratio = run / fed
+    steps: list[Callable] = []
+    if isinstance(preprocessing.resize, int):
+        steps.append(transforms.Resize(max(1, round(preprocessing.resize * ratio)), interpolation=mode))
+    elif isinstance(preprocessing.resize, tuple):
+        steps.append(transforms.Resize(tuple(max(1, round(s * ratio)) for s in preprocessing.resize), interpolation=mode))
+    if preprocessing.crop is not None:
+        steps.append(transforms.CenterCrop(tuple(max(1, round(s * ratio)) for s in preprocessing.crop)))
+    # whatever the file says, the model needs exactly its input size (a no-op when the steps give it)
+    steps.append(transforms.Resize((run, run), interpolation=mode))
+    steps.append(transforms.PILToTensor())
+    scale, mean, std = preprocessing.scale, preprocessing.mean, preprocessing.std
+    steps.append(transforms.Lambda(lambda x: x.float() * scale))
+    steps.append(transforms.Normalize(mean, std))
+    return transforms.Compose(steps)
+
+
+# --- the timm model ----------------------------------------------------------------------
+
+
+_CLASSES: dict[str, type] = {}
+
+
+def _timm_subclass(kind: str) -> type:
+    """The timm subclass for an output timm's own heads do not make (built once, as timm is imported late).
+
+    ``class_and_patch_mean``: ``Dinov2ForImageClassification``'s classifier reads the class
+    token beside the mean of the patch tokens. ``class_token``: ``DeiTForImageClassification``
+    (and ``DeiTModel``'s pooler) read the class token alone; the distillation token only attends.
+    """
+    if not _CLASSES:
+        from timm.models.deit import VisionTransformerDistilled
+        from timm.models.vision_transformer import VisionTransformer
+
+        class ClassAndPatchMeanViT(VisionTransformer):
+            def __init__(self, **kwargs: Any) -> None:
+                super().__init__(**kwargs)
+                self.num_features = self.head_hidden_size = 2 * self.embed_dim
+                self.head = nn.Linear(2 * self.embed_dim, self.num_classes)
+
+            def pool(self, x: torch.Tensor, pool_type: str | None = None) -> torch.Tensor:
+                return torch.cat([x[:, 0], x[:, self.num_prefix_tokens:].mean(dim=1)], dim=-1)
+
+        class ClassTokenDeiT(VisionTransformerDistilled):
+            def __init__(self, **kwargs: Any) -> None:
+                super().__init__(**kwargs)
+                self.head_dist = nn.Identity()
+
+            def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+                x = self.head_drop(x[:, 0])
+                return x if pre_logits else self.head(x)
+
+        _CLASSES.update(class_and_patch_mean=ClassAndPatchMeanViT, class_token=ClassTokenDeiT)
+    return _CLASSES[kind]
+
+
+def _build_timm(spec: _Spec) -> nn.Module:
+    """The timm model for ``spec`` at ``spec.run_size`` (on the current default device)."""
+    from timm.models.deit import VisionTransformerDistilled
+    from timm.models.vision_transformer import VisionTransformer
+
+    classes = len(spec.class_names) if spec.output != "backbone" else 0
+    kwargs: dict[str, Any] = dict(
+        img_size=spec.run_size,
+        patch_size=spec.patch_size,
+        in_chans=spec.channels,
+        num_classes=classes,
+        global_pool="token",
+        embed_dim=spec.width,
+        depth=spec.depth,
+        num_heads=spec.heads,
+        mlp_ratio=spec.mlp_hidden / spec.width,
+        qkv_bias=spec.qkv_bias,
+        init_values=1.0 if spec.layer_scale else None,
+        norm_layer=partial(nn.LayerNorm, eps=spec.eps),
+        act_layer=_activation(spec.activation),
+        weight_init="skip",
+    )
+    if spec.registers:
+        kwargs.update(reg_tokens=spec.registers, no_embed_class=True)
+    if spec.model_type == "deit":
+        distilled = spec.output == "distilled"
+        model = VisionTransformerDistilled(**kwargs) if distilled else _timm_subclass("class_token")(**kwargs)
+    elif spec.output == "class_and_patch_mean":
+        model = _timm_subclass("class_and_patch_mean")(**kwargs)
+    else:
+        model = VisionTransformer(**kwargs)
+    if spec.output == "backbone" and spec.pooler is not None:
+        model.head = nn.Sequential(nn.Linear(spec.width, spec.pooler), _activation(spec.pooler_activation)())
+    for block in model.blocks:
+        if int(block.mlp.fc1.out_features) != spec.mlp_hidden:  # mlp_ratio rounded
+            raise CheckpointRejected(f"config.json's feed-forward width {spec.mlp_hidden} cannot be built exactly.")
+    return model
+
+
+def _mapping(spec: _Spec) -> dict[str, tuple[str, int | None]]:
+    """Hugging Face key (without the base model's prefix) -> (timm key, part of qkv or None)."""
+    top: dict[str, str] = {
+        "embeddings.cls_token": "cls_token",
+        "embeddings.position_embeddings": "pos_embed",
+        "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+        "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
+        "layernorm.weight": "norm.weight",
+        "layernorm.bias": "norm.bias",
+    }
+    if spec.model_type == "deit":
+        top["embeddings.distillation_token"] = "dist_token"
+    if spec.registers:
+        top["embeddings.register_tokens"] = "reg_token"
+    if spec.output == "backbone" and spec.pooler is not None:
+        top.update({"pooler.dense.weight": "head.0.weight", "pooler.dense.bias": "head.0.bias"})
+    elif spec.output == "distilled":
+        top.update({"cls_classifier.weight": "head.weight", "cls_classifier.bias": "head.bias",
+                    "distillation_classifier.weight": "head_dist.weight", "distillation_classifier.bias": "head_dist.bias"})
+    elif spec.output != "backbone" and spec.class_names:
+        top.update({"classifier.weight": "head.weight", "classifier.bias": "head.bias"})
+    if spec.model_type.startswith("dinov2"):
+        block = {"norm1": "norm1", "norm2": "norm2", "attention.output.dense": "attn.proj",
+                 "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
+        scales = {"layer_scale1.lambda1": "ls1.gamma", "layer_scale2.lambda1": "ls2.gamma"}
+    else:
+        block = {"layernorm_before": "norm1", "layernorm_after": "norm2", "attention.output.dense": "attn.proj",
+                 "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2"}
+        scales = {}
+    mapping: dict[str, tuple[str, int | None]] = {k: (v, None) for k, v in top.items()}
+    parameters = ("weight", "bias") if spec.qkv_bias else ("weight",)
+    for n in range(spec.depth):
+        hf, timm = f"encoder.layer.{n}.", f"blocks.{n}."
+        for source, target in block.items():
+            for p in ("weight", "bias"):
+                mapping[f"{hf}{source}.{p}"] = (f"{timm}{target}.{p}", None)
+        for source, target in scales.items():
+            mapping[hf + source] = (timm + target, None)
+        for part, name in enumerate(("query", "key", "value")):
+            for p in parameters:
+                mapping[f"{hf}attention.attention.{name}.{p}"] = (f"{timm}attn.qkv.{p}", part)
+    return mapping
+
+
+def _current_names(spec: _Spec) -> dict[str, str]:
+    """The names transformers 5 gives these modules in memory -> the names its files use (which
+    :func:`_mapping` reads): a state dict saved from a loaded model by hand has these."""
+    dinov2 = spec.model_type.startswith("dinov2")
+    renames: dict[str, str] = {}
+    for n in range(spec.depth):
+        old = f"encoder.layer.{n}."
+        new = old if dinov2 else f"layers.{n}."
+        pairs = {"attention.q_proj": "attention.attention.query", "attention.k_proj": "attention.attention.key",
+                 "attention.v_proj": "attention.attention.value", "attention.o_proj": "attention.output.dense"}
+        if not dinov2:
+            pairs.update({"layernorm_before": "layernorm_before", "layernorm_after": "layernorm_after",
+                          "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense"})
+        for source, target in pairs.items():
+            for p in ("weight", "bias"):
+                renames[f"{new}{source}.{p}"] = f"{old}{target}.{p}"
+    return renames
+
+
+# keys transformers itself ignores when it loads these classes
+_IGNORED = ("embeddings.mask_token",)
+
+
+def _to_timm(state: Mapping[str, torch.Tensor], spec: _Spec) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``state`` (Hugging Face names) as the timm model's state dict, and the keys nothing maps.
+
+    Works on meta tensors too: that is how a file's declared shapes are checked before loading.
+    """
+    mapping = _mapping(spec)
+    current = _current_names(spec)
+    prefix = _BASE_PREFIX[spec.model_type]
+    out: dict[str, torch.Tensor] = {}
+    parts: dict[str, list[torch.Tensor | None]] = {}
+    unknown: list[str] = []
+    for key, tensor in state.items():
+        plain = key[len(prefix):] if key.startswith(prefix) else key
+        plain = current.get(plain, plain)
+        if plain in _IGNORED or (plain.startswith("pooler.") and spec.output != "backbone"):
+            continue
+        target = mapping.get(plain)
+        if target is None:
+            unknown.append(key)
+            continue
+        name, part = target
+        if part is None:
+            out[name] = tensor
+        else:
+            parts.setdefault(name, [None, None, None])[part] = tensor
+    for name, pieces in parts.items():
+        if all(p is not None for p in pieces) and len({tuple(p.shape) for p in pieces}) == 1:  # type: ignore[union-attr]
+            out[name] = torch.cat(pieces, dim=0)  # type: ignore[arg-type]
+    table = out.get("pos_embed")
+    if table is not None and table.dim() == 3 and table.shape[0] == 1:
+        out.update(_positions(table, out.get("cls_token"), spec))
+    return out, unknown
+
+
+def _positions(table: torch.Tensor, cls_token: torch.Tensor | None, spec: _Spec) -> dict[str, torch.Tensor]:
+    """The position table at the run grid, as transformers' ``interpolate_pos_encoding`` makes it."""
+    prefix = spec.position_prefix
+    patches = table.shape[1] - prefix
+    side = math.isqrt(max(patches, 0))
+    if side * side != patches or side == 0:
+        return {}  # the shape check names the table
+    grid = spec.run_size // spec.patch_size
+    head, rows = table[:, :prefix], table[:, prefix:]
+    if patches != grid * grid:  # transformers skips the resampling exactly when the counts agree on a square input
+        image = rows.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        resampled = nn.functional.interpolate(
+            image.float(), size=(grid, grid), mode="bicubic", align_corners=False,
+            antialias=spec.model_type == "dinov2_with_registers",
+        ).to(table.dtype)
+        rows = resampled.permute(0, 2, 3, 1).reshape(1, grid * grid, -1)
+    if spec.registers:
+        # registers take no position: timm adds the table to the patches only, so the class
+        # token carries its own position from the start (the same sum transformers makes)
+        result = {"pos_embed": rows}
+        if cls_token is not None and tuple(cls_token.shape) == tuple(head.shape):
+            result["cls_token"] = cls_token + head
+        return result
+    return {"pos_embed": torch.cat([head, rows], dim=1)}
+
+
+class _HFArchitecture:
+    """Checks a weight file's declared names and shapes against config.json, before loading.
+
+    Same interface as ``core.model``'s timm architecture check: ``name``, ``default`` (the
+    layout, for bounding what a file may declare) and ``check(declared)``.
+    """
+
+    def __init__(self, spec: _Spec) -> None:
+        self.spec = spec
+        self.name = spec.architecture or _BASE_MODEL[spec.model_type]
+        layout = self._layout(spec if spec.architecture else replace(spec, architecture=self.name, output="backbone"))
+        # what a file of this config declares: timm's tensors, with q, k and v apart
+        self.default = {f"{k}#{i}": v for k, v in layout.items() for i in range(3 if k.endswith(("qkv.weight", "qkv.bias")) else 1)}
+
+    @staticmethod
+    def _layout(spec: _Spec) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        with torch.device("meta"):
+            model = _build_timm(spec)
+        return {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+
+    def check(self, declared: Mapping[str, tuple[tuple[int, ...], torch.dtype]]) -> None:
+        spec = self._complete(self.spec, declared)
+        expected = self._layout(spec)
+        meta = {k: torch.empty(shape, dtype=dtype, device="meta") for k, (shape, dtype) in declared.items()}
+        converted, unknown = _to_timm(meta, spec)
+        missing = [k for k in expected if k not in converted]
+        wrong = [k for k in expected if k in converted and tuple(converted[k].shape) != expected[k][0]]
+        if unknown or missing or wrong:
+            reverse = {timm: hf for hf, (timm, _) in _mapping(spec).items()}
+            examples = [f"'{unknown[0]}'" if unknown else "", f"'{reverse.get(missing[0], missing[0])}'" if missing else "",
+                        f"'{reverse.get(wrong[0], wrong[0])}'" if wrong else ""]
+            raise CheckpointRejected(
+                f"The weights do not match config.json ({self._summary(spec)}): {len(missing)} missing, "
+                f"{len(unknown)} unexpected and {len(wrong)} mis-shaped tensors "
+                f"(e.g. {next(e for e in examples if e)}); they were saved from another model."
+            )
+        wrong_kind = [k for k in expected if converted[k].dtype.is_floating_point != expected[k][1].is_floating_point]
+        if wrong_kind:
+            raise CheckpointRejected(f"The weights store '{wrong_kind[0]}' as {converted[wrong_kind[0]].dtype}; they are not a model's.")
+        self.spec = spec
+
+    def _complete(self, spec: _Spec, declared: Mapping[str, Any]) -> _Spec:
+        """``spec`` with what only the weights tell: the head, when config.json names no class, and the pooler."""
+        prefix = _BASE_PREFIX[spec.model_type]
+        keys = {k[len(prefix):] if k.startswith(prefix) else k for k in declared}
+        if not spec.architecture:
+            if "cls_classifier.weight" in keys and spec.model_type == "deit":
+                name = "DeiTForImageClassificationWithTeacher"
+            elif "classifier.weight" in keys:
+                name = _CLASSIFIER[spec.model_type]
+            else:
+                name = _BASE_MODEL[spec.model_type]
+            spec = replace(spec, architecture=name, output=SUPPORTED_ARCHITECTURES[name][1])
+        if spec.output != "backbone":
+            classifier = declared.get(prefix + "classifier.weight", declared.get("classifier.weight")) or declared.get("cls_classifier.weight")
+            if not spec.class_names and classifier is not None and len(classifier[0]) == 2:
+                spec = replace(spec, class_names=tuple(f"LABEL_{i}" for i in range(min(classifier[0][0], _MAX_CLASSES))))
+            if not spec.class_names:
+                spec = replace(spec, output="backbone")  # num_labels 0: transformers' classifier is an identity
+            return replace(spec, pooler=None)
+        if spec.pooler is not None and "pooler.dense.weight" not in keys:
+            spec = replace(spec, pooler=None)  # saved without its pooler (add_pooling_layer=False)
+        return replace(spec, class_names=())
+
+    @staticmethod
+    def _summary(spec: _Spec) -> str:
+        return f"{spec.architecture}, {spec.depth} layers, width {spec.width}, {spec.image_size // spec.patch_size}^2 patches"
+
+
+def _build_handle(
+    spec: _Spec, state: Mapping[str, torch.Tensor], preprocessing: _Preprocessing, label: str, device
+) -> ViTHandle:
+    model = _build_timm(spec)
+    converted, _ = _to_timm(state, spec)
+    _load_weights(model, converted, f"config.json ({spec.architecture})")
+    model.pretrained_cfg = {}
+    run = spec.run_size
+    mean, std = preprocessing.mean, preprocessing.std
+    data_config = {
+        "input_size": (spec.channels, run, run),
+        "interpolation": preprocessing.resample,
+        "mean": mean,
+        "std": std,
+        "crop_pct": 1.0,
+        "crop_mode": "center",
+    }
+    key = f"hf-{spec.architecture}-{_model_digest(model)}"
+    suffix = "" if run == spec.image_size else f", {run} px"
+    return _make_handle(
+        model,
+        name=f"{label} ({spec.architecture}{suffix})",
+        device=device,
+        class_names=list(spec.class_names) if spec.output != "backbone" else [],
+        key=key,
+        refuse=CheckpointRejected,
+        data_config=data_config,
+        transform=_transform(preprocessing, run),
+    )

@@ -1,0 +1,440 @@
+"""Hugging Face transformers checkpoints: built with transformers itself, loaded by HeadScope, compared.
+
+Small random models of every supported class are made with ``transformers`` (a test-only
+dependency), saved with ``save_pretrained``, loaded through ``core.load_model`` and run on the
+same pixels: the attention of every block must match transformers' eager ``output_attentions``
+within 1e-5 and the output (logits, or a backbone's pooled output) within 1e-4.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers  # test-only: the reference every conversion is compared with
+from PIL import Image
+
+from core import load_model
+from core.attention import extract_attention
+from core.casestudy import CaseSettings
+from core.errors import CheckpointRejected, HeadScopeError, ModelUnavailable, UnsupportedModel
+from core.hfmodels import load_transformers
+
+SMALL = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8, num_labels=5)
+CLASSES = {
+    "ViTModel": ("ViTConfig", dict(intermediate_size=80)),
+    "ViTForImageClassification": ("ViTConfig", dict(intermediate_size=80)),
+    "DeiTModel": ("DeiTConfig", dict(intermediate_size=80)),
+    "DeiTForImageClassification": ("DeiTConfig", dict(intermediate_size=80)),
+    "DeiTForImageClassificationWithTeacher": ("DeiTConfig", dict(intermediate_size=80)),
+    "Dinov2Model": ("Dinov2Config", dict(mlp_ratio=3)),
+    "Dinov2ForImageClassification": ("Dinov2Config", dict(mlp_ratio=3)),
+    "Dinov2WithRegistersModel": ("Dinov2WithRegistersConfig", dict(mlp_ratio=3, num_register_tokens=3)),
+    "Dinov2WithRegistersForImageClassification": ("Dinov2WithRegistersConfig", dict(mlp_ratio=3, num_register_tokens=3)),
+}
+BACKBONES = {"ViTModel", "DeiTModel", "Dinov2Model", "Dinov2WithRegistersModel"}
+
+
+def hf_model(name: str, seed: int = 0, **overrides):
+    """A random transformers model of class ``name``: every parameter drawn, none left at its init."""
+    config_class, extra = CLASSES[name]
+    config = getattr(transformers, config_class)(**{**SMALL, **extra, **overrides})
+    config.id2label = {i: f"kind {chr(97 + i)}" for i in range(config.num_labels)}
+    config.label2id = {v: k for k, v in config.id2label.items()}
+    torch.manual_seed(seed)
+    model = getattr(transformers, name)(config, **({"add_pooling_layer": True} if name in {"ViTModel", "DeiTModel"} else {}))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.2)  # layer scales, LayerNorms and biases move off 1 and 0
+    return model.eval()
+
+
+def save(model, folder: Path, *, safetensors: bool = True) -> Path:
+    model.save_pretrained(folder)
+    if not safetensors:
+        weights = folder / "model.safetensors"
+        from safetensors.torch import load_file
+
+        torch.save(load_file(weights), folder / "pytorch_model.bin")
+        weights.unlink()
+    return folder
+
+
+def reference(model, x: torch.Tensor, **kwargs):
+    model.config._attn_implementation = "eager"
+    with torch.no_grad():
+        out = model(pixel_values=x, output_attentions=True, **kwargs)
+    attentions = torch.stack(out.attentions, dim=1)  # [B, L, H, T, T]
+    value = out.logits if hasattr(out, "logits") else out.pooler_output
+    return attentions, value
+
+
+def compare(handle, model, x: torch.Tensor, **kwargs) -> tuple[float, float]:
+    expected_attention, expected_output = reference(model, x, **kwargs)
+    batch = extract_attention(handle, x)
+    assert batch.attn.shape == expected_attention.shape
+    return (
+        float((batch.attn - expected_attention).abs().max()),
+        float((batch.logits - expected_output).abs().max()),
+    )
+
+
+@pytest.mark.parametrize("name", list(CLASSES))
+def test_every_supported_class_computes_what_transformers_computes(name: str, tmp_path: Path) -> None:
+    model = hf_model(name)
+    handle = load_model(str(save(model, tmp_path / name)), device="cpu")
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    attention_error, output_error = compare(handle, model, x)
+    assert attention_error <= 1e-5
+    assert output_error <= 1e-4
+    registers = CLASSES[name][1].get("num_register_tokens", 0)
+    assert handle.num_prefix_tokens == 1 + (name.startswith("DeiT")) + registers
+    assert handle.grid == (4, 4) and handle.num_layers == 2 and handle.num_heads == 4
+    if name in BACKBONES:
+        assert handle.is_backbone and handle.class_names == []
+    else:
+        assert handle.class_names == [f"kind {c}" for c in "abcde"]  # from id2label
+
+
+@pytest.mark.parametrize("name", ["ViTForImageClassification", "DeiTForImageClassificationWithTeacher",
+                                  "Dinov2Model", "Dinov2WithRegistersModel"])
+def test_another_input_size_resamples_the_position_table_as_transformers_does(name: str, tmp_path: Path) -> None:
+    model = hf_model(name)
+    handle = load_model(str(save(model, tmp_path / name)), device="cpu", img_size=48)
+    assert handle.grid == (6, 6) and handle.img_size == (48, 48)
+    x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(2))
+    kwargs = {} if name.startswith("Dinov2") else {"interpolate_pos_encoding": True}
+    attention_error, output_error = compare(handle, model, x, **kwargs)
+    assert attention_error <= 1e-5
+    assert output_error <= 1e-4
+
+
+def test_layer_norm_eps_and_activation_come_from_the_config(tmp_path: Path) -> None:
+    # eps 0.5 makes a difference a wrong eps cannot hide; quick_gelu is no plain GELU
+    model = hf_model("ViTForImageClassification", layer_norm_eps=0.5, hidden_act="quick_gelu")
+    handle = load_model(str(save(model, tmp_path / "vit")), device="cpu")
+    assert handle.model.blocks[0].norm1.eps == 0.5
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    attention_error, output_error = compare(handle, model, x)
+    assert attention_error <= 1e-5 and output_error <= 1e-4
+
+
+def test_pytorch_bin_weights_load_through_weights_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = hf_model("Dinov2ForImageClassification")
+    folder = save(model, tmp_path / "bin", safetensors=False)
+    calls = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(k.get("weights_only")) or real_load(*a, **k))
+    handle = load_model(str(folder), device="cpu")
+    assert calls == [True]
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    assert compare(handle, model, x)[1] <= 1e-4
+
+
+def test_a_checkpoint_without_a_pooler_loads_as_the_class_token(tmp_path: Path) -> None:
+    config = transformers.ViTConfig(**SMALL, intermediate_size=80)
+    model = transformers.ViTModel(config, add_pooling_layer=False).eval()
+    handle = load_model(str(save(model, tmp_path / "nopool")), device="cpu")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = model(pixel_values=x).last_hidden_state[:, 0]
+    assert float((extract_attention(handle, x).logits - expected).abs().max()) <= 1e-4
+
+
+def test_preprocessing_follows_the_preprocessor_config(tmp_path: Path) -> None:
+    model = hf_model("Dinov2Model", image_size=56)  # built at 56 (7x7) and fed 32 px crops
+    folder = save(model, tmp_path / "pre")
+    processor = transformers.BitImageProcessor(
+        size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32}, resample=3,
+        image_mean=[0.4, 0.5, 0.6], image_std=[0.2, 0.25, 0.3], do_convert_rgb=True,
+    )
+    processor.save_pretrained(folder)
+    handle = load_model(str(folder), device="cpu")
+    assert handle.img_size == (32, 32) and handle.grid == (4, 4)
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8))
+    ours = handle.preprocess([photo])
+    theirs = processor(images=photo, return_tensors="pt")["pixel_values"]
+    assert ours.shape == theirs.shape == (1, 3, 32, 32)
+    # both resize with PIL's bicubic; the normalisation must agree to rounding
+    assert float((ours - theirs).abs().mean()) < 0.01
+    assert float((ours - theirs).abs().max()) < 0.1
+
+
+def test_a_zip_of_the_folder_loads_like_the_folder(tmp_path: Path) -> None:
+    model = hf_model("DeiTForImageClassificationWithTeacher")
+    folder = save(model, tmp_path / "deit-tiny")
+    data = zip_folder(folder, inside="deit-tiny/")
+    from_zip = load_transformers(data, device="cpu")
+    from_folder = load_model(str(folder), device="cpu")
+    assert from_zip.key == from_folder.key
+    assert "deit-tiny" in from_zip.name and "DeiTForImageClassificationWithTeacher" in from_zip.name
+
+
+def zip_folder(folder: Path, *, inside: str = "", extra: dict[str, bytes] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(folder.iterdir()):
+            archive.writestr(inside + path.name, path.read_bytes())
+        for name, content in (extra or {}).items():
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+def fake_hub_cache(cache: Path, repo_id: str, folder: Path) -> None:
+    """The layout huggingface_hub writes: refs/main names a snapshot holding the files."""
+    root = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = "0" * 40
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(commit)
+    snapshot = root / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for path in folder.iterdir():
+        (snapshot / path.name).write_bytes(path.read_bytes())
+
+
+def test_a_repo_id_loads_from_the_local_hub_cache_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    model = hf_model("Dinov2WithRegistersModel")
+    fake_hub_cache(tmp_path / "hub", "someone/dinov2-reg-tiny", save(model, tmp_path / "saved"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    handle = load_model("someone/dinov2-reg-tiny", device="cpu")
+    assert handle.name.startswith("someone/dinov2-reg-tiny") and handle.num_prefix_tokens == 4
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    assert compare(handle, model, x)[0] <= 1e-5
+    with pytest.raises(ModelUnavailable, match="not in the local Hugging Face cache and the hub is offline"):
+        load_model("someone/not-cached", device="cpu")
+
+
+# --- bad input: one sentence each, nothing loaded ------------------------------------------
+
+
+def one_sentence(err: BaseException) -> str:
+    text = str(err)
+    assert "\n" not in text and "Traceback" not in text and len(text) < 400
+    return text
+
+
+@pytest.fixture(scope="module")
+def saved_vit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save(hf_model("ViTForImageClassification"), tmp_path_factory.mktemp("vit") / "vit")
+
+
+def with_config(source: Path, target: Path, change) -> Path:
+    target.mkdir()
+    for path in source.iterdir():
+        (target / path.name).write_bytes(path.read_bytes())
+    config = json.loads((source / "config.json").read_text())
+    result = change(config)
+    (target / "config.json").write_text(result if isinstance(result, str) else json.dumps(config))
+    return target
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (lambda c: "{not json", "config.json is not valid JSON"),
+        (lambda c: "[1, 2]", "does not hold a JSON object"),
+        (lambda c: "[" * 100_000 + "]" * 100_000, "not valid JSON"),
+        (lambda c: c.update(hidden_size=10**12), "hidden_size must be a whole number from 1 to 16,384"),
+        (lambda c: c.update(num_hidden_layers=100_000), "num_hidden_layers must be a whole number"),
+        (lambda c: c.update(num_attention_heads="4"), "num_attention_heads must be a whole number"),
+        (lambda c: c.update(num_attention_heads=5), "not divisible by its 5 attention heads"),
+        (lambda c: c.update(image_size=True), "image_size must be a whole number"),
+        (lambda c: c.update(patch_size=7), "not a multiple of its patch_size 7"),
+        (lambda c: c.update(layer_norm_eps=float("nan")), "layer_norm_eps must be a number"),
+        (lambda c: c.update(hidden_act="mish_v9"), "hidden_act is \"mish_v9\"; HeadScope supports gelu"),
+        (lambda c: c.update(qkv_bias="yes"), "qkv_bias must be true or false"),
+        (lambda c: c.update(id2label={"0": "a", "7": "b"}), "does not number its classes 0, 1, 2"),
+        (lambda c: c.update(id2label=[1, 2]), "id2label must map class numbers to names"),
+        (lambda c: c.update(model_type="swin", architectures=["SwinForImageClassification"]), "this config.json is for 'SwinForImageClassification'"),
+        (lambda c: c.update(model_type="vit_mae", architectures=["ViTMAEModel"]), "HeadScope reads transformers ViT, DeiT and DINOv2"),
+        (lambda c: c.update(model_type="beit", architectures=None), "this config.json is for model_type \"beit\""),
+        (lambda c: c.update(model_type="clip_text_model", architectures=["CLIPTextModel"]), "for 'CLIPTextModel'"),
+        (lambda c: c.update(image_size=[32, 24]), "image_size is 32 x 24; HeadScope reads square ones only"),
+        (lambda c: c.update(architectures=["ViTForMaskedImageModeling"]), "'ViTForMaskedImageModeling'"),
+        (lambda c: c.update(architectures=["Dinov2Model"]), "names Dinov2Model but its model_type is 'vit'"),
+        (lambda c: c.update(num_hidden_layers=3), "The weights do not match config.json"),
+        (lambda c: c.update(hidden_size=64), "The weights do not match config.json"),
+        (lambda c: c.update(intermediate_size=81), "mis-shaped"),
+    ],
+)
+def test_a_bad_config_is_refused_in_one_sentence(saved_vit: Path, tmp_path: Path, change, expected: str) -> None:
+    folder = with_config(saved_vit, tmp_path / "bad", change)
+    with pytest.raises(HeadScopeError) as caught:
+        load_model(str(folder), device="cpu")
+    assert expected in one_sentence(caught.value)
+
+
+def test_a_folder_without_weights_or_config_is_refused(saved_vit: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("hi")
+    with pytest.raises(CheckpointRejected, match="has no config.json"):
+        load_model(str(empty))
+    (empty / "config.json").write_bytes((saved_vit / "config.json").read_bytes())
+    with pytest.raises(CheckpointRejected, match="has a config.json but no weights"):
+        load_model(str(empty))
+    (empty / "model.safetensors.index.json").write_text("{}")
+    with pytest.raises(CheckpointRejected, match="in shards"):
+        load_model(str(empty))
+
+
+def test_weights_of_another_model_or_damaged_weights_are_refused(saved_vit: Path, tmp_path: Path) -> None:
+    other = save(hf_model("Dinov2Model"), tmp_path / "dino")
+    folder = with_config(saved_vit, tmp_path / "mixed", lambda c: None)
+    (folder / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes())
+    with pytest.raises(CheckpointRejected, match="do not match config.json") as caught:
+        load_model(str(folder))
+    one_sentence(caught.value)
+    (folder / "model.safetensors").write_bytes((saved_vit / "model.safetensors").read_bytes()[:-100])
+    with pytest.raises(CheckpointRejected, match="damaged or truncated"):
+        load_model(str(folder))
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(saved_vit / "model.safetensors")
+    state["vit.layernorm.weight"] = torch.full_like(state["vit.layernorm.weight"], float("nan"))
+    save_file(state, folder / "model.safetensors")
+    with pytest.raises(CheckpointRejected, match="NaN or infinite"):
+        load_model(str(folder))
+
+
+@pytest.mark.parametrize(
+    "members, expected",
+    [
+        ({"../config.json": b"{}"}, "unsafe path"),
+        ({"/etc/config.json": b"{}"}, "unsafe path"),
+        ({"a\\..\\config.json": b"{}"}, "unsafe path"),
+        ({"a/config.json": b"{}", "b/config.json": b"{}"}, "holds 2 models"),
+        ({"readme.txt": b"hi"}, "has no config.json"),
+        ({"x/y/z/config.json": b"{}"}, "has no config.json"),
+    ],
+)
+def test_a_zip_with_path_tricks_or_no_model_is_refused(members: dict[str, bytes], expected: str) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+    with pytest.raises(CheckpointRejected) as caught:
+        load_transformers(buffer.getvalue())
+    assert expected in one_sentence(caught.value)
+
+
+def test_a_zip_bomb_and_a_symlink_are_refused(saved_vit: Path) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("m/config.json", (saved_vit / "config.json").read_bytes())
+        archive.writestr("m/model.safetensors", b"\0" * (64 * 2**20))  # 64 MB of zeros deflate to 64 KB
+    with pytest.raises(CheckpointRejected, match="ZIP bomb"):
+        load_transformers(buffer.getvalue())
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        link = zipfile.ZipInfo("m/model.safetensors")
+        link.external_attr = (0o120777 << 16)
+        archive.writestr(link, "/etc/passwd")
+        archive.writestr("m/config.json", (saved_vit / "config.json").read_bytes())
+    with pytest.raises(CheckpointRejected, match="symbolic link"):
+        load_transformers(buffer.getvalue())
+    with pytest.raises(CheckpointRejected, match="not a readable ZIP"):
+        load_transformers(b"PK\x03\x04 not really a zip")
+
+
+def test_names_that_are_no_model_say_what_is_accepted(tmp_path: Path) -> None:
+    with pytest.raises(ModelUnavailable, match="is not a hub repo id"):
+        load_transformers(str(tmp_path), local_paths=False)
+    with pytest.raises(UnsupportedModel, match="SwiGLU"):
+        folder = save(hf_model("Dinov2Model"), tmp_path / "g")
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "use_swiglu_ffn": True}))
+        load_model(str(folder))
+
+
+@pytest.mark.parametrize("name", ["DeiTForImageClassificationWithTeacher", "Dinov2WithRegistersForImageClassification"])
+def test_the_whole_analysis_runs_on_a_transformers_model(name: str, tmp_path: Path) -> None:
+    """Prefix tokens beyond the class token and timm subclasses go through every stage."""
+    from core.analysis import analyze_set
+
+    model = hf_model(name)
+    handle = load_model(str(save(model, tmp_path / name)), device="cpu")
+    rng = np.random.default_rng(1)
+    photos = [Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)) for _ in range(4)]
+    result = analyze_set(handle, photos, torch.tensor([0, 1, 2, 3]), CaseSettings(max_maps=64, curve_steps=3))
+    with torch.no_grad():
+        expected = model(pixel_values=handle.preprocess(photos)).logits.argmax(dim=1)
+    assert result.predictions.logits.argmax(axis=1).tolist() == expected.tolist()
+    overall = result.importance.overall
+    assert len(overall[overall.metric == "probability"]) == handle.num_layers * handle.num_heads
+    assert np.isfinite(overall.value).all()
+    assert np.isfinite(result.strength.distance).all() and result.strength.prefix_share.shape == (4, 2, 4)
+
+
+def test_a_config_without_architectures_is_read_from_the_weights(saved_vit: Path, tmp_path: Path) -> None:
+    folder = with_config(saved_vit, tmp_path / "plain", lambda c: c.pop("architectures") and c.update(image_size=[32, 32]))
+    handle = load_model(str(folder), device="cpu")  # a square size may be written as [side, side]
+    assert "ViTForImageClassification" in handle.name and len(handle.class_names) == 5 and handle.grid == (4, 4)
+
+
+def test_a_repo_that_is_not_cached_with_the_hub_out_of_reach_is_said(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from huggingface_hub import constants
+
+    import core.model
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(core.model, "_hub_resolves", lambda endpoint: False)
+    with pytest.raises(ModelUnavailable, match="cannot be reached") as caught:
+        load_model("facebook/dinov2-small")
+    one_sentence(caught.value)
+
+
+@pytest.mark.parametrize("name", ["ViTForImageClassification", "Dinov2Model"])
+def test_weights_saved_under_transformers_5_module_names_load_too(name: str, tmp_path: Path) -> None:
+    """A state dict saved by hand from a loaded model has the in-memory names (q_proj, layers.N)."""
+    from safetensors.torch import save_file
+
+    model = hf_model(name)
+    folder = save(model, tmp_path / name)
+    in_memory = {k: v.contiguous() for k, v in model.state_dict().items()}
+    assert any(".q_proj." in k for k in in_memory)  # the names this test is about
+    save_file(in_memory, folder / "model.safetensors")
+    handle = load_model(str(folder), device="cpu")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    attention_error, output_error = compare(handle, model, x)
+    assert attention_error <= 1e-5 and output_error <= 1e-4
+
+
+def test_the_command_line_analyses_a_transformers_folder(tmp_path: Path) -> None:
+    from test_cli import FAST
+
+    from core.__main__ import main
+    from core.bundle import load_bundle
+
+    folder = save(hf_model("DeiTForImageClassification"), tmp_path / "deit")
+    images = tmp_path / "images" / "kind b"
+    images.mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (36, 36, 3), dtype=np.uint8)).save(images / f"photo{i}.png")
+    out = tmp_path / "results.zip"
+    code = main(["analyze", "--model", str(folder), "--images", str(tmp_path / "images"), "--out", str(out),
+                 *FAST, "--max-maps", "16"])
+    assert code == 0
+    handle = load_model(str(folder), device="cpu")
+    study = load_bundle(out.read_bytes(), model_key=handle.key)
+    assert study.manifest["model"]["class_names"] == [f"kind {c}" for c in "abcde"]
+    assert {item["label"] for item in study.manifest["image_set"]["images"]} == {1}  # folder "kind b": class 1
+
+
+def test_an_input_grid_too_large_to_analyse_is_refused(saved_vit: Path, tmp_path: Path) -> None:
+    folder = with_config(saved_vit, tmp_path / "huge", lambda c: c.update(patch_size=1, image_size=512))
+    with pytest.raises(CheckpointRejected, match="patches") as caught:
+        load_model(str(folder))
+    one_sentence(caught.value)
