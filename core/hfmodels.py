@@ -38,6 +38,8 @@ model type's image processor on the hub.
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import io
 import json
 import math
@@ -54,8 +56,9 @@ import torch
 from torch import nn
 
 from core._zipcheck import declared_directory, unsafe_entry_path
-from core.errors import CheckpointRejected, ModelUnavailable, UnsupportedModel, human_size
+from core.errors import CheckpointRejected, HeadScopeError, InvalidSetting, ModelUnavailable, UnsupportedModel, human_size
 from core.model import (
+    _MAX_CLASSES,
     _MAX_DEFAULT_PATCHES,
     DEFAULT_IMG_SIZE,
     ViTHandle,
@@ -93,11 +96,7 @@ SUPPORTED_ARCHITECTURES: dict[str, tuple[str, str]] = {
     "Dinov2WithRegistersModel": ("dinov2_with_registers", "backbone"),
     "Dinov2WithRegistersForImageClassification": ("dinov2_with_registers", "class_and_patch_mean"),
 }
-_SUPPORTED_TEXT = (
-    "HeadScope reads transformers ViT, DeiT and DINOv2 models (ViTModel, ViTForImageClassification, "
-    "DeiTForImageClassification, DeiTForImageClassificationWithTeacher, Dinov2Model, "
-    "Dinov2ForImageClassification, Dinov2WithRegistersModel)"
-)
+_SUPPORTED_TEXT = f"HeadScope reads transformers ViT, DeiT and DINOv2 models ({', '.join(SUPPORTED_ARCHITECTURES)})"
 _MODEL_TYPES = ("vit", "deit", "dinov2", "dinov2_with_registers")
 _BASE_PREFIX = {"vit": "vit.", "deit": "deit.", "dinov2": "dinov2.", "dinov2_with_registers": "dinov2_with_registers."}
 _BASE_MODEL = {"vit": "ViTModel", "deit": "DeiTModel", "dinov2": "Dinov2Model",
@@ -118,7 +117,6 @@ _MAX_REGISTERS = 64
 # Attention grows with the square of the tokens: 80 x 80 patches (DINOv2 at 1,120 px) is
 # already 41 million weights per head and image; the app's largest input size gives 73 x 73.
 _MAX_RUN_PATCHES = 80 * 80
-_MAX_CLASSES = 100_000
 _MAX_LABEL_CHARS = 200
 # ImageNet-21k's id2label is about 700 KB of JSON; a config many times that is no model's.
 _MAX_JSON_BYTES = 16 * 2**20
@@ -127,26 +125,31 @@ _MAX_ZIP_ENTRIES = 256
 # Float weights barely compress (deflate gains about 10%); an entry that would expand to more
 # than this many times the whole archive is a ZIP bomb.
 _MAX_EXPANSION = 4
+# Beyond a weight file's tensors: its header or pickle, and tensors saved beside the model's.
+_HEADER_SLACK = 64 * 2**20
+# A ZIP file named on this machine is read into memory: the app's upload limit is 512 MB.
+_MAX_ZIP_BYTES = 8 * 2**30
+
+# hidden_act / pooler_act -> the layer computing what transformers' ACT2FN does under that name
+# (module, class): timm is imported only when a model is built
+_ACTIVATIONS: dict[str, tuple[str, str]] = {
+    "gelu": ("torch.nn", "GELU"),
+    "gelu_python": ("torch.nn", "GELU"),
+    "gelu_new": ("timm.layers", "GELUTanh"),
+    "gelu_pytorch_tanh": ("timm.layers", "GELUTanh"),
+    "gelu_fast": ("timm.layers", "GELUTanh"),
+    "quick_gelu": ("timm.layers", "QuickGELU"),
+    "relu": ("torch.nn", "ReLU"),
+    "silu": ("torch.nn", "SiLU"),
+    "swish": ("torch.nn", "SiLU"),
+    "tanh": ("torch.nn", "Tanh"),
+}
+_ACTIVATION_NAMES = tuple(_ACTIVATIONS)
+
 
 def _activation(name: str) -> type[nn.Module]:
-    """The timm layer for a hidden_act or pooler_act name: the function transformers' ACT2FN computes."""
-    from timm.layers import GELUTanh, QuickGELU
-
-    table: dict[str, type[nn.Module]] = {
-        "gelu": nn.GELU,
-        "gelu_new": GELUTanh,
-        "gelu_pytorch_tanh": GELUTanh,
-        "gelu_fast": GELUTanh,
-        "quick_gelu": QuickGELU,
-        "relu": nn.ReLU,
-        "silu": nn.SiLU,
-        "swish": nn.SiLU,
-        "tanh": nn.Tanh,
-    }
-    return table[name]
-
-
-_ACTIVATION_NAMES = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "quick_gelu", "relu", "silu", "swish", "tanh")
+    module, attribute = _ACTIVATIONS[name]
+    return getattr(importlib.import_module(module), attribute)
 
 # PIL resampling codes in preprocessor_config.json -> torchvision's names
 _RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
@@ -174,11 +177,12 @@ Progress = Callable[[str, float], None]
 
 @dataclass(frozen=True)
 class _Files:
-    """The files of one save_pretrained folder: the config text, the weights, the preprocessor text."""
+    """The files of one save_pretrained folder: the config text, the preprocessor text, and
+    ``weights(cap)``: the weight file (a path, or bytes from a ZIP), refused above ``cap`` bytes."""
 
     label: str
     config: bytes
-    weights: Path | bytes
+    weights: Callable[[int], Path | bytes]
     preprocessor: bytes | None
 
 
@@ -191,11 +195,22 @@ def is_transformers_source(name: str, *, local_paths: bool = True) -> bool:
     """Whether :func:`load_transformers` is the loader for ``name``: a repo id, or (with
     ``local_paths``) an existing folder or ``.zip`` file. timm names never contain a slash."""
     name = name.strip()
-    if local_paths and name:
+    return (local_paths and _local_kind(name) is not None) or is_repo_id(name)
+
+
+def _local_kind(name: str) -> str | None:
+    """``"folder"`` or ``"zip"`` when ``name`` is such a path on this machine, else ``None``."""
+    if not name:
+        return None
+    try:
         path = Path(name).expanduser()
-        if path.is_dir() or (path.suffix.lower() == ".zip" and path.is_file()):
-            return True
-    return is_repo_id(name)
+        if path.is_dir():
+            return "folder"
+        if path.suffix.lower() == ".zip" and path.is_file():
+            return "zip"
+    except (OSError, RuntimeError, ValueError):  # a name too long for a path, ~nosuchuser, a NUL byte
+        return None
+    return None
 
 
 def load_transformers(
@@ -236,9 +251,10 @@ def load_transformers(
     spec = _spec_from_config(config)
     preprocessing = _preprocessing(spec, None if files.preprocessor is None else _parse_json(files.preprocessor, PREPROCESSOR_FILE))
     run = _run_size(spec, preprocessing, img_size)
+    _geometry(preprocessing, run)  # refused now, before any weight is read
     architecture = _HFArchitecture(replace(spec, run_size=run))
     report("checking the weights against config.json", 0.3)
-    state = _read_checkpoint(files.weights, spec.architecture, architecture=architecture)
+    state = _read_checkpoint(files.weights(architecture.max_bytes), spec.architecture, architecture=architecture)
     spec = architecture.spec  # now knows whether the weights hold a pooler (or which head they have)
     report("building the model", 0.7)
     return _build_handle(spec, state, preprocessing, label or files.label, device)
@@ -250,15 +266,12 @@ def _files_of(source: str | Path | bytes, *, local_paths: bool) -> _Files:
     text = str(source).strip()
     if not text:
         raise ModelUnavailable("No model was named; give a hub repo id such as facebook/dinov2-small.")
-    path = Path(text).expanduser()
-    if local_paths and path.is_dir():
-        return _folder_files(path)
-    if local_paths and path.is_file() and path.suffix.lower() == ".zip":
-        try:
-            data = path.read_bytes()
-        except OSError as err:
-            raise ModelUnavailable(f"The ZIP file {path.name} cannot be read ({err.strerror or err}).") from err
-        return _zip_files(data, path.stem)
+    kind = _local_kind(text) if local_paths else None
+    if kind == "folder":
+        return _folder_files(Path(text).expanduser())
+    if kind == "zip":
+        path = Path(text).expanduser()
+        return _zip_files(_read_regular(path, _MAX_ZIP_BYTES), path.stem)
     if is_repo_id(text):
         return _repo_files(text)
     what = "a folder, a ZIP file or a hub repo id" if local_paths else "a hub repo id (owner/name)"
@@ -271,12 +284,21 @@ def _folder_files(folder: Path) -> _Files:
         raise CheckpointRejected(
             f"The folder {folder.name} has no {CONFIG_FILE}; give a folder written by save_pretrained."
         )
-    weights = _pick_weights(names, folder.name)
+    path = folder / _pick_weights(names, folder.name)
+
+    def weights(cap: int) -> Path:
+        size = _regular(path)
+        if size > cap:
+            raise CheckpointRejected(
+                f"{path.name} is {human_size(size)}, more than a model of its config.json can hold ({human_size(cap)})."
+            )
+        return path
+
     return _Files(
         label=folder.name,
-        config=_read_small(folder / CONFIG_FILE),
-        weights=folder / weights,
-        preprocessor=_read_small(folder / PREPROCESSOR_FILE) if PREPROCESSOR_FILE in names else None,
+        config=_read_regular(folder / CONFIG_FILE, _MAX_JSON_BYTES),
+        weights=weights,
+        preprocessor=_read_regular(folder / PREPROCESSOR_FILE, _MAX_JSON_BYTES) if PREPROCESSOR_FILE in names else None,
     )
 
 
@@ -292,16 +314,30 @@ def _pick_weights(names: set[str], where: str) -> str:
     raise CheckpointRejected(f"{where} has a {CONFIG_FILE} but no weights ({' or '.join(WEIGHT_FILES)}).")
 
 
-def _read_small(path: Path) -> bytes:
+def _regular(path: Path) -> int:
+    """The size of ``path``, refusing anything but a regular file (a FIFO or a device never ends)."""
     try:
-        size = path.stat().st_size
-        if size > _MAX_JSON_BYTES:
-            raise CheckpointRejected(
-                f"{path.name} is {human_size(size)}; a model's is well under {human_size(_MAX_JSON_BYTES)}."
-            )
-        return path.read_bytes()
+        info = os.stat(path)
     except OSError as err:
         raise CheckpointRejected(f"{path.name} cannot be read ({err.strerror or err}).") from err
+    if not stat.S_ISREG(info.st_mode):
+        raise CheckpointRejected(f"{path.name} is not a regular file.")
+    return info.st_size
+
+
+def _read_regular(path: Path, cap: int) -> bytes:
+    """The bytes of a regular file of at most ``cap`` bytes (read with the cap, whatever its size said)."""
+    size = _regular(path)
+    try:
+        with path.open("rb") as f:
+            data = f.read(cap + 1)
+    except OSError as err:
+        raise CheckpointRejected(f"{path.name} cannot be read ({err.strerror or err}).") from err
+    if max(size, len(data)) > cap:
+        raise CheckpointRejected(
+            f"{path.name} is {human_size(max(size, len(data)))}; HeadScope reads at most {human_size(cap)} there."
+        )
+    return data
 
 
 def _zip_files(data: bytes, label: str) -> _Files:
@@ -311,7 +347,8 @@ def _zip_files(data: bytes, label: str) -> _Files:
     declared = declared_directory(data)
     if declared is not None and (declared.entries > _MAX_ZIP_ENTRIES or declared.size > _MAX_ZIP_ENTRIES * 1024):
         raise CheckpointRejected(
-            f"The ZIP lists {declared.entries:,} entries; a save_pretrained folder has a handful. Zip one model folder."
+            f"The ZIP's directory declares more than {_MAX_ZIP_ENTRIES} entries; a save_pretrained folder has a "
+            "handful. Zip one model folder."
         )
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
@@ -321,6 +358,8 @@ def _zip_files(data: bytes, label: str) -> _Files:
     members: dict[str, zipfile.ZipInfo] = {}
     for info in infos:
         name = info.filename
+        if not name:
+            raise CheckpointRejected("The ZIP holds an entry without a name; zip the model folder again.")
         if unsafe_entry_path(name) or "\\" in name or "\x00" in name:
             raise CheckpointRejected(
                 f"The ZIP holds an entry with an unsafe path ('{name[:60]}'); zip the model folder itself."
@@ -342,18 +381,22 @@ def _zip_files(data: bytes, label: str) -> _Files:
         raise CheckpointRejected(f"The ZIP holds {len(configs)} models ({CONFIG_FILE} files); zip one model folder.")
     folder = configs[0][: -len(CONFIG_FILE)]
     names = {n[len(folder):] for n in members if n.startswith(folder) and "/" not in n[len(folder):]}
-    weights = _pick_weights(names, "The ZIP")
+    member = members[folder + _pick_weights(names, "The ZIP")]
     budget = _MAX_EXPANSION * len(data) + 2**20
-    with archive:
-        return _Files(
-            label=folder.rstrip("/") or label,
-            config=_read_member(archive, members[folder + CONFIG_FILE], _MAX_JSON_BYTES),
-            weights=_read_member(archive, members[folder + weights], budget),
-            preprocessor=(
-                _read_member(archive, members[folder + PREPROCESSOR_FILE], _MAX_JSON_BYTES)
-                if PREPROCESSOR_FILE in names else None
-            ),
-        )
+
+    def weights(cap: int) -> bytes:
+        with archive:
+            return _read_member(archive, member, min(cap, budget))
+
+    return _Files(
+        label=folder.rstrip("/") or label,
+        config=_read_member(archive, members[folder + CONFIG_FILE], _MAX_JSON_BYTES),
+        weights=weights,
+        preprocessor=(
+            _read_member(archive, members[folder + PREPROCESSOR_FILE], _MAX_JSON_BYTES)
+            if PREPROCESSOR_FILE in names else None
+        ),
+    )
 
 
 def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int) -> bytes:
@@ -368,71 +411,99 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int) -> b
         raise CheckpointRejected(f"{short} could not be read from the ZIP; it is damaged or encrypted.") from err
     if len(content) > cap:
         raise CheckpointRejected(
-            f"{short} expands to more than {human_size(cap)}, far more than the ZIP's size allows for real files; "
-            "it is a ZIP bomb or damaged."
+            f"{short} expands to more than {human_size(cap)}, more than the ZIP's size allows for real weights "
+            "or a model of its config.json can hold; it is a ZIP bomb, damaged or another model's."
         )
     return content
 
 
 def _repo_files(repo: str) -> _Files:
-    """The files of a hub repo: from the local cache first, from the hub when it can be reached."""
-    from huggingface_hub import constants, hf_hub_download
+    """The files of a hub repo, each from the local cache when it is there, else from the hub.
+
+    Nothing is downloaded before its size is known to fit: ``config.json`` and the
+    preprocessor's file at most 16 MB, the weights at most what ``config.json`` implies
+    (:meth:`_HFArchitecture.max_bytes`), so a typed repo id of some other, huge model is
+    refused before its weights are fetched.
+    """
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
     from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    from core.model import _hub_resolves
 
     repo_id, _, revision = repo.partition("@")
     request = dict(repo_id=repo_id, revision=revision or None)
+    reachable: list[bool] = []  # decided once, on the first file the cache lacks
 
-    def cached(filename: str) -> str | None:
+    def online() -> bool:
+        if not reachable:
+            offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+            reachable.append(not offline and _hub_resolves(constants.ENDPOINT))
+        return reachable[0]
+
+    def fetch(filename: str, cap: int) -> Path | None:
         try:
-            return hf_hub_download(filename=filename, local_files_only=True, **request)
-        except Exception:  # not cached (or cached as absent): the caller decides
-            return None
-
-    def remote(filename: str) -> str | None:
-        try:
-            return hf_hub_download(filename=filename, etag_timeout=10, **request)
-        except (RepositoryNotFoundError, RevisionNotFoundError) as err:
-            raise ModelUnavailable(
-                f"The hub has no model repo '{repo}' (or it is private); check the id, such as facebook/dinov2-small."
-            ) from err
-        except EntryNotFoundError:
-            return None
-        except Exception as err:  # any other network or hub failure means the same thing to the user
-            raise ModelUnavailable(
-                f"'{repo}' could not be fetched from the Hugging Face hub ({type(err).__name__}); try again, "
-                "or upload a ZIP of the model folder."
-            ) from err
-
-    fetch = cached
-    if cached(CONFIG_FILE) is None:
-        from core.model import _hub_resolves
-
-        if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}:
-            raise ModelUnavailable(
-                f"'{repo}' is not in the local Hugging Face cache and the hub is offline; download it once while "
-                "online, or upload a ZIP of its save_pretrained folder."
+            path = Path(hf_hub_download(filename=filename, local_files_only=True, **request))
+        except Exception:  # not cached, or cached as absent: the hub decides when it can be reached
+            path = None
+        if path is None and online():
+            try:
+                size = get_hf_file_metadata(hf_hub_url(filename=filename, **request), timeout=10).size
+                if size is not None and size > cap:
+                    raise CheckpointRejected(
+                        f"{filename} of '{repo}' is {human_size(size)}, more than a model of its config.json can "
+                        f"hold ({human_size(cap)}); HeadScope does not download it."
+                    )
+                path = Path(hf_hub_download(filename=filename, etag_timeout=10, **request))
+            except (RepositoryNotFoundError, RevisionNotFoundError) as err:
+                raise ModelUnavailable(
+                    f"The hub has no model repo '{repo}' (or it is private); check the id, such as facebook/dinov2-small."
+                ) from err
+            except EntryNotFoundError:
+                return None
+            except HeadScopeError:
+                raise
+            except Exception as err:  # any other network or hub failure means the same thing to the user
+                raise ModelUnavailable(
+                    f"'{repo}' could not be fetched from the Hugging Face hub ({type(err).__name__}); try again, "
+                    "or upload a ZIP of the model folder."
+                ) from err
+        if path is not None and _regular(path) > cap:
+            raise CheckpointRejected(
+                f"{filename} of '{repo}' is {human_size(_regular(path))}, more than a model of its config.json "
+                f"can hold ({human_size(cap)})."
             )
-        if not _hub_resolves(constants.ENDPOINT):
-            raise ModelUnavailable(
-                f"'{repo}' is not cached locally and the Hugging Face hub cannot be reached; connect once, "
-                "or upload a ZIP of its save_pretrained folder."
-            )
-        fetch = remote
-    config = fetch(CONFIG_FILE)
+        return path
+
+    def unreachable(what: str) -> ModelUnavailable:
+        return ModelUnavailable(
+            f"{what} of '{repo}' {'is' if what == 'config.json' else 'are'} not in the local Hugging Face cache and "
+            "the hub is offline or cannot be reached; download the repo once while online, or upload a ZIP of "
+            "its save_pretrained folder."
+        )
+
+    config = fetch(CONFIG_FILE, _MAX_JSON_BYTES)
     if config is None:
+        if not online():
+            raise unreachable("config.json")
         raise CheckpointRejected(f"The repo '{repo}' has no {CONFIG_FILE}; it is not a transformers model.")
-    weights = next((found for name in WEIGHT_FILES if (found := fetch(name)) is not None), None)
-    if weights is None:
-        if any(fetch(index) is not None for index in _SHARDED_INDEX):
+    preprocessor = fetch(PREPROCESSOR_FILE, _MAX_JSON_BYTES)
+
+    def weights(cap: int) -> Path:
+        for name in WEIGHT_FILES:
+            found = fetch(name, cap)
+            if found is not None:
+                return found
+        if not online():
+            raise unreachable("The weights")
+        if any(fetch(index, _MAX_JSON_BYTES) is not None for index in _SHARDED_INDEX):
             _pick_weights({_SHARDED_INDEX[0]}, f"The repo '{repo}'")
-        where = "in the local cache" if fetch is cached else "on the hub"
-        raise ModelUnavailable(f"The repo '{repo}' has no {' or '.join(WEIGHT_FILES)} {where}.")
-    preprocessor = fetch(PREPROCESSOR_FILE)
+        raise CheckpointRejected(f"The repo '{repo}' has no {' or '.join(WEIGHT_FILES)}.")
+
     return _Files(
         label=repo,
-        config=_read_small(Path(config)),
-        weights=Path(weights),
-        preprocessor=None if preprocessor is None else _read_small(Path(preprocessor)),
+        config=_read_regular(config, _MAX_JSON_BYTES),
+        weights=weights,
+        preprocessor=None if preprocessor is None else _read_regular(preprocessor, _MAX_JSON_BYTES),
     )
 
 
@@ -531,7 +602,7 @@ def _spec_from_config(config: Mapping[str, Any]) -> _Spec:
     architectures = config.get("architectures")
     named = architectures[0] if isinstance(architectures, list) and architectures and isinstance(architectures[0], str) else None
     if model_type not in _MODEL_TYPES:
-        what = f"'{named}'" if named else f"model_type {_show(model_type)}"
+        what = f"'{named}'" if named and named not in SUPPORTED_ARCHITECTURES else f"model_type {_show(model_type)}"
         raise UnsupportedModel(f"{_SUPPORTED_TEXT}; this config.json is for {what}.")
     if named is not None and named not in SUPPORTED_ARCHITECTURES:
         raise UnsupportedModel(f"{_SUPPORTED_TEXT}; this config.json is for '{named[:60]}'.")
@@ -553,7 +624,8 @@ def _spec_from_config(config: Mapping[str, Any]) -> _Spec:
             raise CheckpointRejected(f"config.json's mlp_ratio {ratio:g} gives {mlp_hidden:,} hidden units; at most {_MAX_HIDDEN:,}.")
     else:
         mlp_hidden = _whole(config, "intermediate_size", 3072, 1, _MAX_HIDDEN)
-    image_size = _whole(config, "image_size", 518 if dinov2 else 224, 1, _MAX_IMAGE)
+    # defaults as transformers' config classes have them (save_pretrained writes every field anyway)
+    image_size = _whole(config, "image_size", 224, 1, _MAX_IMAGE)
     patch_size = _whole(config, "patch_size", 14 if model_type == "dinov2" else 16, 1, image_size)
     if image_size % patch_size:
         raise CheckpointRejected(
@@ -643,16 +715,20 @@ def _preprocessing(spec: _Spec, config: Mapping[str, Any] | None) -> _Preprocess
     def fail(key: str) -> CheckpointRejected:
         return CheckpointRejected(f"{what}'s {key} is {_show(source.get(key))}, which HeadScope cannot apply.")
 
-    def side_pair(key: str) -> tuple[int, int] | int | None:
+    def side(value: Any) -> bool:
+        return type(value) is int and 1 <= value <= _MAX_IMAGE
+
+    def side_pair(key: str) -> tuple[int, int] | int:
         value = source.get(key)
-        if isinstance(value, dict):
-            if set(value) >= {"height", "width"}:
-                pair = (value["height"], value["width"])
-                if all(type(v) is int and 1 <= v <= _MAX_IMAGE for v in pair):
-                    return pair  # type: ignore[return-value]
-            elif "shortest_edge" in value and type(value["shortest_edge"]) is int and 1 <= value["shortest_edge"] <= _MAX_IMAGE:
-                return value["shortest_edge"]
-        elif type(value) is int and 1 <= value <= _MAX_IMAGE:
+        if isinstance(value, dict) and set(value) == {"height", "width"} and all(side(v) for v in value.values()):
+            if value["height"] != value["width"]:
+                raise UnsupportedModel(
+                    f"{what}'s {key} is {value['height']} x {value['width']}; HeadScope feeds square inputs only."
+                )
+            return (value["height"], value["width"])
+        if isinstance(value, dict) and set(value) == {"shortest_edge"} and side(value["shortest_edge"]):
+            return value["shortest_edge"]
+        if side(value):
             return (value, value) if key == "crop_size" else value
         raise fail(key)
 
@@ -667,20 +743,21 @@ def _preprocessing(spec: _Spec, config: Mapping[str, Any] | None) -> _Preprocess
     if isinstance(crop, int):
         crop = (crop, crop)
     resample = source.get("resample", 3)
-    if resample not in _RESAMPLE:
+    if type(resample) is not int or resample not in _RESAMPLE:
         raise fail("resample")
     scale = 1.0
     if flag("do_rescale", True):
         factor = source.get("rescale_factor", 1 / 255)
-        if type(factor) not in (int, float) or not math.isfinite(factor) or factor <= 0:
+        # 1/255 maps pixels to 0..1; anything far outside makes every input overflow or vanish
+        if type(factor) not in (int, float) or not 1e-6 <= factor <= 1:
             raise fail("rescale_factor")
         scale = float(factor)
     mean, std = (0.0,) * spec.channels, (1.0,) * spec.channels
     if flag("do_normalize", True):
         mean, std = _per_channel(source.get("image_mean"), spec.channels), _per_channel(source.get("image_std"), spec.channels)
-        if mean is None:
+        if mean is None or max(abs(m) for m in mean) > 1e3:
             raise fail("image_mean")
-        if std is None or min(std) <= 0:
+        if std is None or not all(1e-3 <= v <= 1e3 for v in std):
             raise fail("image_std")
     return _Preprocessing(
         resize=resize, resample=_RESAMPLE[resample], crop=crop, scale=scale, mean=mean, std=std, given=given
@@ -707,7 +784,7 @@ def _run_size(spec: _Spec, preprocessing: _Preprocessing, img_size: int | None) 
     run = _default_run_size(spec, preprocessing) if img_size is None else _check_img_size(img_size, spec.patch_size)
     patches = (run // spec.patch_size) ** 2
     if patches > _MAX_RUN_PATCHES:
-        raise CheckpointRejected(
+        raise InvalidSetting(
             f"At {run} px with {spec.patch_size} px patches the model would see {patches:,} patches; HeadScope "
             f"analyses at most {_MAX_RUN_PATCHES:,} (80 x 80), so choose a smaller input size."
         )
@@ -723,22 +800,57 @@ def _default_run_size(spec: _Spec, preprocessing: _Preprocessing) -> int:
     return spec.patch_size * max(1, DEFAULT_IMG_SIZE // spec.patch_size)
 
 
+def _geometry(preprocessing: _Preprocessing, run: int) -> list[tuple[str, int | tuple[int, int]]]:
+    """The resize and crop steps that give ``run`` x ``run`` pixels, scaled from the file's own.
+
+    The file's steps are scaled by ``run`` over the side they produce (so 256 then 224 at
+    224 px becomes 512 then 448 at 448 px, as timm scales by its crop fraction). HeadScope
+    feeds square inputs: a short-side resize without a crop (or no resize at all) is
+    followed by a centre crop to the square.
+
+    Raises:
+        UnsupportedModel: the scaled steps would make an image larger than 4 times the
+            input side or 4,096 px (a tiny crop of a huge resize).
+    """
+    resize = preprocessing.resize
+    fed = preprocessing.output_side or (resize if isinstance(resize, int) else run)
+    ratio = run / fed
+    steps: list[tuple[str, int | tuple[int, int]]] = []
+    if isinstance(resize, int):
+        steps.append(("resize", max(1, round(resize * ratio))))
+    elif isinstance(resize, tuple):
+        steps.append(("resize", (max(1, round(resize[0] * ratio)), max(1, round(resize[1] * ratio)))))
+    else:
+        steps.append(("resize", run))  # no resize in the file: the short side to the input side
+    if preprocessing.crop is not None:
+        steps.append(("crop", (max(1, round(preprocessing.crop[0] * ratio)), max(1, round(preprocessing.crop[1] * ratio)))))
+    elif not isinstance(resize, tuple):
+        steps.append(("crop", (run, run)))
+    largest = max(max(size) if isinstance(size, tuple) else size for _, size in steps)
+    if largest > max(4 * run, _MAX_IMAGE):
+        raise UnsupportedModel(
+            f"{PREPROCESSOR_FILE} would resize images to {largest:,} px on a side for a {run} px input; "
+            "HeadScope cannot apply it."
+        )
+    return steps
+
+
 def _transform(preprocessing: _Preprocessing, run: int) -> Callable:
-    """torchvision's pipeline for ``preprocessing``, scaled so that it gives ``run`` x ``run`` pixels."""
+    """torchvision's pipeline for ``preprocessing`` at ``run`` x ``run`` pixels.
+
+    It gives what transformers' PIL-based image processors (ViTImageProcessor,
+    BitImageProcessor, DeiTImageProcessor) give, to float rounding; their torchvision-based
+    "fast" twins resize a little differently (up to about 0.02 after normalisation).
+    """
     from torchvision import transforms
     from torchvision.transforms import InterpolationMode
 
     mode = InterpolationMode(preprocessing.resample)
-    fed = preprocessing.output_side or run
-    ratio = run / fed
-    steps: list[Callable] = []
-    if isinstance(preprocessing.resize, int):
-        steps.append(transforms.Resize(max(1, round(preprocessing.resize * ratio)), interpolation=mode))
-    elif isinstance(preprocessing.resize, tuple):
-        steps.append(transforms.Resize(tuple(max(1, round(s * ratio)) for s in preprocessing.resize), interpolation=mode))
-    if preprocessing.crop is not None:
-        steps.append(transforms.CenterCrop(tuple(max(1, round(s * ratio)) for s in preprocessing.crop)))
-    # whatever the file says, the model needs exactly its input size (a no-op when the steps give it)
+    steps: list[Callable] = [
+        transforms.Resize(size, interpolation=mode) if kind == "resize" else transforms.CenterCrop(size)
+        for kind, size in _geometry(preprocessing, run)
+    ]
+    # a no-op when the steps give the input size; a safety net for rounding of scaled steps
     steps.append(transforms.Resize((run, run), interpolation=mode))
     steps.append(transforms.PILToTensor())
     scale, mean, std = preprocessing.scale, preprocessing.mean, preprocessing.std
@@ -768,7 +880,7 @@ def _timm_subclass(kind: str) -> type:
             def __init__(self, **kwargs: Any) -> None:
                 super().__init__(**kwargs)
                 self.num_features = self.head_hidden_size = 2 * self.embed_dim
-                self.head = nn.Linear(2 * self.embed_dim, self.num_classes)
+                self.head = nn.Linear(2 * self.embed_dim, self.num_classes) if self.num_classes else nn.Identity()
 
             def pool(self, x: torch.Tensor, pool_type: str | None = None) -> torch.Tensor:
                 return torch.cat([x[:, 0], x[:, self.num_prefix_tokens:].mean(dim=1)], dim=-1)
@@ -841,7 +953,7 @@ def _mapping(spec: _Spec) -> dict[str, tuple[str, int | None]]:
         top["embeddings.register_tokens"] = "reg_token"
     if spec.output == "backbone" and spec.pooler is not None:
         top.update({"pooler.dense.weight": "head.0.weight", "pooler.dense.bias": "head.0.bias"})
-    elif spec.output == "distilled":
+    elif spec.output == "distilled" and spec.class_names:
         top.update({"cls_classifier.weight": "head.weight", "cls_classifier.bias": "head.bias",
                     "distillation_classifier.weight": "head_dist.weight", "distillation_classifier.bias": "head_dist.bias"})
     elif spec.output != "backbone" and spec.class_names:
@@ -892,8 +1004,9 @@ def _current_names(spec: _Spec) -> dict[str, str]:
 _IGNORED = ("embeddings.mask_token",)
 
 
-def _to_timm(state: Mapping[str, torch.Tensor], spec: _Spec) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """``state`` (Hugging Face names) as the timm model's state dict, and the keys nothing maps.
+def _to_timm(state: Mapping[str, torch.Tensor], spec: _Spec) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
+    """``state`` (Hugging Face names) as the timm model's state dict, the keys nothing maps, and
+    the keys that map onto a weight another key already gave (a prefixed and a plain copy).
 
     Works on meta tensors too: that is how a file's declared shapes are checked before loading.
     """
@@ -903,15 +1016,23 @@ def _to_timm(state: Mapping[str, torch.Tensor], spec: _Spec) -> tuple[dict[str, 
     out: dict[str, torch.Tensor] = {}
     parts: dict[str, list[torch.Tensor | None]] = {}
     unknown: list[str] = []
+    repeated: list[str] = []
+    seen: set[tuple[str, int | None]] = set()
     for key, tensor in state.items():
         plain = key[len(prefix):] if key.startswith(prefix) else key
         plain = current.get(plain, plain)
         if plain in _IGNORED or (plain.startswith("pooler.") and spec.output != "backbone"):
             continue
+        if plain == "embeddings.register_tokens" and not spec.registers and tensor.numel() == 0:
+            continue  # num_register_tokens 0 saves an empty table
         target = mapping.get(plain)
         if target is None:
             unknown.append(key)
             continue
+        if target in seen:
+            repeated.append(key)
+            continue
+        seen.add(target)
         name, part = target
         if part is None:
             out[name] = tensor
@@ -923,16 +1044,16 @@ def _to_timm(state: Mapping[str, torch.Tensor], spec: _Spec) -> tuple[dict[str, 
     table = out.get("pos_embed")
     if table is not None and table.dim() == 3 and table.shape[0] == 1:
         out.update(_positions(table, out.get("cls_token"), spec))
-    return out, unknown
+    return out, unknown, repeated
 
 
 def _positions(table: torch.Tensor, cls_token: torch.Tensor | None, spec: _Spec) -> dict[str, torch.Tensor]:
     """The position table at the run grid, as transformers' ``interpolate_pos_encoding`` makes it."""
     prefix = spec.position_prefix
     patches = table.shape[1] - prefix
-    side = math.isqrt(max(patches, 0))
-    if side * side != patches or side == 0:
-        return {}  # the shape check names the table
+    if patches != spec.native_grid**2:
+        return {}  # not the table config.json's image_size and patch_size make: the shape check names it
+    side = spec.native_grid
     grid = spec.run_size // spec.patch_size
     head, rows = table[:, :prefix], table[:, prefix:]
     if patches != grid * grid:  # transformers skips the resampling exactly when the counts agree on a square input
@@ -965,6 +1086,12 @@ class _HFArchitecture:
         layout = self._layout(spec if spec.architecture else replace(spec, architecture=self.name, output="backbone"))
         # what a file of this config declares: timm's tensors, with q, k and v apart
         self.default = {f"{k}#{i}": v for k, v in layout.items() for i in range(3 if k.endswith(("qkv.weight", "qkv.bias")) else 1)}
+        # the most values a file of this config holds: the layout, the position table at its
+        # native grid, any classifier pair and pooler, and the unused mask token
+        values = sum(math.prod(shape) for shape, _ in layout.values())
+        values += (spec.native_grid**2 + spec.position_prefix) * spec.width
+        values += 2 * len(spec.class_names) * (2 * spec.width + 1) + (spec.width + 2) * spec.width
+        self.max_bytes = values * 8 + _HEADER_SLACK  # float64 at most
 
     @staticmethod
     def _layout(spec: _Spec) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
@@ -976,7 +1103,12 @@ class _HFArchitecture:
         spec = self._complete(self.spec, declared)
         expected = self._layout(spec)
         meta = {k: torch.empty(shape, dtype=dtype, device="meta") for k, (shape, dtype) in declared.items()}
-        converted, unknown = _to_timm(meta, spec)
+        converted, unknown, repeated = _to_timm(meta, spec)
+        if repeated:
+            raise CheckpointRejected(
+                f"The weights hold '{repeated[0]}' beside another tensor for the same weight; save them again "
+                "with save_pretrained."
+            )
         missing = [k for k in expected if k not in converted]
         wrong = [k for k in expected if k in converted and tuple(converted[k].shape) != expected[k][0]]
         if unknown or missing or wrong:
@@ -1009,8 +1141,8 @@ class _HFArchitecture:
             classifier = declared.get(prefix + "classifier.weight", declared.get("classifier.weight")) or declared.get("cls_classifier.weight")
             if not spec.class_names and classifier is not None and len(classifier[0]) == 2:
                 spec = replace(spec, class_names=tuple(f"LABEL_{i}" for i in range(min(classifier[0][0], _MAX_CLASSES))))
-            if not spec.class_names:
-                spec = replace(spec, output="backbone")  # num_labels 0: transformers' classifier is an identity
+            # num_labels 0: the classifier is an identity on what it reads (the class token, both
+            # tokens' mean, or the class token beside the patch mean): a backbone with that output
             return replace(spec, pooler=None)
         if spec.pooler is not None and "pooler.dense.weight" not in keys:
             spec = replace(spec, pooler=None)  # saved without its pooler (add_pooling_layer=False)
@@ -1025,7 +1157,7 @@ def _build_handle(
     spec: _Spec, state: Mapping[str, torch.Tensor], preprocessing: _Preprocessing, label: str, device
 ) -> ViTHandle:
     model = _build_timm(spec)
-    converted, _ = _to_timm(state, spec)
+    converted, _, _ = _to_timm(state, spec)
     _load_weights(model, converted, f"config.json ({spec.architecture})")
     model.pretrained_cfg = {}
     run = spec.run_size
@@ -1038,7 +1170,9 @@ def _build_handle(
         "crop_pct": 1.0,
         "crop_mode": "center",
     }
-    key = f"hf-{spec.architecture}-{_model_digest(model)}"
+    # every cached result keys on this: the weights, and what the images go through and are called
+    described = hashlib.sha256(f"{_model_digest(model)}|{preprocessing}|{spec.class_names}".encode()).hexdigest()
+    key = f"hf-{spec.architecture}-{described[:16]}"
     suffix = "" if run == spec.image_size else f", {run} px"
     return _make_handle(
         model,

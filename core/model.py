@@ -242,7 +242,7 @@ def load_model(
 
     if not timm.is_model(name):
         raise ModelUnavailable(
-            f"timm has no model called '{name}'; use a name such as vit_base_patch16_224 or deit_small_patch16_224, "
+            f"timm has no model called '{name if len(name) <= 80 else name[:77] + '...'}'; use a name such as vit_base_patch16_224 or deit_small_patch16_224, "
             "or a transformers repo id such as facebook/dinov2-small."
         )
     size = _run_size(name, img_size)

@@ -241,7 +241,7 @@ def test_a_start_model_that_fails_says_why_once_and_starts_on_the_demo(monkeypat
 def test_the_picker_lists_the_builtin_models_next_to_timm(monkeypatch) -> None:
     at = _start(monkeypatch)
     picker = at.radio(key="model_source")
-    assert picker.options == [*BUILTIN_MODELS, "timm model"]
+    assert picker.options == [*BUILTIN_MODELS, "timm model", "transformers model"]
     assert picker.value == "demo" and not at.sidebar.get("number_input")  # the demo model has one size
     picker.set_value(DINOV2_NAME).run()
     _clean(at)
@@ -275,8 +275,8 @@ def test_loading_shows_the_preparation_as_a_progress_bar(monkeypatch) -> None:
 
     from core.model import wrap_model
 
-    def prepare(name: str, *, checkpoint=None, img_size=None, progress=None):
-        assert name == DINOV2_NAME and progress is not None
+    def prepare(name: str, *, checkpoint=None, img_size=None, progress=None, local_paths=False):
+        assert name == DINOV2_NAME and progress is not None and not local_paths  # a visitor never names a path
         progress("downloading the weights", 0.25)
         progress("converting them", 0.75)
         return wrap_model(tiny_vit(num_classes=0), device="cpu")

@@ -86,3 +86,14 @@ def test_a_typed_path_is_never_read_from_the_server(
     load(app, repo="local/vit")  # the app's visitor only names hub repos
     assert "not in the local Hugging Face cache" in shown(app.sidebar.error[0].value)
     assert "demo" in app.caption[0].value
+
+
+def test_the_start_model_may_be_a_transformers_folder_on_the_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = save(hf_model("DeiTForImageClassificationWithTeacher"), tmp_path / "deit-distilled")
+    monkeypatch.setenv("HEADSCOPE_MODEL", str(folder))
+    app = started_app(monkeypatch, TIMEOUT)
+    assert not app.error
+    header = shown(app.caption[0].value)
+    assert header.startswith("**deit-distilled (DeiTForImageClassificationWithTeacher)")
+    assert "2 prefix token(s)" in header and "5 classes" in header
+    assert app.radio(key="model_source").value == "transformers model"

@@ -22,7 +22,7 @@ from PIL import Image
 from core import load_model
 from core.attention import extract_attention
 from core.casestudy import CaseSettings
-from core.errors import CheckpointRejected, HeadScopeError, ModelUnavailable, UnsupportedModel
+from core.errors import CheckpointRejected, HeadScopeError, InvalidSetting, ModelUnavailable, UnsupportedModel
 from core.hfmodels import load_transformers
 
 SMALL = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8, num_labels=5)
@@ -435,6 +435,157 @@ def test_the_command_line_analyses_a_transformers_folder(tmp_path: Path) -> None
 
 def test_an_input_grid_too_large_to_analyse_is_refused(saved_vit: Path, tmp_path: Path) -> None:
     folder = with_config(saved_vit, tmp_path / "huge", lambda c: c.update(patch_size=1, image_size=512))
-    with pytest.raises(CheckpointRejected, match="patches") as caught:
+    with pytest.raises(InvalidSetting, match="50,176 patches; HeadScope analyses at most 6,400") as caught:
         load_model(str(folder))
     one_sentence(caught.value)
+
+
+# --- found in review: each once a traceback, a silent difference or an unbounded cost ---------
+
+
+@pytest.mark.parametrize("name", ["DeiTForImageClassificationWithTeacher", "Dinov2ForImageClassification",
+                                  "Dinov2WithRegistersForImageClassification", "ViTForImageClassification"])
+def test_a_classifier_saved_with_no_labels_outputs_what_its_identity_head_reads(name: str, tmp_path: Path) -> None:
+    model = hf_model(name, num_labels=0)
+    handle = load_model(str(save(model, tmp_path / name)), device="cpu")
+    assert handle.is_backbone
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(8))
+    attention_error, output_error = compare(handle, model, x)  # teacher: both tokens' mean; DINOv2: 2 x 48 wide
+    assert attention_error <= 1e-5 and output_error <= 1e-4
+
+
+def test_registers_model_with_no_registers_loads(tmp_path: Path) -> None:
+    model = hf_model("Dinov2WithRegistersModel", num_register_tokens=0)
+    handle = load_model(str(save(model, tmp_path / "noreg")), device="cpu", img_size=48)  # the antialiased resampling
+    assert handle.num_prefix_tokens == 1
+    x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(9))
+    attention_error, output_error = compare(handle, model, x)
+    assert attention_error <= 1e-5 and output_error <= 1e-4
+
+
+def test_the_key_changes_with_the_preprocessing_and_the_class_names(saved_vit: Path, tmp_path: Path) -> None:
+    first = load_model(str(saved_vit), device="cpu").key
+    renamed = with_config(saved_vit, tmp_path / "renamed", lambda c: c.update(id2label={str(i): f"other {i}" for i in range(5)}))
+    assert load_model(str(renamed), device="cpu").key != first
+    processed = with_config(saved_vit, tmp_path / "processed", lambda c: None)
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.1] * 3, image_std=[0.2] * 3).save_pretrained(processed)
+    assert load_model(str(processed), device="cpu").key != first
+    assert load_model(str(saved_vit), device="cpu").key == first  # and stays put for the same files
+
+
+def test_an_image_size_the_position_table_does_not_have_is_refused(saved_vit: Path, tmp_path: Path) -> None:
+    folder = with_config(saved_vit, tmp_path / "wrong-size", lambda c: c.update(image_size=64))  # weights hold 4x4
+    with pytest.raises(CheckpointRejected, match="do not match config.json.*position_embeddings"):
+        load_model(str(folder))
+
+
+def test_duplicate_weights_under_two_names_are_refused(saved_vit: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    folder = with_config(saved_vit, tmp_path / "twice", lambda c: None)
+    state = load_file(folder / "model.safetensors")
+    state["vit.layernorm.weight"], state["layernorm.weight"] = state["vit.layernorm.weight"], -state["vit.layernorm.weight"]
+    save_file(state, folder / "model.safetensors")
+    with pytest.raises(CheckpointRejected, match="beside another tensor for the same weight"):
+        load_model(str(folder))
+
+
+def preprocessor(folder: Path, **fields) -> Path:
+    base = {"do_resize": True, "size": {"height": 32, "width": 32}, "resample": 2, "do_normalize": True,
+            "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "do_rescale": True, "rescale_factor": 1 / 255}
+    (folder / "preprocessor_config.json").write_text(json.dumps({**base, **fields}))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "fields, expected",
+    [
+        ({"resample": [3]}, "resample is list"),
+        ({"resample": True}, "resample is true"),
+        ({"size": {"height": 32, "width": 24}}, "size is 32 x 24; HeadScope feeds square inputs only"),
+        ({"size": {"longest_edge": 32}}, "size is dict"),
+        ({"do_center_crop": True, "crop_size": 8, "size": 4096}, "would resize images to"),
+        ({"image_std": [1e-320, 1, 1]}, "image_std is list"),
+        ({"rescale_factor": 1e308}, "rescale_factor is 1e+308"),
+        ({"image_mean": "half"}, "image_mean is \"half\""),
+        ({"do_resize": "yes"}, "do_resize is \"yes\""),
+    ],
+)
+def test_a_bad_preprocessor_config_is_refused_in_one_sentence(saved_vit: Path, tmp_path: Path, fields, expected: str) -> None:
+    folder = preprocessor(with_config(saved_vit, tmp_path / "pre", lambda c: None), **fields)
+    with pytest.raises(HeadScopeError) as caught:
+        load_model(str(folder), img_size=640 if "crop_size" in fields else None)
+    assert expected in one_sentence(caught.value)
+
+
+def test_a_short_side_resize_without_a_crop_feeds_the_centre_square(saved_vit: Path, tmp_path: Path) -> None:
+    folder = preprocessor(with_config(saved_vit, tmp_path / "short", lambda c: None), size={"shortest_edge": 32})
+    handle = load_model(str(folder), device="cpu")
+    wide = np.zeros((40, 80, 3), dtype=np.uint8)
+    wide[:, 20:60] = 255  # a white centre square between black sides
+    x = handle.preprocess([Image.fromarray(wide)])
+    assert x.shape == (1, 3, 32, 32)
+    # the white centre, (1 - 0.5) / 0.5 = 1, with the resize's blur at its edges; a squash would be half black
+    assert float(x.mean()) > 0.9
+
+
+def test_an_empty_entry_name_in_a_zip_is_refused(saved_vit: Path) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("m/config.json", (saved_vit / "config.json").read_bytes())
+        archive.writestr(zipfile.ZipInfo(""), b"hi")  # zipfile's is_dir() raises IndexError on it
+    with pytest.raises(CheckpointRejected, match="an entry without a name") as caught:
+        load_transformers(buffer.getvalue())
+    one_sentence(caught.value)
+
+
+@pytest.mark.parametrize("name", ["~nosuchuser_headscope/x", "a" * 5000, "owner/x" + "\0"])
+def test_names_no_filesystem_accepts_give_a_sentence(name: str) -> None:
+    with pytest.raises(HeadScopeError) as caught:
+        load_model(name)
+    one_sentence(caught.value)
+
+
+def test_a_repo_is_fetched_config_first_and_huge_weights_are_never_downloaded(
+    saved_vit: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hub, mocked: config.json from the cache, the weights declared at 3 GB on the hub."""
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    import core.model
+
+    cached = {"config.json": saved_vit / "config.json"}
+    downloads: list[str] = []
+
+    def download(repo_id, filename, revision=None, local_files_only=False, **kwargs):
+        if local_files_only:
+            if filename in cached:
+                return str(cached[filename])
+            raise LocalEntryNotFoundError("not cached")
+        downloads.append(filename)
+        return str(saved_vit / filename)
+
+    class Metadata:
+        def __init__(self, size):
+            self.size = size
+
+    def metadata(url, timeout=None):
+        from huggingface_hub.errors import EntryNotFoundError
+
+        if url.endswith("model.safetensors"):
+            return Metadata(3 * 2**30)
+        raise EntryNotFoundError("absent")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", metadata)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(core.model, "_hub_resolves", lambda endpoint: True)
+    with pytest.raises(CheckpointRejected, match="HeadScope does not download it") as caught:
+        load_model("someone/partly-cached")
+    one_sentence(caught.value)
+    assert downloads == []  # the cached config came from the cache; the weights were never fetched
+    cached["model.safetensors"] = saved_vit / "model.safetensors"  # a partial cache completed by hand
+    assert load_model("someone/partly-cached", device="cpu").name.startswith("someone/partly-cached")
