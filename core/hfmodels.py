@@ -428,7 +428,7 @@ def _repo_files(repo: str) -> _Files:
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
     from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
-    from core.model import _hub_resolves
+    from core.model import _hub_offline, _hub_resolves
 
     repo_id, _, revision = repo.partition("@")
     request = dict(repo_id=repo_id, revision=revision or None)
@@ -436,8 +436,7 @@ def _repo_files(repo: str) -> _Files:
 
     def online() -> bool:
         if not reachable:
-            offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
-            reachable.append(not offline and _hub_resolves(constants.ENDPOINT))
+            reachable.append(not _hub_offline() and _hub_resolves(constants.ENDPOINT))
         return reachable[0]
 
     def fetch(filename: str, cap: int) -> Path | None:

@@ -544,8 +544,7 @@ def _pretrained_weights_path(name: str) -> str:
         return hf_hub_download(**request, local_files_only=True)
     except Exception:  # not cached: fall through to the network unless offline
         pass
-    # the environment is read here too: huggingface_hub reads it once, at import
-    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}:
+    if _hub_offline():
         raise ModelUnavailable(
             f"The weights of '{name}' are not in the local Hugging Face cache and the hub is offline; "
             "download them once while online, or upload a checkpoint."
@@ -560,6 +559,13 @@ def _pretrained_weights_path(name: str) -> str:
         return hf_hub_download(**request, etag_timeout=10)
     except Exception as err:  # any network or hub failure means the same thing to the user
         raise unreachable from err
+
+
+def _hub_offline() -> bool:
+    """Hugging Face's offline mode is on (the environment is read here too: huggingface_hub reads it once, at import)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
 
 
 def _hub_resolves(endpoint: str) -> bool:

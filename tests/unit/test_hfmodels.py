@@ -381,15 +381,22 @@ def test_a_config_without_architectures_is_read_from_the_weights(saved_vit: Path
     assert "ViTForImageClassification" in handle.name and len(handle.class_names) == 5 and handle.grid == (4, 4)
 
 
-def test_a_repo_that_is_not_cached_with_the_hub_out_of_reach_is_said(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def hub_online(monkeypatch: pytest.MonkeyPatch, *, reachable: bool) -> None:
+    """Offline mode off, and the hub's host name resolving or not."""
     from huggingface_hub import constants
 
     import core.model
 
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(core.model, "_hub_resolves", lambda endpoint: False)
+    monkeypatch.setattr(core.model, "_hub_resolves", lambda endpoint: reachable)
+
+
+def test_a_repo_that_is_not_cached_with_the_hub_out_of_reach_is_said(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    hub_online(monkeypatch, reachable=False)
     with pytest.raises(ModelUnavailable, match="cannot be reached") as caught:
         load_model("facebook/dinov2-small")
     one_sentence(caught.value)
@@ -551,10 +558,7 @@ def test_a_repo_is_fetched_config_first_and_huge_weights_are_never_downloaded(
 ) -> None:
     """The hub, mocked: config.json from the cache, the weights declared at 3 GB on the hub."""
     import huggingface_hub
-    from huggingface_hub import constants
     from huggingface_hub.errors import LocalEntryNotFoundError
-
-    import core.model
 
     cached = {"config.json": saved_vit / "config.json"}
     downloads: list[str] = []
@@ -580,9 +584,7 @@ def test_a_repo_is_fetched_config_first_and_huge_weights_are_never_downloaded(
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", metadata)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(core.model, "_hub_resolves", lambda endpoint: True)
+    hub_online(monkeypatch, reachable=True)
     with pytest.raises(CheckpointRejected, match="HeadScope does not download it") as caught:
         load_model("someone/partly-cached")
     one_sentence(caught.value)
