@@ -32,8 +32,8 @@ single weight is allocated. What maps onto what:
   weights have one, else the class token after the final LayerNorm.
 
 Class names come from ``id2label``; preprocessing from ``preprocessor_config.json`` when it
-is there (resize, centre crop, rescale and normalisation), else the defaults of the
-model type's image processor on the hub.
+is there (resize, centre crop, rescale and normalisation, as the model's image processor
+does them), else the defaults of the model type's image processor at the config's size.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
+from PIL import Image
 from torch import nn
 
 from core._zipcheck import declared_directory, unsafe_entry_path
@@ -153,6 +154,7 @@ def _activation(name: str) -> type[nn.Module]:
 
 # PIL resampling codes in preprocessor_config.json -> torchvision's names
 _RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+_SHORT_SIDE_PROCESSORS = ("Bit", "CLIP")
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # What each model type's image processor does when a folder has no preprocessor_config.json
 # (the hub repos' own files): ViT squashes to its size, DeiT resizes to 256 and crops 224,
@@ -204,8 +206,8 @@ def _local_kind(name: str) -> str | None:
         return None
     try:
         path = Path(name).expanduser()
-        if path.is_dir():
-            return "folder"
+        if path.is_dir() and ((path / CONFIG_FILE).exists() or "/" in name or os.sep in name):
+            return "folder"  # a bare name (a timm model's) is a folder only when it holds a model
         if path.suffix.lower() == ".zip" and path.is_file():
             return "zip"
     except (OSError, RuntimeError, ValueError):  # a name too long for a path, ~nosuchuser, a NUL byte
@@ -279,7 +281,10 @@ def _files_of(source: str | Path | bytes, *, local_paths: bool) -> _Files:
 
 
 def _folder_files(folder: Path) -> _Files:
-    names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+    try:
+        names = {p.name for p in folder.iterdir()}
+    except OSError as err:
+        raise CheckpointRejected(f"The folder {folder.name} cannot be read ({err.strerror or err}).") from err
     if CONFIG_FILE not in names:
         raise CheckpointRejected(
             f"The folder {folder.name} has no {CONFIG_FILE}; give a folder written by save_pretrained."
@@ -425,8 +430,9 @@ def _repo_files(repo: str) -> _Files:
     (:meth:`_HFArchitecture.max_bytes`), so a typed repo id of some other, huge model is
     refused before its weights are fetched.
     """
-    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
-    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.file_download import _CACHED_NO_EXIST
+    from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
     from core.model import _hub_offline, _hub_resolves
 
@@ -444,6 +450,8 @@ def _repo_files(repo: str) -> _Files:
             path = Path(hf_hub_download(filename=filename, local_files_only=True, **request))
         except Exception:  # not cached, or cached as absent: the hub decides when it can be reached
             path = None
+        if path is None and try_to_load_from_cache(filename=filename, **request) is _CACHED_NO_EXIST:
+            return None  # the cache recorded that the repo has no such file
         if path is None and online():
             try:
                 size = get_hf_file_metadata(hf_hub_url(filename=filename, **request), timeout=10).size
@@ -457,7 +465,7 @@ def _repo_files(repo: str) -> _Files:
                 raise ModelUnavailable(
                     f"The hub has no model repo '{repo}' (or it is private); check the id, such as facebook/dinov2-small."
                 ) from err
-            except EntryNotFoundError:
+            except RemoteEntryNotFoundError:  # the hub says the repo has no such file (a network failure is no answer)
                 return None
             except HeadScopeError:
                 raise
@@ -541,6 +549,7 @@ class _Spec:
     channels: int
     registers: int
     class_names: tuple[str, ...]
+    labels_in_config: bool = True  # id2label or num_labels is there (then a classifier the file holds beyond them is unused)
     pooler: int | None = None  # the pooler's width when a backbone's weights hold one
     pooler_activation: str = "tanh"
     run_size: int = 0  # the input side the model is built for
@@ -651,6 +660,7 @@ def _spec_from_config(config: Mapping[str, Any]) -> _Spec:
         channels=channels,
         registers=registers,
         class_names=_class_names(config),
+        labels_in_config="id2label" in config or "num_labels" in config,
         pooler_activation=_choice(config, "pooler_act", "tanh", _ACTIVATION_NAMES) if not dinov2 else "tanh",
     )
     if not dinov2:
@@ -670,7 +680,7 @@ def _class_names(config: Mapping[str, Any]) -> tuple[str, ...]:
         raise CheckpointRejected(f"config.json's id2label must map class numbers to names, at most {_MAX_CLASSES:,} of them.")
     names: dict[int, str] = {}
     for key, value in labels.items():
-        if not (isinstance(key, str) and key.isdecimal() and isinstance(value, str)):
+        if not (isinstance(key, str) and key.isdecimal() and len(key) <= 6 and isinstance(value, str)):
             raise CheckpointRejected(f"config.json's id2label maps {_show(key)} to {_show(value)}; it must map \"0\", \"1\", ... to names.")
         names[int(key)] = value.strip()[:_MAX_LABEL_CHARS] or f"LABEL_{key}"
     if sorted(names) != list(range(len(names))):
@@ -710,6 +720,13 @@ def _preprocessing(spec: _Spec, config: Mapping[str, Any] | None) -> _Preprocess
     if config is not None:
         source.update(config)
     what = PREPROCESSOR_FILE if given else "the default preprocessing"
+    # A whole-number size is a square for ViT's and DeiT's processors, a short side for
+    # BitImageProcessor (DINOv2's) and CLIP's, as transformers' get_size_dict reads it.
+    kind = source.get("image_processor_type") or source.get("feature_extractor_type")
+    if isinstance(kind, str) and kind:
+        short_side = kind.startswith(_SHORT_SIDE_PROCESSORS)
+    else:
+        short_side = spec.model_type.startswith("dinov2")
 
     def fail(key: str) -> CheckpointRejected:
         return CheckpointRejected(f"{what}'s {key} is {_show(source.get(key))}, which HeadScope cannot apply.")
@@ -728,7 +745,7 @@ def _preprocessing(spec: _Spec, config: Mapping[str, Any] | None) -> _Preprocess
         if isinstance(value, dict) and set(value) == {"shortest_edge"} and side(value["shortest_edge"]):
             return value["shortest_edge"]
         if side(value):
-            return (value, value) if key == "crop_size" else value
+            return value if key == "size" and short_side else (value, value)
         raise fail(key)
 
     def flag(key: str, default: bool) -> bool:
@@ -808,8 +825,8 @@ def _geometry(preprocessing: _Preprocessing, run: int) -> list[tuple[str, int | 
     followed by a centre crop to the square.
 
     Raises:
-        UnsupportedModel: the scaled steps would make an image larger than 4 times the
-            input side or 4,096 px (a tiny crop of a huge resize).
+        UnsupportedModel: the scaled steps would resize an image to more than twice the
+            input side (a tiny crop of a huge resize).
     """
     resize = preprocessing.resize
     fed = preprocessing.output_side or (resize if isinstance(resize, int) else run)
@@ -826,7 +843,7 @@ def _geometry(preprocessing: _Preprocessing, run: int) -> list[tuple[str, int | 
     elif not isinstance(resize, tuple):
         steps.append(("crop", (run, run)))
     largest = max(max(size) if isinstance(size, tuple) else size for _, size in steps)
-    if largest > max(4 * run, _MAX_IMAGE):
+    if largest > 2 * run:  # hub files resize to 1.14 times the crop (256 for 224)
         raise UnsupportedModel(
             f"{PREPROCESSOR_FILE} would resize images to {largest:,} px on a side for a {run} px input; "
             "HeadScope cannot apply it."
@@ -834,19 +851,28 @@ def _geometry(preprocessing: _Preprocessing, run: int) -> list[tuple[str, int | 
     return steps
 
 
+def _centre_crop(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """The centre ``size`` (height, width) of ``image``, its corner rounded down as transformers'
+    ``center_crop`` does (torchvision rounds half to even: one pixel off for a quarter of the
+    shapes); black where the image is smaller."""
+    height, width = size
+    top, left = (image.height - height) // 2, (image.width - width) // 2
+    return image.crop((left, top, left + width, top + height))
+
+
 def _transform(preprocessing: _Preprocessing, run: int) -> Callable:
     """torchvision's pipeline for ``preprocessing`` at ``run`` x ``run`` pixels.
 
-    It gives what transformers' PIL-based image processors (ViTImageProcessor,
-    BitImageProcessor, DeiTImageProcessor) give, to float rounding; their torchvision-based
-    "fast" twins resize a little differently (up to about 0.02 after normalisation).
+    It gives what transformers' image processors for these models give (ViTImageProcessor,
+    DeiTImageProcessor and BitImageProcessor, and their ``Pil`` twins), to float rounding,
+    on the input size they crop to; a test holds it to them.
     """
     from torchvision import transforms
     from torchvision.transforms import InterpolationMode
 
     mode = InterpolationMode(preprocessing.resample)
     steps: list[Callable] = [
-        transforms.Resize(size, interpolation=mode) if kind == "resize" else transforms.CenterCrop(size)
+        transforms.Resize(size, interpolation=mode) if kind == "resize" else partial(_centre_crop, size=size)
         for kind, size in _geometry(preprocessing, run)
     ]
     # a no-op when the steps give the input size; a safety net for rounding of scaled steps
@@ -1001,6 +1027,7 @@ def _current_names(spec: _Spec) -> dict[str, str]:
 
 # keys transformers itself ignores when it loads these classes
 _IGNORED = ("embeddings.mask_token",)
+_CLASSIFIERS = ("classifier.", "cls_classifier.", "distillation_classifier.")
 
 
 def _to_timm(state: Mapping[str, torch.Tensor], spec: _Spec) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
@@ -1022,6 +1049,8 @@ def _to_timm(state: Mapping[str, torch.Tensor], spec: _Spec) -> tuple[dict[str, 
         plain = current.get(plain, plain)
         if plain in _IGNORED or (plain.startswith("pooler.") and spec.output != "backbone"):
             continue
+        if not spec.class_names and plain.startswith(_CLASSIFIERS):
+            continue  # num_labels 0: transformers' classifier is an identity and leaves these unused
         if plain == "embeddings.register_tokens" and not spec.registers and tensor.numel() == 0:
             continue  # num_register_tokens 0 saves an empty table
         target = mapping.get(plain)
@@ -1111,7 +1140,9 @@ class _HFArchitecture:
         missing = [k for k in expected if k not in converted]
         wrong = [k for k in expected if k in converted and tuple(converted[k].shape) != expected[k][0]]
         if unknown or missing or wrong:
-            reverse = {timm: hf for hf, (timm, _) in _mapping(spec).items()}
+            reverse: dict[str, str] = {}
+            for hf, (timm, part) in _mapping(spec).items():
+                reverse.setdefault(timm, hf.replace(".query.", ".query/key/value.") if part is not None else hf)
             examples = [f"'{unknown[0]}'" if unknown else "", f"'{reverse.get(missing[0], missing[0])}'" if missing else "",
                         f"'{reverse.get(wrong[0], wrong[0])}'" if wrong else ""]
             raise CheckpointRejected(
@@ -1138,7 +1169,7 @@ class _HFArchitecture:
             spec = replace(spec, architecture=name, output=SUPPORTED_ARCHITECTURES[name][1])
         if spec.output != "backbone":
             classifier = declared.get(prefix + "classifier.weight", declared.get("classifier.weight")) or declared.get("cls_classifier.weight")
-            if not spec.class_names and classifier is not None and len(classifier[0]) == 2:
+            if not spec.labels_in_config and classifier is not None and len(classifier[0]) == 2:
                 spec = replace(spec, class_names=tuple(f"LABEL_{i}" for i in range(min(classifier[0][0], _MAX_CLASSES))))
             # num_labels 0: the classifier is an identity on what it reads (the class token, both
             # tokens' mean, or the class token beside the patch mean): a backbone with that output

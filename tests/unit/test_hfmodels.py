@@ -146,24 +146,40 @@ def test_a_checkpoint_without_a_pooler_loads_as_the_class_token(tmp_path: Path) 
     assert float((extract_attention(handle, x).logits - expected).abs().max()) <= 1e-4
 
 
-def test_preprocessing_follows_the_preprocessor_config(tmp_path: Path) -> None:
-    model = hf_model("Dinov2Model", image_size=56)  # built at 56 (7x7) and fed 32 px crops
-    folder = save(model, tmp_path / "pre")
-    processor = transformers.BitImageProcessor(
-        size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32}, resample=3,
-        image_mean=[0.4, 0.5, 0.6], image_std=[0.2, 0.25, 0.3], do_convert_rgb=True,
-    )
-    processor.save_pretrained(folder)
+PROCESSORS = [
+    # (model class, config overrides, processor class, its arguments): each processor's own way of
+    # reading its sizes (a whole number is a square for ViT and DeiT, a short side for Bit)
+    ("Dinov2Model", {"image_size": 56}, "BitImageProcessor",
+     dict(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32}, resample=3,
+          image_mean=[0.4, 0.5, 0.6], image_std=[0.2, 0.25, 0.3])),
+    ("Dinov2Model", {}, "BitImageProcessor", dict(size=35, crop_size=32, resample=3)),
+    ("ViTForImageClassification", {}, "ViTImageProcessor", dict(size=32, resample=2)),
+    ("DeiTForImageClassification", {}, "DeiTImageProcessor",
+     dict(size=37, crop_size=32, resample=3, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])),
+]
+
+
+@pytest.mark.parametrize("model_name, overrides, processor_name, arguments", PROCESSORS)
+def test_preprocessing_gives_what_the_models_own_image_processor_gives(
+    model_name: str, overrides: dict, processor_name: str, arguments: dict, tmp_path: Path
+) -> None:
+    folder = save(hf_model(model_name, **overrides), tmp_path / "pre")
+    getattr(transformers, processor_name)(**arguments).save_pretrained(folder)
     handle = load_model(str(folder), device="cpu")
-    assert handle.img_size == (32, 32) and handle.grid == (4, 4)
+    assert handle.img_size == (32, 32) and handle.grid == (4, 4)  # the processor's crop, not config's image_size
     rng = np.random.default_rng(0)
-    photo = Image.fromarray(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8))
-    ours = handle.preprocess([photo])
-    theirs = processor(images=photo, return_tensors="pt")["pixel_values"]
-    assert ours.shape == theirs.shape == (1, 3, 32, 32)
-    # both resize with PIL's bicubic; the normalisation must agree to rounding
-    assert float((ours - theirs).abs().mean()) < 0.01
-    assert float((ours - theirs).abs().max()) < 0.1
+    # odd and even margins: the crop's corner rounds down, as transformers rounds it
+    for height, width in ((50, 70), (83, 64), (64, 83), (41, 41), (33, 120)):
+        photo = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        ours = handle.preprocess([photo])
+        # the PIL backend resizes as torchvision does on PIL images: the same numbers; the
+        # torchvision backend resizes uint8 tensors, a pixel now and then one level apart
+        level = 1 / 255 / min(handle.data_config["std"])
+        for backend, largest, mean in ((processor_name + "Pil", 1e-5, 1e-6), (processor_name, level + 1e-5, 1e-3)):
+            theirs = getattr(transformers, backend)(**arguments)(images=photo, return_tensors="pt")["pixel_values"]
+            assert ours.shape == theirs.shape == (1, 3, 32, 32)
+            difference = (ours - theirs).abs()
+            assert float(difference.max()) <= largest and float(difference.mean()) <= mean, (backend, height, width)
 
 
 def test_a_zip_of_the_folder_loads_like_the_folder(tmp_path: Path) -> None:
@@ -253,6 +269,7 @@ def with_config(source: Path, target: Path, change) -> Path:
         (lambda c: c.update(hidden_act="mish_v9"), "hidden_act is \"mish_v9\"; HeadScope supports gelu"),
         (lambda c: c.update(qkv_bias="yes"), "qkv_bias must be true or false"),
         (lambda c: c.update(id2label={"0": "a", "7": "b"}), "does not number its classes 0, 1, 2"),
+        (lambda c: c.update(id2label={"9" * 5000: "a"}), "it must map \"0\", \"1\", ... to names"),
         (lambda c: c.update(id2label=[1, 2]), "id2label must map class numbers to names"),
         (lambda c: c.update(model_type="swin", architectures=["SwinForImageClassification"]), "this config.json is for 'SwinForImageClassification'"),
         (lambda c: c.update(model_type="vit_mae", architectures=["ViTMAEModel"]), "HeadScope reads transformers ViT, DeiT and DINOv2"),
@@ -379,6 +396,14 @@ def test_a_config_without_architectures_is_read_from_the_weights(saved_vit: Path
     folder = with_config(saved_vit, tmp_path / "plain", lambda c: c.pop("architectures") and c.update(image_size=[32, 32]))
     handle = load_model(str(folder), device="cpu")  # a square size may be written as [side, side]
     assert "ViTForImageClassification" in handle.name and len(handle.class_names) == 5 and handle.grid == (4, 4)
+
+
+def not_on_hub(url: str):
+    """What the hub client raises for a file the repo does not have (a 404)."""
+    import httpx2
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    return RemoteEntryNotFoundError("absent", response=httpx2.Response(404, request=httpx2.Request("HEAD", url)))
 
 
 def hub_online(monkeypatch: pytest.MonkeyPatch, *, reachable: bool) -> None:
@@ -576,11 +601,9 @@ def test_a_repo_is_fetched_config_first_and_huge_weights_are_never_downloaded(
             self.size = size
 
     def metadata(url, timeout=None):
-        from huggingface_hub.errors import EntryNotFoundError
-
         if url.endswith("model.safetensors"):
             return Metadata(3 * 2**30)
-        raise EntryNotFoundError("absent")
+        raise not_on_hub(url)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", metadata)
@@ -591,3 +614,43 @@ def test_a_repo_is_fetched_config_first_and_huge_weights_are_never_downloaded(
     assert downloads == []  # the cached config came from the cache; the weights were never fetched
     cached["model.safetensors"] = saved_vit / "model.safetensors"  # a partial cache completed by hand
     assert load_model("someone/partly-cached", device="cpu").name.startswith("someone/partly-cached")
+
+
+def test_a_network_failure_on_the_hub_is_said_not_taken_for_a_missing_file(
+    saved_vit: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The preprocessor's file lost to a dropped connection must not silently become the defaults."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def download(repo_id, filename, revision=None, local_files_only=False, **kwargs):
+        if local_files_only and filename == "config.json":
+            return str(saved_vit / "config.json")
+        raise LocalEntryNotFoundError("connection error")  # what the client raises when the hub drops
+
+    def metadata(url, timeout=None):
+        raise LocalEntryNotFoundError("connection error")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", metadata)
+    hub_online(monkeypatch, reachable=True)
+    with pytest.raises(ModelUnavailable, match="could not be fetched from the Hugging Face hub") as caught:
+        load_model("someone/flaky")
+    one_sentence(caught.value)
+
+
+def test_a_folder_named_like_a_timm_model_does_not_hide_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "test_vit").mkdir()  # say, an earlier --out folder
+    monkeypatch.chdir(tmp_path)
+    assert "test_vit" in load_model("test_vit", pretrained=False, device="cpu").name
+
+
+def test_a_classifier_the_config_gives_no_labels_is_left_unused(saved_vit: Path, tmp_path: Path) -> None:
+    """num_labels 0 beside classifier weights: transformers builds an identity head and ignores them."""
+    folder = with_config(saved_vit, tmp_path / "nolabels", lambda c: c.update(id2label={}, label2id={}))
+    handle = load_model(str(folder), device="cpu")
+    assert handle.is_backbone
+    config = transformers.ViTConfig.from_pretrained(folder)
+    model = transformers.ViTForImageClassification.from_pretrained(folder, config=config).eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(10))
+    assert compare(handle, model, x)[1] <= 1e-4
