@@ -15,6 +15,7 @@ __all__ = [
     "AttentionBatch",
     "extract_attention",
     "iter_attention",
+    "token_norms",
 ]
 
 
@@ -81,3 +82,26 @@ def _attention_of_batch(handle: ViTHandle, x: torch.Tensor) -> tuple[torch.Tenso
         lambda hooks: capture_head_input(hooks, model, store),
     )
     return patterns.cpu(), logits.float().cpu(), store["features"].float().cpu()
+
+
+def token_norms(handle: ViTHandle, x: torch.Tensor) -> torch.Tensor:
+    """``[B, L, T]``: the L2 norm of every token in the output of every block, on the CPU.
+
+    High-norm outlier tokens (Darcet et al. 2024: about 10x the others' norm, about 2% of
+    the tokens of large DINOv2 and CLIP models) are where attention sinks form. One
+    unpruned forward with a temporary hook on each block, under the model's lock.
+    """
+    norms = torch.empty(len(x), handle.num_layers, handle.num_tokens)
+
+    def keep(layer: int):
+        def hook(_module, _inputs, output: torch.Tensor) -> None:
+            norms[:, layer] = output.detach().float().norm(dim=-1).cpu()
+
+        return hook
+
+    def install(hooks) -> None:
+        for layer, block in enumerate(handle.model.blocks):
+            hooks.forward(block, keep(layer))
+
+    locked_forward(handle, x, install)
+    return norms

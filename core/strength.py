@@ -29,12 +29,16 @@ __all__ = [
     "SPREAD_QUANTILES",
     "StrengthStats",
     "attention_distance",
+    "attention_sink",
     "hop_entropy",
     "hop_strength",
+    "key_entropy",
     "offset_strength",
     "prefix_share",
     "reduce_layer",
+    "sink_position",
     "strength_statistics",
+    "top_key_share",
 ]
 
 SPREAD_QUANTILES = (0.1, 0.9)  # the band C2 draws around the set mean
@@ -225,6 +229,58 @@ def prefix_share(attn: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: i
     _patch_block(attn, grid, num_prefix_tokens)  # validates the shape
     dtype = torch.promote_types(attn.dtype, torch.float32)
     return attn[..., num_prefix_tokens:, :num_prefix_tokens].to(dtype).sum(-1).mean(-1)
+
+
+# --- where attention goes: concentration on single tokens --------------------------
+# Hop entropy and mean distance describe how attention spreads over distances; a head whose
+# patches all look at one token (a "sink", Darcet et al. 2024, "Vision Transformers Need
+# Registers") spreads over distances like a global head. These say how concentrated it is.
+
+
+def _patch_rows(attn: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
+    """The patch queries' rows ``[..., P, T]`` in float32 or wider."""
+    if attn.dim() < 2 or attn.shape[-1] != attn.shape[-2] or not 0 <= num_prefix_tokens < attn.shape[-1]:
+        raise ValueError(f"attention must be [..., T, T] with fewer than T prefix tokens, not {tuple(attn.shape)}")
+    return attn[..., num_prefix_tokens:, :].to(torch.promote_types(attn.dtype, torch.float32))
+
+
+def top_key_share(attn: torch.Tensor, num_prefix_tokens: int = 1) -> torch.Tensor:
+    """The largest share of the patches' attention that any one token receives, ``[...]``.
+
+    The max over keys ``j`` (prefix tokens included) of the mean over patch queries ``i``
+    of ``A[i, j]``: 1 when every patch looks at the same token, ``1 / T`` when attention
+    is uniform.
+    """
+    return _patch_rows(attn, num_prefix_tokens).mean(-2).amax(-1)
+
+
+def attention_sink(attn: torch.Tensor, num_prefix_tokens: int = 1) -> torch.Tensor:
+    """The token that receives the patches' largest share (the argmax of :func:`top_key_share`), ``[...]`` int64.
+
+    Indices below ``num_prefix_tokens`` are prefix tokens (CLS, registers); the others are
+    patch ``index - num_prefix_tokens`` in row-major order (see :func:`sink_position`).
+    """
+    return _patch_rows(attn, num_prefix_tokens).mean(-2).argmax(-1)
+
+
+def sink_position(index: int, grid: tuple[int, int], num_prefix_tokens: int = 1) -> tuple[int, int] | None:
+    """Row and column of token ``index`` on the patch grid, or ``None`` for a prefix token."""
+    if index < num_prefix_tokens:
+        return None
+    patch = index - num_prefix_tokens
+    if patch >= grid[0] * grid[1]:
+        raise ValueError(f"token {index} is beyond the {grid[0]}x{grid[1]} grid")
+    return patch // grid[1], patch % grid[1]
+
+
+def key_entropy(attn: torch.Tensor, num_prefix_tokens: int = 1) -> torch.Tensor:
+    """Mean over patch queries of the entropy (nats) of each query's attention row, ``[...]``.
+
+    0 when each patch looks at a single token (not necessarily the same one), ``ln T``
+    when every row is uniform over the ``T`` tokens.
+    """
+    rows = _patch_rows(attn, num_prefix_tokens)
+    return -torch.special.xlogy(rows, rows).sum(-1).mean(-1)
 
 
 # --- set-level statistics ----------------------------------------------------------

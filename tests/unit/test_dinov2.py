@@ -548,3 +548,26 @@ def test_the_real_weights_saved_by_transformers_load_to_the_same_computation(wei
     assert max(errors.values()) <= TOLERANCE, errors
     # the same weights, resampled the same way into the same timm modules: the same numbers
     assert errors["attention vs dinov2-s"] == errors["pooled vs dinov2-s"] == 0.0, errors
+
+
+def test_the_layer_0_sink_head_is_found_on_real_photos(batch) -> None:
+    """L0H5 of DINOv2-S sends nearly all the patches' attention to one patch, yet spreads over
+    distances like a global head: concentration tells the two apart, hop entropy does not."""
+    from core import load_model
+    from core.attention import extract_attention, token_norms
+    from core.strength import attention_sink, hop_entropy, hop_strength, key_entropy, sink_position, top_key_share
+
+    handle = load_model("dinov2-s", device="cpu")
+    attn = extract_attention(handle, batch).attn  # astronaut, cat, coffee
+    share = top_key_share(attn[:, 0])  # [3, 6]
+    assert share.argmax(dim=1).tolist() == [5, 5, 5]
+    assert float(share[:, 5].min()) > 0.8 and float(share[1, 5]) > 0.99  # the cat: all of it
+    assert float(key_entropy(attn[1, 0, 5])) < 0.1  # against ln 257 = 5.55 when uniform
+    assert float(hop_entropy(hop_strength(attn[1, 0, 5], handle.grid))) > 2.0  # what view C saw: "global"
+    sink = int(attention_sink(attn[1, 0, 5]))
+    assert sink_position(sink, handle.grid) is not None  # a patch, not the class token
+    norms = token_norms(handle, batch)
+    assert norms.shape == (3, 12, 257) and bool(torch.isfinite(norms).all())
+    # DINOv2-S at 224 px has no high-norm artefact tokens (they come with larger models): the
+    # sink is a patch of ordinary norm
+    assert float(norms[1, 0, sink] / norms[1, 0, 1:].median()) < 2.0
