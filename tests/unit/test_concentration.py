@@ -71,3 +71,27 @@ def test_token_norms_are_the_block_outputs_norms(overrides: dict) -> None:
             tokens = block(tokens)
             assert torch.allclose(norms[:, layer], tokens.norm(dim=-1), atol=1e-5)
     assert not any(module._forward_hooks for module in model.modules())  # every hook removed
+
+
+def test_outlier_tokens_and_the_attention_they_receive_match_a_slow_loop() -> None:
+    from core.attention import OUTLIER_NORM_RATIO, outlier_share, outlier_tokens
+
+    g = torch.Generator().manual_seed(3)
+    norms = 10 + torch.rand(2, 3, 1 + 16, generator=g)  # [B, L, T]: CLS then 4x4 patches, all ordinary
+    norms[0, 1, 7] = 10 * norms[0, 1, 1:].median()  # an artefact about 10x the others (Darcet et al.)
+    norms[1, 2, 0] = 60.0  # a high-norm class token
+    outliers = outlier_tokens(norms)
+    for b in range(2):
+        for layer in range(3):
+            median = sorted(norms[b, layer, 1:].tolist())[7]  # torch's median of 16: the lower middle
+            for t in range(17):
+                assert bool(outliers[b, layer, t]) == (float(norms[b, layer, t]) >= OUTLIER_NORM_RATIO * median)
+    assert outliers.sum() == 2 and outliers[0, 1, 7] and outliers[1, 2, 0]
+    attn = random_attention(2, 3, 4, 17, 17, seed=4).float()
+    share = outlier_share(attn, outliers)
+    assert share.shape == (2, 3, 4)
+    for b, layer, token in ((0, 1, 7), (1, 2, 0)):
+        for h in range(4):
+            expected = sum(float(attn[b, layer, h, i, token]) for i in range(1, 17)) / 16
+            assert float(share[b, layer, h]) == pytest.approx(expected, abs=1e-6)
+    assert float(share[0, 0].abs().max()) == 0.0  # no outlier in that layer: no share
