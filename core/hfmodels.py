@@ -60,10 +60,9 @@ from core._zipcheck import declared_directory, unsafe_entry_path
 from core.errors import CheckpointRejected, HeadScopeError, InvalidSetting, ModelUnavailable, UnsupportedModel, human_size
 from core.model import (
     _MAX_CLASSES,
-    _MAX_DEFAULT_PATCHES,
-    DEFAULT_IMG_SIZE,
     ViTHandle,
     _check_img_size,
+    _large_grid_size,
     _load_weights,
     _make_handle,
     _model_digest,
@@ -811,9 +810,7 @@ def _default_run_size(spec: _Spec, preprocessing: _Preprocessing) -> int:
     fed = preprocessing.output_side if preprocessing.given else None
     if fed is not None and fed % spec.patch_size == 0:
         return fed  # what the model's own preprocessor gives it (224 for DINOv2, built at 518)
-    if spec.native_grid**2 <= _MAX_DEFAULT_PATCHES or spec.image_size <= DEFAULT_IMG_SIZE:
-        return spec.image_size
-    return spec.patch_size * max(1, DEFAULT_IMG_SIZE // spec.patch_size)
+    return _large_grid_size(spec.native_grid**2, spec.image_size, spec.patch_size) or spec.image_size
 
 
 def _geometry(preprocessing: _Preprocessing, run: int) -> list[tuple[str, int | tuple[int, int]]]:

@@ -372,10 +372,17 @@ def _run_size(name: str, img_size: int | None) -> int | None:
         size = _check_img_size(img_size, patch)
         return None if (size, size) == tuple(native.patch_embed.img_size) else size
     rows, cols = native.patch_embed.grid_size
-    size = patch * (DEFAULT_IMG_SIZE // patch)
-    if rows * cols <= _MAX_DEFAULT_PATCHES or max(native.patch_embed.img_size) <= size:
-        return None  # small enough, or already no larger than the default (ViT-B/8 at 224 stays)
-    return size
+    return _large_grid_size(rows * cols, max(native.patch_embed.img_size), patch)
+
+
+def _large_grid_size(patches: int, side: int, patch: int) -> int | None:
+    """The default input side of a model built for ``patches`` patches at ``side`` px, or ``None`` for its own.
+
+    A model built for more than 24 x 24 patches at more than 224 px runs at 224 px
+    (rounded down to whole patches); smaller ones, and ViT-B/8 at 224, keep their size.
+    """
+    size = patch * max(1, DEFAULT_IMG_SIZE // patch)
+    return None if patches <= _MAX_DEFAULT_PATCHES or side <= size else size
 
 
 def _fit_position_table(model: nn.Module, state: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:

@@ -406,11 +406,17 @@ def not_on_hub(url: str):
     return RemoteEntryNotFoundError("absent", response=httpx2.Response(404, request=httpx2.Request("HEAD", url)))
 
 
-def hub_online(monkeypatch: pytest.MonkeyPatch, *, reachable: bool) -> None:
-    """Offline mode off, and the hub's host name resolving or not."""
+def hub_online(monkeypatch: pytest.MonkeyPatch, *, reachable: bool, download=None, metadata=None) -> None:
+    """Offline mode off, the hub's host name resolving or not, and the client's calls replaced when given."""
+    import huggingface_hub
     from huggingface_hub import constants
 
     import core.model
+
+    if download is not None:
+        monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    if metadata is not None:
+        monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", metadata)
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -582,7 +588,6 @@ def test_a_repo_is_fetched_config_first_and_huge_weights_are_never_downloaded(
     saved_vit: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The hub, mocked: config.json from the cache, the weights declared at 3 GB on the hub."""
-    import huggingface_hub
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     cached = {"config.json": saved_vit / "config.json"}
@@ -605,9 +610,7 @@ def test_a_repo_is_fetched_config_first_and_huge_weights_are_never_downloaded(
             return Metadata(3 * 2**30)
         raise not_on_hub(url)
 
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
-    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", metadata)
-    hub_online(monkeypatch, reachable=True)
+    hub_online(monkeypatch, reachable=True, download=download, metadata=metadata)
     with pytest.raises(CheckpointRejected, match="HeadScope does not download it") as caught:
         load_model("someone/partly-cached")
     one_sentence(caught.value)
@@ -620,7 +623,6 @@ def test_a_network_failure_on_the_hub_is_said_not_taken_for_a_missing_file(
     saved_vit: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The preprocessor's file lost to a dropped connection must not silently become the defaults."""
-    import huggingface_hub
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     def download(repo_id, filename, revision=None, local_files_only=False, **kwargs):
@@ -631,9 +633,7 @@ def test_a_network_failure_on_the_hub_is_said_not_taken_for_a_missing_file(
     def metadata(url, timeout=None):
         raise LocalEntryNotFoundError("connection error")
 
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
-    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", metadata)
-    hub_online(monkeypatch, reachable=True)
+    hub_online(monkeypatch, reachable=True, download=download, metadata=metadata)
     with pytest.raises(ModelUnavailable, match="could not be fetched from the Hugging Face hub") as caught:
         load_model("someone/flaky")
     one_sentence(caught.value)
