@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "HookSet",
     "capture_head_input",
+    "capture_norms",
     "capture_patterns",
     "check_finite",
     "locked_forward",
@@ -91,6 +92,27 @@ def capture_patterns(hooks: HookSet, model: nn.Module, patterns: torch.Tensor) -
 
         hooks.forward(attn.q_norm, keep_q)
         hooks.forward(attn.k_norm, make_pattern)
+
+
+def capture_norms(hooks: HookSet, model: nn.Module, norms: torch.Tensor) -> None:
+    """Write the L2 norm of every token of the residual stream into ``norms`` ``[batch, layer + 1, token]``.
+
+    ``norms[:, l]`` is the tokens entering block ``l`` (``norms[:, 0]``: the embedded
+    patches and prefix tokens), ``norms[:, L]`` the tokens leaving the last block.
+    """
+
+    def entering(layer: int) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
+        def hook(_m: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            norms[:, layer] = inputs[0].detach().float().norm(dim=-1).to(norms.device)
+
+        return hook
+
+    def leaving(_m: nn.Module, _i: Any, output: torch.Tensor) -> None:
+        norms[:, len(model.blocks)] = output.detach().float().norm(dim=-1).to(norms.device)
+
+    for layer, block in enumerate(model.blocks):
+        hooks.forward_pre(block, entering(layer))
+    hooks.forward(model.blocks[-1], leaving)
 
 
 def capture_head_input(hooks: HookSet, model: nn.Module, store: dict[str, torch.Tensor]) -> None:

@@ -45,7 +45,7 @@ from core.inference import Predictions
 from core.model import ViTHandle
 from core.patterns import MapSample, _draw, drawn_inputs, map_kinds
 from core.settings import CaseSettings, MapKind, images_per_batch
-from core.strength import StrengthStats, reduce_layer
+from core.strength import StrengthStats, per_image_arrays, reduce_layer, reduce_norms, stats_from
 
 __all__ = [
     "CURVE_STAGE",
@@ -208,12 +208,7 @@ def first_pass(
     unpruned_correct = np.zeros(n, dtype=bool)
     swept = [m for m in metrics if m != "taylor"]
     keep = _single_head_masks(handle)
-    strength = {
-        "hop_strength": np.empty((*per_image, max(grid)), dtype=np.float32),
-        "entropy": np.empty(per_image, dtype=np.float32),
-        "distance": np.empty(per_image, dtype=np.float32),
-        "prefix_share": np.empty(per_image, dtype=np.float32),
-    }
+    strength = per_image_arrays(*per_image, grid)
     # float64: the sum over many images must not lose the small offsets' precision
     offset_sum = torch.zeros(num_layers, num_heads, 2 * grid[0] - 1, 2 * grid[1] - 1, dtype=torch.float64)
     maps: dict[MapKind, list[torch.Tensor]] = {kind: [] for kind in picks}
@@ -225,8 +220,11 @@ def first_pass(
         clean = _unpruned(handle, x, given[part], taylor="taylor" in metrics)
         target = clean.target
         attn = clean.attention  # [L, B, H, T, T]
+        # the residual stream's norms, from the block inputs the ablations restart from
+        norms = torch.stack([tokens.float().norm(dim=-1).cpu() for tokens in clean.tokens], dim=1)  # [B, L + 1, T]
+        keys = reduce_norms(strength, part, norms, prefix)
         for layer in range(num_layers):
-            reduce_layer(strength, offset_sum, part, layer, attn[layer], handle)
+            reduce_layer(strength, offset_sum, part, layer, attn[layer], handle, keys[:, layer])
         for kind, drawn in picks.items():
             # image-major view, no copy: only the drawn rows are gathered
             maps[kind].append(drawn_inputs(attn.transpose(0, 1), drawn, first_image + part.start, kind, grid, prefix))
@@ -258,7 +256,7 @@ def first_pass(
             progress(part.stop, n)
     return PassResult(
         importance=_importance(local, targets, unpruned_prob, unpruned_correct, given),
-        strength=StrengthStats(**strength, offset_mean=(offset_sum / n).float().numpy(), grid=grid),
+        strength=stats_from(strength, offset_sum, n, grid),
         maps={kind: _joined(chunks, picks[kind], first_image, n, kind) for kind, chunks in maps.items()},
         logits=np.concatenate(logits_out),
         features=np.concatenate(features_out),

@@ -7,7 +7,7 @@ from typing import Iterator
 
 import torch
 
-from core._hooks import capture_head_input, capture_patterns, locked_forward
+from core._hooks import capture_head_input, capture_norms, capture_patterns, locked_forward
 from core.model import ViTHandle
 from core.settings import images_per_batch
 
@@ -18,6 +18,7 @@ __all__ = [
     "OUTLIER_NORM_RATIO",
     "outlier_share",
     "outlier_tokens",
+    "stream_norms",
     "token_norms",
 ]
 
@@ -38,11 +39,14 @@ class AttentionBatch:
             is how query token ``i`` spreads its attention over the ``T`` keys (sums to 1).
         logits: ``[B, classes]`` classifier outputs of the unmodified model.
         features: ``[B, D]`` the classifier's input (final CLS / pooled features).
+        norms: ``[B, L + 1, T]`` the L2 norm of every token entering each block
+            (``norms[:, 0]``: the embeddings) and, last, leaving the final block.
     """
 
     attn: torch.Tensor
     logits: torch.Tensor
     features: torch.Tensor
+    norms: torch.Tensor
 
 
 def iter_attention(handle: ViTHandle, x: torch.Tensor, *, batch_size: int | None = None) -> Iterator[AttentionBatch]:
@@ -61,37 +65,41 @@ def extract_attention(handle: ViTHandle, x: torch.Tensor, *, batch_size: int | N
         raise ValueError("extract_attention needs at least one image")
     if len(parts) == 1:
         return _as_batch(*parts[0])
-    patterns, logits, features = zip(*parts)
+    patterns, logits, features, norms = zip(*parts)
     # joined in the layer-major layout: contiguous slabs, no strided copy
-    return _as_batch(torch.cat(patterns, dim=1), torch.cat(logits), torch.cat(features))
+    return _as_batch(torch.cat(patterns, dim=1), torch.cat(logits), torch.cat(features), torch.cat(norms))
 
 
 def _layer_major_batches(
     handle: ViTHandle, x: torch.Tensor, batch_size: int | None
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
     batch_size = images_per_batch(handle, batch_size)
     for start in range(0, len(x), batch_size):
         yield _attention_of_batch(handle, x[start:start + batch_size])
 
 
-def _as_batch(patterns: torch.Tensor, logits: torch.Tensor, features: torch.Tensor) -> AttentionBatch:
-    return AttentionBatch(attn=patterns.permute(1, 0, 2, 3, 4), logits=logits, features=features)
+def _as_batch(patterns: torch.Tensor, logits: torch.Tensor, features: torch.Tensor, norms: torch.Tensor) -> AttentionBatch:
+    return AttentionBatch(attn=patterns.permute(1, 0, 2, 3, 4), logits=logits, features=features, norms=norms)
 
 
-def _attention_of_batch(handle: ViTHandle, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Layer-major attention ``[L, B, H, T, T]``, logits and features of one batch, on the CPU."""
+def _attention_of_batch(
+    handle: ViTHandle, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Layer-major attention ``[L, B, H, T, T]``, logits, features and token norms of one batch, on the CPU."""
     model = handle.model
     t = handle.num_tokens
     # one contiguous slab per layer, written in place by the hooks
     patterns = torch.empty(handle.num_layers, len(x), handle.num_heads, t, t, device=handle.device)
+    norms = torch.empty(len(x), handle.num_layers + 1, t)
     store: dict[str, torch.Tensor] = {}
     logits = locked_forward(
         handle,
         x,
         lambda hooks: capture_patterns(hooks, model, patterns),
         lambda hooks: capture_head_input(hooks, model, store),
+        lambda hooks: capture_norms(hooks, model, norms),
     )
-    return patterns.cpu(), logits.float().cpu(), store["features"].float().cpu()
+    return patterns.cpu(), logits.float().cpu(), store["features"].float().cpu(), norms
 
 
 def token_norms(handle: ViTHandle, x: torch.Tensor) -> torch.Tensor:
@@ -101,19 +109,16 @@ def token_norms(handle: ViTHandle, x: torch.Tensor) -> torch.Tensor:
     the tokens of large DINOv2 and CLIP models) are where attention sinks form. One
     unpruned forward with a temporary hook on each block, under the model's lock.
     """
-    norms = torch.empty(len(x), handle.num_layers, handle.num_tokens)
+    return stream_norms(handle, x)[:, 1:]
 
-    def keep(layer: int):
-        def hook(_module, _inputs, output: torch.Tensor) -> None:
-            norms[:, layer] = output.detach().float().norm(dim=-1).cpu()
 
-        return hook
+def stream_norms(handle: ViTHandle, x: torch.Tensor) -> torch.Tensor:
+    """``[B, L + 1, T]``: the norm of every token entering each block (index 0: the embeddings), then leaving the last.
 
-    def install(hooks) -> None:
-        for layer, block in enumerate(handle.model.blocks):
-            hooks.forward(block, keep(layer))
-
-    locked_forward(handle, x, install)
+    Entry ``l`` holds the keys block ``l`` attends to; ``token_norms`` is entries 1 to L.
+    """
+    norms = torch.empty(len(x), handle.num_layers + 1, handle.num_tokens)
+    locked_forward(handle, x, lambda hooks: capture_norms(hooks, handle.model, norms))
     return norms
 
 

@@ -69,6 +69,10 @@ _SHOWN_CHARS = 80
 # columns (they open with NaN there) and the output_impact metric.
 _ADDED_IN_2 = {"pruning_curve": ("similarity",), "partial": ("output_impact",)}
 _METRICS_1 = tuple(metric for metric in METRICS if metric != "output_impact")
+# What format version 3 added: the arrays from top_share on (bundles of versions 1 and 2
+# open with NaN there, and -1 in the whole-number ones) and the manifest's prefix_names.
+_ARRAYS_2 = ARRAYS[:ARRAYS.index("top_share")]
+_WHOLE_ARRAYS = {"sink", "outliers"}
 _AGAIN = "save the bundle again with HeadScope"
 _FEWER = "so compute the case study on fewer images"
 # An honest directory entry is the 46-byte header plus a name of at most 75 characters
@@ -247,14 +251,18 @@ def _open(data: bytes, model_key: str | None, model_name: str | None, limits: Bu
         _check_model(manifest, model_key, model_name)
         _check_summary(manifest)
         shape = _study_shape(manifest, limits)
-        files = _checked_files(manifest, directory, limits)
+        files = _checked_files(manifest, directory, shape, limits)
         _check_member_sizes(files, shape, limits)
 
         def read(member: str) -> bytes:
             return _read_member(archive, directory[member], files[member])
 
         tables = {name: _table(name, read(f"tables/{name}.parquet"), shape, limits) for name in TABLES}
-        arrays = {name: _array(name, read(f"arrays/{name}.npy"), shape) for name in ARRAYS}
+        arrays = {name: _array(name, read(f"arrays/{name}.npy"), shape) for name in shape.array_names}
+        for name in ARRAYS:  # added after the bundle's format version
+            if name not in arrays:
+                arrays[name] = np.full(shape.arrays[name], -1 if name in _WHOLE_ARRAYS else np.nan,
+                                       dtype=np.int32 if name in _WHOLE_ARRAYS else np.float32)
         thumbnails = {
             image.group(1): _thumbnail(member, read(member))
             for member in files
@@ -473,6 +481,14 @@ def _check_summary(manifest: dict[str, Any]) -> None:
         lambda value: isinstance(value, list) and (bool(value) or manifest["format_version"] >= 2)
         and all(isinstance(v, str) for v in value),
     )
+    if manifest["format_version"] >= 3:
+        prefix = manifest["model"]["num_prefix_tokens"]
+        _field(
+            manifest,
+            "model.prefix_names",
+            lambda value: isinstance(value, list) and len(value) == prefix
+            and all(isinstance(v, str) and 0 < len(v) <= 32 for v in value),
+        )
     for path in ("patterns.reconstruction_mse", "patterns.baseline_mse"):
         _field(manifest, path, _is_measure)
     _field(manifest, "versions", lambda value: isinstance(value, dict) and all(isinstance(v, str) for v in value.values()))
@@ -496,7 +512,7 @@ def _check_model(manifest: dict[str, Any], model_key: str | None, model_name: st
 
 
 def _checked_files(
-    manifest: dict[str, Any], directory: dict[str, zipfile.ZipInfo], limits: BundleLimits
+    manifest: dict[str, Any], directory: dict[str, zipfile.ZipInfo], shape: _StudyShape, limits: BundleLimits
 ) -> dict[str, dict[str, Any]]:
     """The manifest's ``files`` listing, refused unless it lists exactly the archive's other entries."""
     files = _field(manifest, "files", lambda value: isinstance(value, dict))
@@ -511,13 +527,13 @@ def _checked_files(
             raise BundleRejected(
                 f"The bundle's {MANIFEST} lists '{_shown(name)}' without a valid sha256 and size; {_AGAIN}."
             )
-    for kind, names, suffix in (("table", TABLES, "parquet"), ("array", ARRAYS, "npy")):
+    for kind, names, suffix in (("table", TABLES, "parquet"), ("array", shape.array_names, "npy")):
         for name in names:
             if f"{kind}s/{name}.{suffix}" not in files:
                 raise BundleRejected(
                     f"The bundle has no {kind} '{name}', so it cannot be opened as a case study; {_AGAIN}."
                 )
-    expected = {f"tables/{name}.parquet" for name in TABLES} | {f"arrays/{name}.npy" for name in ARRAYS}
+    expected = {f"tables/{name}.parquet" for name in TABLES} | {f"arrays/{name}.npy" for name in shape.array_names}
     for name in files:
         if name not in expected and not _IMAGE_MEMBER.fullmatch(name):
             raise BundleRejected(
@@ -598,6 +614,7 @@ class _StudyShape:
     class_bytes: int
     settings: dict[str, Any]
     version: int = BUNDLE_VERSION
+    prefix: int = 1
 
     @property
     def backbone(self) -> bool:
@@ -616,6 +633,15 @@ class _StudyShape:
         return tuple(column for column in TABLE_COLUMNS[table] if column not in added)
 
     @property
+    def array_names(self) -> tuple[str, ...]:
+        """The arrays a bundle of this format version holds."""
+        return ARRAYS if self.version >= 3 else _ARRAYS_2
+
+    @property
+    def tokens(self) -> int:
+        return self.prefix + self.rows * self.cols
+
+    @property
     def arrays(self) -> dict[str, tuple[int, ...]]:
         """The shape of each of ``ARRAYS`` (the ``StrengthStats`` fields)."""
         per_head = (self.images, self.layers, self.heads)
@@ -625,6 +651,9 @@ class _StudyShape:
             "distance": per_head,
             "prefix_share": per_head,
             "offset_mean": (self.layers, self.heads, 2 * self.rows - 1, 2 * self.cols - 1),
+            **{name: per_head for name in ("top_share", "key_entropy", "sink", "register_share", "outlier_share")},
+            "outliers": (self.images, self.layers),
+            "norm_ratio": (self.images, self.layers),
         }
 
     @property
@@ -719,6 +748,13 @@ class _StudyShape:
             "distance": _Range(0.0, _LARGEST),
             "prefix_share": _SHARE,
             "offset_mean": _SHARE,
+            "top_share": _SHARE,
+            "key_entropy": _Range(0.0, float(np.log(self.tokens))),
+            "sink": _Range(0, self.tokens - 1, whole=True),
+            "register_share": _SHARE,
+            "outlier_share": _SHARE,
+            "outliers": _Range(0, self.tokens, whole=True),
+            "norm_ratio": _Range(0.0, _LARGEST),
         }
 
 
@@ -758,7 +794,7 @@ def _study_shape(manifest: dict[str, Any], limits: BundleLimits) -> _StudyShape:
         images=len(images), layers=layers, heads=heads, rows=rows, cols=cols, classes=len(classes), labels=len(names),
         name_bytes=max(len(item["name"].encode("utf-8", "surrogatepass")) for item in images),
         class_bytes=max((len(name.encode("utf-8", "surrogatepass")) for name in names), default=0),
-        settings=manifest["settings"], version=version,
+        settings=manifest["settings"], version=version, prefix=manifest["model"]["num_prefix_tokens"],
     )
 
 

@@ -18,7 +18,7 @@ import sys
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import metadata
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from core.analysis import PASS_STAGE, SetAnalysis, StageProgress, draw_samples, first_pass, samples_from
+from core.attention import OUTLIER_NORM_RATIO
 from core.errors import HeadScopeError, NotEnoughImages, UnsupportedMetric
 from core.images import ImageSet
 from core.importance import (
@@ -39,7 +40,7 @@ from core.importance import (
     rank_heads,
 )
 from core.inference import Predictions
-from core.model import ViTHandle
+from core.model import ViTHandle, prefix_names
 from core.patterns import (
     PatternClusters,
     PatternLayout,
@@ -51,7 +52,7 @@ from core.patterns import (
 )
 from core.projection import Method
 from core.settings import CaseSettings
-from core.strength import StrengthStats
+from core.strength import StrengthStats, token_label
 
 if TYPE_CHECKING:
     from core.distributed import Shards
@@ -64,6 +65,7 @@ __all__ = [
     "NEGLIGIBLE_CHANGE",
     "NEGLIGIBLE_DROP",
     "PARTIAL_MODES",
+    "SINK_SHARE",
     "TABLES",
     "TABLE_COLUMNS",
     "THUMBNAIL_SIDE",
@@ -72,15 +74,18 @@ __all__ = [
     "CaseSettings",
     "CaseStudy",
     "HeadFinding",
+    "SinkSummary",
     "StageProgress",
     "analyze",
     "assemble",
+    "concentration_sentences",
     "findings",
     "hurt_images",
     "library_versions",
     "model_summary",
     "negligible",
     "set_labels",
+    "sink_summary",
     "studied_heads",
     "study_from",
     "thumbnail_png",
@@ -88,8 +93,10 @@ __all__ = [
 
 BUNDLE_FORMAT = "headscope-bundle"
 # 2: backbones (empty class names), the output_impact metric, the curve's similarity and
-# partial pruning's output_impact columns. Bundles of version 1 still open.
-BUNDLE_VERSION = 2
+# partial pruning's output_impact columns.
+# 3: the concentration and token-norm arrays (top_share to norm_ratio in ARRAYS) and the
+# model's prefix_names. Bundles of versions 1 and 2 still open, without those numbers.
+BUNDLE_VERSION = 3
 # The libraries whose versions a result depends on, in the manifest and the report.
 VERSIONED_PACKAGES = (
     "torch", "timm", "numpy", "pandas", "scikit-learn", "umap-learn", "altair", "vl-convert-python", "pyarrow",
@@ -132,6 +139,14 @@ ARRAYS = (
     "distance",  # [N, L, H]
     "prefix_share",  # [N, L, H]
     "offset_mean",  # [L, H, 2 rows - 1, 2 cols - 1]
+    # format version 3 on: where attention concentrates, and the residual stream's norms
+    "top_share",  # [N, L, H]
+    "key_entropy",  # [N, L, H]
+    "sink",  # [N, L, H] token index
+    "register_share",  # [N, L, H]
+    "outlier_share",  # [N, L, H]
+    "outliers",  # [N, L] high-norm tokens
+    "norm_ratio",  # [N, L]
 )
 
 
@@ -166,6 +181,14 @@ class CaseStudy:
     def strength(self) -> StrengthStats:
         grid = tuple(self.manifest["model"]["grid"])
         return StrengthStats(**{name: self.arrays[name] for name in ARRAYS}, grid=grid)  # type: ignore[arg-type]
+
+    @property
+    def prefix_names(self) -> tuple[str, ...]:
+        """What each prefix token is (``ViTHandle.prefix_names``); bundles before format 3 did not record registers."""
+        model = self.manifest["model"]
+        if "prefix_names" in model:
+            return tuple(model["prefix_names"])
+        return prefix_names(int(model["num_prefix_tokens"]))
 
     @property
     def settings(self) -> CaseSettings:
@@ -501,6 +524,7 @@ def model_summary(handle: ViTHandle) -> dict[str, Any]:
         "num_heads": handle.num_heads,
         "grid": list(handle.grid),
         "num_prefix_tokens": handle.num_prefix_tokens,
+        "prefix_names": list(handle.prefix_names),
         "patch_size": list(handle.patch_size),
         "class_names": list(handle.class_names),
     }
@@ -555,7 +579,8 @@ class HeadFinding:
         importance: what pruning it does to the set.
         mechanism: which partial-pruning mode kills the prediction (for a backbone: does
             most of the change to its output) on the images where pruning it hurts most.
-        locality: how local or global it is (entropy, hop profile, mean distance).
+        locality: how local or global it is (entropy, hop profile, mean distance); for a
+            sink head, why those numbers do not make it global.
         pattern: the pattern cluster its maps fall in.
         hurt_images: ids of the images partial pruning ran on, most hurt first.
         mode_probability: mean target probability over those images, by mode (NaN for a
@@ -569,6 +594,10 @@ class HeadFinding:
             profile within one hop (NaN when the head's patches attend to no patch), mean
             attention distance (pixels).
         cluster, cluster_share: its member pattern cluster and the share of its maps there.
+        concentration: whether it is a sink head, with its numbers ("" in a study saved
+            before concentration was measured).
+        top_share, key_entropy: set means of ``core.strength.top_key_share`` and
+            ``key_entropy`` (NaN in such a study).
     """
 
     rank: int
@@ -589,6 +618,9 @@ class HeadFinding:
     distance: float
     cluster: int
     cluster_share: float
+    concentration: str = ""
+    top_share: float = float("nan")
+    key_entropy: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -599,14 +631,17 @@ class CaseFindings:
         metric: the importance metric the heads are ranked by.
         heads: one finding per top head, most important first.
         layer_trend: one sentence on how locality changes with depth, with its numbers.
-        layers: one row per layer: layer, entropy, distance, prefix_share (set means over
-            heads and images), top_heads (how many of the top heads sit there).
+        layers: one row per layer: layer, entropy, distance, prefix_share, top_share
+            (set means over heads and images), top_heads (how many of the top heads sit there).
+        concentration: sentences on the model's sink heads, its high-norm tokens and its
+            registers, with their numbers ("" in a study saved before they were measured).
     """
 
     metric: str
     heads: tuple[HeadFinding, ...]
     layer_trend: str
     layers: pd.DataFrame
+    concentration: str = ""
 
 
 def findings(study: CaseStudy, metric: str | None = None, top_k: int | None = None) -> CaseFindings:
@@ -633,6 +668,8 @@ def findings(study: CaseStudy, metric: str | None = None, top_k: int | None = No
     n_heads = study.num_layers * study.num_heads
     unpruned = study.tables["importance_unpruned"]
     distance_rank = per_head["distance"].rank(method="min").astype(int)
+    names = study.prefix_names
+    measured = strength.has_concentration
     heads = []
     for rank, row in enumerate(ranked.itertuples(index=False), start=1):
         layer, head = int(row.layer), int(row.head)
@@ -653,6 +690,7 @@ def findings(study: CaseStudy, metric: str | None = None, top_k: int | None = No
         member = pattern_heads.loc[(layer, head)] if (layer, head) in pattern_heads.index else None
         cluster = int(member["cluster"]) if member is not None else -1
         cluster_share = float(member["share"]) if member is not None else float("nan")
+        sink = sink_summary(strength, layer, head, names) if measured else None
         heads.append(
             HeadFinding(
                 rank=rank, layer=layer, head=head, label=label, value=float(row.value),
@@ -660,16 +698,150 @@ def findings(study: CaseStudy, metric: str | None = None, top_k: int | None = No
                 mechanism=_mechanism_sentence(modes, impacts, removed, killer, len(hurt), largest, study.is_backbone),
                 locality=_locality_sentence(
                     int(distance_rank.iloc[index]), n_heads, distance, entropy, len(profile), near,
-                    float(per_head["prefix_share"].iloc[index]),
+                    float(per_head["prefix_share"].iloc[index]), sink,
                 ),
                 pattern=_pattern_sentence(label, cluster, cluster_share, clusters, study.manifest["settings"]["kind"]),
                 hurt_images=hurt, mode_probability=modes, killer_mode=killer, mode_impact=impacts,
                 entropy=entropy, near_share=near, distance=distance, cluster=cluster, cluster_share=cluster_share,
+                concentration=_sink_sentence(label, sink) if sink else "",
+                top_share=float(per_head["top_share"].iloc[index]), key_entropy=float(per_head["key_entropy"].iloc[index]),
             )
         )
-    layers = per_head.groupby("layer", as_index=False)[["entropy", "distance", "prefix_share"]].mean()
+    layers = per_head.groupby("layer", as_index=False)[["entropy", "distance", "prefix_share", "top_share"]].mean()
     layers["top_heads"] = [int((ranked["layer"] == layer).sum()) for layer in layers["layer"]]
-    return CaseFindings(metric=metric, heads=tuple(heads), layer_trend=_trend_sentence(layers, len(mean_profile[0, 0])), layers=layers)
+    return CaseFindings(
+        metric=metric, heads=tuple(heads), layer_trend=_trend_sentence(layers, len(mean_profile[0, 0])), layers=layers,
+        concentration=concentration_sentences(strength, names) if measured else "",
+    )
+
+
+# A head is a sink head when, on the set's mean, more than this share of its patches'
+# attention lands on one single token: hop entropy and mean distance then say where that
+# token lies, not how widely the head looks.
+SINK_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class SinkSummary:
+    """How one head concentrates over a set.
+
+    Attributes:
+        share: set mean of its top-key share.
+        is_sink: ``share`` is at least ``SINK_SHARE``.
+        strong: images on which one token gets at least ``SINK_SHARE`` of its patches' attention.
+        strong_share: its mean top-key share on those images (NaN when there are none).
+        distinct: how many different tokens are the sink on those images.
+        token: the token that is most often the sink there (of all images when there
+            are none), named as ``core.strength.token_label`` names it.
+        images: on how many of the ``strong`` images ``token`` is the sink.
+        total: the set's images.
+        key_entropy: set mean of its key entropy (nats); ``uniform`` is ln T.
+    """
+
+    share: float
+    is_sink: bool
+    strong: int
+    strong_share: float
+    distinct: int
+    token: str
+    images: int
+    total: int
+    key_entropy: float
+    uniform: float
+
+
+def sink_summary(strength: StrengthStats, layer: int, head: int, prefix_names: Sequence[str]) -> SinkSummary:
+    """Whether head ``L{layer}H{head}`` is a sink head over the set, and which token its sink is."""
+    rows = strength.sinks(layer, head, prefix_names)
+    strong = rows[rows["top_share"] >= SINK_SHARE]
+    among = strong if len(strong) else rows
+    common = int(among["sink"].mode().min())  # the lowest index among equally common ones
+    share = float(rows["top_share"].mean())
+    tokens = len(prefix_names) + strength.grid[0] * strength.grid[1]
+    return SinkSummary(
+        share=share, is_sink=share >= SINK_SHARE, strong=len(strong),
+        strong_share=float(strong["top_share"].mean()) if len(strong) else float("nan"),
+        distinct=int(strong["sink"].nunique()), token=token_label(common, strength.grid, prefix_names),
+        images=int((strong["sink"] == common).sum()), total=len(rows),
+        key_entropy=float(strength.key_entropy[:, layer, head].mean()), uniform=float(np.log(tokens)),
+    )
+
+
+def _sink_sentence(label: str, sink: SinkSummary) -> str:
+    """'L0H5 sends 98% of the patches' attention to one token, ...: a sink, not a global head.'"""
+    entropy = f"key entropy {sink.key_entropy:.2f} nats; uniform: {sink.uniform:.2f}"
+    if not sink.is_sink:
+        return (
+            f"{label} spreads its patches' attention over many tokens: on a typical image at most {sink.share:.0%} "
+            f"goes to any one ({entropy})."
+        )
+    if sink.distinct == 1:
+        return (
+            f"{label} sends {sink.strong_share:.0%} of the patches' attention to one token, {sink.token}, on "
+            f"{sink.strong} of {sink.total} images ({entropy}): a sink, not a global head."
+        )
+    which = (
+        "a different token on each" if sink.distinct == sink.strong
+        else f"{sink.distinct} different tokens, most often {sink.token} ({sink.images} images)"
+    )
+    return (
+        f"{label} sends {sink.strong_share:.0%} of the patches' attention to one token on {sink.strong} of "
+        f"{sink.total} images ({which}; {entropy}): a sink, not a global head."
+    )
+
+
+def concentration_sentences(strength: StrengthStats, prefix_names: Sequence[str]) -> str:
+    """The model's sink heads, its high-norm tokens and its registers' share, in a few sentences with their numbers."""
+    layers, heads = strength.top_share.shape[1:]
+    summaries = {(l, h): sink_summary(strength, l, h, prefix_names) for l in range(layers) for h in range(heads)}
+    sinks = sorted((item for item in summaries.items() if item[1].is_sink), key=lambda item: -item[1].share)
+    if sinks:
+        shown = "; ".join(
+            f"L{l}H{h} ({s.share:.0%}, "
+            + (f"always {s.token}" if s.distinct == 1 and s.strong == s.total else f"{s.distinct} different sink tokens")
+            + ")"
+            for (l, h), s in sinks[:4]
+        )
+        more = f" and {len(sinks) - 4} more" if len(sinks) > 4 else ""
+        parts = [
+            f"{len(sinks)} of {layers * heads} heads are sink heads, sending more than {SINK_SHARE:.0%} of the "
+            f"patches' attention to one token on a typical image: {shown}{more}."
+        ]
+    else:
+        top = max(summaries.items(), key=lambda item: item[1].share)
+        parts = [
+            f"No head sends more than {SINK_SHARE:.0%} of the patches' attention to one token on a typical image "
+            f"(most: L{top[0][0]}H{top[0][1]}, {top[1].share:.0%})."
+        ]
+    norms = strength.layer_norms()
+    with_outliers = norms[norms["images_with_outliers"] > 0]
+    if len(with_outliers):
+        first = int(with_outliers["layer"].iloc[0])
+        most = norms.loc[norms["images_with_outliers"].idxmax()]
+        layer = int(most["layer"])
+        counts = strength.outliers[:, layer]
+        received = strength.outlier_share.mean(axis=(0, 2))  # [L]
+        parts.append(
+            f"High-norm tokens (at least {OUTLIER_NORM_RATIO:g} times the median patch norm) leave block {first} and "
+            f"later ones; in layer {layer}, {int(most['images_with_outliers'])} of {strength.num_images} images have "
+            f"them ({counts[counts > 0].mean():.1f} on each of those), and they draw up to {received.max():.0%} of the "
+            f"patches' attention in a layer (layer {int(received.argmax())})."
+        )
+    else:
+        worst = norms.loc[norms["norm_ratio_max"].idxmax()]
+        parts.append(
+            f"No token has a norm {OUTLIER_NORM_RATIO:g} times its image's median patch norm in any layer (largest "
+            f"{worst['norm_ratio_max']:.1f} times, layer {int(worst['layer'])}): this model has no high-norm "
+            "artefact tokens, so its sinks are tokens of ordinary norm."
+        )
+    registers = sum(name.startswith("register") for name in prefix_names)
+    if registers:
+        by_layer = strength.register_share.mean(axis=(0, 2))  # [L]
+        parts.append(
+            f"The {registers} registers receive {strength.register_share.mean():.0%} of the patches' attention on "
+            f"average, most in layer {int(by_layer.argmax())} ({by_layer.max():.0%})."
+        )
+    return " ".join(parts)
 
 
 def _ordinal(n: int) -> str:
@@ -777,9 +949,26 @@ def _mechanism_sentence(
 
 
 def _locality_sentence(
-    distance_rank: int, n_heads: int, distance: float, entropy: float, hops: int, near: float, prefix_share: float
+    distance_rank: int,
+    n_heads: int,
+    distance: float,
+    entropy: float,
+    hops: int,
+    near: float,
+    prefix_share: float,
+    sink: SinkSummary | None = None,
 ) -> str:
-    """Local or global by mean attention distance; how concentrated by the hop profile's entropy."""
+    """Local or global by mean attention distance; how concentrated by the hop profile's entropy.
+
+    A sink head is never called global: its distance and entropy say where its sink lies.
+    """
+    uniform = float(np.log(hops)) if hops > 1 else 0.0
+    if sink is not None and sink.is_sink:
+        return (
+            f"Its mean attention distance ({distance:.1f} px, the {_ordinal(distance_rank)} shortest of {n_heads}) and "
+            f"hop entropy ({entropy:.2f} nats; uniform: {uniform:.2f}) say how far its sink lies from each patch, not "
+            f"how widely it looks: {sink.share:.0%} of its patches' attention lands on one token."
+        )
     if distance_rank <= n_heads / 3:
         kind = "among the most local third of the heads"
     elif distance_rank > 2 * n_heads / 3:
@@ -791,7 +980,6 @@ def _locality_sentence(
             f"It is {kind} by mean attention distance ({distance:.1f} px), but its patches give each other no "
             f"attention: {prefix_share:.0%} of their attention goes to prefix tokens."
         )
-    uniform = float(np.log(hops)) if hops > 1 else 0.0
     return (
         f"It is {kind} by mean attention distance ({distance:.1f} px, the {_ordinal(distance_rank)} shortest of "
         f"{n_heads}); {near:.0%} of its hop profile lies within one hop (uniform attention: {min(2, hops) / hops:.0%}) "

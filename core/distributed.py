@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from core.images import share_of
 from core.importance import HeadImportance
-from core.strength import StrengthStats
+from core.strength import PER_IMAGE, StrengthStats
 
 __all__ = [
     "Shards",
@@ -145,8 +145,5 @@ def combine_strength(parts: Sequence[StrengthStats]) -> StrengthStats:
         return parts[0]
     total = sum(part.num_images for part in parts)
     offset = sum(part.offset_mean.astype(np.float64) * part.num_images for part in parts) / total
-    joined = {
-        name: np.concatenate([getattr(part, name) for part in parts])
-        for name in ("hop_strength", "entropy", "distance", "prefix_share")
-    }
+    joined = {name: np.concatenate([getattr(part, name) for part in parts]) for name in PER_IMAGE}
     return StrengthStats(**joined, offset_mean=offset.astype(np.float32), grid=parts[0].grid)

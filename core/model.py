@@ -58,6 +58,7 @@ __all__ = [
     "load_model",
     "model_lock",
     "pick_device",
+    "prefix_names",
     "wrap_model",
 ]
 
@@ -109,6 +110,21 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+def prefix_names(num_prefix_tokens: int, num_registers: int = 0, class_token: bool = True) -> tuple[str, ...]:
+    """Names of a model's prefix tokens in timm's order: class token, distillation token, registers.
+
+    Any prefix token that is neither a class token nor a register is the distillation token.
+    """
+    registers = max(0, min(num_registers, num_prefix_tokens))
+    others = num_prefix_tokens - registers
+    names = []
+    if class_token and others:
+        names.append("CLS")
+        others -= 1
+    names += ["distillation"] * others
+    return (*names, *(f"register {i + 1}" for i in range(registers)))
+
+
 @dataclass(frozen=True, eq=False)
 class ViTHandle:
     """A loaded ViT plus the facts every analysis needs. Shared by sessions: never mutate.
@@ -155,6 +171,20 @@ class ViTHandle:
     def num_tokens(self) -> int:
         """Sequence length ``T`` = prefix tokens + rows * cols."""
         return self.num_prefix_tokens + self.grid[0] * self.grid[1]
+
+    @property
+    def prefix_names(self) -> tuple[str, ...]:
+        """What each prefix token is, in token order: ``"CLS"``, ``"distillation"``, ``"register 1"``, ...
+
+        timm puts the class token first, then the distillation token, then the registers.
+        """
+        registers = int(getattr(self.model, "num_reg_tokens", 0) or 0)
+        return prefix_names(self.num_prefix_tokens, registers, getattr(self.model, "cls_token", None) is not None)
+
+    @property
+    def num_registers(self) -> int:
+        """Register tokens (Darcet et al. 2024) among the prefix tokens."""
+        return sum(name.startswith("register") for name in self.prefix_names)
 
     @property
     def patch_size(self) -> tuple[int, int]:

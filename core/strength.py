@@ -19,13 +19,14 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from core.attention import iter_attention
+from core.attention import OUTLIER_NORM_RATIO, iter_attention
 from core.errors import NotEnoughImages
 from core.inference import Progress
 from core.model import ViTHandle
 from core.settings import images_per_batch
 
 __all__ = [
+    "PER_IMAGE",
     "SPREAD_QUANTILES",
     "StrengthStats",
     "attention_distance",
@@ -34,10 +35,15 @@ __all__ = [
     "hop_strength",
     "key_entropy",
     "offset_strength",
+    "per_image_arrays",
     "prefix_share",
     "reduce_layer",
+    "reduce_norms",
+    "register_share",
     "sink_position",
+    "stats_from",
     "strength_statistics",
+    "token_label",
     "top_key_share",
 ]
 
@@ -283,12 +289,59 @@ def key_entropy(attn: torch.Tensor, num_prefix_tokens: int = 1) -> torch.Tensor:
     return -torch.special.xlogy(rows, rows).sum(-1).mean(-1)
 
 
+def register_share(attn: torch.Tensor, num_prefix_tokens: int, num_registers: int) -> torch.Tensor:
+    """Share of the patch queries' attention that goes to the register tokens, ``[...]``.
+
+    Registers are the last ``num_registers`` prefix tokens (timm's order); 0 for a model without them.
+    """
+    rows = _patch_rows(attn, num_prefix_tokens)
+    return rows[..., num_prefix_tokens - num_registers:num_prefix_tokens].sum(-1).mean(-1)
+
+
+def token_label(index: int, grid: tuple[int, int], prefix_names: Sequence[str]) -> str:
+    """A token as a reader names it: ``"CLS"``, ``"register 2"`` or ``"patch (row 3, column 9)"`` (counted from 1)."""
+    position = sink_position(index, grid, len(prefix_names))
+    if position is None:
+        return prefix_names[index]
+    return f"patch (row {position[0] + 1}, column {position[1] + 1})"
+
+
 # --- set-level statistics ----------------------------------------------------------
+
+# The per-image arrays of ``StrengthStats``, with what each holds per image.
+PER_IMAGE = {
+    "hop_strength": "[L, H, n_hops] s_n",
+    "entropy": "[L, H] hop entropy",
+    "distance": "[L, H] mean attention distance",
+    "prefix_share": "[L, H] attention on prefix tokens",
+    "top_share": "[L, H] top-key share",
+    "key_entropy": "[L, H] key entropy",
+    "sink": "[L, H] token index of the sink",
+    "register_share": "[L, H] attention on registers",
+    "outlier_share": "[L, H] attention on high-norm tokens",
+    "outliers": "[L] high-norm tokens leaving each block",
+    "norm_ratio": "[L] largest token norm / median patch norm",
+}
+
+
+def per_image_arrays(n: int, layers: int, heads: int, grid: tuple[int, int]) -> dict[str, np.ndarray]:
+    """The per-image arrays, allocated once and filled in place batch by batch.
+
+    Small per-batch results kept alive between batches would sit between the freed
+    attention buffers and fragment the heap (RSS grew ~1.4 MB/image).
+    """
+    per_head = (n, layers, heads)
+    out = {name: np.empty(per_head, dtype=np.float32) for name in PER_IMAGE}
+    out["hop_strength"] = np.empty((*per_head, max(grid)), dtype=np.float32)
+    out["sink"] = np.empty(per_head, dtype=np.int32)
+    out["outliers"] = np.empty((n, layers), dtype=np.int32)
+    out["norm_ratio"] = np.empty((n, layers), dtype=np.float32)
+    return out
 
 
 @dataclass(frozen=True)
 class StrengthStats:
-    """Per-image strength summaries of an image set, streamed batch by batch.
+    """Per-image strength and concentration summaries of an image set, streamed batch by batch.
 
     Attributes:
         hop_strength: ``[N, L, H, n_hops]`` ``s_n`` per image, layer and head.
@@ -298,6 +351,18 @@ class StrengthStats:
         offset_mean: ``[L, H, 2 * rows - 1, 2 * cols - 1]`` offset strength averaged over
             the images (a running sum while streaming, never one map per image).
         grid: patch grid ``(rows, cols)``.
+        top_share: ``[N, L, H]`` :func:`top_key_share`, the share of the patches' attention on the one most attended token.
+        key_entropy: ``[N, L, H]`` :func:`key_entropy` (nats).
+        sink: ``[N, L, H]`` that token's index (:func:`attention_sink`); -1 where unknown.
+        register_share: ``[N, L, H]`` :func:`register_share` (0 without registers).
+        outlier_share: ``[N, L, H]`` share of the patches' attention on the high-norm tokens
+            among the layer's keys (the tokens entering the block).
+        outliers: ``[N, L]`` how many tokens leaving each block have a high norm
+            (``core.attention.outlier_tokens``); -1 where unknown.
+        norm_ratio: ``[N, L]`` the largest norm of a token leaving each block over the median patch norm.
+
+    Results saved before the concentration arrays existed open with NaN in the float
+    arrays and -1 in ``sink`` and ``outliers``; ``has_concentration`` says which.
     """
 
     hop_strength: np.ndarray
@@ -306,13 +371,26 @@ class StrengthStats:
     prefix_share: np.ndarray
     offset_mean: np.ndarray
     grid: tuple[int, int]
+    top_share: np.ndarray
+    key_entropy: np.ndarray
+    sink: np.ndarray
+    register_share: np.ndarray
+    outlier_share: np.ndarray
+    outliers: np.ndarray
+    norm_ratio: np.ndarray
 
     @property
     def num_images(self) -> int:
         return int(self.entropy.shape[0])
 
+    @property
+    def has_concentration(self) -> bool:
+        """Whether the concentration and norm arrays hold values (not a result saved before them)."""
+        return bool(self.sink.size) and bool((self.sink >= 0).all())
+
     def heads(self, image: int | None = None) -> pd.DataFrame:
-        """One row per head: layer, head, head_label, entropy, distance, prefix_share.
+        """One row per head: layer, head, head_label, entropy, distance, prefix_share, top_share,
+        key_entropy, register_share, outlier_share.
 
         Values of image ``image`` (its position in the set), or the mean over the set's
         images when ``None`` (the mean of per-image entropies, not the entropy of a mean
@@ -321,14 +399,13 @@ class StrengthStats:
         pick = (lambda a: a.mean(axis=0)) if image is None else (lambda a: a[image])
         layers, heads = self.entropy.shape[1:]
         layer, head = np.divmod(np.arange(layers * heads), heads)
+        values = ("entropy", "distance", "prefix_share", "top_share", "key_entropy", "register_share", "outlier_share")
         return pd.DataFrame(
             {
                 "layer": layer,
                 "head": head,
                 "head_label": [f"L{l}H{h}" for l, h in zip(layer, head)],
-                "entropy": pick(self.entropy).reshape(-1).astype(float),
-                "distance": pick(self.distance).reshape(-1).astype(float),
-                "prefix_share": pick(self.prefix_share).reshape(-1).astype(float),
+                **{name: pick(getattr(self, name)).reshape(-1).astype(float) for name in values},
             }
         )
 
@@ -351,8 +428,42 @@ class StrengthStats:
 
     def entropy_over_images(self, layer: int, head: int) -> pd.DataFrame:
         """One row per image: image (position in the set), entropy of the given head."""
-        values = self.entropy[:, layer, head]
-        return pd.DataFrame({"image": np.arange(len(values)), "entropy": values.astype(float)})
+        return self.over_images("entropy", layer, head)
+
+    def over_images(self, name: str, layer: int, head: int) -> pd.DataFrame:
+        """One row per image: image (position in the set) and the per-head array ``name`` of the given head."""
+        values = getattr(self, name)[:, layer, head]
+        return pd.DataFrame({"image": np.arange(len(values)), name: values.astype(float)})
+
+    def sinks(self, layer: int, head: int, prefix_names: Sequence[str]) -> pd.DataFrame:
+        """One row per image: image, sink (token index), token (its name, see :func:`token_label`),
+        row and col (-1 for a prefix token), top_share."""
+        sink = self.sink[:, layer, head].astype(int)
+        positions = [sink_position(int(i), self.grid, len(prefix_names)) if i >= 0 else None for i in sink]
+        return pd.DataFrame(
+            {
+                "image": np.arange(len(sink)),
+                "sink": sink,
+                "token": [token_label(int(i), self.grid, prefix_names) if i >= 0 else "unknown" for i in sink],
+                "row": [p[0] if p else -1 for p in positions],
+                "col": [p[1] if p else -1 for p in positions],
+                "top_share": self.top_share[:, layer, head].astype(float),
+            }
+        )
+
+    def layer_norms(self) -> pd.DataFrame:
+        """One row per layer: layer, norm_ratio (mean, max over the images), images with an outlier token,
+        outliers (mean count per image)."""
+        outlying = self.outliers > 0
+        return pd.DataFrame(
+            {
+                "layer": np.arange(self.norm_ratio.shape[1]),
+                "norm_ratio": self.norm_ratio.mean(axis=0).astype(float),
+                "norm_ratio_max": self.norm_ratio.max(axis=0).astype(float),
+                "images_with_outliers": outlying.sum(axis=0).astype(int),
+                "outliers": np.where(self.outliers >= 0, self.outliers, 0).mean(axis=0).astype(float),
+            }
+        )
 
     def offsets(self, layer: int, head: int) -> pd.DataFrame:
         """One row per offset: dy, dx, attention (``offset_mean`` of the given head)."""
@@ -364,12 +475,20 @@ class StrengthStats:
 
 
 def reduce_layer(
-    out: dict[str, np.ndarray], offset_sum: torch.Tensor, rows: slice, layer: int, attn: torch.Tensor, handle: ViTHandle
+    out: dict[str, np.ndarray],
+    offset_sum: torch.Tensor,
+    rows: slice,
+    layer: int,
+    attn: torch.Tensor,
+    handle: ViTHandle,
+    key_outliers: torch.Tensor,
 ) -> None:
-    """Write one layer's strength summaries of a batch's images into ``out[...][rows, layer]``.
+    """Write one layer's strength and concentration summaries of a batch's images into ``out[...][rows, layer]``.
 
     ``attn``: ``[B, H, T, T]`` that layer's attention; its offset maps are added to
-    ``offset_sum[layer]``. A layer at a time: the temporaries stay at 1/L of the batch's attention.
+    ``offset_sum[layer]``. ``key_outliers``: ``[B, T]`` the high-norm tokens among the
+    tokens entering the block (its keys). A layer at a time: the temporaries stay at 1/L
+    of the batch's attention.
     """
     grid, prefix = handle.grid, handle.num_prefix_tokens
     strength = hop_strength(attn, grid, prefix)
@@ -377,7 +496,35 @@ def reduce_layer(
     out["entropy"][rows, layer] = hop_entropy(strength).numpy()
     out["distance"][rows, layer] = attention_distance(attn, grid, handle.patch_size, prefix).numpy()
     out["prefix_share"][rows, layer] = prefix_share(attn, grid, prefix).numpy()
+    received = _patch_rows(attn, prefix).mean(-2)  # [B, H, T]: what each token gets from the patches
+    top = received.max(-1)
+    out["top_share"][rows, layer] = top.values.numpy()
+    out["sink"][rows, layer] = top.indices.numpy()
+    out["key_entropy"][rows, layer] = key_entropy(attn, prefix).numpy()
+    out["register_share"][rows, layer] = register_share(attn, prefix, handle.num_registers).numpy()
+    # as core.attention.outlier_share, from the same column means
+    out["outlier_share"][rows, layer] = (received * key_outliers[:, None, :].to(received.dtype)).sum(-1).numpy()
     offset_sum[layer] += offset_strength(attn, grid, prefix).sum(0)
+
+
+def reduce_norms(out: dict[str, np.ndarray], rows: slice, norms: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
+    """Write a batch's token-norm summaries into ``out["outliers"]`` and ``out["norm_ratio"]``.
+
+    ``norms``: ``[B, L + 1, T]`` as ``core.attention.AttentionBatch.norms`` (entering each
+    block, then leaving the last). A token is a high-norm outlier at
+    ``core.attention.OUTLIER_NORM_RATIO`` times its image and layer's median patch norm
+    (of an even number of patches, the lower of the two middle ones, as ``torch.median``).
+
+    Returns:
+        ``[B, L, T]`` which tokens entering each block are outliers: the keys
+        :func:`reduce_layer` measures the attention to.
+    """
+    median = norms[..., num_prefix_tokens:].median(dim=-1).values.clamp_min(torch.finfo(norms.dtype).tiny)
+    ratio = norms / median[..., None]  # [B, L + 1, T]
+    outlying = ratio >= OUTLIER_NORM_RATIO
+    out["outliers"][rows] = outlying[:, 1:].sum(-1).numpy()
+    out["norm_ratio"][rows] = ratio[:, 1:].amax(-1).numpy()
+    return outlying[:, :-1]
 
 
 def strength_statistics(
@@ -399,27 +546,26 @@ def strength_statistics(
         raise NotEnoughImages("Strength statistics need at least one image.")
     batch_size = images_per_batch(handle, batch_size)
     grid = handle.grid
-    n, per_image = len(images), (len(images), handle.num_layers, handle.num_heads)
-    # filled in place: small per-batch results kept alive between batches would sit
-    # between the freed attention buffers and fragment the heap (RSS grew ~1.4 MB/image)
-    out = {
-        "hop_strength": np.empty((*per_image, max(grid)), dtype=np.float32),
-        "entropy": np.empty(per_image, dtype=np.float32),
-        "distance": np.empty(per_image, dtype=np.float32),
-        "prefix_share": np.empty(per_image, dtype=np.float32),
-    }
+    n = len(images)
+    out = per_image_arrays(n, handle.num_layers, handle.num_heads, grid)
     # float64: the sum over hundreds of images must not lose the small offsets' precision
-    offset_sum = torch.zeros(*per_image[1:], 2 * grid[0] - 1, 2 * grid[1] - 1, dtype=torch.float64)
+    offset_sum = torch.zeros(handle.num_layers, handle.num_heads, 2 * grid[0] - 1, 2 * grid[1] - 1, dtype=torch.float64)
     done = 0
     for start in range(0, n, batch_size):
         x = handle.preprocess(images[start:start + batch_size])
         for batch in iter_attention(handle, x, batch_size=batch_size):
             rows = slice(done, done + len(batch.attn))
+            keys = reduce_norms(out, rows, batch.norms, handle.num_prefix_tokens)
             for layer in range(handle.num_layers):
-                reduce_layer(out, offset_sum, rows, layer, batch.attn[:, layer], handle)
+                reduce_layer(out, offset_sum, rows, layer, batch.attn[:, layer], handle, keys[:, layer])
             done += len(batch.attn)
         # let go of this batch's attention before the next forward allocates its own
         del batch
         if progress is not None:
             progress(done, n)
+    return stats_from(out, offset_sum, n, grid)
+
+
+def stats_from(out: dict[str, np.ndarray], offset_sum: torch.Tensor, n: int, grid: tuple[int, int]) -> StrengthStats:
+    """The statistics from the filled per-image arrays and the offset maps' running sum over ``n`` images."""
     return StrengthStats(**out, offset_mean=(offset_sum / n).float().numpy(), grid=grid)

@@ -6,13 +6,17 @@ import math
 
 import streamlit as st
 
-from ui import session, strength
+from core.attention import OUTLIER_NORM_RATIO
+from core.strength import token_label
+from ui import patterns, session, strength
 from ui.display import plain
 from viz.strength import (
+    distribution_chart,
     entropy_distribution_chart,
     heads_by_layer_chart,
     hop_profile_chart,
     offset_heatmap,
+    token_norms_chart,
 )
 
 st.set_page_config(page_title="Attention strength · HeadScope", page_icon="🔭", layout="wide")
@@ -95,3 +99,102 @@ with d3:
         )
     else:
         st.info("This model has no prefix tokens (no CLS or registers), so all attention stays on the patches.")
+
+st.subheader("Where attention goes: sinks, registers and token norms")
+tokens = handle.num_tokens
+st.caption(
+    "Hop entropy and distance say how far a head looks; they cannot tell a head that spreads its attention from one "
+    "that sends it all to a single token (a *sink*, Darcet et al. 2024), which sits at many distances at once. "
+    f"Top-key share = the largest share of the patches' attention that one token receives (1 = all on one token, "
+    f"1/{tokens} = uniform); key entropy = the entropy of a patch's attention over the {tokens} tokens "
+    f"(0 = one token each, ln {tokens} = {math.log(tokens):.2f} = uniform)."
+)
+names = handle.prefix_names
+e1, e2, e3 = st.columns(3, gap="medium")
+with e1:
+    session.show_head_chart(
+        heads_by_layer_chart(
+            heads, "top_share", "Attention on one single token", "top-key share", head_at,
+            reference=(1 / tokens, "uniform attention"),
+        ),
+        key="strength_top_share_chart",
+    )
+    st.caption(f"Top-key share of every head {where}. Click a dot to make it the focus head.")
+with e2:
+    shares = stats.over_images("top_share", *head_at)
+    st.altair_chart(
+        distribution_chart(
+            shares, "top_share", float(shares["top_share"][image]),
+            f"Top-key share over all images · {focus.head_label}", "top-key share", domain=(0.0, 1.0),
+        ),
+        width="stretch",
+    )
+    strong = int((shares["top_share"] >= 0.5).sum())
+    st.caption(
+        f"**{focus.head_label}** sends more than half of the patches' attention to one token on {strong} of "
+        f"{stats.num_images} images."
+    )
+with e3:
+    attn = patterns.image_attention(handle, ctx.image_set, ctx.focus_id)[focus.layer, focus.head]
+    image_norms = strength.image_norms(handle, ctx.image_set, ctx.focus_id)
+    marked = strength.key_outliers(image_norms, focus.layer, handle.num_prefix_tokens)
+    picture, received = strength.sink_overlay(handle, ctx.image_set.by_id(ctx.focus_id).image, attn, marked)
+    sink = int(received.argmax())
+    st.image(picture, width=300)
+    where_sink = "boxed red" if sink >= handle.num_prefix_tokens else "a prefix token, so no box on the image"
+    high = (
+        f" Purple: the {len(marked)} high-norm token(s) among its keys." if len(marked)
+        else f" No key of layer {focus.layer} has a norm {OUTLIER_NORM_RATIO:g}× the median patch norm."
+    )
+    st.caption(
+        f"The sink of **{focus.head_label}** on {name}: {received[sink]:.0%} of the patches' attention goes to "
+        f"{token_label(sink, handle.grid, names)} ({where_sink}); orange: the share each patch receives.{high}"
+    )
+
+f1, f2, f3 = st.columns(3, gap="medium")
+with f1:
+    session.show_head_chart(
+        heads_by_layer_chart(
+            heads, "key_entropy", "Key entropy across layers", "key entropy (nats)", head_at,
+            reference=(math.log(tokens), "uniform attention"),
+        ),
+        key="strength_key_entropy_chart",
+    )
+    st.caption(f"Mean entropy of a patch's attention over all tokens, every head {where}. Click a dot to focus it.")
+with f2:
+    st.altair_chart(token_norms_chart(strength.norms_table(image_norms, names), OUTLIER_NORM_RATIO, focus.layer), width="stretch")
+    norms = stats.layer_norms()
+    worst = norms.loc[norms["norm_ratio_max"].idxmax()]
+    with_outliers = int((stats.outliers > 0).any(axis=1).sum())
+    st.caption(
+        f"Every token's norm leaving each block on {name}, over that layer's median patch norm; coloured dots: "
+        f"the prefix tokens ({', '.join(names) or 'none'}). High-norm tokens "
+        f"(at least {OUTLIER_NORM_RATIO:g}×; Darcet et al. find artefacts near 10×) are where large ViTs park attention. "
+        f"Over the set: {with_outliers} of {stats.num_images} images have one in some layer; the largest ratio is "
+        f"{worst['norm_ratio_max']:.1f}× (layer {int(worst['layer'])})."
+    )
+with f3:
+    if handle.num_registers:
+        session.show_head_chart(
+            heads_by_layer_chart(heads, "register_share", "Attention to the registers", "share of attention", head_at),
+            key="strength_register_chart",
+        )
+        st.caption(
+            f"Share of the patches' attention that goes to the {handle.num_registers} register tokens {where}. "
+            "Click a dot to make it the focus head."
+        )
+    elif (stats.outliers > 0).any():
+        session.show_head_chart(
+            heads_by_layer_chart(heads, "outlier_share", "Attention to high-norm tokens", "share of attention", head_at),
+            key="strength_outlier_chart",
+        )
+        st.caption(
+            f"Share of the patches' attention that goes to high-norm tokens (at least {OUTLIER_NORM_RATIO:g}× the "
+            f"median patch norm) among each layer's keys, {where}. This model has no register tokens."
+        )
+    else:
+        st.info(
+            f"No token of any image in the set has a norm {OUTLIER_NORM_RATIO:g}× its layer's median patch norm, so "
+            "no attention goes to high-norm tokens, and this model has no register tokens: its sinks, if any, are "
+            "tokens of ordinary norm."
+        )

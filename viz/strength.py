@@ -23,16 +23,21 @@ from viz.common import (
 
 __all__ = [
     "ALL_HEADS",
+    "HIGH_NORM_PURPLE",
+    "distribution_chart",
     "entropy_distribution_chart",
     "heads_by_layer_chart",
     "hop_profile_chart",
     "layer_dots",
     "offset_heatmap",
+    "token_norms_chart",
     "top_heads_hop_profiles_chart",
 ]
 
 ALL_HEADS = "all heads (mean)"  # the reference line of ``top_heads_hop_profiles_chart``
 _CHART_HEIGHT = 300  # the page's charts
+HIGH_NORM_PURPLE = "#7b3294"  # high-norm (outlier) tokens, on the norms chart and the image
+_PREFIX_COLOURS = ["#1f77b4", "#2ca02c", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
 _HEAD_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
 
 
@@ -128,6 +133,8 @@ def heads_by_layer_chart(
         notes.append(f"dashed: {label}")
     size = {"width": CHART_WIDTH, "height": 240} if for_report else {"height": _CHART_HEIGHT}
     subtitle = " · ".join(notes) if notes else alt.Undefined
+    if len(notes) > 1 and not for_report:
+        subtitle = notes  # a line each: a third of a wide page cuts a joined line short
     return alt.layer(*layers).properties(title=alt.TitleParams(title, subtitle=subtitle), **size)
 
 
@@ -200,22 +207,101 @@ def entropy_distribution_chart(entropies: pd.DataFrame, focus_value: float, head
 
     ``entropies`` columns: image, entropy (``StrengthStats.entropy_over_images``).
     """
+    return distribution_chart(
+        entropies, "entropy", focus_value, f"Head entropy over all images · {head_label}", "entropy (nats)", ".3f"
+    )
+
+
+def distribution_chart(
+    values: pd.DataFrame, column: str, focus_value: float, title: str, axis_title: str, value_format: str = ".3f",
+    *, domain: tuple[float, float] | None = None,
+) -> alt.LayerChart:
+    """Histogram of one head's ``column`` over the images (``StrengthStats.over_images``), the focus image as a red rule.
+
+    ``domain`` fixes the x axis (e.g. ``(0, 1)`` for a share), so a narrow spread is not stretched across the chart.
+    """
+    scale = alt.Scale(domain=list(domain)) if domain else alt.Undefined
+    binning = alt.Bin(maxbins=30, extent=list(domain)) if domain else alt.Bin(maxbins=30)
     bars = (
-        alt.Chart(entropies)
+        alt.Chart(values)
         .mark_bar(color="#9ecae1")
         .encode(
-            x=alt.X("entropy:Q", bin=alt.Bin(maxbins=30), title="entropy (nats)"),
-            y=alt.Y("count():Q", title="images"),
-            tooltip=[tooltip_field("entropy:Q", "entropy", bin=alt.Bin(maxbins=30)), tooltip_field("count():Q", "images")],
+            x=alt.X(f"{column}:Q", bin=binning, title=axis_title, scale=scale),
+            y=alt.Y("count():Q", title="images", axis=alt.Axis(tickMinStep=1, format="d")),
+            tooltip=[tooltip_field(f"{column}:Q", axis_title, bin=binning), tooltip_field("count():Q", "images")],
         )
     )
     rule = (
-        alt.Chart(pd.DataFrame({"entropy": [focus_value]}))
+        alt.Chart(pd.DataFrame({column: [focus_value]}))
         .mark_rule(color=FOCUS_RED, strokeWidth=2)
-        .encode(x="entropy:Q", tooltip=[tooltip_field("entropy:Q", "focus image", format=".3f")])
+        .encode(x=alt.X(f"{column}:Q", scale=scale), tooltip=[tooltip_field(f"{column}:Q", "focus image", format=value_format)])
     )
     return alt.layer(bars, rule).properties(
-        title=alt.TitleParams(f"Head entropy over all images · {head_label}", subtitle="red: the focus image"),
+        title=alt.TitleParams(title, subtitle="red: the focus image"),
+        height=_CHART_HEIGHT,
+    )
+
+
+def token_norms_chart(norms: pd.DataFrame, threshold: float, focus_layer: int) -> alt.LayerChart:
+    """Every token's norm leaving each block, over the median patch norm, on one image; outliers marked.
+
+    ``norms`` columns: layer, token (index), name (``"patch"`` or a prefix token's name),
+    ratio (norm / the layer's median patch norm), outlier (``ratio >= threshold``). The
+    patches are a box per layer (whiskers: min to max), prefix tokens a coloured dot each,
+    outliers purple, and a dashed rule marks ``threshold``. The y axis is logarithmic so a
+    10x artefact and the ordinary tokens both stay readable. The focus head's layer is shaded.
+    """
+    x = alt.X("layer:O", title="layer (block output)", axis=alt.Axis(labelAngle=0))
+    y = alt.Y("ratio:Q", title="norm ÷ median patch norm", scale=alt.Scale(type="log"))
+    tooltip = [
+        tooltip_field("layer:O", "layer"),
+        tooltip_field("token:Q", "token"),
+        tooltip_field("name:N", "kind"),
+        tooltip_field("ratio:Q", "norm ÷ median patch norm", format=".2f"),
+    ]
+    patches = norms[norms["name"] == "patch"]
+    boxes = (
+        alt.Chart(patches)
+        .mark_boxplot(extent="min-max", color="#9ecae1", size=14, median={"color": "#333333"})
+        .encode(x=x, y=y)
+    )
+    prefix = norms[(norms["name"] != "patch")]
+    names = list(dict.fromkeys(prefix["name"]))
+    dots = (
+        alt.Chart(prefix)
+        .mark_point(filled=True, size=45, opacity=0.9)
+        .encode(
+            x=x, y=y, tooltip=tooltip,
+            color=alt.Color(
+                "name:N", title="prefix token", sort=names,
+                scale=alt.Scale(domain=names, range=[_PREFIX_COLOURS[i % len(_PREFIX_COLOURS)] for i in range(len(names))]),
+                legend=None,  # named in the tooltip and the caption: a legend would squeeze the plot
+            ),
+        )
+    )
+    outliers = (
+        alt.Chart(norms[norms["outlier"]])
+        .mark_point(shape="diamond", size=70, strokeWidth=2, color=HIGH_NORM_PURPLE, filled=False)
+        .encode(x=x, y=y, tooltip=tooltip)
+    )
+    rule = (
+        alt.Chart(pd.DataFrame({"ratio": [threshold], "what": [f"outlier threshold: {threshold:g}× the median"]}))
+        .mark_rule(color=HIGH_NORM_PURPLE, strokeDash=[5, 4])
+        .encode(y=y, tooltip=[tooltip_field("what:N", "")])
+    )
+    focus = (
+        alt.Chart(pd.DataFrame({"layer": [focus_layer]}))
+        .mark_rect(color=FOCUS_RED, opacity=0.08)
+        .encode(x=x)
+    )
+    count = int(norms["outlier"].sum())
+    marks = f"purple: {count} outliers" if count else "shaded: focus layer"
+    return alt.layer(focus, boxes, rule, dots, outliers).properties(
+        title=alt.TitleParams(
+            "Token norms by layer",
+            # two short lines: a third of a wide page cuts a long one, and a third line pushes the title out
+            subtitle=["boxes: patches · dots: prefix tokens", f"dashed: {threshold:g}× median · {marks}"],
+        ),
         height=_CHART_HEIGHT,
     )
 

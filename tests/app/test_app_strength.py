@@ -32,8 +32,14 @@ def _charts(at: AppTest) -> list:
 def test_page_shows_every_view_c_chart_for_the_focus_image(page: AppTest) -> None:
     assert not page.error
     assert page.title[0].value == "Attention strength"
-    assert len(_charts(page)) == 6  # C1, C2, C3, offsets, distance, prefix share
+    charts = _charts(page)
+    # C1, C2, C3, offsets, distance, prefix share; top-key share, its spread, key entropy, token norms
+    assert len(charts) >= 10
+    keys = {chart.key for chart in charts}
+    assert {"strength_top_share_chart", "strength_key_entropy_chart"} <= keys
     text = _captions(page)
+    assert "The sink of **L0H0** on" in text and "of the patches' attention goes to" in text
+    assert "coloured dots: the prefix tokens (CLS)" in text
     assert "ln(8) = 2.08" in text
     assert "C1 · entropy of every head on the focus image" in text
     assert "C2 · s_n of **L0H0**" in text and "over the 360 images" in text
@@ -94,3 +100,19 @@ def test_a_two_image_upload_gives_a_spread_over_two_images(monkeypatch) -> None:
     at.radio(key="strength_scope").set_value("Set mean").run()
     assert not at.exception and "averaged over the 2 images" in _captions(at)
 
+
+
+def test_a_register_model_shows_its_registers_share_and_names_its_prefix_tokens(tmp_path, monkeypatch) -> None:
+    from conftest import started_app
+    from test_hfmodels import hf_model, save
+
+    monkeypatch.setenv("HEADSCOPE_MODEL", str(save(hf_model("Dinov2WithRegistersModel"), tmp_path / "dino-reg")))
+    at = started_app(monkeypatch, TIMEOUT)
+    at.switch_page(PAGE).run()
+    assert not at.exception and not at.error
+    assert "strength_register_chart" in {chart.key for chart in _charts(at)}
+    text = _captions(at)
+    assert "goes to the 3 register tokens on the focus image" in text
+    assert "the prefix tokens (CLS, register 1, register 2, register 3)" in text
+    at.radio(key="strength_scope").set_value("Set mean").run()
+    assert not at.exception and "goes to the 3 register tokens averaged over the" in _captions(at)

@@ -219,6 +219,9 @@ def test_incomplete_manifest_is_refused(bundle, edit, path):
         (lambda meta: meta["model"].pop("num_prefix_tokens"), "model.num_prefix_tokens"),
         (lambda meta: meta["patterns"].update(baseline_mse="low"), "patterns.baseline_mse"),
         (lambda meta: meta.update(versions=["torch"]), "versions"),
+        (lambda meta: meta["model"].pop("prefix_names"), "model.prefix_names"),
+        (lambda meta: meta["model"].update(prefix_names=["CLS", "register 1"]), "model.prefix_names"),
+        (lambda meta: meta["model"].update(prefix_names=[7]), "model.prefix_names"),
     ],
 )
 def test_manifest_values_the_page_reads_are_checked(bundle, edit, path):
@@ -315,6 +318,26 @@ def test_object_array_is_refused_without_unpickling(bundle):
     _refused(data, "never loads Python objects")
 
     assert UNPICKLED == []
+
+
+@pytest.mark.parametrize(
+    "name, change",
+    [
+        ("sink", lambda a: np.full_like(a, 10_000)),  # beyond the model's tokens
+        ("sink", lambda a: a - 1 - a.max()),  # negative: only a bundle of an older format lacks sinks
+        ("top_share", lambda a: a + 2.0),
+        ("outliers", lambda a: a.astype(np.float64) + 0.5),  # a count that is not whole
+        ("norm_ratio", lambda a: np.full_like(a, np.inf)),
+    ],
+)
+def test_concentration_arrays_out_of_range_are_refused(small_study, bundle, name, change):
+    _refused(_edited(bundle, replace={f"arrays/{name}.npy": _npy(change(small_study.arrays[name]))}), name)
+
+
+def test_a_current_bundle_without_a_concentration_array_is_refused(bundle):
+    member = "arrays/top_share.npy"
+    message = _refused(_edited(bundle, drop=(member,), manifest=lambda meta: meta["files"].pop(member)), "no array")
+    assert "top_share" in message
 
 
 def test_array_shape_must_match_the_manifest(small_study, bundle):

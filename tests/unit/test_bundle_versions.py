@@ -65,3 +65,45 @@ def test_findings_and_the_report_of_a_version_1_bundle(v1_study) -> None:
     assert "layer_impact" in html and "Cumulative pruning" in html
     with pytest.raises(ValueError, match="no 'output_impact' importance"):
         findings(v1_study, "output_impact")
+
+
+# ``data/bundle_v2_demo.zip`` was saved by format version 2 (before the concentration and
+# token-norm arrays): the same 8 digits and settings, laid out with PCA.
+V2_BUNDLE = DATA / "bundle_v2_demo.zip"
+V2_ADDED = ("top_share", "key_entropy", "sink", "register_share", "outlier_share", "outliers", "norm_ratio")
+
+
+@pytest.fixture(scope="module")
+def v2_study(demo_handle):
+    return load_bundle(V2_BUNDLE.read_bytes(), model_key=demo_handle.key, model_name=demo_handle.name)
+
+
+def test_a_version_2_bundle_opens_without_the_concentration_numbers(v2_study, v1_images) -> None:
+    assert v2_study.manifest["format_version"] == 2
+    assert v2_study.manifest["image_set"]["key"] == v1_images.key
+    assert "prefix_names" not in v2_study.manifest["model"] and v2_study.prefix_names == ("CLS",)
+    stats = v2_study.strength
+    assert not stats.has_concentration
+    for name in V2_ADDED:
+        values = getattr(stats, name)
+        assert values.shape[0] == 8
+        assert (values == -1).all() if name in ("sink", "outliers") else np.isnan(values).all(), name
+
+
+def test_the_strength_numbers_of_a_version_2_bundle_are_what_this_version_computes(v2_study, v1_images, demo_handle) -> None:
+    """Adding the concentration arrays changed none of the strength numbers a version-2 bundle holds."""
+    from core.strength import strength_statistics
+
+    now = strength_statistics(demo_handle, v1_images.pil_images())
+    for name in ("hop_strength", "entropy", "distance", "prefix_share", "offset_mean"):
+        np.testing.assert_allclose(getattr(now, name), v2_study.arrays[name], rtol=1e-6, atol=1e-9, err_msg=name)
+    assert now.has_concentration
+
+
+def test_findings_and_the_report_of_a_version_2_bundle(v2_study) -> None:
+    found = findings(v2_study)
+    assert len(found.heads) == 2 and found.concentration == ""
+    for finding in found.heads:
+        assert "sink" not in finding.locality
+    html = render_report(v2_study, "probability")
+    assert "Cumulative pruning" in html and "saved before HeadScope measured" in html

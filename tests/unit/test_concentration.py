@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_vit
+from PIL import Image
 from test_strength import random_attention
 
 from core.attention import token_norms
@@ -95,3 +96,99 @@ def test_outlier_tokens_and_the_attention_they_receive_match_a_slow_loop() -> No
             expected = sum(float(attn[b, layer, h, i, token]) for i in range(1, 17)) / 16
             assert float(share[b, layer, h]) == pytest.approx(expected, abs=1e-6)
     assert float(share[0, 0].abs().max()) == 0.0  # no outlier in that layer: no share
+
+
+def _slow_stream_summaries(handle, images) -> dict[str, np.ndarray]:
+    """The concentration and norm arrays of ``StrengthStats``, by loops over the attention and the residual stream."""
+    from core.attention import extract_attention
+
+    x = handle.preprocess(images)
+    attn = extract_attention(handle, x).attn.double().numpy()  # [N, L, H, T, T]
+    model = handle.model
+    with torch.no_grad():  # the residual stream by hand: entering each block, then leaving the last
+        tokens = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
+        stream = [tokens]
+        for block in model.blocks:
+            tokens = block(tokens)
+            stream.append(tokens)
+    norms = torch.stack(stream, 1).double().norm(dim=-1).numpy()  # [N, L + 1, T]
+    p, r = handle.num_prefix_tokens, handle.num_registers
+    n, layers, heads, t = attn.shape[:4]
+    out = {name: np.zeros((n, layers, heads)) for name in ("top_share", "sink", "key_entropy", "register_share", "outlier_share")}
+    out |= {"outliers": np.zeros((n, layers)), "norm_ratio": np.zeros((n, layers))}
+    for b in range(n):
+        for layer in range(layers + 1):
+            patches = sorted(norms[b, layer, p:])
+            median = patches[(len(patches) - 1) // 2]  # the lower middle of an even count, as torch.median
+            ratio = norms[b, layer] / median
+            if layer:  # leaving block layer - 1
+                out["outliers"][b, layer - 1] = sum(v >= 4.0 for v in ratio)
+                out["norm_ratio"][b, layer - 1] = max(ratio)
+            if layer == layers:
+                continue
+            keys = [j for j in range(t) if ratio[j] >= 4.0]  # entering this block: its keys
+            for h in range(heads):
+                share, sink, entropy = slow_concentration(attn[b, layer, h], p)
+                received = attn[b, layer, h, p:].mean(0)
+                out["top_share"][b, layer, h], out["sink"][b, layer, h], out["key_entropy"][b, layer, h] = share, sink, entropy
+                out["register_share"][b, layer, h] = sum(received[j] for j in range(p - r, p))
+                out["outlier_share"][b, layer, h] = sum(received[j] for j in keys)
+    return out
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},  # a class token
+        {"reg_tokens": 3},  # CLS and three registers, one of them made an outlier below
+        {"class_token": False, "global_pool": "avg", "img_size": 40},  # no prefix token, 5x5 patches
+    ],
+)
+def test_streamed_concentration_and_norms_match_slow_loops(overrides: dict) -> None:
+    from core.analysis import draw_samples, first_pass
+    from core.settings import CaseSettings
+    from core.strength import strength_statistics
+
+    model = tiny_vit(**overrides)
+    if "reg_tokens" in overrides:
+        with torch.no_grad():
+            model.reg_token[0, 1] = 40.0  # register 2 enters every block as a high-norm token
+    handle = wrap_model(model, class_names=[f"c{i}" for i in range(5)], device="cpu")
+    size = overrides.get("img_size", 32)
+    rng = np.random.default_rng(5)
+    images = [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(5)]
+    slow = _slow_stream_summaries(handle, images)
+    streamed = strength_statistics(handle, images, batch_size=2)
+    passed = first_pass(handle, images, None, draw_samples(handle, 5, CaseSettings(max_maps=50)), batch_size=3).strength
+    for stats in (streamed, passed):
+        assert stats.has_concentration
+        for name, expected in slow.items():
+            found = getattr(stats, name)
+            assert found.shape == expected.shape, name
+            if name in ("sink", "outliers"):
+                np.testing.assert_array_equal(found, expected, err_msg=name)
+            else:
+                np.testing.assert_allclose(found, expected, rtol=1e-4, atol=1e-5, err_msg=name)
+    if "reg_tokens" in overrides:
+        assert handle.prefix_names == ("CLS", "register 1", "register 2", "register 3")
+        assert (streamed.outliers >= 1).all() and streamed.outlier_share.max() > 0
+        assert streamed.register_share.min() > 0
+    else:
+        assert (streamed.register_share == 0).all()
+    if handle.num_prefix_tokens == 0:
+        assert handle.prefix_names == () and (streamed.prefix_share == 0).all()
+
+
+def test_prefix_names_and_token_labels() -> None:
+    from core.model import prefix_names
+    from core.strength import token_label
+
+    assert prefix_names(1) == ("CLS",) and prefix_names(2) == ("CLS", "distillation")
+    assert prefix_names(5, 4) == ("CLS", "register 1", "register 2", "register 3", "register 4")
+    assert prefix_names(4, 4, class_token=False) == ("register 1", "register 2", "register 3", "register 4")
+    assert prefix_names(0) == ()
+    names = prefix_names(5, 4)
+    assert token_label(0, (16, 16), names) == "CLS" and token_label(3, (16, 16), names) == "register 3"
+    assert token_label(5, (16, 16), names) == "patch (row 1, column 1)"
+    assert token_label(5 + 16 * 2 + 8, (16, 16), names) == "patch (row 3, column 9)"
+    assert token_label(0, (4, 4), ()) == "patch (row 1, column 1)"

@@ -259,7 +259,10 @@ def test_no_images_is_a_sentence(tiny_handle) -> None:
 def test_tables_for_the_charts(register_handle) -> None:
     stats = strength_statistics(register_handle, _images(6, (32, 24), seed=2), batch_size=4)
     heads = stats.heads()
-    assert list(heads.columns) == ["layer", "head", "head_label", "entropy", "distance", "prefix_share"]
+    assert list(heads.columns) == [
+        "layer", "head", "head_label", "entropy", "distance", "prefix_share", "top_share", "key_entropy",
+        "register_share", "outlier_share",
+    ]
     assert len(heads) == 9 and heads["head_label"].iloc[5] == "L1H2"
     assert heads["entropy"].iloc[5] == pytest.approx(float(np.mean([stats.entropy[i, 1, 2] for i in range(6)])), rel=1e-6)
     assert heads.loc[7, "distance"] == pytest.approx(sum(stats.distance[i, 2, 1] for i in range(6)) / 6, rel=1e-6)
