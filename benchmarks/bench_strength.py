@@ -44,7 +44,7 @@ from _machine import cpu_model  # noqa: E402  (this folder is on sys.path when r
 from core.digits import digit_images  # noqa: E402
 from core.model import load_model  # noqa: E402
 from core.settings import images_per_batch  # noqa: E402
-from core.strength import strength_statistics  # noqa: E402
+from core.strength import PER_IMAGE, strength_statistics  # noqa: E402
 
 SIZES = (64, 512)
 TARGET = 1.15
@@ -74,7 +74,7 @@ def child(n: int) -> None:
     seconds = time.perf_counter() - start
     peak = _status_kib("VmHWM")
     full_attention = n * handle.num_layers * handle.num_heads * handle.num_tokens**2 * 4
-    summaries = sum(a.nbytes for a in (stats.hop_strength, stats.entropy, stats.distance, stats.prefix_share))
+    summaries = sum(getattr(stats, name).nbytes for name in PER_IMAGE)
     print(json.dumps({
         "n": n,
         "batch": batch,

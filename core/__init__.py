@@ -5,25 +5,30 @@ the report and the charts are in ``viz``.
 """
 
 from core.analysis import analyze_set
-from core.attention import extract_attention
+from core.attention import extract_attention, outlier_tokens, token_norms
 from core.bundle import load_bundle, save_bundle
 from core.casestudy import analyze, findings
 from core.errors import HeadScopeError
 from core.importance import head_importance, partial_pruning
 from core.model import load_model
-from core.strength import hop_entropy, hop_strength
+from core.strength import attention_sink, hop_entropy, hop_strength, key_entropy, top_key_share
 
 __all__ = [
     "HeadScopeError",
     "analyze",
     "analyze_set",
+    "attention_sink",
     "extract_attention",
     "findings",
     "head_importance",
     "hop_entropy",
     "hop_strength",
+    "key_entropy",
     "load_bundle",
     "load_model",
+    "outlier_tokens",
     "partial_pruning",
     "save_bundle",
+    "token_norms",
+    "top_key_share",
 ]

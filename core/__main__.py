@@ -154,6 +154,7 @@ def analyze_command(args: argparse.Namespace) -> int:
         print(f"Wrote {args.report}.")
     print(f"Top heads by {metric}: {', '.join(finding.label for finding in found.heads)}.")
     print(found.layer_trend)
+    print(found.concentration)
     distributed.stop(together=True)
     return 0
 

@@ -15,6 +15,7 @@ __all__ = [
     "AttentionBatch",
     "extract_attention",
     "iter_attention",
+    "norm_ratios",
     "OUTLIER_NORM_RATIO",
     "outlier_share",
     "outlier_tokens",
@@ -122,15 +123,30 @@ def stream_norms(handle: ViTHandle, x: torch.Tensor) -> torch.Tensor:
     return norms
 
 
+def norm_ratios(norms: torch.Tensor, num_prefix_tokens: int = 1) -> torch.Tensor:
+    """Each token's norm over the median patch norm of its image and layer, same shape as ``norms`` ``[..., T]``.
+
+    The median of an even number of patches is the lower of the two middle ones (as
+    ``torch.median``). Where that median is 0 (a degenerate model), every ratio is 1:
+    nothing can stand out against it.
+    """
+    median = norms[..., num_prefix_tokens:].median(dim=-1, keepdim=True).values
+    ratio = norms / median.clamp_min(torch.finfo(norms.dtype).tiny)
+    return torch.where(median > 0, ratio, torch.ones_like(ratio))
+
+
 def outlier_tokens(norms: torch.Tensor, num_prefix_tokens: int = 1, ratio: float = OUTLIER_NORM_RATIO) -> torch.Tensor:
     """``[B, L, T]`` bool: tokens whose norm is at least ``ratio`` times the median patch norm
-    of their image and layer (prefix tokens are judged too, against the patches' median)."""
-    median = norms[..., num_prefix_tokens:].median(dim=-1).values
-    return norms >= ratio * median[..., None]
+    of their image and layer (prefix tokens are judged too, against the patches' median; see :func:`norm_ratios`)."""
+    return norm_ratios(norms, num_prefix_tokens) >= ratio
 
 
 def outlier_share(attn: torch.Tensor, outliers: torch.Tensor, num_prefix_tokens: int = 1) -> torch.Tensor:
     """``[B, L, H]``: the share of the patch queries' attention that outlier tokens receive.
+
+    Block ``l`` attends to the tokens entering it, so for the statistics HeadScope keeps the
+    mask is ``outlier_tokens(stream_norms(handle, x)[:, :-1])``; the mask of ``token_norms``
+    (tokens leaving each block) pairs each layer with the next layer's keys instead.
 
     ``attn`` is ``[B, L, H, T, T]``, ``outliers`` the ``[B, L, T]`` mask of :func:`outlier_tokens`.
     """

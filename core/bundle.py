@@ -151,11 +151,17 @@ def save_bundle(study: CaseStudy) -> bytes:
             Python objects.
     """
     members: dict[str, bytes] = {}
+    # a study opened from an older bundle is saved in its own format version again: without
+    # the columns and arrays that version lacks (they were filled in when it was opened)
+    version = int(study.manifest.get("format_version", BUNDLE_VERSION))
     for name in TABLES:
         buffer = io.BytesIO()
-        study.tables[name].to_parquet(buffer, index=False, engine="pyarrow")
+        table = study.tables[name]
+        if version < 2:
+            table = table.drop(columns=list(_ADDED_IN_2.get(name, ())))
+        table.to_parquet(buffer, index=False, engine="pyarrow")
         members[f"tables/{name}.parquet"] = buffer.getvalue()
-    for name in ARRAYS:
+    for name in ARRAYS if version >= 3 else _ARRAYS_2:
         buffer = io.BytesIO()
         np.save(buffer, study.arrays[name], allow_pickle=False)
         members[f"arrays/{name}.npy"] = buffer.getvalue()

@@ -40,7 +40,7 @@ from core.importance import (
     rank_heads,
 )
 from core.inference import Predictions
-from core.model import ViTHandle, prefix_names
+from core.model import ViTHandle
 from core.patterns import (
     PatternClusters,
     PatternLayout,
@@ -184,11 +184,16 @@ class CaseStudy:
 
     @property
     def prefix_names(self) -> tuple[str, ...]:
-        """What each prefix token is (``ViTHandle.prefix_names``); bundles before format 3 did not record registers."""
+        """What each prefix token is (``ViTHandle.prefix_names``).
+
+        Bundles before format 3 did not record it: their first prefix token is taken for
+        the class token and the others are named by position.
+        """
         model = self.manifest["model"]
-        if "prefix_names" in model:
+        if self.manifest["format_version"] >= 3:
             return tuple(model["prefix_names"])
-        return prefix_names(int(model["num_prefix_tokens"]))
+        count = int(model["num_prefix_tokens"])
+        return ("CLS", *(f"prefix token {i + 1}" for i in range(1, count))) if count else ()
 
     @property
     def settings(self) -> CaseSettings:
@@ -715,7 +720,7 @@ def findings(study: CaseStudy, metric: str | None = None, top_k: int | None = No
     )
 
 
-# A head is a sink head when, on the set's mean, more than this share of its patches'
+# A head is a sink head when, on the set's mean, at least this share of its patches'
 # attention lands on one single token: hop entropy and mean distance then say where that
 # token lies, not how widely the head looks.
 SINK_SHARE = 0.5
@@ -733,6 +738,7 @@ class SinkSummary:
         distinct: how many different tokens are the sink on those images.
         token: the token that is most often the sink there (of all images when there
             are none), named as ``core.strength.token_label`` names it.
+        on_prefix: that token is a prefix token (CLS, a register), not a patch.
         images: on how many of the ``strong`` images ``token`` is the sink.
         total: the set's images.
         key_entropy: set mean of its key entropy (nats); ``uniform`` is ln T.
@@ -744,6 +750,7 @@ class SinkSummary:
     strong_share: float
     distinct: int
     token: str
+    on_prefix: bool
     images: int
     total: int
     key_entropy: float
@@ -752,17 +759,16 @@ class SinkSummary:
 
 def sink_summary(strength: StrengthStats, layer: int, head: int, prefix_names: Sequence[str]) -> SinkSummary:
     """Whether head ``L{layer}H{head}`` is a sink head over the set, and which token its sink is."""
-    rows = strength.sinks(layer, head, prefix_names)
-    strong = rows[rows["top_share"] >= SINK_SHARE]
-    among = strong if len(strong) else rows
-    common = int(among["sink"].mode().min())  # the lowest index among equally common ones
-    share = float(rows["top_share"].mean())
+    share, sink = strength.top_share[:, layer, head].astype(np.float64), strength.sink[:, layer, head]
+    strong = share >= SINK_SHARE
+    among = sink[strong] if strong.any() else sink
+    common = int(np.bincount(among).argmax())  # the lowest index among equally common ones
     tokens = len(prefix_names) + strength.grid[0] * strength.grid[1]
     return SinkSummary(
-        share=share, is_sink=share >= SINK_SHARE, strong=len(strong),
-        strong_share=float(strong["top_share"].mean()) if len(strong) else float("nan"),
-        distinct=int(strong["sink"].nunique()), token=token_label(common, strength.grid, prefix_names),
-        images=int((strong["sink"] == common).sum()), total=len(rows),
+        share=float(share.mean()), is_sink=float(share.mean()) >= SINK_SHARE, strong=int(strong.sum()),
+        strong_share=float(share[strong].mean()) if strong.any() else float("nan"),
+        distinct=len(np.unique(sink[strong])), token=token_label(common, strength.grid, prefix_names),
+        on_prefix=common < len(prefix_names), images=int((sink[strong] == common).sum()), total=len(share),
         key_entropy=float(strength.key_entropy[:, layer, head].mean()), uniform=float(np.log(tokens)),
     )
 
@@ -804,13 +810,13 @@ def concentration_sentences(strength: StrengthStats, prefix_names: Sequence[str]
         )
         more = f" and {len(sinks) - 4} more" if len(sinks) > 4 else ""
         parts = [
-            f"{len(sinks)} of {layers * heads} heads are sink heads, sending more than {SINK_SHARE:.0%} of the "
+            f"{len(sinks)} of {layers * heads} heads are sink heads, sending {SINK_SHARE:.0%} or more of the "
             f"patches' attention to one token on a typical image: {shown}{more}."
         ]
     else:
         top = max(summaries.items(), key=lambda item: item[1].share)
         parts = [
-            f"No head sends more than {SINK_SHARE:.0%} of the patches' attention to one token on a typical image "
+            f"No head sends {SINK_SHARE:.0%} or more of the patches' attention to one token on a typical image "
             f"(most: L{top[0][0]}H{top[0][1]}, {top[1].share:.0%})."
         ]
     norms = strength.layer_norms()
@@ -822,10 +828,10 @@ def concentration_sentences(strength: StrengthStats, prefix_names: Sequence[str]
         counts = strength.outliers[:, layer]
         received = strength.outlier_share.mean(axis=(0, 2))  # [L]
         parts.append(
-            f"High-norm tokens (at least {OUTLIER_NORM_RATIO:g} times the median patch norm) leave block {first} and "
-            f"later ones; in layer {layer}, {int(most['images_with_outliers'])} of {strength.num_images} images have "
-            f"them ({counts[counts > 0].mean():.1f} on each of those), and they draw up to {received.max():.0%} of the "
-            f"patches' attention in a layer (layer {int(received.argmax())})."
+            f"High-norm tokens (at least {OUTLIER_NORM_RATIO:g} times the median patch norm) first leave block "
+            f"{first}; block {layer}'s output has them on the most images, {int(most['images_with_outliers'])} of "
+            f"{strength.num_images} ({counts[counts > 0].mean():.1f} on each of those), and as keys they draw up to "
+            f"{received.max():.0%} of the patches' attention in a layer (layer {int(received.argmax())})."
         )
     else:
         worst = norms.loc[norms["norm_ratio_max"].idxmax()]
@@ -963,6 +969,14 @@ def _locality_sentence(
     A sink head is never called global: its distance and entropy say where its sink lies.
     """
     uniform = float(np.log(hops)) if hops > 1 else 0.0
+    if sink is not None and sink.is_sink and sink.on_prefix:
+        if not np.isfinite(near):
+            return f"It is a sink head: its patches give each other no attention, {prefix_share:.0%} of it goes to prefix tokens."
+        return (
+            f"It is a sink head: {sink.share:.0%} of its patches' attention lands on one token, {sink.token}, so its "
+            f"mean attention distance ({distance:.1f} px, the {_ordinal(distance_rank)} shortest of {n_heads}) and hop "
+            f"entropy ({entropy:.2f} nats; uniform: {uniform:.2f}) describe only the rest, spread over the patches."
+        )
     if sink is not None and sink.is_sink:
         return (
             f"Its mean attention distance ({distance:.1f} px, the {_ordinal(distance_rank)} shortest of {n_heads}) and "

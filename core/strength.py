@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from core.attention import OUTLIER_NORM_RATIO, iter_attention
+from core.attention import OUTLIER_NORM_RATIO, iter_attention, norm_ratios
 from core.errors import NotEnoughImages
 from core.inference import Progress
 from core.model import ViTHandle
@@ -513,14 +513,13 @@ def reduce_norms(out: dict[str, np.ndarray], rows: slice, norms: torch.Tensor, n
     ``norms``: ``[B, L + 1, T]`` as ``core.attention.AttentionBatch.norms`` (entering each
     block, then leaving the last). A token is a high-norm outlier at
     ``core.attention.OUTLIER_NORM_RATIO`` times its image and layer's median patch norm
-    (of an even number of patches, the lower of the two middle ones, as ``torch.median``).
+    (``core.attention.norm_ratios``).
 
     Returns:
         ``[B, L, T]`` which tokens entering each block are outliers: the keys
         :func:`reduce_layer` measures the attention to.
     """
-    median = norms[..., num_prefix_tokens:].median(dim=-1).values.clamp_min(torch.finfo(norms.dtype).tiny)
-    ratio = norms / median[..., None]  # [B, L + 1, T]
+    ratio = norm_ratios(norms, num_prefix_tokens)  # [B, L + 1, T]
     outlying = ratio >= OUTLIER_NORM_RATIO
     out["outliers"][rows] = outlying[:, 1:].sum(-1).numpy()
     out["norm_ratio"][rows] = ratio[:, 1:].amax(-1).numpy()

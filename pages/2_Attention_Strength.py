@@ -7,6 +7,7 @@ import math
 import streamlit as st
 
 from core.attention import OUTLIER_NORM_RATIO
+from core.casestudy import SINK_SHARE
 from core.strength import token_label
 from ui import patterns, session, strength
 from ui.display import plain
@@ -129,9 +130,9 @@ with e2:
         ),
         width="stretch",
     )
-    strong = int((shares["top_share"] >= 0.5).sum())
+    strong = int((shares["top_share"] >= SINK_SHARE).sum())
     st.caption(
-        f"**{focus.head_label}** sends more than half of the patches' attention to one token on {strong} of "
+        f"**{focus.head_label}** sends {SINK_SHARE:.0%} or more of the patches' attention to one token on {strong} of "
         f"{stats.num_images} images."
     )
 with e3:
@@ -142,9 +143,11 @@ with e3:
     sink = int(received.argmax())
     st.image(picture, width=300)
     where_sink = "boxed red" if sink >= handle.num_prefix_tokens else "a prefix token, so no box on the image"
-    high = (
-        f" Purple: the {len(marked)} high-norm token(s) among its keys." if len(marked)
-        else f" No key of layer {focus.layer} has a norm {OUTLIER_NORM_RATIO:g}× the median patch norm."
+    patches = [int(t) for t in marked if t >= handle.num_prefix_tokens]
+    prefixes = [names[int(t)] for t in marked if t < handle.num_prefix_tokens]
+    high = f" No key of layer {focus.layer} has a norm {OUTLIER_NORM_RATIO:g}× the median patch norm." if not len(marked) else (
+        f" Purple: the {len(patches)} high-norm patch(es) among its keys"
+        + (f"; high-norm prefix tokens: {', '.join(prefixes)}." if prefixes else ".")
     )
     st.caption(
         f"The sink of **{focus.head_label}** on {name}: {received[sink]:.0%} of the patches' attention goes to "
@@ -167,7 +170,8 @@ with f2:
     worst = norms.loc[norms["norm_ratio_max"].idxmax()]
     with_outliers = int((stats.outliers > 0).any(axis=1).sum())
     st.caption(
-        f"Every token's norm leaving each block on {name}, over that layer's median patch norm; coloured dots: "
+        f"Every token's norm on {name}, from the embeddings through each block's output, over that stage's median "
+        f"patch norm (shaded: what layer {focus.layer} attends to); coloured dots: "
         f"the prefix tokens ({', '.join(names) or 'none'}). High-norm tokens "
         f"(at least {OUTLIER_NORM_RATIO:g}×; Darcet et al. find artefacts near 10×) are where large ViTs park attention. "
         f"Over the set: {with_outliers} of {stats.num_images} images have one in some layer; the largest ratio is "

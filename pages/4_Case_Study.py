@@ -78,6 +78,13 @@ charts = case_charts(study, found)
 
 st.subheader("Across layers")
 st.markdown(plain(found.layer_trend))
+if found.concentration:
+    st.markdown(plain(found.concentration))
+else:
+    st.caption(
+        "This bundle was saved before HeadScope measured sink heads and token norms; compute the case study again "
+        "to see them."
+    )
 
 st.subheader(f"The {len(found.heads)} most important heads by {metric.replace('_', ' ')}")
 names = {row["id"]: row for row in study.tables["images"].to_dict("records")}
@@ -87,6 +94,8 @@ for finding in found.heads:
         text, visual = st.columns([3, 2], gap="large")
         with text:
             for part, view, label in casestudy.FINDING_LINKS:
+                if not getattr(finding, part):
+                    continue  # no concentration sentence in a bundle saved before it was measured
                 sentence, link = st.columns([6, 1], vertical_alignment="center")
                 sentence.markdown(plain(getattr(finding, part)))
                 title = casestudy.VIEW_PAGES[view][1]
@@ -110,7 +119,7 @@ for view, keys in casestudy.EVIDENCE.items():
     page, title = casestudy.VIEW_PAGES[view]
     st.markdown(f"##### {title}")
     st.page_link(page, label=f"Explore every head in {title}", icon=":material/arrow_forward:")
-    for key in keys:
+    for key in (key for key in keys if key in charts):
         # the report's own look (no Streamlit theme), so the page and the exported file match
         st.altair_chart(charts[key], width="content", theme=None)
 

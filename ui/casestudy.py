@@ -54,12 +54,14 @@ FINDING_LINKS = (
     ("importance", "importance", "B1 →"),
     ("mechanism", "importance", "B2 →"),
     ("locality", "strength", "C →"),
+    ("concentration", "strength", "C →"),
     ("pattern", "patterns", "D →"),
 )
-# The case study's charts (``viz.report.case_charts`` keys) under the view each comes from.
+# The case study's charts (``viz.report.case_charts`` keys) under the view each comes from;
+# a bundle saved before concentration was measured has no concentration-by-layer.
 EVIDENCE = {
     "importance": ("importance-line", "importance-heatmap", "pruning-curve"),
-    "strength": ("entropy-by-layer", "hop-profiles", "distance-by-layer"),
+    "strength": ("entropy-by-layer", "hop-profiles", "distance-by-layer", "concentration-by-layer"),
     "patterns": ("pattern-space", "pattern-prototypes", "pattern-mse"),
 }
 

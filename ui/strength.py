@@ -9,9 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import streamlit as st
+import torch
 from PIL import Image, ImageDraw
 
-from core.attention import OUTLIER_NORM_RATIO, stream_norms
+from core.attention import OUTLIER_NORM_RATIO, norm_ratios, stream_norms
 from core.images import ImageSet
 from core.model import ViTHandle
 from core.strength import StrengthStats, strength_statistics
@@ -63,21 +64,25 @@ def image_norms(handle: ViTHandle, image_set: ImageSet, image_id: str) -> np.nda
 
 
 def _ratios(norms: np.ndarray, num_prefix_tokens: int) -> np.ndarray:
-    """Each token's norm over its row's median patch norm (the lower middle, as ``torch.median``)."""
-    patches = np.sort(norms[:, num_prefix_tokens:], axis=-1)
-    median = patches[:, (patches.shape[-1] - 1) // 2]
-    return norms / np.maximum(median, np.finfo(np.float32).tiny)[:, None]
+    """Each token's norm over its row's median patch norm (``core.attention.norm_ratios``)."""
+    return norm_ratios(torch.from_numpy(norms), num_prefix_tokens).numpy()
 
 
 def norms_table(norms: np.ndarray, prefix_names: tuple[str, ...]) -> pd.DataFrame:
-    """``viz.strength.token_norms_chart``'s table from ``image_norms``: the tokens leaving each block."""
-    ratio = _ratios(norms, len(prefix_names))[1:]  # [L, T]
-    layers, tokens = ratio.shape
-    layer, token = np.divmod(np.arange(layers * tokens), tokens)
+    """``viz.strength.token_norms_chart``'s table from ``image_norms``: the embeddings, then the tokens leaving each block.
+
+    Column stage is ``"in"`` for the embeddings and ``str(l)`` for block ``l``'s output;
+    position counts them from 0, so the keys of block ``l`` are at position ``l``.
+    """
+    ratio = _ratios(norms, len(prefix_names))  # [L + 1, T]
+    stages, tokens = ratio.shape
+    position, token = np.divmod(np.arange(stages * tokens), tokens)
     names = np.array([*prefix_names, *(["patch"] * (tokens - len(prefix_names)))], dtype=object)
+    labels = np.array(["in", *(str(layer) for layer in range(stages - 1))], dtype=object)
     return pd.DataFrame(
         {
-            "layer": layer,
+            "position": position,
+            "stage": labels[position],
             "token": token,
             "name": names[token],
             "ratio": ratio.reshape(-1).astype(float),

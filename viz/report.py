@@ -86,7 +86,8 @@ def case_charts(study: CaseStudy, found: CaseFindings) -> dict[str, alt.TopLevel
 
     Keys: ``mode_chart_key(head)`` for each top head with partial-pruning rows, then
     ``importance-line``, ``importance-heatmap``, ``pruning-curve``, ``entropy-by-layer``,
-    ``hop-profiles``, ``distance-by-layer``, ``pattern-space``, ``pattern-prototypes``,
+    ``hop-profiles``, ``distance-by-layer``, ``concentration-by-layer`` (not for a study
+    saved before concentration was measured), ``pattern-space``, ``pattern-prototypes``,
     ``pattern-mse``.
     """
     charts: dict[str, alt.TopLevelMixin] = {}
@@ -118,6 +119,13 @@ def case_charts(study: CaseStudy, found: CaseFindings) -> dict[str, alt.TopLevel
     charts["distance-by-layer"] = heads_by_layer_chart(
         heads, "distance", "Mean attention distance by layer", "distance (px)", value_format=".1f", for_report=True
     )
+    if study.strength.has_concentration:
+        rows, cols = study.manifest["model"]["grid"]
+        tokens = int(study.manifest["model"]["num_prefix_tokens"]) + rows * cols
+        charts["concentration-by-layer"] = heads_by_layer_chart(
+            heads, "top_share", "Attention on one single token by layer", "top-key share",
+            reference=(1 / tokens, "uniform attention"), for_report=True,
+        )
 
     pattern_heads = study.tables["pattern_heads"]
     ranks = values.set_index("head_label")["rank"]
@@ -187,7 +195,10 @@ for (const [key, spec] of Object.entries(specs)) {
 }
 """
 
-_SOURCES = {"importance": "importance", "mechanism": "importance", "locality": "strength", "pattern": "patterns"}
+_SOURCES = {
+    "importance": "importance", "mechanism": "importance", "locality": "strength", "concentration": "strength",
+    "pattern": "patterns",
+}
 _SECTION_TITLES = {
     "summary": "Summary",
     "findings": "Findings",
@@ -220,7 +231,7 @@ def render_report(study: CaseStudy, metric: str | None = None, *, top_k: int | N
         "summary": _summary(study, found),
         "findings": _findings(study, found, charts),
         "importance": _importance(study, found),
-        "strength": _strength(found),
+        "strength": _strength(study, found),
         "patterns": _patterns(study),
         "settings": _settings(study),
     }
@@ -313,6 +324,7 @@ def _card(study: CaseStudy, finding: HeadFinding, metric: str, has_chart: bool) 
     sentences = "\n".join(
         f'<li>{escape(getattr(finding, part))} <a class="source" href="#{target}">→ {target}</a></li>'
         for part, target in _SOURCES.items()
+        if getattr(finding, part)  # a study saved before concentration was measured has no such sentence
     )
     rows = _hurt_rows(study, finding)
     figures = []
@@ -367,19 +379,30 @@ def _importance(study: CaseStudy, found: CaseFindings) -> str:
     )
 
 
-def _strength(found: CaseFindings) -> str:
+def _strength(study: CaseStudy, found: CaseFindings) -> str:
     layers = found.layers
     table = _table(
-        ["layer", "entropy (nats)", "distance (px)", "prefix share", "top heads"],
+        ["layer", "entropy (nats)", "distance (px)", "prefix share", "top-key share", "top heads"],
         [
-            [int(row.layer), f"{row.entropy:.3f}", f"{row.distance:.1f}", f"{row.prefix_share:.1%}", int(row.top_heads)]
+            [
+                int(row.layer), f"{row.entropy:.3f}", f"{row.distance:.1f}", f"{row.prefix_share:.1%}",
+                f"{row.top_share:.1%}" if np.isfinite(row.top_share) else "–", int(row.top_heads),
+            ]
             for row in layers.itertuples()
         ],
-        [True] * 5,
+        [True] * 6,
     )
+    if found.concentration:
+        concentration = f'<h3>Where attention goes</h3>\n<p class="note">{escape(found.concentration)}</p>\n{_chart("concentration-by-layer")}'
+    else:
+        concentration = (
+            f'<h3>Where attention goes</h3>\n<p class="note">This bundle was saved before HeadScope measured sink heads '
+            f"and token norms (format version {int(study.manifest['format_version'])}); compute the case study again "
+            "to see them.</p>"
+        )
     return (
         f'<p class="note">{escape(found.layer_trend)}</p>\n{_chart("entropy-by-layer")}\n'
-        f'{_chart("hop-profiles")}\n{_chart("distance-by-layer")}\n<h3>Layer means</h3>\n{table}'
+        f'{_chart("hop-profiles")}\n{_chart("distance-by-layer")}\n{concentration}\n<h3>Layer means</h3>\n{table}'
     )
 
 

@@ -243,27 +243,45 @@ def distribution_chart(
 
 
 def token_norms_chart(norms: pd.DataFrame, threshold: float, focus_layer: int) -> alt.LayerChart:
-    """Every token's norm leaving each block, over the median patch norm, on one image; outliers marked.
+    """Every token's norm on one image, over the median patch norm, from the embeddings to the last block; outliers marked.
 
-    ``norms`` columns: layer, token (index), name (``"patch"`` or a prefix token's name),
-    ratio (norm / the layer's median patch norm), outlier (``ratio >= threshold``). The
-    patches are a box per layer (whiskers: min to max), prefix tokens a coloured dot each,
-    outliers purple, and a dashed rule marks ``threshold``. The y axis is logarithmic so a
-    10x artefact and the ordinary tokens both stay readable. The focus head's layer is shaded.
+    ``norms`` columns: position (0 = the embeddings, ``l + 1`` = leaving block ``l``),
+    stage (its axis label: ``"in"``, ``"0"``, ...), token (index), name (``"patch"`` or
+    a prefix token's name), ratio (norm / that stage's median patch norm), outlier
+    (``ratio >= threshold``). The patches are a box per stage (whiskers: min to max),
+    prefix tokens a coloured dot each, outliers purple, and a dashed rule marks
+    ``threshold``. The stage at position ``focus_layer``, the keys block ``focus_layer``
+    attends to, is shaded. The y axis is logarithmic so a 10x artefact and the ordinary
+    tokens both stay readable.
     """
-    x = alt.X("layer:O", title="layer (block output)", axis=alt.Axis(labelAngle=0))
-    y = alt.Y("ratio:Q", title="norm ÷ median patch norm", scale=alt.Scale(type="log"))
+    stages = list(dict.fromkeys(norms.sort_values("position")["stage"]))
+    # every stage labelled, level: slanted labels would push the title out of the page's frame
+    x = alt.X(
+        "stage:O", title="block output (in: the embeddings)", sort=stages, axis=alt.Axis(labelAngle=0, labelOverlap=False)
+    )
+    y_title, y_scale = "norm ÷ median patch norm", alt.Scale(type="log")
+    y = alt.Y("ratio:Q", title=y_title, scale=y_scale)
     tooltip = [
-        tooltip_field("layer:O", "layer"),
+        tooltip_field("stage:O", "block output"),
         tooltip_field("token:Q", "token"),
         tooltip_field("name:N", "kind"),
         tooltip_field("ratio:Q", "norm ÷ median patch norm", format=".2f"),
     ]
-    patches = norms[norms["name"] == "patch"]
-    boxes = (
-        alt.Chart(patches)
-        .mark_boxplot(extent="min-max", color="#9ecae1", size=14, median={"color": "#333333"})
-        .encode(x=x, y=y)
+    # the patches' box per stage, drawn from its quartiles (Vega-Lite's boxplot writes its own tooltip keys)
+    ratio = norms[norms["name"] == "patch"].groupby("stage", sort=False)["ratio"]
+    spread = pd.DataFrame(
+        {"low": ratio.min(), "q1": ratio.quantile(0.25), "median": ratio.median(), "q3": ratio.quantile(0.75), "high": ratio.max()}
+    ).reset_index()
+    box_tooltip = [
+        tooltip_field("stage:O", "block output"),
+        *(tooltip_field(f"{column}:Q", f"patches' {what}", format=".2f")
+          for column, what in (("low", "least"), ("median", "median"), ("high", "largest"))),
+    ]
+    base = alt.Chart(spread).encode(x=x, tooltip=box_tooltip)
+    boxes = alt.layer(
+        base.mark_rule(color="#6baed6").encode(y=alt.Y("low:Q", title=y_title, scale=y_scale), y2="high:Q"),
+        base.mark_bar(color="#9ecae1", size=14).encode(y=alt.Y("q1:Q", title=y_title, scale=y_scale), y2="q3:Q"),
+        base.mark_tick(color="#333333", size=14, thickness=2).encode(y=alt.Y("median:Q", title=y_title, scale=y_scale)),
     )
     prefix = norms[(norms["name"] != "patch")]
     names = list(dict.fromkeys(prefix["name"]))
@@ -290,12 +308,12 @@ def token_norms_chart(norms: pd.DataFrame, threshold: float, focus_layer: int) -
         .encode(y=y, tooltip=[tooltip_field("what:N", "")])
     )
     focus = (
-        alt.Chart(pd.DataFrame({"layer": [focus_layer]}))
+        alt.Chart(pd.DataFrame({"stage": [stages[focus_layer]]}))
         .mark_rect(color=FOCUS_RED, opacity=0.08)
         .encode(x=x)
     )
     count = int(norms["outlier"].sum())
-    marks = f"purple: {count} outliers" if count else "shaded: focus layer"
+    marks = f"purple: {count} outliers" if count else "shaded: focus layer's keys"
     return alt.layer(focus, boxes, rule, dots, outliers).properties(
         title=alt.TitleParams(
             "Token norms by layer",

@@ -116,3 +116,27 @@ def test_a_register_model_shows_its_registers_share_and_names_its_prefix_tokens(
     assert "the prefix tokens (CLS, register 1, register 2, register 3)" in text
     at.radio(key="strength_scope").set_value("Set mean").run()
     assert not at.exception and "goes to the 3 register tokens averaged over the" in _captions(at)
+
+
+def test_the_sink_is_boxed_red_and_high_norm_keys_purple_on_the_focus_image(tiny_handle) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from ui.strength import sink_overlay
+    from viz.common import FOCUS_RED
+    from viz.strength import HIGH_NORM_PURPLE
+
+    t = tiny_handle.num_tokens  # CLS and a 4x4 grid
+    attn = np.full((t, t), 0.02 / (t - 1))
+    attn[:, 1 + 1 * 4 + 2] = 0.98  # every query sends 98% to the patch at row 1, column 2
+    image = Image.fromarray(np.full((32, 32, 3), 128, dtype=np.uint8))
+    picture, received = sink_overlay(tiny_handle, image, attn, np.array([1 + 3 * 4 + 0]))
+    assert int(received.argmax()) == 1 + 4 + 2 and received.max() == pytest.approx(0.98)
+    cell = picture.width // 4
+    pixels = np.asarray(picture)
+    red = tuple(int(FOCUS_RED[i:i + 2], 16) for i in (1, 3, 5))
+    purple = tuple(int(HIGH_NORM_PURPLE[i:i + 2], 16) for i in (1, 3, 5))
+    assert tuple(pixels[1 * cell + cell // 2, 2 * cell]) == red  # the sink's left edge
+    inset = max(2, round(cell / 5))
+    assert tuple(pixels[3 * cell + cell // 2, 0 * cell + inset]) == purple  # the outlier's box, inside its cell
+    assert tuple(pixels[0, 0]) != red and tuple(pixels[0, 0]) != purple

@@ -7,6 +7,7 @@ output_impact metric): the demo model on the first 8 held-out digits, settings b
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import DATA
 
@@ -107,3 +108,17 @@ def test_findings_and_the_report_of_a_version_2_bundle(v2_study) -> None:
         assert "sink" not in finding.locality
     html = render_report(v2_study, "probability")
     assert "Cumulative pruning" in html and "saved before HeadScope measured" in html
+
+
+@pytest.mark.parametrize("bundle", [V1_BUNDLE, V2_BUNDLE], ids=["version 1", "version 2"])
+def test_an_older_bundle_saved_again_opens_again_with_the_same_numbers(bundle, demo_handle) -> None:
+    """The case-study page offers a download of whatever it shows, an opened older bundle too."""
+    from core.bundle import save_bundle
+
+    first = load_bundle(bundle.read_bytes(), model_key=demo_handle.key)
+    again = load_bundle(save_bundle(first), model_key=demo_handle.key)
+    assert again.manifest == first.manifest
+    for name, table in first.tables.items():
+        pd.testing.assert_frame_equal(again.tables[name], table, check_dtype=False)
+    for name, array in first.arrays.items():
+        np.testing.assert_array_equal(again.arrays[name], array)

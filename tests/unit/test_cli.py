@@ -125,6 +125,7 @@ def test_analyze_writes_a_bundle_and_report_headless(one_process, digit_folder, 
     top = findings(study, "probability")
     assert f"Top heads by probability: {', '.join(f.label for f in top.heads)}." in done.stdout
     assert top.layer_trend in done.stdout
+    assert top.concentration and top.concentration in done.stdout
     html = report.read_text(encoding="utf-8")
     assert html.startswith("<!DOCTYPE html>") and top.heads[0].label in html
 

@@ -192,3 +192,15 @@ def test_prefix_names_and_token_labels() -> None:
     assert token_label(5, (16, 16), names) == "patch (row 1, column 1)"
     assert token_label(5 + 16 * 2 + 8, (16, 16), names) == "patch (row 3, column 9)"
     assert token_label(0, (4, 4), ()) == "patch (row 1, column 1)"
+
+
+def test_a_zero_median_patch_norm_makes_no_outliers() -> None:
+    from core.attention import norm_ratios, outlier_tokens
+
+    norms = torch.zeros(1, 2, 1 + 4)
+    norms[0, 0, 0] = 3.0  # a class token with some norm over patches of none
+    norms[0, 1, 1:] = torch.tensor([1.0, 2.0, 3.0, 40.0])
+    ratios = norm_ratios(norms)
+    assert torch.equal(ratios[0, 0], torch.ones(5)) and not outlier_tokens(norms)[0, 0].any()
+    assert ratios[0, 1].tolist() == [0.0, 0.5, 1.0, 1.5, 20.0]  # median of 4: the lower middle, 2
+    assert outlier_tokens(norms)[0, 1].tolist() == [False, False, False, False, True]

@@ -571,3 +571,29 @@ def test_the_layer_0_sink_head_is_found_on_real_photos(batch) -> None:
     # DINOv2-S at 224 px has no high-norm artefact tokens (they come with larger models): the
     # sink is a patch of ordinary norm
     assert float(norms[1, 0, sink] / norms[1, 0, 1:].median()) < 2.0
+
+
+def test_the_case_study_calls_the_layer_0_sink_head_a_sink_and_never_global(batch) -> None:
+    """The streamed statistics and the case study's sentences on the same three photos."""
+    from PIL import Image
+
+    from core import load_model
+    from core.casestudy import _locality_sentence, concentration_sentences, sink_summary
+    from core.strength import strength_statistics
+
+    handle = load_model("dinov2-s", device="cpu")
+    photos = [Image.fromarray(photo) for photo in (samples.astronaut(), samples.chelsea(), samples.coffee())]
+    stats = strength_statistics(handle, photos)
+    assert stats.top_share[:, 0].argmax(axis=1).tolist() == [5, 5, 5]
+    assert (stats.outliers == 0).all() and float(stats.norm_ratio.max()) < 4.0  # no high-norm artefacts
+    sink = sink_summary(stats, 0, 5, handle.prefix_names)
+    assert sink.is_sink and sink.strong == 3 and sink.share > 0.8
+    sentences = concentration_sentences(stats, handle.prefix_names)
+    assert sentences.startswith("1 of 72 heads are sink heads") and "L0H5 (" in sentences
+    assert "this model has no high-norm artefact tokens" in sentences
+    heads = stats.heads()
+    row = heads[heads["head_label"] == "L0H5"].iloc[0]
+    rank = int(heads["distance"].rank(method="min")[row.name])
+    assert rank > 2 * 72 / 3  # by mean distance alone, among the most global third
+    locality = _locality_sentence(rank, 72, row["distance"], row["entropy"], 16, 0.1, row["prefix_share"], sink)
+    assert "global" not in locality and "lands on one token" in locality

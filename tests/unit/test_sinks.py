@@ -72,11 +72,17 @@ def test_a_prefix_sink_is_named_and_the_set_sentences_count_sinks_norms_and_regi
     stats.outliers[4:, 1] = 2
     stats.norm_ratio[4:, 1] = 11.0
     stats.outlier_share[:, 1, :] = 0.35
+    sink = sink_summary(stats, 1, 1, names)
+    assert sink.on_prefix and sink.token == "register 3"
+    locality = _locality_sentence(60, 72, 80.0, 2.6, 16, 0.1, 0.75, sink)
+    assert locality.startswith("It is a sink head: 70% of its patches' attention lands on one token, register 3")
+    assert "describe only the rest" in locality and "global" not in locality
+    assert "give each other no attention" in _locality_sentence(60, 72, 0.0, 0.0, 16, float("nan"), 1.0, sink)
     text = concentration_sentences(stats, names)
     assert "1 of 6 heads are sink heads" in text and "L1H1 (70%, always register 3)" in text
-    assert "leave block 1 and later ones; in layer 1, 13 of 17 images have them (2.0 on each of those)" in text
+    assert "first leave block 1; block 1's output has them on the most images, 13 of 17 (2.0 on each of those)" in text
     assert "up to 35% of the patches' attention in a layer (layer 1)" in text
     assert "The 4 registers receive 20% of the patches' attention on average, most in layer 1 (40%)" in text
     plain = concentration_sentences(_stats(), prefix_names(1))
-    assert plain.startswith("No head sends more than 50%") and "no high-norm artefact tokens" in plain
+    assert plain.startswith("No head sends 50% or more") and "no high-norm artefact tokens" in plain
     assert "largest 1.8 times" in plain and "registers" not in plain

@@ -342,3 +342,46 @@ def test_offset_heatmap_puts_up_on_top(demo_stats) -> None:
     assert enc["x"]["field"] == "dx" and enc["y"]["field"] == "dy" and enc["color"]["field"] == "attention"
     assert enc["y"]["sort"] == "ascending"  # dy = -(rows - 1) (above the source) first, i.e. on top
     assert len(spec["datasets"][spec["data"]["name"]]) == 15 * 15
+
+
+def test_concentration_charts_top_share_with_its_uniform_line_and_a_fixed_share_axis(demo_stats) -> None:
+    tokens = 1 + 8 * 8
+    spec = charts.heads_by_layer_chart(
+        demo_stats.heads(), "top_share", "Attention on one single token", "top-key share", (0, 1),
+        reference=(1 / tokens, "uniform attention"),
+    ).to_dict()
+    rule = spec["layer"][0]
+    assert rule["mark"]["type"] == "rule" and spec["datasets"][rule["data"]["name"]][0]["top_share"] == pytest.approx(1 / 65)
+    # two notes on a page: a line each, so a third of a wide page does not cut them short
+    assert spec["title"]["subtitle"] == ["focus head L0H1 ringed in red", "dashed: uniform attention"]
+    spread = charts.distribution_chart(
+        demo_stats.over_images("top_share", 0, 1), "top_share", 0.4, "Top-key share · L0H1", "top-key share", domain=(0.0, 1.0)
+    ).to_dict()
+    bars, focus = spread["layer"]
+    assert bars["encoding"]["x"]["scale"]["domain"] == [0.0, 1.0] and bars["encoding"]["x"]["bin"]["extent"] == [0.0, 1.0]
+    assert bars["encoding"]["y"]["axis"]["tickMinStep"] == 1  # whole images
+    assert spread["datasets"][focus["data"]["name"]] == [{"top_share": 0.4}]
+
+
+def test_token_norms_chart_marks_the_outliers_and_the_threshold() -> None:
+    from ui.strength import norms_table
+
+    rng = np.random.default_rng(0)
+    norms = 1 + rng.random((4, 1 + 16))  # entering 3 blocks, then leaving the last: CLS and 4x4 patches
+    norms[1, 3] = 0.0  # a zero patch norm is an ordinary ratio, not a division by zero
+    norms[2:, 5] = 30.0  # one patch leaves blocks 1 and 2 at about 20x the median
+    table = norms_table(norms, ("CLS",))
+    assert len(table) == 4 * 17 and set(table["name"]) == {"CLS", "patch"}
+    assert list(dict.fromkeys(table["stage"])) == ["in", "0", "1", "2"]
+    assert table["outlier"].sum() == 2 and set(table[table["outlier"]]["stage"]) == {"1", "2"}
+    spec = charts.token_norms_chart(table, 4.0, focus_layer=2).to_dict()
+    focus, boxes, rule, dots, outliers = spec["layer"]
+    # block 2 attends to what leaves block 1
+    assert spec["datasets"][focus["data"]["name"]] == [{"stage": "1"}]
+    assert focus["encoding"]["x"]["sort"] == ["in", "0", "1", "2"]
+    assert [layer["mark"]["type"] for layer in boxes["layer"]] == ["rule", "bar", "tick"]
+    assert boxes["layer"][0]["encoding"]["y"]["scale"]["type"] == "log"
+    assert spec["datasets"][rule["data"]["name"]][0]["ratio"] == 4.0
+    assert [row["name"] for row in spec["datasets"][dots["data"]["name"]]] == ["CLS"] * 4
+    assert len(spec["datasets"][outliers["data"]["name"]]) == 2
+    assert "purple: 2 outliers" in spec["title"]["subtitle"][1]
