@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from html import escape
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -253,8 +254,16 @@ def render_report(study: CaseStudy, metric: str | None = None, *, top_k: int | N
     )
 
 
+# Altair refuses to inline more than 5,000 rows unless told otherwise, a global switch: the
+# lock keeps one report's switch from being undone under another's conversion.
+_INLINE_LOCK = threading.Lock()
+
+
 def _spec(chart: alt.TopLevelMixin) -> dict[str, Any]:
-    spec = chart.to_dict()
+    # every table here is bounded by the study's shape (the prototypes of 6 clusters on a
+    # 16x16 grid are 5,766 rows), and a report must hold its data inline
+    with _INLINE_LOCK, alt.data_transformers.disable_max_rows():
+        spec = chart.to_dict()
     spec.pop("$schema", None)  # a URL nothing needs: the embed options name the mode
     return spec
 

@@ -174,7 +174,8 @@ def test_importance_page_offers_the_backbone_metrics_and_says_why(backbone: AppT
 def test_strength_and_patterns_pages_run_on_a_backbone(monkeypatch, backbone: AppTest) -> None:
     backbone.switch_page(PAGES[1]).run()
     _clean(backbone)
-    assert len(backbone.get("vega_lite_chart")) == 6  # C1-C3, offsets, distance, prefix share (a CLS token)
+    # C1-C3, offsets, distance, prefix share (a CLS token); top-key share, its spread, key entropy, token norms
+    assert len(backbone.get("vega_lite_chart")) == 10
     assert "10×10 patch grid" in _texts(backbone)
     monkeypatch.setattr(patterns, "umap_ready", lambda: False)
     monkeypatch.setattr(patterns, "umap_failed", lambda: True)

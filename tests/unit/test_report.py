@@ -288,3 +288,19 @@ def test_a_reopened_bundle_gives_the_same_report(small_study):
 
     reopened = load_bundle(save_bundle(small_study), model_key=small_study.manifest["model"]["key"])
     assert render_report(reopened, "taylor") == render_report(small_study, "taylor")
+
+
+def test_a_report_inlines_more_than_altairs_5000_rows_and_leaves_its_limit_in_place(small_study) -> None:
+    """DINOv2-S's prototypes (6 clusters of 31x31 offsets) are 5,766 rows: the report must still render."""
+    import dataclasses
+
+    import altair as alt
+    import pandas as pd
+
+    prototypes = small_study.tables["pattern_prototypes"]
+    large = pd.concat([prototypes] * (5001 // len(prototypes) + 1), ignore_index=True)
+    study = dataclasses.replace(small_study, tables={**small_study.tables, "pattern_prototypes": large})
+    html = render_report(study)
+    assert html.count('"value"') > 5000
+    with pytest.raises(alt.MaxRowsError):  # the global limit is back for everything else
+        alt.Chart(large).mark_point().encode(x="row:O").to_dict()
