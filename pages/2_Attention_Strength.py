@@ -103,6 +103,15 @@ with d3:
 
 st.subheader("Where attention goes: sinks, registers and token norms")
 tokens = handle.num_tokens
+
+
+def head_view(value: str, title: str, axis_title: str, caption: str, **chart) -> None:
+    """A clickable dot per head of ``value`` by layer (``heads``, the focus head ringed), captioned."""
+    chart_spec = heads_by_layer_chart(heads, value, title, axis_title, head_at, **chart)
+    session.show_head_chart(chart_spec, key=f"strength_{value}_chart")
+    st.caption(caption)
+
+
 st.caption(
     "Hop entropy and distance say how far a head looks; they cannot tell a head that spreads its attention from one "
     "that sends it all to a single token (a *sink*, Darcet et al. 2024), which sits at many distances at once. "
@@ -113,14 +122,11 @@ st.caption(
 names = handle.prefix_names
 e1, e2, e3 = st.columns(3, gap="medium")
 with e1:
-    session.show_head_chart(
-        heads_by_layer_chart(
-            heads, "top_share", "Attention on one single token", "top-key share", head_at,
-            reference=(1 / tokens, "uniform attention"),
-        ),
-        key="strength_top_share_chart",
+    head_view(
+        "top_share", "Attention on one single token", "top-key share",
+        f"Top-key share of every head {where}. Click a dot to make it the focus head.",
+        reference=(1 / tokens, "uniform attention"),
     )
-    st.caption(f"Top-key share of every head {where}. Click a dot to make it the focus head.")
 with e2:
     shares = stats.over_images("top_share", *head_at)
     st.altair_chart(
@@ -156,14 +162,11 @@ with e3:
 
 f1, f2, f3 = st.columns(3, gap="medium")
 with f1:
-    session.show_head_chart(
-        heads_by_layer_chart(
-            heads, "key_entropy", "Key entropy across layers", "key entropy (nats)", head_at,
-            reference=(math.log(tokens), "uniform attention"),
-        ),
-        key="strength_key_entropy_chart",
+    head_view(
+        "key_entropy", "Key entropy across layers", "key entropy (nats)",
+        f"Mean entropy of a patch's attention over all tokens, every head {where}. Click a dot to focus it.",
+        reference=(math.log(tokens), "uniform attention"),
     )
-    st.caption(f"Mean entropy of a patch's attention over all tokens, every head {where}. Click a dot to focus it.")
 with f2:
     st.altair_chart(token_norms_chart(strength.norms_table(image_norms, names), OUTLIER_NORM_RATIO, focus.layer), width="stretch")
     norms = stats.layer_norms()
@@ -179,22 +182,16 @@ with f2:
     )
 with f3:
     if handle.num_registers:
-        session.show_head_chart(
-            heads_by_layer_chart(heads, "register_share", "Attention to the registers", "share of attention", head_at),
-            key="strength_register_chart",
-        )
-        st.caption(
+        head_view(
+            "register_share", "Attention to the registers", "share of attention",
             f"Share of the patches' attention that goes to the {handle.num_registers} register tokens {where}. "
-            "Click a dot to make it the focus head."
+            "Click a dot to make it the focus head.",
         )
     elif (stats.outliers > 0).any():
-        session.show_head_chart(
-            heads_by_layer_chart(heads, "outlier_share", "Attention to high-norm tokens", "share of attention", head_at),
-            key="strength_outlier_chart",
-        )
-        st.caption(
+        head_view(
+            "outlier_share", "Attention to high-norm tokens", "share of attention",
             f"Share of the patches' attention that goes to high-norm tokens (at least {OUTLIER_NORM_RATIO:g}× the "
-            f"median patch norm) among each layer's keys, {where}. This model has no register tokens."
+            f"median patch norm) among each layer's keys, {where}. This model has no register tokens.",
         )
     else:
         st.info(

@@ -21,8 +21,9 @@ handle = ctx.handle
 st.title("Case study")
 st.caption(
     "The most important heads, and why: which part of their attention the prediction needs (partial pruning on "
-    "the images where pruning hurts most), how local they are (hop profile, entropy, distance) and which learned "
-    "pattern they share. Each finding links to the view it comes from."
+    "the images where pruning hurts most), how local they are (hop profile, entropy, distance), whether they are "
+    "sinks that send the patches' attention to one token, and which learned pattern they share. Each finding links "
+    "to the view it comes from."
 )
 
 with st.expander("Open a result bundle", expanded=casestudy.opened_bundle() is not None):

@@ -110,7 +110,7 @@ def test_a_register_model_shows_its_registers_share_and_names_its_prefix_tokens(
     at = started_app(monkeypatch, TIMEOUT)
     at.switch_page(PAGE).run()
     assert not at.exception and not at.error
-    assert "strength_register_chart" in {chart.key for chart in _charts(at)}
+    assert "strength_register_share_chart" in {chart.key for chart in _charts(at)}
     text = _captions(at)
     assert "goes to the 3 register tokens on the focus image" in text
     assert "the prefix tokens (CLS, register 1, register 2, register 3)" in text
