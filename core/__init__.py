@@ -6,6 +6,7 @@ the report and the charts are in ``viz``.
 
 from core.analysis import analyze_set
 from core.attention import extract_attention, outlier_tokens, token_norms
+from core.attribution import attention_rollout, gradient_rollout
 from core.bundle import load_bundle, save_bundle
 from core.casestudy import analyze, findings
 from core.errors import HeadScopeError
@@ -17,9 +18,11 @@ __all__ = [
     "HeadScopeError",
     "analyze",
     "analyze_set",
+    "attention_rollout",
     "attention_sink",
     "extract_attention",
     "findings",
+    "gradient_rollout",
     "head_importance",
     "hop_entropy",
     "hop_strength",

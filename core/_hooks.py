@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HookSet",
+    "attention_forward",
     "capture_head_input",
     "capture_norms",
     "capture_patterns",
@@ -113,6 +114,36 @@ def capture_norms(hooks: HookSet, model: nn.Module, norms: torch.Tensor) -> None
     for layer, block in enumerate(model.blocks):
         hooks.forward_pre(block, entering(layer))
     hooks.forward(model.blocks[-1], leaving)
+
+
+def attention_forward(
+    attn: nn.Module,
+    x: torch.Tensor,
+    keep: torch.Tensor | None = None,
+    on_weights: Callable[[torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """timm ``Attention.forward`` on its manual path, with the post-softmax weights in reach.
+
+    For a forward hook on ``block.attn`` that returns this as the module's output: the
+    model's ``fused_attn`` flag is never touched. ``x``: ``[B, T, D]`` the block's
+    normalised input; ``on_weights`` sees the ``[B, H, T, T]`` weights (in the autograd
+    graph when gradients are recorded); ``keep`` (``[B, H, T, T]``, 0/1, not
+    renormalised) multiplies them before they weigh the values.
+    """
+    batch, tokens, _ = x.shape
+    gate_layer = getattr(attn, "gate", None)
+    gate = gate_layer(x).sigmoid() if gate_layer is not None else None
+    qkv = attn.qkv(x).reshape(batch, tokens, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    weights = attn.attn_drop(((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1))
+    if on_weights is not None:
+        on_weights(weights)
+    out = ((weights if keep is None else weights * keep) @ v).transpose(1, 2).reshape(batch, tokens, attn.attn_dim)
+    out = attn.norm(out)
+    if gate is not None:
+        out = out * gate
+    return attn.proj_drop(attn.proj(out))
 
 
 def capture_head_input(hooks: HookSet, model: nn.Module, store: dict[str, torch.Tensor]) -> None:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from core._hooks import HookSet, locked_forward, locked_hooks, temporary_hooks
+from core._hooks import HookSet, attention_forward, locked_forward, locked_hooks, temporary_hooks
 from core.inference import Progress
 from core.errors import InvalidSetting, LabelsMismatch, NotEnoughImages, UnsupportedMetric
 from core.model import ViTHandle
@@ -605,25 +605,16 @@ def _sequences_per_run(handle: ViTHandle, *, keep_graph: bool = False) -> int:
 def _masked_attention(
     attn: nn.Module, x: torch.Tensor, keep: torch.Tensor, head: int, removed: dict[str, torch.Tensor]
 ) -> torch.Tensor:
-    """timm ``Attention.forward`` on its manual path, with the post-softmax weights multiplied by ``keep``.
+    """timm ``Attention.forward`` with the post-softmax weights multiplied by ``keep`` (``core._hooks.attention_forward``).
 
-    ``x``: ``[B, T, D]`` the block's normalised input; ``keep``: ``[B, H, T, T]`` 0/1,
-    not renormalised. Records in ``removed['share']`` ``[B]`` the share of ``head``'s
-    attention mass the mask removes (mean over query tokens).
+    Records in ``removed['share']`` ``[B]`` the share of ``head``'s attention mass the mask
+    removes (mean over query tokens).
     """
-    batch, tokens, _ = x.shape
-    gate_layer = getattr(attn, "gate", None)
-    gate = gate_layer(x).sigmoid() if gate_layer is not None else None
-    qkv = attn.qkv(x).reshape(batch, tokens, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    weights = attn.attn_drop(((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1))
-    removed["share"] = (weights[:, head] * (1 - keep[:, head])).sum(-1).mean(-1)
-    out = ((weights * keep) @ v).transpose(1, 2).reshape(batch, tokens, attn.attn_dim)
-    out = attn.norm(out)
-    if gate is not None:
-        out = out * gate
-    return attn.proj_drop(attn.proj(out))
+
+    def record(weights: torch.Tensor) -> None:
+        removed["share"] = (weights[:, head] * (1 - keep[:, head])).sum(-1).mean(-1)
+
+    return attention_forward(attn, x, keep, record)
 
 
 def _mode_masks(tokens: int, prefix: int) -> torch.Tensor:

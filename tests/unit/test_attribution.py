@@ -1,0 +1,161 @@
+"""Attention rollout against an independent slow implementation, on CLS, register and no-prefix models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_vit
+
+from core.attention import extract_attention
+from core.attribution import HEAD_FUSIONS, attention_rollout
+from core.model import wrap_model
+
+
+def slow_rollout(attn: np.ndarray, prefix: int, fusion: str, ratio: float) -> np.ndarray:
+    """One image's rollout ``[P]`` from its ``[L, H, T, T]`` attention, by plain loops and numpy products."""
+    layers, heads, t, _ = attn.shape
+    pick = {"mean": np.mean, "max": np.max, "min": np.min}[fusion]
+    rollout = np.eye(t)
+    for layer in range(layers):
+        fused = np.array([[pick([attn[layer, h, i, j] for h in range(heads)]) for j in range(t)] for i in range(t)])
+        if ratio:
+            # every weight outside the class token's column may go, smallest first
+            eligible = sorted((fused[i, j], i, j) for i in range(t) for j in range(t) if not (prefix and j == 0))
+            for _, i, j in eligible[: int(t * t * ratio)]:
+                fused[i, j] = 0.0
+        step = 0.5 * fused + 0.5 * np.eye(t)
+        step = step / step.sum(axis=1, keepdims=True)
+        rollout = step @ rollout
+    if prefix:
+        return rollout[0, prefix:]
+    return rollout[prefix:, prefix:].mean(axis=0)
+
+
+MODELS = {
+    "class token": {},
+    "class token and 3 registers": {"reg_tokens": 3},
+    "no prefix token": {"class_token": False, "global_pool": "avg"},
+}
+
+
+@pytest.fixture(scope="module", params=list(MODELS), ids=list(MODELS))
+def attention(request) -> tuple[torch.Tensor, int]:
+    handle = wrap_model(tiny_vit(**MODELS[request.param]), class_names=[f"c{i}" for i in range(5)], device="cpu")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    return extract_attention(handle, x).attn.double(), handle.num_prefix_tokens
+
+
+@pytest.mark.parametrize("fusion", HEAD_FUSIONS)
+@pytest.mark.parametrize("ratio", [0.0, 0.6])
+def test_rollout_matches_a_slow_loop(attention, fusion: str, ratio: float) -> None:
+    attn, prefix = attention
+    found = attention_rollout(attn, prefix, head_fusion=fusion, discard_ratio=ratio)
+    assert found.shape == (2, 16) and found.dtype == torch.float64
+    for b in range(2):
+        np.testing.assert_allclose(found[b].numpy(), slow_rollout(attn[b].numpy(), prefix, fusion, ratio), rtol=1e-9, atol=1e-12)
+
+
+def test_discarding_drops_the_smallest_weights_but_never_the_class_tokens_column(attention) -> None:
+    from core.attribution import _discard
+
+    attn, prefix = attention
+    kept, dropped = attention_rollout(attn, prefix), attention_rollout(attn, prefix, discard_ratio=0.9)
+    assert not torch.allclose(kept, dropped) and bool((dropped >= 0).all())
+    fused = attn.mean(2)  # [B, L, T, T]
+    t = fused.shape[-1]
+    thinned = _discard(fused, 0.9, protected=0 if prefix else None)
+    eligible = t * t - (t if prefix else 0)
+    assert int((thinned == 0).sum(dim=(-2, -1)).min()) == min(int(t * t * 0.9), eligible)
+    if prefix:
+        assert torch.equal(thinned[..., 0], fused[..., 0])  # every weight on the class token survives
+
+
+def test_identity_and_uniform_attention() -> None:
+    t = 1 + 16
+    identity = torch.eye(t).expand(1, 3, 2, t, t)
+    assert float(attention_rollout(identity).abs().max()) == 0.0  # CLS only ever looks at itself
+    assert torch.allclose(attention_rollout(identity[..., 1:, 1:], 0), torch.full((1, 16), 1 / 16))
+    uniform = torch.full((1, 3, 2, t, t), 1 / t, dtype=torch.float64)
+    rolled = attention_rollout(uniform)
+    assert torch.allclose(rolled, rolled[:, :1].expand_as(rolled))  # every patch alike
+    # each step's rows sum to 1, so the class token's whole row does, prefix included
+    assert float(rolled.sum()) < 1.0 and float(rolled.sum()) == pytest.approx(16 / t * (1 - 0.5**3), rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"attn": torch.ones(2, 3, 5, 5)}, "shape"),
+        ({"attn": torch.ones(1, 2, 3, 5, 5), "num_prefix_tokens": 5}, "fewer than T prefix tokens"),
+        ({"attn": torch.ones(1, 2, 3, 5, 5), "head_fusion": "median"}, "Unknown head fusion"),
+        ({"attn": torch.ones(1, 2, 3, 5, 5), "discard_ratio": 1.0}, "discard ratio"),
+    ],
+)
+def test_what_rollout_cannot_use_is_one_sentence(kwargs: dict, needle: str) -> None:
+    with pytest.raises(ValueError, match=needle):
+        attention_rollout(**kwargs)
+
+
+# --- gradient rollout ----------------------------------------------------------------------
+
+
+def slow_gradient_rollout(model, x: torch.Tensor, target: list[int], prefix: int, class_token: bool) -> np.ndarray:
+    """Chefer et al.'s rollout with the forward written out by hand: attention as a leaf of the graph, loops for R."""
+    tokens = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
+    maps = []
+    for block in model.blocks:
+        a = block.attn
+        b, t, d = tokens.shape
+        q, k, v = a.qkv(block.norm1(tokens)).reshape(b, t, 3, a.num_heads, d // a.num_heads).permute(2, 0, 3, 1, 4)
+        weights = ((q * a.scale) @ k.transpose(-2, -1)).softmax(-1)
+        weights.retain_grad()
+        maps.append(weights)
+        out = a.proj((weights @ v).transpose(1, 2).reshape(b, t, d))
+        tokens = tokens + block.ls1(out)
+        tokens = tokens + block.ls2(block.mlp(block.norm2(tokens)))
+    logits = model.forward_head(model.norm(tokens))
+    logits[torch.arange(len(x)), torch.tensor(target)].sum().backward()
+    results = []
+    for image in range(len(x)):
+        t = tokens.shape[1]
+        relevance = np.eye(t)
+        for weights in maps:
+            a, g = weights[image].detach().double().numpy(), weights.grad[image].double().numpy()
+            heads = a.shape[0]
+            bar = np.array([[sum(max(0.0, g[h, i, j] * a[h, i, j]) for h in range(heads)) / heads for j in range(t)] for i in range(t)])
+            relevance = relevance + bar @ relevance
+        results.append(relevance[0, prefix:] if class_token else relevance[prefix:, prefix:].mean(axis=0))
+    model.zero_grad(set_to_none=True)
+    return np.stack(results)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_gradient_rollout_matches_a_hand_written_forward_and_leaves_the_model_clean(name: str) -> None:
+    from core.attribution import gradient_rollout
+
+    overrides = MODELS[name]
+    handle = wrap_model(tiny_vit(**overrides), class_names=[f"c{i}" for i in range(5)], device="cpu")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    top = handle.model(x).argmax(-1).tolist()
+    found = gradient_rollout(handle, x, target=torch.tensor([3, -1]))  # a given class, then the top-1
+    assert found.shape == (2, 16)
+    model = handle.model
+    assert not any(m._forward_hooks for m in model.modules()) and all(p.grad is None for p in model.parameters())
+    expected = slow_gradient_rollout(model, x, [3, top[1]], handle.num_prefix_tokens, "class_token" not in overrides)
+    np.testing.assert_allclose(found.numpy(), expected, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(found[0], gradient_rollout(handle, x[:1], target=1)[0])  # another class, another map
+
+
+def test_gradient_rollout_needs_a_class_and_a_class_the_model_has(tiny_handle) -> None:
+    from core.attribution import gradient_rollout
+    from core.errors import InvalidSetting, UnsupportedMetric
+
+    x = torch.zeros(2, 3, 32, 32)
+    with pytest.raises(InvalidSetting, match="classes 0 to 4"):
+        gradient_rollout(tiny_handle, x, target=5)
+    with pytest.raises(InvalidSetting, match="one target class per image"):
+        gradient_rollout(tiny_handle, x, target=[1, 2, 3])
+    backbone = wrap_model(tiny_vit(num_classes=0), device="cpu")
+    with pytest.raises(UnsupportedMetric, match="use attention rollout"):
+        gradient_rollout(backbone, x)
