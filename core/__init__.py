@@ -6,7 +6,7 @@ the report and the charts are in ``viz``.
 
 from core.analysis import analyze_set
 from core.attention import extract_attention, outlier_tokens, token_norms
-from core.attribution import attention_rollout, gradient_rollout
+from core.attribution import attention_rollout, faithfulness_areas, faithfulness_curves, gradient_rollout
 from core.bundle import load_bundle, save_bundle
 from core.casestudy import analyze, findings
 from core.errors import HeadScopeError
@@ -21,6 +21,8 @@ __all__ = [
     "attention_rollout",
     "attention_sink",
     "extract_attention",
+    "faithfulness_areas",
+    "faithfulness_curves",
     "findings",
     "gradient_rollout",
     "head_importance",

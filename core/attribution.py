@@ -9,27 +9,43 @@ no gradient and no hook of its own.
 ``gradient_rollout`` follows Chefer, Gur and Wolf (ICCV 2021, "Generic
 Attention-model Explainability"): each layer's attention is weighted by the gradient
 of the target logit with respect to it, so only what raises that class counts.
+
+``faithfulness_curves`` says whether a map can be trusted: patches are deleted from the
+image (or revealed on a blank one) in the map's order, and the model's answer is
+watched as they go, against a random order.
 """
 
 from __future__ import annotations
 
 from typing import Literal, Sequence
 
+import numpy as np
+import pandas as pd
 import torch
+import torchvision.transforms.functional as TF
 from torch import nn
 
-from core._hooks import attention_forward, check_finite, locked_hooks
+from core._hooks import attention_forward, check_finite, locked_forward, locked_hooks
 from core.errors import InvalidSetting, UnsupportedMetric
 from core.model import ViTHandle
 
 __all__ = [
+    "FILLS",
     "HEAD_FUSIONS",
+    "RANDOM_ORDER",
     "attention_rollout",
+    "faithfulness_areas",
+    "faithfulness_curves",
     "gradient_rollout",
 ]
 
 HeadFusion = Literal["mean", "max", "min"]
 HEAD_FUSIONS: tuple[HeadFusion, ...] = ("mean", "max", "min")
+Fill = Literal["mean", "blur"]
+# What a removed patch becomes: the image's mean colour, or the image blurred (sigma = one patch side).
+FILLS: tuple[Fill, ...] = ("mean", "blur")
+RANDOM_ORDER = "random"  # the order every map is compared with
+_FORWARDS_PER_RUN = 64  # masked copies of one image per forward
 
 
 def attention_rollout(
@@ -175,3 +191,119 @@ def _targets(handle: ViTHandle, target: int | Sequence[int] | torch.Tensor | Non
     if bool((wanted >= classes).any()):
         raise InvalidSetting(f"Target class {int(wanted.max())} does not exist: this model has classes 0 to {classes - 1}.")
     return wanted.clone()
+
+
+def faithfulness_curves(
+    handle: ViTHandle,
+    x: torch.Tensor,
+    relevance: torch.Tensor,
+    *,
+    target: int | Sequence[int] | torch.Tensor | None = None,
+    steps: int = 10,
+    fill: Fill = "mean",
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Deletion and insertion curves of a relevance map and of a random order, per image.
+
+    Patches are taken in order of ``relevance`` (most relevant first; ties by position) or
+    in a seeded random order. *Deletion* replaces the first ``k`` of them with the fill
+    (``"mean"``: the image's mean value per channel; ``"blur"``: a Gaussian blur of the
+    image, sigma one patch side), *insertion* starts from the fill everywhere and puts the
+    first ``k`` back, for ``k`` at ``steps + 1`` evenly spaced shares of the patches. The
+    score is the target class's probability for a classifier (the label, else the
+    unmodified image's top-1), the cosine of the output to the unmodified output for a
+    backbone. A faithful map makes deletion fall fast and insertion rise fast.
+
+    Args:
+        handle: the model.
+        x: ``[B, C, H, W]`` preprocessed images.
+        relevance: ``[B, n_patches]`` one map per image (any method).
+        target: as ``gradient_rollout``; a backbone takes none.
+        steps: how many shares after 0, at least 1.
+        fill: what a removed patch becomes (``FILLS``).
+        seed: the random order's seed.
+
+    Returns:
+        One row per image, order (``"relevance"`` or ``RANDOM_ORDER``), curve
+        (``"deletion"`` or ``"insertion"``) and step: columns image, order, curve,
+        fraction (of the patches removed or revealed), score.
+
+    Raises:
+        InvalidSetting: a map of the wrong shape, a bad step count, fill or target.
+        UnsupportedMetric: a target given for a backbone.
+    """
+    rows, cols = handle.grid
+    patches = rows * cols
+    if relevance.shape != (len(x), patches):
+        raise InvalidSetting(f"Give one map of {patches} patches per image: [{len(x)}, {patches}], not {list(relevance.shape)}.")
+    if steps < 1:
+        raise InvalidSetting("The curves need at least 1 step.")
+    if fill not in FILLS:
+        raise InvalidSetting(f"Unknown fill {fill!r}: choose one of {', '.join(FILLS)}.")
+    if handle.is_backbone and target is not None:
+        raise UnsupportedMetric(f"'{handle.name}' is a backbone without classes, so the curves take no target class.")
+    wanted = None if handle.is_backbone else _targets(handle, target, len(x))
+    generator = torch.Generator().manual_seed(seed)
+    fractions = np.linspace(0.0, 1.0, steps + 1)
+    counts = np.round(fractions * patches).astype(int)
+    ph, pw = handle.patch_size
+    records = []
+    for image in range(len(x)):
+        one = x[image:image + 1].float()
+        blank = _filled(one, fill, (ph, pw))
+        orders = {
+            "relevance": torch.sort(-relevance[image].float(), stable=True).indices,
+            RANDOM_ORDER: torch.randperm(patches, generator=generator),
+        }
+        inputs = []
+        for order in orders.values():
+            for curve in ("deletion", "insertion"):
+                for count in counts:
+                    chosen = torch.zeros(patches, dtype=torch.bool)
+                    chosen[order[:count]] = True
+                    mask = chosen.reshape(rows, cols).repeat_interleave(ph, 0).repeat_interleave(pw, 1)  # [H, W]
+                    # deletion: the chosen patches become the fill; insertion: only the chosen are the image
+                    take_image = ~mask if curve == "deletion" else mask
+                    inputs.append(torch.where(take_image, one[0], blank[0]))
+        outputs = torch.cat(
+            [locked_forward(handle, torch.stack(inputs[i:i + _FORWARDS_PER_RUN])).detach().float().cpu()
+             for i in range(0, len(inputs), _FORWARDS_PER_RUN)]
+        )
+        reference = locked_forward(handle, one).detach().float().cpu()
+        if handle.is_backbone:
+            scores = torch.nn.functional.cosine_similarity(outputs, reference.expand_as(outputs), dim=-1)
+        else:
+            cls = int(wanted[image]) if int(wanted[image]) >= 0 else int(reference.argmax(-1))
+            scores = outputs.softmax(-1)[:, cls]
+        position = 0
+        for order in orders:
+            for curve in ("deletion", "insertion"):
+                for fraction in fractions:
+                    records.append((image, order, curve, float(fraction), float(scores[position])))
+                    position += 1
+    return pd.DataFrame(records, columns=["image", "order", "curve", "fraction", "score"])
+
+
+def faithfulness_areas(curves: pd.DataFrame) -> pd.DataFrame:
+    """The area under each curve (trapezoids over the fraction): one row per image, order and curve.
+
+    Columns image, order, curve, area. Lower deletion and higher insertion areas than the
+    random order's mean a map that finds what the model uses.
+    """
+
+    def area(group: pd.DataFrame) -> float:
+        group = group.sort_values("fraction")
+        return float(np.trapezoid(group["score"].to_numpy(), group["fraction"].to_numpy()))
+
+    keys = ["image", "order", "curve"]
+    return curves.groupby(keys, sort=False)[["fraction", "score"]].apply(area).rename("area").reset_index()
+
+
+def _filled(x: torch.Tensor, fill: Fill, patch: tuple[int, int]) -> torch.Tensor:
+    """``x`` ``[1, C, H, W]`` with every pixel replaced: its per-channel mean, or its blur."""
+    if fill == "mean":
+        return x.mean(dim=(-2, -1), keepdim=True).expand_as(x)
+    side = max(patch)
+    # four sigmas wide, and narrower than twice the image (the reflected border must fit)
+    kernel = min(4 * side + 1, 2 * min(x.shape[-2:]) - 1)
+    return TF.gaussian_blur(x, [kernel, kernel], [float(side), float(side)])

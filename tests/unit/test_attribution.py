@@ -159,3 +159,80 @@ def test_gradient_rollout_needs_a_class_and_a_class_the_model_has(tiny_handle) -
     backbone = wrap_model(tiny_vit(num_classes=0), device="cpu")
     with pytest.raises(UnsupportedMetric, match="use attention rollout"):
         gradient_rollout(backbone, x)
+
+
+# --- faithfulness ----------------------------------------------------------------------------
+
+
+def slow_curves(handle, x: torch.Tensor, order: list[int], fill: torch.Tensor, fractions, cls: int | None) -> dict:
+    """Deletion and insertion scores of one image ``[C, H, W]`` for one patch order, pixel by pixel."""
+    rows, cols = handle.grid
+    ph, pw = handle.patch_size
+    reference = handle.model(x[None]).detach()
+    found = {"deletion": [], "insertion": []}
+    for curve in found:
+        for fraction in fractions:
+            chosen = set(order[: round(fraction * rows * cols)])
+            image = x.clone() if curve == "deletion" else fill.clone()
+            for patch in chosen:
+                r, c = divmod(patch, cols)
+                source = fill if curve == "deletion" else x
+                image[:, r * ph:(r + 1) * ph, c * pw:(c + 1) * pw] = source[:, r * ph:(r + 1) * ph, c * pw:(c + 1) * pw]
+            out = handle.model(image[None]).detach()
+            if cls is None:
+                found[curve].append(float(torch.nn.functional.cosine_similarity(out, reference)))
+            else:
+                found[curve].append(float(out.softmax(-1)[0, cls]))
+    return found
+
+
+@pytest.mark.parametrize("fill", ["mean", "blur"])
+@pytest.mark.parametrize("backbone", [False, True], ids=["classifier", "backbone"])
+def test_curves_match_a_pixel_loop(fill: str, backbone: bool) -> None:
+    from core.attribution import _filled, faithfulness_areas, faithfulness_curves
+
+    handle = wrap_model(tiny_vit(num_classes=0 if backbone else 5), class_names=[] if backbone else list("abcde"), device="cpu")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    relevance = torch.rand(2, 16, generator=torch.Generator().manual_seed(5))
+    target = None if backbone else torch.tensor([2, -1])
+    curves = faithfulness_curves(handle, x, relevance, target=target, steps=4, fill=fill, seed=3)
+    assert len(curves) == 2 * 2 * 2 * 5 and list(curves.columns) == ["image", "order", "curve", "fraction", "score"]
+    fractions = [0.0, 0.25, 0.5, 0.75, 1.0]
+    generator = torch.Generator().manual_seed(3)
+    for image in range(2):
+        random_order = torch.randperm(16, generator=generator).tolist()  # drawn image by image, as the function does
+        cls = None if backbone else (2 if image == 0 else int(handle.model(x[1:2]).argmax()))
+        fill_image = _filled(x[image:image + 1], fill, handle.patch_size)[0]
+        by_relevance = relevance[image].argsort(descending=True, stable=True).tolist()
+        for order_name, order in (("relevance", by_relevance), ("random", random_order)):
+            expected = slow_curves(handle, x[image], order, fill_image, fractions, cls)
+            for curve, values in expected.items():
+                rows = curves[(curves["image"] == image) & (curves["order"] == order_name) & (curves["curve"] == curve)]
+                assert rows["fraction"].tolist() == fractions
+                np.testing.assert_allclose(rows["score"].to_numpy(), values, rtol=1e-5, atol=1e-6)
+    # both curves meet at the fill image, and start or end at the unmodified one
+    first = curves[(curves["image"] == 0) & (curves["order"] == "relevance")]
+    deletion, insertion = first[first["curve"] == "deletion"], first[first["curve"] == "insertion"]
+    assert deletion["score"].iloc[-1] == pytest.approx(insertion["score"].iloc[0], abs=1e-6)
+    assert deletion["score"].iloc[0] == pytest.approx(insertion["score"].iloc[-1], abs=1e-6)
+    areas = faithfulness_areas(curves)
+    assert len(areas) == 8 and set(areas.columns) == {"image", "order", "curve", "area"}
+    row = areas[(areas["image"] == 0) & (areas["order"] == "relevance") & (areas["curve"] == "deletion")]
+    scores = deletion["score"].to_numpy()
+    assert float(row["area"].iloc[0]) == pytest.approx(0.25 * (scores[0] / 2 + scores[1:-1].sum() + scores[-1] / 2))
+
+
+def test_curves_refuse_what_they_cannot_use(tiny_handle) -> None:
+    from core.attribution import faithfulness_curves
+    from core.errors import InvalidSetting, UnsupportedMetric
+
+    x = torch.zeros(1, 3, 32, 32)
+    with pytest.raises(InvalidSetting, match=r"one map of 16 patches per image"):
+        faithfulness_curves(tiny_handle, x, torch.zeros(1, 15))
+    with pytest.raises(InvalidSetting, match="at least 1 step"):
+        faithfulness_curves(tiny_handle, x, torch.zeros(1, 16), steps=0)
+    with pytest.raises(InvalidSetting, match="Unknown fill"):
+        faithfulness_curves(tiny_handle, x, torch.zeros(1, 16), fill="noise")
+    backbone = wrap_model(tiny_vit(num_classes=0), device="cpu")
+    with pytest.raises(UnsupportedMetric, match="no target class"):
+        faithfulness_curves(backbone, x, torch.zeros(1, 16), target=1)
