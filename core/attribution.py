@@ -53,15 +53,17 @@ def attention_rollout(
     num_prefix_tokens: int = 1,
     head_fusion: HeadFusion = "mean",
     discard_ratio: float = 0.0,
+    *,
+    class_token: bool = True,
 ) -> torch.Tensor:
     """``[B, n_patches]``: how much of each patch flows into the class token through every layer.
 
     Per layer, the heads are fused (their mean, max or min), then ``0.5 * fused + 0.5 * I``
     with each row renormalised to sum to 1 stands for attention plus the residual
     connection; the layers are multiplied in order, ``R = A_{L-1} ... A_0``, and the class
-    token's row of ``R`` is read over the patches. A model without a class token
-    (``num_prefix_tokens == 0``) reads the mean of the patch rows instead. With prefix
-    tokens, the first one is taken for the class token (timm's order).
+    token's row of ``R`` is read over the patches (timm puts it first). A model without a
+    class token (``class_token=False``, e.g. registers only, or no prefix token at all)
+    reads the mean of the patch rows instead.
 
     ``discard_ratio`` first drops that share of the smallest fused weights of each layer
     and image (set to 0, as vit-explain does), never a weight in the class token's column,
@@ -72,6 +74,7 @@ def attention_rollout(
         num_prefix_tokens: class, distillation and register tokens before the patches.
         head_fusion: how a layer's heads become one map.
         discard_ratio: share of fused weights to drop, in ``[0, 1)``.
+        class_token: whether the first prefix token is a class token.
 
     Raises:
         ValueError: a shape, fusion or ratio this cannot use.
@@ -87,17 +90,18 @@ def attention_rollout(
         raise ValueError(f"The discard ratio must be at least 0 and below 1, not {discard_ratio}.")
     attn = attn.to(torch.promote_types(attn.dtype, torch.float32))
     batch, layers, _, tokens, _ = attn.shape
-    fused = {"mean": attn.mean(2), "max": attn.amax(2), "min": attn.amin(2)}[head_fusion]  # [B, L, T, T]
+    reads_class = class_token and num_prefix_tokens > 0
+    fused = {"mean": torch.mean, "max": torch.amax, "min": torch.amin}[head_fusion](attn, dim=2)  # [B, L, T, T]
     if discard_ratio > 0:
-        fused = _discard(fused, discard_ratio, protected=0 if num_prefix_tokens else None)
-    identity = torch.eye(tokens, dtype=fused.dtype)
+        fused = _discard(fused, discard_ratio, protected=0 if reads_class else None)
+    identity = torch.eye(tokens, dtype=fused.dtype, device=fused.device)
     step = 0.5 * fused + 0.5 * identity
     step = step / step.sum(-1, keepdim=True)
     rollout = identity.expand(batch, tokens, tokens)
     for layer in range(layers):
         rollout = step[:, layer] @ rollout
     p = num_prefix_tokens
-    if p:
+    if reads_class:
         return rollout[:, 0, p:]
     return rollout[:, p:, p:].mean(1)
 
@@ -145,6 +149,9 @@ def gradient_rollout(
             f"'{handle.name}' is a backbone without classes: gradient rollout needs a class to explain, "
             "so use attention rollout."
         )
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("gradient_rollout needs gradients: call it outside torch.inference_mode().")
+    _check_input(handle, x)
     wanted = _targets(handle, target, len(x))
     model = handle.model
     weights: list[torch.Tensor | None] = [None] * handle.num_layers
@@ -162,7 +169,7 @@ def gradient_rollout(
         for layer, block in enumerate(model.blocks):
             hooks.forward(block.attn, keep(layer))
         # the input records the graph even when the shared model's weights are frozen
-        logits = model(x.to(handle.device).detach().requires_grad_(True))
+        logits = model(x.to(handle.device).detach().clone().requires_grad_(True))
         check_finite(logits)
         chosen = torch.where(wanted.to(logits.device) >= 0, wanted.to(logits.device), logits.detach().argmax(-1))
         score = logits.gather(1, chosen[:, None]).sum()
@@ -183,7 +190,10 @@ def _targets(handle: ViTHandle, target: int | Sequence[int] | torch.Tensor | Non
     classes = len(handle.class_names)
     if target is None:
         return torch.full((count,), -1, dtype=torch.long)
-    wanted = torch.as_tensor(target, dtype=torch.long).reshape(-1)
+    given = torch.as_tensor(target)
+    if given.dtype.is_floating_point or given.dtype.is_complex or given.dtype == torch.bool or given.dim() > 1:
+        raise InvalidSetting("Give the target as a whole class index, or one per image.")
+    wanted = given.to(torch.long).reshape(-1)
     if wanted.numel() == 1:
         wanted = wanted.expand(count)
     if wanted.numel() != count:
@@ -234,6 +244,8 @@ def faithfulness_curves(
     """
     rows, cols = handle.grid
     patches = rows * cols
+    _check_input(handle, x)
+    relevance = torch.as_tensor(relevance).detach().cpu()
     if relevance.shape != (len(x), patches):
         raise InvalidSetting(f"Give one map of {patches} patches per image: [{len(x)}, {patches}], not {list(relevance.shape)}.")
     if steps < 1:
@@ -249,7 +261,7 @@ def faithfulness_curves(
     ph, pw = handle.patch_size
     records = []
     for image in range(len(x)):
-        one = x[image:image + 1].float()
+        one = x[image:image + 1].float().cpu()
         blank = _filled(one, fill, (ph, pw))
         orders = {
             "relevance": torch.sort(-relevance[image].float(), stable=True).indices,
@@ -278,8 +290,8 @@ def faithfulness_curves(
         position = 0
         for order in orders:
             for curve in ("deletion", "insertion"):
-                for fraction in fractions:
-                    records.append((image, order, curve, float(fraction), float(scores[position])))
+                for count in counts:  # the share really removed: more steps than patches repeat a count
+                    records.append((image, order, curve, float(count / patches), float(scores[position])))
                     position += 1
     return pd.DataFrame(records, columns=["image", "order", "curve", "fraction", "score"])
 
@@ -296,7 +308,20 @@ def faithfulness_areas(curves: pd.DataFrame) -> pd.DataFrame:
         return float(np.trapezoid(group["score"].to_numpy(), group["fraction"].to_numpy()))
 
     keys = ["image", "order", "curve"]
+    if curves.empty:
+        return pd.DataFrame(columns=[*keys, "area"])
     return curves.groupby(keys, sort=False)[["fraction", "score"]].apply(area).rename("area").reset_index()
+
+
+def _check_input(handle: ViTHandle, x: torch.Tensor) -> None:
+    """Refuse a batch that is not ``[B, C, H, W]`` at the model's input size, in a sentence."""
+    height, width = handle.img_size
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != (handle.in_chans, height, width):
+        shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise InvalidSetting(
+            f"Give the images as the model's preprocessed batch [B, {handle.in_chans}, {height}, {width}] "
+            f"(handle.preprocess), not {shape}."
+        )
 
 
 def _filled(x: torch.Tensor, fill: Fill, patch: tuple[int, int]) -> torch.Tensor:

@@ -12,22 +12,23 @@ from core.attribution import HEAD_FUSIONS, attention_rollout
 from core.model import wrap_model
 
 
-def slow_rollout(attn: np.ndarray, prefix: int, fusion: str, ratio: float) -> np.ndarray:
+def slow_rollout(attn: np.ndarray, prefix: int, fusion: str, ratio: float, class_token: bool = True) -> np.ndarray:
     """One image's rollout ``[P]`` from its ``[L, H, T, T]`` attention, by plain loops and numpy products."""
     layers, heads, t, _ = attn.shape
+    reads = class_token and prefix > 0  # the row of a class token, else the mean of the patch rows
     pick = {"mean": np.mean, "max": np.max, "min": np.min}[fusion]
     rollout = np.eye(t)
     for layer in range(layers):
         fused = np.array([[pick([attn[layer, h, i, j] for h in range(heads)]) for j in range(t)] for i in range(t)])
         if ratio:
             # every weight outside the class token's column may go, smallest first
-            eligible = sorted((fused[i, j], i, j) for i in range(t) for j in range(t) if not (prefix and j == 0))
+            eligible = sorted((fused[i, j], i, j) for i in range(t) for j in range(t) if not (reads and j == 0))
             for _, i, j in eligible[: int(t * t * ratio)]:
                 fused[i, j] = 0.0
         step = 0.5 * fused + 0.5 * np.eye(t)
         step = step / step.sum(axis=1, keepdims=True)
         rollout = step @ rollout
-    if prefix:
+    if reads:
         return rollout[0, prefix:]
     return rollout[prefix:, prefix:].mean(axis=0)
 
@@ -36,38 +37,42 @@ MODELS = {
     "class token": {},
     "class token and 3 registers": {"reg_tokens": 3},
     "no prefix token": {"class_token": False, "global_pool": "avg"},
+    "2 registers, no class token": {"class_token": False, "reg_tokens": 2, "global_pool": "avg"},
 }
 
 
 @pytest.fixture(scope="module", params=list(MODELS), ids=list(MODELS))
-def attention(request) -> tuple[torch.Tensor, int]:
+def attention(request) -> tuple[torch.Tensor, int, bool]:
     handle = wrap_model(tiny_vit(**MODELS[request.param]), class_names=[f"c{i}" for i in range(5)], device="cpu")
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    return extract_attention(handle, x).attn.double(), handle.num_prefix_tokens
+    return extract_attention(handle, x).attn.double(), handle.num_prefix_tokens, handle.model.cls_token is not None
 
 
 @pytest.mark.parametrize("fusion", HEAD_FUSIONS)
 @pytest.mark.parametrize("ratio", [0.0, 0.6])
 def test_rollout_matches_a_slow_loop(attention, fusion: str, ratio: float) -> None:
-    attn, prefix = attention
-    found = attention_rollout(attn, prefix, head_fusion=fusion, discard_ratio=ratio)
+    attn, prefix, cls = attention
+    found = attention_rollout(attn, prefix, head_fusion=fusion, discard_ratio=ratio, class_token=cls)
     assert found.shape == (2, 16) and found.dtype == torch.float64
     for b in range(2):
-        np.testing.assert_allclose(found[b].numpy(), slow_rollout(attn[b].numpy(), prefix, fusion, ratio), rtol=1e-9, atol=1e-12)
+        expected = slow_rollout(attn[b].numpy(), prefix, fusion, ratio, cls)
+        np.testing.assert_allclose(found[b].numpy(), expected, rtol=1e-9, atol=1e-12)
 
 
 def test_discarding_drops_the_smallest_weights_but_never_the_class_tokens_column(attention) -> None:
     from core.attribution import _discard
 
-    attn, prefix = attention
-    kept, dropped = attention_rollout(attn, prefix), attention_rollout(attn, prefix, discard_ratio=0.9)
+    attn, prefix, cls = attention
+    kept = attention_rollout(attn, prefix, class_token=cls)
+    dropped = attention_rollout(attn, prefix, discard_ratio=0.9, class_token=cls)
     assert not torch.allclose(kept, dropped) and bool((dropped >= 0).all())
     fused = attn.mean(2)  # [B, L, T, T]
     t = fused.shape[-1]
-    thinned = _discard(fused, 0.9, protected=0 if prefix else None)
-    eligible = t * t - (t if prefix else 0)
+    reads = cls and prefix > 0
+    thinned = _discard(fused, 0.9, protected=0 if reads else None)
+    eligible = t * t - (t if reads else 0)
     assert int((thinned == 0).sum(dim=(-2, -1)).min()) == min(int(t * t * 0.9), eligible)
-    if prefix:
+    if reads:
         assert torch.equal(thinned[..., 0], fused[..., 0])  # every weight on the class token survives
 
 
@@ -156,6 +161,12 @@ def test_gradient_rollout_needs_a_class_and_a_class_the_model_has(tiny_handle) -
         gradient_rollout(tiny_handle, x, target=5)
     with pytest.raises(InvalidSetting, match="one target class per image"):
         gradient_rollout(tiny_handle, x, target=[1, 2, 3])
+    with pytest.raises(InvalidSetting, match="whole class index"):
+        gradient_rollout(tiny_handle, x, target=2.7)
+    with pytest.raises(InvalidSetting, match=r"preprocessed batch \[B, 3, 32, 32\]"):
+        gradient_rollout(tiny_handle, torch.zeros(2, 3, 48, 48))
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="outside torch.inference_mode"):
+        gradient_rollout(tiny_handle, x)
     backbone = wrap_model(tiny_vit(num_classes=0), device="cpu")
     with pytest.raises(UnsupportedMetric, match="use attention rollout"):
         gradient_rollout(backbone, x)
@@ -233,6 +244,10 @@ def test_curves_refuse_what_they_cannot_use(tiny_handle) -> None:
         faithfulness_curves(tiny_handle, x, torch.zeros(1, 16), steps=0)
     with pytest.raises(InvalidSetting, match="Unknown fill"):
         faithfulness_curves(tiny_handle, x, torch.zeros(1, 16), fill="noise")
+    with pytest.raises(InvalidSetting, match="preprocessed batch"):
+        faithfulness_curves(tiny_handle, torch.zeros(1, 3, 24, 32), torch.zeros(1, 16))
+    many = faithfulness_curves(tiny_handle, x, np.zeros((1, 16)), steps=40)  # more steps than patches
+    assert set(many["fraction"]) == {k / 16 for k in range(17)}
     backbone = wrap_model(tiny_vit(num_classes=0), device="cpu")
     with pytest.raises(UnsupportedMetric, match="no target class"):
         faithfulness_curves(backbone, x, torch.zeros(1, 16), target=1)
