@@ -6,7 +6,17 @@ the report and the charts are in ``viz``.
 
 from core.analysis import analyze_set
 from core.attention import extract_attention, outlier_tokens, token_norms
-from core.attribution import attention_rollout, faithfulness_areas, faithfulness_curves, gradient_rollout
+from core.attribution import (
+    answer_readout,
+    attention_rollout,
+    compare_faithfulness,
+    faithfulness_areas,
+    faithfulness_curves,
+    faithfulness_summary,
+    gradient_relevance,
+    gradient_rollout,
+    relevance_maps,
+)
 from core.bundle import load_bundle, save_bundle
 from core.casestudy import analyze, findings
 from core.errors import HeadScopeError
@@ -18,12 +28,16 @@ __all__ = [
     "HeadScopeError",
     "analyze",
     "analyze_set",
+    "answer_readout",
     "attention_rollout",
     "attention_sink",
+    "compare_faithfulness",
     "extract_attention",
     "faithfulness_areas",
     "faithfulness_curves",
+    "faithfulness_summary",
     "findings",
+    "gradient_relevance",
     "gradient_rollout",
     "head_importance",
     "hop_entropy",
@@ -33,6 +47,7 @@ __all__ = [
     "load_model",
     "outlier_tokens",
     "partial_pruning",
+    "relevance_maps",
     "save_bundle",
     "token_norms",
     "top_key_share",

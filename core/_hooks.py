@@ -44,8 +44,9 @@ class HookSet:
     def __init__(self) -> None:
         self._handles: list[RemovableHandle] = []
 
-    def forward(self, module: nn.Module, fn: Callable[[nn.Module, Any, Any], Any]) -> None:
-        self._handles.append(module.register_forward_hook(fn))
+    def forward(self, module: nn.Module, fn: Callable[..., Any], *, with_kwargs: bool = False) -> None:
+        """``fn(module, args, output)``, or ``fn(module, args, kwargs, output)`` ``with_kwargs``."""
+        self._handles.append(module.register_forward_hook(fn, with_kwargs=with_kwargs))
 
     def forward_pre(self, module: nn.Module, fn: Callable[[nn.Module, Any], Any]) -> None:
         self._handles.append(module.register_forward_pre_hook(fn))

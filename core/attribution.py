@@ -10,14 +10,24 @@ no gradient and no hook of its own.
 Attention-model Explainability"): each layer's attention is weighted by the gradient
 of the target logit with respect to it, so only what raises that class counts.
 
+Both read the rollout at the token rows the model's answer is made from
+(``answer_readout``): the class token for most classifiers, the mean of the class and
+distillation tokens for a distilled DeiT, the patch mean for an average-pooled model.
+
+``gradient_relevance`` also splits the gradient rollout's map by head: the rollout adds
+one term per layer, and each term is a sum over heads, so each head's share of the map is
+exact, not an approximation.
+
 ``faithfulness_curves`` says whether a map can be trusted: patches are deleted from the
 image (or revealed on a blank one) in the map's order, and the model's answer is
-watched as they go, against a random order.
+watched as they go, against a random order. ``faithfulness_summary`` turns their areas
+into one line per method and curve over a set.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from dataclasses import dataclass
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import pandas as pd
@@ -33,10 +43,19 @@ __all__ = [
     "FILLS",
     "HEAD_FUSIONS",
     "RANDOM_ORDER",
+    "METHODS",
+    "GradientRelevance",
+    "RelevanceMaps",
+    "answer_readout",
+    "compare_faithfulness",
     "attention_rollout",
     "faithfulness_areas",
     "faithfulness_curves",
+    "faithfulness_summary",
+    "gradient_relevance",
     "gradient_rollout",
+    "last_layer_attention",
+    "relevance_maps",
 ]
 
 HeadFusion = Literal["mean", "max", "min"]
@@ -46,6 +65,45 @@ Fill = Literal["mean", "blur"]
 FILLS: tuple[Fill, ...] = ("mean", "blur")
 RANDOM_ORDER = "random"  # the order every map is compared with
 _FORWARDS_PER_RUN = 64  # masked copies of one image per forward
+# What a map is made by: the two rollouts and, as the plain baseline, the last layer's attention.
+METHODS = ("attention rollout", "gradient rollout", "last-layer attention")
+_GRADIENT_BATCH = 8  # images per forward and backward: the graph keeps every layer's activations
+
+
+def answer_readout(handle: ViTHandle) -> torch.Tensor:
+    """``[T]`` float64 weights over the final tokens that the model's output is read from (they sum to 1).
+
+    timm's ``global_pool="token"``: the class token (token 0). A distilled DeiT
+    averages its class and distillation heads: half on tokens 0 and 1. Hugging Face's
+    ``Dinov2ForImageClassification`` reads the class token beside the patch mean: half on
+    token 0, half spread over the patches. Average pooling (``"avg"``, also standing in
+    for ``"max"`` and ``"avgmax"``, which have no linear readout) and a model without a
+    class token: the patch mean.
+    """
+    model = handle.model
+    tokens, prefix = handle.num_tokens, handle.num_prefix_tokens
+    weights = torch.zeros(tokens, dtype=torch.float64)
+    patch_mean = torch.zeros(tokens, dtype=torch.float64)
+    patch_mean[prefix:] = 1.0 / (tokens - prefix)
+    readout = getattr(model, "headscope_readout", None)  # set by core.hfmodels' own timm subclasses
+    has_class = prefix > 0 and getattr(model, "cls_token", None) is not None
+    if readout == "class_and_patch_mean" and has_class:
+        weights[0] = 0.5
+        return weights + 0.5 * patch_mean
+    if readout != "class" and _averages_two_heads(model) and prefix >= 2:
+        weights[:2] = 0.5
+        return weights
+    if getattr(model, "global_pool", "token") == "token" and has_class:
+        weights[0] = 1.0
+        return weights
+    return patch_mean
+
+
+def _averages_two_heads(model: nn.Module) -> bool:
+    """Whether ``model`` is timm's distilled DeiT with its own head, which averages the class and distillation outputs."""
+    from timm.models.deit import VisionTransformerDistilled
+
+    return isinstance(model, VisionTransformerDistilled) and type(model).forward_head is VisionTransformerDistilled.forward_head
 
 
 def attention_rollout(
@@ -55,6 +113,7 @@ def attention_rollout(
     discard_ratio: float = 0.0,
     *,
     class_token: bool = True,
+    readout: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``[B, n_patches]``: how much of each patch flows into the class token through every layer.
 
@@ -63,7 +122,8 @@ def attention_rollout(
     connection; the layers are multiplied in order, ``R = A_{L-1} ... A_0``, and the class
     token's row of ``R`` is read over the patches (timm puts it first). A model without a
     class token (``class_token=False``, e.g. registers only, or no prefix token at all)
-    reads the mean of the patch rows instead.
+    reads the mean of the patch rows instead. ``readout`` (``[T]``, e.g.
+    ``answer_readout(handle)``) reads that mix of rows instead of either.
 
     ``discard_ratio`` first drops that share of the smallest fused weights of each layer
     and image (set to 0, as vit-explain does), never a weight in the class token's column,
@@ -75,9 +135,10 @@ def attention_rollout(
         head_fusion: how a layer's heads become one map.
         discard_ratio: share of fused weights to drop, in ``[0, 1)``.
         class_token: whether the first prefix token is a class token.
+        readout: weights over the ``T`` rows to read, overriding ``class_token``.
 
     Raises:
-        ValueError: a shape, fusion or ratio this cannot use.
+        ValueError: a shape, fusion, ratio or readout this cannot use.
     """
     if attn.dim() != 5 or attn.shape[-1] != attn.shape[-2] or not 0 <= num_prefix_tokens < attn.shape[-1]:
         raise ValueError(
@@ -88,6 +149,8 @@ def attention_rollout(
         raise ValueError(f"Unknown head fusion {head_fusion!r}: choose one of {', '.join(HEAD_FUSIONS)}.")
     if not 0.0 <= discard_ratio < 1.0:
         raise ValueError(f"The discard ratio must be at least 0 and below 1, not {discard_ratio}.")
+    if readout is not None and tuple(readout.shape) != (attn.shape[-1],):
+        raise ValueError(f"The readout needs one weight per token ({attn.shape[-1]}), not shape {tuple(readout.shape)}.")
     attn = attn.to(torch.promote_types(attn.dtype, torch.float32))
     batch, layers, _, tokens, _ = attn.shape
     reads_class = class_token and num_prefix_tokens > 0
@@ -101,6 +164,8 @@ def attention_rollout(
     for layer in range(layers):
         rollout = step[:, layer] @ rollout
     p = num_prefix_tokens
+    if readout is not None:
+        return torch.einsum("t,bts->bs", readout.to(rollout), rollout)[:, p:]
     if reads_class:
         return rollout[:, 0, p:]
     return rollout[:, p:, p:].mean(1)
@@ -121,6 +186,30 @@ def _discard(fused: torch.Tensor, ratio: float, protected: int | None) -> torch.
     return flat.view(batch, layers, tokens, tokens)
 
 
+@dataclass(frozen=True)
+class GradientRelevance:
+    """Gradient rollout of a batch, with the part of the map each head adds.
+
+    Attributes:
+        maps: ``[B, n_patches]`` the relevance of each patch (``gradient_rollout``).
+        heads: ``[B, L, H]`` what each head adds to the map's total: the rollout is
+            ``R = I + sum_l Abar_l R_{l-1}`` and ``Abar_l`` is the mean of the heads'
+            terms, so the heads' parts add up exactly to ``maps.sum(-1)`` minus the
+            readout's own weight on the patches (0 for a class-token readout).
+        targets: ``[B]`` the class each map explains.
+    """
+
+    maps: torch.Tensor
+    heads: torch.Tensor
+    targets: torch.Tensor
+
+    @property
+    def head_shares(self) -> torch.Tensor:
+        """``[B, L, H]`` each head's part over all heads' parts (0 where no head adds anything)."""
+        total = self.heads.sum(dim=(1, 2), keepdim=True)
+        return torch.where(total > 0, self.heads / total.clamp_min(1e-30), torch.zeros_like(self.heads))
+
+
 def gradient_rollout(
     handle: ViTHandle, x: torch.Tensor, target: int | Sequence[int] | torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -128,10 +217,11 @@ def gradient_rollout(
 
     ``R = I``; for each block in order, ``R <- R + Abar R``, where ``Abar`` is the mean over
     heads of ``max(0, dy/dA * A)`` (each head's term clamped at 0, then averaged), ``A`` the
-    block's post-softmax attention and ``y`` the target logit. The class token's row of
-    ``R`` is read over the patches (a model without a class token: the mean of the patch
-    rows). One forward and one backward, with temporary hooks under the model's lock; the
-    gradient is taken with respect to the attention only, so no parameter's ``.grad`` is set.
+    block's post-softmax attention and ``y`` the target logit. ``R`` is read at the
+    answer's rows (``answer_readout``: the class token's row for most classifiers) over
+    the patches. One forward and one backward per few images, with temporary hooks under
+    the model's lock; the gradient is taken with respect to the attention only, so no
+    parameter's ``.grad`` is set.
 
     Args:
         handle: a classifier.
@@ -144,6 +234,13 @@ def gradient_rollout(
         InvalidSetting: a target class the model does not have, or one per image of the wrong count.
         NonFiniteOutputs: the model's outputs are not finite.
     """
+    return gradient_relevance(handle, x, target).maps
+
+
+def gradient_relevance(
+    handle: ViTHandle, x: torch.Tensor, target: int | Sequence[int] | torch.Tensor | None = None
+) -> GradientRelevance:
+    """``gradient_rollout``'s maps with each head's part of them and the classes explained (arguments as there)."""
     if handle.is_backbone:
         raise UnsupportedMetric(
             f"'{handle.name}' is a backbone without classes: gradient rollout needs a class to explain, "
@@ -153,6 +250,15 @@ def gradient_rollout(
         raise RuntimeError("gradient_rollout needs gradients: call it outside torch.inference_mode().")
     _check_input(handle, x)
     wanted = _targets(handle, target, len(x))
+    parts = [
+        _gradient_part(handle, x[start:start + _GRADIENT_BATCH], wanted[start:start + _GRADIENT_BATCH])
+        for start in range(0, len(x), _GRADIENT_BATCH)
+    ]
+    return GradientRelevance(*(torch.cat(found) for found in zip(*parts)))
+
+
+def _gradient_part(handle: ViTHandle, x: torch.Tensor, wanted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Maps ``[b, P]``, head parts ``[b, L, H]`` and classes ``[b]`` of a few images: one forward and one backward."""
     model = handle.model
     weights: list[torch.Tensor | None] = [None] * handle.num_layers
 
@@ -160,29 +266,39 @@ def gradient_rollout(
         def store(found: torch.Tensor) -> None:
             weights[layer] = found
 
-        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> torch.Tensor:
-            return attention_forward(module, inputs[0], on_weights=store)
+        def hook(module: nn.Module, args: tuple[torch.Tensor, ...], kwargs: dict, _output: torch.Tensor) -> torch.Tensor:
+            _check_plain_call(args, kwargs)
+            return attention_forward(module, args[0], on_weights=store)
 
         return hook
 
     with locked_hooks(handle, grad=True) as hooks:
         for layer, block in enumerate(model.blocks):
-            hooks.forward(block.attn, keep(layer))
+            hooks.forward(block.attn, keep(layer), with_kwargs=True)
         # the input records the graph even when the shared model's weights are frozen
         logits = model(x.to(handle.device).detach().clone().requires_grad_(True))
         check_finite(logits)
         chosen = torch.where(wanted.to(logits.device) >= 0, wanted.to(logits.device), logits.detach().argmax(-1))
         score = logits.gather(1, chosen[:, None]).sum()
         grads = torch.autograd.grad(score, weights)  # type: ignore[arg-type]
-    tokens = handle.num_tokens
+    tokens, p = handle.num_tokens, handle.num_prefix_tokens
+    readout = answer_readout(handle)
     relevance = torch.eye(tokens, dtype=torch.float64).expand(len(x), tokens, tokens)
+    heads = []
     for attn, grad in zip(weights, grads):
-        weighted = (grad.detach() * attn.detach()).clamp_min(0).mean(1).double().cpu()  # [B, T, T]
-        relevance = relevance + weighted @ relevance
-    p = handle.num_prefix_tokens
-    if p and getattr(model, "cls_token", None) is not None:
-        return relevance[:, 0, p:].float()
-    return relevance[:, p:, p:].mean(1).float()
+        terms = (grad.detach() * attn.detach()).clamp_min(0).double().cpu()  # [b, H, T, T]
+        # the readout's row of each head's share of this layer's term, carried through the earlier layers
+        added = torch.einsum("t,bhts->bhs", readout, terms) / terms.shape[1] @ relevance  # [b, H, T]
+        heads.append(added[..., p:].sum(-1))
+        relevance = relevance + terms.mean(1) @ relevance
+    maps = torch.einsum("t,bts->bs", readout, relevance)[:, p:]
+    return maps.float(), torch.stack(heads, dim=1).float(), chosen.cpu()
+
+
+def _check_plain_call(args: tuple, kwargs: dict) -> None:
+    """Refuse an attention call with a mask: the manual forward that exposes the weights would drop it."""
+    if kwargs.get("attn_mask") is not None or kwargs.get("is_causal") or len(args) != 1:
+        raise UnsupportedMetric("This model masks its attention, which gradient rollout cannot follow.")
 
 
 def _targets(handle: ViTHandle, target: int | Sequence[int] | torch.Tensor | None, count: int) -> torch.Tensor:
@@ -201,6 +317,98 @@ def _targets(handle: ViTHandle, target: int | Sequence[int] | torch.Tensor | Non
     if bool((wanted >= classes).any()):
         raise InvalidSetting(f"Target class {int(wanted.max())} does not exist: this model has classes 0 to {classes - 1}.")
     return wanted.clone()
+
+
+def last_layer_attention(attn: torch.Tensor, num_prefix_tokens: int, readout: torch.Tensor) -> torch.Tensor:
+    """``[B, n_patches]``: the last layer's attention, mean over heads, read at the answer's rows (``readout``, ``[T]``).
+
+    For a class-token model this is the class token's attention over the patches: what
+    most tools show as "where the model looked", and the baseline the rollouts improve on.
+    """
+    last = attn[:, -1].to(torch.promote_types(attn.dtype, torch.float32)).mean(1)  # [B, T, T]
+    return torch.einsum("t,bts->bs", readout.to(last), last)[:, num_prefix_tokens:]
+
+
+@dataclass(frozen=True)
+class RelevanceMaps:
+    """Every method's map of a batch of images.
+
+    Attributes:
+        maps: method (``METHODS``) to ``[B, n_patches]``; a backbone has no gradient rollout.
+        heads: ``[B, L, H]`` each head's share of the gradient rollout (``GradientRelevance.head_shares``),
+            ``None`` for a backbone.
+        targets: ``[B]`` the class the gradient rollout explains, ``None`` for a backbone.
+    """
+
+    maps: dict[str, torch.Tensor]
+    heads: torch.Tensor | None
+    targets: torch.Tensor | None
+
+
+def relevance_maps(
+    handle: ViTHandle,
+    x: torch.Tensor,
+    *,
+    head_fusion: HeadFusion = "mean",
+    discard_ratio: float = 0.0,
+    target: int | Sequence[int] | torch.Tensor | None = None,
+) -> RelevanceMaps:
+    """Attention rollout, gradient rollout (classifiers only) and the last layer's attention of ``x``.
+
+    The attention is read a few images at a time (``core.attention.extract_attention``),
+    so a large batch never holds every image's ``[L, H, T, T]`` at once.
+    """
+    from core.attention import extract_attention
+    from core.settings import images_per_batch
+
+    _check_input(handle, x)
+    readout = answer_readout(handle)
+    rollout, last = [], []
+    step = images_per_batch(handle)
+    for start in range(0, len(x), step):
+        attn = extract_attention(handle, x[start:start + step]).attn
+        rollout.append(attention_rollout(attn, handle.num_prefix_tokens, head_fusion, discard_ratio, readout=readout).float())
+        last.append(last_layer_attention(attn, handle.num_prefix_tokens, readout).float())
+        del attn
+    maps = {METHODS[0]: torch.cat(rollout), METHODS[2]: torch.cat(last)}
+    if handle.is_backbone:
+        return RelevanceMaps({name: maps[name] for name in METHODS if name in maps}, None, None)
+    found = gradient_relevance(handle, x, target)
+    maps[METHODS[1]] = found.maps
+    return RelevanceMaps({name: maps[name] for name in METHODS}, found.head_shares, found.targets)
+
+
+def compare_faithfulness(
+    handle: ViTHandle,
+    x: torch.Tensor,
+    maps: dict[str, torch.Tensor],
+    *,
+    target: int | Sequence[int] | torch.Tensor | None = None,
+    steps: int = 10,
+    fill: Fill = "mean",
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> pd.DataFrame:
+    """``faithfulness_curves`` of every method's maps, image by image, with a method column first.
+
+    Each image's random order is the same for every method (one seed per image), so the
+    methods are compared on equal terms. ``progress(done, total)`` after each image.
+    """
+    parts = []
+    for image in range(len(x)):
+        one_target = None if target is None else _targets(handle, target, len(x))[image:image + 1]
+        for method, relevance in maps.items():
+            curves = faithfulness_curves(
+                handle, x[image:image + 1], relevance[image:image + 1], target=one_target, steps=steps, fill=fill,
+                seed=seed + image,
+            )
+            parts.append(curves.assign(image=image, method=method))
+        if progress is not None:
+            progress(image + 1, len(x))
+    if not parts:
+        return pd.DataFrame(columns=["method", "image", "order", "curve", "fraction", "score"])
+    curves = pd.concat(parts, ignore_index=True)
+    return curves[["method", "image", "order", "curve", "fraction", "score"]]
 
 
 def faithfulness_curves(
@@ -299,7 +507,8 @@ def faithfulness_curves(
 def faithfulness_areas(curves: pd.DataFrame) -> pd.DataFrame:
     """The area under each curve (trapezoids over the fraction): one row per image, order and curve.
 
-    Columns image, order, curve, area. Lower deletion and higher insertion areas than the
+    Columns image, order, curve, area (and method first, when ``curves`` has one, as
+    ``compare_faithfulness`` gives). Lower deletion and higher insertion areas than the
     random order's mean a map that finds what the model uses.
     """
 
@@ -307,10 +516,36 @@ def faithfulness_areas(curves: pd.DataFrame) -> pd.DataFrame:
         group = group.sort_values("fraction")
         return float(np.trapezoid(group["score"].to_numpy(), group["fraction"].to_numpy()))
 
-    keys = ["image", "order", "curve"]
+    keys = [key for key in ("method", "image", "order", "curve") if key in curves.columns]
     if curves.empty:
         return pd.DataFrame(columns=[*keys, "area"])
     return curves.groupby(keys, sort=False)[["fraction", "score"]].apply(area).rename("area").reset_index()
+
+
+def faithfulness_summary(areas: pd.DataFrame) -> pd.DataFrame:
+    """One row per method (if ``areas`` has a method column) and curve: the map against the random order over the images.
+
+    Columns: method (when given), curve, images, relevance and random (their mean
+    areas), gain (how much better the map does on average: random minus map for
+    deletion, map minus random for insertion, so above 0 is better than random either
+    way) and wins (the share of images on which the map did better than the random order).
+    """
+    keys = [key for key in ("method", "curve") if key in areas.columns]
+    columns = [*keys, "images", "relevance", "random", "gain", "wins"]
+    if areas.empty:
+        return pd.DataFrame(columns=columns)
+    paired = areas.pivot_table(index=[*keys, "image"], columns="order", values="area").reset_index()
+    paired = paired.dropna(subset=["relevance", RANDOM_ORDER])
+    sign = np.where(paired["curve"] == "deletion", -1.0, 1.0)
+    paired = paired.assign(gain=sign * (paired["relevance"] - paired[RANDOM_ORDER]))
+    summary = paired.groupby(keys, sort=False).agg(
+        images=("image", "size"),
+        relevance=("relevance", "mean"),
+        random=(RANDOM_ORDER, "mean"),
+        gain=("gain", "mean"),
+        wins=("gain", lambda gain: float((gain > 0).mean())),
+    )
+    return summary.reset_index()[columns]
 
 
 def _check_input(handle: ViTHandle, x: torch.Tensor) -> None:

@@ -899,6 +899,8 @@ def _timm_subclass(kind: str) -> type:
         from timm.models.vision_transformer import VisionTransformer
 
         class ClassAndPatchMeanViT(VisionTransformer):
+            headscope_readout = "class_and_patch_mean"  # the tokens the output reads (core.attribution.answer_readout)
+
             def __init__(self, **kwargs: Any) -> None:
                 super().__init__(**kwargs)
                 self.num_features = self.head_hidden_size = 2 * self.embed_dim
@@ -908,6 +910,8 @@ def _timm_subclass(kind: str) -> type:
                 return torch.cat([x[:, 0], x[:, self.num_prefix_tokens:].mean(dim=1)], dim=-1)
 
         class ClassTokenDeiT(VisionTransformerDistilled):
+            headscope_readout = "class"
+
             def __init__(self, **kwargs: Any) -> None:
                 super().__init__(**kwargs)
                 self.head_dist = nn.Identity()

@@ -331,3 +331,17 @@ def test_baseline_of_an_impact_is_zero_and_of_a_gradient_none() -> None:
     assert importance.baseline_value(tables, "output_impact", None) == 0.0
     assert importance.baseline_value(tables, "layer_impact", 0) == 0.0
     assert importance.baseline_value(tables, "taylor", None) is None
+
+
+def test_the_explanations_page_offers_a_backbone_what_needs_no_class(backbone: AppTest) -> None:
+    backbone.switch_page("pages/5_Explanations.py").run()
+    _clean(backbone)
+    text = _texts(backbone)
+    assert "gradient rollout needs a class to explain" in text
+    assert len(backbone.main.get("image")) == 2  # attention rollout and the last layer's attention
+    assert "explain_heads_chart" not in {chart.key for chart in backbone.get("vega_lite_chart")}
+    backbone.button(key="explain_score").click().run()
+    _clean(backbone)
+    summary = backbone.dataframe[0].value
+    assert set(summary["method"]) == {"attention rollout", "last-layer attention"}
+    assert "cosine to the unmodified output" in json.dumps([json.loads(c.proto.spec) for c in backbone.get("vega_lite_chart")])

@@ -105,8 +105,12 @@ def test_what_rollout_cannot_use_is_one_sentence(kwargs: dict, needle: str) -> N
 # --- gradient rollout ----------------------------------------------------------------------
 
 
-def slow_gradient_rollout(model, x: torch.Tensor, target: list[int], prefix: int, class_token: bool) -> np.ndarray:
-    """Chefer et al.'s rollout with the forward written out by hand: attention as a leaf of the graph, loops for R."""
+def slow_gradient_rollout(model, x: torch.Tensor, target: list[int], prefix: int, readout: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Chefer et al.'s rollout with the forward written out by hand: attention as a leaf of the graph, loops for R.
+
+    Returns the maps ``[B, P]`` read with ``readout`` ``[T]``, and each head's part ``[B, L, H]``:
+    what its term, read the same way, adds to the map's patches.
+    """
     tokens = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
     maps = []
     for block in model.blocks:
@@ -121,35 +125,131 @@ def slow_gradient_rollout(model, x: torch.Tensor, target: list[int], prefix: int
         tokens = tokens + block.ls2(block.mlp(block.norm2(tokens)))
     logits = model.forward_head(model.norm(tokens))
     logits[torch.arange(len(x)), torch.tensor(target)].sum().backward()
-    results = []
+    results, parts = [], []
     for image in range(len(x)):
         t = tokens.shape[1]
         relevance = np.eye(t)
+        by_head = []
         for weights in maps:
             a, g = weights[image].detach().double().numpy(), weights.grad[image].double().numpy()
             heads = a.shape[0]
-            bar = np.array([[sum(max(0.0, g[h, i, j] * a[h, i, j]) for h in range(heads)) / heads for j in range(t)] for i in range(t)])
-            relevance = relevance + bar @ relevance
-        results.append(relevance[0, prefix:] if class_token else relevance[prefix:, prefix:].mean(axis=0))
+            terms = [np.array([[max(0.0, g[h, i, j] * a[h, i, j]) for j in range(t)] for i in range(t)]) for h in range(heads)]
+            by_head.append([float((readout @ (terms[h] / heads) @ relevance)[prefix:].sum()) for h in range(heads)])
+            relevance = relevance + sum(terms) / heads @ relevance
+        results.append((readout @ relevance)[prefix:])
+        parts.append(by_head)
     model.zero_grad(set_to_none=True)
-    return np.stack(results)
+    return np.stack(results), np.array(parts)
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+def _readout(t: int, rows: dict[int, float] | None, patch_share: float, prefix: int) -> np.ndarray:
+    """Weights over the ``t`` tokens: the given rows, plus ``patch_share`` spread over the patches."""
+    weights = np.zeros(t)
+    for row, weight in (rows or {}).items():
+        weights[row] = weight
+    weights[prefix:] += patch_share / (t - prefix)
+    return weights
+
+
+def _distilled(**overrides):
+    from timm.models.deit import VisionTransformerDistilled
+
+    torch.manual_seed(0)
+    args = dict(img_size=32, patch_size=8, num_classes=5, embed_dim=24, depth=3, num_heads=3, mlp_ratio=2.0)
+    return VisionTransformerDistilled(**{**args, **overrides})
+
+
+def _class_and_patch_mean():
+    from core.hfmodels import _timm_subclass
+
+    torch.manual_seed(0)
+    return _timm_subclass("class_and_patch_mean")(img_size=32, patch_size=8, num_classes=5, embed_dim=24, depth=3, num_heads=3)
+
+
+def _class_token_deit():
+    from core.hfmodels import _timm_subclass
+
+    torch.manual_seed(0)
+    return _timm_subclass("class_token")(img_size=32, patch_size=8, num_classes=5, embed_dim=24, depth=3, num_heads=3)
+
+
+# each model, and the rows its output is read from: ({row: weight}, weight spread over the patches)
+READOUTS = {
+    "class token": (lambda: tiny_vit(), {0: 1.0}, 0.0),
+    "class token and 3 registers": (lambda: tiny_vit(reg_tokens=3), {0: 1.0}, 0.0),
+    "no prefix token": (lambda: tiny_vit(class_token=False, global_pool="avg"), None, 1.0),
+    "2 registers, no class token": (lambda: tiny_vit(class_token=False, reg_tokens=2, global_pool="avg"), None, 1.0),
+    "class token, average pooled": (lambda: tiny_vit(global_pool="avg"), None, 1.0),
+    "distilled DeiT": (_distilled, {0: 0.5, 1: 0.5}, 0.0),
+    "DeiT read at its class token (transformers)": (_class_token_deit, {0: 1.0}, 0.0),
+    "class token and patch mean (transformers DINOv2)": (_class_and_patch_mean, {0: 0.5}, 0.5),
+}
+
+
+@pytest.mark.parametrize("name", list(READOUTS))
 def test_gradient_rollout_matches_a_hand_written_forward_and_leaves_the_model_clean(name: str) -> None:
-    from core.attribution import gradient_rollout
+    from core.attribution import answer_readout, gradient_relevance, gradient_rollout
 
-    overrides = MODELS[name]
-    handle = wrap_model(tiny_vit(**overrides), class_names=[f"c{i}" for i in range(5)], device="cpu")
+    build, rows, patch_share = READOUTS[name]
+    handle = wrap_model(build(), class_names=[f"c{i}" for i in range(5)], device="cpu")
+    readout = _readout(handle.num_tokens, rows, patch_share, handle.num_prefix_tokens)
+    np.testing.assert_allclose(answer_readout(handle).numpy(), readout, atol=1e-15)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     top = handle.model(x).argmax(-1).tolist()
-    found = gradient_rollout(handle, x, target=torch.tensor([3, -1]))  # a given class, then the top-1
-    assert found.shape == (2, 16)
+    found = gradient_relevance(handle, x, target=torch.tensor([3, -1]))  # a given class, then the top-1
+    assert found.maps.shape == (2, 16) and found.heads.shape == (2, 3, 3) and found.targets.tolist() == [3, top[1]]
     model = handle.model
     assert not any(m._forward_hooks for m in model.modules()) and all(p.grad is None for p in model.parameters())
-    expected = slow_gradient_rollout(model, x, [3, top[1]], handle.num_prefix_tokens, "class_token" not in overrides)
-    np.testing.assert_allclose(found.numpy(), expected, rtol=1e-4, atol=1e-6)
-    assert not torch.allclose(found[0], gradient_rollout(handle, x[:1], target=1)[0])  # another class, another map
+    expected, parts = slow_gradient_rollout(model, x, [3, top[1]], handle.num_prefix_tokens, readout)
+    np.testing.assert_allclose(found.maps.numpy(), expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(found.heads.numpy(), parts, rtol=1e-4, atol=1e-7)
+    # the heads' parts are the whole map: nothing is left over but the readout's own patch weight
+    np.testing.assert_allclose(found.heads.sum(dim=(1, 2)).numpy(), expected.sum(-1) - patch_share, rtol=1e-4)
+    shares = found.head_shares
+    np.testing.assert_allclose(shares.sum(dim=(1, 2)).numpy(), 1.0, rtol=1e-5)
+    assert torch.equal(gradient_rollout(handle, x, target=torch.tensor([3, -1])), found.maps)
+    assert not torch.allclose(found.maps[0], gradient_rollout(handle, x[:1], target=1)[0])  # another class, another map
+
+
+@pytest.mark.parametrize("name", list(READOUTS))
+def test_attention_rollout_reads_the_rows_the_answer_is_read_from(name: str) -> None:
+    from core.attribution import answer_readout
+
+    build, rows, patch_share = READOUTS[name]
+    handle = wrap_model(build(), class_names=[f"c{i}" for i in range(5)], device="cpu")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    attn = extract_attention(handle, x).attn.double()
+    readout = _readout(handle.num_tokens, rows, patch_share, handle.num_prefix_tokens)
+    found = attention_rollout(attn, handle.num_prefix_tokens, readout=answer_readout(handle))
+    p = handle.num_prefix_tokens
+    for b in range(2):
+        # the slow loop's rollout matrix, read at those rows: its class-token read is the row itself
+        full = np.eye(handle.num_tokens)
+        for layer in range(attn.shape[1]):
+            step = 0.5 * attn[b, layer].mean(0).numpy() + 0.5 * np.eye(handle.num_tokens)
+            full = step / step.sum(1, keepdims=True) @ full
+        np.testing.assert_allclose(found[b].numpy(), (readout @ full)[p:], rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="one weight per token"):
+        attention_rollout(attn, p, readout=torch.ones(3))
+
+
+def test_gradient_rollout_in_chunks_equals_one_image_at_a_time(tiny_handle) -> None:
+    from core import attribution
+
+    x = torch.randn(attribution._GRADIENT_BATCH + 3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    together = attribution.gradient_relevance(tiny_handle, x)
+    alone = [attribution.gradient_relevance(tiny_handle, x[i:i + 1]) for i in range(len(x))]
+    torch.testing.assert_close(together.maps, torch.cat([a.maps for a in alone]), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(together.heads, torch.cat([a.heads for a in alone]), rtol=1e-4, atol=1e-6)
+
+
+def test_gradient_rollout_refuses_masked_attention(tiny_handle) -> None:
+    from core.attribution import _check_plain_call
+    from core.errors import UnsupportedMetric
+
+    _check_plain_call((torch.zeros(1),), {"attn_mask": None, "is_causal": False})  # how timm's Block calls it
+    with pytest.raises(UnsupportedMetric, match="masks its attention"):
+        _check_plain_call((torch.zeros(1),), {"attn_mask": torch.zeros(1)})
 
 
 def test_gradient_rollout_needs_a_class_and_a_class_the_model_has(tiny_handle) -> None:
@@ -251,3 +351,60 @@ def test_curves_refuse_what_they_cannot_use(tiny_handle) -> None:
     backbone = wrap_model(tiny_vit(num_classes=0), device="cpu")
     with pytest.raises(UnsupportedMetric, match="no target class"):
         faithfulness_curves(backbone, x, torch.zeros(1, 16), target=1)
+
+
+def test_the_summary_pairs_each_image_with_its_random_order() -> None:
+    import pandas as pd
+
+    from core.attribution import faithfulness_summary
+
+    rows = []
+    # map: deletion 0.2 and 0.5 against random 0.4 and 0.4; insertion 0.9 and 0.3 against 0.6 and 0.5
+    for image, (d, dr, i, ir) in enumerate([(0.2, 0.4, 0.9, 0.6), (0.5, 0.4, 0.3, 0.5)]):
+        rows += [(image, "relevance", "deletion", d), (image, "random", "deletion", dr),
+                 (image, "relevance", "insertion", i), (image, "random", "insertion", ir)]
+    areas = pd.DataFrame(rows, columns=["image", "order", "curve", "area"])
+    summary = faithfulness_summary(areas).set_index("curve")
+    assert list(summary.columns) == ["images", "relevance", "random", "gain", "wins"]
+    assert summary.loc["deletion", "images"] == 2
+    np.testing.assert_allclose(summary.loc["deletion", ["relevance", "random", "gain", "wins"]].astype(float), [0.35, 0.4, 0.05, 0.5])
+    np.testing.assert_allclose(summary.loc["insertion", ["relevance", "random", "gain", "wins"]].astype(float), [0.6, 0.55, 0.05, 0.5])
+    two = faithfulness_summary(pd.concat([areas.assign(method="a"), areas.assign(method="b", area=areas["area"] * 0)]))
+    assert list(two.columns[:2]) == ["method", "curve"] and len(two) == 4
+    assert two.set_index(["method", "curve"]).loc[("b", "deletion"), "wins"] == 0.0  # a tie is no win
+    assert faithfulness_summary(areas.iloc[:0]).empty
+
+
+def test_relevance_maps_are_each_method_read_in_small_batches(tiny_handle, monkeypatch) -> None:
+    from core import attribution
+
+    monkeypatch.setattr("core.settings.images_per_batch", lambda handle, cap=None: 2)  # 5 images: 3 batches
+    x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    found = attribution.relevance_maps(tiny_handle, x, head_fusion="max", discard_ratio=0.5, target=2)
+    assert list(found.maps) == list(attribution.METHODS)
+    attn = extract_attention(tiny_handle, x).attn
+    torch.testing.assert_close(found.maps["attention rollout"], attention_rollout(attn, 1, "max", 0.5), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(found.maps["gradient rollout"], attribution.gradient_rollout(tiny_handle, x, 2))
+    # the class token's last-layer attention over the patches, mean of the heads
+    torch.testing.assert_close(found.maps["last-layer attention"], attn[:, -1, :, 0, 1:].mean(1), rtol=1e-5, atol=1e-7)
+    assert found.targets.tolist() == [2] * 5 and found.heads.shape == (5, 3, 3)
+    backbone = wrap_model(tiny_vit(num_classes=0), device="cpu")
+    plain = attribution.relevance_maps(backbone, x)
+    assert list(plain.maps) == ["attention rollout", "last-layer attention"] and plain.heads is None
+
+
+def test_methods_are_compared_on_the_same_random_order(tiny_handle) -> None:
+    from core import attribution
+
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    maps = attribution.relevance_maps(tiny_handle, x).maps
+    seen = []
+    curves = attribution.compare_faithfulness(tiny_handle, x, maps, steps=4, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 2), (2, 2)] and list(curves.columns[:2]) == ["method", "image"]
+    assert set(curves["method"]) == set(maps) and set(curves["image"]) == {0, 1}
+    random = curves[curves["order"] == attribution.RANDOM_ORDER].pivot_table(index=["image", "curve", "fraction"], columns="method", values="score")
+    assert np.allclose(random.to_numpy(), random.to_numpy()[:, :1])  # one random order per image, whatever the method
+    # the second image's curves are the single-image call's, with its own seed
+    alone = attribution.faithfulness_curves(tiny_handle, x[1:], maps["gradient rollout"][1:], steps=4, seed=1)
+    mine = curves[(curves["method"] == "gradient rollout") & (curves["image"] == 1)]
+    np.testing.assert_allclose(mine["score"].to_numpy(), alone["score"].to_numpy(), rtol=1e-6)
