@@ -155,6 +155,9 @@ def analyze_command(args: argparse.Namespace) -> int:
     print(f"Top heads by {metric}: {', '.join(finding.label for finding in found.heads)}.")
     print(found.layer_trend)
     print(found.concentration)
+    for finding in found.heads:  # relevance maps of the image each top head hurts most (in the bundle and report)
+        if finding.explanation:
+            print(f"{finding.label}: {finding.explanation}")
     distributed.stop(together=True)
     return 0
 

@@ -126,8 +126,9 @@ def attention_rollout(
     ``answer_readout(handle)``) reads that mix of rows instead of either.
 
     ``discard_ratio`` first drops that share of the smallest fused weights of each layer
-    and image (set to 0, as vit-explain does), never a weight in the class token's column,
-    so the flow that reaches it is kept.
+    and image (set to 0, as vit-explain does), never a weight in the class token's column
+    (with ``readout``: the columns of the prefix tokens it reads), so the flow that
+    reaches the answer is kept.
 
     Args:
         attn: ``[B, L, H, T, T]`` post-softmax attention (``AttentionBatch.attn``).
@@ -156,7 +157,11 @@ def attention_rollout(
     reads_class = class_token and num_prefix_tokens > 0
     fused = {"mean": torch.mean, "max": torch.amax, "min": torch.amin}[head_fusion](attn, dim=2)  # [B, L, T, T]
     if discard_ratio > 0:
-        fused = _discard(fused, discard_ratio, protected=0 if reads_class else None)
+        if readout is not None:  # the columns of the tokens the answer is read from
+            protected: list[int] | int | None = [i for i in range(num_prefix_tokens) if float(readout[i]) > 0] or None
+        else:
+            protected = 0 if reads_class else None
+        fused = _discard(fused, discard_ratio, protected=protected)
     identity = torch.eye(tokens, dtype=fused.dtype, device=fused.device)
     step = 0.5 * fused + 0.5 * identity
     step = step / step.sum(-1, keepdim=True)
@@ -171,8 +176,8 @@ def attention_rollout(
     return rollout[:, p:, p:].mean(1)
 
 
-def _discard(fused: torch.Tensor, ratio: float, protected: int | None) -> torch.Tensor:
-    """``fused`` ``[B, L, T, T]`` with the ``ratio`` smallest weights of each map set to 0, column ``protected`` kept."""
+def _discard(fused: torch.Tensor, ratio: float, protected: int | list[int] | None) -> torch.Tensor:
+    """``fused`` ``[B, L, T, T]`` with the ``ratio`` smallest weights of each map set to 0, columns ``protected`` kept."""
     batch, layers, tokens, _ = fused.shape
     flat = fused.reshape(batch, layers, tokens * tokens).clone()
     ranked = flat.clone()
@@ -205,7 +210,11 @@ class GradientRelevance:
 
     @property
     def head_shares(self) -> torch.Tensor:
-        """``[B, L, H]`` each head's part over all heads' parts (0 where no head adds anything)."""
+        """``[B, L, H]`` each head's part of what the layers add to the map (0 where no head adds anything).
+
+        With a class-token readout the layers add the whole map; a readout with weight on
+        the patches (a patch mean) also keeps that weight itself, which no head carries.
+        """
         total = self.heads.sum(dim=(1, 2), keepdim=True)
         return torch.where(total > 0, self.heads / total.clamp_min(1e-30), torch.zeros_like(self.heads))
 
@@ -338,11 +347,13 @@ class RelevanceMaps:
         heads: ``[B, L, H]`` each head's share of the gradient rollout (``GradientRelevance.head_shares``),
             ``None`` for a backbone.
         targets: ``[B]`` the class the gradient rollout explains, ``None`` for a backbone.
+        predicted: ``[B]`` the model's top-1 class, ``None`` for a backbone.
     """
 
     maps: dict[str, torch.Tensor]
     heads: torch.Tensor | None
     targets: torch.Tensor | None
+    predicted: torch.Tensor | None = None
 
 
 def relevance_maps(
@@ -363,19 +374,21 @@ def relevance_maps(
 
     _check_input(handle, x)
     readout = answer_readout(handle)
-    rollout, last = [], []
+    rollout, last, top = [], [], []
     step = images_per_batch(handle)
     for start in range(0, len(x), step):
-        attn = extract_attention(handle, x[start:start + step]).attn
+        batch = extract_attention(handle, x[start:start + step])
+        attn = batch.attn
+        top.append(batch.logits.argmax(-1))
         rollout.append(attention_rollout(attn, handle.num_prefix_tokens, head_fusion, discard_ratio, readout=readout).float())
         last.append(last_layer_attention(attn, handle.num_prefix_tokens, readout).float())
-        del attn
+        del attn, batch
     maps = {METHODS[0]: torch.cat(rollout), METHODS[2]: torch.cat(last)}
     if handle.is_backbone:
         return RelevanceMaps({name: maps[name] for name in METHODS if name in maps}, None, None)
     found = gradient_relevance(handle, x, target)
     maps[METHODS[1]] = found.maps
-    return RelevanceMaps({name: maps[name] for name in METHODS}, found.head_shares, found.targets)
+    return RelevanceMaps({name: maps[name] for name in METHODS}, found.head_shares, found.targets, torch.cat(top))
 
 
 def compare_faithfulness(
@@ -397,11 +410,16 @@ def compare_faithfulness(
     parts = []
     for image in range(len(x)):
         one_target = None if target is None else _targets(handle, target, len(x))[image:image + 1]
+        random = None
         for method, relevance in maps.items():
             curves = faithfulness_curves(
                 handle, x[image:image + 1], relevance[image:image + 1], target=one_target, steps=steps, fill=fill,
-                seed=seed + image,
+                seed=seed + image, with_random=random is None,
             )
+            if random is None:  # the random order is scored once per image, then shared by every method
+                random = curves[curves["order"] == RANDOM_ORDER]
+            else:
+                curves = pd.concat([curves, random], ignore_index=True)
             parts.append(curves.assign(image=image, method=method))
         if progress is not None:
             progress(image + 1, len(x))
@@ -420,6 +438,7 @@ def faithfulness_curves(
     steps: int = 10,
     fill: Fill = "mean",
     seed: int = 0,
+    with_random: bool = True,
 ) -> pd.DataFrame:
     """Deletion and insertion curves of a relevance map and of a random order, per image.
 
@@ -440,6 +459,8 @@ def faithfulness_curves(
         steps: how many shares after 0, at least 1.
         fill: what a removed patch becomes (``FILLS``).
         seed: the random order's seed.
+        with_random: also score the random order (its rows are drawn either way, so
+            leaving it out changes no other number).
 
     Returns:
         One row per image, order (``"relevance"`` or ``RANDOM_ORDER``), curve
@@ -475,6 +496,8 @@ def faithfulness_curves(
             "relevance": torch.sort(-relevance[image].float(), stable=True).indices,
             RANDOM_ORDER: torch.randperm(patches, generator=generator),
         }
+        if not with_random:
+            del orders[RANDOM_ORDER]
         inputs = []
         for order in orders.values():
             for curve in ("deletion", "insertion"):

@@ -29,7 +29,7 @@ import zipfile
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -39,7 +39,16 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from core._zipcheck import MIN_ENTRY_BYTES, declared_directory
-from core.casestudy import ARRAYS, BUNDLE_FORMAT, BUNDLE_VERSION, TABLE_COLUMNS, TABLES, CaseSettings, CaseStudy
+from core.attribution import METHODS as ATTRIBUTION_METHODS
+from core.casestudy import (
+    ARRAYS,
+    BUNDLE_FORMAT,
+    BUNDLE_VERSION,
+    TABLE_COLUMNS,
+    TABLES,
+    CaseSettings,
+    CaseStudy,
+)
 from core.errors import BundleRejected, human_size
 from core.importance import BACKBONE_METRICS, METRICS, MODES, RANDOM_ORDER
 
@@ -72,7 +81,16 @@ _METRICS_1 = tuple(metric for metric in METRICS if metric != "output_impact")
 # What format version 3 added: the arrays from top_share on (bundles of versions 1 and 2
 # open with NaN there, and -1 in the whole-number ones) and the manifest's prefix_names.
 _ARRAYS_2 = ARRAYS[:ARRAYS.index("top_share")]
-_WHOLE_ARRAYS = {"sink", "outliers"}
+# What format version 4 added: the relevance maps of the cited images (older bundles open
+# with none: C = 0). Their first side C is the count of cited images, bounded by the settings.
+_ARRAYS_3 = ARRAYS[:ARRAYS.index("relevance_images")]
+_CITED_ARRAYS = ("relevance_images", "relevance", "relevance_heads")
+_WHOLE_ARRAYS = {"sink", "outliers", "relevance_images"}
+
+
+def _arrays_of(version: int) -> tuple[str, ...]:
+    """The arrays a bundle of this format version holds."""
+    return ARRAYS if version >= 4 else _ARRAYS_3 if version == 3 else _ARRAYS_2
 _AGAIN = "save the bundle again with HeadScope"
 _FEWER = "so compute the case study on fewer images"
 # An honest directory entry is the 46-byte header plus a name of at most 75 characters
@@ -161,7 +179,7 @@ def save_bundle(study: CaseStudy) -> bytes:
             table = table.drop(columns=list(_ADDED_IN_2.get(name, ())))
         table.to_parquet(buffer, index=False, engine="pyarrow")
         members[f"tables/{name}.parquet"] = buffer.getvalue()
-    for name in ARRAYS if version >= 3 else _ARRAYS_2:
+    for name in _arrays_of(version):
         buffer = io.BytesIO()
         np.save(buffer, study.arrays[name], allow_pickle=False)
         members[f"arrays/{name}.npy"] = buffer.getvalue()
@@ -267,8 +285,11 @@ def _open(data: bytes, model_key: str | None, model_name: str | None, limits: Bu
         arrays = {name: _array(name, read(f"arrays/{name}.npy"), shape) for name in shape.array_names}
         for name in ARRAYS:  # added after the bundle's format version
             if name not in arrays:
-                arrays[name] = np.full(shape.arrays[name], -1 if name in _WHOLE_ARRAYS else np.nan,
+                # the per-image arrays filled as unknown; no image has relevance maps (C = 0)
+                size = (0, *shape.arrays[name][1:]) if name in _CITED_ARRAYS else shape.arrays[name]
+                arrays[name] = np.full(size, -1 if name in _WHOLE_ARRAYS else np.nan,
                                        dtype=np.int32 if name in _WHOLE_ARRAYS else np.float32)
+        _check_cited(arrays)
         thumbnails = {
             image.group(1): _thumbnail(member, read(member))
             for member in files
@@ -641,7 +662,7 @@ class _StudyShape:
     @property
     def array_names(self) -> tuple[str, ...]:
         """The arrays a bundle of this format version holds."""
-        return ARRAYS if self.version >= 3 else _ARRAYS_2
+        return _arrays_of(self.version)
 
     @property
     def tokens(self) -> int:
@@ -660,7 +681,17 @@ class _StudyShape:
             **{name: per_head for name in ("top_share", "key_entropy", "sink", "register_share", "outlier_share")},
             "outliers": (self.images, self.layers),
             "norm_ratio": (self.images, self.layers),
+            # the most cited images: C of them, as the manifest cannot say how many
+            "relevance_images": (self.cited,),
+            "relevance": (self.cited, len(ATTRIBUTION_METHODS), self.rows * self.cols),
+            "relevance_heads": (self.cited, self.layers, self.heads),
         }
+
+    @property
+    def cited(self) -> int:
+        """The most images partial pruning (and so the relevance maps) can cover: each studied head's hurt images."""
+        studied = min(self.layers * self.heads, self.settings["top_k"] * len(METRICS))
+        return min(self.images, studied * min(self.settings["hurt_images"], self.images))
 
     @property
     def table_rows(self) -> dict[str, int]:
@@ -761,6 +792,10 @@ class _StudyShape:
             "outlier_share": _SHARE,
             "outliers": _Range(0, self.tokens, whole=True),
             "norm_ratio": _Range(0.0, _LARGEST),
+            "relevance_images": _Range(0, self.images - 1, whole=True),
+            # NaN for a backbone's gradient rollout, which is a sum of non-negative terms, unbounded above
+            "relevance": _Range(0.0, _LARGEST, missing=True),
+            "relevance_heads": _Range(0.0, 1.0, missing=True),
         }
 
 
@@ -978,6 +1013,13 @@ def _check_tables(tables: dict[str, pd.DataFrame], shape: _StudyShape) -> None:
             raise _damaged(f"table '{name}' names a pattern cluster that table 'pattern_clusters' lacks")
 
 
+def _check_cited(arrays: Mapping[str, np.ndarray]) -> None:
+    """Refuse relevance arrays that disagree on how many images they hold, or that name an image twice."""
+    images = arrays["relevance_images"]
+    if {len(arrays[name]) for name in _CITED_ARRAYS} != {len(images)} or len(np.unique(images)) != len(images):
+        raise _damaged("its relevance arrays do not hold the same images once each")
+
+
 def _array(name: str, content: bytes, shape: _StudyShape) -> np.ndarray:
     """The array of a ``.npy`` member, its header checked before any data is allocated and its values after."""
     expected = shape.arrays[name]
@@ -992,6 +1034,8 @@ def _array(name: str, content: bytes, shape: _StudyShape) -> np.ndarray:
             f"The bundle's array '{name}' holds {_shown(dtype)} values, not numbers; "
             "HeadScope never loads Python objects from a bundle."
         )
+    if name in _CITED_ARRAYS and len(found) == len(expected) and found[1:] == expected[1:] and found[0] <= expected[0]:
+        expected = found  # any count of cited images up to the most the settings allow
     if found != expected:
         raise BundleRejected(
             f"The bundle's array '{name}' has shape {found}, but the images, layers and heads "

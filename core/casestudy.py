@@ -25,8 +25,17 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from core.analysis import PASS_STAGE, SetAnalysis, StageProgress, draw_samples, first_pass, samples_from
+from core.analysis import (
+    PASS_STAGE,
+    SetAnalysis,
+    StageProgress,
+    draw_samples,
+    first_pass,
+    samples_from,
+)
 from core.attention import OUTLIER_NORM_RATIO
+from core.attribution import METHODS as ATTRIBUTION_METHODS
+from core.attribution import relevance_maps
 from core.errors import HeadScopeError, NotEnoughImages, UnsupportedMetric
 from core.images import ImageSet
 from core.importance import (
@@ -51,7 +60,7 @@ from core.patterns import (
     train_autoencoder,
 )
 from core.projection import Method
-from core.settings import CaseSettings
+from core.settings import CaseSettings, images_per_batch
 from core.strength import StrengthStats, token_label
 
 if TYPE_CHECKING:
@@ -66,6 +75,7 @@ __all__ = [
     "NEGLIGIBLE_DROP",
     "PARTIAL_MODES",
     "SINK_SHARE",
+    "STRENGTH_ARRAYS",
     "TABLES",
     "TABLE_COLUMNS",
     "THUMBNAIL_SIDE",
@@ -81,6 +91,7 @@ __all__ = [
     "concentration_sentences",
     "findings",
     "hurt_images",
+    "relevance_of",
     "library_versions",
     "model_summary",
     "negligible",
@@ -96,7 +107,9 @@ BUNDLE_FORMAT = "headscope-bundle"
 # partial pruning's output_impact columns.
 # 3: the concentration and token-norm arrays (top_share to norm_ratio in ARRAYS) and the
 # model's prefix_names. Bundles of versions 1 and 2 still open, without those numbers.
-BUNDLE_VERSION = 3
+# 4: the relevance maps of the images partial pruning ran on (relevance_images, relevance
+# and relevance_heads in ARRAYS). Bundles of versions 1 to 3 still open, without them.
+BUNDLE_VERSION = 4
 # The libraries whose versions a result depends on, in the manifest and the report.
 VERSIONED_PACKAGES = (
     "torch", "timm", "numpy", "pandas", "scikit-learn", "umap-learn", "altair", "vl-convert-python", "pyarrow",
@@ -147,7 +160,12 @@ ARRAYS = (
     "outlier_share",  # [N, L, H]
     "outliers",  # [N, L] high-norm tokens
     "norm_ratio",  # [N, L]
+    # format version 4 on: explanations of the C images partial pruning ran on (only those)
+    "relevance_images",  # [C] their positions in the set, in the order they are first cited
+    "relevance",  # [C, len(core.attribution.METHODS), n_patches]; a backbone's gradient rollout NaN
+    "relevance_heads",  # [C, L, H] each head's share of the gradient rollout; NaN for a backbone
 )
+STRENGTH_ARRAYS = ARRAYS[:ARRAYS.index("relevance_images")]  # the StrengthStats fields
 
 
 @dataclass(frozen=True)
@@ -160,7 +178,8 @@ class CaseStudy:
             name, label), settings (``CaseSettings`` plus the layout method), patterns
             (reconstruction and baseline MSE), versions (Python and ``VERSIONED_PACKAGES``).
         tables: one DataFrame per name in ``TABLES``.
-        arrays: one array per name in ``ARRAYS`` (the ``StrengthStats`` fields).
+        arrays: one array per name in ``ARRAYS``: the ``StrengthStats`` fields, then the
+            relevance maps of the images the findings cite (``relevance_of``).
         thumbnails: PNG bytes of the images the findings cite, by image id.
     """
 
@@ -180,7 +199,7 @@ class CaseStudy:
     @property
     def strength(self) -> StrengthStats:
         grid = tuple(self.manifest["model"]["grid"])
-        return StrengthStats(**{name: self.arrays[name] for name in ARRAYS}, grid=grid)  # type: ignore[arg-type]
+        return StrengthStats(**{name: self.arrays[name] for name in STRENGTH_ARRAYS}, grid=grid)  # type: ignore[arg-type]
 
     @property
     def prefix_names(self) -> tuple[str, ...]:
@@ -408,7 +427,10 @@ def assemble(
         "pattern_prototypes": clusters.prototypes,
         "pattern_samples": layout.samples.assign(cluster=clusters.labels),
     }
-    arrays = {name: getattr(strength, name) for name in ARRAYS}
+    arrays: dict[str, np.ndarray] = {name: getattr(strength, name) for name in STRENGTH_ARRAYS}
+    arrays["relevance_images"], arrays["relevance"], arrays["relevance_heads"] = _relevance_arrays(
+        handle, image_set, importance, cited, _stage_reporter(progress)("relevance maps")
+    )
     thumbnails = {image_id: thumbnail_png(image_set.by_id(image_id).image) for image_id in cited}
     return CaseStudy(
         manifest=manifest,
@@ -416,6 +438,68 @@ def assemble(
         arrays=arrays,
         thumbnails=thumbnails,
     )
+
+
+def _relevance_arrays(
+    handle: ViTHandle,
+    image_set: ImageSet,
+    importance: HeadImportance,
+    image_ids: Sequence[str],
+    progress: Callable[[int, int], None] | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``relevance_images`` ``[C]``, ``relevance`` ``[C, methods, P]`` and ``relevance_heads`` ``[C, L, H]`` of ``image_ids``.
+
+    Every method of ``core.attribution.relevance_maps`` (attention rollout with the mean
+    of the heads, nothing discarded), explaining the target class the importance used
+    (the label, else the unpruned top-1); NaN where a method does not apply (a backbone's
+    gradient rollout and head shares). A few images at a time, so a long list never holds
+    more than a batch's attention; only these images are kept, however large the set.
+    """
+    positions = np.array([image_set.index_of(image_id) for image_id in image_ids], dtype=np.int32)
+    patches = handle.grid[0] * handle.grid[1]
+    maps = np.full((len(positions), len(ATTRIBUTION_METHODS), patches), np.nan, dtype=np.float32)
+    heads = np.full((len(positions), handle.num_layers, handle.num_heads), np.nan, dtype=np.float32)
+    targets = importance.unpruned.set_index("image")["target"]
+    step = images_per_batch(handle)
+    for start in range(0, len(positions), step):
+        part = positions[start:start + step]
+        x = handle.preprocess([image_set.images[int(i)].image for i in part])
+        target = None if handle.is_backbone else torch.tensor([int(targets[int(i)]) for i in part])
+        found = relevance_maps(handle, x, target=target)
+        for m, method in enumerate(ATTRIBUTION_METHODS):
+            if method in found.maps:
+                maps[start:start + len(part), m] = found.maps[method].numpy()
+        if found.heads is not None:
+            heads[start:start + len(part)] = found.heads.numpy()
+        if progress is not None:
+            progress(start + len(part), len(positions))
+    return positions, maps, heads
+
+
+def relevance_of(study: CaseStudy, image_id: str) -> dict[str, np.ndarray]:
+    """The relevance maps a study holds for one image: method to ``[rows, cols]``, only the methods it has.
+
+    Empty for an image the findings do not cite, and for bundles before format version 4.
+    """
+    found = _relevance_row(study, image_id)
+    if found is None:
+        return {}
+    rows, cols = study.manifest["model"]["grid"]
+    stored = study.arrays["relevance"][found]
+    return {
+        method: stored[m].reshape(rows, cols)
+        for m, method in enumerate(ATTRIBUTION_METHODS)
+        if not np.isnan(stored[m]).any()
+    }
+
+
+def _relevance_row(study: CaseStudy, image_id: str) -> int | None:
+    """The row of the relevance arrays that holds ``image_id``, ``None`` when none does."""
+    ids = [item["id"] for item in study.manifest["image_set"]["images"]]
+    if image_id not in ids:
+        return None
+    rows = np.flatnonzero(study.arrays["relevance_images"] == ids.index(image_id))
+    return int(rows[0]) if len(rows) else None
 
 
 def set_labels(image_set: ImageSet) -> torch.Tensor | None:
@@ -603,6 +687,10 @@ class HeadFinding:
             before concentration was measured).
         top_share, key_entropy: set means of ``core.strength.top_key_share`` and
             ``key_entropy`` (NaN in such a study).
+        explanation: where the model looked on the image pruning it hurts most, and (for
+            a classifier) the head's share of that image's gradient rollout ("" in a study
+            saved before relevance maps were kept).
+        relevance_share: that share (NaN for a backbone and in such a study).
     """
 
     rank: int
@@ -626,6 +714,8 @@ class HeadFinding:
     concentration: str = ""
     top_share: float = float("nan")
     key_entropy: float = float("nan")
+    explanation: str = ""
+    relevance_share: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -696,6 +786,7 @@ def findings(study: CaseStudy, metric: str | None = None, top_k: int | None = No
         cluster = int(member["cluster"]) if member is not None else -1
         cluster_share = float(member["share"]) if member is not None else float("nan")
         sink = sink_summary(strength, layer, head, names) if measured else None
+        explanation, relevance_share = _explanation(study, label, layer, head, hurt[0] if hurt else None)
         heads.append(
             HeadFinding(
                 rank=rank, layer=layer, head=head, label=label, value=float(row.value),
@@ -710,6 +801,7 @@ def findings(study: CaseStudy, metric: str | None = None, top_k: int | None = No
                 entropy=entropy, near_share=near, distance=distance, cluster=cluster, cluster_share=cluster_share,
                 concentration=_sink_sentence(label, sink) if sink else "",
                 top_share=float(per_head["top_share"].iloc[index]), key_entropy=float(per_head["key_entropy"].iloc[index]),
+                explanation=explanation, relevance_share=relevance_share,
             )
         )
     layers = per_head.groupby("layer", as_index=False)[["entropy", "distance", "prefix_share", "top_share"]].mean()
@@ -717,6 +809,29 @@ def findings(study: CaseStudy, metric: str | None = None, top_k: int | None = No
     return CaseFindings(
         metric=metric, heads=tuple(heads), layer_trend=_trend_sentence(layers, len(mean_profile[0, 0])), layers=layers,
         concentration=concentration_sentences(strength, names) if measured else "",
+    )
+
+
+def _explanation(study: CaseStudy, label: str, layer: int, head: int, image_id: str | None) -> tuple[str, float]:
+    """The sentence on where the model looked on the head's most hurt image, and the head's share of its gradient rollout."""
+    maps = relevance_of(study, image_id) if image_id is not None else {}
+    if not maps:
+        return "", float("nan")
+    rows, cols = study.manifest["model"]["grid"]
+    ids = [item["id"] for item in study.manifest["image_set"]["images"]]
+    name = str(study.manifest["image_set"]["images"][ids.index(image_id)]["name"])
+    method = "gradient rollout" if "gradient rollout" in maps else "attention rollout"
+    r, c = divmod(int(np.argmax(maps[method])), cols)
+    where = f"the {method} puts the most relevance on the patch in row {r + 1}, column {c + 1} (of {rows}×{cols})"
+    if study.is_backbone:
+        return f"On {name}, the image whose output pruning it changes most, {where}.", float("nan")
+    shares = study.arrays["relevance_heads"][_relevance_row(study, image_id)]
+    share = float(shares[layer, head])
+    rank = int((shares > share).sum()) + 1
+    return (
+        f"On {name}, the image pruning it hurts most, {label} carries {share:.1%} of the gradient rollout's relevance "
+        f"(rank {rank} of {shares.size} heads there; an even share is {1 / shares.size:.1%}), and {where}.",
+        share,
     )
 
 

@@ -101,8 +101,10 @@ for finding in found.heads:
                 sentence.markdown(plain(getattr(finding, part)))
                 title = casestudy.VIEW_PAGES[view][1]
                 if link.button(label, key=f"case_{part}_{finding.label}", help=f"Make {finding.label} the focus head and open {title}."):
-                    # the mechanism is about the most hurt image: B2 shows it when it is in the current set
-                    image_id = finding.hurt_images[0] if part == "mechanism" and finding.hurt_images else None
+                    # the mechanism and the explanation are about the most hurt image: B2 and E show it
+                    # when it is in the current set
+                    about_image = part in ("mechanism", "explanation") and finding.hurt_images
+                    image_id = finding.hurt_images[0] if about_image else None
                     casestudy.open_in_view(view, finding.layer, finding.head, ctx.image_set, image_id)
         with visual:
             if mode_chart_key(finding) in charts:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.attribution import FILLS, HEAD_FUSIONS, faithfulness_areas, faithfulness_summary
+from core.errors import HeadScopeError
 from core.importance import metrics_for, rank_heads
 from ui import attribution, importance, session
 from ui.display import plain
@@ -41,11 +42,19 @@ fusion = left.radio(
 discard = middle.select_slider(
     "Rollout's discard ratio", [0.0, 0.5, 0.8, 0.9, 0.95], key="explain_discard", persist_state="session",
     help="The share of the smallest fused weights set to 0 in each layer before multiplying (vit-explain's option); "
-    "the class token's column is always kept.",
+    "the columns of the tokens the answer is read from (the class token) are always kept.",
 )
 
-found = attribution.image_maps(handle, ctx.image_set, ctx.focus_id, fusion, float(discard))
-target = "" if found.target is None else f" for class **{plain(handle.class_names[found.target])}**"
+try:
+    found = attribution.image_maps(handle, ctx.image_set, ctx.focus_id, fusion, float(discard))
+except HeadScopeError as err:
+    st.error(plain(str(err)))
+    st.stop()
+target = ""
+if found.target is not None:
+    target = f" for class **{plain(handle.class_names[found.target])}**"
+    if found.predicted is not None and found.predicted != found.target:
+        target += f" (its label; the model answered **{plain(handle.class_names[found.predicted])}**)"
 st.subheader(f"Where the model looked on {name}")
 captions = {
     "attention rollout": f"Attention rollout · {fusion} of the heads" + (f", {discard:.0%} discarded" if discard else ""),
@@ -71,7 +80,7 @@ else:
         )
         st.caption(
             f"What each head adds to the gradient rollout of {name}: the rollout is a sum over layers and heads, so "
-            "the shares add up to the whole map. Click a dot to make it the focus head."
+            "the shares add up to everything the layers add to the map. Click a dot to make it the focus head."
         )
     with table_col:
         metric = metrics_for(handle)[0]
@@ -96,21 +105,28 @@ st.caption(
     f"The {score_title(handle.is_backbone)} is watched as they go: a map that finds what the model uses makes deletion "
     "fall and insertion rise faster than a random order (dashed)."
 )
-FOCUS_ONLY = "Focus image"
-set_scope = f"First {min(len(ctx.image_set), attribution.FAITHFULNESS_IMAGES)} images of the set"
+FOCUS_ONLY, SET_START = "focus", "set"
+scored = min(len(ctx.image_set), attribution.FAITHFULNESS_IMAGES)
 a, b, c = st.columns([2, 2, 3])
-scope = a.radio("Score on", [FOCUS_ONLY, set_scope], key="explain_scope", horizontal=True, persist_state="session")
+scope = a.radio(
+    "Score on", [FOCUS_ONLY, SET_START], key="explain_scope", horizontal=True, persist_state="session",
+    format_func=lambda s: "Focus image" if s == FOCUS_ONLY else f"First {scored} image{'s' if scored != 1 else ''} of the set",
+)
 fill = b.radio(
     "Removed patches become", list(FILLS), key="explain_fill", horizontal=True, persist_state="session",
     format_func=lambda f: "the image's mean colour" if f == "mean" else "the image blurred",
 )
 ids = [ctx.focus_id] if scope == FOCUS_ONLY else [i.id for i in ctx.image_set.images[: attribution.FAITHFULNESS_IMAGES]]
 request = (handle.key, tuple(ids), fusion, float(discard), fill)
-c.caption(f"About {4 * 11 * len(methods) * len(ids)} forwards of the model: it can take a while on a large model.")
+c.caption(f"About {(2 + 2 * len(methods)) * 11 * len(ids)} forwards of the model: it can take a while on a large model.")
 if c.button("Score the maps", key="explain_score", type="primary"):
     st.session_state["explain_scored"] = request
 if st.session_state.get("explain_scored") == request:
-    curves = attribution.faithfulness(handle, ctx.image_set, ids, fusion, float(discard), fill, steps=10)
+    try:
+        curves = attribution.faithfulness(handle, ctx.image_set, ids, fusion, float(discard), fill, steps=10)
+    except HeadScopeError as err:
+        st.error(plain(str(err)))
+        st.stop()
     st.altair_chart(faithfulness_chart(curves, handle.is_backbone, len(ids)), width="content")
     summary = faithfulness_summary(faithfulness_areas(curves))
     st.dataframe(

@@ -20,6 +20,7 @@ from core.attribution import METHODS, compare_faithfulness, relevance_maps
 from core.images import ImageSet
 from core.model import ViTHandle
 from ui import patterns, session
+from viz.attribution import TINT_PERCENTILE
 
 __all__ = [
     "FAITHFULNESS_IMAGES",
@@ -33,8 +34,8 @@ __all__ = [
     "methods_for",
 ]
 
-# The most images the set-level faithfulness check scores: each costs about 4 x (steps + 1)
-# forwards per method (about 12 s per method on DINOv2-S on this machine's 2 cores).
+# The most images the set-level faithfulness check scores: each costs (2 + 2 x methods) x
+# (steps + 1) forwards (the random order once): about 15 s on DINOv2-S on this machine's 2 cores.
 FAITHFULNESS_IMAGES = 32
 
 
@@ -43,12 +44,14 @@ class ImageMaps:
     """One image's maps, ``[rows, cols]`` per method (``core.attribution.METHODS``), and the heads' shares.
 
     ``heads``: ``[L, H]`` each head's share of the gradient rollout, ``None`` for a
-    backbone; ``target``: the class it explains, ``None`` for a backbone.
+    backbone; ``target``: the class it explains and ``predicted`` the model's top-1,
+    ``None`` for a backbone.
     """
 
     maps: dict[str, np.ndarray]
     heads: np.ndarray | None
     target: int | None
+    predicted: int | None = None
 
 
 def _target(handle: ViTHandle, image_set: ImageSet, image_id: str) -> int | None:
@@ -67,6 +70,7 @@ def _image_maps(
         maps={name: values[0].reshape(rows, cols).numpy() for name, values in found.maps.items()},
         heads=None if found.heads is None else found.heads[0].numpy(),
         target=None if found.targets is None else int(found.targets[0]),
+        predicted=None if found.predicted is None else int(found.predicted[0]),
     )
 
 
@@ -74,11 +78,6 @@ def image_maps(handle: ViTHandle, image_set: ImageSet, image_id: str, fusion: st
     """Every method's map of one image (``core.attribution.relevance_maps``), cached by the image's id."""
     target = _target(handle, image_set, image_id)
     return _image_maps(handle.key, image_id, fusion, discard, target, handle, image_set.by_id(image_id).image)
-
-
-# The tint saturates at this percentile of a map's patches: one outlier patch (DINOv2-S's
-# high-norm tokens take most of the rollout) would otherwise leave every other patch dark.
-TINT_PERCENTILE = 98
 
 
 def map_picture(handle: ViTHandle, image: Image.Image, relevance: np.ndarray) -> Image.Image:

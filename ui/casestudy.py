@@ -47,6 +47,7 @@ VIEW_PAGES = {
     "importance": ("pages/1_Head_Importance.py", "Head importance"),
     "strength": ("pages/2_Attention_Strength.py", "Attention strength"),
     "patterns": ("pages/3_Attention_Patterns.py", "Attention patterns"),
+    "explanations": ("pages/5_Explanations.py", "Explanations"),
 }
 
 # Each sentence of a finding, the view it comes from, and its link's label.
@@ -56,13 +57,16 @@ FINDING_LINKS = (
     ("locality", "strength", "C →"),
     ("concentration", "strength", "C →"),
     ("pattern", "patterns", "D →"),
+    ("explanation", "explanations", "E →"),
 )
 # The case study's charts (``viz.report.case_charts`` keys) under the view each comes from;
-# a bundle saved before concentration was measured has no concentration-by-layer.
+# a bundle saved before concentration was measured has no concentration-by-layer, one saved
+# before relevance maps were kept no relevance-maps.
 EVIDENCE = {
     "importance": ("importance-line", "importance-heatmap", "pruning-curve"),
     "strength": ("entropy-by-layer", "hop-profiles", "distance-by-layer", "concentration-by-layer"),
     "patterns": ("pattern-space", "pattern-prototypes", "pattern-mse"),
+    "explanations": ("relevance-maps",),
 }
 
 

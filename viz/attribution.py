@@ -5,14 +5,20 @@ No streamlit here: ``pages/5_Explanations.py`` renders these, and the report ren
 
 from __future__ import annotations
 
+import base64
+
 import altair as alt
+import numpy as np
 import pandas as pd
 
 from core.attribution import METHODS, RANDOM_ORDER
 from viz.common import tooltip_field
 
-__all__ = ["METHOD_COLOURS", "faithfulness_chart", "mean_curves", "score_title"]
+__all__ = ["METHOD_COLOURS", "TINT_PERCENTILE", "faithfulness_chart", "mean_curves", "relevance_grid_chart", "score_title"]
 
+# A map's colour saturates at this percentile of its patches (a value some patch has): one
+# outlier patch (DINOv2-S's rollout has a few) would otherwise leave every other patch blank.
+TINT_PERCENTILE = 98
 # one fixed colour per method, grey for the random order every method is compared with
 METHOD_COLOURS = dict(zip([*METHODS, RANDOM_ORDER], ["#d62728", "#1f77b4", "#ff7f0e", "#8c8c8c"]))
 _CURVE_TITLES = {
@@ -76,3 +82,67 @@ def faithfulness_chart(curves: pd.DataFrame, backbone: bool, images: int, width:
         )
         panels.append(chart)
     return alt.hconcat(*panels).resolve_scale(color="shared")
+
+
+def relevance_grid_chart(
+    entries: list[tuple[str, dict[str, np.ndarray], bytes | None]], width: int = 110
+) -> alt.VConcatChart:
+    """Relevance maps as heatmaps: one row per ``(title, maps, thumbnail)`` entry, the image first, then one map per method.
+
+    ``maps``: method to ``[rows, cols]``; ``thumbnail``: PNG bytes of the image (or
+    ``None``). Each map is shown from its least relevant patch (0) to its
+    ``TINT_PERCENTILE``th percentile (1), so one outlier patch does not leave the rest
+    blank; the tooltip gives the raw value.
+    """
+    rows_of_charts = []
+    for title, maps, thumbnail in entries:
+        cells: list[alt.Chart] = []
+        if thumbnail is not None:
+            url = "data:image/png;base64," + base64.b64encode(thumbnail).decode("ascii")
+            cells.append(
+                alt.Chart(pd.DataFrame({"url": [url], "x": [0.5], "y": [0.5]}))
+                .mark_image(width=width, height=width)
+                .encode(
+                    x=alt.X("x:Q", axis=None, scale=alt.Scale(domain=[0, 1])),
+                    y=alt.Y("y:Q", axis=None, scale=alt.Scale(domain=[0, 1])),
+                    url="url:N",
+                )
+                .properties(width=width, height=width, title=alt.TitleParams("the image, uncropped", fontSize=11, anchor="start"))
+            )
+        for method in (m for m in METHODS if m in maps):
+            cells.append(_map_cell(maps[method], method, width))
+        # the row's own title, so a long image name never widens the first column
+        rows_of_charts.append(
+            alt.hconcat(*cells, spacing=8).properties(title=alt.TitleParams(title, fontSize=12, anchor="start", limit=4 * width))
+        )
+    return alt.vconcat(*rows_of_charts, spacing=12).properties(
+        title=alt.TitleParams(
+            "Where the model looked",
+            subtitle=f"the image, then each map: brighter = more relevant, up to the map's {TINT_PERCENTILE}th percentile",
+        )
+    )
+
+
+def _map_cell(values: np.ndarray, method: str, width: int) -> alt.Chart:
+    rows, cols = values.shape
+    low, top = float(values.min()), float(np.percentile(values, TINT_PERCENTILE, method="lower"))
+    shown = np.clip((values - low) / (top - low), 0, 1) if top > low else np.zeros_like(values)
+    r, c = np.divmod(np.arange(rows * cols), cols)
+    data = pd.DataFrame({
+        "method": method, "row": r + 1, "col": c + 1,
+        "value": values.reshape(-1).astype(float), "shown": shown.reshape(-1).astype(float),
+    })
+    return (
+        alt.Chart(data)
+        .mark_rect()
+        .encode(
+            x=alt.X("col:O", axis=None),
+            y=alt.Y("row:O", axis=None),
+            color=alt.Color("shown:Q", scale=alt.Scale(scheme="oranges", domain=[0, 1]), legend=None),
+            tooltip=[
+                tooltip_field("method:N", "map"), tooltip_field("row:O", "row"), tooltip_field("col:O", "column"),
+                tooltip_field("value:Q", "relevance", format=".4f"),
+            ],
+        )
+        .properties(width=width, height=width, title=alt.TitleParams(method, fontSize=11, anchor="start"))
+    )

@@ -22,7 +22,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from core.casestudy import CaseFindings, CaseStudy, HeadFinding, findings
+from core.casestudy import CaseFindings, CaseStudy, HeadFinding, findings, relevance_of
 from core.importance import (
     METRIC_HELP,
     METRICS,
@@ -31,6 +31,7 @@ from core.importance import (
     rank_heads,
     target_measure,
 )
+from viz.attribution import relevance_grid_chart
 from viz.common import CHART_WIDTH
 from viz.importance import (
     importance_heatmap,
@@ -43,7 +44,7 @@ from viz.importance import (
 from viz.patterns import pattern_space_chart, prototype_chart, reconstruction_chart
 from viz.strength import ALL_HEADS, heads_by_layer_chart, top_heads_hop_profiles_chart
 
-__all__ = ["case_charts", "head_values", "mode_chart_key", "render_report"]
+__all__ = ["case_charts", "head_values", "mode_chart_key", "relevance_entries", "render_report"]
 
 # What a <script> must not contain literally: the specs carry user strings (image names).
 _SCRIPT_ESCAPES = {ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026"}
@@ -89,7 +90,7 @@ def case_charts(study: CaseStudy, found: CaseFindings) -> dict[str, alt.TopLevel
     ``importance-line``, ``importance-heatmap``, ``pruning-curve``, ``entropy-by-layer``,
     ``hop-profiles``, ``distance-by-layer``, ``concentration-by-layer`` (not for a study
     saved before concentration was measured), ``pattern-space``, ``pattern-prototypes``,
-    ``pattern-mse``.
+    ``pattern-mse``, ``relevance-maps`` (not for a study saved before relevance maps were kept).
     """
     charts: dict[str, alt.TopLevelMixin] = {}
     for finding in found.heads:
@@ -138,7 +139,29 @@ def case_charts(study: CaseStudy, found: CaseFindings) -> dict[str, alt.TopLevel
     )
     mse = study.manifest["patterns"]
     charts["pattern-mse"] = reconstruction_chart(float(mse["reconstruction_mse"]), float(mse["baseline_mse"]))
+    entries = relevance_entries(study, found)
+    if entries:
+        charts["relevance-maps"] = relevance_grid_chart(entries)
     return charts
+
+
+def relevance_entries(study: CaseStudy, found: CaseFindings) -> list[tuple[str, dict[str, np.ndarray], bytes | None]]:
+    """The relevance maps of each top head's most hurt image, titled by head and image, with its thumbnail (one entry per image)."""
+    names = {item["id"]: item["name"] for item in study.manifest["image_set"]["images"]}
+    entries: dict[str, tuple[str, dict[str, np.ndarray], bytes | None]] = {}
+    for finding in found.heads:
+        if not finding.hurt_images:
+            continue
+        image_id = finding.hurt_images[0]
+        maps = relevance_of(study, image_id)
+        if not maps:
+            continue
+        if image_id in entries:  # another top head hurts the same image most: one row names both
+            title, maps, thumbnail = entries[image_id]
+            entries[image_id] = (title.replace(" · ", f", {finding.label} · ", 1), maps, thumbnail)
+        else:
+            entries[image_id] = (f"{finding.label} · {names.get(image_id, image_id)}", maps, study.thumbnails.get(image_id))
+    return list(entries.values())
 
 
 def _hop_profiles(study: CaseStudy, found: CaseFindings) -> pd.DataFrame:
@@ -198,7 +221,7 @@ for (const [key, spec] of Object.entries(specs)) {
 
 _SOURCES = {
     "importance": "importance", "mechanism": "importance", "locality": "strength", "concentration": "strength",
-    "pattern": "patterns",
+    "pattern": "patterns", "explanation": "explanations",
 }
 _SECTION_TITLES = {
     "summary": "Summary",
@@ -206,6 +229,7 @@ _SECTION_TITLES = {
     "importance": "Head importance",
     "strength": "Attention strength",
     "patterns": "Attention patterns",
+    "explanations": "Where the model looked",
     "settings": "Settings and versions",
 }
 
@@ -234,6 +258,7 @@ def render_report(study: CaseStudy, metric: str | None = None, *, top_k: int | N
         "importance": _importance(study, found),
         "strength": _strength(study, found),
         "patterns": _patterns(study),
+        "explanations": _explanations(study, charts),
         "settings": _settings(study),
     }
     nav = " ".join(f'<a href="#{key}">{title}</a>' for key, title in _SECTION_TITLES.items())
@@ -412,6 +437,26 @@ def _strength(study: CaseStudy, found: CaseFindings) -> str:
     return (
         f'<p class="note">{escape(found.layer_trend)}</p>\n{_chart("entropy-by-layer")}\n'
         f'{_chart("hop-profiles")}\n{_chart("distance-by-layer")}\n{concentration}\n<h3>Layer means</h3>\n{table}'
+    )
+
+
+def _explanations(study: CaseStudy, charts: Mapping[str, alt.TopLevelMixin]) -> str:
+    if "relevance-maps" not in charts:
+        return (
+            '<p class="note">This bundle was saved before HeadScope kept relevance maps (format version '
+            f"{int(study.manifest['format_version'])}); compute the case study again to see them.</p>"
+        )
+    methods = (
+        "attention rollout (the mean of the heads) and the last layer's attention; gradient rollout needs a class, "
+        "which a backbone does not have"
+        if study.is_backbone else
+        "attention rollout (the mean of the heads), gradient rollout for the image's target class, and the last "
+        "layer's attention"
+    )
+    which = "whose output pruning each top head changes most" if study.is_backbone else "each top head hurts most"
+    return (
+        f'<p class="note">On the image {which}, where the model looked for its answer: '
+        f"{escape(methods)}. The Explanations page scores how faithful each map is.</p>\n{_chart('relevance-maps')}"
     )
 
 

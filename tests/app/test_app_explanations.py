@@ -47,7 +47,9 @@ def test_scoring_shows_each_method_against_a_random_order(page: AppTest) -> None
     assert len(charts) == 1
     summary = page.dataframe[1].value
     assert sorted(set(summary["method"])) == sorted(METHODS) and set(summary["curve"]) == {"deletion", "insertion"}
-    assert (summary["images"] == 1).all() and summary["wins"].isin([0.0, 1.0]).all()
+    assert (summary["images"] == 1).all()
+    # the table's numbers are the chart's curves' areas: the map's deletion area lies between the scores' extremes
+    assert summary["relevance"].between(0, 1).all() and summary["random"].between(0, 1).all()
     # another fill is another request: the old curves are not shown for it
     page.radio(key="explain_fill").set_value("blur").run()
     assert "Press **Score the maps**" in _captions(page) and len(page.dataframe) == 1
@@ -61,12 +63,31 @@ def test_the_top_head_button_makes_it_the_focus_head(page: AppTest) -> None:
     assert (page.session_state["focus_layer"], page.session_state["focus_head"]) == (layer, head)
 
 
+def _pictures(at: AppTest) -> list[str]:
+    """Every map picture's media URL: Streamlit names a media file by a hash of its bytes."""
+    return [element.proto.imgs[0].url for element in at.main.get("image")]
+
+
 def test_another_fusion_gives_another_rollout(page: AppTest) -> None:
-    before = page.main.get("image")
+    before = _pictures(page)
     page.radio(key="explain_fusion").set_value("max").run()
     assert not page.exception
     assert "Attention rollout · max of the heads" in _captions(page)
-    assert len(page.main.get("image")) == len(before)
+    after = _pictures(page)
+    assert after[0] != before[0] and after[1:] == before[1:]  # only the attention rollout depends on the fusion
+
+
+def test_a_model_that_fails_on_the_image_gets_a_sentence(page: AppTest, monkeypatch) -> None:
+    from core.errors import NonFiniteOutputs
+    from ui import attribution
+
+    def fail(*_args, **_kwargs):
+        raise NonFiniteOutputs("The model outputs NaN or infinite values for these images.")
+
+    monkeypatch.setattr(attribution, "relevance_maps", fail)
+    page.select_slider(key="explain_discard").set_value(0.95).run()  # settings no cached map has
+    assert not page.exception
+    assert [e.value for e in page.error] == ["The model outputs NaN or infinite values for these images."]
 
 
 def test_the_image_maps_follow_the_settings(tiny_handle) -> None:
@@ -87,6 +108,11 @@ def test_the_image_maps_follow_the_settings(tiny_handle) -> None:
     assert not np.allclose(mean.maps["attention rollout"], low.maps["attention rollout"])
     np.testing.assert_allclose(mean.maps["gradient rollout"], low.maps["gradient rollout"])  # no fusion in it
     assert mean.heads.shape == (3, 3) and np.isclose(mean.heads.sum(), 1.0, atol=1e-5)
+    thinned = attribution.image_maps(tiny_handle, images, image_id, "mean", 0.9)
+    assert not np.allclose(mean.maps["attention rollout"], thinned.maps["attention rollout"])
+    assert mean.target == mean.predicted and mean.predicted in range(5)  # no label: the top-1 is explained
+    top = attribution.image_maps(tiny_handle, images, image_id, "mean", 0.0)
+    assert top.maps["gradient rollout"].tobytes() == mean.maps["gradient rollout"].tobytes()
 
 
 def test_one_outlier_patch_does_not_leave_the_rest_dark(tiny_handle) -> None:

@@ -359,15 +359,16 @@ def test_the_summary_pairs_each_image_with_its_random_order() -> None:
     from core.attribution import faithfulness_summary
 
     rows = []
-    # map: deletion 0.2 and 0.5 against random 0.4 and 0.4; insertion 0.9 and 0.3 against 0.6 and 0.5
-    for image, (d, dr, i, ir) in enumerate([(0.2, 0.4, 0.9, 0.6), (0.5, 0.4, 0.3, 0.5)]):
+    # map: deletion 0.3 and 0.5 against random 0.4 and 0.6 (better on both: swapped pairs would win only one);
+    # insertion 0.9 and 0.3 against 0.6 and 0.5
+    for image, (d, dr, i, ir) in enumerate([(0.3, 0.4, 0.9, 0.6), (0.5, 0.6, 0.3, 0.5)]):
         rows += [(image, "relevance", "deletion", d), (image, "random", "deletion", dr),
                  (image, "relevance", "insertion", i), (image, "random", "insertion", ir)]
     areas = pd.DataFrame(rows, columns=["image", "order", "curve", "area"])
     summary = faithfulness_summary(areas).set_index("curve")
     assert list(summary.columns) == ["images", "relevance", "random", "gain", "wins"]
     assert summary.loc["deletion", "images"] == 2
-    np.testing.assert_allclose(summary.loc["deletion", ["relevance", "random", "gain", "wins"]].astype(float), [0.35, 0.4, 0.05, 0.5])
+    np.testing.assert_allclose(summary.loc["deletion", ["relevance", "random", "gain", "wins"]].astype(float), [0.4, 0.5, 0.1, 1.0])
     np.testing.assert_allclose(summary.loc["insertion", ["relevance", "random", "gain", "wins"]].astype(float), [0.6, 0.55, 0.05, 0.5])
     two = faithfulness_summary(pd.concat([areas.assign(method="a"), areas.assign(method="b", area=areas["area"] * 0)]))
     assert list(two.columns[:2]) == ["method", "curve"] and len(two) == 4
@@ -408,3 +409,24 @@ def test_methods_are_compared_on_the_same_random_order(tiny_handle) -> None:
     alone = attribution.faithfulness_curves(tiny_handle, x[1:], maps["gradient rollout"][1:], steps=4, seed=1)
     mine = curves[(curves["method"] == "gradient rollout") & (curves["image"] == 1)]
     np.testing.assert_allclose(mine["score"].to_numpy(), alone["score"].to_numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["distilled DeiT", "2 registers, no class token", "class token, average pooled"])
+def test_discarding_keeps_the_columns_of_the_tokens_the_answer_reads(name: str) -> None:
+    from core.attribution import _discard, answer_readout
+
+    build, rows, _ = READOUTS[name]
+    handle = wrap_model(build(), class_names=[f"c{i}" for i in range(5)], device="cpu")
+    attn = extract_attention(handle, torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(8))).attn.double()
+    p = handle.num_prefix_tokens
+    kept = sorted(rows or {})  # the prefix tokens the answer reads: none for a patch mean
+    found = attention_rollout(attn, p, discard_ratio=0.9, readout=answer_readout(handle))
+    thinned = _discard(attn.mean(2), 0.9, protected=kept or None)
+    step = 0.5 * thinned + 0.5 * torch.eye(handle.num_tokens, dtype=torch.float64)
+    step = step / step.sum(-1, keepdim=True)
+    full = torch.eye(handle.num_tokens, dtype=torch.float64)
+    for layer in range(step.shape[1]):
+        full = step[0, layer] @ full
+    torch.testing.assert_close(found[0], (answer_readout(handle) @ full)[p:])
+    if kept:
+        assert torch.equal(thinned[..., kept], attn.mean(2)[..., kept])

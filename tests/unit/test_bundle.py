@@ -582,7 +582,9 @@ def test_a_fractional_or_out_of_range_number_is_refused(small_study, bundle, tab
 
 @pytest.mark.parametrize("name", ARRAYS)
 def test_a_non_finite_or_absurd_number_in_any_array_is_refused(small_study, bundle, name):
-    for value in _ABSURD:
+    # a backbone's gradient rollout is NaN in the relevance maps: there only NaN is allowed
+    allowed_nan = name in ("relevance", "relevance_heads")
+    for value in _ABSURD if not allowed_nan else (np.inf, -1.0, 1e300 if name == "relevance" else 1.5):
         array = small_study.arrays[name].astype(np.float64)
         array.flat[0] = value
         _refused(_edited(bundle, replace={f"arrays/{name}.npy": _npy(array)}), f"array '{name}' holds a number")
@@ -676,3 +678,16 @@ def test_numeric_columns_are_bounded_from_the_footer_before_any_value_is_decoded
 
     monkeypatch.setattr(pq.ParquetFile, "read", read_small_tables)
     _refused(bundle, "importance_per_image' holds more than", limits=BundleLimits(max_table_bytes=limit))
+
+
+def test_relevance_arrays_that_disagree_or_exceed_the_settings_are_refused(small_study, bundle):
+    images = small_study.arrays["relevance_images"]
+    assert len(images) >= 2
+    fewer = {"arrays/relevance_images.npy": _npy(images[:-1])}  # one map without its image
+    _refused(_edited(bundle, replace=fewer), "relevance arrays do not hold the same images")
+    twice = {"arrays/relevance_images.npy": _npy(np.concatenate([images[:-1], images[:1]]))}
+    _refused(_edited(bundle, replace=twice), "relevance arrays do not hold the same images")
+    outside = {"arrays/relevance_images.npy": _npy(np.where(np.arange(len(images)) == 0, 10_000, images).astype(np.int32))}
+    _refused(_edited(bundle, replace=outside), "array 'relevance_images' holds a number")
+    too_many = np.zeros((25 * 24, *small_study.arrays["relevance"].shape[1:]), dtype=np.float32)  # more than partial can cite
+    _refused(_edited(bundle, replace={"arrays/relevance.npy": _npy(too_many)}), "has shape|more than any array")

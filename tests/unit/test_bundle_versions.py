@@ -110,7 +110,49 @@ def test_findings_and_the_report_of_a_version_2_bundle(v2_study) -> None:
     assert "Cumulative pruning" in html and "saved before HeadScope measured" in html
 
 
-@pytest.mark.parametrize("bundle", [V1_BUNDLE, V2_BUNDLE], ids=["version 1", "version 2"])
+# ``data/bundle_v3_demo.zip`` was saved by format version 3 (commit 5ed7bcc, before the
+# relevance maps): the same 8 digits and settings, laid out with PCA.
+V3_BUNDLE = DATA / "bundle_v3_demo.zip"
+
+
+@pytest.fixture(scope="module")
+def v3_study(demo_handle):
+    return load_bundle(V3_BUNDLE.read_bytes(), model_key=demo_handle.key, model_name=demo_handle.name)
+
+
+def test_a_version_3_bundle_opens_without_relevance_maps(v3_study, v1_images) -> None:
+    from core.casestudy import relevance_of
+
+    assert v3_study.manifest["format_version"] == 3
+    assert v3_study.manifest["image_set"]["key"] == v1_images.key
+    assert v3_study.arrays["relevance"].shape == (0, 3, 64) and v3_study.arrays["relevance_heads"].shape == (0, 6, 6)
+    assert v3_study.arrays["relevance_images"].shape == (0,)
+    assert all(relevance_of(v3_study, image.id) == {} for image in v1_images.images)
+    assert v3_study.strength.has_concentration
+
+
+def test_the_numbers_of_a_version_3_bundle_are_what_this_version_computes(v3_study, v1_images, demo_handle) -> None:
+    """Adding the relevance maps changed none of the numbers a version-3 bundle holds."""
+    from core.casestudy import STRENGTH_ARRAYS
+    from core.strength import strength_statistics
+
+    now = strength_statistics(demo_handle, v1_images.pil_images())
+    for name in STRENGTH_ARRAYS:
+        np.testing.assert_allclose(getattr(now, name), v3_study.arrays[name], rtol=1e-6, atol=1e-9, err_msg=name)
+    tables = head_importance_tables(demo_handle, v1_images.pil_images(), set_labels(v1_images))
+    saved = v3_study.tables["importance_overall"].set_index(["metric", "layer", "head"])["value"].sort_index()
+    computed = tables.overall.set_index(["metric", "layer", "head"])["value"].sort_index()
+    np.testing.assert_allclose(computed.to_numpy(), saved.to_numpy(), rtol=0, atol=1e-9)
+
+
+def test_findings_and_the_report_of_a_version_3_bundle(v3_study) -> None:
+    found = findings(v3_study)
+    assert len(found.heads) == 2
+    html = render_report(v3_study, "probability")
+    assert "Cumulative pruning" in html and "saved before HeadScope kept relevance maps" in html
+
+
+@pytest.mark.parametrize("bundle", [V1_BUNDLE, V2_BUNDLE, V3_BUNDLE], ids=["version 1", "version 2", "version 3"])
 def test_an_older_bundle_saved_again_opens_again_with_the_same_numbers(bundle, demo_handle) -> None:
     """The case-study page offers a download of whatever it shows, an opened older bundle too."""
     from core.bundle import save_bundle

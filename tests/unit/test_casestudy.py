@@ -113,3 +113,43 @@ def test_one_image_reads_in_the_singular(demo_handle, small_set):
     for finding in findings(study, "probability").heads:
         assert "images where" not in finding.mechanism
         assert len(finding.hurt_images) <= 1
+
+
+# --- relevance maps of the cited images ------------------------------------------------------
+
+
+def test_the_study_explains_exactly_the_images_partial_pruning_ran_on(demo_handle, small_set, small_study):
+    from core.attribution import METHODS, relevance_maps
+    from core.casestudy import relevance_of
+
+    cited = list(dict.fromkeys(small_study.tables["partial"]["image_id"]))
+    ids = [item["id"] for item in small_study.manifest["image_set"]["images"]]
+    positions = small_study.arrays["relevance_images"]
+    stored, heads = small_study.arrays["relevance"], small_study.arrays["relevance_heads"]
+    # only the cited images are kept, in the order they are first cited
+    assert [ids[p] for p in positions] == cited and len(cited) < len(ids)
+    assert stored.shape == (len(cited), len(METHODS), 64) and heads.shape == (len(cited), 6, 6)
+    assert not np.isnan(stored).any()
+    for image_id in ids:
+        assert set(relevance_of(small_study, image_id)) == (set(METHODS) if image_id in cited else set())
+    # the maps are those of the image's target class, computed on their own
+    row = len(cited) - 1
+    image_id = cited[row]
+    target = int(small_study.tables["importance_unpruned"].set_index("image").loc[ids.index(image_id), "target"])
+    alone = relevance_maps(demo_handle, demo_handle.preprocess([small_set.by_id(image_id).image]), target=target)
+    for m, method in enumerate(METHODS):
+        np.testing.assert_allclose(stored[row, m], alone.maps[method][0].numpy(), rtol=1e-4, atol=1e-7)
+        np.testing.assert_array_equal(relevance_of(small_study, image_id)[method].reshape(-1), stored[row, m])
+    np.testing.assert_allclose(heads[row], alone.heads[0].numpy(), rtol=1e-4, atol=1e-7)
+    assert np.isclose(heads[row].sum(), 1.0, atol=1e-5)
+
+
+def test_a_backbone_study_has_no_gradient_rollout(no_prefix_study):
+    backbone = wrap_model(tiny_vit(num_classes=0), device="cpu")
+    study = analyze(backbone, _set(4), TINY, layout_method="pca")
+    from core.casestudy import relevance_of
+
+    cited = list(dict.fromkeys(study.tables["partial"]["image_id"]))
+    assert cited
+    assert set(relevance_of(study, cited[0])) == {"attention rollout", "last-layer attention"}
+    assert np.isnan(study.arrays["relevance_heads"]).all()

@@ -11,6 +11,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_browser import CHROMIUM_ARGS, _chromium
 
@@ -23,6 +24,7 @@ SECTIONS = [
     ("importance", "Head importance"),
     ("strength", "Attention strength"),
     ("patterns", "Attention patterns"),
+    ("explanations", "Where the model looked"),
     ("settings", "Settings and versions"),
 ]
 HOSTILE_IMAGE = "<script>alert(1)</script>.png"
@@ -95,6 +97,7 @@ def test_every_top_head_has_its_label_and_four_linked_findings(small_study, repo
             (finding.mechanism, "importance"),
             (finding.locality, "strength"),
             (finding.pattern, "patterns"),
+            (finding.explanation, "explanations"),
         ):
             assert f'{html.escape(sentence)} <a class="source" href="#{section}">' in report
 
@@ -304,3 +307,21 @@ def test_a_report_inlines_more_than_altairs_5000_rows_and_leaves_its_limit_in_pl
     assert html.count('"value"') > 5000
     with pytest.raises(alt.MaxRowsError):  # the global limit is back for everything else
         alt.Chart(large).mark_point().encode(x="row:O").to_dict()
+
+
+def test_the_relevance_maps_are_each_top_heads_most_hurt_image_once(small_study) -> None:
+    from core.casestudy import relevance_of
+    from viz.report import relevance_entries
+
+    found = findings(small_study)
+    entries = relevance_entries(small_study, found)
+    most_hurt = list(dict.fromkeys(finding.hurt_images[0] for finding in found.heads))
+    assert len(entries) == len(most_hurt)
+    names = {item["id"]: item["name"] for item in small_study.manifest["image_set"]["images"]}
+    for (title, maps, thumbnail), image_id in zip(entries, most_hurt):
+        heads = [f.label for f in found.heads if f.hurt_images[0] == image_id]
+        assert title == f"{', '.join(heads)} · {names[image_id]}"
+        assert thumbnail == small_study.thumbnails[image_id]
+        assert all(np.array_equal(maps[m], v) for m, v in relevance_of(small_study, image_id).items())
+    spec = json.dumps(case_charts(small_study, found)["relevance-maps"].to_dict())
+    assert spec.count('"mark": {"type": "rect"') >= 3 * len(entries) and spec.count("data:image/png;base64,") == len(entries)
