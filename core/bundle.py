@@ -1034,7 +1034,10 @@ def _array(name: str, content: bytes, shape: _StudyShape) -> np.ndarray:
             f"The bundle's array '{name}' holds {_shown(dtype)} values, not numbers; "
             "HeadScope never loads Python objects from a bundle."
         )
-    if name in _CITED_ARRAYS and len(found) == len(expected) and found[1:] == expected[1:] and found[0] <= expected[0]:
+    if name == "relevance_images" and dtype.kind not in "iu":
+        raise _damaged("array 'relevance_images' does not hold whole image positions")
+    cited = name in _CITED_ARRAYS and len(found) == len(expected) and found[1:] == expected[1:]
+    if cited and 0 <= found[0] <= expected[0]:
         expected = found  # any count of cited images up to the most the settings allow
     if found != expected:
         raise BundleRejected(

@@ -827,10 +827,14 @@ def _explanation(study: CaseStudy, label: str, layer: int, head: int, image_id: 
         return f"On {name}, the image whose output pruning it changes most, {where}.", float("nan")
     shares = study.arrays["relevance_heads"][_relevance_row(study, image_id)]
     share = float(shares[layer, head])
+    if method != "gradient rollout" or not np.isfinite(shares).all() or not share > 0:
+        return f"On {name}, the image pruning it hurts most, {where}.", float("nan")
     rank = int((shares > share).sum()) + 1
+    tied = "tied at rank" if int((shares == share).sum()) > 1 else "rank"
     return (
-        f"On {name}, the image pruning it hurts most, {label} carries {share:.1%} of the gradient rollout's relevance "
-        f"(rank {rank} of {shares.size} heads there; an even share is {1 / shares.size:.1%}), and {where}.",
+        f"On {name}, the image pruning it hurts most, {label} carries {share:.1%} of what the layers add to the "
+        f"gradient rollout ({tied} {rank} of {shares.size} heads there; an even share is {1 / shares.size:.1%}), "
+        f"and {where}.",
         share,
     )
 

@@ -125,6 +125,11 @@ for view, keys in casestudy.EVIDENCE.items():
     for key in (key for key in keys if key in charts):
         # the report's own look (no Streamlit theme), so the page and the exported file match
         st.altair_chart(charts[key], width="content", theme=None)
+    if view == "explanations" and "relevance-maps" not in charts:
+        st.caption(
+            "This bundle was saved before HeadScope kept relevance maps; compute the case study again to see them."
+            if int(study.manifest["format_version"]) < 4 else "No top head hurts any image, so there are no relevance maps."
+        )
 
 st.subheader("Export and share")
 e1, e2 = st.columns(2)

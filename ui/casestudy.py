@@ -154,5 +154,7 @@ def open_in_view(view: str, layer: int, head: int, image_set: ImageSet, image_id
     session.set_focus_head(layer, head)
     if image_id is not None and any(item.id == image_id for item in image_set.images):
         session.set_focus_image(image_id)
+    if view == "explanations":  # the maps the finding describes: the mean of the heads, nothing discarded
+        st.session_state["explain_fusion"], st.session_state["explain_discard"] = "mean", 0.0
     st.switch_page(VIEW_PAGES[view][0])
 

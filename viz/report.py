@@ -441,6 +441,8 @@ def _strength(study: CaseStudy, found: CaseFindings) -> str:
 
 
 def _explanations(study: CaseStudy, charts: Mapping[str, alt.TopLevelMixin]) -> str:
+    if "relevance-maps" not in charts and int(study.manifest["format_version"]) >= 4:
+        return '<p class="note">No top head hurts any image, so there are no relevance maps to show.</p>'
     if "relevance-maps" not in charts:
         return (
             '<p class="note">This bundle was saved before HeadScope kept relevance maps (format version '

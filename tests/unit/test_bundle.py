@@ -584,8 +584,11 @@ def test_a_fractional_or_out_of_range_number_is_refused(small_study, bundle, tab
 def test_a_non_finite_or_absurd_number_in_any_array_is_refused(small_study, bundle, name):
     # a backbone's gradient rollout is NaN in the relevance maps: there only NaN is allowed
     allowed_nan = name in ("relevance", "relevance_heads")
-    for value in _ABSURD if not allowed_nan else (np.inf, -1.0, 1e300 if name == "relevance" else 1.5):
-        array = small_study.arrays[name].astype(np.float64)
+    values = (np.inf, -1.0, 1e300 if name == "relevance" else 1.5) if allowed_nan else _ABSURD
+    if name == "relevance_images":  # image positions must be integers: absurd ones
+        values = (-1, 10**6)
+    for value in values:
+        array = small_study.arrays[name].astype(np.int64 if name == "relevance_images" else np.float64)
         array.flat[0] = value
         _refused(_edited(bundle, replace={f"arrays/{name}.npy": _npy(array)}), f"array '{name}' holds a number")
 
@@ -691,3 +694,8 @@ def test_relevance_arrays_that_disagree_or_exceed_the_settings_are_refused(small
     _refused(_edited(bundle, replace=outside), "array 'relevance_images' holds a number")
     too_many = np.zeros((25 * 24, *small_study.arrays["relevance"].shape[1:]), dtype=np.float32)  # more than partial can cite
     _refused(_edited(bundle, replace={"arrays/relevance.npy": _npy(too_many)}), "has shape|more than any array")
+
+
+def test_relevance_positions_must_be_whole_numbers_in_an_integer_array(small_study, bundle):
+    images = small_study.arrays["relevance_images"].astype(np.float64)
+    _refused(_edited(bundle, replace={"arrays/relevance_images.npy": _npy(images)}), "whole image positions")

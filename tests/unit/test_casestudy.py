@@ -153,3 +153,22 @@ def test_a_backbone_study_has_no_gradient_rollout(no_prefix_study):
     assert cited
     assert set(relevance_of(study, cited[0])) == {"attention rollout", "last-layer attention"}
     assert np.isnan(study.arrays["relevance_heads"]).all()
+
+
+def test_the_explanation_names_ties_and_leaves_out_a_share_no_head_has(small_study):
+    import dataclasses
+
+    from core.casestudy import findings
+
+    found = findings(small_study)
+    assert all("of what the layers add to the gradient rollout" in f.explanation for f in found.heads)
+    first = found.heads[0]
+    heads = small_study.arrays["relevance_heads"].copy()
+    row = int(np.flatnonzero(small_study.arrays["relevance_images"] == [i["id"] for i in small_study.manifest["image_set"]["images"]].index(first.hurt_images[0]))[0])
+    heads[row] = 1.0 / heads[row].size  # every head alike: all tied
+    tied = findings(dataclasses.replace(small_study, arrays={**small_study.arrays, "relevance_heads": heads})).heads[0]
+    assert "tied at rank 1 of 36" in tied.explanation
+    heads[row] = 0.0  # no head adds anything: no share to name
+    none = findings(dataclasses.replace(small_study, arrays={**small_study.arrays, "relevance_heads": heads})).heads[0]
+    assert "carries" not in none.explanation and "puts the most relevance" in none.explanation
+    assert np.isnan(none.relevance_share)
