@@ -97,8 +97,12 @@ def test_partial_pruning_reuses_the_unpruned_output(demo_handle, set_24, monkeyp
         budget.remove()
     runs = study.tables["partial"][["layer", "head", "image"]].drop_duplicates()
     assert len(runs) > 0
-    assert budget.forwards == 5 * len(runs)  # five masked modes per image; "none" comes from the pass
-    assert budget.captured == 0
+    cited = study.tables["partial"]["image"].nunique()
+    assert len(study.arrays["relevance_images"]) == cited
+    # five masked modes per image ("none" comes from the pass); then each cited image's
+    # relevance maps: one attention capture and one forward and backward for the gradient rollout
+    assert budget.forwards == 5 * len(runs) + 2 * cited
+    assert budget.captured == cited
     none = study.tables["partial"].query("mode == 'none'")
     probs = torch.from_numpy(analysis.predictions.logits).softmax(-1).numpy()
     targets = analysis.importance.unpruned["target"].to_numpy()
