@@ -408,8 +408,9 @@ def compare_faithfulness(
     methods are compared on equal terms. ``progress(done, total)`` after each image.
     """
     parts = []
+    wanted = None if target is None else _targets(handle, target, len(x))
     for image in range(len(x)):
-        one_target = None if target is None else _targets(handle, target, len(x))[image:image + 1]
+        one_target = None if wanted is None else wanted[image:image + 1]
         random = None
         for method, relevance in maps.items():
             curves = faithfulness_curves(

@@ -20,7 +20,7 @@ from core.attribution import METHODS, compare_faithfulness, relevance_maps
 from core.images import ImageSet
 from core.model import ViTHandle
 from ui import patterns, session
-from viz.attribution import TINT_PERCENTILE
+from viz.attribution import TINT_PERCENTILE, tint_scale
 
 __all__ = [
     "FAITHFULNESS_IMAGES",
@@ -82,10 +82,7 @@ def image_maps(handle: ViTHandle, image_set: ImageSet, image_id: str, fusion: st
 
 def map_picture(handle: ViTHandle, image: Image.Image, relevance: np.ndarray) -> Image.Image:
     """The image as the model sees it, tinted by ``relevance`` ``[rows, cols]`` up to its ``TINT_PERCENTILE``."""
-    top = float(np.percentile(relevance, TINT_PERCENTILE, method="lower"))  # a value some patch has
-    low = float(relevance.min())
-    shown = np.clip(relevance - low, 0, None) if top <= low else np.clip(relevance - low, 0, top - low)
-    return patterns.attention_overlay(patterns.model_view(handle, image), shown, None, None)
+    return patterns.attention_overlay(patterns.model_view(handle, image), tint_scale(relevance), None, None)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)

@@ -14,7 +14,7 @@ import pandas as pd
 from core.attribution import METHODS, RANDOM_ORDER
 from viz.common import tooltip_field
 
-__all__ = ["METHOD_COLOURS", "TINT_PERCENTILE", "faithfulness_chart", "mean_curves", "relevance_grid_chart", "score_title"]
+__all__ = ["METHOD_COLOURS", "TINT_PERCENTILE", "faithfulness_chart", "mean_curves", "relevance_grid_chart", "score_title", "tint_scale"]
 
 # A map's colour saturates at this percentile of its patches (a value some patch has): one
 # outlier patch (DINOv2-S's rollout has a few) would otherwise leave every other patch blank.
@@ -123,10 +123,18 @@ def relevance_grid_chart(
     )
 
 
+def tint_scale(values: np.ndarray) -> np.ndarray:
+    """``values`` scaled to [0, 1]: 0 at the least relevant patch, 1 from the ``TINT_PERCENTILE``th percentile up.
+
+    The percentile is a value some patch has; a flat map is all 0.
+    """
+    low, top = float(values.min()), float(np.percentile(values, TINT_PERCENTILE, method="lower"))
+    return np.clip((values - low) / (top - low), 0, 1) if top > low else np.zeros_like(values, dtype=float)
+
+
 def _map_cell(values: np.ndarray, method: str, width: int) -> alt.Chart:
     rows, cols = values.shape
-    low, top = float(values.min()), float(np.percentile(values, TINT_PERCENTILE, method="lower"))
-    shown = np.clip((values - low) / (top - low), 0, 1) if top > low else np.zeros_like(values)
+    shown = tint_scale(values)
     r, c = np.divmod(np.arange(rows * cols), cols)
     data = pd.DataFrame({
         "method": method, "row": r + 1, "col": c + 1,
