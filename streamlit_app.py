@@ -9,7 +9,7 @@ from core.images import DEFAULT_LIMITS, ImageSet
 from core.inference import Predictions, top_k
 from core.model import BUILTIN_MODELS, DEFAULT_IMG_SIZE, DEMO_NAME, ViTHandle
 from core.projection import start_umap_warmup
-from ui import session
+from ui import export, navigation, session
 from ui.display import enlarge_for_display, plain
 from viz.overview import OVERVIEW_SELECTION, overview_chart, top5_chart
 
@@ -175,8 +175,8 @@ def _focus_panel(handle: ViTHandle, image_set: ImageSet, preds: Predictions, poi
         return
     st.markdown(f"{plain(image.name)} · {label + ', ' if label else ''}predicted **{plain(row['predicted'])}** ({row['probability']:.3f})")
     top = top_k(preds.probs[image_set.index_of(focus_id)], handle.class_names)
-    st.altair_chart(top5_chart(top), width="stretch")
-    st.dataframe(top[["rank", "class", "probability"]], hide_index=True, width="stretch")
+    export.chart(top5_chart(top), "A top-5", width="stretch")
+    export.table(top[["rank", "class", "probability"]], "A top-5 table", hide_index=True, width="stretch")
 
 
 def _layout_caption(handle: ViTHandle, points, method: str) -> str:
@@ -198,6 +198,7 @@ def _layout_caption(handle: ViTHandle, points, method: str) -> str:
 
 
 def main() -> None:
+    navigation.sidebar_links()
     _model_controls()
     _image_controls()
     handle = session.current_model()
@@ -227,8 +228,9 @@ def main() -> None:
         if known and not handle.is_backbone:
             accuracy = float((preds.predicted[known] == [labels[i] for i in known]).mean())
             st.caption(f"Accuracy on the {len(known)} labelled images: {accuracy:.1%}.")
-        st.altair_chart(
+        export.chart(
             overview_chart(points, focus_id),
+            "A image overview",
             key="overview_chart",
             on_select=_pick_from_chart,
             selection_mode=OVERVIEW_SELECTION,

@@ -72,7 +72,7 @@ class PassResult:
 
     Attributes:
         importance: single-head importance of every head, per image and over the images.
-        strength: the strength statistics of every image, layer and head.
+        strength: the strength statistics of every image, layer and head (``None`` from a pass that only sweeps).
         maps: per map kind, the sampled maps' autoencoder inputs ``[M, 1, S, S]`` and
             their origin rows (image = index in the whole set), in the order drawn.
         logits: ``[N, outputs]`` the unmodified model's output (a backbone's pooled features).
@@ -80,7 +80,7 @@ class PassResult:
     """
 
     importance: HeadImportance
-    strength: StrengthStats
+    strength: StrengthStats | None
     maps: Mapping[MapKind, tuple[torch.Tensor, pd.DataFrame]]
     logits: np.ndarray
     features: np.ndarray
@@ -184,12 +184,19 @@ def first_pass(
     first_image: int = 0,
     batch_size: int | None = None,
     progress: Progress | None = None,
+    sweep: bool = True,
+    reduce: bool = True,
 ) -> PassResult:
     """The unpruned pass over ``images`` (the set's images ``first_image`` onwards, for a shard).
 
     ``picks``: per map kind, the maps to keep (``draw_samples`` over the whole set);
     only those of these images are read. Returns this shard's results; image indices in
     the importance tables count from 0 within the shard, map origins within the set.
+
+    ``sweep=False`` leaves out the single-head ablations (their metrics are then absent:
+    only ``taylor`` is computed, a classifier's quick preview); ``reduce=False`` leaves out
+    the attention and what it gives (``strength`` is then ``None`` and ``maps`` empty),
+    for a pass that only sweeps. ``core.staged`` runs the two apart.
 
     Raises:
         NotEnoughImages: no images.
@@ -206,7 +213,9 @@ def first_pass(
     targets = np.zeros(n, dtype=np.int64)
     unpruned_prob = np.full(n, np.nan)
     unpruned_correct = np.zeros(n, dtype=bool)
-    swept = [m for m in metrics if m != "taylor"]
+    swept = [m for m in metrics if m != "taylor"] if sweep else []
+    computed = [m for m in metrics if m in swept or m == "taylor"]
+    local = {metric: local[metric] for metric in computed}
     keep = _single_head_masks(handle)
     strength = per_image_arrays(*per_image, grid)
     # float64: the sum over many images must not lose the small offsets' precision
@@ -217,20 +226,21 @@ def first_pass(
     for start in range(0, n, step):
         part = slice(start, min(start + step, n))
         x = handle.preprocess(list(images[part])).to(handle.device)
-        clean = _unpruned(handle, x, given[part], taylor="taylor" in metrics)
+        clean = _unpruned(handle, x, given[part], taylor="taylor" in computed, capture=reduce)
         target = clean.target
-        attn = clean.attention  # [L, B, H, T, T]
-        # the residual stream's norms, from the block inputs the ablations restart from
-        norms = torch.stack([tokens.float().norm(dim=-1).cpu() for tokens in clean.tokens], dim=1)  # [B, L + 1, T]
-        keys = reduce_norms(strength, part, norms, prefix)
-        for layer in range(num_layers):
-            reduce_layer(strength, offset_sum, part, layer, attn[layer], handle, keys[:, layer])
-        for kind, drawn in picks.items():
-            # image-major view, no copy: only the drawn rows are gathered
-            maps[kind].append(drawn_inputs(attn.transpose(0, 1), drawn, first_image + part.start, kind, grid, prefix))
-        # reduced: the attention goes before the ablations allocate their activations
-        clean.attention = None
-        del attn
+        if reduce:
+            attn = clean.attention  # [L, B, H, T, T]
+            # the residual stream's norms, from the block inputs the ablations restart from
+            norms = torch.stack([tokens.float().norm(dim=-1).cpu() for tokens in clean.tokens], dim=1)  # [B, L + 1, T]
+            keys = reduce_norms(strength, part, norms, prefix)
+            for layer in range(num_layers):
+                reduce_layer(strength, offset_sum, part, layer, attn[layer], handle, keys[:, layer])
+            for kind, drawn in picks.items():
+                # image-major view, no copy: only the drawn rows are gathered
+                maps[kind].append(drawn_inputs(attn.transpose(0, 1), drawn, first_image + part.start, kind, grid, prefix))
+            # reduced: the attention goes before the ablations allocate their activations
+            clean.attention = None
+            del attn
         if swept:
             with locked_hooks(handle):
                 impact, logits, output = _run_configs(
@@ -256,8 +266,8 @@ def first_pass(
             progress(part.stop, n)
     return PassResult(
         importance=_importance(local, targets, unpruned_prob, unpruned_correct, given),
-        strength=stats_from(strength, offset_sum, n, grid),
-        maps={kind: _joined(chunks, picks[kind], first_image, n, kind) for kind, chunks in maps.items()},
+        strength=stats_from(strength, offset_sum, n, grid) if reduce else None,
+        maps={kind: _joined(chunks, picks[kind], first_image, n, kind) for kind, chunks in maps.items()} if reduce else {},
         logits=np.concatenate(logits_out),
         features=np.concatenate(features_out),
     )
@@ -273,26 +283,31 @@ class _Unpruned:
     taylor: np.ndarray | None  # [B, L, H]
 
 
-def _unpruned(handle: ViTHandle, x: torch.Tensor, given: torch.Tensor, *, taylor: bool) -> _Unpruned:
-    """The batch's one unpruned forward, in chunks small enough for the Taylor pass's graph."""
+def _unpruned(handle: ViTHandle, x: torch.Tensor, given: torch.Tensor, *, taylor: bool, capture: bool = True) -> _Unpruned:
+    """The batch's one unpruned forward, in chunks small enough for the Taylor pass's graph.
+
+    ``capture=False`` keeps no attention (``attention`` is ``None``).
+    """
     chunk = _sequences_per_run(handle, keep_graph=True) if taylor else len(x)
-    pieces = [_unpruned_chunk(handle, x[i:i + chunk], given[i:i + chunk], taylor) for i in range(0, len(x), chunk)]
+    pieces = [
+        _unpruned_chunk(handle, x[i:i + chunk], given[i:i + chunk], taylor, capture) for i in range(0, len(x), chunk)
+    ]
     if len(pieces) == 1:
         return pieces[0]
     return _Unpruned(
         tokens=[torch.cat(layer) for layer in zip(*(p.tokens for p in pieces))],
         logits=torch.cat([p.logits for p in pieces]),
         features=torch.cat([p.features for p in pieces]),
-        attention=torch.cat([p.attention for p in pieces], dim=1),
+        attention=torch.cat([p.attention for p in pieces], dim=1) if capture else None,
         target=torch.cat([p.target for p in pieces]),
         taylor=np.concatenate([p.taylor for p in pieces if p.taylor is not None]) if taylor else None,
     )
 
 
-def _unpruned_chunk(handle: ViTHandle, x: torch.Tensor, given: torch.Tensor, taylor: bool) -> _Unpruned:
+def _unpruned_chunk(handle: ViTHandle, x: torch.Tensor, given: torch.Tensor, taylor: bool, capture: bool) -> _Unpruned:
     model = handle.model
     t = handle.num_tokens
-    attention = torch.empty(handle.num_layers, len(x), handle.num_heads, t, t, device=handle.device)
+    attention = torch.empty(handle.num_layers, len(x), handle.num_heads, t, t, device=handle.device) if capture else None
     tokens: list[torch.Tensor] = []
     store: dict[str, torch.Tensor] = {}
 
@@ -308,7 +323,8 @@ def _unpruned_chunk(handle: ViTHandle, x: torch.Tensor, given: torch.Tensor, tay
             # the gates multiply every head's output by 1: the pass stays the unpruned one
             gates = torch.ones(len(x), handle.num_layers, handle.num_heads, device=handle.device, requires_grad=True)
             _scale_heads(hooks, model, gates)
-        capture_patterns(hooks, model, attention)
+        if attention is not None:
+            capture_patterns(hooks, model, attention)
         capture_head_input(hooks, model, store)
         for block in model.blocks:
             hooks.forward_pre(block, block_input)
@@ -324,7 +340,7 @@ def _unpruned_chunk(handle: ViTHandle, x: torch.Tensor, given: torch.Tensor, tay
         tokens=tokens,
         logits=logits.detach(),
         features=store["features"].detach(),
-        attention=attention.cpu(),
+        attention=attention.cpu() if attention is not None else None,
         target=target,
         taylor=None if grad is None else grad.cpu().numpy(),
     )

@@ -333,10 +333,19 @@ def pruning_curve(
     Raises:
         InvalidSetting: ``steps`` below 1 (and the errors of ``head_importance_tables``).
     """
-    if steps < 1:
-        raise InvalidSetting("The pruning curve needs at least one step.")
     n = len(x)
     given = _check_labels(handle, labels, n)
+    points, keep_all = _curve_masks(handle, importance, steps, seed)
+    correct, similarity = _curve_sums(handle, x, given, keep_all, batch_size, progress)
+    return _curve_table(handle, points, correct, similarity, n)
+
+
+def _curve_masks(
+    handle: ViTHandle, importance: pd.DataFrame, steps: int, seed: int
+) -> tuple[list[tuple[str, int, int]], torch.Tensor]:
+    """The curve's points ``(order, heads pruned, mask index)`` and its distinct masks ``[M, L, H]``."""
+    if steps < 1:
+        raise InvalidSetting("The pruning curve needs at least one step.")
     num_heads = handle.num_layers * handle.num_heads
     orders = {
         metric: [
@@ -360,9 +369,21 @@ def pruning_curve(
             if index == len(keeps):
                 keeps.append(keep)
             points.append((name, int(count), index))
-    keep_all = torch.stack(keeps).reshape(-1, handle.num_layers, handle.num_heads)
-    correct = np.zeros(len(keeps), dtype=np.int64)
-    similarity = np.zeros(len(keeps), dtype=np.float64)
+    return points, torch.stack(keeps).reshape(-1, handle.num_layers, handle.num_heads)
+
+
+def _curve_sums(
+    handle: ViTHandle,
+    x: ImageBatch,
+    given: torch.Tensor,
+    keep_all: torch.Tensor,
+    batch_size: int | None = None,
+    progress: Progress | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per mask, over the images: how many keep their target, and the sum of output similarities."""
+    n = len(x)
+    correct = np.zeros(len(keep_all), dtype=np.int64)
+    similarity = np.zeros(len(keep_all), dtype=np.float64)
     for start, xb in _batches(handle, x, batch_size):
         with locked_hooks(handle):
             tokens, clean_logits = _clean_pass(handle.model, xb)
@@ -372,6 +393,13 @@ def pruning_curve(
         similarity += (1 - output).sum(-1).cpu().numpy()
         if progress is not None:
             progress(start + len(xb), n)
+    return correct, similarity
+
+
+def _curve_table(
+    handle: ViTHandle, points: list[tuple[str, int, int]], correct: np.ndarray, similarity: np.ndarray, n: int
+) -> pd.DataFrame:
+    num_heads = handle.num_layers * handle.num_heads
     return pd.DataFrame(
         {
             "order": [name for name, _, _ in points],
@@ -723,4 +751,8 @@ def _tidy(values: dict[str, np.ndarray]) -> pd.DataFrame:
         columns: dict[str, object] = {"image": index[0]} if array.ndim == 3 else {}
         columns.update(layer=index[-2], head=index[-1], metric=metric, value=array.reshape(-1).astype(float))
         frames.append(pd.DataFrame(columns))
+    if not frames:  # a pass that computed no metric (a backbone's preview has no Taylor)
+        return pd.DataFrame({"image": [], "layer": [], "head": [], "metric": [], "value": []}).astype(
+            {"image": np.int64, "layer": np.int64, "head": np.int64, "metric": object, "value": float}
+        )
     return pd.concat(frames, ignore_index=True)

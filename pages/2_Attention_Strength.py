@@ -9,7 +9,7 @@ import streamlit as st
 from core.attention import OUTLIER_NORM_RATIO
 from core.casestudy import SINK_SHARE
 from core.strength import token_label
-from ui import patterns, session, strength
+from ui import export, patterns, session, strength
 from ui.display import plain
 from viz.strength import (
     distribution_chart,
@@ -51,12 +51,12 @@ with c1:
     )
     st.caption(f"C1 · entropy of every head {where}. Click a dot to make it the focus head.")
 with c2:
-    st.altair_chart(hop_profile_chart(stats.hop_profile(*head_at, image), focus.head_label), width="stretch")
+    export.chart(hop_profile_chart(stats.hop_profile(*head_at, image), focus.head_label), "C2 strength by hop", width="stretch")
     st.caption(f"C2 · s_n of **{focus.head_label}** on {name}, with the spread over the {stats.num_images} images.")
 with c3:
     entropies = stats.entropy_over_images(*head_at)
-    st.altair_chart(
-        entropy_distribution_chart(entropies, float(entropies["entropy"][image]), focus.head_label),
+    export.chart(
+        entropy_distribution_chart(entropies, float(entropies["entropy"][image]), focus.head_label), "C3 entropy over images",
         width="stretch",
     )
     st.caption(
@@ -68,8 +68,9 @@ st.subheader("Beyond the paper")
 d1, d2, d3 = st.columns(3, gap="medium")
 with d1:
     offsets = strength.image_statistics(handle, ctx.image_set, ctx.focus_id) if on_image else stats
-    st.altair_chart(
+    export.chart(
         offset_heatmap(offsets.offsets(*head_at), f"{focus.head_label} · {'focus image' if on_image else 'set mean'}"),
+        "C attention by offset",
         width="content",
     )
     st.caption(
@@ -129,11 +130,12 @@ with e1:
     )
 with e2:
     shares = stats.over_images("top_share", *head_at)
-    st.altair_chart(
+    export.chart(
         distribution_chart(
             shares, "top_share", float(shares["top_share"][image]),
-            f"Top-key share over all images · {focus.head_label}", "top-key share", domain=(0.0, 1.0),
+            f"Top-key share over images · {focus.head_label}", "top-key share", domain=(0.0, 1.0),
         ),
+        "C top-key share over images",
         width="stretch",
     )
     strong = int((shares["top_share"] >= SINK_SHARE).sum())
@@ -168,7 +170,10 @@ with f1:
         reference=(math.log(tokens), "uniform attention"),
     )
 with f2:
-    st.altair_chart(token_norms_chart(strength.norms_table(image_norms, names), OUTLIER_NORM_RATIO, focus.layer), width="stretch")
+    export.chart(
+        token_norms_chart(strength.norms_table(image_norms, names), OUTLIER_NORM_RATIO, focus.layer), "C token norms",
+        width="stretch",
+    )
     norms = stats.layer_norms()
     worst = norms.loc[norms["norm_ratio_max"].idxmax()]
     with_outliers = int((stats.outliers > 0).any(axis=1).sum())

@@ -7,7 +7,7 @@ import streamlit as st
 from core.errors import HeadScopeError
 from core.patterns import DEFAULT_CLUSTERS, attention_cells, grid_maps, strong_links, token_names, weight_histogram
 from core.projection import start_umap_warmup
-from ui import patterns, session
+from ui import export, patterns, session
 from ui.display import enlarge_for_display, plain
 from viz.patterns import CELL_SELECTION, histogram_chart, link_chart, matrix_chart, pattern_space_chart, prototype_chart
 
@@ -64,9 +64,9 @@ if view is not None:
         if view.note:
             st.caption(view.note)
     with right:
-        st.altair_chart(prototype_chart(view.clusters.prototypes, view.clusters.clusters, kind), width="content")
-        st.dataframe(
-            view.clusters.clusters[["cluster", "maps", "share", "heads"]],
+        export.chart(prototype_chart(view.clusters.prototypes, view.clusters.clusters, kind), "D1 pattern prototypes", width="content")
+        export.table(
+            view.clusters.clusters[["cluster", "maps", "share", "heads"]], "D1 pattern clusters",
             hide_index=True,
             width="stretch",
             column_config={
@@ -110,7 +110,7 @@ with d2:
     st.caption(f"D2 · {names[source]} → {names[target]}: weight {attn[source, target]:.4f}.")
 with d3:
     links = strong_links(cells, threshold)
-    st.altair_chart(link_chart(links, names[:prefix], handle.num_tokens, focus.head_label, threshold), width="stretch")
+    export.chart(link_chart(links, names[:prefix], handle.num_tokens, focus.head_label, threshold), "D3 links", width="stretch")
     st.caption(
         f"D3 · {focus.head_label} builds each token of layer {focus.layer + 1} (top, the query) from the tokens "
         f"of layer {focus.layer} (bottom, the keys): one line per weight at or above the threshold. "
@@ -119,8 +119,9 @@ with d3:
 
 d4, d5 = st.columns(2, gap="large")
 with d4:
-    st.altair_chart(
+    export.chart(
         matrix_chart(cells, names[:prefix], (source, target), focus.head_label),
+        "D4 attention matrix",
         key=patterns.MATRIX_CHART_KEY,
         on_select=patterns.pick_cell,
         selection_mode=CELL_SELECTION,
@@ -128,6 +129,6 @@ with d4:
     )
     st.caption("D4 · the full token × token attention; rows are sources (queries), columns targets (keys).")
 with d5:
-    st.altair_chart(histogram_chart(weight_histogram(attn), threshold, focus.head_label), width="stretch")
+    export.chart(histogram_chart(weight_histogram(attn), threshold, focus.head_label), "D5 attention values", width="stretch")
     above = int((cells["weight"] >= threshold).sum())
     st.caption(f"D5 · {above:,} of {len(cells):,} weights reach the threshold {threshold:.2f}.")

@@ -9,7 +9,7 @@ from core.casestudy import findings
 from core.errors import HeadScopeError
 from core.importance import BACKBONE_REASON, METRIC_HELP, metrics_for
 from core.projection import start_umap_warmup
-from ui import casestudy, session
+from ui import casestudy, export, navigation, session
 from ui.display import plain
 from viz.report import case_charts, mode_chart_key, render_report
 
@@ -108,7 +108,7 @@ for finding in found.heads:
                     casestudy.open_in_view(view, finding.layer, finding.head, ctx.image_set, image_id)
         with visual:
             if mode_chart_key(finding) in charts:
-                st.altair_chart(charts[mode_chart_key(finding)], width="content", theme=None)
+                export.chart(charts[mode_chart_key(finding)], f"case study {mode_chart_key(finding)}", width="content", theme=None)
             thumbs = [image_id for image_id in finding.hurt_images if image_id in study.thumbnails]
             if thumbs:
                 cells = st.columns(len(thumbs))
@@ -121,10 +121,10 @@ st.subheader("The evidence")
 for view, keys in casestudy.EVIDENCE.items():
     page, title = casestudy.VIEW_PAGES[view]
     st.markdown(f"##### {title}")
-    st.page_link(page, label=f"Explore every head in {title}", icon=":material/arrow_forward:")
+    navigation.link(st, page, f"Explore every head in {title}", ":material/arrow_forward:")
     for key in (key for key in keys if key in charts):
         # the report's own look (no Streamlit theme), so the page and the exported file match
-        st.altair_chart(charts[key], width="content", theme=None)
+        export.chart(charts[key], f"case study {key}", width="content", theme=None)
     if view == "explanations" and "relevance-maps" not in charts:
         st.caption(
             "This bundle was saved before HeadScope kept relevance maps; compute the case study again to see them."

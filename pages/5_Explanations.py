@@ -7,7 +7,7 @@ import streamlit as st
 from core.attribution import FILLS, HEAD_FUSIONS, faithfulness_areas, faithfulness_summary
 from core.errors import HeadScopeError
 from core.importance import metrics_for, rank_heads
-from ui import attribution, importance, session
+from ui import attribution, export, importance, navigation, session
 from ui.display import plain
 from viz.attribution import faithfulness_chart, score_title
 from viz.strength import heads_by_layer_chart
@@ -83,11 +83,12 @@ else:
             "the shares add up to everything the layers add to the map. Click a dot to make it the focus head."
         )
     with table_col:
-        metric = metrics_for(handle)[0]
-        ranked = rank_heads(importance.importance_tables(handle, ctx.image_set).overall, metric)
+        state = importance.importance_state(handle, ctx.image_set)  # ranked by the Taylor preview until the sweep ends
+        metric = metrics_for(handle)[0] if state.exact else "taylor"
+        ranked = rank_heads(state.tables.overall, metric)
         table = attribution.head_table(found.heads, ranked)
-        st.dataframe(
-            table[["head", "share", "rank"]], hide_index=True, width="stretch",
+        export.table(
+            table[["head", "share", "rank"]], "E heads carrying the relevance", hide_index=True, width="stretch",
             column_config={
                 "share": st.column_config.ProgressColumn("share of the relevance", format="percent", min_value=0.0, max_value=1.0),
                 "rank": st.column_config.NumberColumn(f"importance rank ({metric.replace('_', ' ')})", format="%d"),
@@ -97,7 +98,7 @@ else:
         if st.button(f"Focus on {top['head']}", key="explain_focus_top"):
             session.set_focus_head(int(top["layer"]), int(top["head_index"]))
             st.rerun()
-        st.page_link("pages/1_Head_Importance.py", label="See these heads in Head importance", icon=":material/arrow_forward:")
+        navigation.link(st, "pages/1_Head_Importance.py", "See these heads in Head importance", ":material/arrow_forward:")
 
 st.subheader("Which map to trust")
 st.caption(
@@ -127,10 +128,10 @@ if st.session_state.get("explain_scored") == request:
     except HeadScopeError as err:
         st.error(plain(str(err)))
         st.stop()
-    st.altair_chart(faithfulness_chart(curves, handle.is_backbone, len(ids)), width="content")
+    export.chart(faithfulness_chart(curves, handle.is_backbone, len(ids)), "E faithfulness", width="content")
     summary = faithfulness_summary(faithfulness_areas(curves))
-    st.dataframe(
-        summary, hide_index=True, width="stretch",
+    export.table(
+        summary, "E faithfulness summary", hide_index=True, width="stretch",
         column_config={
             "relevance": st.column_config.NumberColumn("area: map", format="%.3f"),
             "random": st.column_config.NumberColumn("area: random order", format="%.3f"),

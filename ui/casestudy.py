@@ -19,7 +19,7 @@ from core.errors import HeadScopeError
 from core.images import ImageSet
 from core.model import ViTHandle
 from core.settings import DEFAULT_CLUSTERS, CaseSettings
-from ui import patterns, session
+from ui import navigation, patterns, session
 
 __all__ = [
     "EVIDENCE",
@@ -108,7 +108,7 @@ def live_study(handle: ViTHandle, image_set: ImageSet, settings: CaseSettings) -
         HeadScopeError: with a sentence for the user (e.g. ``UnsupportedMapKind`` for CLS maps
             on a model without CLS).
     """
-    analysis = session.analysis(handle, image_set)
+    analysis = session.analysis(handle, image_set, why="The case study")
     view = patterns.pattern_view(handle, image_set, settings.kind, settings.max_maps, settings.n_clusters)
     parts = dict(
         importance=analysis.importance, curve=analysis.curve, strength=analysis.strength,
@@ -156,5 +156,5 @@ def open_in_view(view: str, layer: int, head: int, image_set: ImageSet, image_id
         session.set_focus_image(image_id)
     if view == "explanations":  # the maps the finding describes: the mean of the heads, nothing discarded
         st.session_state["explain_fusion"], st.session_state["explain_discard"] = "mean", 0.0
-    st.switch_page(VIEW_PAGES[view][0])
+    navigation.switch_to(VIEW_PAGES[view][0])
 

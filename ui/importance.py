@@ -1,11 +1,14 @@
 """Head importance page (view B): cached computations, the ranked table, head picking.
 
-The set's tables come from its one cached analysis (``session.analysis``); partial
-pruning of one head on one image is cached by the model's key and the image's id (a
-hash of its bytes). The page's charts are in ``viz.importance``.
+The set's tables come from its staged analysis (``session.importance_so_far``): the
+first pass's Taylor preview at once, every metric when the exact sweep has finished;
+partial pruning of one head on one image is cached by the model's key and the image's
+id (a hash of its bytes). The page's charts are in ``viz.importance``.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import pandas as pd
 import streamlit as st
@@ -13,18 +16,21 @@ import torch
 
 from core.images import ImageSet
 from core.importance import (
+    METRICS,
     HeadImportance,
     partial_pruning,
     rank_heads,
 )
 from core.importance import target_measure as core_target_measure
 from core.model import ViTHandle
-from ui import session
+from core.staged import StagedAnalysis
+from ui import export, session, stages
 from viz.importance import CHART_HEIGHT, unpruned_value
 
 __all__ = [
+    "ImportanceState",
     "baseline_value",
-    "curve",
+    "importance_state",
     "importance_tables",
     "metric_values",
     "partial",
@@ -43,17 +49,57 @@ def target_measure(image_set: ImageSet) -> str:
     return core_target_measure([label is not None for label in image_set.labels])
 
 
-def importance_tables(handle: ViTHandle, image_set: ImageSet) -> HeadImportance:
-    """Every metric the model supports (``metrics_for``) of every head, per image and over the set.
+@dataclass(frozen=True)
+class ImportanceState:
+    """What the importance page can show now: the exact tables once the sweep is done, else the preview.
 
-    Read from the set's analysis (``session.analysis``: computed once per model and set).
+    Attributes:
+        tables: every metric's tables (exact: on the job's sample), or the first pass's
+            (Taylor only; a backbone's holds none) while the sweep runs.
+        exact: ``tables`` are the exact sweep's.
+        curve: the pruning curve, once it has finished.
+        job: the staged analysis, for its sample and its progress panel.
     """
-    return session.analysis(handle, image_set).importance
+
+    tables: HeadImportance
+    exact: bool
+    curve: pd.DataFrame | None
+    job: StagedAnalysis
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        present = set(self.tables.overall["metric"])
+        return tuple(metric for metric in METRICS if metric in present)
+
+    @property
+    def sample_note(self) -> str:
+        return stages.sample_note(self.job) if self.exact else ""
+
+    def has_image(self, image: int) -> bool:
+        return bool((self.tables.unpruned["image"] == image).any())
 
 
-def curve(handle: ViTHandle, image_set: ImageSet) -> pd.DataFrame:
-    """The cumulative pruning curve of every metric's order, from the set's analysis."""
-    return session.analysis(handle, image_set).curve
+def importance_state(handle: ViTHandle, image_set: ImageSet) -> ImportanceState:
+    """The importance of every head as far as the set's staged analysis has got (never waits for the sweep)."""
+    job, exact, pruning = session.importance_so_far(handle, image_set)
+    if exact is not None:
+        return ImportanceState(exact, True, pruning, job)
+    first = job.preview
+    assert first is not None
+    return ImportanceState(first.importance, False, None, job)
+
+
+def importance_tables(handle: ViTHandle, image_set: ImageSet) -> HeadImportance:
+    """The exact importance of every head (every metric of ``metrics_for``), per image and over the set.
+
+    Waits for the exact sweep (showing the heavy stages' panel) and stops the page
+    until it has finished; ``importance_state`` does not wait.
+    """
+    state = importance_state(handle, image_set)
+    if not state.exact:
+        stages.heavy_panel(state.job)
+        state = importance_state(handle, image_set)
+    return state.tables
 
 
 @st.cache_data(max_entries=64, show_spinner="Masking the head's attention…")
@@ -72,8 +118,8 @@ def partial(handle: ViTHandle, image_set: ImageSet, image_id: str, layer: int, h
     its table has no probabilities: only what each mode removes and its output impact.
     """
     target = None if handle.is_backbone else image_set.by_id(image_id).label
-    # mode "none" is the unpruned output, which the set's analysis holds
-    unpruned = torch.from_numpy(session.analysis(handle, image_set).predictions.logits[image_set.index_of(image_id)])
+    # mode "none" is the unpruned output, which the set's first pass holds
+    unpruned = torch.from_numpy(session.preview(handle, image_set).predictions.logits[image_set.index_of(image_id)])
     return _partial(handle.key, image_id, layer, head, target, handle, image_set, unpruned)
 
 
@@ -89,8 +135,8 @@ def _pick_from_table(key: str, ranked: pd.DataFrame) -> None:
 
 def show_ranked_table(ranked: pd.DataFrame, key: str, value_title: str) -> None:
     """The ranked heads as a table; selecting a row makes that head the focus head."""
-    st.dataframe(
-        ranked[["rank", "head_label", "value"]],
+    export.table(
+        ranked[["rank", "head_label", "value"]], f"B1 ranked heads {value_title}",
         key=key,
         on_select=lambda: _pick_from_table(key, ranked),
         selection_mode="single-row",

@@ -147,9 +147,9 @@ def pattern_view(handle: ViTHandle, image_set: ImageSet, kind: MapKind, max_maps
             below the head count); NotEnoughImages for an empty set.
     """
     check_map_kind(handle, kind)
-    analysis = session.analysis(handle, image_set)
-    seed = analysis.settings.seed
-    drawn = analysis.samples[kind] if max_maps == analysis.settings.max_maps else None
+    first = session.preview(handle, image_set)  # the first pass drew the default sample of both kinds
+    seed = session.ANALYSIS_SETTINGS.seed
+    drawn = first.samples[kind] if max_maps == session.ANALYSIS_SETTINGS.max_maps else None
     space = _space(handle.key, image_set.key, kind, max_maps, seed, handle, image_set, drawn)
     method, note = layout_method()
     layout = _layout(handle.key, image_set.key, kind, max_maps, seed, method, space)
@@ -235,7 +235,8 @@ def attention_overlay(
     """``view`` enlarged, tinted orange by ``weights`` (``[rows, cols]``, scaled to its maximum), patches boxed.
 
     The source patch gets a red box and the target a blue one; ``None`` (a prefix token,
-    which has no place on the image) draws no box.
+    which has no place on the image) draws no box. When both are the same patch, the blue
+    box is drawn inside the red one, so both show.
     """
     base = enlarge_for_display(view, min_side).convert("RGB")
     rows, cols = weights.shape
@@ -244,9 +245,11 @@ def attention_overlay(
     tinted = Image.composite(Image.new("RGB", base.size, PATCH_ORANGE), base, alpha_image)
     draw = ImageDraw.Draw(tinted)
     cell_w, cell_h = base.width / cols, base.height / rows
+    line = max(2, round(min(cell_w, cell_h) / 8))
     for patch, colour in ((source, FOCUS_RED), (target, TARGET_BLUE)):
         if patch is not None:
             r, c = patch
-            box = (c * cell_w, r * cell_h, (c + 1) * cell_w - 1, (r + 1) * cell_h - 1)
-            draw.rectangle(box, outline=colour, width=max(2, round(min(cell_w, cell_h) / 8)))
+            inset = line if colour == TARGET_BLUE and patch == source else 0
+            box = (c * cell_w + inset, r * cell_h + inset, (c + 1) * cell_w - 1 - inset, (r + 1) * cell_h - 1 - inset)
+            draw.rectangle(box, outline=colour, width=line)
     return tinted

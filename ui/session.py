@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.analysis import CURVE_STAGE, SetAnalysis, analyze_set
+from core.analysis import SetAnalysis
 from core.casestudy import set_labels
 from core.errors import HeadScopeError
 from core.images import ImageSet, demo_digits_set, image_set_from_files, image_set_from_zip, sample_photos_set
@@ -29,6 +29,9 @@ from core.hfmodels import load_transformers
 from core.model import DEMO_NAME, ViTHandle, imagenet_synsets, load_model
 from core.projection import layout_2d, umap_failed, umap_ready
 from core.settings import CaseSettings
+from core.staged import AUTO_START_SECONDS, Preview, StagedAnalysis
+from core.importance import HeadImportance
+from ui import export, navigation, stages
 from ui.display import enlarge_for_display, plain
 from viz.common import HEAD_SELECTION
 
@@ -52,6 +55,7 @@ __all__ = [
     "PageContext",
     "active_image_set",
     "analysis",
+    "analysis_job",
     "current_model",
     "current_spec",
     "focus",
@@ -61,6 +65,8 @@ __all__ = [
     "page_context",
     "pick_head",
     "predictions",
+    "preview",
+    "importance_so_far",
     "progress_bar",
     "sample_set",
     "set_focus_head",
@@ -313,44 +319,90 @@ def upload_images(files: list[tuple[str, bytes]], handle: ViTHandle, as_zip: boo
 # on its own (``ui.patterns``).
 ANALYSIS_SETTINGS = CaseSettings()
 _ANALYSIS_ENTRIES = 4
-# the predictions of the sets analysed last, by (model key, set key), newest last: the home page reads them
-_analysed: OrderedDict[tuple[str, str], Predictions] = OrderedDict()
-_analysed_lock = threading.Lock()
+# the staged analyses of the sets analysed last, by (model key, set key, settings), newest
+# last: shared by every session, as a cache is, and run on their own worker threads
+_jobs: OrderedDict[tuple[str, str, str], StagedAnalysis] = OrderedDict()
+_jobs_lock = threading.Lock()
 
 
-@st.cache_data(max_entries=_ANALYSIS_ENTRIES, show_spinner=False)
-def _analysis(model_key: str, set_key: str, settings_key: str, _handle: ViTHandle, _images: ImageSet) -> SetAnalysis:
-    n, heads = len(_images), _handle.num_layers * _handle.num_heads
-    bar = st.progress(0.0, text=f"Analysing {n} images: one pass of the model, then pruning each of its {heads} heads…")
+def analysis_job(handle: ViTHandle, image_set: ImageSet) -> StagedAnalysis:
+    """The set's staged analysis (``core.staged``), started on first use and shared by every page.
 
-    def report(stage: str, done: int, total: int) -> None:
-        # the pass (pruning every head singly) costs more than the curve's few masks
-        start, share, what = (0.7, 0.3, "Pruning curve") if stage == CURVE_STAGE else (0.0, 0.7, "Analysing the set")
-        bar.progress(start + share * done / total, text=f"{what}: {done} of {total} images…")
+    The preview (one pass) starts at once and the exact sweep's first image is measured;
+    the heavy stages follow on their own when their estimate is short, else they wait for
+    the user's Start (``ui.stages.heavy_panel``). A job that failed is forgotten once its
+    sentence is shown, so the next visit tries again.
+    """
+    key = (handle.key, image_set.key, repr(ANALYSIS_SETTINGS))
+    with _jobs_lock:
+        job = _jobs.get(key)
+        if job is None:
+            try:
+                job = StagedAnalysis(
+                    handle, image_set.pil_images(), set_labels(image_set), ANALYSIS_SETTINGS, auto_start=AUTO_START_SECONDS
+                )
+            except HeadScopeError as err:
+                st.error(plain(str(err)))
+                st.stop()
+            _jobs[key] = job
+            while len(_jobs) > _ANALYSIS_ENTRIES:  # the oldest idle one goes
+                idle = next((k for k, j in _jobs.items() if not j.busy and k != key), None)
+                if idle is None:
+                    break
+                del _jobs[idle]
+        _jobs.move_to_end(key)
+    job.begin()  # no-op once the preview and the measurement have run
+    return job
 
-    try:
-        result = analyze_set(_handle, _images.pil_images(), set_labels(_images), ANALYSIS_SETTINGS, progress=report)
-    finally:
-        bar.empty()
-    with _analysed_lock:
-        _analysed[(model_key, set_key)] = result.predictions
-        _analysed.move_to_end((model_key, set_key))
-        while len(_analysed) > _ANALYSIS_ENTRIES:
-            _analysed.popitem(last=False)
+
+def _failed(job: StagedAnalysis) -> None:
+    """Stop the page with the job's sentence, and forget the job."""
+    if job.error is None:
+        return
+    with _jobs_lock:
+        for key, held in list(_jobs.items()):
+            if held is job:
+                del _jobs[key]
+    st.error(plain(str(job.error)))
+    st.stop()
+
+
+def preview(handle: ViTHandle, image_set: ImageSet) -> Preview:
+    """The set's first pass: predictions, strength, the map sample, the Taylor preview (waits for it)."""
+    job = analysis_job(handle, image_set)
+    stages.wait_for_preview(job)
+    _failed(job)
+    result = job.preview
+    assert result is not None
     return result
 
 
-def analysis(handle: ViTHandle, image_set: ImageSet) -> SetAnalysis:
-    """The set's analysis every view reads: computed once per model and set, then cached.
+def importance_so_far(handle: ViTHandle, image_set: ImageSet) -> tuple[StagedAnalysis, HeadImportance | None, pd.DataFrame | None]:
+    """The job and, once they have finished, the exact importance and the pruning curve (else ``None``), without waiting.
 
+    Their images are the job's sample (``stages.sample_note``).
+    """
+    job = analysis_job(handle, image_set)
+    stages.wait_for_preview(job)
+    _failed(job)
+    return job, job.importance(), job.curve()
+
+
+def analysis(handle: ViTHandle, image_set: ImageSet, *, why: str = "") -> SetAnalysis:
+    """The set's whole analysis on every image: waits for it, or offers to start it, with its estimate.
+
+    A page that needs it (the case study) shows the heavy stages' panel until it is done.
     A model whose outputs are not finite on these images (or any other error with a
     sentence for the user) stops the page with that sentence.
     """
-    try:
-        return _analysis(handle.key, image_set.key, repr(ANALYSIS_SETTINGS), handle, image_set)
-    except HeadScopeError as err:
-        st.error(plain(str(err)))
-        st.stop()
+    job = analysis_job(handle, image_set)
+    stages.wait_for_preview(job)
+    _failed(job)
+    stages.heavy_panel(job, need_every_image=True, why=why)
+    _failed(job)
+    result = job.result()
+    assert result is not None  # the panel returns only once every stage has finished on every image
+    return result
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -366,10 +418,11 @@ def predictions(handle: ViTHandle, image_set: ImageSet) -> Predictions:
     page is the first one opened) a forward pass alone gives them, so the overview does
     not wait for every head to be pruned.
     """
-    with _analysed_lock:
-        analysed = _analysed.get((handle.key, image_set.key))
-    if analysed is not None:
-        return analysed
+    with _jobs_lock:
+        job = _jobs.get((handle.key, image_set.key, repr(ANALYSIS_SETTINGS)))
+    done = job.preview if job is not None else None
+    if done is not None:
+        return done.predictions
     try:
         return _predictions(handle.key, image_set.key, handle, image_set)
     except HeadScopeError as err:
@@ -439,8 +492,8 @@ def pick_head(chart_key: str) -> None:
 
 
 def show_head_chart(chart, key: str) -> None:
-    """Render a chart built with ``HEAD_SELECTION``; clicking a head makes it the focus head."""
-    st.altair_chart(chart, key=key, on_select=lambda: pick_head(key), selection_mode=HEAD_SELECTION, width="stretch")
+    """Render a chart built with ``HEAD_SELECTION`` with its downloads; clicking a head makes it the focus head."""
+    export.chart(chart, key, key=key, on_select=lambda: pick_head(key), selection_mode=HEAD_SELECTION, width="stretch")
 
 
 def focus_image_id(image_set: ImageSet) -> str:
@@ -484,8 +537,9 @@ def page_context() -> PageContext:
     """Resolve the active model, set and focus, and draw the sidebar every view page shares.
 
     The sidebar shows what is being analysed, lets the user change the focus image and the
-    focus head from any page, and links back to the home page for the model and images.
+    focus head from any page, and links to every page (the Overview page picks the model and images).
     """
+    navigation.sidebar_links()
     handle = current_model()
     image_set = active_image_set(handle)
     focus_id = focus_image_id(image_set)
@@ -504,8 +558,7 @@ def _clamp_focus_head(handle: ViTHandle) -> None:
 
 def _focus_sidebar(handle: ViTHandle, image_set: ImageSet, focus_id: str) -> None:
     sidebar = st.sidebar
-    sidebar.page_link("streamlit_app.py", label="Change the model or the images", icon=":material/home:")
-    sidebar.caption(f"**{plain(handle.name)}** · {plain(image_set.title)}")
+    sidebar.caption(f"**{plain(handle.name)}** · {plain(image_set.title)} · the Overview page changes them")
 
     # keyed widgets ignore their default after the first run, and a page switch makes them
     # new widgets: set their state from the focus on every run

@@ -33,8 +33,8 @@ __all__ = [
 
 
 def set_statistics(handle: ViTHandle, image_set: ImageSet) -> StrengthStats:
-    """Strength summaries of every image of the set, from the set's analysis (``session.analysis``)."""
-    return session.analysis(handle, image_set).strength
+    """Strength summaries of every image of the set, from the set's first pass (``session.preview``)."""
+    return session.preview(handle, image_set).strength
 
 
 @st.cache_data(max_entries=32, show_spinner=False)

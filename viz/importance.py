@@ -70,8 +70,8 @@ def unpruned_value(tables: HeadImportance, metric: str, image: int | None) -> fl
     column = {"probability": "probability", "accuracy": "correct"}.get(metric)
     if column is None:
         return None
-    values = tables.unpruned[column].astype(float)
-    return float(values.iloc[image] if image is not None else values.mean())
+    values = tables.unpruned.set_index("image")[column].astype(float)  # the images it holds: maybe a sample
+    return float(values.loc[image] if image is not None else values.mean())
 
 
 def head_index_x(num_layers: int, num_heads: int) -> alt.X:
@@ -322,10 +322,14 @@ def partial_pruning_chart(partial: pd.DataFrame, chosen: str, target_name: str |
             tooltip=tooltip,
         )
     )
-    labels = bars.mark_text(align="left", dx=3, fontSize=11).encode(
-        text=alt.Text(f"{measure}:Q", format=shown), color=alt.value("#333333")
+    # the values in a column of their own: beside a bar that ends at the axis' end they would be cut off
+    labels = (
+        alt.Chart(data)
+        .mark_text(align="left", fontSize=11, color="#333333")
+        .encode(y=y.axis(None), text=alt.Text(f"{measure}:Q", format=shown), tooltip=tooltip)
+        .properties(width=44 if classified else 70, height=alt.Step(30))  # "0.0000342": impacts run small
     )
-    layers: list[alt.Chart] = [bars, labels]
+    layers: list[alt.Chart] = [bars]
     if classified:
         unpruned = float(partial.loc[partial["mode"] == "none", "probability"].iloc[0])
         layers.append(
@@ -333,7 +337,7 @@ def partial_pruning_chart(partial: pd.DataFrame, chosen: str, target_name: str |
             .mark_rule(strokeDash=[5, 4], color="#555555")
             .encode(x="probability:Q")
         )
-    return alt.hconcat(glyph, alt.layer(*layers).properties(width=320, height=alt.Step(30))).properties(
+    return alt.hconcat(glyph, alt.layer(*layers).properties(width=320, height=alt.Step(30)), labels, spacing=4).properties(
         title=alt.TitleParams("Partial pruning", subtitle=subtitle)
     )
 

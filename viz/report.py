@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 from html import escape
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -33,6 +32,7 @@ from core.importance import (
 )
 from viz.attribution import relevance_grid_chart
 from viz.common import CHART_WIDTH
+from viz.export import inline_spec
 from viz.importance import (
     importance_heatmap,
     importance_line_chart,
@@ -279,18 +279,9 @@ def render_report(study: CaseStudy, metric: str | None = None, *, top_k: int | N
     )
 
 
-# Altair refuses to inline more than 5,000 rows unless told otherwise, a global switch: the
-# lock keeps one report's switch from being undone under another's conversion.
-_INLINE_LOCK = threading.Lock()
-
-
 def _spec(chart: alt.TopLevelMixin) -> dict[str, Any]:
-    # every table here is bounded by the study's shape (the prototypes of 6 clusters on a
-    # 16x16 grid are 5,766 rows), and a report must hold its data inline
-    with _INLINE_LOCK, alt.data_transformers.disable_max_rows():
-        spec = chart.to_dict()
-    spec.pop("$schema", None)  # a URL nothing needs: the embed options name the mode
-    return spec
+    # a report must hold its data inline; the embed options name the mode
+    return inline_spec(chart)
 
 
 def _script_json(value: Any) -> str:
@@ -322,7 +313,12 @@ def _facts(pairs: Iterable[tuple[str, Any]]) -> str:
 def _summary(study: CaseStudy, found: CaseFindings) -> str:
     model, image_set = study.manifest["model"], study.manifest["image_set"]
     unpruned = study.tables["importance_unpruned"]
-    measure = target_measure(unpruned["labelled"])
+    labelled = unpruned[unpruned["labelled"].astype(bool)]
+    # the target of an image without a label is the unpruned top-1: it always agrees with itself
+    accuracy = (
+        [(f"unpruned accuracy on the {len(labelled)} labelled images", f"{float(labelled['correct'].mean()):.1%}")]
+        if len(labelled) else []
+    )
     rows, cols = model["grid"]
     return _facts(
         [
@@ -335,7 +331,7 @@ def _summary(study: CaseStudy, found: CaseFindings) -> str:
             *(
                 [("model kind", "backbone without a classifier: heads are judged by how pruning them changes its output features")]
                 if study.is_backbone else [
-                    (f"unpruned {measure}", f"{float(unpruned['correct'].mean()):.1%}"),
+                    *accuracy,
                     ("unpruned mean target probability", f"{float(unpruned['probability'].mean()):.3f}"),
                 ]
             ),

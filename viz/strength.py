@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import altair as alt
+import numpy as np
 import pandas as pd
 
 from core.strength import SPREAD_QUANTILES
@@ -24,6 +25,8 @@ from viz.common import (
 __all__ = [
     "ALL_HEADS",
     "HIGH_NORM_PURPLE",
+    "DISTRIBUTION_BINS",
+    "distribution_bins",
     "distribution_chart",
     "entropy_distribution_chart",
     "heads_by_layer_chart",
@@ -158,8 +161,9 @@ def hop_profile_chart(profile: pd.DataFrame, head_label: str) -> alt.LayerChart:
     mean = base.mark_tick(color="#333333", thickness=2, size=14).encode(y="mean:Q")
     return alt.layer(bars, band, mean).properties(
         title=alt.TitleParams(
-            f"Attention strength across neighbours · {head_label}",
-            subtitle=f"bars: focus image · line: {low}-{high} of the images · tick: set mean",
+            f"Strength by hop · {head_label}",
+            # two short lines: the chart has a third of the page
+            subtitle=["bars: focus image · tick: set mean", f"line: {low}-{high} of the images"],
         ),
         height=_CHART_HEIGHT,
     )
@@ -202,43 +206,69 @@ def top_heads_hop_profiles_chart(profiles: pd.DataFrame) -> alt.Chart:
     )
 
 
-def entropy_distribution_chart(entropies: pd.DataFrame, focus_value: float, head_label: str) -> alt.LayerChart:
-    """C3: histogram of one head's entropy over the images, the focus image as a red rule.
+def entropy_distribution_chart(entropies: pd.DataFrame, focus_value: float, head_label: str) -> alt.Chart:
+    """C3: histogram of one head's entropy over the images, the focus image's bar in red.
 
     ``entropies`` columns: image, entropy (``StrengthStats.entropy_over_images``).
     """
     return distribution_chart(
-        entropies, "entropy", focus_value, f"Head entropy over all images · {head_label}", "entropy (nats)", ".3f"
+        entropies, "entropy", focus_value, f"Head entropy over images · {head_label}", "entropy (nats)", ".3f"
+    )
+
+
+DISTRIBUTION_BINS = 20
+
+
+def distribution_bins(values: np.ndarray, focus_value: float, domain: tuple[float, float] | None = None) -> pd.DataFrame:
+    """``values`` in ``DISTRIBUTION_BINS`` equal bins over ``domain`` (default: their range).
+
+    Columns start, end, images (how many values fall in the bin; the last bin holds its
+    end) and focus (the bin holds ``focus_value``). NaN values are left out.
+    """
+    finite = values[np.isfinite(values)]
+    low, high = domain if domain else (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+    if high <= low:  # every image alike: one narrow bin's worth of room around the value
+        half = max(abs(low) * 1e-3, 1e-3)
+        low, high = low - half, high + half
+    counts, edges = np.histogram(finite, bins=DISTRIBUTION_BINS, range=(low, high))
+    focus = int(np.clip(np.searchsorted(edges, focus_value, side="right") - 1, 0, DISTRIBUTION_BINS - 1))
+    return pd.DataFrame(
+        {"start": edges[:-1], "end": edges[1:], "images": counts, "focus": np.arange(DISTRIBUTION_BINS) == focus}
     )
 
 
 def distribution_chart(
     values: pd.DataFrame, column: str, focus_value: float, title: str, axis_title: str, value_format: str = ".3f",
     *, domain: tuple[float, float] | None = None,
-) -> alt.LayerChart:
-    """Histogram of one head's ``column`` over the images (``StrengthStats.over_images``), the focus image as a red rule.
+) -> alt.Chart:
+    """Histogram of one head's ``column`` over the images (``StrengthStats.over_images``), the focus image's bar in red.
 
-    ``domain`` fixes the x axis (e.g. ``(0, 1)`` for a share), so a narrow spread is not stretched across the chart.
+    The focus image is a bar, not a rule: a rule at the smallest value would sit on the
+    axis and read as a stray line. ``domain`` fixes the x axis (e.g. ``(0, 1)`` for a
+    share), so a narrow spread is not stretched across the chart.
     """
-    scale = alt.Scale(domain=list(domain)) if domain else alt.Undefined
-    binning = alt.Bin(maxbins=30, extent=list(domain)) if domain else alt.Bin(maxbins=30)
-    bars = (
-        alt.Chart(values)
-        .mark_bar(color="#9ecae1")
+    bins = distribution_bins(values[column].to_numpy(dtype=np.float64), focus_value, domain)
+    low, high = float(bins["start"].iloc[0]), float(bins["end"].iloc[-1])
+    return (
+        alt.Chart(bins[bins["images"] > 0])  # the axis keeps the empty bins' room
+        .mark_bar(binSpacing=1)
         .encode(
-            x=alt.X(f"{column}:Q", bin=binning, title=axis_title, scale=scale),
-            y=alt.Y("count():Q", title="images", axis=alt.Axis(tickMinStep=1, format="d")),
-            tooltip=[tooltip_field(f"{column}:Q", axis_title, bin=binning), tooltip_field("count():Q", "images")],
+            x=alt.X("start:Q", title=axis_title, scale=alt.Scale(domain=[low, high], nice=False), axis=alt.Axis(format=value_format)),
+            x2="end:Q",
+            y=alt.Y("images:Q", title="images", axis=alt.Axis(tickMinStep=1, format="d"), scale=alt.Scale(domainMin=0)),
+            y2=alt.datum(0),  # upright bars from 0: with x and x2 alone Vega-Lite lays them down
+            color=alt.condition("datum.focus", alt.value(FOCUS_RED), alt.value("#9ecae1")),
+            tooltip=[
+                tooltip_field("start:Q", f"{axis_title} from", format=value_format),
+                tooltip_field("end:Q", "to", format=value_format),
+                tooltip_field("images:Q", "images"),
+                tooltip_field("focus:N", "holds the focus image"),
+            ],
         )
-    )
-    rule = (
-        alt.Chart(pd.DataFrame({column: [focus_value]}))
-        .mark_rule(color=FOCUS_RED, strokeWidth=2)
-        .encode(x=alt.X(f"{column}:Q", scale=scale), tooltip=[tooltip_field(f"{column}:Q", "focus image", format=value_format)])
-    )
-    return alt.layer(bars, rule).properties(
-        title=alt.TitleParams(title, subtitle="red: the focus image"),
-        height=_CHART_HEIGHT,
+        .properties(
+            title=alt.TitleParams(title, subtitle=f"red: the bar of the focus image ({focus_value:{value_format}})"),
+            height=_CHART_HEIGHT,
+        )
     )
 
 
@@ -339,7 +369,11 @@ def offset_heatmap(offsets: pd.DataFrame, subtitle: str) -> alt.Chart:
             x=alt.X("dx:O", title="dx (patches right of the source)", axis=alt.Axis(labelAngle=0)),
             # ascending: negative dy (rows above the source) on top, as on the image
             y=alt.Y("dy:O", title="dy (patches below the source)", sort="ascending"),
-            color=alt.Color("attention:Q", title="attention", scale=alt.Scale(scheme="oranges")),
+            # below the map: beside it, the legend would take the room a third of the page does not have
+            color=alt.Color(
+                "attention:Q", scale=alt.Scale(scheme="oranges"),
+                legend=alt.Legend(title="mean attention", orient="bottom", format=".3f", gradientLength=200),
+            ),
             tooltip=[
                 tooltip_field("dy:O", "dy"),
                 tooltip_field("dx:O", "dx"),

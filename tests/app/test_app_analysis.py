@@ -25,11 +25,10 @@ def test_pages_and_display_settings_read_one_analysis(monkeypatch) -> None:
 
         return wrapper
 
-    monkeypatch.setattr(ui.session, "analyze_set", counted("analysis", ui.session.analyze_set))
+    monkeypatch.setattr(ui.session, "StagedAnalysis", counted("analysis", ui.session.StagedAnalysis))
     monkeypatch.setattr(ui.patterns, "sample_maps", counted("map sample", ui.patterns.sample_maps))
     monkeypatch.setattr(ui.strength, "strength_statistics", counted("focus strength", ui.strength.strength_statistics))
-    ui.session._analysis.clear()
-    ui.session._analysed.clear()
+    ui.session._jobs.clear()
     at = started_app(monkeypatch, 300)
     images, _ = digit_images(digits_split(0, 0.2).test[40:46])
     at.radio(key="image_source").set_value("Upload images").run()

@@ -151,8 +151,10 @@ def test_importance_page_offers_the_backbone_metrics_and_says_why(backbone: AppT
     right = partial["hconcat"][1]
     bars = right["layer"][0]
     assert bars["encoding"]["x"]["field"] == "output_impact"
-    assert len(right["layer"]) == 2  # bars and their values: no unpruned probability to rule
-    modes = partial_data[right["data"]["name"]].set_index("mode")  # shared by both layers
+    assert len(right["layer"]) == 1  # the bars: no unpruned probability to rule
+    values = partial["hconcat"][2]  # the values, in a column of their own
+    assert values["mark"]["type"] == "text" and values["encoding"]["text"]["field"] == "output_impact"
+    modes = partial_data[values["data"]["name"]].set_index("mode")
     assert modes.loc["none", "output_impact"] == 0.0 and modes.loc["head", "output_impact"] > 0
     assert "probability" not in modes.columns
     curve, _ = specs[3]

@@ -183,7 +183,7 @@ def test_partial_pruning_chart_shows_what_each_mode_removes() -> None:
         }
     )
     spec = charts.partial_pruning_chart(partial, "cls", "1").to_dict()
-    glyph, bars = spec["hconcat"]
+    glyph, bars, values = spec["hconcat"]
     removed = {(r["mode"], r["block"]) for r in _data(spec, glyph) if r["removed"] == "removed"}
     assert {block for mode, block in removed if mode == "patch"} == {"patch → patch"}
     assert {block for mode, block in removed if mode == "cls_cls"} == {"prefix → prefix"}
@@ -194,7 +194,10 @@ def test_partial_pruning_chart_shows_what_each_mode_removes() -> None:
     bar_layer = bars["layer"][0]
     assert bar_layer["encoding"]["x"]["field"] == "probability" and bar_layer["encoding"]["y"]["sort"] == list(MODES)
     assert [r["mode"] for r in _data(spec, bar_layer) if r["chosen"]] == ["cls"]
-    assert bars["layer"][2]["mark"]["type"] == "rule"
+    assert bars["layer"][1]["mark"]["type"] == "rule"
+    # the values stand in a column of their own, so a bar reaching 1 cannot push its label out of the chart
+    assert values["mark"]["type"] == "text" and values["encoding"]["text"]["field"] == "probability"
+    assert "x" not in values["encoding"] and values["encoding"]["y"]["sort"] == list(MODES)
 
 
 def test_pruning_curve_chart_has_one_line_per_order_and_a_dashed_baseline() -> None:

@@ -10,6 +10,7 @@ from streamlit.testing.v1 import AppTest
 from test_images import encode
 
 from core.digits import digit_images, digits_split
+from ui.navigation import ALONE, PAGES as LINKED
 
 APP = str(ROOT / "streamlit_app.py")
 PAGES = [f"pages/{p.name}" for p in sorted((ROOT / "pages").glob("[0-9]*_*.py"))]
@@ -25,8 +26,51 @@ def _sidebar_text(at: AppTest) -> str:
     return "\n".join(str(c.value) for c in at.sidebar.caption)
 
 
+def _links(at: AppTest) -> list[tuple[str, str]]:
+    return [(link.proto.label, link.proto.page) for link in at.sidebar.get("page_link")]
+
+
+def test_the_sidebar_names_every_page(app: AppTest) -> None:
+    # Streamlit's own list would name the entry file "streamlit app"
+    from streamlit.config import get_option
+
+    assert get_option("client.showSidebarNavigation") is False
+    assert _links(app) == [
+        ("Overview", ""), ("Head importance", "Head_Importance"), ("Attention strength", "Attention_Strength"),
+        ("Attention patterns", "Attention_Patterns"), ("Case study", "Case_Study"), ("Explanations", "Explanations"),
+    ]
+    _assert_every_chart_and_table_exports(app)
+    app.switch_page(PAGES[1]).run()
+    assert [label for label, _ in _links(app)][0] == "Overview"
+    assert ALONE not in _sidebar_text(app)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_a_page_runs_on_its_own(monkeypatch, page: str) -> None:
+    # as `streamlit run pages/…` or an AppTest of the one page: no other page can be linked
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    at = AppTest.from_file(str(ROOT / page), default_timeout=300).run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert ALONE in _sidebar_text(at)
+    assert _links(at) == []  # not even to itself: it is the only page, and its links are the app's
+    assert at.selectbox(key="focus_layer").options == [str(i) for i in range(6)]
+
+
 def test_every_view_has_a_page() -> None:
     assert [Path(p).stem for p in PAGES][:3] == ["1_Head_Importance", "2_Attention_Strength", "3_Attention_Patterns"]
+    assert [script for script, _, _ in LINKED] == ["streamlit_app.py", *PAGES]  # the sidebar links them all
+
+
+def _assert_every_chart_and_table_exports(at: AppTest) -> None:
+    buttons = at.get("download_button")
+    labels = [button.proto.label for button in buttons]
+    charts, tables = len(at.get("vega_lite_chart")), len(at.dataframe)
+    assert charts and labels.count("PNG") == labels.count("SVG") == charts
+    assert labels.count("CSV") == tables
+    # each file is made when its button is clicked, and the click does not rerun the page
+    exports = [button.proto for button in buttons if button.proto.label in ("PNG", "SVG", "CSV")]
+    assert all(proto.deferred_file_id and proto.ignore_rerun for proto in exports)
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -34,6 +78,7 @@ def test_page_opens_on_the_demo_samples(app: AppTest, page: str) -> None:
     app.switch_page(page).run()
     assert not app.exception, app.exception
     assert not app.error, [e.value for e in app.error]
+    _assert_every_chart_and_table_exports(app)
     assert "Held-out digits" in _sidebar_text(app) or "360 images" in _sidebar_text(app)
     assert app.selectbox(key="focus_layer").options == [str(i) for i in range(6)]
 

@@ -47,6 +47,35 @@ def test_page_shows_every_view_c_chart_for_the_focus_image(page: AppTest) -> Non
     assert "4×4-pixel patches" in text
 
 
+# A third of a 1,500 px wide page leaves a chart about 330 px; Streamlit's theme sets a
+# title at about 8 px a character and a subtitle line at about 5: longer ones are cut with "…"
+THIRD_TITLE_CHARS, THIRD_SUBTITLE_CHARS = 36, 60
+
+
+def title_lines(spec: dict) -> tuple[str, list[str]]:
+    """A spec's title and its subtitle's lines."""
+    title = spec.get("title", "")
+    if isinstance(title, str):
+        return title, []
+    text, subtitle = title.get("text", ""), title.get("subtitle", [])
+    return " ".join(text) if isinstance(text, list) else text, [subtitle] if isinstance(subtitle, str) else list(subtitle)
+
+
+def test_every_chart_in_a_third_of_the_page_keeps_its_title_whole(page: AppTest) -> None:
+    import json
+
+    # a two-digit layer and head, as on a 12-layer model: the longest labels a title holds
+    page.selectbox(key="focus_layer").set_value(5).run()
+    page.selectbox(key="focus_head").set_value(5).run()
+    specs = [json.loads(chart.proto.spec) for chart in _charts(page)]
+    assert len(specs) >= 10
+    for spec in specs:  # every chart of this page stands in a third of it
+        title, subtitle = title_lines(spec)
+        longest = title.replace("L5H5", "L11H11")
+        assert title and len(longest) <= THIRD_TITLE_CHARS, title
+        assert all(len(line.replace("L5H5", "L11H11")) <= THIRD_SUBTITLE_CHARS for line in subtitle), subtitle
+
+
 def test_scope_selector_switches_to_the_set_mean(page: AppTest) -> None:
     assert page.radio(key="strength_scope").value == "Focus image"
     page.radio(key="strength_scope").set_value("Set mean").run()

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
-from conftest import DATA, tiny_vit
+from conftest import ACROSS_CPUS, DATA, tiny_vit
 
 import core.analysis
 import core.attention
@@ -158,12 +158,12 @@ def test_numbers_equal_the_previous_release(demo_handle, set_24) -> None:
         if table in tables:
             ours = tables[table][column].to_numpy()
             if ours.dtype.kind in "fc":
-                np.testing.assert_allclose(ours, release[stored], rtol=1e-6, atol=1e-12, err_msg=stored)
+                np.testing.assert_allclose(ours, release[stored], **ACROSS_CPUS, err_msg=stored)
             else:
                 np.testing.assert_array_equal(ours.astype(release[stored].dtype), release[stored], err_msg=stored)
             checked += 1
         elif table == "strength":
-            np.testing.assert_allclose(getattr(analysis.strength, column), release[stored], rtol=1e-6, atol=1e-9)
+            np.testing.assert_allclose(getattr(analysis.strength, column), release[stored], **ACROSS_CPUS)
             checked += 1
     assert checked == 4 + 5 + 5 + 5 + len(STRENGTH_FIELDS)  # every column of every table, every array
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import DATA
+from conftest import ACROSS_CPUS, DATA
 
 from core.bundle import load_bundle
 from core.casestudy import CaseSettings, findings, set_labels
@@ -49,9 +49,9 @@ def test_the_numbers_of_a_version_1_bundle_are_what_this_version_computes(v1_stu
     tables = head_importance_tables(demo_handle, images, labels, V1_METRICS)
     saved = v1_study.tables["importance_overall"].set_index(["metric", "layer", "head"])["value"].sort_index()
     now = tables.overall.set_index(["metric", "layer", "head"])["value"].sort_index()
-    np.testing.assert_allclose(now.to_numpy(), saved.to_numpy(), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(now.to_numpy(), saved.to_numpy(), **ACROSS_CPUS)
     np.testing.assert_allclose(
-        tables.unpruned["probability"].to_numpy(), v1_study.tables["importance_unpruned"]["probability"].to_numpy(), atol=1e-9
+        tables.unpruned["probability"].to_numpy(), v1_study.tables["importance_unpruned"]["probability"].to_numpy(), **ACROSS_CPUS
     )
     curve = pruning_curve(demo_handle, images, tables.overall, labels, steps=V1_SETTINGS.curve_steps)
     np.testing.assert_array_equal(curve["accuracy"].to_numpy(), v1_study.tables["pruning_curve"]["accuracy"].to_numpy())
@@ -97,7 +97,7 @@ def test_the_strength_numbers_of_a_version_2_bundle_are_what_this_version_comput
 
     now = strength_statistics(demo_handle, v1_images.pil_images())
     for name in ("hop_strength", "entropy", "distance", "prefix_share", "offset_mean"):
-        np.testing.assert_allclose(getattr(now, name), v2_study.arrays[name], rtol=1e-6, atol=1e-9, err_msg=name)
+        np.testing.assert_allclose(getattr(now, name), v2_study.arrays[name], **ACROSS_CPUS, err_msg=name)
     assert now.has_concentration
 
 
@@ -138,11 +138,11 @@ def test_the_numbers_of_a_version_3_bundle_are_what_this_version_computes(v3_stu
 
     now = strength_statistics(demo_handle, v1_images.pil_images())
     for name in STRENGTH_ARRAYS:
-        np.testing.assert_allclose(getattr(now, name), v3_study.arrays[name], rtol=1e-6, atol=1e-9, err_msg=name)
+        np.testing.assert_allclose(getattr(now, name), v3_study.arrays[name], **ACROSS_CPUS, err_msg=name)
     tables = head_importance_tables(demo_handle, v1_images.pil_images(), set_labels(v1_images))
     saved = v3_study.tables["importance_overall"].set_index(["metric", "layer", "head"])["value"].sort_index()
     computed = tables.overall.set_index(["metric", "layer", "head"])["value"].sort_index()
-    np.testing.assert_allclose(computed.to_numpy(), saved.to_numpy(), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(computed.to_numpy(), saved.to_numpy(), **ACROSS_CPUS)
 
 
 def test_findings_and_the_report_of_a_version_3_bundle(v3_study) -> None:

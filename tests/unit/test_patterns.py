@@ -424,6 +424,16 @@ def test_overlay_tints_by_weight_and_boxes_source_and_target() -> None:
     assert ui_patterns.patch_position(0, (2, 2), 1) is None and ui_patterns.patch_position(4, (2, 2), 1) == (1, 1)
 
 
+def test_overlay_shows_both_boxes_when_source_and_target_are_one_patch() -> None:
+    from PIL import Image
+
+    view = Image.new("RGB", (80, 80), (0, 0, 0))
+    out = np.asarray(ui_patterns.attention_overlay(view, np.zeros((2, 2)), (0, 0), (0, 0), min_side=80))
+    colours = {tuple(out[y, 20]) for y in range(0, 20)}  # a line down from the patch's top edge
+    assert (214, 39, 40) in colours and (31, 119, 180) in colours  # the red box outside, the blue one inside
+    assert tuple(out[0, 20]) == (214, 39, 40) and tuple(out[20, 20]) == (0, 0, 0)
+
+
 def test_model_view_undoes_the_normalisation(demo_handle) -> None:
     from core.images import demo_digits_set
 

@@ -325,3 +325,16 @@ def test_the_relevance_maps_are_each_top_heads_most_hurt_image_once(small_study)
         assert all(np.array_equal(maps[m], v) for m, v in relevance_of(small_study, image_id).items())
     spec = json.dumps(case_charts(small_study, found)["relevance-maps"].to_dict())
     assert spec.count('"mark": {"type": "rect"') >= 3 * len(entries) and spec.count("data:image/png;base64,") == len(entries)
+
+
+def test_the_summary_gives_accuracy_on_labelled_images_only(small_study, report: str) -> None:
+    unpruned = small_study.tables["importance_unpruned"]
+    labelled = unpruned[unpruned["labelled"]]
+    assert len(labelled) == len(unpruned)  # the small study's digits all have labels
+    row = f"<tr><th>unpruned accuracy on the {len(labelled)} labelled images</th><td>{labelled['correct'].mean():.1%}</td></tr>"
+    assert row in report
+    # without labels each target is the unpruned top-1, which agrees with itself: no row says so
+    unlabelled = unpruned.assign(labelled=False, correct=True)
+    study = dataclasses.replace(small_study, tables={**small_study.tables, "importance_unpruned": unlabelled})
+    summary = re.search(r'<section id="summary">.*?</section>', render_report(study), re.S).group(0)
+    assert "unpruned accuracy" not in summary and "agreement" not in summary and "100.0%" not in summary

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -20,7 +21,7 @@ from core.strength import (
     strength_statistics,
 )
 from viz import strength as charts
-from viz.common import HEAD_SELECTION
+from viz.common import FOCUS_RED, HEAD_SELECTION
 
 
 def random_attention(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -327,12 +328,26 @@ def test_hop_profile_chart_bars_band_and_mean(demo_stats) -> None:
     assert len(spec["datasets"][spec["data"]["name"]]) == 8
 
 
-def test_entropy_distribution_marks_the_focus_image(demo_stats) -> None:
-    spec = charts.entropy_distribution_chart(demo_stats.entropy_over_images(0, 0), focus_value=0.25, head_label="L0H0").to_dict()
-    bars, rule = spec["layer"]
-    assert bars["encoding"]["x"]["bin"] and bars["encoding"]["y"]["aggregate"] == "count"
-    assert rule["mark"]["type"] == "rule"
-    assert spec["datasets"][rule["data"]["name"]] == [{"entropy": 0.25}]
+def test_entropy_distribution_marks_the_focus_images_bar_not_a_rule(demo_stats) -> None:
+    entropies = demo_stats.entropy_over_images(0, 0)
+    focus = float(entropies["entropy"].min())  # the smallest value: a rule there would sit on the axis
+    spec = charts.entropy_distribution_chart(entropies, focus_value=focus, head_label="L0H0").to_dict()
+    assert spec["mark"]["type"] == "bar" and "layer" not in spec  # no rule anywhere
+    bins = pd.DataFrame(spec["datasets"][spec["data"]["name"]])
+    assert (bins["images"] > 0).all() and bins["images"].sum() == demo_stats.num_images  # no empty bar
+    assert bins["focus"].tolist() == [True] + [False] * (len(bins) - 1)
+    assert bins["start"].iloc[0] == pytest.approx(focus) and bins["end"].iloc[-1] == pytest.approx(entropies["entropy"].max())
+    assert spec["encoding"]["y2"] == {"datum": 0}  # upright bars: x and x2 alone would lay them down
+    assert spec["encoding"]["color"]["condition"]["value"] == FOCUS_RED
+
+
+def test_distribution_bins_count_every_value_once_and_find_the_focus() -> None:
+    values = np.array([0.0, 0.1, 0.1, 0.5, 1.0, np.nan])
+    bins = charts.distribution_bins(values, 0.52, (0.0, 1.0))
+    assert bins["images"].sum() == 5  # the NaN is left out; 1.0 falls in the last bin
+    assert bins.loc[bins["focus"], "start"].item() == pytest.approx(0.5)
+    same = charts.distribution_bins(np.full(4, 2.0), 2.0)  # every image alike
+    assert same["images"].sum() == 4 and same.loc[same["focus"], "images"].item() == 4
 
 
 def test_offset_heatmap_puts_up_on_top(demo_stats) -> None:
@@ -354,13 +369,14 @@ def test_concentration_charts_top_share_with_its_uniform_line_and_a_fixed_share_
     assert rule["mark"]["type"] == "rule" and spec["datasets"][rule["data"]["name"]][0]["top_share"] == pytest.approx(1 / 65)
     # two notes on a page: a line each, so a third of a wide page does not cut them short
     assert spec["title"]["subtitle"] == ["focus head L0H1 ringed in red", "dashed: uniform attention"]
-    spread = charts.distribution_chart(
-        demo_stats.over_images("top_share", 0, 1), "top_share", 0.4, "Top-key share · L0H1", "top-key share", domain=(0.0, 1.0)
-    ).to_dict()
-    bars, focus = spread["layer"]
-    assert bars["encoding"]["x"]["scale"]["domain"] == [0.0, 1.0] and bars["encoding"]["x"]["bin"]["extent"] == [0.0, 1.0]
-    assert bars["encoding"]["y"]["axis"]["tickMinStep"] == 1  # whole images
-    assert spread["datasets"][focus["data"]["name"]] == [{"top_share": 0.4}]
+    shares = demo_stats.over_images("top_share", 0, 1)
+    focus = float(shares["top_share"][3])
+    spread = charts.distribution_chart(shares, "top_share", focus, "Top-key share · L0H1", "top-key share", domain=(0.0, 1.0)).to_dict()
+    assert spread["encoding"]["x"]["scale"]["domain"] == [0.0, 1.0]
+    assert spread["encoding"]["y"]["axis"]["tickMinStep"] == 1  # whole images
+    bins = pd.DataFrame(spread["datasets"][spread["data"]["name"]])
+    start = bins.loc[bins["focus"], "start"].item()  # bins of 0.05 on the fixed axis
+    assert start <= focus < start + 0.05 and start == pytest.approx(round(start / 0.05) * 0.05)
 
 
 def test_token_norms_chart_marks_the_outliers_and_the_threshold() -> None:

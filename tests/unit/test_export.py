@@ -1,0 +1,61 @@
+"""Charts as PNG and SVG files, and the names of exported files."""
+
+from __future__ import annotations
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import pytest
+
+from ui.export import file_stem
+from viz.export import PNG_SCALE, chart_png, chart_svg
+from viz.importance import importance_heatmap
+
+
+@pytest.fixture(scope="module")
+def heatmap() -> alt.Chart:
+    values = pd.DataFrame([(layer, head, 0.1 * layer + 0.01 * head) for layer in range(3) for head in range(4)],
+                          columns=["layer", "head", "value"])
+    return importance_heatmap(values, "probability", "probability", (1, 2), False)
+
+
+def test_a_chart_becomes_a_png_at_twice_its_size(heatmap) -> None:
+    from io import BytesIO
+
+    from PIL import Image
+
+    png = chart_png(heatmap)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    once = Image.open(BytesIO(chart_png(heatmap, scale=1)))
+    twice = Image.open(BytesIO(png))
+    assert PNG_SCALE == 2 and twice.width == 2 * once.width and twice.height == 2 * once.height
+    assert np.asarray(twice.convert("L")).std() > 10  # drawn, not blank
+
+
+def test_a_chart_becomes_a_standalone_svg_with_its_title(heatmap) -> None:
+    svg = chart_svg(heatmap)
+    assert svg.lstrip().startswith("<svg") and "</svg>" in svg
+    assert "<text" in svg and "probability" in svg  # its words are text, not pixels
+
+
+def test_a_chart_over_altairs_row_limit_exports_and_the_limit_stays() -> None:
+    rows = pd.DataFrame({"x": np.arange(6000) % 100, "y": np.arange(6000) // 100})
+    chart = alt.Chart(rows).mark_rect().encode(x="x:O", y="y:O")
+    with pytest.raises(alt.MaxRowsError):
+        chart.to_dict()
+    assert "<svg" in chart_svg(chart)
+    with pytest.raises(alt.MaxRowsError):  # the global limit is back in place
+        chart.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("name", "stem"),
+    [
+        ("B2 partial pruning L0H3", "headscope-b2-partial-pruning-l0h3"),
+        ("../../etc/passwd", "headscope-etc-passwd"),
+        ("   ", "headscope-chart"),
+        ("B1 ranked heads accuracy (agreement where there is no label)", "headscope-b1-ranked-heads-accuracy-agreement-where-there-is-no-label"),
+    ],
+)
+def test_file_names_are_plain_slugs(name: str, stem: str) -> None:
+    assert file_stem(name) == stem

@@ -1,0 +1,167 @@
+"""The staged analysis: the same numbers as the one-call analysis, a seeded sample cap, an estimate, stop and resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import tiny_vit
+from PIL import Image
+
+from core.analysis import analyze_set
+from core.casestudy import set_labels
+from core.errors import HeadScopeError
+from core.images import ImageSet, demo_digits_set
+from core.importance import head_importance_tables, pruning_curve
+from core.model import wrap_model
+from core.settings import CaseSettings
+from core.staged import (
+    CURVE_STAGE,
+    DONE,
+    FAILED,
+    PREVIEW_STAGE,
+    STOPPED,
+    SWEEP_STAGE,
+    WAITING,
+    StagedAnalysis,
+    sample_order,
+)
+
+SETTINGS = CaseSettings(curve_steps=4, max_maps=600)
+# the sweep's values depend on which images share a batch only through float32 rounding
+BATCHED = dict(rtol=1e-5, atol=1e-7)
+
+
+@pytest.fixture(scope="module")
+def set_24(demo_handle) -> ImageSet:
+    split = demo_handle.card["split"]
+    return ImageSet.from_images("24 digits", demo_digits_set(split["seed"], split["test_fraction"]).images[:24])
+
+
+def _done(job: StagedAnalysis) -> StagedAnalysis:
+    assert job.wait(timeout=600) and job.error is None, job.error
+    return job
+
+
+def _begun(job: StagedAnalysis) -> StagedAnalysis:
+    job.begin()
+    return _done(job)
+
+
+def _counting(job: StagedAnalysis, stop_after: int | None = None) -> list[int]:
+    """Record how many images each sweep batch holds; stop the job after ``stop_after`` batches (the first image counts)."""
+    seen: list[int] = []
+    original = job._sweep_images
+
+    def counted(indices, **kwargs):
+        original(indices, **kwargs)
+        seen.append(len(indices))
+        if stop_after is not None and len(seen) == stop_after:
+            job.stop()
+
+    job._sweep_images = counted  # type: ignore[method-assign]
+    return seen
+
+
+def test_every_stage_equals_the_one_call_analysis(demo_handle, set_24) -> None:
+    images, labels = set_24.pil_images(), set_labels(set_24)
+    whole = analyze_set(demo_handle, images, labels, SETTINGS)
+    job = _begun(StagedAnalysis(demo_handle, images, labels, SETTINGS))  # short: the heavy stages start on their own
+    assert [job.status(stage).state for stage in (PREVIEW_STAGE, SWEEP_STAGE, CURVE_STAGE)] == [DONE] * 3
+    staged = job.result()
+    assert staged is not None and job.cap == 24 and np.array_equal(job.sample, np.arange(24))
+    # the preview is the same pass: equal to the bit
+    np.testing.assert_array_equal(staged.predictions.logits, whole.predictions.logits)
+    np.testing.assert_array_equal(staged.strength.entropy, whole.strength.entropy)
+    for kind in whole.samples:
+        torch.testing.assert_close(staged.samples[kind].inputs, whole.samples[kind].inputs, rtol=0, atol=0)
+    pd.testing.assert_frame_equal(staged.importance.unpruned, whole.importance.unpruned)
+    for name in ("overall", "per_image"):
+        ours, theirs = getattr(staged.importance, name), getattr(whole.importance, name)
+        pd.testing.assert_frame_equal(ours.drop(columns="value"), theirs.drop(columns="value"))
+        np.testing.assert_allclose(ours["value"], theirs["value"], **BATCHED)
+    pd.testing.assert_frame_equal(staged.curve.drop(columns="similarity"), whole.curve.drop(columns="similarity"))
+    np.testing.assert_allclose(staged.curve["similarity"], whole.curve["similarity"], **BATCHED)
+
+
+def test_a_capped_sample_is_seeded_nested_and_what_every_metric_averages(demo_handle, set_24) -> None:
+    images, labels = set_24.pil_images(), set_labels(set_24)
+    job = _begun(StagedAnalysis(demo_handle, images, labels, SETTINGS, auto_start=0))
+    assert job.cap is None and job.status(SWEEP_STAGE).state == WAITING  # waits for start(): nothing ran but one image
+    job.start(8)
+    _done(job)
+    order = sample_order(24, SETTINGS.seed)
+    sample = np.sort(order[:8])
+    assert np.array_equal(job.sample, sample) and not np.array_equal(sample, np.arange(8))  # seeded, not the first 8
+    tables = job.importance()
+    assert set(tables.per_image["image"]) == set(sample.tolist()) and tables.unpruned["image"].tolist() == sample.tolist()
+    alone = head_importance_tables(demo_handle, [images[i] for i in sample], labels[sample])
+    np.testing.assert_allclose(tables.overall["value"], alone.overall["value"], **BATCHED)
+    curve = pruning_curve(demo_handle, [images[i] for i in sample], tables.overall, labels[sample], steps=4, seed=SETTINGS.seed)
+    pd.testing.assert_frame_equal(job.curve().drop(columns="similarity"), curve.drop(columns="similarity"))
+    # a larger cap holds the smaller sample: its images are not swept again
+    seen = _counting(job)
+    job.start(12)
+    _done(job)
+    assert set(np.sort(order[:12])) >= set(sample.tolist()) and sum(seen) == 4
+    assert len(job.curve()) == len(curve)  # the curve is ranked and run anew on the 12 images
+
+
+def test_the_estimate_is_measured_on_the_first_images_and_scales_with_the_cap(demo_handle, set_24) -> None:
+    job = _begun(StagedAnalysis(demo_handle, set_24.pil_images(), set_labels(set_24), SETTINGS, auto_start=0))
+    few, many = job.estimate(4), job.estimate(24)
+    assert few.per_image > 0 and few.per_batch >= 0 and few.device == "cpu" and (few.images, many.images) == (4, 24)
+    # the first three images of the order are swept already (a batch of one, then of two): in every sample, and free
+    a, c = few.per_batch, few.per_image
+    assert few.sweep_seconds == pytest.approx(a + 1 * c) and many.sweep_seconds == pytest.approx(a + 21 * c)
+    assert job.estimate(3).sweep_seconds == 0 and job.estimate(1000).images == job.estimate(None).images == 24
+    ratio = job._curve_per_sweep()
+    assert many.curve_seconds == pytest.approx(a + 24 * c * ratio) and ratio > 0
+
+
+def test_a_stop_keeps_what_finished_and_start_goes_on_from_there(demo_handle, set_24) -> None:
+    images, labels = set_24.pil_images(), set_labels(set_24)
+    job = StagedAnalysis(demo_handle, images, labels, SETTINGS, batch_size=4, auto_start=0)
+    seen = _counting(job, stop_after=4)  # a batch of one and one of two (the estimate), then two batches of four
+    job.begin()
+    _done(job)
+    job.start(None)
+    _done(job)
+    status = job.status(SWEEP_STAGE)
+    assert status.state == STOPPED and status.done == 11 and status.total == 24
+    assert job.preview is not None and job.importance() is None and job.curve() is None  # the preview is kept
+    job._sweep_images = type(job)._sweep_images.__get__(job)  # stop no more
+    job.start(None)
+    _done(job)
+    assert job.status(CURVE_STAGE).state == DONE and sum(seen) == 11  # 11 before the stop, the rest after
+    whole = _begun(StagedAnalysis(demo_handle, images, labels, SETTINGS)).result()
+    np.testing.assert_allclose(job.result().importance.overall["value"], whole.importance.overall["value"], **BATCHED)
+
+
+def test_a_backbone_previews_without_metrics_and_sweeps_its_impacts() -> None:
+    handle = wrap_model(tiny_vit(num_classes=0), device="cpu")
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(5)]
+    job = _begun(StagedAnalysis(handle, images, None, CaseSettings(max_maps=90, curve_steps=2)))
+    assert job.preview.importance.overall.empty  # no Taylor without a class target
+    assert set(job.result().importance.overall["metric"]) == {"layer_impact", "output_impact"}
+
+
+def test_a_failure_is_a_sentence_and_marks_its_stage() -> None:
+    handle = wrap_model(tiny_vit(), class_names=[f"c{i}" for i in range(5)], device="cpu")
+
+    def overflow_if_bright(_m, inputs, output):  # finite on the load probe, not on a white image
+        is_bright = inputs[0].mean(dim=(1, 2, 3)) > 1.0
+        return torch.where(is_bright[:, None, None], output * float("inf"), output)
+
+    hook = handle.model.patch_embed.register_forward_hook(overflow_if_bright)
+    try:
+        images = [Image.new("RGB", (32, 32), "black"), Image.new("RGB", (32, 32), "white")]
+        job = StagedAnalysis(handle, images, None, CaseSettings(max_maps=90, curve_steps=2))
+        job.begin()
+        assert job.wait(timeout=120)
+    finally:
+        hook.remove()
+    assert isinstance(job.error, HeadScopeError) and "NaN or infinite" in str(job.error)
+    assert job.status(PREVIEW_STAGE).state == FAILED and job.preview is None and job.result() is None

@@ -1,0 +1,138 @@
+"""The set's staged analysis on a page: progress with the time left, the estimate and sample cap, stop.
+
+The analysis runs on a worker thread (``core.staged``), so it goes on while the user
+moves between pages; a page that needs a stage which has not finished waits for it
+here, drawing its progress, and reruns itself when it ends. Waiting is a loop of short
+sleeps that Streamlit interrupts on any click, so the page never locks up.
+"""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from core.staged import CURVE_STAGE, DONE, FAILED, PREVIEW_STAGE, RUNNING, STOPPED, SWEEP_STAGE, StagedAnalysis
+
+__all__ = ["CAP_KEY", "POLL_SECONDS", "duration", "heavy_panel", "sample_note", "wait_for_preview"]
+
+POLL_SECONDS = 0.3
+CAP_KEY = "analysis_cap"
+_WHAT = {
+    SWEEP_STAGE: "Exact sweep (each head pruned alone)",
+    CURVE_STAGE: "Pruning curve",
+}
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` as a reader says it: "12 s", "3 min 20 s", "1 h 5 min"."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 1:
+        return "under 1 s"
+    if seconds < 60:
+        return f"{round(seconds)} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
+def sample_note(job: StagedAnalysis) -> str:
+    """What the heavy stages ran on: "" for every image, else the seeded sample, for a chart's caption."""
+    cap = job.cap
+    if cap is None or cap >= job.n:
+        return ""
+    return f"a seeded sample of {cap} of the {job.n} images"
+
+
+def wait_for_preview(job: StagedAnalysis) -> None:
+    """Block, with a progress bar and the time left, until the preview has finished."""
+    status = job.status(PREVIEW_STAGE)
+    if status.state == DONE:
+        return
+    bar = st.progress(0.0, text=f"Reading the {job.n} images: one pass of the model…")
+    while job.status(PREVIEW_STAGE).state not in (DONE, FAILED) and job.busy:
+        status = job.status(PREVIEW_STAGE)
+        left = f", about {duration(status.seconds_left)} left" if status.seconds_left is not None else ""
+        bar.progress(status.fraction, text=f"Reading the set: {status.done} of {status.total} images{left}…")
+        time.sleep(POLL_SECONDS)
+    bar.empty()
+
+
+def heavy_panel(job: StagedAnalysis, *, need_every_image: bool = False, why: str = "") -> None:
+    """The heavy stages' state where a page needs their results; returns only when they are done.
+
+    Not started: the estimate for the chosen model, device and images, a cap on the
+    images (a seeded sample) and a Start button, then the page stops there. Running:
+    each stage's progress with the time left and a Stop button, until they end.
+    Stopped: what finished, and Continue. ``need_every_image``: a capped sample is not
+    enough for this page (the case study); it offers to go on with every image.
+    """
+    if job.error is not None:
+        return  # the caller says it
+    cap = job.cap
+    if job.curve() is not None and (not need_every_image or cap == job.n):
+        return
+    if job.busy and cap is not None:
+        _running(job)
+        st.rerun()
+    if job.busy:  # the sweep's first image is being measured for the estimate
+        with st.spinner("Measuring the exact sweep on its first images for an estimate…"):
+            while job.busy and job.estimate() is None:
+                time.sleep(POLL_SECONDS)
+        if job.cap is not None:  # it went on by itself: the estimate was short
+            st.rerun()
+    _not_running(job, need_every_image=need_every_image, why=why)
+    st.stop()
+
+
+def _running(job: StagedAnalysis) -> None:
+    note = sample_note(job)
+    st.button("Stop", key="analysis_stop", on_click=job.stop, icon=":material/stop_circle:",
+              help="Stops after the current batch; what has finished is kept, and Continue goes on from there.")
+    bars = {stage: st.progress(0.0, text=_WHAT[stage]) for stage in (SWEEP_STAGE, CURVE_STAGE)}
+    st.caption(
+        f"Running on {note or f'all {job.n} images'} ({job.handle.device.type}). The other views, which need only "
+        "the first pass, work meanwhile; this page fills in when it ends."
+    )
+    while job.busy:
+        for stage, bar in bars.items():
+            status = job.status(stage)
+            left = f" · about {duration(status.seconds_left)} left" if status.seconds_left is not None else ""
+            state = {DONE: " · done", STOPPED: " · stopping", RUNNING: ""}.get(status.state, " · waiting")
+            bar.progress(status.fraction, text=f"{_WHAT[stage]}: {status.done} of {status.total} images{left}{state}")
+        time.sleep(POLL_SECONDS)
+
+
+def _not_running(job: StagedAnalysis, *, need_every_image: bool, why: str) -> None:
+    n, cap = job.n, job.cap
+    sweep, curve = job.status(SWEEP_STAGE), job.status(CURVE_STAGE)
+    if sweep.state == STOPPED or curve.state == STOPPED:
+        stage = sweep if sweep.state == STOPPED else curve
+        st.info(
+            f"Stopped: the {_WHAT[stage.stage].split(' (')[0].lower()} had finished {stage.done} of {stage.total} images. "
+            "What finished is kept; Continue goes on from there."
+        )
+    elif need_every_image and cap is not None and cap < n:
+        st.info(f"{why or 'This page'} uses every image; the exact sweep and the curve ran on {sample_note(job)}.")
+    images = n if need_every_image else st.slider(
+        "Images for the exact sweep and the pruning curve", min_value=1, max_value=n, value=cap or n, key=CAP_KEY,
+        help=(
+            "A seeded sample: the first K images of one fixed shuffle of the set, so a larger sample keeps every "
+            "image of a smaller one. Strength, patterns and the overview always use every image."
+        ),
+    )
+    estimate = job.estimate(images)
+    if estimate is not None:
+        many = "image" if estimate.images == 1 else "images"
+        st.markdown(
+            f"**Estimate** on this {estimate.device.upper()} for {estimate.images} {many}: about "
+            f"**{duration(estimate.seconds)}** (the exact sweep {duration(estimate.sweep_seconds)}, the pruning curve "
+            f"{duration(estimate.curve_seconds)}), measured on the first images: each adds {estimate.per_image:.2g} s "
+            f"to a batch of the sweep, which costs {estimate.per_batch:.2g} s itself."
+        )
+    label = "Continue" if sweep.state == STOPPED or curve.state == STOPPED else "Start"
+    st.button(label, key="analysis_start", type="primary", on_click=job.start, args=(images,),
+              icon=":material/play_arrow:")
+
