@@ -15,8 +15,8 @@ three stages, each usable as soon as it ends:
 The sweep and the curve run on the images of a seeded sample (``sample_order``): a cap
 of K takes the first K images of one permutation of the set, so a larger cap holds
 every image of a smaller one. The first image of that order is swept alone before the
-rest, then the next two together: the two timings split the sweep's cost into what a
-batch costs and what an image adds, on this model and device, and ``estimate`` scales
+rest, then the next two together, then one more alone: the timings split the sweep's cost
+into what a batch costs and what an image adds, on this model and device, and ``estimate`` scales
 them to any cap before the heavy stages start. Both stages run batch by batch and check
 for a stop between batches: a stop keeps every finished batch (and every finished
 stage), and starting again goes on from there, with the same or a larger cap.
@@ -26,6 +26,12 @@ images share a batch only through float rounding, so they equal ``analyze_set``'
 float32 precision, not bit for bit. On a sample, every importance metric (Taylor too)
 and the curve are over the sampled images only; the preview's strength, patterns and
 predictions always cover every image.
+
+Precision: on a GPU, the probe's images are swept again in bfloat16; the rest of the sweep
+runs in it only when, on those images, every value stays within ``REDUCED_TOLERANCE`` of
+float32's (``precision`` says which it chose; the page says so). A check on a few images
+bounds the others only as far as they resemble them; targets stay the float32 first
+pass's whatever the precision. The curve always runs in float32, and a CPU sweeps in it.
 
 Thread safety: one worker thread runs the stages; every attribute the pages read is
 behind a lock, and ``status`` and the results are snapshots.
@@ -45,6 +51,10 @@ from PIL import Image
 
 from core.analysis import CURVE_STAGE, PASS_STAGE, SetAnalysis, draw_samples, first_pass, samples_from
 from core.errors import HeadScopeError, InvalidSetting, NotEnoughImages
+
+
+class AnalysisFailed(HeadScopeError):
+    """The staged analysis met an error that is not one of HeadScope's own (say, out of memory on a GPU)."""
 from core.importance import (
     HeadImportance,
     _check_labels,
@@ -60,7 +70,10 @@ from core.settings import CaseSettings, images_per_batch
 
 __all__ = [
     "AUTO_START_SECONDS",
+    "AnalysisFailed",
     "CURVE_STAGE",
+    "REDUCED_PRECISION",
+    "REDUCED_TOLERANCE",
     "DONE",
     "FAILED",
     "RUNNING",
@@ -82,6 +95,11 @@ STAGES = (PREVIEW_STAGE, SWEEP_STAGE, CURVE_STAGE)
 # the heavy stages start on their own when the estimate for every image is at most this;
 # otherwise they wait for ``start``, so the user sees the cost and may cap the images first
 AUTO_START_SECONDS = 60.0
+# On a GPU the sweep may run in bfloat16 (about twice as fast): only when, on the estimate's
+# probe images, every swept value (probabilities, 0/1 accuracies, impacts) is within this
+# of float32's. A top-1 that flips on one of them moves an accuracy by 1: float32 stays.
+REDUCED_PRECISION = torch.bfloat16
+REDUCED_TOLERANCE = 1e-3
 
 WAITING, RUNNING, STOPPED, DONE, FAILED = "waiting", "running", "stopped", "done", "failed"
 
@@ -202,6 +220,7 @@ class StagedAnalysis:
         *,
         batch_size: int | None = None,
         auto_start: float = AUTO_START_SECONDS,
+        reduced_precision: bool | None = None,
     ) -> None:
         if len(images) == 0:
             raise NotEnoughImages("The analysis needs at least one image.")
@@ -213,7 +232,9 @@ class StagedAnalysis:
         self.order = sample_order(self.n, settings.seed)
         self.batch = images_per_batch(handle, batch_size)
         self.auto_start = auto_start
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._active = self._pending = False  # the worker is at work; a start() waits for it to finish
+        self._tables: tuple[tuple, HeadImportance] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._progress = {stage: _Progress() for stage in STAGES}
@@ -222,6 +243,10 @@ class StagedAnalysis:
         self._sweep = _Sweep({m: np.full(shape, np.nan) for m in self.swept_metrics}, np.zeros(self.n, dtype=bool))
         self._curve = _Curve()
         self._cap: int | None = None  # chosen by start(); None until then
+        # reduced precision is tried on a GPU only: a CPU's bfloat16 is no faster, and numbers must not move
+        self.reduced_precision = handle.device.type == "cuda" if reduced_precision is None else reduced_precision
+        self.precision = torch.float32  # what the sweep runs in: REDUCED_PRECISION once the probe allows it
+        self.precision_error: float | None = None  # the probe's largest difference, once tried
         self._begun = False
         self.error: HeadScopeError | None = None
 
@@ -262,12 +287,13 @@ class StagedAnalysis:
         thread = self._thread
         if thread is not None:
             thread.join(timeout)
-        return thread is None or not thread.is_alive()
+        return not self.busy
 
     @property
     def busy(self) -> bool:
-        thread = self._thread
-        return thread is not None and thread.is_alive()
+        """The worker is at work, or about to be: set by ``begin``/``start``, cleared only when it has nothing left."""
+        with self._lock:
+            return self._active
 
     # --- what the pages read -------------------------------------------------------
 
@@ -325,7 +351,10 @@ class StagedAnalysis:
             sample = np.sort(self.order[: self._cap])
             if not self._sweep.swept[sample].all():
                 return None
-            return self._merged(sample)
+            key = (tuple(sample.tolist()), int(self._sweep.swept.sum()))
+            if self._tables is None or self._tables[0] != key:  # built once per sample, not on every rerun
+                self._tables = (key, self._merged(sample))
+            return self._tables[1]
 
     def curve(self) -> pd.DataFrame | None:
         with self._lock:
@@ -336,7 +365,8 @@ class StagedAnalysis:
 
     def result(self) -> SetAnalysis | None:
         """The whole analysis, as ``analyze_set`` returns it, once every stage has finished."""
-        importance, curve, preview = self.importance(), self.curve(), self.preview
+        with self._lock:  # one snapshot: another session's start() may change the sample
+            importance, curve, preview = self.importance(), self.curve(), self.preview
         if importance is None or curve is None or preview is None:
             return None
         return SetAnalysis(
@@ -352,37 +382,51 @@ class StagedAnalysis:
 
     def _run(self, work: Callable[[], None]) -> None:
         with self._lock:
-            if self._thread is not None and self._thread.is_alive():
+            if self._active:
                 if work == self._heavy:
-                    self._then_heavy = True  # the running begin() goes on with the heavy stages
+                    self._pending = True  # the worker goes on with the heavy stages when it is done
                 return
             self._stop.clear()
-            self._then_heavy = False
+            self._pending, self._active = False, True
             self._thread = threading.Thread(target=self._guarded, args=(work,), name="headscope-analysis", daemon=True)
             self._thread.start()
 
     def _guarded(self, work: Callable[[], None]) -> None:
-        try:
-            work()
-        except HeadScopeError as err:  # a sentence for the user; the stages it stopped say failed
-            with self._lock:
-                self.error = err
-                for p in self._progress.values():
-                    if p.state == RUNNING:
-                        p.state = FAILED
+        while True:
+            try:
+                work()
+            except Exception as err:  # a sentence for the user; the stages it stopped say failed
+                with self._lock:
+                    self.error = err if isinstance(err, HeadScopeError) else AnalysisFailed(
+                        f"The analysis stopped on an error it did not expect ({type(err).__name__}: {err}); "
+                        "what finished before it is kept, and opening the page again retries."
+                    )
+                    for p in self._progress.values():
+                        if p.state == RUNNING:
+                            p.state = FAILED
+            with self._lock:  # a start() while this ran: go on, with its cap; else the worker ends
+                if self._pending and self.error is None:
+                    self._pending = False
+                    self._stop.clear()
+                    work = self._heavy
+                    continue
+                self._pending = self._active = False
+                return
 
     def _begin(self) -> None:
         if self._state(PREVIEW_STAGE) != DONE:
             self._run_preview()
         if self._sweep.cost is None:
-            # one image, then two: a batch's fixed cost apart from an image's
-            for probe in (self.order[:1], self.order[1:3]):
+            # one image, two, then one again: a batch's fixed cost apart from an image's, and the
+            # first run's one-time costs (allocations at new sizes) out of the fixed cost
+            for probe in (self.order[:1], self.order[1:3], self.order[3:4]):
                 if len(probe):
                     self._sweep_images(probe, first=True)
             self._measure()
+            self._choose_precision(self.order[1:3])
         estimate = self.estimate()
         with self._lock:
-            go = self._then_heavy or (estimate is not None and estimate.seconds <= self.auto_start)
+            go = not self._pending and estimate is not None and estimate.seconds <= self.auto_start
             if go and self._cap is None:
                 self._cap = self.n
         if go and not self._stop.is_set():
@@ -427,22 +471,38 @@ class StagedAnalysis:
             self._preview = preview
             self._progress[PREVIEW_STAGE].state = DONE
 
+    def _swept_values(self, indices: np.ndarray, precision: torch.dtype) -> dict[str, np.ndarray]:
+        """Every swept metric of these set images, ``{metric: [B, L, H]}``, run as one batch in ``precision``."""
+        reduced = precision != torch.float32
+        given = self.given[torch.as_tensor(indices)]
+        preview = self.preview
+        if preview is not None and not self.handle.is_backbone:
+            # an image without a label is judged against the first pass's float32 top-1, in any precision
+            top1 = torch.as_tensor(preview.importance.unpruned["target"].to_numpy()[indices])
+            given = torch.where(given >= 0, given, top1)
+        with torch.autocast(self.handle.device.type, dtype=precision, enabled=reduced):
+            part = first_pass(
+                self.handle, [self.images[int(i)] for i in indices], given, {},
+                metrics=self.swept_metrics, batch_size=len(indices), reduce=False,
+            )
+        table = part.importance.per_image
+        shape = (len(indices), self.handle.num_layers, self.handle.num_heads)
+        return {
+            metric: table[table["metric"] == metric].sort_values(["image", "layer", "head"], kind="stable")["value"]
+            .to_numpy().reshape(shape)
+            for metric in self.swept_metrics
+        }
+
     def _sweep_images(self, indices: np.ndarray, *, first: bool = False) -> None:
         """Sweep these set images as one batch and keep their per-image values."""
         if not self.swept_metrics:
             return
         began = time.perf_counter()
-        part = first_pass(
-            self.handle, [self.images[int(i)] for i in indices], self.given[torch.as_tensor(indices)], {},
-            metrics=self.swept_metrics, batch_size=len(indices), reduce=False,
-        )
+        values = self._swept_values(indices, self.precision)
         seconds = time.perf_counter() - began
-        table = part.importance.per_image
-        shape = (len(indices), self.handle.num_layers, self.handle.num_heads)
         with self._lock:
             for metric in self.swept_metrics:
-                rows = table[table["metric"] == metric].sort_values(["image", "layer", "head"], kind="stable")
-                self._sweep.local[metric][indices] = rows["value"].to_numpy().reshape(shape)
+                self._sweep.local[metric][indices] = values[metric]
             self._sweep.swept[indices] = True
             if first:
                 self._sweep.probe.append((len(indices), seconds))
@@ -516,6 +576,20 @@ class StagedAnalysis:
         unpruned = unpruned.iloc[sample].reset_index(drop=True) if len(sample) < self.n else unpruned
         return HeadImportance(overall=_tidy(overall), per_image=per_image, unpruned=unpruned)
 
+    def _choose_precision(self, probe: np.ndarray) -> None:
+        """Sweep the rest in ``REDUCED_PRECISION`` when the device allows it and, on the probe's images, every
+        swept value stays within ``REDUCED_TOLERANCE`` of full precision; otherwise in float32."""
+        if not self.reduced_precision or not len(probe) or not self.swept_metrics:
+            return
+        with self._lock:
+            full = {metric: self._sweep.local[metric][probe] for metric in self.swept_metrics}
+        reduced = self._swept_values(probe, REDUCED_PRECISION)
+        worst = max(float(np.max(np.abs(reduced[m] - full[m]))) for m in self.swept_metrics)
+        with self._lock:
+            self.precision_error = worst
+            if worst <= REDUCED_TOLERANCE:
+                self.precision = REDUCED_PRECISION
+
     def _measure(self) -> None:
         """The sweep's cost from the probe: ``t = batch + images * image``, from a batch of one and one of two."""
         with self._lock:
@@ -524,6 +598,8 @@ class StagedAnalysis:
                 self._sweep.cost = (0.0, 0.0)  # a model with nothing to sweep
                 return
             (one, t1), *rest = probe
+            if len(rest) == 2 and rest[1][0] == 1:
+                t1 = min(t1, rest[1][1])
             if rest and rest[0][0] == 2:
                 per_image = max(rest[0][1] - t1, 0.05 * t1)  # timing noise must not make an image free
                 self._sweep.cost = (max(t1 - per_image, 0.0), per_image)

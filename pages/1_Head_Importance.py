@@ -64,10 +64,14 @@ else:
 if not state.exact:
     st.info(
         "B1 shows the Taylor preview (one backward pass over every image) until the exact sweep, which prunes each "
-        "head alone, has finished; the other metrics and the pruning curve follow below."
+        "head alone, has finished; the other metrics and the pruning curve follow."
         if offered else
-        "B1 appears when the exact sweep has finished: a backbone's heads are judged by pruning each alone (below)."
+        "B1 appears when the exact sweep has finished: a backbone's heads are judged by pruning each alone."
     )
+
+# the heavy stages' estimate and Start, or their progress and Stop, stand here; drawn last, so
+# that B2, which needs only the first pass, is on screen while they run
+heavy_box = st.container()
 
 GLOBAL, LOCAL = "Over the set (global)", "Focus image (local)"
 head_at = (focus.layer, focus.head)
@@ -136,7 +140,9 @@ with b3:
 
 st.subheader("Which metric to trust")
 if state.curve is None:
-    stages.heavy_panel(state.job)  # the estimate and Start, or the progress and Stop: the page stops or reruns here
+    st.caption("The pruning curve follows the exact sweep (above).")
+    with heavy_box:
+        stages.heavy_panel(state.job)  # the page stops or reruns here
     st.rerun()  # it finished since this run began
 pruning = state.curve
 export.chart(pruning_curve_chart(pruning, measure), "B pruning curve", width="stretch")

@@ -29,7 +29,7 @@ from core.hfmodels import load_transformers
 from core.model import DEMO_NAME, ViTHandle, imagenet_synsets, load_model
 from core.projection import layout_2d, umap_failed, umap_ready
 from core.settings import CaseSettings
-from core.staged import AUTO_START_SECONDS, Preview, StagedAnalysis
+from core.staged import AUTO_START_SECONDS, STOPPED, SWEEP_STAGE, Preview, StagedAnalysis
 from core.importance import HeadImportance
 from ui import export, navigation, stages
 from ui.display import enlarge_for_display, plain
@@ -345,11 +345,12 @@ def analysis_job(handle: ViTHandle, image_set: ImageSet) -> StagedAnalysis:
                 st.error(plain(str(err)))
                 st.stop()
             _jobs[key] = job
-            while len(_jobs) > _ANALYSIS_ENTRIES:  # the oldest idle one goes
-                idle = next((k for k, j in _jobs.items() if not j.busy and k != key), None)
-                if idle is None:
+            while len(_jobs) > _ANALYSIS_ENTRIES:  # the oldest idle one goes; a stopped one, with work kept, last
+                idle = [k for k, j in _jobs.items() if not j.busy and k != key]
+                kept = [k for k in idle if _jobs[k].status(SWEEP_STAGE).state != STOPPED]
+                if not idle:
                     break
-                del _jobs[idle]
+                del _jobs[(kept or idle)[0]]
         _jobs.move_to_end(key)
     job.begin()  # no-op once the preview and the measurement have run
     return job

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 import streamlit as st
+import torch
 
 from core.staged import CURVE_STAGE, DONE, FAILED, PREVIEW_STAGE, RUNNING, STOPPED, SWEEP_STAGE, StagedAnalysis
 
@@ -77,10 +78,13 @@ def heavy_panel(job: StagedAnalysis, *, need_every_image: bool = False, why: str
     if job.busy and cap is not None:
         _running(job)
         st.rerun()
-    if job.busy:  # the sweep's first image is being measured for the estimate
+    if job.busy:  # the sweep's first images are being measured for the estimate
         with st.spinner("Measuring the exact sweep on its first images for an estimate…"):
-            while job.busy and job.estimate() is None:
+            # until the worker ends (the heavy stages wait for Start) or goes on with them itself
+            while job.busy and job.cap is None and job.error is None:
                 time.sleep(POLL_SECONDS)
+        if job.error is not None:
+            return  # the caller says it
         if job.cap is not None:  # it went on by itself: the estimate was short
             st.rerun()
     _not_running(job, need_every_image=need_every_image, why=why)
@@ -92,9 +96,13 @@ def _running(job: StagedAnalysis) -> None:
     st.button("Stop", key="analysis_stop", on_click=job.stop, icon=":material/stop_circle:",
               help="Stops after the current batch; what has finished is kept, and Continue goes on from there.")
     bars = {stage: st.progress(0.0, text=_WHAT[stage]) for stage in (SWEEP_STAGE, CURVE_STAGE)}
+    precision = (
+        f" The sweep runs in bfloat16: on its first images every value stayed within {job.precision_error:.1g} of float32."
+        if job.precision != torch.float32 else ""
+    )
     st.caption(
         f"Running on {note or f'all {job.n} images'} ({job.handle.device.type}). The other views, which need only "
-        "the first pass, work meanwhile; this page fills in when it ends."
+        f"the first pass, work meanwhile; this page fills in when it ends.{precision}"
     )
     while job.busy:
         for stage, bar in bars.items():

@@ -337,7 +337,8 @@ def partial_pruning_chart(partial: pd.DataFrame, chosen: str, target_name: str |
             .mark_rule(strokeDash=[5, 4], color="#555555")
             .encode(x="probability:Q")
         )
-    return alt.hconcat(glyph, alt.layer(*layers).properties(width=320, height=alt.Step(30)), labels, spacing=4).properties(
+    # glyph, bars and values within the 520 px a wide page's B2 column holds
+    return alt.hconcat(glyph, alt.layer(*layers).properties(width=250, height=alt.Step(30)), labels, spacing=4).properties(
         title=alt.TitleParams("Partial pruning", subtitle=subtitle)
     )
 

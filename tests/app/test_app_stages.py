@@ -65,7 +65,7 @@ def test_a_stopped_sweep_keeps_its_images_and_continues(slow: AppTest, monkeypat
     slow.button(key="analysis_start").click().run()
     assert not slow.exception, slow.exception
     shown = notice_texts(slow)
-    assert "Stopped: the exact sweep had finished 67 of 360 images" in shown  # the estimate's 3 images and a batch of 64
+    assert "Stopped: the exact sweep had finished 68 of 360 images" in shown  # the estimate's 4 images and a batch of 64
     assert slow.button(key="analysis_start").label == "Continue"
     assert slow.selectbox(key="importance_metric").options == ["taylor"]  # the preview stays
     monkeypatch.setattr(StagedAnalysis, "_sweep_images", original)

@@ -187,7 +187,7 @@ def _assert_no_error(page, where: str) -> None:
 
 def _open_page(page, base: str, page_file: Path) -> None:
     """Follow the sidebar link, as a user does (a fresh URL would start a new session)."""
-    page.locator(f'[data-testid="stSidebar"] a[data-testid="stPageLink-NavLink"][href$="/{_url_path(page_file)}"]').click()
+    page.locator(f'[data-testid="stSidebar"] a[data-testid="stPageLink-NavLink"][href$="{_url_path(page_file)}"]').click()
     page.wait_for_url(f"{base}/{_url_path(page_file)}")
     _settle(page)
 
@@ -287,7 +287,7 @@ async def _one_session(browser, base: str, digits: list[int], shots: Path, tag: 
     await page.set_input_files('[data-testid="stFileUploaderDropzoneInput"]', files=_digit_files(digits))
     await page.wait_for_selector(f"text={len(digits)} images ready", timeout=PAGE_TIMEOUT_MS)
     for page_file in PAGES:
-        await page.locator(f'[data-testid="stSidebar"] a[data-testid="stPageLink-NavLink"][href$="/{_url_path(page_file)}"]').click()
+        await page.locator(f'[data-testid="stSidebar"] a[data-testid="stPageLink-NavLink"][href$="{_url_path(page_file)}"]').click()
         await page.wait_for_url(f"{base}/{_url_path(page_file)}")
         await _settle_async(page)
         for selector in ERROR_SELECTORS:

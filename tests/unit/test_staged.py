@@ -110,12 +110,12 @@ def test_a_capped_sample_is_seeded_nested_and_what_every_metric_averages(demo_ha
 
 def test_the_estimate_is_measured_on_the_first_images_and_scales_with_the_cap(demo_handle, set_24) -> None:
     job = _begun(StagedAnalysis(demo_handle, set_24.pil_images(), set_labels(set_24), SETTINGS, auto_start=0))
-    few, many = job.estimate(4), job.estimate(24)
-    assert few.per_image > 0 and few.per_batch >= 0 and few.device == "cpu" and (few.images, many.images) == (4, 24)
-    # the first three images of the order are swept already (a batch of one, then of two): in every sample, and free
+    few, many = job.estimate(6), job.estimate(24)
+    assert few.per_image > 0 and few.per_batch >= 0 and few.device == "cpu" and (few.images, many.images) == (6, 24)
+    # the first four images of the order are swept already (batches of one, two and one): in every sample, and free
     a, c = few.per_batch, few.per_image
-    assert few.sweep_seconds == pytest.approx(a + 1 * c) and many.sweep_seconds == pytest.approx(a + 21 * c)
-    assert job.estimate(3).sweep_seconds == 0 and job.estimate(1000).images == job.estimate(None).images == 24
+    assert few.sweep_seconds == pytest.approx(a + 2 * c) and many.sweep_seconds == pytest.approx(a + 20 * c)
+    assert job.estimate(4).sweep_seconds == 0 and job.estimate(1000).images == job.estimate(None).images == 24
     ratio = job._curve_per_sweep()
     assert many.curve_seconds == pytest.approx(a + 24 * c * ratio) and ratio > 0
 
@@ -123,18 +123,18 @@ def test_the_estimate_is_measured_on_the_first_images_and_scales_with_the_cap(de
 def test_a_stop_keeps_what_finished_and_start_goes_on_from_there(demo_handle, set_24) -> None:
     images, labels = set_24.pil_images(), set_labels(set_24)
     job = StagedAnalysis(demo_handle, images, labels, SETTINGS, batch_size=4, auto_start=0)
-    seen = _counting(job, stop_after=4)  # a batch of one and one of two (the estimate), then two batches of four
+    seen = _counting(job, stop_after=5)  # batches of one, two and one (the estimate), then two of four
     job.begin()
     _done(job)
     job.start(None)
     _done(job)
     status = job.status(SWEEP_STAGE)
-    assert status.state == STOPPED and status.done == 11 and status.total == 24
+    assert status.state == STOPPED and status.done == 12 and status.total == 24
     assert job.preview is not None and job.importance() is None and job.curve() is None  # the preview is kept
     job._sweep_images = type(job)._sweep_images.__get__(job)  # stop no more
     job.start(None)
     _done(job)
-    assert job.status(CURVE_STAGE).state == DONE and sum(seen) == 11  # 11 before the stop, the rest after
+    assert job.status(CURVE_STAGE).state == DONE and sum(seen) == 12  # 12 before the stop, the rest after
     whole = _begun(StagedAnalysis(demo_handle, images, labels, SETTINGS)).result()
     np.testing.assert_allclose(job.result().importance.overall["value"], whole.importance.overall["value"], **BATCHED)
 
@@ -165,3 +165,50 @@ def test_a_failure_is_a_sentence_and_marks_its_stage() -> None:
         hook.remove()
     assert isinstance(job.error, HeadScopeError) and "NaN or infinite" in str(job.error)
     assert job.status(PREVIEW_STAGE).state == FAILED and job.preview is None and job.result() is None
+
+
+def test_a_cpu_sweeps_in_full_precision(demo_handle, set_24) -> None:
+    job = _begun(StagedAnalysis(demo_handle, set_24.pil_images(), set_labels(set_24), SETTINGS))
+    assert job.precision == torch.float32 and job.precision_error is None  # not even tried
+
+
+@pytest.mark.parametrize("tolerance", [0.0, float("inf")])
+def test_reduced_precision_is_used_only_within_the_stated_tolerance(demo_handle, set_24, monkeypatch, tolerance) -> None:
+    import core.staged
+
+    images, labels = set_24.pil_images(), set_labels(set_24)
+    full = _begun(StagedAnalysis(demo_handle, images, labels, SETTINGS)).result().importance.overall["value"]
+    monkeypatch.setattr(core.staged, "REDUCED_TOLERANCE", tolerance)
+    # a GPU's choice, tried here on the CPU's own bfloat16
+    job = _begun(StagedAnalysis(demo_handle, images, labels, SETTINGS, reduced_precision=True))
+    assert job.precision_error > 0  # the probe's images were swept again in bfloat16, and differ
+    values = job.result().importance.overall["value"]
+    if tolerance == 0.0:  # out of tolerance: float32, and the probe's bfloat16 values were not kept
+        assert job.precision == torch.float32
+        np.testing.assert_allclose(values, full, **BATCHED)
+    else:
+        assert job.precision == core.staged.REDUCED_PRECISION
+        assert not np.allclose(values, full, **BATCHED) and np.allclose(values, full, atol=0.2)
+
+
+def test_an_unexpected_error_ends_the_job_with_a_sentence(demo_handle, set_24, monkeypatch) -> None:
+    import core.staged
+
+    def out_of_memory(*_args, **_kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(core.staged, "first_pass", out_of_memory)
+    job = StagedAnalysis(demo_handle, set_24.pil_images(), set_labels(set_24), SETTINGS)
+    job.begin()
+    assert job.wait(timeout=60) and not job.busy
+    assert isinstance(job.error, core.staged.AnalysisFailed) and "(RuntimeError: CUDA out of memory)" in str(job.error)
+    assert job.status(PREVIEW_STAGE).state == FAILED
+
+
+def test_a_start_while_the_worker_runs_is_not_lost(demo_handle, set_24) -> None:
+    job = _begun(StagedAnalysis(demo_handle, set_24.pil_images(), set_labels(set_24), SETTINGS, batch_size=2, auto_start=0))
+    job.start(None)
+    job.stop()  # Stop, then Continue before the batch has ended
+    job.start(None)
+    assert job.wait(timeout=600) and job.error is None
+    assert job.status(CURVE_STAGE).state == DONE and job.result() is not None
