@@ -21,6 +21,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_casestudy.py
 	$(BIN)/python benchmarks/bench_dinov2.py
 	$(BIN)/python benchmarks/bench_attribution.py
+	$(BIN)/python benchmarks/bench_stages.py
 
 train-demo: $(STAMP)
 	$(BIN)/python scripts/train_demo.py
