@@ -114,7 +114,7 @@ for finding in found.heads:
                 cells = st.columns(len(thumbs))
                 for cell, image_id in zip(cells, thumbs):
                     row = names.get(image_id, {})
-                    shown = " · ".join(str(part) for part in (row.get("name", image_id), row.get("target", "")) if part)
+                    shown = casestudy.thumbnail_caption(str(row.get("name", image_id)), str(row.get("target", "")))
                     cell.image(study.thumbnails[image_id], caption=plain(shown), width=72)
 
 st.subheader("The evidence")

@@ -36,6 +36,7 @@ __all__ = [
     "open_bundle",
     "open_in_view",
     "opened_bundle",
+    "thumbnail_caption",
     "uploader_key",
 ]
 
@@ -137,6 +138,19 @@ def open_bundle(file_name: str, data: bytes, handle: ViTHandle) -> str | None:
 
 def opened_bundle() -> OpenedBundle | None:
     return st.session_state.get(OPENED_KEY)
+
+
+THUMBNAIL_CHARS = 11  # what a 72 px thumbnail's caption holds on a line
+
+
+def thumbnail_caption(name: str, target: str = "") -> str:
+    """An image's name (and target) under its thumbnail: a word too long for a line ends in "…".
+
+    The caption wraps between words; a long word (``hubble_deep_field``) would break in
+    the middle, letter by letter.
+    """
+    words = [word if len(word) <= THUMBNAIL_CHARS else word[: THUMBNAIL_CHARS - 1] + "…" for word in name.split(" ")]
+    return " · ".join(part for part in (" ".join(words), target) if part)
 
 
 def uploader_key() -> str:

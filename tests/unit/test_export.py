@@ -1,4 +1,4 @@
-"""Charts as PNG and SVG files, and the names of exported files."""
+"""Charts as PNG and SVG files, the names of exported files, and the names under thumbnails."""
 
 from __future__ import annotations
 
@@ -59,3 +59,20 @@ def test_a_chart_over_altairs_row_limit_exports_and_the_limit_stays() -> None:
 )
 def test_file_names_are_plain_slugs(name: str, stem: str) -> None:
     assert file_stem(name) == stem
+
+
+@pytest.mark.parametrize(
+    ("name", "target", "caption"),
+    [
+        ("digit-0413 (7)", "7", "digit-0413 (7) · 7"),  # wraps between its words
+        ("hubble_deep_field", "", "hubble_dee…"),
+        ("immunohistochemistry", "", "immunohist…"),
+        ("a very long_name_indeed", "cat", "a very long_name_… · cat"),
+    ],
+)
+def test_thumbnail_captions_never_break_inside_a_word(name: str, target: str, caption: str) -> None:
+    from ui.casestudy import THUMBNAIL_CHARS, thumbnail_caption
+
+    shown = thumbnail_caption(name, target)
+    assert shown == caption
+    assert all(len(word) <= THUMBNAIL_CHARS for word in shown.split(" "))
