@@ -27,6 +27,7 @@ __all__ = [
     "MAX_TOP_K",
     "OPENED_KEY",
     "REFUSED_KEY",
+    "THUMBNAIL_CHARS",
     "UPLOAD_ROUND_KEY",
     "VIEW_PAGES",
     "OpenedBundle",
