@@ -122,14 +122,12 @@ class Preview:
         strength: the strength statistics of every image.
         samples: the pattern-map sample of each map kind.
         predictions: the unmodified model's outputs and final features.
-        seconds_per_image: what the pass took an image, measured over the stage.
     """
 
     importance: HeadImportance
     strength: object
     samples: dict
     predictions: Predictions
-    seconds_per_image: float
 
 
 @dataclass(frozen=True)
@@ -458,14 +456,12 @@ class StagedAnalysis:
         def report(done: int, _total: int) -> None:
             self._set_progress(PREVIEW_STAGE, done=done)
 
-        began = time.perf_counter()
         part = first_pass(handle, self.images, self.given, picks, metrics=self.metrics, sweep=False, progress=report)
         preview = Preview(
             importance=part.importance,
             strength=part.strength,
             samples=samples_from(handle, {kind: [part.maps[kind]] for kind in part.maps}),
             predictions=Predictions(logits=part.logits, features=part.features),
-            seconds_per_image=(time.perf_counter() - began) / self.n,
         )
         with self._lock:
             self._preview = preview

@@ -31,7 +31,6 @@ __all__ = [
     "ImportanceState",
     "baseline_value",
     "importance_state",
-    "importance_tables",
     "metric_values",
     "partial",
     "partial_table",
@@ -87,19 +86,6 @@ def importance_state(handle: ViTHandle, image_set: ImageSet) -> ImportanceState:
     first = job.preview
     assert first is not None
     return ImportanceState(first.importance, False, None, job)
-
-
-def importance_tables(handle: ViTHandle, image_set: ImageSet) -> HeadImportance:
-    """The exact importance of every head (every metric of ``metrics_for``), per image and over the set.
-
-    Waits for the exact sweep (showing the heavy stages' panel) and stops the page
-    until it has finished; ``importance_state`` does not wait.
-    """
-    state = importance_state(handle, image_set)
-    if not state.exact:
-        stages.heavy_panel(state.job)
-        state = importance_state(handle, image_set)
-    return state.tables
 
 
 @st.cache_data(max_entries=64, show_spinner="Masking the head's attention…")

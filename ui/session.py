@@ -368,12 +368,17 @@ def _failed(job: StagedAnalysis) -> None:
     st.stop()
 
 
-def preview(handle: ViTHandle, image_set: ImageSet) -> Preview:
-    """The set's first pass: predictions, strength, the map sample, the Taylor preview (waits for it)."""
+def _first_pass_done(handle: ViTHandle, image_set: ImageSet) -> StagedAnalysis:
+    """The set's job once its first pass has finished (waiting with a progress bar); an error stops the page."""
     job = analysis_job(handle, image_set)
     stages.wait_for_preview(job)
     _failed(job)
-    result = job.preview
+    return job
+
+
+def preview(handle: ViTHandle, image_set: ImageSet) -> Preview:
+    """The set's first pass: predictions, strength, the map sample, the Taylor preview (waits for it)."""
+    result = _first_pass_done(handle, image_set).preview
     assert result is not None
     return result
 
@@ -383,9 +388,7 @@ def importance_so_far(handle: ViTHandle, image_set: ImageSet) -> tuple[StagedAna
 
     Their images are the job's sample (``stages.sample_note``).
     """
-    job = analysis_job(handle, image_set)
-    stages.wait_for_preview(job)
-    _failed(job)
+    job = _first_pass_done(handle, image_set)
     return job, job.importance(), job.curve()
 
 
@@ -396,9 +399,7 @@ def analysis(handle: ViTHandle, image_set: ImageSet, *, why: str = "") -> SetAna
     A model whose outputs are not finite on these images (or any other error with a
     sentence for the user) stops the page with that sentence.
     """
-    job = analysis_job(handle, image_set)
-    stages.wait_for_preview(job)
-    _failed(job)
+    job = _first_pass_done(handle, image_set)
     stages.heavy_panel(job, need_every_image=True, why=why)
     _failed(job)
     result = job.result()

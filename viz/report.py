@@ -265,7 +265,7 @@ def render_report(study: CaseStudy, metric: str | None = None, *, top_k: int | N
     sections = "\n".join(
         f'<section id="{key}">\n<h2>{_SECTION_TITLES[key]}</h2>\n{body}\n</section>' for key, body in bodies.items()
     )
-    specs = {key: _spec(chart) for key, chart in charts.items()}
+    specs = {key: inline_spec(chart) for key, chart in charts.items()}  # a report holds its data inline
     title = f"HeadScope case study: {study.model_label} on {study.manifest['image_set']['title']}"
     # the bundle holds no "</script" today; should a later one (in a string or regex, where "<\/" means "</"),
     # the escape keeps it from ending the script early
@@ -277,11 +277,6 @@ def render_report(study: CaseStudy, metric: str | None = None, *, top_k: int | N
         f"<h1>{escape(title)}</h1>\n<nav>{nav}</nav>\n{sections}\n</main>\n"
         f"<script>\nconst specs = {_script_json(specs)};\n{_EMBED}</script>\n</body>\n</html>\n"
     )
-
-
-def _spec(chart: alt.TopLevelMixin) -> dict[str, Any]:
-    # a report must hold its data inline; the embed options name the mode
-    return inline_spec(chart)
 
 
 def _script_json(value: Any) -> str:
