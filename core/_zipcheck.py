@@ -7,17 +7,20 @@ the classic one, so a guard that reads only the classic record is bypassed by an
 whose classic record claims an empty directory. This module reads every end record an
 archive carries (each classic record in the comment window, the zip64 record before its
 locator and the one the locator points to) and reports the largest claims, so callers
-can refuse before any entry is built.
+can refuse before any entry is built; and it names, once, every error reading an archive
+can raise, so that no reader of one lets a damaged member through as a crash.
 """
 
 from __future__ import annotations
 
 import re
 import struct
+import zipfile
+import zlib
 from dataclasses import dataclass
 
 __all__ = [
-    "DeclaredDirectory", "declared_directory", "unsafe_entry_path", "MIN_ENTRY_BYTES",
+    "ARCHIVE_ERRORS", "DeclaredDirectory", "declared_directory", "unsafe_entry_path", "MIN_ENTRY_BYTES",
     "EOCD", "EOCD_FORMAT", "EOCD_SIZE", "LOCATOR", "LOCATOR_SIZE", "ZIP64", "ZIP64_FORMAT", "ZIP64_SIZE",
 ]
 
@@ -36,6 +39,15 @@ _SEARCH_WINDOW = 1 << 16
 # A central-directory entry is a 46-byte fixed header plus its name: the fewest bytes
 # that can describe one entry, so ``size // MIN_ENTRY_BYTES`` bounds the entry count.
 MIN_ENTRY_BYTES = 46
+# What zipfile raises on a damaged or hostile archive, opening it or reading a member: its own
+# BadZipFile and LargeZipFile, zlib.error for a corrupt deflate stream, EOFError for a truncated
+# one, NotImplementedError for a compression it lacks, RuntimeError for an encrypted member,
+# OverflowError, ValueError (UnicodeDecodeError of a name among them) and struct.error for
+# fields out of range or cut short, OSError for a seek past the data.
+ARCHIVE_ERRORS: tuple[type[Exception], ...] = (
+    zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError,
+    OverflowError, ValueError, struct.error, OSError,
+)
 
 
 @dataclass(frozen=True)

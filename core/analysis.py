@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from core._hooks import capture_head_input, capture_patterns, check_finite, locked_hooks
+from core._memory import out_of_memory_as_sentence
 from core.errors import NotEnoughImages
 from core.importance import (
     HeadImportance,
@@ -174,6 +175,7 @@ def samples_from(
     return samples
 
 
+@out_of_memory_as_sentence
 def first_pass(
     handle: ViTHandle,
     images: Sequence[Image.Image],

@@ -8,6 +8,7 @@ from typing import Iterator
 import torch
 
 from core._hooks import capture_head_input, capture_norms, capture_patterns, locked_forward
+from core._memory import out_of_memory_as_sentence
 from core.model import ViTHandle
 from core.settings import images_per_batch
 
@@ -50,12 +51,14 @@ class AttentionBatch:
     norms: torch.Tensor
 
 
+@out_of_memory_as_sentence
 def iter_attention(handle: ViTHandle, x: torch.Tensor, *, batch_size: int | None = None) -> Iterator[AttentionBatch]:
     """Yield ``AttentionBatch`` chunks of ``x`` (``[N, C, H, W]``), so callers can stream statistics."""
     for part in _layer_major_batches(handle, x, batch_size):
         yield _as_batch(*part)
 
 
+@out_of_memory_as_sentence
 def extract_attention(handle: ViTHandle, x: torch.Tensor, *, batch_size: int | None = None) -> AttentionBatch:
     """Attention ``[N, L, H, T, T]`` and logits for the whole batch ``x``.
 
@@ -113,6 +116,7 @@ def token_norms(handle: ViTHandle, x: torch.Tensor) -> torch.Tensor:
     return stream_norms(handle, x)[:, 1:]
 
 
+@out_of_memory_as_sentence
 def stream_norms(handle: ViTHandle, x: torch.Tensor) -> torch.Tensor:
     """``[B, L + 1, T]``: the norm of every token entering each block (index 0: the embeddings), then leaving the last.
 

@@ -36,6 +36,7 @@ import torchvision.transforms.functional as TF
 from torch import nn
 
 from core._hooks import attention_forward, check_finite, locked_forward, locked_hooks
+from core._memory import out_of_memory_as_sentence
 from core.errors import InvalidSetting, UnsupportedMetric
 from core.model import ViTHandle
 
@@ -246,6 +247,7 @@ def gradient_rollout(
     return gradient_relevance(handle, x, target).maps
 
 
+@out_of_memory_as_sentence
 def gradient_relevance(
     handle: ViTHandle, x: torch.Tensor, target: int | Sequence[int] | torch.Tensor | None = None
 ) -> GradientRelevance:
@@ -356,6 +358,7 @@ class RelevanceMaps:
     predicted: torch.Tensor | None = None
 
 
+@out_of_memory_as_sentence
 def relevance_maps(
     handle: ViTHandle,
     x: torch.Tensor,
@@ -430,6 +433,7 @@ def compare_faithfulness(
     return curves[["method", "image", "order", "curve", "fraction", "score"]]
 
 
+@out_of_memory_as_sentence
 def faithfulness_curves(
     handle: ViTHandle,
     x: torch.Tensor,

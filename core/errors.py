@@ -9,9 +9,11 @@ __all__ = [
     "ImageRejected",
     "InvalidSetting",
     "LabelsMismatch",
+    "ModelTooLarge",
     "ModelUnavailable",
     "NonFiniteOutputs",
     "NotEnoughImages",
+    "OutOfMemory",
     "UnsupportedMapKind",
     "UnsupportedMetric",
     "UnsupportedModel",
@@ -41,6 +43,15 @@ class NonFiniteOutputs(ModelUnavailable):
 
 class UnsupportedModel(ModelUnavailable):
     """The model exists but is not a ViT whose blocks use timm's standard ``Attention``."""
+
+
+class ModelTooLarge(ModelUnavailable):
+    """The model's declared weights, or one image's analysis at its input size, would need more memory than
+    the server's budget (``core.settings.memory_budget``); refused before its weights are read."""
+
+
+class OutOfMemory(HeadScopeError):
+    """The memory allocator failed during an analysis (the server ran short of memory)."""
 
 
 class UnsupportedMetric(HeadScopeError, ValueError):

@@ -56,7 +56,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from core._zipcheck import declared_directory, unsafe_entry_path
+from core._memory import check_fits
+from core._zipcheck import ARCHIVE_ERRORS, declared_directory, unsafe_entry_path
 from core.errors import CheckpointRejected, HeadScopeError, InvalidSetting, ModelUnavailable, UnsupportedModel, human_size
 from core.model import (
     _MAX_CLASSES,
@@ -168,7 +169,17 @@ _DEFAULT_PREPROCESSING: dict[str, dict[str, Any]] = {
 }
 _DEFAULT_PREPROCESSING["dinov2_with_registers"] = _DEFAULT_PREPROCESSING["dinov2"]
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}(@[\w./-]{1,200})?$")
+# What the loader takes for a hub repo id: one slash before any "@". Whether it is a valid id
+# is decided by _hub_request, so a mistyped one is told what is wrong, not sent to timm.
+_REPO_SHAPE = re.compile(r"[^/@\s]+/[^/@\s]+(@.*)?", re.DOTALL)
+# huggingface_hub's validate_repo_id: ASCII letters, digits, "_", "-" and ".", starting and
+# ending with a letter, digit or "_", at most 96 characters a part
+_HUB_NAME = re.compile(r"\w(?:[\w.-]{0,94}\w)?", re.ASCII)
+# git's rules for a branch or tag name (git check-ref-format), which a 40-hex commit id meets
+# too: the cache keeps a branch or tag as a file under refs/, so these rules are also what
+# keeps a revision from naming a path outside it
+_REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//")
+_MAX_REVISION = 128
 
 Progress = Callable[[str, float], None]
 
@@ -188,8 +199,44 @@ class _Files:
 
 
 def is_repo_id(name: str) -> bool:
-    """``name`` has the form of a hub repo id, ``owner/name`` (optionally ``@revision``)."""
-    return bool(_REPO_ID.match(name.strip()))
+    """``name`` has the form of a hub repo id, ``owner/name`` (optionally ``@revision``); whether
+    the hub accepts it is checked when it is loaded."""
+    return bool(_REPO_SHAPE.fullmatch(name.strip()))
+
+
+def _hub_request(text: str) -> tuple[str, str | None]:
+    """The repo id and revision of ``owner/name[@revision]``, refused unless the hub accepts both.
+
+    Checked before huggingface_hub sees them: it validates ids with exceptions of its own, and
+    joins a revision onto a path under the local cache without a check.
+    """
+    repo_id, at, revision = text.partition("@")
+    owner, _, name = repo_id.partition("/")
+    if not (
+        _HUB_NAME.fullmatch(owner)
+        and _HUB_NAME.fullmatch(name)
+        and ".." not in repo_id
+        and "--" not in repo_id  # the cache writes owner/name as models--owner--name
+        and not repo_id.endswith(".git")
+    ):
+        raise ModelUnavailable(
+            f"{_show(repo_id)} is not a hub repo id; give owner/name in letters, digits, '-', '_' and '.' "
+            "(no '--' or '..'), such as facebook/dinov2-small."
+        )
+    if at and not (
+        0 < len(revision) <= _MAX_REVISION
+        and revision.isascii()
+        and not _REF_FORBIDDEN.search(revision)
+        and not revision.startswith(("/", "-"))
+        and not revision.endswith(("/", "."))
+        and revision != "@"
+        and not any(part.startswith(".") or part.endswith(".lock") for part in revision.split("/"))
+    ):
+        raise ModelUnavailable(
+            f"The revision {_show(revision)} of {_show(repo_id)} is not a branch, tag or commit id; "
+            "give one such as main, v1.0 or a 40-character commit hash."
+        )
+    return repo_id, revision if at else None
 
 
 def is_transformers_source(name: str, *, local_paths: bool = True) -> bool:
@@ -253,6 +300,7 @@ def load_transformers(
     preprocessing = _preprocessing(spec, None if files.preprocessor is None else _parse_json(files.preprocessor, PREPROCESSOR_FILE))
     run = _run_size(spec, preprocessing, img_size)
     _geometry(preprocessing, run)  # refused now, before any weight is read
+    check_fits(partial(_build_timm, replace(spec, run_size=run)), label or files.label)  # from config.json alone
     architecture = _HFArchitecture(replace(spec, run_size=run))
     report("checking the weights against config.json", 0.3)
     state = _read_checkpoint(files.weights(architecture.max_bytes), spec.architecture, architecture=architecture)
@@ -357,7 +405,7 @@ def _zip_files(data: bytes, label: str) -> _Files:
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         infos = archive.infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as err:
+    except ARCHIVE_ERRORS as err:
         raise CheckpointRejected("The uploaded file is not a readable ZIP archive.") from err
     members: dict[str, zipfile.ZipInfo] = {}
     for info in infos:
@@ -411,7 +459,7 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int) -> b
     try:
         with archive.open(info) as stream:
             content = stream.read(cap + 1)  # the sizes an entry declares can lie: the cap is read, not trusted
-    except (zipfile.BadZipFile, RuntimeError, NotImplementedError, OSError, EOFError, ValueError) as err:
+    except ARCHIVE_ERRORS as err:
         raise CheckpointRejected(f"{short} could not be read from the ZIP; it is damaged or encrypted.") from err
     if len(content) > cap:
         raise CheckpointRejected(
@@ -435,8 +483,8 @@ def _repo_files(repo: str) -> _Files:
 
     from core.model import _hub_offline, _hub_resolves
 
-    repo_id, _, revision = repo.partition("@")
-    request = dict(repo_id=repo_id, revision=revision or None)
+    repo_id, revision = _hub_request(repo)
+    request = dict(repo_id=repo_id, revision=revision)
     reachable: list[bool] = []  # decided once, on the first file the cache lacks
 
     def online() -> bool:
@@ -445,6 +493,23 @@ def _repo_files(repo: str) -> _Files:
         return reachable[0]
 
     def fetch(filename: str, cap: int) -> Path | None:
+        try:
+            path = find(filename, cap)
+        except HeadScopeError:
+            raise
+        except Exception as err:  # the hub client's own (HFValidationError, HTTP errors) and an unreadable cache alike
+            raise ModelUnavailable(
+                f"'{repo}' could not be fetched from the Hugging Face hub ({type(err).__name__}); try again, "
+                "or upload a ZIP of the model folder."
+            ) from err
+        if path is not None and _regular(path) > cap:
+            raise CheckpointRejected(
+                f"{filename} of '{repo}' is {human_size(_regular(path))}, more than a model of its config.json "
+                f"can hold ({human_size(cap)})."
+            )
+        return path
+
+    def find(filename: str, cap: int) -> Path | None:
         try:
             path = Path(hf_hub_download(filename=filename, local_files_only=True, **request))
         except Exception:  # not cached, or cached as absent: the hub decides when it can be reached
@@ -466,18 +531,9 @@ def _repo_files(repo: str) -> _Files:
                 ) from err
             except RemoteEntryNotFoundError:  # the hub says the repo has no such file (a network failure is no answer)
                 return None
-            except HeadScopeError:
-                raise
-            except Exception as err:  # any other network or hub failure means the same thing to the user
-                raise ModelUnavailable(
-                    f"'{repo}' could not be fetched from the Hugging Face hub ({type(err).__name__}); try again, "
-                    "or upload a ZIP of the model folder."
-                ) from err
-        if path is not None and _regular(path) > cap:
-            raise CheckpointRejected(
-                f"{filename} of '{repo}' is {human_size(_regular(path))}, more than a model of its config.json "
-                f"can hold ({human_size(cap)})."
-            )
+        if path is not None and not path.resolve().is_relative_to(Path(constants.HF_HUB_CACHE).resolve()):
+            # whatever a ref file or link in the cache says, nothing outside the cache is read
+            raise CheckpointRejected(f"{filename} of '{repo}' lies outside the Hugging Face cache; HeadScope does not read it.")
         return path
 
     def unreachable(what: str) -> ModelUnavailable:
@@ -1065,6 +1121,9 @@ def _to_timm(state: Mapping[str, torch.Tensor], spec: _Spec) -> tuple[dict[str, 
         name, part = target
         if part is None:
             out[name] = tensor
+        elif not tensor.dtype.is_floating_point:
+            # torch.cat would promote it to its neighbours' float dtype, past the check of each weight's dtype
+            raise CheckpointRejected(f"The weights store '{key}' as {tensor.dtype}; they are not a model's.")
         else:
             parts.setdefault(name, [None, None, None])[part] = tensor
     for name, pieces in parts.items():

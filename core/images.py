@@ -17,7 +17,6 @@ import re
 import struct
 import unicodedata
 import zipfile
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from core._imagecheck import check_exif, check_structure
-from core._zipcheck import declared_directory, unsafe_entry_path
+from core._zipcheck import ARCHIVE_ERRORS, declared_directory, unsafe_entry_path
 from core.digits import digit_images, digits_split
 from core.errors import ImageRejected, LabelsMismatch, human_size
 
@@ -612,8 +611,7 @@ def _read_entries(
                 # One byte past the cap tells us the entry is too big; the sizes in the
                 # entry's headers are never consulted, since a zip bomb lies about them.
                 content = stream.read(min(limits.max_file_bytes, remaining) + 1)
-        except (zipfile.BadZipFile, RuntimeError, NotImplementedError, OSError,
-                EOFError, ValueError, zlib.error):
+        except ARCHIVE_ERRORS:
             notes.append(
                 f"{display} could not be read from the archive; it may be damaged or encrypted."
             )
@@ -678,7 +676,7 @@ def image_set_from_zip(
     _check_declared_directory(data, limits)
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
+    except ARCHIVE_ERRORS as exc:
         raise ImageRejected(
             "The uploaded file is not a readable ZIP archive; "
             "create it again with a standard zip tool."

@@ -26,6 +26,7 @@ from PIL import Image
 from torch import nn
 
 from core._hooks import HookSet, attention_forward, locked_forward, locked_hooks, temporary_hooks
+from core._memory import out_of_memory_as_sentence
 from core.inference import Progress
 from core.errors import InvalidSetting, LabelsMismatch, NotEnoughImages, UnsupportedMetric
 from core.model import ViTHandle
@@ -161,6 +162,7 @@ def head_importance(
     return head_importance_tables(handle, x, labels, metrics, batch_size=batch_size, progress=progress).overall
 
 
+@out_of_memory_as_sentence
 def head_importance_tables(
     handle: ViTHandle,
     x: ImageBatch,
@@ -372,6 +374,7 @@ def _curve_masks(
     return points, torch.stack(keeps).reshape(-1, handle.num_layers, handle.num_heads)
 
 
+@out_of_memory_as_sentence
 def _curve_sums(
     handle: ViTHandle,
     x: ImageBatch,
@@ -411,6 +414,7 @@ def _curve_table(
     )
 
 
+@out_of_memory_as_sentence
 def partial_pruning(
     handle: ViTHandle,
     x: torch.Tensor,

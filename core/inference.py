@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from core._hooks import capture_head_input, locked_forward
+from core._memory import out_of_memory_as_sentence
 from core.model import ViTHandle
 from core.settings import images_per_batch
 
@@ -49,6 +50,7 @@ class Predictions:
         return self.logits.argmax(axis=1)
 
 
+@out_of_memory_as_sentence
 def predict_images(
     handle: ViTHandle,
     images: Sequence[Image.Image],

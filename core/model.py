@@ -31,8 +31,10 @@ from PIL import Image
 from torch import nn
 
 from core._hooks import locked_forward
+from core._memory import check_fits, out_of_memory_as_sentence
 from core._zipcheck import (
-    EOCD, EOCD_FORMAT, EOCD_SIZE, LOCATOR, LOCATOR_SIZE, ZIP64, ZIP64_FORMAT, ZIP64_SIZE, declared_directory,
+    ARCHIVE_ERRORS, EOCD, EOCD_FORMAT, EOCD_SIZE, LOCATOR, LOCATOR_SIZE, ZIP64, ZIP64_FORMAT, ZIP64_SIZE,
+    declared_directory,
 )
 from core.errors import (
     CheckpointRejected,
@@ -242,6 +244,8 @@ def load_model(
     Raises:
         ModelUnavailable: unknown name, or weights not available offline.
         UnsupportedModel: the architecture is not a ViT with timm's standard attention.
+        ModelTooLarge: its weights, or one image's analysis at this input size, would need
+            more memory than the server's budget (``core.settings.memory_budget``).
         CheckpointRejected: the checkpoint is unreadable, unsafe, non-finite or for
             another architecture.
         InvalidSetting: ``img_size`` is not a positive multiple of the patch size (or is
@@ -276,6 +280,7 @@ def load_model(
             "or a transformers repo id such as facebook/dinov2-small."
         )
     size = _run_size(name, img_size)
+    check_fits(lambda: _create_supported(name, img_size=size), name)  # before any weight is read or downloaded
     suffix = "" if size is None else f", {size} px"
     if checkpoint is not None:
         state = _read_checkpoint(checkpoint, name)  # checked against the architecture before any model is built
@@ -377,6 +382,7 @@ def _load_dinov2(device: str | torch.device | None, img_size: int | None, progre
     from core import dinov2
 
     size = DEFAULT_IMG_SIZE if img_size is None else _check_img_size(img_size, dinov2.PATCH_SIZE)
+    check_fits(lambda: _create_supported(dinov2.TIMM_NAME, num_classes=0, img_size=size), DINOV2_NAME)
     weights = dinov2.prepare_weights(progress=progress)
     if progress is not None:
         progress("building the model", 1.0)
@@ -530,6 +536,7 @@ def _make_handle(
     return handle
 
 
+@out_of_memory_as_sentence
 def _probe_outputs(handle: ViTHandle, refuse: type[HeadScopeError]) -> None:
     """Refuse the model with ``refuse`` if one forward of a noise image is not finite.
 
@@ -888,7 +895,7 @@ def _check_torch_archive(data: bytes, *, max_records: int, max_pickle: int) -> N
         raise refused
     try:
         records = zipfile.ZipFile(io.BytesIO(data)).infolist()
-    except (zipfile.BadZipFile, ValueError, OSError) as err:
+    except ARCHIVE_ERRORS as err:
         raise refused from err
     stored = 0
     for info in records:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from core._memory import out_of_memory_as_sentence
 from core.attention import iter_attention
 from core.errors import InvalidSetting, NotEnoughImages, UnsupportedMapKind
 from core.inference import Progress
@@ -191,6 +192,7 @@ def check_map_kind(handle: ViTHandle, kind: MapKind) -> None:
         raise UnsupportedMapKind("This model has no CLS token, so it has no CLS maps; use patch maps instead.")
 
 
+@out_of_memory_as_sentence
 def sample_maps(
     handle: ViTHandle,
     x: torch.Tensor | Sequence[Image.Image],

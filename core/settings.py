@@ -7,7 +7,9 @@ of any pass holds.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
 
 from core.errors import InvalidSetting
@@ -26,10 +28,15 @@ __all__ = [
     "DEFAULT_TOP_K",
     "HELD_BUDGET",
     "MAP_KINDS",
+    "MEMORY_CAP",
+    "MEMORY_ENV",
+    "MEMORY_SHARE",
+    "RUNNING_ANALYSES",
     "SAMPLE_SIZES",
     "CaseSettings",
     "MapKind",
     "images_per_batch",
+    "memory_budget",
 ]
 
 MapKind = Literal["patch", "cls"]
@@ -48,6 +55,19 @@ BATCH_CAP = 64  # images per batch at most
 HELD_BUDGET = 2**27
 # and its attention [B, L, H, T, T] in float32, captured once and reduced batch by batch
 ATTENTION_BUDGET_BYTES = 128 * 2**20
+# a server's analyses that compute at once; more wait in line. Each already uses every core
+# through torch's threads, so two share this project's two cores without starving the pages.
+RUNNING_ANALYSES = 2
+
+# What one model and one image's analysis may take (core._memory checks it before a model
+# loads): a share of the machine's memory (of the container's limit when that is lower),
+# so the analyses RUNNING_ANALYSES allows, the pages and the other sessions' models still
+# fit beside it; capped, so a large server still refuses what one image should never need
+# (16 GiB loads ViT-g's 1.1 billion weights: 13 GB at the peak). On this project's 24 GiB
+# machine: 5.9 GiB, which loads ViT-L but not ViT-H. HEADSCOPE_MEMORY_MB replaces it (in megabytes).
+MEMORY_ENV = "HEADSCOPE_MEMORY_MB"
+MEMORY_SHARE = 0.25
+MEMORY_CAP = 16 * 2**30
 
 
 @dataclass(frozen=True)
@@ -95,3 +115,31 @@ def images_per_batch(handle: ViTHandle, cap: int | None = None) -> int:
     tokens = (handle.num_layers + 1) * handle.num_tokens * int(handle.model.embed_dim)
     attention = handle.num_layers * handle.num_heads * handle.num_tokens**2 * 4
     return max(1, min(cap or BATCH_CAP, HELD_BUDGET // tokens, ATTENTION_BUDGET_BYTES // attention))
+
+
+def memory_budget() -> int:
+    """Bytes one model and one image's analysis may take: ``$HEADSCOPE_MEMORY_MB``, else
+    ``MEMORY_SHARE`` of the machine's (or container's) memory, at most ``MEMORY_CAP``.
+
+    Raises:
+        InvalidSetting: ``HEADSCOPE_MEMORY_MB`` is not a positive whole number.
+    """
+    given = os.environ.get(MEMORY_ENV, "").strip()
+    if given:
+        if not given.isdecimal() or int(given) < 1:
+            raise InvalidSetting(f"{MEMORY_ENV} must be a whole number of megabytes such as 8192, not '{given[:20]}'.")
+        return int(given) * 2**20
+    return min(int(_physical_memory() * MEMORY_SHARE), MEMORY_CAP)
+
+
+def _physical_memory() -> int:
+    """The machine's memory in bytes, or the container's cgroup limit when that is lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):  # cgroup v2, v1
+        try:
+            text = Path(limit).read_text().strip()
+        except OSError:
+            continue
+        if text.isdecimal():  # v2 says "max" when there is no limit
+            total = min(total, int(text))
+    return total

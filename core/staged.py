@@ -33,6 +33,12 @@ float32's (``precision`` says which it chose; the page says so). A check on a fe
 bounds the others only as far as they resemble them; targets stay the float32 first
 pass's whatever the precision. The curve always runs in float32, and a CPU sweeps in it.
 
+Sharing: the browser sessions of a server share one job per model, set and settings, so
+each result is computed once; each session is an owner with its own sample and its own
+stop (``JobView``). The worker serves every owner that waits, smallest sample first; a
+stop withdraws one owner's request, and the worker ends once nobody waits. ``RunSlots``
+bounds how many jobs compute at once on a server; the others wait in line.
+
 Thread safety: one worker thread runs the stages; every attribute the pages read is
 behind a lock, and ``status`` and the results are snapshots.
 """
@@ -41,8 +47,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Hashable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -83,7 +90,9 @@ __all__ = [
     "STAGES",
     "SWEEP_STAGE",
     "Estimate",
+    "JobView",
     "Preview",
+    "RunSlots",
     "StageStatus",
     "StagedAnalysis",
     "sample_order",
@@ -102,6 +111,9 @@ REDUCED_PRECISION = torch.bfloat16
 REDUCED_TOLERANCE = 1e-3
 
 WAITING, RUNNING, STOPPED, DONE, FAILED = "waiting", "running", "stopped", "done", "failed"
+# samples whose tables and curves a job keeps, and owners whose choice of sample it remembers
+_KEPT_SAMPLES = 8
+_KEPT_OWNERS = 256
 
 
 def sample_order(n: int, seed: int) -> np.ndarray:
@@ -199,6 +211,51 @@ class _Curve:
     table: pd.DataFrame | None = None
 
 
+class RunSlots:
+    """At most ``limit`` analyses compute at once on a server; the others wait in line, first come first served.
+
+    A job holds a slot while its worker computes (the preview, the measurement, the heavy
+    stages) and gives it back when the worker has nothing left, so a job waiting for a
+    user's Start holds none.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise InvalidSetting("At least one analysis must be allowed to run at once.")
+        self.limit = int(limit)
+        self._cond = threading.Condition()
+        self._running: list[object] = []
+        self._line: list[object] = []
+
+    def acquire(self, holder: object) -> None:
+        """Wait in line until ``holder`` may compute."""
+        with self._cond:
+            self._line.append(holder)
+            while self._line[0] is not holder or len(self._running) >= self.limit:
+                self._cond.wait()
+            self._line.pop(0)
+            self._running.append(holder)
+            self._cond.notify_all()
+
+    def release(self, holder: object) -> None:
+        with self._cond:
+            self._running = [h for h in self._running if h is not holder]
+            self._cond.notify_all()
+
+    def place(self, holder: object) -> int | None:
+        """``holder``'s place in line (1: next), or ``None`` when it is not waiting."""
+        with self._cond:
+            for place, waiting in enumerate(self._line, start=1):
+                if waiting is holder:
+                    return place
+            return None
+
+    @property
+    def running(self) -> int:
+        with self._cond:
+            return len(self._running)
+
+
 class StagedAnalysis:
     """One set's analysis under one model and settings, run in stages on a worker thread.
 
@@ -207,6 +264,13 @@ class StagedAnalysis:
     otherwise they wait for ``start(cap)``. ``stop()`` ends the running stage after its
     batch. ``status`` and ``preview``, ``importance``, ``curve``, ``result`` are read at
     any time; an error with a sentence for the user is kept in ``error``.
+
+    Several owners (the browser sessions of a server) may share one job: results are
+    shared, controls are not. Each owner's ``start`` chooses its own sample, and what it
+    reads is over that sample (an owner that chose none reads the largest one started);
+    the worker sweeps the union, which is the largest sample, as the order nests them.
+    An owner's ``stop`` withdraws only its own request: the worker ends after its batch
+    once no owner waits for more. ``view(owner)`` binds these calls to one owner.
     """
 
     def __init__(
@@ -219,6 +283,7 @@ class StagedAnalysis:
         batch_size: int | None = None,
         auto_start: float = AUTO_START_SECONDS,
         reduced_precision: bool | None = None,
+        slots: RunSlots | None = None,
     ) -> None:
         if len(images) == 0:
             raise NotEnoughImages("The analysis needs at least one image.")
@@ -230,17 +295,24 @@ class StagedAnalysis:
         self.order = sample_order(self.n, settings.seed)
         self.batch = images_per_batch(handle, batch_size)
         self.auto_start = auto_start
+        self._slots = slots
         self._lock = threading.RLock()
         self._active = self._pending = False  # the worker is at work; a start() waits for it to finish
-        self._tables: tuple[tuple, HeadImportance] | None = None
-        self._stop = threading.Event()
+        self._tables: OrderedDict[tuple[int, ...], tuple[int, HeadImportance]] = OrderedDict()
         self._thread: threading.Thread | None = None
-        self._progress = {stage: _Progress() for stage in STAGES}
+        self._progress = {PREVIEW_STAGE: _Progress()}
         self._preview: Preview | None = None
         shape = (self.n, handle.num_layers, handle.num_heads)
         self._sweep = _Sweep({m: np.full(shape, np.nan) for m in self.swept_metrics}, np.zeros(self.n, dtype=bool))
-        self._curve = _Curve()
-        self._cap: int | None = None  # chosen by start(); None until then
+        self._curves: OrderedDict[tuple[int, ...], _Curve] = OrderedDict()  # by the sample each ranks and runs on
+        self._caps: OrderedDict[Hashable, int] = OrderedDict()  # each owner's sample size, chosen by start()
+        self._largest: int | None = None  # the largest sample started: what an owner that chose none reads
+        self._waiting: set[Hashable] = set()  # owners whose sample's sweep or curve is still to run
+        self._stopped: set[Hashable] = set()  # owners who stopped before their sample was done
+        self._working: tuple[str, int] | None = None  # the stage and sample size the worker runs now
+        self._clock: dict[object, tuple[float, int]] = {}  # when this run of a stage began, and its images done then
+        self._begin_owner: Hashable = None
+        self._auto_decided = False
         # reduced precision is tried on a GPU only: a CPU's bfloat16 is no faster, and numbers must not move
         self.reduced_precision = handle.device.type == "cuda" if reduced_precision is None else reduced_precision
         self.precision = torch.float32  # what the sweep runs in: REDUCED_PRECISION once the probe allows it
@@ -250,16 +322,21 @@ class StagedAnalysis:
 
     # --- control -------------------------------------------------------------------
 
-    def begin(self) -> None:
-        """Start the preview and the sweep's first images; the heavy stages may follow. Only the first call does anything."""
+    def begin(self, owner: Hashable = None) -> None:
+        """Start the preview and the sweep's first images; the heavy stages may follow for ``owner``.
+
+        Only the first call does anything: a short estimate starts every image for its owner.
+        """
         with self._lock:
             if self._begun:
                 return
-            self._begun = True
-        self._run(self._begin)
+            self._begun, self._begin_owner = True, owner
+        self._run()
 
-    def start(self, cap: int | None = None) -> None:
+    def start(self, cap: int | None = None, owner: Hashable = None) -> None:
         """Run (or go on with) the sweep and the curve on the first ``cap`` images of the order (``None``: all).
+
+        ``cap`` becomes ``owner``'s sample; other owners' samples and what they read stay as they were.
 
         Raises:
             InvalidSetting: a cap below 1.
@@ -267,18 +344,23 @@ class StagedAnalysis:
         if cap is not None and cap < 1:
             raise InvalidSetting("The sample needs at least one image.")
         with self._lock:
-            self._cap = self.n if cap is None else min(int(cap), self.n)
-            # at once, not when the worker gets to it: a page reading the state now must not see the last run's
-            sample = np.sort(self.order[: self._cap])
-            if not self._sweep.swept[sample].all():
-                self._progress[SWEEP_STAGE].state = WAITING
-            if self._curve.images != tuple(sample.tolist()) or self._progress[CURVE_STAGE].state != DONE:
-                self._progress[CURVE_STAGE].state = WAITING
-        self._run(self._heavy)
+            self._choose(owner, self.n if cap is None else min(int(cap), self.n))
+        self._run()
 
-    def stop(self) -> None:
-        """End the running stage after its current batch; what finished is kept."""
-        self._stop.set()
+    def stop(self, owner: Hashable = None) -> None:
+        """Withdraw ``owner``'s request: the worker ends after its current batch once nobody waits for more.
+
+        What finished is kept. ``None`` (the owner of a single-user job) stops every request.
+        """
+        with self._lock:
+            owners = set(self._waiting) | {None} if owner is None else {owner}
+            for who in owners:
+                self._waiting.discard(who)
+                self._stopped.add(who)
+
+    def view(self, owner: Hashable) -> JobView:
+        """This job as ``owner`` sees and controls it."""
+        return JobView(self, owner)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for the worker; ``True`` when it has ended."""
@@ -293,28 +375,74 @@ class StagedAnalysis:
         with self._lock:
             return self._active
 
+    def working_for(self, owner: Hashable = None) -> bool:
+        """The worker is running heavy stages that ``owner`` waits for (an owner that chose no sample: any)."""
+        with self._lock:
+            return self._active and self._follows(owner)
+
+    @property
+    def place_in_line(self) -> int | None:
+        """Where the worker waits for a free slot (1: next), or ``None`` when it is not waiting."""
+        return None if self._slots is None else self._slots.place(self)
+
+    @property
+    def slots(self) -> RunSlots | None:
+        return self._slots
+
+    @property
+    def measured(self) -> bool:
+        """The preview and the estimate's measurement have run, and a short estimate has started the heavy stages."""
+        with self._lock:
+            return self._auto_decided
+
+    @property
+    def interrupted(self) -> bool:
+        """Some owner stopped before its stages finished: partial work a registry may prefer to keep."""
+        with self._lock:
+            return bool(self._stopped)
+
     # --- what the pages read -------------------------------------------------------
 
-    def status(self, stage: str) -> StageStatus:
+    def status(self, stage: str, owner: Hashable = None) -> StageStatus:
+        """A snapshot of ``stage`` over ``owner``'s sample."""
         with self._lock:
-            p = self._progress[stage]
-            left = None
-            if p.state == RUNNING and p.done > p.done_at_start:
-                rate = (time.perf_counter() - p.started) / (p.done - p.done_at_start)
-                left = rate * (p.total - p.done)
-            return StageStatus(stage, p.state, p.done, p.total, left)
+            if stage == PREVIEW_STAGE:
+                p = self._progress[stage]
+                return StageStatus(stage, p.state, p.done, p.total, self._left(stage, p.state, p.done, p.total))
+            cap = self.cap_for(owner)
+            if cap is None:
+                return StageStatus(stage, FAILED if self.error is not None else WAITING, 0, 0, None)
+            sample = self._sample_of(cap)
+            if stage == SWEEP_STAGE:
+                done = int(self._sweep.swept[sample].sum())
+                complete = done == cap
+                clock_key: object = SWEEP_STAGE
+            else:
+                curve = self._curves.get(tuple(sample.tolist()))
+                done = 0 if curve is None else int(curve.done.sum())
+                complete = curve is not None and curve.table is not None
+                clock_key = (CURVE_STAGE, cap)
+            state = self._owner_state(owner, stage, cap, complete)
+            return StageStatus(stage, state, done, cap, self._left(clock_key, state, done, cap))
+
+    def cap_for(self, owner: Hashable = None) -> int | None:
+        """The images ``owner``'s heavy stages use: its own choice, else the largest sample started."""
+        with self._lock:
+            return self._caps.get(owner, self._largest)
 
     @property
     def cap(self) -> int | None:
-        """The images the heavy stages use, once ``start`` chose them."""
-        with self._lock:
-            return self._cap
+        """The images the heavy stages use for the owner ``None``, once ``start`` chose them."""
+        return self.cap_for(None)
+
+    def sample_for(self, owner: Hashable = None) -> np.ndarray | None:
+        """The set indices (ascending) ``owner``'s heavy stages use; ``None`` before any ``start``."""
+        cap = self.cap_for(owner)
+        return None if cap is None else self._sample_of(cap)
 
     @property
     def sample(self) -> np.ndarray | None:
-        """The set indices (ascending) the heavy stages use; ``None`` before ``start``."""
-        cap = self.cap
-        return None if cap is None else np.sort(self.order[:cap])
+        return self.sample_for(None)
 
     @property
     def preview(self) -> Preview | None:
@@ -341,30 +469,37 @@ class StagedAnalysis:
             device=self.handle.device.type,
         )
 
-    def importance(self) -> HeadImportance | None:
-        """Every metric once the sweep has finished on the sample; before that ``None``."""
+    def importance(self, owner: Hashable = None) -> HeadImportance | None:
+        """Every metric once the sweep has finished on ``owner``'s sample; before that ``None``."""
         with self._lock:
-            if self._progress[SWEEP_STAGE].state != DONE or self._preview is None or self._cap is None:
+            cap = self.cap_for(owner)
+            if self._preview is None or cap is None:
                 return None
-            sample = np.sort(self.order[: self._cap])
+            sample = self._sample_of(cap)
             if not self._sweep.swept[sample].all():
                 return None
-            key = (tuple(sample.tolist()), int(self._sweep.swept.sum()))
-            if self._tables is None or self._tables[0] != key:  # built once per sample, not on every rerun
-                self._tables = (key, self._merged(sample))
-            return self._tables[1]
+            key, swept = tuple(sample.tolist()), int(self._sweep.swept.sum())
+            held = self._tables.get(key)
+            if held is None or held[0] != swept:  # built once per sample, not on every rerun
+                held = self._tables[key] = (swept, self._merged(sample))
+                while len(self._tables) > _KEPT_SAMPLES:
+                    self._tables.popitem(last=False)
+            self._tables.move_to_end(key)
+            return held[1]
 
-    def curve(self) -> pd.DataFrame | None:
+    def curve(self, owner: Hashable = None) -> pd.DataFrame | None:
+        """The pruning curve over ``owner``'s sample, once it has finished; before that ``None``."""
         with self._lock:
-            if self._progress[CURVE_STAGE].state != DONE or self._cap is None:
+            cap = self.cap_for(owner)
+            if cap is None:
                 return None
-            current = tuple(np.sort(self.order[: self._cap]).tolist())
-            return self._curve.table if self._curve.images == current else None
+            curve = self._curves.get(tuple(self._sample_of(cap).tolist()))
+            return None if curve is None else curve.table
 
-    def result(self) -> SetAnalysis | None:
-        """The whole analysis, as ``analyze_set`` returns it, once every stage has finished."""
-        with self._lock:  # one snapshot: another session's start() may change the sample
-            importance, curve, preview = self.importance(), self.curve(), self.preview
+    def result(self, owner: Hashable = None) -> SetAnalysis | None:
+        """The whole analysis over ``owner``'s sample, as ``analyze_set`` returns it, once every stage has finished."""
+        with self._lock:  # one snapshot: a start() may change the sample
+            importance, curve, preview = self.importance(owner), self.curve(owner), self.preview
         if importance is None or curve is None or preview is None:
             return None
         return SetAnalysis(
@@ -378,40 +513,44 @@ class StagedAnalysis:
 
     # --- the worker ----------------------------------------------------------------
 
-    def _run(self, work: Callable[[], None]) -> None:
+    def _run(self) -> None:
         with self._lock:
             if self._active:
-                if work == self._heavy:
-                    self._pending = True  # the worker goes on with the heavy stages when it is done
+                self._pending = True  # the worker looks for work again before it ends
                 return
-            self._stop.clear()
             self._pending, self._active = False, True
-            self._thread = threading.Thread(target=self._guarded, args=(work,), name="headscope-analysis", daemon=True)
+            self._thread = threading.Thread(target=self._guarded, name="headscope-analysis", daemon=True)
             self._thread.start()
 
-    def _guarded(self, work: Callable[[], None]) -> None:
-        while True:
-            try:
-                work()
-            except Exception as err:  # a sentence for the user; the stages it stopped say failed
-                with self._lock:
-                    self.error = err if isinstance(err, HeadScopeError) else AnalysisFailed(
-                        f"The analysis stopped on an error it did not expect ({type(err).__name__}: {err}); "
-                        "what finished before it is kept, and opening the page again retries."
-                    )
-                    for p in self._progress.values():
-                        if p.state == RUNNING:
-                            p.state = FAILED
-            with self._lock:  # a start() while this ran: go on, with its cap; else the worker ends
-                if self._pending and self.error is None:
-                    self._pending = False
-                    self._stop.clear()
-                    work = self._heavy
-                    continue
-                self._pending = self._active = False
-                return
+    def _guarded(self) -> None:
+        if self._slots is not None:
+            self._slots.acquire(self)
+        try:
+            while True:
+                try:
+                    self._work()
+                except Exception as err:  # a sentence for the user; the stages it stopped say failed
+                    with self._lock:
+                        self.error = err if isinstance(err, HeadScopeError) else AnalysisFailed(
+                            f"The analysis stopped on an error it did not expect ({type(err).__name__}: {err}); "
+                            "what finished before it is kept, and opening the page again retries."
+                        )
+                        if self._progress[PREVIEW_STAGE].state == RUNNING:
+                            self._progress[PREVIEW_STAGE].state = FAILED
+                        self._waiting.clear()
+                with self._lock:  # a begin() or start() while this ran: look for work again; else the worker ends
+                    self._working = None
+                    if self._pending and self.error is None:
+                        self._pending = False
+                        continue
+                    self._pending = self._active = False
+                    return
+        finally:
+            if self._slots is not None:
+                self._slots.release(self)
 
-    def _begin(self) -> None:
+    def _work(self) -> None:
+        """The preview and the measurement once, then every owner's waiting sample, smallest first."""
         if self._state(PREVIEW_STAGE) != DONE:
             self._run_preview()
         if self._sweep.cost is None:
@@ -422,36 +561,100 @@ class StagedAnalysis:
                     self._sweep_images(probe, first=True)
             self._measure()
             self._choose_precision(self.order[1:3])
-        estimate = self.estimate()
+        if not self._auto_decided:
+            estimate = self.estimate()
+            with self._lock:
+                self._auto_decided = True
+                owner = self._begin_owner
+                if (owner not in self._caps and owner not in self._stopped
+                        and estimate is not None and estimate.seconds <= self.auto_start):
+                    self._choose(owner, self.n)
         with self._lock:
-            go = not self._pending and estimate is not None and estimate.seconds <= self.auto_start
-            if go and self._cap is None:
-                self._cap = self.n
-        if go and not self._stop.is_set():
-            self._heavy()
+            self._clock = {SWEEP_STAGE: (time.perf_counter(), int(self._sweep.swept.sum()))}
+        while (step := self._next_step()) is not None:
+            stage, sample, rows = step
+            if stage == SWEEP_STAGE:
+                self._sweep_images(sample[rows])
+            else:
+                self._curve_batch(sample, rows)
 
-    def _heavy(self) -> None:
-        if self._state(PREVIEW_STAGE) != DONE:
-            self._begin()
-            return
+    def _next_step(self) -> tuple[str, np.ndarray, np.ndarray] | None:
+        """The worker's next batch: a stage, the sample it serves and the rows of that sample; ``None``: nothing waits."""
         with self._lock:
-            sample = np.sort(self.order[: self._cap])
-            todo = sample[~self._sweep.swept[sample]]
-            sweep = self._progress[SWEEP_STAGE]
-            sweep.state, sweep.total, sweep.done = RUNNING if len(todo) else DONE, len(sample), len(sample) - len(todo)
-            sweep.started, sweep.done_at_start = time.perf_counter(), sweep.done
-        for start in range(0, len(todo), self.batch):
-            if self._stop.is_set():
-                self._set_state(SWEEP_STAGE, STOPPED)
-                return
-            self._sweep_images(todo[start:start + self.batch])
-        self._set_state(SWEEP_STAGE, DONE)
-        self._run_curve(sample)
+            self._working = None
+            for cap in sorted({self._caps[owner] for owner in self._waiting}):
+                sample = self._sample_of(cap)
+                rows = np.flatnonzero(~self._sweep.swept[sample])
+                if len(rows):
+                    self._working = (SWEEP_STAGE, cap)
+                    return SWEEP_STAGE, sample, rows[: self.batch]
+                curve = self._curve_of(sample)
+                rows = np.flatnonzero(~curve.done)
+                if len(rows):
+                    self._working = (CURVE_STAGE, cap)
+                    self._clock.setdefault((CURVE_STAGE, cap), (time.perf_counter(), int(curve.done.sum())))
+                    return CURVE_STAGE, sample, rows[: self.batch]
+                if curve.table is None:
+                    curve.table = _curve_table(self.handle, curve.points, curve.correct, curve.similarity, len(sample))
+                self._waiting -= {owner for owner in self._waiting if self._caps[owner] == cap}
+            return None
+
+    def _choose(self, owner: Hashable, cap: int) -> None:
+        """``owner``'s sample is the first ``cap`` images of the order; it waits for them unless they are done. Hold the lock."""
+        self._caps[owner] = cap
+        self._caps.move_to_end(owner)
+        self._largest = max(self._largest or 0, cap)
+        self._stopped.discard(owner)
+        self._waiting.add(owner)
+        while len(self._caps) > _KEPT_OWNERS:  # the owners that chose longest ago, and wait for nothing, go
+            gone = next((o for o in self._caps if o not in self._waiting), None)
+            if gone is None:
+                break
+            del self._caps[gone]
+            self._stopped.discard(gone)
+
+    def _owner_state(self, owner: Hashable, stage: str, cap: int, complete: bool) -> str:
+        """``owner``'s state of a heavy stage over its sample of ``cap`` images. Hold the lock."""
+        if complete:
+            return DONE
+        if self.error is not None:
+            return FAILED
+        if not self._follows(owner):
+            return STOPPED if owner in self._stopped or (owner not in self._caps and self._stopped) else WAITING
+        working = self._working
+        if working is not None and working[0] == stage and (stage == SWEEP_STAGE or working[1] == cap):
+            return RUNNING
+        return WAITING
+
+    def _follows(self, owner: Hashable) -> bool:
+        """``owner`` waits for heavy work: its own sample's, or (having chosen none, nor stopped) anyone's. Hold the lock."""
+        if owner in self._caps:
+            return owner in self._waiting
+        return owner not in self._stopped and bool(self._waiting)
+
+    def _left(self, key: object, state: str, done: int, total: int) -> float | None:
+        """Seconds left at the rate of this run of the stage, once a batch of it has finished. Hold the lock."""
+        if state != RUNNING:
+            return None
+        if key == PREVIEW_STAGE:
+            p = self._progress[PREVIEW_STAGE]
+            began, done_then, done_now = p.started, p.done_at_start, p.done
+        else:
+            if key not in self._clock:
+                return None
+            began, done_then = self._clock[key]
+            done_now = int(self._sweep.swept.sum()) if key == SWEEP_STAGE else done
+        if done_now <= done_then:
+            return None
+        return (time.perf_counter() - began) / (done_now - done_then) * (total - done)
+
+    def _sample_of(self, cap: int) -> np.ndarray:
+        return np.sort(self.order[:cap])
 
     def _run_preview(self) -> None:
         handle = self.handle
         picks = draw_samples(handle, self.n, self.settings)
-        self._set_progress(PREVIEW_STAGE, state=RUNNING, done=0, total=self.n, started=time.perf_counter())
+        self._set_progress(PREVIEW_STAGE, state=RUNNING, done=0, total=self.n, started=time.perf_counter(), done_at_start=0)
 
         def report(done: int, _total: int) -> None:
             self._set_progress(PREVIEW_STAGE, done=done)
@@ -491,7 +694,9 @@ class StagedAnalysis:
 
     def _sweep_images(self, indices: np.ndarray, *, first: bool = False) -> None:
         """Sweep these set images as one batch and keep their per-image values."""
-        if not self.swept_metrics:
+        if not self.swept_metrics:  # nothing to prune: every image is as swept as it gets
+            with self._lock:
+                self._sweep.swept[indices] = True
             return
         began = time.perf_counter()
         values = self._swept_values(indices, self.precision)
@@ -502,45 +707,37 @@ class StagedAnalysis:
             self._sweep.swept[indices] = True
             if first:
                 self._sweep.probe.append((len(indices), seconds))
-            else:
-                self._progress[SWEEP_STAGE].done += len(indices)
 
-    def _run_curve(self, sample: np.ndarray) -> None:
-        with self._lock:
-            curve = self._curve
-            if curve.images == tuple(sample.tolist()) and curve.table is not None:
-                self._progress[CURVE_STAGE].state = DONE  # this sample's curve is there already
-                return
+    def _curve_of(self, sample: np.ndarray) -> _Curve:
+        """The curve ranked on ``sample`` and run over it, made (with no image done) when it is new. Hold the lock."""
+        key = tuple(sample.tolist())
+        curve = self._curves.get(key)
+        if curve is None:  # another sample ranks the heads anew
             merged = self._merged(sample)
-            if curve.images != tuple(sample.tolist()):  # another sample ranks the heads anew
-                points, keep = _curve_masks(self.handle, merged.overall, self.settings.curve_steps, self.settings.seed)
-                self._curve = curve = _Curve(
-                    images=tuple(sample.tolist()), done=np.zeros(len(sample), dtype=bool),
-                    correct=np.zeros(len(keep), dtype=np.int64), similarity=np.zeros(len(keep), dtype=np.float64),
-                    points=points, keep=keep,
-                )
-            todo = np.flatnonzero(~curve.done)
-            p = self._progress[CURVE_STAGE]
-            p.state, p.total, p.done = RUNNING, len(sample), len(sample) - len(todo)
-            p.started, p.done_at_start = time.perf_counter(), p.done
-        for start in range(0, len(todo), self.batch):
-            if self._stop.is_set():
-                self._set_state(CURVE_STAGE, STOPPED)
-                return
-            rows = todo[start:start + self.batch]
-            indices = sample[rows]
-            correct, similarity = _curve_sums(
-                self.handle, [self.images[int(i)] for i in indices], self.given[torch.as_tensor(indices)],
-                curve.keep, batch_size=len(indices),
+            points, keep = _curve_masks(self.handle, merged.overall, self.settings.curve_steps, self.settings.seed)
+            curve = self._curves[key] = _Curve(
+                images=key, done=np.zeros(len(sample), dtype=bool),
+                correct=np.zeros(len(keep), dtype=np.int64), similarity=np.zeros(len(keep), dtype=np.float64),
+                points=points, keep=keep,
             )
-            with self._lock:
-                curve.correct += correct
-                curve.similarity += similarity
-                curve.done[rows] = True
-                self._progress[CURVE_STAGE].done += len(rows)
+            wanted = {tuple(self._sample_of(cap).tolist()) for cap in self._caps.values()}
+            for old in [k for k in self._curves if k not in wanted and k != key][: max(0, len(self._curves) - _KEPT_SAMPLES)]:
+                del self._curves[old]
+        return curve
+
+    def _curve_batch(self, sample: np.ndarray, rows: np.ndarray) -> None:
+        """Run the pruning curve of ``sample`` on these of its rows, adding them to its sums."""
         with self._lock:
-            curve.table = _curve_table(self.handle, curve.points, curve.correct, curve.similarity, len(sample))
-            self._progress[CURVE_STAGE].state = DONE
+            curve = self._curve_of(sample)
+        indices = sample[rows]
+        correct, similarity = _curve_sums(
+            self.handle, [self.images[int(i)] for i in indices], self.given[torch.as_tensor(indices)],
+            curve.keep, batch_size=len(indices),
+        )
+        with self._lock:
+            curve.correct += correct
+            curve.similarity += similarity
+            curve.done[rows] = True
 
     # --- helpers ---------------------------------------------------------------------
 
@@ -612,10 +809,89 @@ class StagedAnalysis:
         with self._lock:
             return self._progress[stage].state
 
-    def _set_state(self, stage: str, state: str) -> None:
-        self._set_progress(stage, state=state)
-
     def _set_progress(self, stage: str, **values: object) -> None:
         with self._lock:
             for name, value in values.items():
                 setattr(self._progress[stage], name, value)
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A shared ``StagedAnalysis`` as one owner (a browser session) sees and controls it.
+
+    Reads are over the owner's sample; ``start`` and ``stop`` are the owner's own.
+    """
+
+    job: StagedAnalysis
+    owner: Hashable
+
+    @property
+    def n(self) -> int:
+        return self.job.n
+
+    @property
+    def handle(self) -> ViTHandle:
+        return self.job.handle
+
+    @property
+    def error(self) -> HeadScopeError | None:
+        return self.job.error
+
+    @property
+    def preview(self) -> Preview | None:
+        return self.job.preview
+
+    @property
+    def precision(self) -> torch.dtype:
+        return self.job.precision
+
+    @property
+    def precision_error(self) -> float | None:
+        return self.job.precision_error
+
+    @property
+    def busy(self) -> bool:
+        """The shared worker is at work (for anyone)."""
+        return self.job.busy
+
+    @property
+    def working(self) -> bool:
+        """The worker runs heavy stages this owner waits for."""
+        return self.job.working_for(self.owner)
+
+    @property
+    def measured(self) -> bool:
+        return self.job.measured
+
+    @property
+    def place_in_line(self) -> int | None:
+        return self.job.place_in_line
+
+    @property
+    def cap(self) -> int | None:
+        return self.job.cap_for(self.owner)
+
+    @property
+    def sample(self) -> np.ndarray | None:
+        return self.job.sample_for(self.owner)
+
+    def status(self, stage: str) -> StageStatus:
+        return self.job.status(stage, self.owner)
+
+    def estimate(self, cap: int | None = None) -> Estimate | None:
+        return self.job.estimate(cap)
+
+    def importance(self) -> HeadImportance | None:
+        return self.job.importance(self.owner)
+
+    def curve(self) -> pd.DataFrame | None:
+        return self.job.curve(self.owner)
+
+    def result(self) -> SetAnalysis | None:
+        return self.job.result(self.owner)
+
+    def start(self, cap: int | None = None) -> None:
+        self.job.start(cap, self.owner)
+
+    def stop(self) -> None:
+        self.job.stop(self.owner)

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from core._memory import out_of_memory_as_sentence
 from core.attention import OUTLIER_NORM_RATIO, iter_attention, norm_ratios
 from core.errors import NotEnoughImages
 from core.inference import Progress
@@ -526,6 +527,7 @@ def reduce_norms(out: dict[str, np.ndarray], rows: slice, norms: torch.Tensor, n
     return outlying[:, :-1]
 
 
+@out_of_memory_as_sentence
 def strength_statistics(
     handle: ViTHandle,
     images: Sequence[Image.Image],

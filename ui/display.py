@@ -1,14 +1,21 @@
-"""How things are shown: small inputs enlarged with crisp pixels, user strings kept as text in Markdown."""
+"""How things are shown: small inputs enlarged with crisp pixels, user strings kept as text in Markdown,
+a user's error as its sentence."""
 
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
+from typing import Iterator
 
+import streamlit as st
 from PIL import Image
+
+from core.errors import HeadScopeError
 
 __all__ = [
     "enlarge_for_display",
     "plain",
+    "sentence_on_error",
 ]
 
 # What starts a code span, emphasis, a link or an image, HTML, an entity, LaTeX, an icon or
@@ -49,3 +56,14 @@ def plain(text: object) -> str:
 def _escape_block_start(match: re.Match[str]) -> str:
     indent, bullet, number, number_end = match.groups()
     return f"{indent}\\{bullet}" if bullet else f"{indent}{number}\\{number_end}"
+
+
+@contextmanager
+def sentence_on_error() -> Iterator[None]:
+    """Around a page's core call: a ``HeadScopeError`` (the server out of memory, say) shows as its
+    sentence and stops the page, instead of a traceback."""
+    try:
+        yield
+    except HeadScopeError as err:
+        st.error(plain(str(err)))
+        st.stop()

@@ -14,6 +14,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from core.csvfile import csv_bytes
 from viz.export import chart_png, chart_svg
 
 __all__ = ["chart", "file_stem", "table"]
@@ -48,12 +49,13 @@ def table(frame: pd.DataFrame, name: str, **options: Any) -> Any:
     """``st.dataframe(frame, **options)``, then its CSV button; returns what it returns.
 
     The CSV holds the frame's own columns and full-precision values, not the page's
-    rounded display of them.
+    rounded display of them, written by ``core.csvfile`` so no name in it runs as a
+    spreadsheet formula.
     """
     event = st.dataframe(frame, **options)
     stem = file_stem(name)
     st.download_button(
-        "CSV", lambda: frame.to_csv(index=False).encode(), file_name=f"{stem}.csv", mime="text/csv",
+        "CSV", lambda: csv_bytes(frame), file_name=f"{stem}.csv", mime="text/csv",
         key=f"{stem}-csv", on_click="ignore", type="tertiary", icon=":material/download:",
         help="This table as a CSV file.",
     )

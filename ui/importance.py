@@ -23,8 +23,9 @@ from core.importance import (
 )
 from core.importance import target_measure as core_target_measure
 from core.model import ViTHandle
-from core.staged import StagedAnalysis
+from core.staged import JobView
 from ui import export, session, stages
+from ui.display import sentence_on_error
 from viz.importance import CHART_HEIGHT, unpruned_value
 
 __all__ = [
@@ -63,7 +64,7 @@ class ImportanceState:
     tables: HeadImportance
     exact: bool
     curve: pd.DataFrame | None
-    job: StagedAnalysis
+    job: JobView
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -106,7 +107,8 @@ def partial(handle: ViTHandle, image_set: ImageSet, image_id: str, layer: int, h
     target = None if handle.is_backbone else image_set.by_id(image_id).label
     # mode "none" is the unpruned output, which the set's first pass holds
     unpruned = torch.from_numpy(session.preview(handle, image_set).predictions.logits[image_set.index_of(image_id)])
-    return _partial(handle.key, image_id, layer, head, target, handle, image_set, unpruned)
+    with sentence_on_error():
+        return _partial(handle.key, image_id, layer, head, target, handle, image_set, unpruned)
 
 
 # --- head picking ----------------------------------------------------------------------

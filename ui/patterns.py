@@ -34,7 +34,7 @@ from core.projection import Method, umap_failed, umap_ready
 from core.settings import DEFAULT_MAX_MAPS, MapKind
 from core.settings import SAMPLE_SIZES as SAMPLE_SIZES  # the sample caps the page offers
 from ui import session
-from ui.display import enlarge_for_display
+from ui.display import enlarge_for_display, sentence_on_error
 from viz.common import FOCUS_RED
 from viz.patterns import CELL_SELECTION
 
@@ -159,7 +159,8 @@ def pattern_view(handle: ViTHandle, image_set: ImageSet, kind: MapKind, max_maps
 
 def image_attention(handle: ViTHandle, image_set: ImageSet, image_id: str) -> np.ndarray:
     """``[L, H, T, T]`` attention of one image of the set (cached by model and image id)."""
-    return _image_attention(handle.key, image_id, handle, image_set.by_id(image_id).image)
+    with sentence_on_error():
+        return _image_attention(handle.key, image_id, handle, image_set.by_id(image_id).image)
 
 
 def layout_method() -> tuple[Method, str | None]:

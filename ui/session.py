@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
+import uuid
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,8 +30,8 @@ from core.inference import Predictions, Progress, predict_images
 from core.hfmodels import load_transformers
 from core.model import DEMO_NAME, ViTHandle, imagenet_synsets, load_model
 from core.projection import layout_2d, umap_failed, umap_ready
-from core.settings import CaseSettings
-from core.staged import AUTO_START_SECONDS, STOPPED, SWEEP_STAGE, Preview, StagedAnalysis
+from core.settings import RUNNING_ANALYSES, CaseSettings
+from core.staged import AUTO_START_SECONDS, JobView, Preview, RunSlots, StagedAnalysis
 from core.importance import HeadImportance
 from ui import export, navigation, stages
 from ui.display import enlarge_for_display, plain
@@ -43,7 +45,9 @@ __all__ = [
     "FOCUS_KEY",
     "MODEL_KEY",
     "NO_LABEL",
+    "OWNER_KEY",
     "SAMPLES",
+    "SHOWN_SECONDS",
     "SOURCE_CHOICE_KEY",
     "SOURCE_KEY",
     "START_CHECKED_KEY",
@@ -318,57 +322,89 @@ def upload_images(files: list[tuple[str, bytes]], handle: ViTHandle, as_zip: boo
 # A page's display choices never change it; a pattern sample of another size is drawn
 # on its own (``ui.patterns``).
 ANALYSIS_SETTINGS = CaseSettings()
-_ANALYSIS_ENTRIES = 4
+_ANALYSIS_ENTRIES = 4  # idle jobs kept; a job that computes, waits in line or a session shows is never dropped
+# a session shows a job while its pages keep reading it; one not read for this long (a closed tab) protects it no more
+SHOWN_SECONDS = 30 * 60
+OWNER_KEY = "analysis_owner"
 # the staged analyses of the sets analysed last, by (model key, set key, settings), newest
-# last: shared by every session, as a cache is, and run on their own worker threads
+# last: shared by every session, as a cache is, and run on their own worker threads, at
+# most RUNNING_ANALYSES at once (the others wait in line)
 _jobs: OrderedDict[tuple[str, str, str], StagedAnalysis] = OrderedDict()
+_shown: dict[str, tuple[tuple[str, str, str], float]] = {}  # session owner -> the job its pages read, and when
+_slots = RunSlots(RUNNING_ANALYSES)
 _jobs_lock = threading.Lock()
 
 
-def analysis_job(handle: ViTHandle, image_set: ImageSet) -> StagedAnalysis:
-    """The set's staged analysis (``core.staged``), started on first use and shared by every page.
+def _owner() -> str:
+    """This browser session's name as an owner of shared jobs: its Stop and its sample cap are its own."""
+    if OWNER_KEY not in st.session_state:
+        st.session_state[OWNER_KEY] = uuid.uuid4().hex
+    return st.session_state[OWNER_KEY]
+
+
+def analysis_job(handle: ViTHandle, image_set: ImageSet) -> JobView:
+    """The set's staged analysis (``core.staged``) as this session sees it, started on first use and shared by every page.
 
     The preview (one pass) starts at once and the exact sweep's first image is measured;
     the heavy stages follow on their own when their estimate is short, else they wait for
-    the user's Start (``ui.stages.heavy_panel``). A job that failed is forgotten once its
-    sentence is shown, so the next visit tries again.
+    the user's Start (``ui.stages.heavy_panel``). A Start or Stop the user pressed is
+    applied here, to the job the registry holds now. A job that failed is forgotten once
+    its sentence is shown, so the next visit tries again.
     """
     key = (handle.key, image_set.key, repr(ANALYSIS_SETTINGS))
+    owner = _owner()
     with _jobs_lock:
         job = _jobs.get(key)
         if job is None:
             try:
                 job = StagedAnalysis(
-                    handle, image_set.pil_images(), set_labels(image_set), ANALYSIS_SETTINGS, auto_start=AUTO_START_SECONDS
+                    handle, image_set.pil_images(), set_labels(image_set), ANALYSIS_SETTINGS,
+                    auto_start=AUTO_START_SECONDS, slots=_slots,
                 )
             except HeadScopeError as err:
                 st.error(plain(str(err)))
                 st.stop()
             _jobs[key] = job
-            while len(_jobs) > _ANALYSIS_ENTRIES:  # the oldest idle one goes; a stopped one, with work kept, last
-                idle = [k for k, j in _jobs.items() if not j.busy and k != key]
-                kept = [k for k in idle if _jobs[k].status(SWEEP_STAGE).state != STOPPED]
-                if not idle:
-                    break
-                del _jobs[(kept or idle)[0]]
         _jobs.move_to_end(key)
-    job.begin()  # no-op once the preview and the measurement have run
-    return job
+        now = time.monotonic()
+        _shown[owner] = (key, now)
+        _evict(now)
+    job.begin(owner)  # no-op once the preview and the measurement have run
+    view = job.view(owner)
+    stages.apply_request(view, "/".join(key))
+    return view
 
 
-def _failed(job: StagedAnalysis) -> None:
+def _evict(now: float) -> None:
+    """Keep at most ``_ANALYSIS_ENTRIES`` jobs that nobody needs: the oldest idle one goes, a stopped one last.
+
+    A job that computes or waits in line, or that a session showed within ``SHOWN_SECONDS``,
+    is never dropped: a page's Start and Stop reach the job it shows. Hold ``_jobs_lock``.
+    """
+    for owner, (_, seen) in list(_shown.items()):
+        if now - seen > SHOWN_SECONDS:
+            del _shown[owner]
+    shown = {key for key, _ in _shown.values()}
+    idle = [key for key, job in _jobs.items() if not job.busy and key not in shown]
+    while len(_jobs) > _ANALYSIS_ENTRIES and idle:
+        first = next((key for key in idle if not _jobs[key].interrupted), idle[0])
+        idle.remove(first)
+        del _jobs[first]
+
+
+def _failed(view: JobView) -> None:
     """Stop the page with the job's sentence, and forget the job."""
-    if job.error is None:
+    if view.error is None:
         return
     with _jobs_lock:
         for key, held in list(_jobs.items()):
-            if held is job:
+            if held is view.job:
                 del _jobs[key]
-    st.error(plain(str(job.error)))
+    st.error(plain(str(view.error)))
     st.stop()
 
 
-def _first_pass_done(handle: ViTHandle, image_set: ImageSet) -> StagedAnalysis:
+def _first_pass_done(handle: ViTHandle, image_set: ImageSet) -> JobView:
     """The set's job once its first pass has finished (waiting with a progress bar); an error stops the page."""
     job = analysis_job(handle, image_set)
     stages.wait_for_preview(job)
@@ -383,7 +419,7 @@ def preview(handle: ViTHandle, image_set: ImageSet) -> Preview:
     return result
 
 
-def importance_so_far(handle: ViTHandle, image_set: ImageSet) -> tuple[StagedAnalysis, HeadImportance | None, pd.DataFrame | None]:
+def importance_so_far(handle: ViTHandle, image_set: ImageSet) -> tuple[JobView, HeadImportance | None, pd.DataFrame | None]:
     """The job and, once they have finished, the exact importance and the pruning curve (else ``None``), without waiting.
 
     Their images are the job's sample (``stages.sample_note``).

@@ -13,12 +13,18 @@ import time
 import streamlit as st
 import torch
 
-from core.staged import CURVE_STAGE, DONE, FAILED, PREVIEW_STAGE, RUNNING, STOPPED, SWEEP_STAGE, StagedAnalysis
+from core.staged import CURVE_STAGE, DONE, FAILED, PREVIEW_STAGE, RUNNING, STOPPED, SWEEP_STAGE, JobView
 
-__all__ = ["CAP_KEY", "POLL_SECONDS", "duration", "heavy_panel", "sample_note", "wait_for_preview"]
+__all__ = [
+    "CAP_KEY", "POLL_SECONDS", "REQUEST_KEY", "apply_request", "duration", "heavy_panel", "sample_note", "wait_for_preview",
+]
 
 POLL_SECONDS = 0.3
 CAP_KEY = "analysis_cap"
+# a Start or Stop click, kept until the page's run applies it to the job the registry holds then:
+# a job object held by a button's callback could have been dropped from the registry meanwhile
+REQUEST_KEY = "analysis_request"
+SHOWN_JOB_KEY = "analysis_shown_job"
 _WHAT = {
     SWEEP_STAGE: "Exact sweep (each head pruned alone)",
     CURVE_STAGE: "Pruning curve",
@@ -39,7 +45,42 @@ def duration(seconds: float) -> str:
     return f"{hours} h {minutes} min" if minutes else f"{hours} h"
 
 
-def sample_note(job: StagedAnalysis) -> str:
+def _request(job_key: str, action: str, cap: int | None = None) -> None:
+    st.session_state[REQUEST_KEY] = (job_key, action, cap)
+
+
+def apply_request(view: JobView, job_key: str) -> None:
+    """Apply this session's pending Start or Stop to ``view``, if it was pressed on this job's page."""
+    st.session_state[SHOWN_JOB_KEY] = job_key
+    request = st.session_state.pop(REQUEST_KEY, None)
+    if request is None or request[0] != job_key:
+        return  # a click on another set's page: that set is no longer shown
+    _, action, cap = request
+    if action == "start":
+        view.start(cap)
+    else:
+        view.stop()
+
+
+def _line_note(view: JobView) -> str:
+    """"" when the job computes; else where it waits for a free slot on the server."""
+    place = view.place_in_line
+    if place is None:
+        return ""
+    slots = view.job.slots
+    limit = slots.limit if slots is not None else 1
+    running = "analysis runs" if limit == 1 else "analyses run"
+    return (
+        f"Waiting for a free slot: {limit} {running} at once on this server, and this one is "
+        f"{_ordinal(place)} in line. It starts by itself."
+    )
+
+
+def _ordinal(place: int) -> str:
+    return {1: "next", 2: "second", 3: "third"}.get(place, f"number {place}")
+
+
+def sample_note(job: JobView) -> str:
     """What the heavy stages ran on: "" for every image, else the seeded sample, for a chart's caption."""
     cap = job.cap
     if cap is None or cap >= job.n:
@@ -47,8 +88,8 @@ def sample_note(job: StagedAnalysis) -> str:
     return f"a seeded sample of {cap} of the {job.n} images"
 
 
-def wait_for_preview(job: StagedAnalysis) -> None:
-    """Block, with a progress bar and the time left, until the preview has finished."""
+def wait_for_preview(job: JobView) -> None:
+    """Block, with a progress bar and the time left (or the place in line), until the preview has finished."""
     status = job.status(PREVIEW_STAGE)
     if status.state == DONE:
         return
@@ -56,45 +97,49 @@ def wait_for_preview(job: StagedAnalysis) -> None:
     while job.status(PREVIEW_STAGE).state not in (DONE, FAILED) and job.busy:
         status = job.status(PREVIEW_STAGE)
         left = f", about {duration(status.seconds_left)} left" if status.seconds_left is not None else ""
-        bar.progress(status.fraction, text=f"Reading the set: {status.done} of {status.total} images{left}…")
+        waiting = _line_note(job)
+        bar.progress(status.fraction, text=waiting or f"Reading the set: {status.done} of {status.total} images{left}…")
         time.sleep(POLL_SECONDS)
     bar.empty()
 
 
-def heavy_panel(job: StagedAnalysis, *, need_every_image: bool = False, why: str = "") -> None:
+def heavy_panel(job: JobView, *, need_every_image: bool = False, why: str = "") -> None:
     """The heavy stages' state where a page needs their results; returns only when they are done.
 
     Not started: the estimate for the chosen model, device and images, a cap on the
     images (a seeded sample) and a Start button, then the page stops there. Running:
     each stage's progress with the time left and a Stop button, until they end.
     Stopped: what finished, and Continue. ``need_every_image``: a capped sample is not
-    enough for this page (the case study); it offers to go on with every image.
+    enough for this page (the case study); it offers to go on with every image. The
+    sample, Start and Stop are this session's own: another session's never change them.
     """
     if job.error is not None:
         return  # the caller says it
     cap = job.cap
     if job.curve() is not None and (not need_every_image or cap == job.n):
         return
-    if job.busy and cap is not None:
+    if job.working and cap is not None:
         _running(job)
         st.rerun()
-    if job.busy:  # the sweep's first images are being measured for the estimate
+    if job.busy and not job.measured:  # the sweep's first images are being measured for the estimate
         with st.spinner("Measuring the exact sweep on its first images for an estimate…"):
-            # until the worker ends (the heavy stages wait for Start) or goes on with them itself
-            while job.busy and job.cap is None and job.error is None:
+            # until the worker has decided: the heavy stages wait for Start, or it goes on with them itself
+            while job.busy and not job.measured and job.error is None:
                 time.sleep(POLL_SECONDS)
         if job.error is not None:
             return  # the caller says it
-        if job.cap is not None:  # it went on by itself: the estimate was short
+        if job.working:  # it went on by itself: the estimate was short
             st.rerun()
     _not_running(job, need_every_image=need_every_image, why=why)
     st.stop()
 
 
-def _running(job: StagedAnalysis) -> None:
+def _running(job: JobView) -> None:
     note = sample_note(job)
-    st.button("Stop", key="analysis_stop", on_click=job.stop, icon=":material/stop_circle:",
-              help="Stops after the current batch; what has finished is kept, and Continue goes on from there.")
+    st.button("Stop", key="analysis_stop", on_click=_request, args=(_shown_job(), "stop"), icon=":material/stop_circle:",
+              help="Stops after the current batch what only you wait for; what has finished is kept, and Continue "
+                   "goes on from there. Another session waiting for the same images keeps its run.")
+    line = st.empty()
     bars = {stage: st.progress(0.0, text=_WHAT[stage]) for stage in (SWEEP_STAGE, CURVE_STAGE)}
     precision = (
         f" The sweep runs in bfloat16: on its first images every value stayed within {job.precision_error:.1g} of float32."
@@ -104,7 +149,8 @@ def _running(job: StagedAnalysis) -> None:
         f"Running on {note or f'all {job.n} images'} ({job.handle.device.type}). The other views, which need only "
         f"the first pass, work meanwhile; this page fills in when it ends.{precision}"
     )
-    while job.busy:
+    while job.working:
+        line.caption(_line_note(job))
         for stage, bar in bars.items():
             status = job.status(stage)
             left = f" · about {duration(status.seconds_left)} left" if status.seconds_left is not None else ""
@@ -113,7 +159,7 @@ def _running(job: StagedAnalysis) -> None:
         time.sleep(POLL_SECONDS)
 
 
-def _not_running(job: StagedAnalysis, *, need_every_image: bool, why: str) -> None:
+def _not_running(job: JobView, *, need_every_image: bool, why: str) -> None:
     n, cap = job.n, job.cap
     sweep, curve = job.status(SWEEP_STAGE), job.status(CURVE_STAGE)
     if sweep.state == STOPPED or curve.state == STOPPED:
@@ -141,6 +187,11 @@ def _not_running(job: StagedAnalysis, *, need_every_image: bool, why: str) -> No
             f"to a batch of the sweep, which costs {estimate.per_batch:.2g} s itself."
         )
     label = "Continue" if sweep.state == STOPPED or curve.state == STOPPED else "Start"
-    st.button(label, key="analysis_start", type="primary", on_click=job.start, args=(images,),
+    st.button(label, key="analysis_start", type="primary", on_click=_request, args=(_shown_job(), "start", images),
               icon=":material/play_arrow:")
+
+
+def _shown_job() -> str:
+    """The registry's name of the job this session's page shows, as ``apply_request`` compares it."""
+    return st.session_state.get(SHOWN_JOB_KEY, "")
 

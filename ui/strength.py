@@ -17,6 +17,7 @@ from core.images import ImageSet
 from core.model import ViTHandle
 from core.strength import StrengthStats, strength_statistics
 from ui import patterns, session
+from ui.display import sentence_on_error
 from viz.strength import HIGH_NORM_PURPLE
 
 __all__ = [
@@ -47,7 +48,8 @@ def image_statistics(handle: ViTHandle, image_set: ImageSet, image_id: str) -> S
 
     Keyed by the image id (a hash of its bytes), so moving the focus never reruns the set.
     """
-    return _image_statistics(handle.key, image_id, handle, image_set)
+    with sentence_on_error():
+        return _image_statistics(handle.key, image_id, handle, image_set)
 
 
 @st.cache_data(max_entries=16, show_spinner="Reading the focus image's token norms…")
@@ -57,7 +59,8 @@ def _image_norms(model_key: str, image_id: str, _handle: ViTHandle, _image: Imag
 
 def image_norms(handle: ViTHandle, image_set: ImageSet, image_id: str) -> np.ndarray:
     """``[L + 1, T]`` token norms of one image: entering each block (0: the embeddings), then leaving the last."""
-    return _image_norms(handle.key, image_id, handle, image_set.by_id(image_id).image)
+    with sentence_on_error():
+        return _image_norms(handle.key, image_id, handle, image_set.by_id(image_id).image)
 
 
 # --- the focus image -------------------------------------------------------------------

@@ -88,6 +88,24 @@ def test_a_typed_path_is_never_read_from_the_server(
     assert "demo" in app.caption[0].value
 
 
+def test_an_id_or_revision_the_hub_refuses_is_said_and_the_previous_model_stays(
+    app: AppTest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    fake_hub_cache(tmp_path / "hub", "someone/vit-tiny", save(hf_model("ViTForImageClassification"), tmp_path / "vit"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    (tmp_path / "secret.txt").write_text("TOP-SECRET")  # what the revision below points at, from the cache's refs/
+    for typed, expected in [
+        ("someone/vit-tiny@../../../secret.txt", "is not a branch, tag or commit id"),
+        ("a--b/c", "is not a hub repo id"),
+    ]:
+        load(app, repo=typed)
+        error = shown(app.sidebar.error[0].value)
+        assert expected in error and "TOP-SECRET" not in error
+        assert "demo" in app.caption[0].value
+
+
 def test_the_start_model_may_be_a_transformers_folder_on_the_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = save(hf_model("DeiTForImageClassificationWithTeacher"), tmp_path / "deit-distilled")
     monkeypatch.setenv("HEADSCOPE_MODEL", str(folder))

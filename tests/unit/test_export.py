@@ -48,6 +48,33 @@ def test_a_chart_over_altairs_row_limit_exports_and_the_limit_stays() -> None:
         chart.to_dict()
 
 
+# class names a model could carry: markup for an SVG viewer, formulas for a spreadsheet
+HOSTILE_NAMES = [
+    "<script>alert(1)</script>", 'a & <b onload="x()">', "+cmd|' /C calc'!A0", "@SUM(1+1)",
+    '=HYPERLINK("http://127.0.0.1:9/x","y")',
+]
+
+
+def test_names_in_an_svg_are_escaped_text_and_a_png_carries_none() -> None:
+    from io import BytesIO
+    from xml.etree import ElementTree
+
+    from PIL import Image
+
+    from viz.overview import top5_chart
+
+    top = pd.DataFrame({"rank": range(1, 6), "class": HOSTILE_NAMES, "probability": [0.4, 0.3, 0.1, 0.1, 0.05]})
+    svg = chart_svg(top5_chart(top))
+    assert "<script" not in svg and "<b " not in svg and "&lt;script&gt;alert(1)&lt;/script&gt;" in svg
+    root = ElementTree.fromstring(svg)  # well-formed: no name broke out of its element
+    assert not [e.tag for e in root.iter() if e.tag.rsplit("}", 1)[-1] in ("script", "b", "foreignObject")]
+    assert set(HOSTILE_NAMES) <= {e.text for e in root.iter() if e.tag.endswith("text")}  # each one read back whole
+
+    png = chart_png(top5_chart(top))
+    Image.open(BytesIO(png)).verify()
+    assert not [name for name in HOSTILE_NAMES if name.encode() in png]  # drawn as pixels, no text chunk
+
+
 @pytest.mark.parametrize(
     ("name", "stem"),
     [

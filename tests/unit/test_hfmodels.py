@@ -8,8 +8,12 @@ within 1e-5 and the output (logits, or a backbone's pooled output) within 1e-4.
 
 from __future__ import annotations
 
+import builtins
 import io
 import json
+import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -18,6 +22,7 @@ import pytest
 import torch
 import transformers  # test-only: the reference every conversion is compared with
 from PIL import Image
+from test_zipcheck import DAMAGE, corrupt_deflate, damage
 
 from core import load_model
 from core.attention import extract_attention
@@ -588,7 +593,10 @@ def test_a_repo_is_fetched_config_first_and_huge_weights_are_never_downloaded(
     saved_vit: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The hub, mocked: config.json from the cache, the weights declared at 3 GB on the hub."""
+    from huggingface_hub import constants
     from huggingface_hub.errors import LocalEntryNotFoundError
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(saved_vit.parent))  # where the mocked client's files are
 
     cached = {"config.json": saved_vit / "config.json"}
     downloads: list[str] = []
@@ -623,7 +631,10 @@ def test_a_network_failure_on_the_hub_is_said_not_taken_for_a_missing_file(
     saved_vit: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The preprocessor's file lost to a dropped connection must not silently become the defaults."""
+    from huggingface_hub import constants
     from huggingface_hub.errors import LocalEntryNotFoundError
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(saved_vit.parent))
 
     def download(repo_id, filename, revision=None, local_files_only=False, **kwargs):
         if local_files_only and filename == "config.json":
@@ -654,3 +665,153 @@ def test_a_classifier_the_config_gives_no_labels_is_left_unused(saved_vit: Path,
     model = transformers.ViTForImageClassification.from_pretrained(folder, config=config).eval()
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(10))
     assert compare(handle, model, x)[1] <= 1e-4
+
+
+# --- what a typed hub id or a damaged ZIP may not do -----------------------------------------
+
+SECRET = "TOP-SECRET-not-a-commit-id"
+COMMIT = "0" * 40  # the snapshot fake_hub_cache's refs/main names
+
+
+def cached_vit_beside_a_secret(saved_vit: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """someone/vit-tiny in a local hub cache, offline; a secret file next to the cache (returned)."""
+    from huggingface_hub import constants
+
+    fake_hub_cache(tmp_path / "hub", "someone/vit-tiny", saved_vit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    secret = tmp_path / "secret.txt"
+    secret.write_text(SECRET)
+    return secret
+
+
+@pytest.mark.parametrize(
+    "revision",
+    # refs/ is <cache>/models--someone--vit-tiny/refs: three levels up is the secret's folder
+    ["../../../secret.txt", "{secret}", "refs/../../../../secret.txt", "main/../../../..", "main\0", "m" * 129, "main~1"],
+)
+def test_a_revision_that_names_a_path_is_refused_before_any_file_is_opened(
+    revision: str, saved_vit: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = cached_vit_beside_a_secret(saved_vit, tmp_path, monkeypatch)
+    opened: list[str] = []
+    real_open = io.open
+
+    def spy(file, *args, **kwargs):
+        opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", spy)
+    monkeypatch.setattr(io, "open", spy)
+    with pytest.raises(ModelUnavailable, match="is not a branch, tag or commit id") as caught:
+        load_model(f"someone/vit-tiny@{revision.format(secret=secret)}", local_paths=False)
+    assert SECRET not in one_sentence(caught.value)
+    assert opened == []
+
+
+@pytest.mark.parametrize("revision", ["main", "v1.0", "refs/pr/1", COMMIT])
+def test_branch_tag_pull_request_and_commit_revisions_load_from_the_cache(
+    revision: str, saved_vit: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cached_vit_beside_a_secret(saved_vit, tmp_path, monkeypatch)
+    ref = tmp_path / "hub" / "models--someone--vit-tiny" / "refs" / revision
+    if revision != COMMIT:  # a commit id names its snapshot directly
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        ref.write_text(COMMIT)
+    handle = load_model(f"someone/vit-tiny@{revision}", local_paths=False, device="cpu")
+    assert handle.name.startswith(f"someone/vit-tiny@{revision} (ViTForImageClassification")
+
+
+@pytest.mark.parametrize(
+    "repo_id",
+    ["facebook/dinov2-small", "A.b_c/D-9", "_x/y_", "a--b/c", "a..b/c", "-a/b", "a/b.", "a/b.git", "caf\u00e9/vit",
+     "a/" + "b" * 96, "a/" + "b" * 97],
+)
+def test_a_repo_id_is_accepted_exactly_when_the_hub_client_accepts_it(
+    repo_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+        hub_accepts = True
+    except HFValidationError:
+        hub_accepts = False
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache
+    hub_online(monkeypatch, reachable=False)
+    with pytest.raises(ModelUnavailable) as caught:
+        load_model(repo_id)
+    expected = "not in the local Hugging Face cache" if hub_accepts else "is not a hub repo id"
+    assert expected in one_sentence(caught.value)
+
+
+@pytest.mark.parametrize("error", ["HFValidationError", "OfflineModeIsEnabled", "UnicodeDecodeError"])
+def test_any_error_of_the_hub_client_becomes_one_sentence(error: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the client raises for an id it refuses, in offline mode, and on a binary ref file in the cache."""
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    def fail(*args, **kwargs):
+        if error == "UnicodeDecodeError":
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+        raise getattr(errors, error)("refused")
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", fail)
+    hub_online(monkeypatch, reachable=True, download=fail, metadata=fail)
+    with pytest.raises(ModelUnavailable, match="could not be fetched from the Hugging Face hub") as caught:
+        load_model("someone/vit-tiny", local_paths=False)
+    assert error in one_sentence(caught.value)
+
+
+def test_a_cached_file_that_links_outside_the_cache_is_not_read(
+    saved_vit: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = cached_vit_beside_a_secret(saved_vit, tmp_path, monkeypatch)
+    config = tmp_path / "hub" / "models--someone--vit-tiny" / "snapshots" / COMMIT / "config.json"
+    config.unlink()
+    config.symlink_to(secret)
+    with pytest.raises(CheckpointRejected, match="outside the Hugging Face cache") as caught:
+        load_model("someone/vit-tiny", local_paths=False)
+    assert SECRET not in one_sentence(caught.value)
+
+
+@pytest.mark.parametrize("member", ["m/config.json", "m/model.safetensors"])
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_a_zip_with_a_damaged_member_is_refused_in_one_sentence(kind: str, member: str, saved_vit: Path) -> None:
+    data = damage(kind, zip_folder(saved_vit, inside="m/"), member)
+    with pytest.raises(CheckpointRejected) as caught:
+        load_transformers(data)
+    assert member.removeprefix("m/") in one_sentence(caught.value)
+
+
+def test_the_command_line_refuses_a_corrupt_zip_in_one_line(saved_vit: Path, tmp_path: Path) -> None:
+    from conftest import ROOT
+
+    (tmp_path / "corrupt.zip").write_bytes(corrupt_deflate(zip_folder(saved_vit, inside="m/"), "m/config.json"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "core", "analyze", "--model", "corrupt.zip", "--images", "images", "--out", "out.zip"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 2, done.stderr  # the README's exit code for bad input
+    assert done.stderr.splitlines() == ["error: config.json could not be read from the ZIP; it is damaged or encrypted."]
+
+
+@pytest.mark.parametrize(
+    "key, dtype",
+    [("vit.encoder.layer.0.attention.attention.query.weight", torch.int8),
+     ("vit.encoder.layer.1.attention.attention.value.bias", torch.int32)],
+)
+def test_an_integer_query_key_or_value_is_refused(key: str, dtype: torch.dtype, saved_vit: Path, tmp_path: Path) -> None:
+    """Stacked into qkv beside float tensors, torch.cat would make it float and hide it."""
+    from safetensors.torch import load_file, save_file
+
+    folder = with_config(saved_vit, tmp_path / "integer", lambda c: None)
+    state = load_file(saved_vit / "model.safetensors")
+    state[key] = state[key].to(dtype)
+    save_file(state, folder / "model.safetensors")
+    with pytest.raises(CheckpointRejected) as caught:
+        load_model(str(folder))
+    assert f"'{key}' as {dtype}" in one_sentence(caught.value)

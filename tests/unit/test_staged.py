@@ -212,3 +212,44 @@ def test_a_start_while_the_worker_runs_is_not_lost(demo_handle, set_24) -> None:
     job.start(None)
     assert job.wait(timeout=600) and job.error is None
     assert job.status(CURVE_STAGE).state == DONE and job.result() is not None
+
+
+def test_run_slots_let_a_limited_number_compute_and_the_rest_wait_first_come_first_served() -> None:
+    import threading
+
+    from core.errors import InvalidSetting
+    from core.staged import RunSlots
+
+    slots = RunSlots(2)
+    first, second, third, fourth = object(), object(), object(), object()
+    slots.acquire(first)
+    slots.acquire(second)
+    got: list[object] = []
+    waiters = [threading.Thread(target=lambda h=h: (slots.acquire(h), got.append(h))) for h in (third, fourth)]
+    waiters[0].start()
+    while slots.place(third) is None:
+        threading.Event().wait(0.01)
+    waiters[1].start()
+    while slots.place(fourth) is None:
+        threading.Event().wait(0.01)
+    assert (slots.running, slots.place(third), slots.place(fourth), got) == (2, 1, 2, [])
+    slots.release(first)
+    waiters[0].join(timeout=10)
+    assert got == [third] and slots.place(fourth) == 1  # the one in front goes first
+    slots.release(second)
+    waiters[1].join(timeout=10)
+    assert got == [third, fourth] and slots.running == 2
+    with pytest.raises(InvalidSetting):
+        RunSlots(0)
+
+
+def test_each_owner_reads_its_own_sample_and_its_stop_leaves_the_others(demo_handle, set_24) -> None:
+    job = _begun(StagedAnalysis(demo_handle, set_24.pil_images(), set_labels(set_24), SETTINGS, auto_start=0))
+    job.start(6, owner="a")
+    job.start(12, owner="b")
+    _done(job)
+    assert (job.cap_for("a"), job.cap_for("b"), job.cap_for("nobody")) == (6, 12, 12)
+    assert len(job.importance("a").unpruned) == 6 and len(job.importance("b").unpruned) == 12
+    assert job.curve("a") is not None and job.curve("b") is not None
+    job.stop("a")  # a stop after the work is done changes nothing anyone reads
+    assert job.status(SWEEP_STAGE, "a").state == DONE and job.result("b") is not None

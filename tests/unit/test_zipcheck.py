@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from core._zipcheck import MIN_ENTRY_BYTES, DeclaredDirectory, declared_directory
+from core._zipcheck import ARCHIVE_ERRORS, MIN_ENTRY_BYTES, DeclaredDirectory, declared_directory
 
 
 def eocd(entries: int, size: int, offset: int = 0, comment: bytes = b"") -> bytes:
@@ -76,3 +76,81 @@ def test_a_record_at_the_far_edge_of_zipfiles_window_is_found() -> None:
 def test_no_complete_end_record_gives_none(data: bytes) -> None:
     assert declared_directory(data) is None
 
+
+# --- damaged members: what zipfile raises, and that every reader says it in a sentence -------
+
+
+def _local_header(data: bytes, name: str) -> int:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        return archive.getinfo(name).header_offset
+
+
+def corrupt_deflate(data: bytes, name: str) -> bytes:
+    """``data`` with the first byte of member ``name``'s deflate stream set to 0xFF: block type 3,
+    which no deflate stream uses (zlib: "invalid block type")."""
+    start = _local_header(data, name)
+    name_length, extra_length = struct.unpack_from("<2H", data, start + 26)
+    first = start + 30 + name_length + extra_length
+    return data[:first] + b"\xff" + data[first + 1:]
+
+
+def patch_member(data: bytes, name: str, *, flags: int | None = None, method: int | None = None) -> bytes:
+    """``data`` with member ``name``'s flag bits or compression method rewritten in its local
+    header and its central-directory entry alike."""
+    patched = bytearray(data)
+    encoded = name.encode()
+    starts = [(_local_header(data, name), 6)]  # the local header: flags at 6, method at 8
+    at = data.find(b"PK\x01\x02")
+    while at >= 0:  # central-directory entries: flags at 8, method at 10, name at 46
+        name_length = struct.unpack_from("<H", data, at + 28)[0]
+        if data[at + 46 : at + 46 + name_length] == encoded:
+            starts.append((at, 8))
+        at = data.find(b"PK\x01\x02", at + 1)
+    for start, field in starts:
+        if flags is not None:
+            struct.pack_into("<H", patched, start + field, flags)
+        if method is not None:
+            struct.pack_into("<H", patched, start + field + 2, method)
+    return bytes(patched)
+
+
+def damage(kind: str, data: bytes, name: str) -> bytes:
+    if kind == "corrupt deflate stream":
+        return corrupt_deflate(data, name)
+    if kind == "encrypted":
+        return patch_member(data, name, flags=0x1)
+    return patch_member(data, name, method=99)  # AES in WinZip's numbering: zipfile has no decoder for it
+
+
+DAMAGE = ["corrupt deflate stream", "encrypted", "unsupported compression"]
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_what_zipfile_raises_for_a_damaged_member_is_an_archive_error(kind: str) -> None:
+    data = damage(kind, honest_zip(2), "tabby/1.png")
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        assert archive.read("tabby/0.png") == b"x"  # only the one member is damaged
+        with pytest.raises(Exception) as caught:
+            archive.read("tabby/1.png")
+    assert isinstance(caught.value, ARCHIVE_ERRORS), type(caught.value)
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_every_reader_of_archives_refuses_a_damaged_member_in_a_sentence(kind: str) -> None:
+    from core.bundle import MANIFEST, load_bundle
+    from core.errors import BundleRejected, ImageRejected
+    from core.images import image_set_from_zip
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("cats/a.png", b"\x89PNG" + bytes(range(256)) * 4)
+    with pytest.raises(ImageRejected) as caught:
+        image_set_from_zip(damage(kind, buffer.getvalue(), "cats/a.png"), [])
+    assert "a.png" in str(caught.value) and "\n" not in str(caught.value) and str(caught.value).endswith(".")
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(MANIFEST, '{"format": "headscope-bundle"}' + " " * 512)
+    with pytest.raises(BundleRejected) as caught:
+        load_bundle(damage(kind, buffer.getvalue(), MANIFEST))
+    assert MANIFEST in str(caught.value) and "\n" not in str(caught.value) and str(caught.value).endswith(".")
