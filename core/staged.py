@@ -49,7 +49,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Hashable, Sequence
+from typing import Callable, Hashable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -231,16 +231,33 @@ class RunSlots:
         """Wait in line until ``holder`` may compute."""
         with self._cond:
             self._line.append(holder)
-            while self._line[0] is not holder or len(self._running) >= self.limit:
-                self._cond.wait()
+            try:
+                while self._line[0] is not holder or len(self._running) >= self.limit:
+                    self._cond.wait()
+            except BaseException:
+                self._line = [h for h in self._line if h is not holder]
+                self._cond.notify_all()
+                raise
             self._line.pop(0)
             self._running.append(holder)
             self._cond.notify_all()
 
     def release(self, holder: object) -> None:
+        """Give back one slot ``holder`` took (a job whose worker restarts may briefly hold two)."""
         with self._cond:
-            self._running = [h for h in self._running if h is not holder]
+            for i, running in enumerate(self._running):
+                if running is holder:
+                    del self._running[i]
+                    break
             self._cond.notify_all()
+
+    def pass_turn(self, holder: object) -> None:
+        """Between two batches: when others wait, give the slot back and queue again behind them."""
+        with self._cond:
+            if not self._line:
+                return
+        self.release(holder)
+        self.acquire(holder)
 
     def place(self, holder: object) -> int | None:
         """``holder``'s place in line (1: next), or ``None`` when it is not waiting."""
@@ -298,7 +315,7 @@ class StagedAnalysis:
         self._slots = slots
         self._lock = threading.RLock()
         self._active = self._pending = False  # the worker is at work; a start() waits for it to finish
-        self._tables: OrderedDict[tuple[int, ...], tuple[int, HeadImportance]] = OrderedDict()
+        self._tables: OrderedDict[tuple[int, ...], HeadImportance] = OrderedDict()
         self._thread: threading.Thread | None = None
         self._progress = {PREVIEW_STAGE: _Progress()}
         self._preview: Preview | None = None
@@ -312,6 +329,7 @@ class StagedAnalysis:
         self._working: tuple[str, int] | None = None  # the stage and sample size the worker runs now
         self._clock: dict[object, tuple[float, int]] = {}  # when this run of a stage began, and its images done then
         self._begin_owner: Hashable = None
+        self.seen_at = time.monotonic()  # when an owner's view last read the job: a registry keeps jobs still read
         self._auto_decided = False
         # reduced precision is tried on a GPU only: a CPU's bfloat16 is no faster, and numbers must not move
         self.reduced_precision = handle.device.type == "cuda" if reduced_precision is None else reduced_precision
@@ -344,30 +362,48 @@ class StagedAnalysis:
         if cap is not None and cap < 1:
             raise InvalidSetting("The sample needs at least one image.")
         with self._lock:
+            if self.error is not None:
+                return  # a failed job runs nothing more: its page says why, and a new job retries
             self._choose(owner, self.n if cap is None else min(int(cap), self.n))
+            if owner not in self._waiting:
+                return  # that sample is done already
         self._run()
 
-    def stop(self, owner: Hashable = None) -> None:
+    def stop(self, owner: Hashable = None, *, gone: Callable[[Hashable], bool] | None = None) -> None:
         """Withdraw ``owner``'s request: the worker ends after its current batch once nobody waits for more.
 
         What finished is kept. ``None`` (the owner of a single-user job) stops every request.
+        ``gone`` names owners who can no longer stop their own (a closed browser tab): their
+        requests are withdrawn too.
         """
         with self._lock:
             owners = set(self._waiting) | {None} if owner is None else {owner}
+            if gone is not None:
+                owners |= {who for who in self._waiting if gone(who)}
             for who in owners:
                 self._waiting.discard(who)
                 self._stopped.add(who)
+            while len(self._stopped) > _KEPT_OWNERS:  # those who chose no sample are remembered for a while only
+                self._stopped.discard(next(iter(self._stopped - set(self._caps)), next(iter(self._stopped))))
 
     def view(self, owner: Hashable) -> JobView:
         """This job as ``owner`` sees and controls it."""
+        self.seen_at = time.monotonic()
         return JobView(self, owner)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for the worker; ``True`` when it has ended."""
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-        return not self.busy
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:  # a start() may have begun a new worker since the last look
+                thread, active = self._thread, self._active
+            if not active:
+                return True
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            if thread is not None:
+                thread.join(0.1 if left is None else min(left, 0.1))
 
     @property
     def busy(self) -> bool:
@@ -428,7 +464,9 @@ class StagedAnalysis:
     def cap_for(self, owner: Hashable = None) -> int | None:
         """The images ``owner``'s heavy stages use: its own choice, else the largest sample started."""
         with self._lock:
-            return self._caps.get(owner, self._largest)
+            if owner in self._caps:
+                return self._caps[owner]
+            return self._finished() or self._largest
 
     @property
     def cap(self) -> int | None:
@@ -478,14 +516,14 @@ class StagedAnalysis:
             sample = self._sample_of(cap)
             if not self._sweep.swept[sample].all():
                 return None
-            key, swept = tuple(sample.tolist()), int(self._sweep.swept.sum())
+            key = tuple(sample.tolist())
             held = self._tables.get(key)
-            if held is None or held[0] != swept:  # built once per sample, not on every rerun
-                held = self._tables[key] = (swept, self._merged(sample))
+            if held is None:  # built once per sample (its values are final once it is swept), not on every rerun
+                held = self._tables[key] = self._merged(sample)
                 while len(self._tables) > _KEPT_SAMPLES:
                     self._tables.popitem(last=False)
             self._tables.move_to_end(key)
-            return held[1]
+            return held
 
     def curve(self, owner: Hashable = None) -> pd.DataFrame | None:
         """The pruning curve over ``owner``'s sample, once it has finished; before that ``None``."""
@@ -515,6 +553,8 @@ class StagedAnalysis:
 
     def _run(self) -> None:
         with self._lock:
+            if self.error is not None:
+                return
             if self._active:
                 self._pending = True  # the worker looks for work again before it ends
                 return
@@ -523,9 +563,11 @@ class StagedAnalysis:
             self._thread.start()
 
     def _guarded(self) -> None:
-        if self._slots is not None:
-            self._slots.acquire(self)
+        held = ended = False
         try:
+            if self._slots is not None:
+                self._slots.acquire(self)
+                held = True
             while True:
                 try:
                     self._work()
@@ -544,10 +586,14 @@ class StagedAnalysis:
                         self._pending = False
                         continue
                     self._pending = self._active = False
+                    ended = True
                     return
         finally:
-            if self._slots is not None:
-                self._slots.release(self)
+            if not ended:  # left through something no handler takes (the interpreter exiting): nothing runs now
+                with self._lock:
+                    self._pending = self._active = False
+            if held:
+                self._slots.release(self)  # type: ignore[union-attr]
 
     def _work(self) -> None:
         """The preview and the measurement once, then every owner's waiting sample, smallest first."""
@@ -572,6 +618,8 @@ class StagedAnalysis:
         with self._lock:
             self._clock = {SWEEP_STAGE: (time.perf_counter(), int(self._sweep.swept.sum()))}
         while (step := self._next_step()) is not None:
+            if self._slots is not None:
+                self._slots.pass_turn(self)  # a job in line (say, a new set's first pass) gets its turn between batches
             stage, sample, rows = step
             if stage == SWEEP_STAGE:
                 self._sweep_images(sample[rows])
@@ -605,7 +653,9 @@ class StagedAnalysis:
         self._caps.move_to_end(owner)
         self._largest = max(self._largest or 0, cap)
         self._stopped.discard(owner)
-        self._waiting.add(owner)
+        curve = self._curves.get(tuple(self._sample_of(cap).tolist()))
+        if curve is None or curve.table is None:
+            self._waiting.add(owner)
         while len(self._caps) > _KEPT_OWNERS:  # the owners that chose longest ago, and wait for nothing, go
             gone = next((o for o in self._caps if o not in self._waiting), None)
             if gone is None:
@@ -620,17 +670,22 @@ class StagedAnalysis:
         if self.error is not None:
             return FAILED
         if not self._follows(owner):
-            return STOPPED if owner in self._stopped or (owner not in self._caps and self._stopped) else WAITING
+            return STOPPED if owner in self._stopped else WAITING
         working = self._working
         if working is not None and working[0] == stage and (stage == SWEEP_STAGE or working[1] == cap):
             return RUNNING
         return WAITING
 
     def _follows(self, owner: Hashable) -> bool:
-        """``owner`` waits for heavy work: its own sample's, or (having chosen none, nor stopped) anyone's. Hold the lock."""
+        """``owner`` waits for heavy work: its own sample's or (having chosen none, nor stopped) the sample it reads. Hold the lock."""
         if owner in self._caps:
             return owner in self._waiting
-        return owner not in self._stopped and bool(self._waiting)
+        cap = self.cap_for(owner)
+        return owner not in self._stopped and any(self._caps[who] == cap for who in self._waiting)
+
+    def _finished(self) -> int | None:
+        """The largest sample whose every stage has finished. Hold the lock."""
+        return max((len(key) for key, curve in self._curves.items() if curve.table is not None), default=None)
 
     def _left(self, key: object, state: str, done: int, total: int) -> float | None:
         """Seconds left at the rate of this run of the stage, once a batch of it has finished. Hold the lock."""
@@ -856,7 +911,8 @@ class JobView:
 
     @property
     def working(self) -> bool:
-        """The worker runs heavy stages this owner waits for."""
+        """The worker runs heavy stages this owner waits for (a page polls this while it shows their progress)."""
+        self.job.seen_at = time.monotonic()
         return self.job.working_for(self.owner)
 
     @property
@@ -893,5 +949,5 @@ class JobView:
     def start(self, cap: int | None = None) -> None:
         self.job.start(cap, self.owner)
 
-    def stop(self) -> None:
-        self.job.stop(self.owner)
+    def stop(self, gone: Callable[[Hashable], bool] | None = None) -> None:
+        self.job.stop(self.owner, gone=gone)

@@ -21,6 +21,7 @@ from typing import Iterator, Mapping
 import numpy as np
 import pandas as pd
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from core.analysis import SetAnalysis
 from core.casestudy import set_labels
@@ -322,23 +323,28 @@ def upload_images(files: list[tuple[str, bytes]], handle: ViTHandle, as_zip: boo
 # A page's display choices never change it; a pattern sample of another size is drawn
 # on its own (``ui.patterns``).
 ANALYSIS_SETTINGS = CaseSettings()
-_ANALYSIS_ENTRIES = 4  # idle jobs kept; a job that computes, waits in line or a session shows is never dropped
-# a session shows a job while its pages keep reading it; one not read for this long (a closed tab) protects it no more
+_ANALYSIS_ENTRIES = 4  # idle jobs kept; a job that computes, waits in line or a page read lately is not dropped
+_MOST_ENTRIES = 16  # jobs kept at all: past this the oldest idle ones go even if read lately (a click makes one anew)
+# a page reads its job on every run and every poll; a job unread for this long (a closed tab) is protected no more
 SHOWN_SECONDS = 30 * 60
 OWNER_KEY = "analysis_owner"
 # the staged analyses of the sets analysed last, by (model key, set key, settings), newest
 # last: shared by every session, as a cache is, and run on their own worker threads, at
 # most RUNNING_ANALYSES at once (the others wait in line)
 _jobs: OrderedDict[tuple[str, str, str], StagedAnalysis] = OrderedDict()
-_shown: dict[str, tuple[tuple[str, str, str], float]] = {}  # session owner -> the job its pages read, and when
 _slots = RunSlots(RUNNING_ANALYSES)
 _jobs_lock = threading.Lock()
 
 
 def _owner() -> str:
-    """This browser session's name as an owner of shared jobs: its Stop and its sample cap are its own."""
+    """This browser session's name as an owner of shared jobs: its Stop and its sample cap are its own.
+
+    It starts with Streamlit's session id, which ``ui.stages`` asks the runtime about, and ends
+    in a token of its own (a test harness gives every session one id).
+    """
     if OWNER_KEY not in st.session_state:
-        st.session_state[OWNER_KEY] = uuid.uuid4().hex
+        ctx = get_script_run_ctx()
+        st.session_state[OWNER_KEY] = f"{ctx.session_id if ctx is not None else ''} {uuid.uuid4().hex}"
     return st.session_state[OWNER_KEY]
 
 
@@ -366,11 +372,9 @@ def analysis_job(handle: ViTHandle, image_set: ImageSet) -> JobView:
                 st.stop()
             _jobs[key] = job
         _jobs.move_to_end(key)
-        now = time.monotonic()
-        _shown[owner] = (key, now)
-        _evict(now)
+        view = job.view(owner)  # marks the job as read now
+        _evict(time.monotonic())
     job.begin(owner)  # no-op once the preview and the measurement have run
-    view = job.view(owner)
     stages.apply_request(view, "/".join(key))
     return view
 
@@ -378,18 +382,18 @@ def analysis_job(handle: ViTHandle, image_set: ImageSet) -> JobView:
 def _evict(now: float) -> None:
     """Keep at most ``_ANALYSIS_ENTRIES`` jobs that nobody needs: the oldest idle one goes, a stopped one last.
 
-    A job that computes or waits in line, or that a session showed within ``SHOWN_SECONDS``,
-    is never dropped: a page's Start and Stop reach the job it shows. Hold ``_jobs_lock``.
+    A job that computes or waits in line is never dropped, nor, up to ``_MOST_ENTRIES`` jobs,
+    one that a page read within ``SHOWN_SECONDS``. A dropped job costs its results, never a
+    click: Start and Stop reach the job the registry holds when the page runs. Hold ``_jobs_lock``.
     """
-    for owner, (_, seen) in list(_shown.items()):
-        if now - seen > SHOWN_SECONDS:
-            del _shown[owner]
-    shown = {key for key, _ in _shown.values()}
-    idle = [key for key, job in _jobs.items() if not job.busy and key not in shown]
-    while len(_jobs) > _ANALYSIS_ENTRIES and idle:
-        first = next((key for key in idle if not _jobs[key].interrupted), idle[0])
-        idle.remove(first)
-        del _jobs[first]
+    idle = [key for key, job in _jobs.items() if not job.busy]
+    unread = [key for key in idle if now - _jobs[key].seen_at > SHOWN_SECONDS]
+    for candidates, most in ((unread, _ANALYSIS_ENTRIES), (idle, _MOST_ENTRIES)):
+        candidates = [key for key in candidates if key in _jobs]
+        while len(_jobs) > most and candidates:
+            first = next((key for key in candidates if not _jobs[key].interrupted), candidates[0])
+            candidates.remove(first)
+            del _jobs[first]
 
 
 def _failed(view: JobView) -> None:

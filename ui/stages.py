@@ -12,6 +12,7 @@ import time
 
 import streamlit as st
 import torch
+from streamlit.runtime import Runtime
 
 from core.staged import CURVE_STAGE, DONE, FAILED, PREVIEW_STAGE, RUNNING, STOPPED, SWEEP_STAGE, JobView
 
@@ -59,7 +60,13 @@ def apply_request(view: JobView, job_key: str) -> None:
     if action == "start":
         view.start(cap)
     else:
-        view.stop()
+        view.stop(gone=_session_gone)
+
+
+def _session_gone(owner: object) -> bool:
+    """Whether the browser session ``owner`` names has closed, so that it can no longer stop its own run."""
+    session_id = str(owner).split(" ")[0]  # ui.session names an owner by its session id and a token
+    return bool(session_id) and Runtime.exists() and not Runtime.instance().is_active_session(session_id)
 
 
 def _line_note(view: JobView) -> str:

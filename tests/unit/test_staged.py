@@ -253,3 +253,67 @@ def test_each_owner_reads_its_own_sample_and_its_stop_leaves_the_others(demo_han
     assert job.curve("a") is not None and job.curve("b") is not None
     job.stop("a")  # a stop after the work is done changes nothing anyone reads
     assert job.status(SWEEP_STAGE, "a").state == DONE and job.result("b") is not None
+
+
+def test_a_job_that_holds_a_slot_twice_gives_back_one_at_a_time_and_passes_its_turn_to_one_in_line() -> None:
+    import threading
+
+    from core.staged import RunSlots
+
+    slots, job, other = RunSlots(2), object(), object()
+    slots.acquire(job)
+    slots.acquire(job)  # a worker that restarts before the last one has given its slot back
+    slots.release(job)
+    assert slots.running == 1
+    slots.pass_turn(job)  # nobody in line: keeps going (and holds its slot)
+    assert slots.running == 1
+    slots.release(job)
+    assert slots.running == 0
+    one = RunSlots(1)
+    one.acquire(job)
+    order: list[object] = []
+    waiter = threading.Thread(target=lambda: (one.acquire(other), order.append(other), one.release(other)))
+    waiter.start()
+    while one.place(other) is None:
+        threading.Event().wait(0.01)
+    one.pass_turn(job)  # gives the slot to the one in line, and waits behind it
+    order.append(job)
+    waiter.join(timeout=10)
+    assert order == [other, job]
+
+
+def test_followers_read_the_largest_finished_sample_and_only_their_own_stop(demo_handle, set_24) -> None:
+    job = _begun(StagedAnalysis(demo_handle, set_24.pil_images(), set_labels(set_24), SETTINGS, auto_start=0))
+    job.start(10, owner="a")
+    _done(job)
+    seen = _counting(job, stop_after=1)  # b's larger sample is stopped after its first batch
+    job.start(20, owner="b")
+    _done(job)
+    assert job.status(CURVE_STAGE, "b").state == STOPPED and job.cap_for("b") == 20
+    # a follower keeps reading the finished 10 (not b's unfinished 20) and was stopped by nobody
+    assert job.cap_for("follower") == 10 and job.curve("follower") is not None
+    assert job.status(SWEEP_STAGE, "follower").state == DONE and len(seen) == 1
+    # a start on a sample that is done already queues no worker
+    job.start(10, owner="c")
+    assert not job.busy and job.status(CURVE_STAGE, "c").state == DONE
+
+
+def test_a_stop_withdraws_the_requests_of_owners_who_are_gone_and_a_failed_job_starts_nothing(demo_handle, set_24) -> None:
+    images, labels = set_24.pil_images(), set_labels(set_24)
+    job = _begun(StagedAnalysis(demo_handle, images, labels, SETTINGS, batch_size=4, auto_start=0))
+    gate = __import__("threading").Event()
+    original = job._sweep_images
+
+    def held(indices, **kwargs):
+        assert gate.wait(timeout=120)
+        original(indices, **kwargs)
+
+    job._sweep_images = held  # type: ignore[method-assign]
+    job.start(None, owner="closed tab")
+    job.stop("follower", gone=lambda owner: owner == "closed tab")
+    gate.set()
+    _done(job)
+    assert job.status(SWEEP_STAGE, "closed tab").state == STOPPED and job._sweep.swept.sum() <= 4 + 4
+    job.error = HeadScopeError("It failed.")
+    job.start(None, owner="late")
+    assert not job.busy and "late" not in job._caps  # nothing runs on a failed job, and nothing is recorded
