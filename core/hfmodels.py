@@ -288,6 +288,8 @@ def load_transformers(
         ModelUnavailable: no such folder, file or repo, or the repo is not cached and the hub
             cannot be reached.
         UnsupportedModel: the config is for an architecture HeadScope does not read.
+        ModelTooLarge: the config declares weights, or one image's analysis at the input
+            size, that need more memory than the server's budget (checked before any weight is read).
         CheckpointRejected: the config, preprocessor, ZIP or weights are malformed, hostile
             or do not match each other.
         InvalidSetting: ``img_size`` does not fit the model's patches.
