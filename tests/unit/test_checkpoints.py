@@ -101,8 +101,9 @@ def test_declared_shapes_are_compared_with_the_architecture_on_the_meta_device(
     data = _safetensors({"head.weight": {"dtype": "F32", "shape": [90_000, 0], "data_offsets": [0, 0]}})
     with pytest.raises(CheckpointRejected, match="does not fit architecture 'test_vit'"):
         load_model("test_vit", checkpoint=data)
-    # the first meta copy reads the input size the model runs at, the second is the architecture check
-    assert only_meta_models == [None, None, 90_000]
+    # the first meta copy reads the input size the model runs at, the second weighs its memory at that size,
+    # the third is the architecture check
+    assert only_meta_models == [None, None, None, 90_000]
 
 
 def test_declared_sizes_must_match_the_data_they_cover(no_tensor_loading, only_meta_models) -> None:
