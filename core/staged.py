@@ -188,8 +188,6 @@ class _Progress:
     state: str = WAITING
     done: int = 0
     total: int = 0
-    started: float = 0.0
-    done_at_start: int = 0  # images done before this run of the stage (a resume)
 
 
 @dataclass
@@ -284,8 +282,8 @@ class StagedAnalysis:
 
     Several owners (the browser sessions of a server) may share one job: results are
     shared, controls are not. Each owner's ``start`` chooses its own sample, and what it
-    reads is over that sample (an owner that chose none reads the largest one started);
-    the worker sweeps the union, which is the largest sample, as the order nests them.
+    reads is over that sample (an owner that chose none reads the largest one finished,
+    else the largest started); the worker sweeps their union, the largest, as the order nests them.
     An owner's ``stop`` withdraws only its own request: the worker ends after its batch
     once no owner waits for more. ``view(owner)`` binds these calls to one owner.
     """
@@ -317,13 +315,12 @@ class StagedAnalysis:
         self._active = self._pending = False  # the worker is at work; a start() waits for it to finish
         self._tables: OrderedDict[tuple[int, ...], HeadImportance] = OrderedDict()
         self._thread: threading.Thread | None = None
-        self._progress = {PREVIEW_STAGE: _Progress()}
+        self._reading = _Progress()  # the preview's; the heavy stages' state is each owner's, from its sample
         self._preview: Preview | None = None
         shape = (self.n, handle.num_layers, handle.num_heads)
         self._sweep = _Sweep({m: np.full(shape, np.nan) for m in self.swept_metrics}, np.zeros(self.n, dtype=bool))
         self._curves: OrderedDict[tuple[int, ...], _Curve] = OrderedDict()  # by the sample each ranks and runs on
         self._caps: OrderedDict[Hashable, int] = OrderedDict()  # each owner's sample size, chosen by start()
-        self._largest: int | None = None  # the largest sample started: what an owner that chose none reads
         self._waiting: set[Hashable] = set()  # owners whose sample's sweep or curve is still to run
         self._stopped: set[Hashable] = set()  # owners who stopped before their sample was done
         self._working: tuple[str, int] | None = None  # the stage and sample size the worker runs now
@@ -443,7 +440,7 @@ class StagedAnalysis:
         """A snapshot of ``stage`` over ``owner``'s sample."""
         with self._lock:
             if stage == PREVIEW_STAGE:
-                p = self._progress[stage]
+                p = self._reading
                 return StageStatus(stage, p.state, p.done, p.total, self._left(stage, p.state, p.done, p.total))
             cap = self.cap_for(owner)
             if cap is None:
@@ -462,11 +459,11 @@ class StagedAnalysis:
             return StageStatus(stage, state, done, cap, self._left(clock_key, state, done, cap))
 
     def cap_for(self, owner: Hashable = None) -> int | None:
-        """The images ``owner``'s heavy stages use: its own choice, else the largest sample started."""
+        """The images ``owner``'s heavy stages use: its own choice, else the largest sample finished (or started)."""
         with self._lock:
             if owner in self._caps:
                 return self._caps[owner]
-            return self._finished() or self._largest
+            return self._finished() or max(self._caps.values(), default=None)
 
     @property
     def cap(self) -> int | None:
@@ -577,8 +574,8 @@ class StagedAnalysis:
                             f"The analysis stopped on an error it did not expect ({type(err).__name__}: {err}); "
                             "what finished before it is kept, and opening the page again retries."
                         )
-                        if self._progress[PREVIEW_STAGE].state == RUNNING:
-                            self._progress[PREVIEW_STAGE].state = FAILED
+                        if self._reading.state == RUNNING:
+                            self._reading.state = FAILED
                         self._waiting.clear()
                 with self._lock:  # a begin() or start() while this ran: look for work again; else the worker ends
                     self._working = None
@@ -597,7 +594,9 @@ class StagedAnalysis:
 
     def _work(self) -> None:
         """The preview and the measurement once, then every owner's waiting sample, smallest first."""
-        if self._state(PREVIEW_STAGE) != DONE:
+        with self._lock:
+            read = self._reading.state == DONE
+        if not read:
             self._run_preview()
         if self._sweep.cost is None:
             # one image, two, then one again: a batch's fixed cost apart from an image's, and the
@@ -651,7 +650,6 @@ class StagedAnalysis:
         """``owner``'s sample is the first ``cap`` images of the order; it waits for them unless they are done. Hold the lock."""
         self._caps[owner] = cap
         self._caps.move_to_end(owner)
-        self._largest = max(self._largest or 0, cap)
         self._stopped.discard(owner)
         curve = self._curves.get(tuple(self._sample_of(cap).tolist()))
         if curve is None or curve.table is None:
@@ -689,16 +687,10 @@ class StagedAnalysis:
 
     def _left(self, key: object, state: str, done: int, total: int) -> float | None:
         """Seconds left at the rate of this run of the stage, once a batch of it has finished. Hold the lock."""
-        if state != RUNNING:
+        if state != RUNNING or key not in self._clock:
             return None
-        if key == PREVIEW_STAGE:
-            p = self._progress[PREVIEW_STAGE]
-            began, done_then, done_now = p.started, p.done_at_start, p.done
-        else:
-            if key not in self._clock:
-                return None
-            began, done_then = self._clock[key]
-            done_now = int(self._sweep.swept.sum()) if key == SWEEP_STAGE else done
+        began, done_then = self._clock[key]
+        done_now = int(self._sweep.swept.sum()) if key == SWEEP_STAGE else done  # the sweep's rate counts every sample's
         if done_now <= done_then:
             return None
         return (time.perf_counter() - began) / (done_now - done_then) * (total - done)
@@ -709,10 +701,13 @@ class StagedAnalysis:
     def _run_preview(self) -> None:
         handle = self.handle
         picks = draw_samples(handle, self.n, self.settings)
-        self._set_progress(PREVIEW_STAGE, state=RUNNING, done=0, total=self.n, started=time.perf_counter(), done_at_start=0)
+        with self._lock:
+            self._reading = _Progress(RUNNING, 0, self.n)
+            self._clock[PREVIEW_STAGE] = (time.perf_counter(), 0)
 
         def report(done: int, _total: int) -> None:
-            self._set_progress(PREVIEW_STAGE, done=done)
+            with self._lock:
+                self._reading.done = done
 
         part = first_pass(handle, self.images, self.given, picks, metrics=self.metrics, sweep=False, progress=report)
         preview = Preview(
@@ -723,7 +718,7 @@ class StagedAnalysis:
         )
         with self._lock:
             self._preview = preview
-            self._progress[PREVIEW_STAGE].state = DONE
+            self._reading.state = DONE
 
     def _swept_values(self, indices: np.ndarray, precision: torch.dtype) -> dict[str, np.ndarray]:
         """Every swept metric of these set images, ``{metric: [B, L, H]}``, run as one batch in ``precision``."""
@@ -860,14 +855,6 @@ class StagedAnalysis:
         masks = (len(self.metrics) + 1) * (self.settings.curve_steps + 1)
         return (masks + 1) * layers / (heads * layers * (layers + 1) / 2)
 
-    def _state(self, stage: str) -> str:
-        with self._lock:
-            return self._progress[stage].state
-
-    def _set_progress(self, stage: str, **values: object) -> None:
-        with self._lock:
-            for name, value in values.items():
-                setattr(self._progress[stage], name, value)
 
 
 @dataclass(frozen=True)

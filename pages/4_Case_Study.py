@@ -6,11 +6,10 @@ import streamlit as st
 
 from core.bundle import save_bundle
 from core.casestudy import findings
-from core.errors import HeadScopeError
 from core.importance import BACKBONE_REASON, METRIC_HELP, metrics_for
 from core.projection import start_umap_warmup
 from ui import casestudy, export, navigation, session
-from ui.display import plain
+from ui.display import plain, sentence_on_error
 from viz.report import case_charts, mode_chart_key, render_report
 
 st.set_page_config(page_title="Case study · HeadScope", page_icon="🔭", layout="wide")
@@ -68,11 +67,8 @@ if opened is not None:
     if top_k > study.settings.top_k:
         st.caption(f"The bundle studied {study.settings.top_k} heads per metric, so at most that many are shown.")
 else:
-    try:
+    with sentence_on_error():
         study = casestudy.live_study(handle, ctx.image_set, casestudy.live_settings(top_k))
-    except HeadScopeError as err:
-        st.error(plain(str(err)))
-        st.stop()
 
 found = findings(study, metric, top_k=min(top_k, study.settings.top_k))
 charts = case_charts(study, found)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import streamlit as st
 
 from core.attribution import FILLS, HEAD_FUSIONS, faithfulness_areas, faithfulness_summary
-from core.errors import HeadScopeError
 from core.importance import metrics_for, rank_heads
 from ui import attribution, export, importance, navigation, session
-from ui.display import plain
+from ui.display import plain, sentence_on_error
 from viz.attribution import faithfulness_chart, score_title
 from viz.strength import heads_by_layer_chart
 
@@ -45,11 +44,8 @@ discard = middle.select_slider(
     "the columns of the tokens the answer is read from (the class token) are always kept.",
 )
 
-try:
+with sentence_on_error():
     found = attribution.image_maps(handle, ctx.image_set, ctx.focus_id, fusion, float(discard))
-except HeadScopeError as err:
-    st.error(plain(str(err)))
-    st.stop()
 target = ""
 if found.target is not None:
     target = f" for class **{plain(handle.class_names[found.target])}**"
@@ -123,11 +119,8 @@ c.caption(f"About {(2 + 2 * len(methods)) * 11 * len(ids)} forwards of the model
 if c.button("Score the maps", key="explain_score", type="primary"):
     st.session_state["explain_scored"] = request
 if st.session_state.get("explain_scored") == request:
-    try:
+    with sentence_on_error():
         curves = attribution.faithfulness(handle, ctx.image_set, ids, fusion, float(discard), fill, steps=10)
-    except HeadScopeError as err:
-        st.error(plain(str(err)))
-        st.stop()
     export.chart(faithfulness_chart(curves, handle.is_backbone, len(ids)), "E faithfulness", width="content")
     summary = faithfulness_summary(faithfulness_areas(curves))
     export.table(

@@ -35,7 +35,7 @@ from core.settings import RUNNING_ANALYSES, CaseSettings
 from core.staged import AUTO_START_SECONDS, JobView, Preview, RunSlots, StagedAnalysis
 from core.importance import HeadImportance
 from ui import export, navigation, stages
-from ui.display import enlarge_for_display, plain
+from ui.display import enlarge_for_display, plain, sentence_on_error
 from viz.common import HEAD_SELECTION
 
 __all__ = [
@@ -362,14 +362,11 @@ def analysis_job(handle: ViTHandle, image_set: ImageSet) -> JobView:
     with _jobs_lock:
         job = _jobs.get(key)
         if job is None:
-            try:
+            with sentence_on_error():
                 job = StagedAnalysis(
                     handle, image_set.pil_images(), set_labels(image_set), ANALYSIS_SETTINGS,
                     auto_start=AUTO_START_SECONDS, slots=_slots,
                 )
-            except HeadScopeError as err:
-                st.error(plain(str(err)))
-                st.stop()
             _jobs[key] = job
         _jobs.move_to_end(key)
         view = job.view(owner)  # marks the job as read now
@@ -465,11 +462,8 @@ def predictions(handle: ViTHandle, image_set: ImageSet) -> Predictions:
     done = job.preview if job is not None else None
     if done is not None:
         return done.predictions
-    try:
+    with sentence_on_error():
         return _predictions(handle.key, image_set.key, handle, image_set)
-    except HeadScopeError as err:
-        st.error(plain(str(err)))
-        st.stop()
 
 
 @st.cache_data(max_entries=16, show_spinner="Laying out the images…")
