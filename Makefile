@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench train-demo chromium
+.PHONY: run test bench train-demo train-probe chromium
 
 run: $(STAMP)
 	$(BIN)/python -m streamlit run streamlit_app.py
@@ -22,9 +22,13 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_dinov2.py
 	$(BIN)/python benchmarks/bench_attribution.py
 	$(BIN)/python benchmarks/bench_stages.py
+	$(BIN)/python benchmarks/bench_probe.py
 
 train-demo: $(STAMP)
 	$(BIN)/python scripts/train_demo.py
+
+train-probe: $(STAMP)
+	$(BIN)/python scripts/train_probe.py
 
 # the browser tests drive Debian's chromium; install it once when it is missing (needs root)
 chromium:

@@ -9,7 +9,7 @@ from core.images import DEFAULT_LIMITS, ImageSet
 from core.inference import Predictions, top_k
 from core.model import BUILTIN_MODELS, DEFAULT_IMG_SIZE, DEMO_NAME, ViTHandle
 from core.projection import start_umap_warmup
-from ui import export, navigation, session
+from ui import export, navigation, probe, session
 from ui.display import enlarge_for_display, plain
 from viz.overview import OVERVIEW_SELECTION, overview_chart, top5_chart
 
@@ -87,6 +87,7 @@ def _model_controls() -> None:
         )
         if error:
             st.sidebar.error(plain(error))  # it may quote the typed name or the file
+    probe.probe_sidebar(session.current_model())
 
 
 def _image_controls() -> None:
@@ -180,7 +181,10 @@ def _focus_panel(handle: ViTHandle, image_set: ImageSet, preds: Predictions, poi
 
 
 def _layout_caption(handle: ViTHandle, points, method: str) -> str:
-    features = "pooled output features" if handle.is_backbone else "final CLS features"
+    if handle.probe is not None:
+        features = "features the linear probe reads"
+    else:
+        features = "pooled output features" if handle.is_backbone else "final CLS features"
     if method == "umap":
         layout = f"UMAP of the {features}."
     elif session.umap_pending():
@@ -207,6 +211,8 @@ def main() -> None:
     st.title("HeadScope")
     preds = session.predictions(handle, image_set)
     st.caption(f"{_model_summary(handle, preds)} · **{plain(image_set.title)}** · device {handle.device.type}")
+    probe.probe_header(handle)
+    probe.probe_panel(handle, image_set)
     requested = st.session_state.pop("focus_request", None)
     if requested:
         try:

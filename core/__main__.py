@@ -5,6 +5,18 @@ batch jobs and for sharing: the dashboard's case-study page opens the bundle wit
 recomputing. ``--report FILE.html`` also writes the self-contained HTML report. Started
 with ``torchrun --nproc-per-node N -m core analyze ...`` the heavy stages are sharded
 over N processes (GPUs when present; see ``core.distributed``).
+
+A backbone (no classes: ``dinov2-s``, a DINO or MAE checkpoint) becomes a classifier with a
+linear probe (``core.probe``), so that the class-based analyses apply to it:
+
+- ``--probe fit``: the folder must hold one subfolder of images per class (at least 2
+  classes, 5 images each). The probe is fitted on the backbone's features of those images
+  (its summary says how well it classifies them), and the case study is computed on the
+  backbone with that probe as its head. ``--save-probe FILE`` keeps the probe.
+- ``--probe FILE``: a probe saved earlier (by ``--save-probe`` or the dashboard) for this
+  backbone; subfolders named after its classes give labels, other images have none.
+
+The bundle then holds the probe, and the dashboard reopens it on the same backbone.
 """
 
 from __future__ import annotations
@@ -12,16 +24,23 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from core import distributed
 from core.casestudy import CaseSettings, analyze, findings
-from core.errors import HeadScopeError, InvalidSetting, UnsupportedMetric
+from core.errors import HeadScopeError, InvalidSetting, LabelsMismatch, ProbeRejected, UnsupportedMetric
 from core.importance import BACKBONE_REASON, METRICS, metrics_for
 from core.settings import DEFAULT_CLUSTERS
 
+if TYPE_CHECKING:
+    from core.images import ImageSet
+    from core.model import ViTHandle
+    from core.probe import LinearProbe
+
 EXIT_BAD_INPUT = 2
+FIT = "fit"  # --probe fit: fit the probe on the folder's classes
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,12 +53,13 @@ def _parser() -> argparse.ArgumentParser:
             "Run every analysis of the dashboard (head importance, pruning curve, attention strength, "
             "attention patterns, partial pruning of the top heads) on a folder of images and write one "
             "result bundle that the case-study page opens without recomputing. Images in subfolders named "
-            "after classes get those labels (ImageFolder layout)."
+            "after classes get those labels (ImageFolder layout). A backbone becomes a classifier with "
+            "--probe: a linear probe fitted on the folder's classes, or one saved earlier."
         ),
     )
     run.add_argument(
         "--model", default="demo",
-        help="'demo' (default), 'dinov2-s' (DINOv2 ViT-S/14 backbone, prepared once offline), a timm ViT name, "
+        help="'demo' (default), 'dinov2-s' (DINOv2 ViT-S/14 backbone, prepared once offline), 'dinov2-s-fashion' (that backbone with a Fashion-MNIST linear probe), a timm ViT name, "
         "or a transformers ViT/DeiT/DINOv2: hub repo id, save_pretrained folder or ZIP file",
     )
     run.add_argument("--img-size", type=int, help="input side in pixels, a multiple of the patch size (default: the model's)")
@@ -48,8 +68,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, required=True, help="the result bundle to write (.zip)")
     run.add_argument("--report", type=Path, help="also write the self-contained HTML report here")
     run.add_argument(
+        "--probe", metavar="fit|FILE",
+        help="give a backbone classes with a linear probe: 'fit' fits one on the folder's class subfolders "
+        "(at least 2 classes of 5 images each); FILE is a probe saved for this backbone (.safetensors), whose "
+        "class names the subfolders are matched to. The bundle keeps the probe",
+    )
+    run.add_argument(
+        "--save-probe", type=Path, metavar="FILE",
+        help="with --probe fit: also write the fitted probe here (.safetensors), for --probe FILE or the dashboard",
+    )
+    run.add_argument(
         "--metric", choices=METRICS,
-        help="ranking metric of the report and summary (default probability; layer_impact for a backbone)",
+        help="ranking metric of the report and summary (default probability; layer_impact for a backbone without --probe)",
     )
     defaults = CaseSettings()
     run.add_argument("--top-k", type=int, default=defaults.top_k, help="heads studied per metric (default %(default)s)")
@@ -97,6 +127,99 @@ def _settings(args: argparse.Namespace) -> CaseSettings:
     )
 
 
+def _check_output(flag: str, path: Path | None) -> None:
+    """Refuse an output path that cannot be written, before minutes of work."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise InvalidSetting(f"{flag} {path} is a folder; give a file name such as results.zip.")
+    if not path.resolve().parent.is_dir():
+        raise InvalidSetting(f"{flag} {path}: the folder {path.resolve().parent} does not exist; create it first.")
+
+
+def _probe_file(path: Path) -> bytes:
+    """The bytes of a ``--probe FILE``, its size checked before it is read."""
+    from core.probe import MAX_FILE_BYTES
+
+    info = path.stat()  # a missing or unreadable file is an OSError: one line, exit 2
+    if not path.is_file():
+        raise InvalidSetting(f"--probe {path} is not a file; give a probe file (.safetensors) or 'fit'.")
+    if info.st_size > MAX_FILE_BYTES:
+        raise ProbeRejected(
+            f"--probe {path} is {info.st_size / 2**20:.0f} MB; a probe file of 1,000 classes is at most "
+            f"{MAX_FILE_BYTES // 2**20} MB, so this is not one."
+        )
+    with path.open("rb") as file:
+        return file.read(MAX_FILE_BYTES + 1)  # past the cap if it grew since: probe_from_bytes refuses it
+
+
+def _on_every_rank(shards: distributed.Shards, compute: Callable[[], Any]) -> list[Any]:
+    """Every rank's ``compute()``, in rank order; a user error on any rank is raised on all of them."""
+    try:
+        value: Any = compute()
+    except HeadScopeError as err:
+        value = err
+    parts = distributed.gather(value, shards)
+    for part in parts:
+        if isinstance(part, HeadScopeError):
+            raise part
+    return parts
+
+
+def _check_probe_classes(image_set: ImageSet, folder: Path) -> None:
+    """Refuse, before any feature is computed, a folder a probe cannot be fitted on (``--probe fit``)."""
+    from core.probe import MIN_CLASSES, check_probe_labels
+
+    names = image_set.label_names  # a backbone's set: the sorted class folders, which the labels index
+    if len(names) < MIN_CLASSES:
+        raise LabelsMismatch(
+            f"--probe fit needs at least {MIN_CLASSES} class subfolders of images in {folder}, one per class; "
+            f"it has {len(names)}."
+        )
+    check_probe_labels(image_set.labels, names)  # a class with too few images
+
+
+def _fitted_probe(handle: ViTHandle, image_set: ImageSet, shards: distributed.Shards, bars: _StageBars | None) -> LinearProbe:
+    """``--probe fit``: a linear probe fitted on the backbone's features of the folder's classes.
+
+    Each rank computes the features of its share; rank 0 fits the probe and every rank reads
+    the same probe file back, so that all of them analyse one classifier.
+    """
+    import numpy as np
+
+    from core.probe import fit_probe, probe_features, probe_from_bytes
+
+    names, labels = image_set.label_names, image_set.labels
+    part = shards.part(len(image_set))
+    progress = None if bars is None else (lambda done, total: bars("probe features", done, total))
+    features = np.concatenate(
+        _on_every_rank(shards, lambda: probe_features(handle, image_set.pil_images(part), progress=progress))
+    )
+
+    def fitted() -> bytes | None:
+        return fit_probe(features, labels, names, backbone=handle).to_bytes() if shards.rank == 0 else None
+
+    return probe_from_bytes(_on_every_rank(shards, fitted)[0], handle)
+
+
+def _labelled_by_classes(image_set: ImageSet, class_names: Sequence[str] | None) -> tuple[ImageSet, list[str]]:
+    """A backbone's set (labels index its folder names) relabelled with the class indices of ``class_names``.
+
+    A folder is matched to a class as a classifier's folder is (``match_class_name``);
+    images of a folder that matches no class get no label, and a note says which folders.
+    ``None``: the classes are the folder names in the set's order (a probe fitted on it).
+    """
+    from core.images import ImageSet, match_class_name
+
+    if class_names is None:
+        return ImageSet.from_images(image_set.title, image_set.images), []
+    index = [match_class_name(name, class_names) for name in image_set.label_names]
+    images = [item if item.label is None else replace(item, label=index[item.label]) for item in image_set.images]
+    unmatched = sorted(name for name, found in zip(image_set.label_names, index) if found is None)
+    notes = [f"Folders that match none of the probe's classes, so their images have no label: {', '.join(unmatched)}."]
+    return ImageSet.from_images(image_set.title, images), notes if unmatched else []
+
+
 def analyze_command(args: argparse.Namespace) -> int:
     from core.bundle import write_bundle
     from core.images import image_set_from_folder, join_folder_shares
@@ -104,21 +227,35 @@ def analyze_command(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     # checked before minutes of work, not after
-    for flag, path in (("--out", args.out), ("--report", args.report)):
-        if path is None:
-            continue
-        if path.is_dir():
-            raise InvalidSetting(f"{flag} {path} is a folder; give a file name such as results.zip.")
-        if not path.resolve().parent.is_dir():
-            raise InvalidSetting(f"{flag} {path}: the folder {path.resolve().parent} does not exist; create it first.")
+    for flag, path in (("--out", args.out), ("--report", args.report), ("--save-probe", args.save_probe)):
+        _check_output(flag, path)
+    fit = args.probe == FIT
+    if args.save_probe is not None and not fit:
+        raise InvalidSetting("--save-probe writes a probe fitted here; use it with --probe fit.")
+    probe_data = _probe_file(Path(args.probe)) if args.probe is not None and not fit else None
     started = time.perf_counter()
     shards = distributed.start_from_environment()
     lead = shards.rank == 0  # under torchrun, rank 0 talks and writes
     checkpoint = args.checkpoint.read_bytes() if args.checkpoint else None
     handle = load_model(args.model, checkpoint=checkpoint, device=distributed.local_device(), img_size=args.img_size)
-    metric = args.metric or metrics_for(handle)[0]
-    if metric not in metrics_for(handle):  # before minutes of work
-        raise UnsupportedMetric(f"--metric {metric} is not available for '{handle.name}': {BACKBONE_REASON}.")
+    probe = None
+    if args.probe is not None:
+        if not handle.is_backbone:
+            raise ProbeRejected(
+                f"'{handle.name}' already has {len(handle.class_names):,} classes; --probe puts a linear probe on a "
+                "backbone (a model without classes, such as dinov2-s)."
+            )
+        if probe_data is not None:
+            from core.probe import probe_from_bytes
+
+            probe = probe_from_bytes(probe_data, handle)  # before the folder is read: another backbone's probe
+    # a probed backbone is a classifier: every metric applies to it
+    available = METRICS if args.probe is not None else metrics_for(handle)
+    metric = args.metric or available[0]
+    if metric not in available:  # before minutes of work
+        raise UnsupportedMetric(
+            f"--metric {metric} is not available for '{handle.name}': {BACKBONE_REASON}; --probe gives it classes."
+        )
     aliases = [[s] for s in imagenet_synsets()] if len(handle.class_names) == 1000 else None
     # streamed: the set keeps names, ids and labels, and every pass decodes one batch at a
     # time; each process reads (and later decodes) only its own share of the folder
@@ -128,14 +265,34 @@ def analyze_command(args: argparse.Namespace) -> int:
     image_set, notes = join_folder_shares(distributed.gather(share, shards), args.images)
     for note in notes if lead else ():
         print(f"note: {note}", file=sys.stderr)
-    if lead:
-        print(
-            f"{handle.name}: {handle.num_layers} layers x {handle.num_heads} heads on {handle.device}"
-            f"{f' (x {shards.size} processes)' if shards.size > 1 else ''}; {image_set.title}",
-            file=sys.stderr,
-        )
     bars = _StageBars() if lead else None
     try:
+        if args.probe is not None:
+            from core.probe import with_probe
+
+            if fit:
+                _check_probe_classes(image_set, args.images)
+                if lead:
+                    print(f"Fitting a linear probe on {handle.name}'s features of {image_set.title}.", file=sys.stderr)
+                probe = _fitted_probe(handle, image_set, shards, bars)
+                if bars is not None:
+                    bars.close()
+            if lead:
+                print(probe.summary())
+            if lead and args.save_probe is not None:
+                args.save_probe.write_bytes(probe.to_bytes())
+                print(f"Wrote {args.save_probe}.")
+            handle = with_probe(handle, probe)
+            # labels become the probe's classes: the folder names in the same order (fit), or matched to them
+            image_set, relabel_notes = _labelled_by_classes(image_set, None if fit else handle.class_names)
+            for note in relabel_notes if lead else ():
+                print(f"note: {note}", file=sys.stderr)
+        if lead:
+            print(
+                f"{handle.name}: {handle.num_layers} layers x {handle.num_heads} heads on {handle.device}"
+                f"{f' (x {shards.size} processes)' if shards.size > 1 else ''}; {image_set.title}",
+                file=sys.stderr,
+            )
         study = analyze(handle, image_set, settings, layout_method=args.layout, progress=bars)
     finally:
         if bars is not None:

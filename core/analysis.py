@@ -44,6 +44,7 @@ from core.importance import (
 )
 from core.inference import Predictions
 from core.model import ViTHandle
+from core.probe import readout_features
 from core.patterns import MapSample, _draw, drawn_inputs, map_kinds
 from core.settings import CaseSettings, MapKind, images_per_batch
 from core.strength import StrengthStats, per_image_arrays, reduce_layer, reduce_norms, stats_from
@@ -78,6 +79,8 @@ class PassResult:
             their origin rows (image = index in the whole set), in the order drawn.
         logits: ``[N, outputs]`` the unmodified model's output (a backbone's pooled features).
         features: ``[N, D]`` the input of the model's head (final CLS / pooled features).
+        probe_input: ``[N, F]`` a backbone's linear-probe input (``core.probe.readout_features``),
+            read from the same pass; ``None`` for a classifier.
     """
 
     importance: HeadImportance
@@ -85,6 +88,7 @@ class PassResult:
     maps: Mapping[MapKind, tuple[torch.Tensor, pd.DataFrame]]
     logits: np.ndarray
     features: np.ndarray
+    probe_input: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -159,7 +163,7 @@ def analyze_set(
         curve=curve,
         strength=part.strength,
         samples=samples_from(handle, {kind: [part.maps[kind]] for kind in part.maps}),
-        predictions=Predictions(logits=part.logits, features=part.features),
+        predictions=Predictions(logits=part.logits, features=part.features, probe_input=part.probe_input),
     )
 
 
@@ -225,6 +229,7 @@ def first_pass(
     maps: dict[MapKind, list[torch.Tensor]] = {kind: [] for kind in picks}
     logits_out: list[np.ndarray] = []
     features_out: list[np.ndarray] = []
+    probe_out: list[np.ndarray] = []
     for start in range(0, n, step):
         part = slice(start, min(start + step, n))
         x = handle.preprocess(list(images[part])).to(handle.device)
@@ -262,6 +267,8 @@ def first_pass(
             unpruned_correct[part] = (clean.logits.argmax(-1) == target).cpu().numpy()
         logits_out.append(clean.logits.float().cpu().numpy())
         features_out.append(clean.features.float().cpu().numpy())
+        if clean.probe_input is not None:
+            probe_out.append(clean.probe_input.float().cpu().numpy())
         # the batch's attention and block inputs go before the next batch allocates its own
         del clean
         if progress is not None:
@@ -272,6 +279,7 @@ def first_pass(
         maps={kind: _joined(chunks, picks[kind], first_image, n, kind) for kind, chunks in maps.items()} if reduce else {},
         logits=np.concatenate(logits_out),
         features=np.concatenate(features_out),
+        probe_input=np.concatenate(probe_out) if probe_out else None,
     )
 
 
@@ -283,6 +291,7 @@ class _Unpruned:
     attention: torch.Tensor | None  # [L, B, H, T, T] on the CPU, dropped once reduced
     target: torch.Tensor
     taylor: np.ndarray | None  # [B, L, H]
+    probe_input: torch.Tensor | None = None  # [B, F] a backbone's linear-probe input
 
 
 def _unpruned(handle: ViTHandle, x: torch.Tensor, given: torch.Tensor, *, taylor: bool, capture: bool = True) -> _Unpruned:
@@ -303,6 +312,7 @@ def _unpruned(handle: ViTHandle, x: torch.Tensor, given: torch.Tensor, *, taylor
         attention=torch.cat([p.attention for p in pieces], dim=1) if capture else None,
         target=torch.cat([p.target for p in pieces]),
         taylor=np.concatenate([p.taylor for p in pieces if p.taylor is not None]) if taylor else None,
+        probe_input=torch.cat([p.probe_input for p in pieces]) if pieces[0].probe_input is not None else None,
     )
 
 
@@ -338,6 +348,8 @@ def _unpruned_chunk(handle: ViTHandle, x: torch.Tensor, given: torch.Tensor, tay
         if gates is not None:
             loss = F.cross_entropy(logits.float(), target.clone(), reduction="sum")
             (grad,) = torch.autograd.grad(loss, gates)
+        # a backbone's linear-probe input, from the tokens this pass already has (no forward)
+        probe_input = readout_features(model, tokens[-1]).detach() if handle.is_backbone else None
     return _Unpruned(
         tokens=tokens,
         logits=logits.detach(),
@@ -345,6 +357,7 @@ def _unpruned_chunk(handle: ViTHandle, x: torch.Tensor, given: torch.Tensor, tay
         attention=attention.cpu() if attention is not None else None,
         target=target,
         taylor=None if grad is None else grad.cpu().numpy(),
+        probe_input=probe_input,
     )
 
 

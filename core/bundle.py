@@ -6,6 +6,9 @@ Layout of a bundle::
     tables/<name>.parquet     one per name in ``TABLES`` (index dropped)
     arrays/<name>.npy         one per name in ``ARRAYS`` (numeric dtypes only)
     images/<image id>.png     the thumbnails the findings cite
+    probe/probe.safetensors   a linear probe's classifier only (format version 5 on): the
+                              probe (``core.probe``); the manifest's model.probe names its
+                              digest, features and the backbone it sits on
 
 Opening a bundle is a security boundary: the file comes from a user. Nothing is
 extracted to disk or unpickled; the ZIP end records are checked before the directory is
@@ -13,8 +16,16 @@ parsed and sizes are checked from the directory before any member is read. Membe
 then read one at a time, each capped at what its kind can honestly be (a table from
 the rows its manifest implies, an array from its shape, a thumbnail small), matched to
 the sha256 the manifest lists, parsed and checked before the next is read, and every
-number in them must be finite, whole where it counts or indexes, and in its range. Any
-failure is a :class:`BundleRejected` with one sentence.
+number in them must be finite, whole where it counts or indexes, and in its range. A
+probe is capped at what its manifest's classes and features take, parsed by
+``core.probe.probe_from_bytes`` (tensors and a JSON card, nothing executed) and must be
+the probe the manifest names. Any failure is a :class:`BundleRejected` with one sentence.
+
+A probe's bundle is opened on the backbone it was computed with::
+
+    probe = bundle_probe(data)  # None: the bundle's model has no probe
+    probed = with_probe(backbone, probe)  # when probe.backbone_key == backbone.key
+    study = load_bundle(data, model_key=probed.key, model_name=probed.name)
 """
 
 from __future__ import annotations
@@ -48,19 +59,33 @@ from core.casestudy import (
     CaseSettings,
     CaseStudy,
 )
-from core.errors import BundleRejected, human_size
+from core.errors import BundleRejected, ProbeRejected, human_size
 from core.importance import BACKBONE_METRICS, METRICS, MODES, RANDOM_ORDER
+from core.probe import MAX_CLASSES as _MAX_PROBE_CLASSES
+from core.probe import MIN_CLASSES as _MIN_PROBE_CLASSES
+from core.probe import LinearProbe, probe_from_bytes
 
 __all__ = [
     "DEFAULT_BUNDLE_LIMITS",
     "MANIFEST",
+    "PROBE_MEMBER",
     "BundleLimits",
+    "bundle_probe",
     "load_bundle",
     "save_bundle",
     "write_bundle",
 ]
 
 MANIFEST = "manifest.json"
+PROBE_MEMBER = "probe/probe.safetensors"
+# The format version that added the probe (a study of a probed model is saved as it).
+_PROBE_VERSION = 5
+# A probe's features: the class token beside the patch mean of a ViT-22B (6,144 wide) is 12,288.
+_MAX_PROBE_FEATURES = 2**14
+# A probe file beyond its float64 weights and bias: the 8-byte length and the JSON header with
+# the card, which ``probe_from_bytes`` caps at 1 MiB, plus safetensors' alignment padding.
+_PROBE_HEADER_BYTES = 8 + 2**20 + 8
+_MAX_KEY_CHARS = 200
 # A fixed timestamp makes the same study give the same bytes (1980 is ZIP's epoch).
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -159,13 +184,14 @@ DEFAULT_BUNDLE_LIMITS = BundleLimits()
 
 
 def save_bundle(study: CaseStudy) -> bytes:
-    """The study as a bundle: a ZIP of its manifest, tables, arrays and thumbnails.
+    """The study as a bundle: a ZIP of its manifest, tables, arrays, thumbnails and probe (if any).
 
     The same study gives the same bytes (with the same library versions).
 
     Raises:
-        ValueError: a thumbnail's image id is not safe as a file name, or an array holds
-            Python objects.
+        ValueError: a thumbnail's image id is not safe as a file name, an array holds
+            Python objects, or the study holds a probe its manifest does not name (or the
+            other way round).
     """
     members: dict[str, bytes] = {}
     # a study opened from an older bundle is saved in its own format version again: without
@@ -186,6 +212,14 @@ def save_bundle(study: CaseStudy) -> bytes:
         if not _IMAGE_ID.fullmatch(image_id):
             raise ValueError(f"Image id {image_id!r} cannot name a bundle member.")
         members[f"images/{image_id}.png"] = bytes(png)
+    named = isinstance(study.manifest.get("model"), Mapping) and "probe" in study.manifest["model"]
+    if named != (study.probe is not None):
+        raise ValueError(
+            "The study's manifest names a linear probe but the study holds none."
+            if named else "The study holds a linear probe that its manifest does not name."
+        )
+    if study.probe is not None:
+        members[PROBE_MEMBER] = bytes(study.probe)
     files = {
         name: {"sha256": hashlib.sha256(content).hexdigest(), "size": len(content)} for name, content in members.items()
     }
@@ -257,29 +291,23 @@ def load_bundle(
 
 def _open(data: bytes, model_key: str | None, model_name: str | None, limits: BundleLimits) -> CaseStudy:
     """:func:`load_bundle` without its memory guard: each member is read, checked and parsed in turn."""
-    if not data:
-        raise BundleRejected("The bundle file is empty; choose a .zip file saved by HeadScope.")
-    _check_end_records(data, limits)
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except ARCHIVE_ERRORS as exc:
-        raise BundleRejected(
-            "This file is not a readable ZIP archive, so it is not a HeadScope bundle (it may be truncated); "
-            "download or save it again."
-        ) from exc
-    with archive:
+    with _archive(data, limits) as archive:
         directory = _checked_directory(archive, limits)
         manifest = _read_manifest(archive, directory, limits)
         _check_settings(manifest)
-        _check_model(manifest, model_key, model_name)
+        probe = _check_model(manifest, model_key, model_name)
         _check_summary(manifest)
         shape = _study_shape(manifest, limits)
-        files = _checked_files(manifest, directory, shape, limits)
-        _check_member_sizes(files, shape, limits)
+        files = _checked_files(manifest, directory, shape, limits, probe)
+        _check_member_sizes(files, shape, limits, probe)
 
         def read(member: str) -> bytes:
             return _read_member(archive, directory[member], files[member])
 
+        probe_file = None
+        if probe is not None:  # first: a small member, and a bundle for another probe stops here
+            probe_file = read(PROBE_MEMBER)
+            _parsed_probe(probe_file, probe)
         tables = {name: _table(name, read(f"tables/{name}.parquet"), shape, limits) for name in TABLES}
         arrays = {name: _array(name, read(f"arrays/{name}.npy"), shape) for name in shape.array_names}
         for name in ARRAYS:  # added after the bundle's format version
@@ -300,7 +328,61 @@ def _open(data: bytes, model_key: str | None, model_name: str | None, limits: Bu
         tables=tables,
         arrays=arrays,
         thumbnails=thumbnails,
+        probe=probe_file,
     )
+
+
+def bundle_probe(data: bytes, *, limits: BundleLimits = DEFAULT_BUNDLE_LIMITS) -> LinearProbe | None:
+    """The linear probe of a bundle computed with a probe's classifier, or ``None`` when its model has none.
+
+    Reads only the manifest and the probe member, with the checks :func:`load_bundle`
+    makes of them (end records, directory, sizes, the sha256 the manifest lists, the
+    digest and class names the manifest names). The probe is not checked against a
+    backbone: build ``core.probe.with_probe(backbone, probe)`` on the backbone whose key is
+    ``probe.backbone_key``, then open the bundle with ``load_bundle(data,
+    model_key=probed.key)``, which reads and checks everything else.
+
+    Raises:
+        BundleRejected: with one sentence: not a bundle, damaged, unsafe, too large, from a
+            newer HeadScope, or its probe missing, damaged or not the one its manifest names.
+    """
+    try:
+        return _open_probe(data, limits)
+    except MemoryError:
+        pass  # raised below, once this frame's references to what was read are gone
+    raise BundleRejected(
+        "Reading this bundle's linear probe needs more memory than is free; close other work and try again."
+    )
+
+
+def _open_probe(data: bytes, limits: BundleLimits) -> LinearProbe | None:
+    """:func:`bundle_probe` without its memory guard."""
+    with _archive(data, limits) as archive:
+        directory = _checked_directory(archive, limits)
+        manifest = _read_manifest(archive, directory, limits)
+        probe = _check_model(manifest, None, None)
+        files = _listed_files(manifest, limits)
+        if probe is None:
+            if PROBE_MEMBER in files or PROBE_MEMBER in directory:
+                raise _unknown_member(PROBE_MEMBER)
+            return None
+        entry = _probe_entry(files, directory)
+        _check_probe_size(entry, probe, limits)
+        return _parsed_probe(_read_member(archive, directory[PROBE_MEMBER], entry), probe)
+
+
+def _archive(data: bytes, limits: BundleLimits) -> zipfile.ZipFile:
+    """The bundle's ZIP archive, once its end records show a directory a bundle can have."""
+    if not data:
+        raise BundleRejected("The bundle file is empty; choose a .zip file saved by HeadScope.")
+    _check_end_records(data, limits)
+    try:
+        return zipfile.ZipFile(io.BytesIO(data))
+    except ARCHIVE_ERRORS as exc:
+        raise BundleRejected(
+            "This file is not a readable ZIP archive, so it is not a HeadScope bundle (it may be truncated); "
+            "download or save it again."
+        ) from exc
 
 
 def _check_end_records(data: bytes, limits: BundleLimits) -> None:
@@ -343,10 +425,10 @@ def _thumbnail(name: str, content: bytes) -> bytes:
     return content
 
 
-def _shown(text: Any) -> str:
-    """Untrusted text fit for a one-line message: printable characters only, shortened."""
+def _shown(text: Any, limit: int = _SHOWN_CHARS) -> str:
+    """Untrusted text fit for a one-line message: printable characters only, shortened to ``limit``."""
     printable = "".join(ch for ch in str(text) if ch.isprintable())
-    return printable if len(printable) <= _SHOWN_CHARS else printable[: _SHOWN_CHARS - 1] + "…"
+    return printable if len(printable) <= limit else printable[: limit - 1] + "…"
 
 
 def _damaged(what: str) -> BundleRejected:
@@ -520,27 +602,147 @@ def _check_summary(manifest: dict[str, Any]) -> None:
     _field(manifest, "versions", lambda value: isinstance(value, dict) and all(isinstance(v, str) for v in value.values()))
 
 
-def _check_model(manifest: dict[str, Any], model_key: str | None, model_name: str | None) -> None:
-    """Refuse a manifest without a model name and key, or whose key is not ``model_key`` (when given)."""
+def _check_model(
+    manifest: dict[str, Any], model_key: str | None, model_name: str | None
+) -> _ProbeFacts | None:
+    """Refuse a manifest without a model name and key, or whose key is not ``model_key`` (when given).
+
+    Returns:
+        What the manifest says of the model's linear probe, ``None`` when it has none.
+    """
     name = _field(manifest, "model.name", lambda value: isinstance(value, str))
     key = _field(manifest, "model.key", lambda value: isinstance(value, str) and bool(value))
+    probe = _probe_facts(manifest)
     if model_key is None or key == model_key:
-        return
-    saved = f"'{_shown(name)}' (weights {_shown(_weights_tag(key))})"
+        return probe
     if model_name:
         loaded = f"'{_shown(model_name)}' (weights {_shown(_weights_tag(model_key))})"
     else:
         loaded = f"key '{_shown(model_key)}'"
+    if probe is None:
+        saved = f"'{_shown(name)}' (weights {_shown(_weights_tag(key))})"
+        raise BundleRejected(
+            f"This bundle was computed with model {saved}; the dashboard has model {loaded} loaded: "
+            "load that model on the home page to open it."
+        )
+    backbone = f"'{_shown(probe.backbone_name)}' (weights {_shown(_weights_tag(probe.backbone_key))})"
+    if model_key == probe.backbone_key or model_key.startswith(f"{probe.backbone_key}-probe-"):
+        # the right backbone, alone or with another probe: the bundle's own probe restores its model
+        alone = "the backbone alone" if model_key == probe.backbone_key else f"the loaded probe {_weights_tag(model_key)}"
+        raise BundleRejected(
+            f"This bundle was computed with a linear probe of {probe.classes} classes (probe {probe.digest[:8]}) "
+            f"on the loaded backbone {backbone}, not with {alone}: open it with its own probe on that backbone."
+        )
     raise BundleRejected(
-        f"This bundle was computed with model {saved}; the dashboard has model {loaded} loaded: "
-        "load that model on the home page to open it."
+        f"This bundle was computed with a linear probe of {probe.classes} classes (probe {probe.digest[:8]}) on "
+        f"{backbone}; the dashboard has model {loaded} loaded: load that backbone on the home page to open it."
     )
 
 
-def _checked_files(
-    manifest: dict[str, Any], directory: dict[str, zipfile.ZipInfo], shape: _StudyShape, limits: BundleLimits
-) -> dict[str, dict[str, Any]]:
-    """The manifest's ``files`` listing, refused unless it lists exactly the archive's other entries."""
+@dataclass(frozen=True)
+class _ProbeFacts:
+    """What a manifest's ``model.probe`` says of the model's linear probe (each fact checked)."""
+
+    digest: str
+    features: int
+    backbone_key: str
+    backbone_name: str
+    class_names: tuple[str, ...]
+
+    @property
+    def classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def most_bytes(self) -> int:
+        """The largest honest probe file: float64 weights ``[C, F]`` and bias ``[C]``, and its header."""
+        return _PROBE_HEADER_BYTES + 8 * self.classes * (self.features + 1)
+
+
+def _probe_facts(manifest: dict[str, Any]) -> _ProbeFacts | None:
+    """The manifest's ``model.probe``, each fact checked; ``None`` when the model has no probe."""
+    model = manifest["model"]  # a JSON object: checked by _check_model
+    if "probe" not in model:
+        return None
+    version = manifest["format_version"]  # checked by _read_manifest
+    if version < _PROBE_VERSION:
+        raise BundleRejected(
+            f"The bundle's {MANIFEST} names a linear probe, which a bundle of format version {version} cannot "
+            f"hold; {_AGAIN}."
+        )
+    digest = _field(manifest, "model.probe.digest", lambda value: isinstance(value, str) and bool(_SHA256.fullmatch(value)))
+    features = _field(manifest, "model.probe.features", lambda value: _is_count(value, _MAX_PROBE_FEATURES))
+    backbone_key = _field(
+        manifest, "model.probe.backbone_key",
+        lambda value: isinstance(value, str) and 0 < len(value) <= _MAX_KEY_CHARS,
+    )
+    backbone_name = _field(manifest, "model.probe.backbone_name", lambda value: isinstance(value, str))
+    names = _field(
+        manifest, "model.class_names",
+        lambda value: isinstance(value, list) and all(isinstance(v, str) for v in value),
+    )
+    if not _MIN_PROBE_CLASSES <= len(names) <= _MAX_PROBE_CLASSES:
+        raise BundleRejected(
+            f"The bundle's {MANIFEST} names a linear probe but {len(names):,} class name{'' if len(names) == 1 else 's'}; "
+            f"a probe has {_MIN_PROBE_CLASSES} to {_MAX_PROBE_CLASSES:,} classes, so {_AGAIN}."
+        )
+    if model["key"] != f"{backbone_key}-probe-{digest[:16]}":
+        raise _damaged(f"its model key is not the key of the probe and backbone its {MANIFEST} names")
+    return _ProbeFacts(
+        digest=digest, features=features, backbone_key=backbone_key, backbone_name=backbone_name,
+        class_names=tuple(names),
+    )
+
+
+def _parsed_probe(content: bytes, facts: _ProbeFacts) -> LinearProbe:
+    """The probe of the bundle's probe member, refused unless it is the probe the manifest names."""
+    try:
+        probe = probe_from_bytes(content)
+    except ProbeRejected as exc:
+        detail = _shown(str(exc).rstrip("."), 4 * _SHOWN_CHARS)  # it may quote the file's card
+        raise BundleRejected(
+            f"The bundle's linear probe cannot be used: {detail[:1].lower() + detail[1:]}; {_AGAIN}."
+        ) from exc
+    if probe.digest != facts.digest:
+        raise BundleRejected(
+            f"The bundle's linear probe is not the one its {MANIFEST} names (probe {probe.digest[:8]}, not "
+            f"{facts.digest[:8]}); {_AGAIN}."
+        )
+    if probe.class_names != facts.class_names or probe.num_features != facts.features:
+        # a digest covers the card, so only a manifest edited after saving gets here
+        raise _damaged(f"its linear probe's classes or features are not the ones its {MANIFEST} names")
+    return probe
+
+
+def _probe_entry(files: dict[str, dict[str, Any]], directory: dict[str, zipfile.ZipInfo]) -> dict[str, Any]:
+    """The ``files`` entry of the probe member of a bundle whose manifest names a probe."""
+    if PROBE_MEMBER not in files:
+        raise BundleRejected(
+            f"The bundle's {MANIFEST} names a linear probe, but the bundle lists no probe file, so its classifier "
+            f"cannot be restored; {_AGAIN}."
+        )
+    if PROBE_MEMBER not in directory:
+        raise _damaged(f"'{PROBE_MEMBER}' is missing")
+    return files[PROBE_MEMBER]
+
+
+def _check_probe_size(entry: dict[str, Any], facts: _ProbeFacts, limits: BundleLimits) -> None:
+    most = min(facts.most_bytes, limits.max_member_bytes)
+    if entry["size"] > most:
+        raise BundleRejected(
+            f"The bundle's file '{PROBE_MEMBER}' is {human_size(entry['size'])}, more than a linear probe of "
+            f"{facts.classes:,} classes and {facts.features:,} features can be ({human_size(most)}); {_AGAIN}."
+        )
+
+
+def _unknown_member(name: str) -> BundleRejected:
+    return BundleRejected(
+        f"The bundle's {MANIFEST} lists '{_shown(name)}', which is not part of a HeadScope bundle; {_AGAIN}."
+    )
+
+
+def _listed_files(manifest: dict[str, Any], limits: BundleLimits) -> dict[str, dict[str, Any]]:
+    """The manifest's ``files`` listing, each entry a valid sha256 and size."""
     files = _field(manifest, "files", lambda value: isinstance(value, dict))
     for name, entry in files.items():
         if not (
@@ -553,6 +755,18 @@ def _checked_files(
             raise BundleRejected(
                 f"The bundle's {MANIFEST} lists '{_shown(name)}' without a valid sha256 and size; {_AGAIN}."
             )
+    return files
+
+
+def _checked_files(
+    manifest: dict[str, Any],
+    directory: dict[str, zipfile.ZipInfo],
+    shape: _StudyShape,
+    limits: BundleLimits,
+    probe: _ProbeFacts | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The manifest's ``files`` listing, refused unless it lists exactly the archive's other entries."""
+    files = _listed_files(manifest, limits)
     for kind, names, suffix in (("table", TABLES, "parquet"), ("array", shape.array_names, "npy")):
         for name in names:
             if f"{kind}s/{name}.{suffix}" not in files:
@@ -560,11 +774,12 @@ def _checked_files(
                     f"The bundle has no {kind} '{name}', so it cannot be opened as a case study; {_AGAIN}."
                 )
     expected = {f"tables/{name}.parquet" for name in TABLES} | {f"arrays/{name}.npy" for name in shape.array_names}
+    if probe is not None:
+        _probe_entry(files, directory)
+        expected.add(PROBE_MEMBER)
     for name in files:
         if name not in expected and not _IMAGE_MEMBER.fullmatch(name):
-            raise BundleRejected(
-                f"The bundle's {MANIFEST} lists '{_shown(name)}', which is not part of a HeadScope bundle; {_AGAIN}."
-            )
+            raise _unknown_member(name)
         if name not in directory:
             raise _damaged(f"'{_shown(name)}' is missing")
     for name in directory:
@@ -838,9 +1053,14 @@ def _study_shape(manifest: dict[str, Any], limits: BundleLimits) -> _StudyShape:
     )
 
 
-def _check_member_sizes(files: dict[str, dict[str, Any]], shape: _StudyShape, limits: BundleLimits) -> None:
+def _check_member_sizes(
+    files: dict[str, dict[str, Any]], shape: _StudyShape, limits: BundleLimits, probe: _ProbeFacts | None = None
+) -> None:
     """Refuse, before any is read, a member larger than its kind can be for this study."""
     for member, entry in files.items():
+        if member == PROBE_MEMBER and probe is not None:  # listed only when the manifest names a probe
+            _check_probe_size(entry, probe, limits)
+            continue
         kind, name = member.split("/", 1)
         name = name.rsplit(".", 1)[0]
         if kind == "tables":

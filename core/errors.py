@@ -14,6 +14,7 @@ __all__ = [
     "NonFiniteOutputs",
     "NotEnoughImages",
     "OutOfMemory",
+    "ProbeRejected",
     "UnsupportedMapKind",
     "UnsupportedMetric",
     "UnsupportedModel",
@@ -57,6 +58,11 @@ class OutOfMemory(HeadScopeError):
 class UnsupportedMetric(HeadScopeError, ValueError):
     """A metric or target the model cannot give: a class-based one asked of a backbone without classes,
     a name that is no head-importance metric, or a metric a case study does not hold."""
+
+
+class ProbeRejected(HeadScopeError):
+    """A linear probe cannot be used: not a probe file, a card that does not match its weights, or fitted
+    on another backbone or feature input."""
 
 
 class BundleRejected(HeadScopeError):

@@ -41,6 +41,7 @@ __all__ = [
     "UploadLimits",
     "decode_image",
     "demo_digits_set",
+    "fashion_sample_set",
     "image_id",
     "image_set_from_files",
     "image_set_from_folder",
@@ -905,6 +906,26 @@ def demo_digits_set(seed: int, test_fraction: float) -> ImageSet:
         for index, picture, label in zip(split.test, pictures, labels, strict=True)
     ]
     return ImageSet.from_images(_titled("Digits, held-out split", len(images)), images)
+
+
+FASHION_SAMPLE = Path(__file__).resolve().parent.parent / "data" / "fashion_sample"
+
+
+def fashion_sample_set(class_names: Sequence[str], folder: Path = FASHION_SAMPLE) -> ImageSet:
+    """The Fashion-MNIST test images shipped in ``data/fashion_sample`` (one folder per class), labelled.
+
+    Names are ``"t10k-01234 (Coat)"``: the image's index in Fashion-MNIST's test split and its class.
+
+    Raises:
+        ImageRejected: the folder is missing or holds no image of these classes.
+    """
+    images = []
+    for label, name in enumerate(class_names):
+        for path in sorted((folder / name).glob("*.png")) if (folder / name).is_dir() else ():
+            images.append(decode_image(path.read_bytes(), f"{path.stem} ({name})", label=label))
+    if not images:
+        raise ImageRejected(f"The Fashion-MNIST sample images in {folder.name} are missing; rebuild them with scripts/train_probe.py.")
+    return ImageSet.from_images(_titled("Fashion-MNIST test images", len(images)), images)
 
 
 # Natural photos that ship inside scikit-image, so the ImageNet demo works offline.

@@ -10,9 +10,10 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from core._hooks import capture_head_input, locked_forward
+from core._hooks import HookSet, capture_head_input, locked_forward
 from core._memory import out_of_memory_as_sentence
 from core.model import ViTHandle
+from core.probe import readout_features
 from core.settings import images_per_batch
 
 __all__ = [
@@ -32,10 +33,13 @@ class Predictions:
     Attributes:
         logits: ``[N, classes]`` classifier outputs.
         features: ``[N, D]`` the classifier's input (final CLS / pooled features).
+        probe_input: ``[N, F]`` a backbone's linear-probe input (``core.probe.readout_features``),
+            when the pass that made these predictions read it; else ``None``.
     """
 
     logits: np.ndarray
     features: np.ndarray
+    probe_input: np.ndarray | None = None
 
     @property
     def probs(self) -> np.ndarray:
@@ -63,19 +67,41 @@ def predict_images(
     ``batch_size`` caps the batch (see ``core.settings.images_per_batch``).
     """
     batch_size = images_per_batch(handle, batch_size)
+    model = handle.model
     logits: list[torch.Tensor] = []
     features: list[torch.Tensor] = []
+    probe_input: list[torch.Tensor] = []
+
+    def install(store: dict[str, torch.Tensor]) -> Callable[[HookSet], None]:
+        def keep_probe_input(_m: torch.nn.Module, _i: object, output: torch.Tensor) -> None:
+            # read in the hook, under the model's lock as every use of its modules is; returns None,
+            # which leaves the block's output as it is
+            store.setdefault("probe", readout_features(model, output))
+
+        def hooks_for(hooks: HookSet) -> None:
+            capture_head_input(hooks, model, store)
+            if handle.is_backbone:  # the last block's tokens give the linear probe's input
+                hooks.forward(model.blocks[-1], keep_probe_input)
+
+        return hooks_for
+
     for start in range(0, len(images), batch_size):
         x = handle.preprocess(images[start:start + batch_size])
         store: dict[str, torch.Tensor] = {}
-        out = locked_forward(handle, x, lambda hooks: capture_head_input(hooks, handle.model, store))
+        out = locked_forward(handle, x, install(store))
         logits.append(out.float().cpu())
         features.append(store["features"].float().cpu())
+        if "probe" in store:
+            probe_input.append(store["probe"].float().cpu())
         if progress is not None:
             progress(min(start + batch_size, len(images)), len(images))
     if not logits:
         raise ValueError("predict_images needs at least one image")
-    return Predictions(logits=torch.cat(logits).numpy(), features=torch.cat(features).numpy())
+    return Predictions(
+        logits=torch.cat(logits).numpy(),
+        features=torch.cat(features).numpy(),
+        probe_input=torch.cat(probe_input).numpy() if probe_input else None,
+    )
 
 
 def top_k(probs: np.ndarray, class_names: Sequence[str], k: int = 5) -> pd.DataFrame:

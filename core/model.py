@@ -23,7 +23,7 @@ import weakref
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from urllib.parse import urlparse
 
 import torch
@@ -46,6 +46,9 @@ from core.errors import (
     UnsupportedModel,
 )
 
+if TYPE_CHECKING:
+    from core.probe import LinearProbe
+
 __all__ = [
     "BUILTIN_MODELS",
     "DATA_DIR",
@@ -53,6 +56,8 @@ __all__ = [
     "DEMO_CARD",
     "DEMO_NAME",
     "DINOV2_NAME",
+    "FASHION_NAME",
+    "FASHION_PROBE",
     "LoadProgress",
     "ViTHandle",
     "imagenet_class_names",
@@ -68,10 +73,14 @@ DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 DEMO_CARD = DATA_DIR / "demo_vit.json"
 DEMO_NAME = "demo"
 DINOV2_NAME = "dinov2-s"
+FASHION_NAME = "dinov2-s-fashion"
+# The linear probe that makes DINOv2-S a Fashion-MNIST classifier (scripts/train_probe.py writes it).
+FASHION_PROBE = DATA_DIR / "dinov2_s_fashion_probe.safetensors"
 # The models HeadScope ships (or prepares offline from a registry package), for the model picker.
 BUILTIN_MODELS: dict[str, str] = {
     DEMO_NAME: "digits ViT: 6 layers x 6 heads, 8x8 grayscale digits, 10 classes",
     DINOV2_NAME: "DINOv2 ViT-S/14: self-supervised backbone, 12 layers x 6 heads, 224 px, no classifier",
+    FASHION_NAME: "DINOv2 ViT-S/14 with a linear probe for Fashion-MNIST's 10 clothing classes: a real classifier",
 }
 # A model whose native grid has more patches than ViT-B/16 at 384 px (24 x 24) runs at
 # DEFAULT_IMG_SIZE unless the user picks a size: DINOv2 is built at 518 px (37 x 37
@@ -144,6 +153,8 @@ class ViTHandle:
         key: content hash of architecture and weights; keys every cached result.
         data_config: timm data config (input_size, mean, std, interpolation, crop_pct).
         card: the demo model's JSON card, else ``None``.
+        probe: the linear probe that gives a backbone its classes (``core.probe``), else ``None``.
+        backbone: the backbone handle the probe sits on, else ``None``.
     """
 
     model: nn.Module
@@ -157,6 +168,8 @@ class ViTHandle:
     key: str
     data_config: Mapping[str, Any]
     card: Mapping[str, Any] | None = None
+    probe: "LinearProbe | None" = None
+    backbone: "ViTHandle | None" = None
     _transform: Callable[[Image.Image], torch.Tensor] = field(default=None, repr=False)  # type: ignore[assignment]
 
     @property
@@ -261,6 +274,8 @@ def load_model(
             if img_size is not None:
                 raise InvalidSetting("The demo model runs at its own 8x8 input size only.")
             return _load_demo(device)
+        if name == FASHION_NAME:
+            return _load_fashion(device, img_size, progress)
         return _load_dinov2(device, img_size, progress)
     from core import hfmodels
 
@@ -390,6 +405,34 @@ def _load_dinov2(device: str | torch.device | None, img_size: int | None, progre
     return _make_handle(model, name=DINOV2_NAME if size == DEFAULT_IMG_SIZE else f"{DINOV2_NAME} ({size} px)", device=device)
 
 
+def _load_fashion(device: str | torch.device | None, img_size: int | None, progress: LoadProgress | None) -> ViTHandle:
+    """DINOv2-S with the shipped Fashion-MNIST probe, checked against the weights it was fitted on."""
+    from core import dinov2
+    from core.errors import ProbeRejected
+    from core.probe import probe_from_bytes, with_probe
+
+    if img_size not in (None, DEFAULT_IMG_SIZE):
+        raise InvalidSetting(f"'{FASHION_NAME}' runs at {DEFAULT_IMG_SIZE} px, the size its probe was fitted at.")
+    rebuild = "rebuild it with scripts/train_probe.py"
+    try:
+        data = FASHION_PROBE.read_bytes()
+    except OSError as err:
+        raise ModelUnavailable(f"The Fashion-MNIST probe {FASHION_PROBE.name} is missing; {rebuild}.") from err
+    backbone = _load_dinov2(device, None, progress)
+    try:
+        # the backbone is checked by its weights' sha256 below: its key also hashes timm's repr of the model
+        probe = probe_from_bytes(data, backbone, check_key=False)
+    except ProbeRejected as err:
+        raise ModelUnavailable(f"The Fashion-MNIST probe {FASHION_PROBE.name} cannot be used ({err}); {rebuild}.") from err
+    weights = dinov2.weights_sha256(dinov2.cache_dir() / dinov2.WEIGHTS_FILE)
+    if probe.backbone_weights_sha256 != weights:
+        raise ModelUnavailable(
+            f"The Fashion-MNIST probe was fitted on DINOv2-S weights {str(probe.backbone_weights_sha256)[:12]}, "
+            f"but the weights prepared here are {weights[:12]}; {rebuild}."
+        )
+    return with_probe(backbone, probe, name=FASHION_NAME, check_key=False)
+
+
 def _check_img_size(img_size: int, patch: int) -> int:
     if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < patch or img_size % patch:
         raise InvalidSetting(
@@ -492,6 +535,8 @@ def _make_handle(
     refuse: type[HeadScopeError] = ModelUnavailable,
     data_config: Mapping[str, Any] | None = None,
     transform: Callable[[Image.Image], torch.Tensor] | None = None,
+    probe: LinearProbe | None = None,
+    backbone: ViTHandle | None = None,
 ) -> ViTHandle:
     """Describe ``model`` and probe it once; a model whose outputs are not finite is refused with ``refuse``.
 
@@ -530,6 +575,8 @@ def _make_handle(
         key=key or f"{type(model).__name__}-{_model_digest(model)}",
         data_config=dict(data_config),
         card=card,
+        probe=probe,
+        backbone=backbone,
         _transform=transform,
     )
     _probe_outputs(handle, refuse)

@@ -714,7 +714,7 @@ class StagedAnalysis:
             importance=part.importance,
             strength=part.strength,
             samples=samples_from(handle, {kind: [part.maps[kind]] for kind in part.maps}),
-            predictions=Predictions(logits=part.logits, features=part.features),
+            predictions=Predictions(logits=part.logits, features=part.features, probe_input=part.probe_input),
         )
         with self._lock:
             self._preview = preview

@@ -55,6 +55,8 @@ if handle.is_backbone:
     )
     shown_metrics = " and ".join(map(_metric_name, metrics_for(handle)))
     st.info(f"Only {shown_metrics} are offered for {plain(handle.name)}: {BACKBONE_REASON}.")
+    can_fit, hint = session.probe_offer(handle, ctx.image_set)
+    st.caption(plain(hint) + (" The Overview page fits it in seconds." if can_fit else ""))
 else:
     st.caption(
         "Pruning a head sets all its attention weights to zero, so it adds nothing to the residual stream. "

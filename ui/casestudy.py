@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from core.bundle import load_bundle
+from core.bundle import bundle_probe, load_bundle
 from core.casestudy import CaseStudy, assemble
 from core.errors import HeadScopeError
 from core.images import ImageSet
@@ -129,12 +129,35 @@ def open_bundle(file_name: str, data: bytes, handle: ViTHandle) -> str | None:
     if refused is not None and refused[0] == (digest, handle.key):
         return refused[1]  # the same file again (any rerun while it sits in the uploader): not read twice
     try:
-        study = load_bundle(data, model_key=handle.key, model_name=handle.name)
+        model, probe_file = _bundle_model(data, handle)
+        study = load_bundle(data, model_key=model.key, model_name=model.name)
     except HeadScopeError as err:
         st.session_state[REFUSED_KEY] = ((digest, handle.key), str(err))
         return str(err)
     st.session_state[OPENED_KEY] = OpenedBundle(digest, file_name, study)
+    if probe_file is not None:  # the bundle's classifier: its probe on the active backbone
+        error = session.activate_probe(probe_file)
+        if error:
+            st.session_state.pop(OPENED_KEY, None)
+            return error
+        st.rerun()
     return None
+
+
+def _bundle_model(data: bytes, handle: ViTHandle) -> tuple[ViTHandle, bytes | None]:
+    """The model a bundle was computed with, when the session can give it: a bundle saved with a linear
+    probe opens on its backbone with that probe (returned as its file, to activate once the bundle opens).
+
+    Otherwise ``handle`` itself, which ``load_bundle`` refuses with the sentence that names the bundle's model.
+    """
+    probe = bundle_probe(data)
+    if probe is None or (handle.probe is not None and handle.probe.digest == probe.digest):
+        return handle, None
+    backbone = handle.backbone if handle.probe is not None else handle
+    if backbone is None or not backbone.is_backbone or backbone.key != probe.backbone_key:
+        return handle, None
+    probe_file = probe.to_bytes()
+    return session.probed_model(probe_file), probe_file
 
 
 def opened_bundle() -> OpenedBundle | None:

@@ -15,8 +15,8 @@ import time
 import uuid
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Iterator, Mapping
+from dataclasses import dataclass, replace
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,11 +25,14 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from core.analysis import SetAnalysis
 from core.casestudy import set_labels
-from core.errors import HeadScopeError
-from core.images import ImageSet, demo_digits_set, image_set_from_files, image_set_from_zip, sample_photos_set
+from core.errors import HeadScopeError, ProbeRejected
+from core.images import (
+    ImageSet, demo_digits_set, fashion_sample_set, image_set_from_files, image_set_from_zip, sample_photos_set,
+)
 from core.inference import Predictions, Progress, predict_images
 from core.hfmodels import load_transformers
-from core.model import DEMO_NAME, ViTHandle, imagenet_synsets, load_model
+from core.model import DEMO_NAME, DINOV2_NAME, FASHION_NAME, ViTHandle, imagenet_synsets, load_model
+from core.probe import MAX_FIT_IMAGES, check_probe_labels, fit_probe, probe_features, probe_from_bytes, with_probe
 from core.projection import layout_2d, umap_failed, umap_ready
 from core.settings import RUNNING_ANALYSES, CaseSettings
 from core.staged import AUTO_START_SECONDS, JobView, Preview, RunSlots, StagedAnalysis
@@ -55,21 +58,28 @@ __all__ = [
     "UPLOAD",
     "UPLOADED_KEY",
     "ZIP",
+    "NO_LABELS_HINT",
+    "PROBE_KEY",
     "FocusSelection",
     "ModelSpec",
     "PageContext",
+    "activate_probe",
     "active_image_set",
     "analysis",
     "analysis_job",
     "current_model",
     "current_spec",
     "focus",
+    "fit_probe_on_set",
     "focus_image_id",
     "forget_upload",
     "overview_points",
     "page_context",
     "pick_head",
     "predictions",
+    "probe_offer",
+    "probed_model",
+    "remove_probe",
     "preview",
     "importance_so_far",
     "progress_bar",
@@ -88,6 +98,8 @@ SOURCE_CHOICE_KEY = "image_source_choice"  # the same choice, kept while other p
 UPLOADED_KEY = "uploaded_set"
 FOCUS_KEY = "focus"
 START_CHECKED_KEY = "start_model_checked"  # the environment's start model was tried in this session
+PROBE_KEY = "probe_bytes"  # the active linear probe's file (ModelSpec.probe_digest is its sha256)
+NO_LABELS_HINT = "Upload a ZIP with one folder per class to ask which heads your classes need."
 
 # The model a new session starts on (default: the demo model), for a server run on one model:
 # a built-in or timm name, a checkpoint file on the server's disk for that timm name, an input size
@@ -112,6 +124,8 @@ class ModelSpec:
         transformers_zip: the "checkpoint" is an uploaded ZIP of a save_pretrained folder.
         server_paths: ``name`` may be a folder or file on the server; only the environment's
             start model may, never what a visitor types.
+        probe_digest: sha256 of the linear probe file that gives this backbone its classes
+            (``core.probe``); the session keeps its bytes. ``None``: the model as loaded.
     """
 
     name: str = DEMO_NAME
@@ -120,6 +134,7 @@ class ModelSpec:
     checkpoint_path: str | None = None
     transformers_zip: bool = False
     server_paths: bool = False
+    probe_digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -184,11 +199,22 @@ def _cached_model(
             bar.empty()
 
 
-def _load(spec: ModelSpec, checkpoint: bytes | None = None) -> ViTHandle:
-    return _cached_model(
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _cached_probed(backbone_key: str, probe_digest: str, _backbone: ViTHandle, _probe: bytes) -> ViTHandle:
+    # shares the backbone's parameters: a probed model costs its head and module objects only
+    return with_probe(_backbone, probe_from_bytes(_probe, _backbone))
+
+
+def _load(spec: ModelSpec, checkpoint: bytes | None = None, probe: bytes | None = None) -> ViTHandle:
+    handle = _cached_model(
         spec.name, spec.checkpoint_digest, spec.img_size, spec.checkpoint_path or checkpoint,
         spec.transformers_zip, spec.server_paths,
     )
+    if spec.probe_digest is None:
+        return handle
+    if probe is None:
+        raise ProbeRejected("The linear probe of this session is no longer held; fit or upload it again.")
+    return _cached_probed(handle.key, spec.probe_digest, handle, probe)
 
 
 def umap_pending() -> bool:
@@ -247,13 +273,14 @@ def current_model() -> ViTHandle:
     spec = current_spec()
     checkpoints: dict[str, bytes] = st.session_state.get("checkpoints", {})
     try:
-        return _load(spec, checkpoints.get(spec.checkpoint_digest or ""))
+        return _load(spec, checkpoints.get(spec.checkpoint_digest or ""), st.session_state.get(PROBE_KEY))
     except HeadScopeError as err:
         if spec == ModelSpec():
             raise
         st.error(plain(f"{err} Switched back to the demo model."))
         st.session_state[MODEL_KEY] = ModelSpec()
         st.session_state.pop("checkpoints", None)
+        st.session_state.pop(PROBE_KEY, None)
         st.session_state.pop(UPLOADED_KEY, None)  # its labels belong to the model that failed
         return _load(ModelSpec())
 
@@ -276,22 +303,156 @@ def switch_model(
         return str(err)
     st.session_state["checkpoints"] = {digest: checkpoint} if digest and checkpoint else {}
     st.session_state[MODEL_KEY] = spec
+    st.session_state.pop(PROBE_KEY, None)
     st.session_state.pop(UPLOADED_KEY, None)  # labels of a ZIP depend on the model's classes
     return None
+
+
+# --- linear probes ---------------------------------------------------------------------
+
+
+def probe_offer(handle: ViTHandle, image_set: ImageSet) -> tuple[bool, str]:
+    """Whether a linear probe can be fitted on this backbone and set, and the sentence to show with it.
+
+    A backbone with a labelled set (one folder per class) is offered a probe; a set a probe
+    cannot be fitted on gets the reason, and a set without labels the way to get them.
+    """
+    if not handle.is_backbone:
+        return False, ""
+    if not image_set.label_names:
+        return False, NO_LABELS_HINT
+    try:
+        check_probe_labels(image_set.labels, image_set.label_names)
+    except HeadScopeError as err:
+        return False, f"{err}"
+    classes = len({label for label in image_set.labels if label is not None})
+    return True, (
+        f"This backbone has no classes, but the set has {classes} labelled folders: fit a linear probe on the "
+        "backbone's features to ask which heads your classes need."
+    )
+
+
+def fit_probe_on_set(handle: ViTHandle, image_set: ImageSet) -> str | None:
+    """Fit a linear probe on the set's labels and make the backbone plus probe the active model.
+
+    The features come from the pass that already gave the overview (no new forward
+    pass). Returns the sentence that says why not, or ``None``; on failure the backbone
+    stays active.
+    """
+    offered, why = probe_offer(handle, image_set)
+    if not offered:
+        return why or "A linear probe goes on a backbone."
+    features = predictions(handle, image_set).probe_input
+    if features is None:  # predictions read before probes existed in this process: one pass again
+        features = _probe_features(handle.key, image_set.key, handle, image_set)
+    labelled = sum(label is not None for label in image_set.labels)
+    with st.spinner(f"Fitting a linear probe on {min(labelled, MAX_FIT_IMAGES):,} images (cross-validated)…"):
+        try:
+            probe = fit_probe(features, image_set.labels, image_set.label_names, backbone=handle)
+        except HeadScopeError as err:
+            return str(err)
+    return activate_probe(probe.to_bytes())
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def _probe_features(model_key: str, set_key: str, _handle: ViTHandle, _images: ImageSet) -> np.ndarray:
+    with progress_bar(f"Reading the features of {len(_images)} images…", "Read {done} of {total} images…") as progress:
+        return probe_features(_handle, _images.pil_images(), progress=progress)
+
+
+def activate_probe(data: bytes) -> str | None:
+    """Put the linear probe in ``data`` on the active backbone; returns the sentence that says why not, or ``None``.
+
+    On an active probed model the new probe replaces its probe. An uploaded ZIP's labels
+    (folder names) become the probe's class indices where the names match, so accuracy
+    and the class targets read them; nothing changes when the probe is refused.
+    """
+    handle = current_model()
+    backbone = handle.backbone if handle.probe is not None else handle
+    if backbone is None or not backbone.is_backbone:
+        return f"'{handle.name}' already has classes; a linear probe goes on a backbone."
+    try:
+        probed = probed_model(data)
+    except HeadScopeError as err:
+        return str(err)
+    st.session_state[MODEL_KEY] = replace(_backbone_spec(), probe_digest=hashlib.sha256(data).hexdigest())
+    st.session_state[PROBE_KEY] = data
+    _relabel_upload(handle.class_names or None, probed.class_names)
+    return None
+
+
+def probed_model(data: bytes) -> ViTHandle:
+    """The active backbone with the probe in ``data``, without making it the active model.
+
+    Raises:
+        ProbeRejected: the probe does not fit the backbone (or any loading error of the backbone).
+    """
+    spec = replace(_backbone_spec(), probe_digest=hashlib.sha256(data).hexdigest())
+    return _load(spec, _checkpoint_of(spec), data)
+
+
+def remove_probe() -> None:
+    """Back to the bare backbone; an uploaded set's labels name its folders again."""
+    handle = current_model()
+    if handle.probe is None:
+        return
+    st.session_state[MODEL_KEY] = _backbone_spec()
+    st.session_state.pop(PROBE_KEY, None)
+    _relabel_upload(handle.class_names, [])
+
+
+def _backbone_spec() -> ModelSpec:
+    """The active model's backbone without a probe (the built-in Fashion-MNIST classifier's is ``dinov2-s``)."""
+    spec = current_spec()
+    if spec.name == FASHION_NAME:
+        return ModelSpec(DINOV2_NAME)
+    return replace(spec, probe_digest=None)
+
+
+def _checkpoint_of(spec: ModelSpec) -> bytes | None:
+    return st.session_state.get("checkpoints", {}).get(spec.checkpoint_digest or "")
+
+
+def _relabel_upload(old_classes: Sequence[str] | None, new_classes: Sequence[str]) -> None:
+    """The uploaded set with labels that index ``new_classes`` (the set's own names for a backbone: ``[]``).
+
+    Labels index ``old_classes`` (``None``: the set's own label names); a label whose name
+    is not among the new classes becomes unknown.
+    """
+    kept = st.session_state.get(UPLOADED_KEY)
+    if kept is None:
+        return
+    key, image_set, notes = kept
+    names = list(old_classes) if old_classes is not None else list(image_set.label_names)
+    if not names:
+        return  # no labels to carry over
+    target = list(new_classes) if new_classes else names
+    index = {name: i for i, name in enumerate(target)}
+    images = [
+        replace(item, label=None if item.label is None else index.get(names[item.label])) for item in image_set.images
+    ]
+    relabelled = ImageSet.from_images(image_set.title, images, label_names=() if new_classes else target)
+    st.session_state[UPLOADED_KEY] = (f"{key}:{relabelled.key}", relabelled, notes)
 
 
 # --- images ----------------------------------------------------------------------------
 
 
 @st.cache_data(max_entries=4, show_spinner="Preparing the sample images…")
-def _sample_set(model_name: str, seed: int | None, test_fraction: float | None) -> ImageSet:
+def _sample_set(model_name: str, seed: int | None, test_fraction: float | None, classes: tuple[str, ...] = ()) -> ImageSet:
     if seed is not None and test_fraction is not None:
         return demo_digits_set(seed, test_fraction)
+    if model_name == FASHION_NAME:
+        return fashion_sample_set(classes)
     return sample_photos_set()
 
 
 def sample_set(handle: ViTHandle) -> ImageSet:
-    """The model's own samples: the held-out digits for the demo model, else scikit-image photos."""
+    """The model's own samples: the held-out digits for the demo model, Fashion-MNIST test images for
+    the Fashion-MNIST classifier, else scikit-image photos."""
+    if handle.name == FASHION_NAME:
+        with sentence_on_error():
+            return _sample_set(FASHION_NAME, None, None, tuple(handle.class_names))
     split = (handle.card or {}).get("split", {})
     return _sample_set(handle.name if handle.card else "photos", split.get("seed"), split.get("test_fraction"))
 
@@ -575,12 +736,15 @@ def page_context() -> PageContext:
     The sidebar shows what is being analysed, lets the user change the focus image and the
     focus head from any page, and links to every page (the Overview page picks the model and images).
     """
+    from ui.probe import probe_header  # ui.probe builds on this module
+
     navigation.sidebar_links()
     handle = current_model()
     image_set = active_image_set(handle)
     focus_id = focus_image_id(image_set)
     _clamp_focus_head(handle)
     _focus_sidebar(handle, image_set, focus_id)
+    probe_header(handle)
     # the set's analysis is read where a view needs it: an opened bundle needs none
     return PageContext(handle, image_set, focus_id, focus())
 

@@ -253,3 +253,184 @@ def test_the_command_line_streams_its_folder(tmp_path):
     many = _peak_mib(_photo_folder(tmp_path / "many", large), tmp_path / "many.zip")
     per_image = (many - few) / (large - small)
     assert per_image < 0.1, f"{few:.0f} MiB for {small} photos, {many:.0f} MiB for {large}: {per_image:.3f} MiB per photo"
+
+
+# --- a backbone with a linear probe (--probe) ----------------------------------------------
+
+PROBE_FAST = ["--layout", "pca", "--max-maps", "100", "--top-k", "1", "--hurt-images", "1", "--curve-steps", "1", "--clusters", "2"]
+PROBE_CLASSES = ("ant", "bee", "cat")
+
+
+def _class_folder(root: Path, counts: dict[str, int], seed: int = 0) -> Path:
+    """ImageFolder layout of 48 px noise images, each class a brightness of its own."""
+    rng = np.random.default_rng(seed)
+    for c, (name, count) in enumerate(counts.items()):
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            pixels = np.clip(rng.normal(60 + 60 * c, 40, (48, 48, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{name}{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def probe_backbone(tmp_path_factory) -> tuple[Path, list[str]]:
+    """timm's tiny ``test_vit`` saved without a classifier, and the arguments that load it at 48 px."""
+    import timm
+    import torch
+    from safetensors.torch import save
+
+    torch.manual_seed(0)
+    weights = tmp_path_factory.mktemp("backbone") / "backbone.safetensors"
+    weights.write_bytes(save(dict(timm.create_model("test_vit", pretrained=False, num_classes=0).state_dict())))
+    return weights, ["--model", "test_vit", "--checkpoint", str(weights), "--img-size", "48"]
+
+
+def _run(argv: list[str]) -> tuple[int, str, str]:
+    """``main(argv)`` in this process: exit code, stdout, stderr."""
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def probe_fit(probe_backbone, tmp_path_factory):
+    """``--probe fit --save-probe`` on 3 classes of 5 images: the run, the bundle and the probe file."""
+    where = tmp_path_factory.mktemp("probe_fit")
+    folder = _class_folder(where / "images", dict.fromkeys(PROBE_CLASSES, 5))
+    out, saved = where / "fit.zip", where / "probe.safetensors"
+    _, model = probe_backbone
+    done = _run(["analyze", *model, "--images", str(folder), "--out", str(out), *PROBE_FAST,
+                 "--probe", "fit", "--save-probe", str(saved)])
+    return done, folder, out, saved
+
+
+def test_probe_fit_analyses_the_backbone_as_a_classifier_and_keeps_the_probe(probe_fit, probe_backbone):
+    from core.bundle import bundle_probe
+    from core.model import load_model
+    from core.probe import probe_from_bytes, with_probe
+
+    (code, stdout, stderr), folder, out, saved = probe_fit
+    assert code == 0, stderr
+    assert "probe features" in stderr and "Traceback" not in stderr  # the features' progress line
+    probe = probe_from_bytes(saved.read_bytes())
+    assert probe.class_names == PROBE_CLASSES and probe.images == 15
+    assert probe.summary() in stdout
+    assert bundle_probe(out.read_bytes()).digest == probe.digest
+    weights, _ = probe_backbone
+    backbone = load_model("test_vit", checkpoint=weights, device="cpu", img_size=48)
+    probed = with_probe(backbone, probe)
+    study = load_bundle(out.read_bytes(), model_key=probed.key, model_name=probed.name)
+    assert study.manifest["model"]["class_names"] == list(PROBE_CLASSES)
+    assert study.manifest["model"]["probe"]["backbone_key"] == backbone.key
+    assert study.metrics == ("probability", "accuracy", "layer_impact", "output_impact", "taylor")
+    labels = {image["name"]: image["label"] for image in study.manifest["image_set"]["images"]}
+    assert labels == {f"{name}{i}.png": c for c, name in enumerate(PROBE_CLASSES) for i in range(5)}
+    assert f"{probed.name}: 6 layers x 2 heads" in stderr
+    assert "Top heads by probability" in stdout
+
+
+def test_probe_file_gives_the_bundle_of_probe_fit(probe_fit, probe_backbone, tmp_path):
+    (code, _, stderr), folder, fitted, saved = probe_fit
+    assert code == 0, stderr
+    out = tmp_path / "file.zip"
+    _, model = probe_backbone
+    code, stdout, stderr = _run(["analyze", *model, "--images", str(folder), "--out", str(out), *PROBE_FAST, "--probe", str(saved)])
+    assert code == 0, stderr
+    assert "probe features" not in stderr  # nothing fitted
+    first, again = load_bundle(fitted.read_bytes()), load_bundle(out.read_bytes())
+    assert again.probe == first.probe == saved.read_bytes()
+    assert again.manifest["model"] == first.manifest["model"] and again.manifest["image_set"] == first.manifest["image_set"]
+    for name, table in first.tables.items():
+        pd.testing.assert_frame_equal(again.tables[name], table, check_exact=False, atol=1e-6)
+    for name, array in first.arrays.items():
+        np.testing.assert_allclose(again.arrays[name], array, atol=1e-6, err_msg=name)
+
+
+def test_probe_file_labels_the_folders_matching_its_classes(tmp_path):
+    """Folders are matched to the probe's classes as to a classifier's; other folders' images have no label."""
+    from core.__main__ import _labelled_by_classes
+
+    folder = _class_folder(tmp_path / "images", {"Bee": 2, "ant": 2, "dog": 1})
+    backbone_set, _ = image_set_from_folder(folder, [])
+    assert backbone_set.label_names == ("Bee", "ant", "dog")
+    relabelled, notes = _labelled_by_classes(backbone_set, PROBE_CLASSES)
+    assert {item.name: item.label for item in relabelled.images} == {
+        "Bee0.png": 1, "Bee1.png": 1, "ant0.png": 0, "ant1.png": 0, "dog0.png": None,
+    }
+    assert relabelled.label_names == () and [item.id for item in relabelled.images] == [item.id for item in backbone_set.images]
+    assert notes == ["Folders that match none of the probe's classes, so their images have no label: dog."]
+
+
+def _probe_variant(saved: Path, where: Path, change) -> Path:
+    """The saved probe changed by ``change(probe) -> bytes``, written next to it."""
+    from core.probe import probe_from_bytes
+
+    path = where / "variant.safetensors"
+    path.write_bytes(change(probe_from_bytes(saved.read_bytes())))
+    return path
+
+
+def _nan_weights(probe) -> bytes:
+    import dataclasses
+
+    weight = probe.weight.copy()
+    weight[1, 2] = np.nan
+    return dataclasses.replace(probe, weight=weight).to_bytes()
+
+
+def _lying_card(probe) -> bytes:
+    import json
+
+    import torch
+    from safetensors.torch import save
+
+    card = {**probe.card(), "features": probe.num_features + 1}
+    tensors = {"weight": torch.from_numpy(probe.weight.copy()), "bias": torch.from_numpy(probe.bias.copy())}
+    return save(tensors, metadata={"headscope_probe": json.dumps(card)})
+
+
+def _other_backbone(probe) -> bytes:
+    import dataclasses
+
+    return dataclasses.replace(probe, backbone_key="test_vit-0123456789abcdef", backbone_name="another test_vit").to_bytes()
+
+
+@pytest.mark.parametrize(
+    "folder_counts, probe, extra, message",
+    [
+        (dict.fromkeys(PROBE_CLASSES, 5), "fit", ["--model", "demo"], "'demo' already has 10 classes"),
+        ({"ant": 5}, "fit", [], "--probe fit needs at least 2 class subfolders"),
+        ({"ant": 5, "bee": 3}, "fit", [], "The class 'bee' has 3 images; a linear probe needs at least 5"),
+        (dict.fromkeys(PROBE_CLASSES, 5), "FILE", ["--save-probe", "again.safetensors"], "--save-probe writes a probe fitted here"),
+        (dict.fromkeys(PROBE_CLASSES, 5), _other_backbone, [], "This probe was fitted on 'another test_vit'"),
+        (dict.fromkeys(PROBE_CLASSES, 5), _nan_weights, [], "NaN or infinite weights"),
+        (dict.fromkeys(PROBE_CLASSES, 5), _lying_card, [], "The probe's card does not match its weights"),
+        (dict.fromkeys(PROBE_CLASSES, 5), lambda probe: b"\x89PNG not a probe", [], "This file is not a HeadScope probe"),
+        (dict.fromkeys(PROBE_CLASSES, 5), "missing.safetensors", [], "No such file or directory"),
+        (dict.fromkeys(PROBE_CLASSES, 5), ".", [], "is not a file; give a probe file"),
+    ],
+    ids=["classifier", "one class", "few images", "save without fit", "other backbone", "nan weights", "lying card",
+         "not a probe", "missing file", "a folder"],
+)
+def test_bad_probe_inputs_exit_2_with_one_line(probe_fit, probe_backbone, tmp_path, folder_counts, probe, extra, message):
+    saved = probe_fit[3]
+    folder = _class_folder(tmp_path / "images", folder_counts)
+    if callable(probe):
+        probe = str(_probe_variant(saved, tmp_path, probe))
+    elif probe == "FILE":
+        probe = str(saved)
+    elif probe != "fit":
+        probe = str(tmp_path / probe)
+    # the test backbone, or the model the case gives (the demo classifier)
+    model = [] if "--model" in extra else probe_backbone[1]
+    extra = [str(tmp_path / arg) if arg.endswith(".safetensors") else arg for arg in extra]
+    out = tmp_path / "x.zip"
+    code, stdout, stderr = _run(["analyze", *model, "--images", str(folder), "--out", str(out), *PROBE_FAST, "--probe", probe, *extra])
+    assert code == EXIT_BAD_INPUT, stderr
+    assert stderr.startswith("error: ") and message in stderr and "Traceback" not in stderr
+    assert stderr.count("\n") == 1 and stdout == ""  # one line, nothing before it: refused before any fit
+    assert not out.exists() and not (tmp_path / "again.safetensors").exists()
