@@ -2,7 +2,7 @@
 
 A backbone becomes a classifier for the user's classes by a linear probe fitted on the
 features the analysis's first pass already reads (``PassResult.probe_input``: no extra
-forward). The issue's target: fitting (``core.probe.fit_probe``, a standardised
+forward). The target: fitting (``core.probe.fit_probe``, a standardised
 multinomial logistic regression whose L2 strength is cross-validated, 7 strengths x
 5 folds) adds under 10% to the first pass on 300 images. Both are timed side by side in
 one run on the same set: the first pass exactly as the dashboard's first stage runs it

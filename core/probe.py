@@ -30,6 +30,8 @@ import copy
 import hashlib
 import json
 import math
+import threading
+import unicodedata
 import warnings
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -89,6 +91,7 @@ MAX_FOLDS = 5
 NEAR_CHANCE_MARGIN = 0.1
 _MAX_ITER = 2000
 _METADATA_KEY = "headscope_probe"
+_FIT_LOCK = threading.Lock()
 _FORMAT = 1
 MAX_FILE_BYTES = 64 * 2**20  # 1,000 classes x 2,048 features in float64 is 16 MB
 _MAX_NAME_CHARS = 200
@@ -335,12 +338,12 @@ def fit_probe(
         max_images: fit on a seeded, stratified sample of this many labelled images at most.
 
     Raises:
-        LabelsMismatch: see ``check_probe_labels``; labels not one per image.
-        InvalidSetting: features that are not finite, or not ``[N, F]``.
+        LabelsMismatch: see ``check_probe_labels``; features that are not one ``[F]`` row per label.
+        InvalidSetting: features that are not finite.
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from threadpoolctl import threadpool_limits
@@ -355,10 +358,8 @@ def fit_probe(
     x = x[known]
     labelled = len(y)
     if labelled > max_images:
-        keep, _ = train_test_split(np.arange(labelled), train_size=max_images, stratify=y, random_state=seed)
-        keep = np.sort(keep)
+        keep = _stratified_sample(y, max_images, seed)
         x, y = x[keep], y[keep]
-        check_probe_labels(y.tolist(), class_names)  # a stratified sample keeps every class, but say so if not
     present = np.unique(y)
     folds = int(min(MAX_FOLDS, np.bincount(y).max(initial=0), np.bincount(y)[present].min()))
     search = GridSearchCV(
@@ -370,7 +371,8 @@ def fit_probe(
     )
     # one BLAS thread: on a busy machine (two analyses may run at once) two threads made the
     # fit 10-20 times slower (a 300 x 768 fit took 43-57 s instead of 2-3 s)
-    with warnings.catch_warnings(), threadpool_limits(1, user_api="blas"):
+    # the limit is the process's: fits take turns, so none restores another's limit out of order
+    with _FIT_LOCK, warnings.catch_warnings(), threadpool_limits(1, user_api="blas"):
         warnings.simplefilter("ignore", ConvergenceWarning)
         search.fit(x, y)
     scaler, regression = search.best_estimator_[0], search.best_estimator_[1]
@@ -390,6 +392,19 @@ def fit_probe(
         strength=float(search.best_params_["logisticregression__C"]),
         folds=folds,
     )
+
+
+def _stratified_sample(y: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded sample of about ``size`` labels, each class in its share and at least
+    ``MIN_PER_CLASS`` of it (all of a smaller class), so cross-validation still sees every class."""
+    rng = np.random.default_rng(seed)
+    keep = []
+    for label in np.unique(y):
+        members = np.flatnonzero(y == label)
+        share = int(round(len(members) * size / len(y)))
+        take = min(len(members), max(MIN_PER_CLASS, share))
+        keep.append(rng.permutation(members)[:take])
+    return np.sort(np.concatenate(keep))
 
 
 def _folded(scaler: Any, regression: Any, present: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -476,10 +491,12 @@ def with_probe(
     probed.headscope_probe_input = probe.feature_input
     if probe.feature_input == CLASS_AND_PATCH_MEAN:
         probed.headscope_readout = CLASS_AND_PATCH_MEAN  # what gradient rollout reads the answer from
-    head = ProbeHead(probe.num_features, len(probe.class_names), dtype=torch.float64, device=backbone.device)
+    # float64 keeps the logits equal to scikit-learn's; MPS has no float64, so there it is float32
+    precision = torch.float32 if backbone.device.type == "mps" else torch.float64
+    head = ProbeHead(probe.num_features, len(probe.class_names), dtype=precision, device=backbone.device)
     with torch.no_grad():
-        head.weight.copy_(torch.from_numpy(probe.weight))
-        head.bias.copy_(torch.from_numpy(probe.bias))
+        head.weight.copy_(torch.from_numpy(probe.weight).to(precision))
+        head.bias.copy_(torch.from_numpy(probe.bias).to(precision))
     head.requires_grad_(False)
     probed.head = head
     probed.num_classes = len(probe.class_names)
@@ -576,6 +593,8 @@ def probe_from_bytes(data: bytes, backbone: ViTHandle | None = None, *, check_ke
 
 def _probe_from_card(card: Any, tensors: Mapping[str, torch.Tensor]) -> LinearProbe:
     """A ``LinearProbe`` from a card and its tensors, each field checked; a card that lies is refused."""
+    from core.images import sanitize_name
+
     def lie(detail: str) -> ProbeRejected:
         return ProbeRejected(f"The probe's card does not match its weights: {detail}.")
 
@@ -587,8 +606,8 @@ def _probe_from_card(card: Any, tensors: Mapping[str, torch.Tensor]) -> LinearPr
     if weight.dtype != torch.float64 or bias.dtype != torch.float64 or weight.ndim != 2 or bias.ndim != 1:
         raise lie("the weight must be a float64 matrix and the bias a float64 vector")
     names = card.get("class_names")
-    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
-        raise lie("its class names are not a list of names")
+    if not isinstance(names, list) or not all(isinstance(n, str) and n and sanitize_name(n) == n for n in names):
+        raise lie("its class names are not a list of plain names (at most 80 characters, no control characters)")
     if len(names) > MAX_CLASSES:
         raise ProbeRejected(f"The probe has {len(names):,} classes; HeadScope takes at most {MAX_CLASSES:,}.")
     if len(names) < MIN_CLASSES or len(set(names)) != len(names):
@@ -596,7 +615,7 @@ def _probe_from_card(card: Any, tensors: Mapping[str, torch.Tensor]) -> LinearPr
     if weight.shape[0] != len(names) or bias.shape[0] != len(names):
         raise lie(f"it names {len(names)} classes but the weights have {weight.shape[0]} rows")
     if card.get("features") != weight.shape[1]:
-        raise lie(f"it says {card.get('features')!r} features but the weights read {weight.shape[1]}")
+        raise lie(f"it says {_short(repr(card.get('features')), 20)} features but the weights read {weight.shape[1]}")
     if card.get("feature_input") not in FEATURE_INPUTS:
         raise lie("its feature input is not one HeadScope knows")
     key, sha = card.get("backbone_key"), card.get("backbone_weights_sha256")
@@ -617,8 +636,8 @@ def _probe_from_card(card: Any, tensors: Mapping[str, torch.Tensor]) -> LinearPr
             raise lie(f"its {name} is not a count")
         counts[name] = value
     source = card.get("source", "")
-    if not isinstance(source, str) or len(source) > _MAX_NAME_CHARS:
-        raise lie("its source is not a short text")
+    if not isinstance(source, str) or len(source) > _MAX_NAME_CHARS or _plain(source) != source:
+        raise lie("its source is not a short plain text")
     strength = card.get("strength")
     if strength is not None and not (isinstance(strength, (int, float)) and strength > 0):
         raise lie("its strength is not a positive number")
@@ -628,7 +647,7 @@ def _probe_from_card(card: Any, tensors: Mapping[str, torch.Tensor]) -> LinearPr
         class_names=tuple(names),
         feature_input=card["feature_input"],
         backbone_key=key,
-        backbone_name=str(card.get("backbone_name") or "")[:_MAX_NAME_CHARS],
+        backbone_name=_plain(str(card.get("backbone_name") or ""))[:_MAX_NAME_CHARS],
         accuracy=numbers["accuracy"],
         chance=numbers["chance"],
         images=counts["images"],
@@ -641,6 +660,13 @@ def _probe_from_card(card: Any, tensors: Mapping[str, torch.Tensor]) -> LinearPr
     if not (np.isfinite(probe.weight).all() and np.isfinite(probe.bias).all()):
         raise ProbeRejected("The probe has NaN or infinite weights; it cannot classify anything.")
     return probe
+
+
+def _plain(text: str) -> str:
+    """``text`` without control or bidi characters (a name read from a file is shown as it is)."""
+    from core.images import _BIDI_CONTROLS
+
+    return "".join(ch for ch in text if ch not in _BIDI_CONTROLS and unicodedata.category(ch) not in ("Cc", "Cs"))
 
 
 def _finite_or_none(value: float) -> float | None:

@@ -27,7 +27,8 @@ from core.analysis import SetAnalysis
 from core.casestudy import set_labels
 from core.errors import HeadScopeError, ProbeRejected
 from core.images import (
-    ImageSet, demo_digits_set, fashion_sample_set, image_set_from_files, image_set_from_zip, sample_photos_set,
+    ImageSet, demo_digits_set, fashion_sample_set, image_set_from_files, image_set_from_zip, match_class_name,
+    sample_photos_set,
 )
 from core.inference import Predictions, Progress, predict_images
 from core.hfmodels import load_transformers
@@ -57,6 +58,7 @@ __all__ = [
     "START_CHECKED_KEY",
     "UPLOAD",
     "UPLOADED_KEY",
+    "UPLOAD_ORIGIN_KEY",
     "ZIP",
     "NO_LABELS_HINT",
     "PROBE_KEY",
@@ -98,6 +100,7 @@ SOURCE_CHOICE_KEY = "image_source_choice"  # the same choice, kept while other p
 UPLOADED_KEY = "uploaded_set"
 FOCUS_KEY = "focus"
 START_CHECKED_KEY = "start_model_checked"  # the environment's start model was tried in this session
+UPLOAD_ORIGIN_KEY = "uploaded_set_origin"  # (content digest, the ZIP's set decoded for a backbone: folder labels)
 PROBE_KEY = "probe_bytes"  # the active linear probe's file (ModelSpec.probe_digest is its sha256)
 NO_LABELS_HINT = "Upload a ZIP with one folder per class to ask which heads your classes need."
 
@@ -282,6 +285,7 @@ def current_model() -> ViTHandle:
         st.session_state.pop("checkpoints", None)
         st.session_state.pop(PROBE_KEY, None)
         st.session_state.pop(UPLOADED_KEY, None)  # its labels belong to the model that failed
+        st.session_state.pop(UPLOAD_ORIGIN_KEY, None)
         return _load(ModelSpec())
 
 
@@ -305,6 +309,7 @@ def switch_model(
     st.session_state[MODEL_KEY] = spec
     st.session_state.pop(PROBE_KEY, None)
     st.session_state.pop(UPLOADED_KEY, None)  # labels of a ZIP depend on the model's classes
+    st.session_state.pop(UPLOAD_ORIGIN_KEY, None)
     return None
 
 
@@ -414,24 +419,32 @@ def _checkpoint_of(spec: ModelSpec) -> bytes | None:
 
 
 def _relabel_upload(old_classes: Sequence[str] | None, new_classes: Sequence[str]) -> None:
-    """The uploaded set with labels that index ``new_classes`` (the set's own names for a backbone: ``[]``).
+    """The uploaded set with labels that index ``new_classes`` (``[]``: the set's own folder names, for a backbone).
 
-    Labels index ``old_classes`` (``None``: the set's own label names); a label whose name
-    is not among the new classes becomes unknown.
+    Labels are derived from the set as decoded for the backbone (its folder names, kept in
+    ``UPLOAD_ORIGIN_KEY``) when there is one, else from ``old_classes`` (``None``: the set's
+    own label names); folder names are matched to classes as an ImageFolder upload matches
+    them (``match_class_name``), and a folder that is no class gets no label.
     """
     kept = st.session_state.get(UPLOADED_KEY)
     if kept is None:
         return
     key, image_set, notes = kept
-    names = list(old_classes) if old_classes is not None else list(image_set.label_names)
+    origin = st.session_state.get(UPLOAD_ORIGIN_KEY)
+    if origin is not None:
+        image_set, names = origin[1], list(origin[1].label_names)
+    else:
+        names = list(old_classes) if old_classes is not None else list(image_set.label_names)
     if not names:
         return  # no labels to carry over
-    target = list(new_classes) if new_classes else names
-    index = {name: i for i, name in enumerate(target)}
-    images = [
-        replace(item, label=None if item.label is None else index.get(names[item.label])) for item in image_set.images
-    ]
-    relabelled = ImageSet.from_images(image_set.title, images, label_names=() if new_classes else target)
+    if not new_classes:
+        relabelled = image_set if origin is not None else ImageSet.from_images(image_set.title, image_set.images, names)
+    else:
+        images = [
+            replace(item, label=None if item.label is None else match_class_name(names[item.label], new_classes))
+            for item in image_set.images
+        ]
+        relabelled = ImageSet.from_images(image_set.title, images)
     st.session_state[UPLOADED_KEY] = (f"{key}:{relabelled.key}", relabelled, notes)
 
 
@@ -458,11 +471,15 @@ def sample_set(handle: ViTHandle) -> ImageSet:
 
 
 def upload_images(files: list[tuple[str, bytes]], handle: ViTHandle, as_zip: bool) -> tuple[ImageSet | None, list[str], str | None]:
-    """Decode uploads once per distinct content; returns (set, notes, error sentence)."""
-    digest = hashlib.sha256(handle.key.encode() + str(as_zip).encode())
+    """Decode uploads once per distinct content; returns (set, notes, error sentence).
+
+    A ZIP decoded for a backbone is also kept as ``UPLOAD_ORIGIN_KEY``: its folder names are
+    what a linear probe's classes are matched with, whatever probe comes and goes.
+    """
+    content = hashlib.sha256(str(as_zip).encode())
     for name, data in files:
-        digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
-    key = digest.hexdigest()
+        content.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    key = hashlib.sha256(handle.key.encode() + content.digest()).hexdigest()
     cached = st.session_state.get(UPLOADED_KEY)
     if cached is not None and cached[0] == key:
         return cached[1], cached[2], None
@@ -474,6 +491,11 @@ def upload_images(files: list[tuple[str, bytes]], handle: ViTHandle, as_zip: boo
             image_set, notes = image_set_from_files(files)
     except HeadScopeError as err:
         return None, [], str(err)
+    origin = st.session_state.get(UPLOAD_ORIGIN_KEY)
+    if image_set.label_names:
+        st.session_state[UPLOAD_ORIGIN_KEY] = (content.hexdigest(), image_set)
+    elif origin is not None and origin[0] != content.hexdigest():
+        st.session_state.pop(UPLOAD_ORIGIN_KEY, None)  # another upload: its folders are not those
     st.session_state[UPLOADED_KEY] = (key, image_set, notes)
     return image_set, notes, None
 
@@ -706,6 +728,7 @@ def focus_image_id(image_set: ImageSet) -> str:
 
 def forget_upload() -> None:
     st.session_state.pop(UPLOADED_KEY, None)
+    st.session_state.pop(UPLOAD_ORIGIN_KEY, None)
 
 
 def active_image_set(handle: ViTHandle) -> ImageSet:

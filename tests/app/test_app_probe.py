@@ -233,3 +233,24 @@ def test_a_bundle_saved_with_a_probe_opens_on_the_backbone_with_that_probe(monke
     assert probe_from_bytes(at.session_state[session.PROBE_KEY]).digest == probe.digest
     assert any("Linear probe on 3 classes" in shown(i.value) for i in at.info)
     assert "probed.zip" in _texts(at)  # the opened bundle is shown, not closed as another model's
+
+
+def test_folders_that_are_no_class_of_a_probe_keep_their_labels_for_the_next(monkeypatch, tmp_path, backbone_weights) -> None:
+    at = _start(monkeypatch, tmp_path, backbone_weights)
+    _upload(at, _zip({name: 5 for name in CLASSES}))
+    _fit(at)
+    # a probe of two of the three folders: the third folder's images have no class under it
+    at.radio(key="image_source").set_value("Upload a ZIP (ImageFolder)").run()
+    at.file_uploader(key="zip_upload").set_value(("two.zip", _zip({"green": 5, "red": 5}), "application/zip")).run()
+    at.button(key="probe_remove").click().run()
+    _clean(at)
+    assert at.session_state[session.UPLOADED_KEY][1].label_names == ("green", "red")
+    _fit(at)
+    at.file_uploader(key="zip_upload").set_value(("three.zip", _zip({name: 5 for name in CLASSES}), "application/zip")).run()
+    _clean(at)
+    labels = [item.label for item in at.session_state[session.UPLOADED_KEY][1].images]
+    assert labels.count(None) == 5  # blue is no class of the two-class probe
+    at.button(key="probe_remove").click().run()
+    _clean(at)
+    restored = at.session_state[session.UPLOADED_KEY][1]
+    assert restored.label_names == ("blue", "green", "red") and None not in [i.label for i in restored.images]
