@@ -26,10 +26,10 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from core import distributed
-from core.casestudy import CaseSettings, analyze, findings
+from core.casestudy import CaseSettings, analyze, findings, gather_or_raise
 from core.errors import HeadScopeError, InvalidSetting, LabelsMismatch, ProbeRejected, UnsupportedMetric
 from core.importance import BACKBONE_REASON, METRICS, metrics_for
 from core.settings import DEFAULT_CLUSTERS
@@ -153,19 +153,6 @@ def _probe_file(path: Path) -> bytes:
         return file.read(MAX_FILE_BYTES + 1)  # past the cap if it grew since: probe_from_bytes refuses it
 
 
-def _on_every_rank(shards: distributed.Shards, compute: Callable[[], Any]) -> list[Any]:
-    """Every rank's ``compute()``, in rank order; a user error on any rank is raised on all of them."""
-    try:
-        value: Any = compute()
-    except HeadScopeError as err:
-        value = err
-    parts = distributed.gather(value, shards)
-    for part in parts:
-        if isinstance(part, HeadScopeError):
-            raise part
-    return parts
-
-
 def _check_probe_classes(image_set: ImageSet, folder: Path) -> None:
     """Refuse, before any feature is computed, a folder a probe cannot be fitted on (``--probe fit``)."""
     from core.probe import MIN_CLASSES, check_probe_labels
@@ -193,13 +180,13 @@ def _fitted_probe(handle: ViTHandle, image_set: ImageSet, shards: distributed.Sh
     part = shards.part(len(image_set))
     progress = None if bars is None else (lambda done, total: bars("probe features", done, total))
     features = np.concatenate(
-        _on_every_rank(shards, lambda: probe_features(handle, image_set.pil_images(part), progress=progress))
+        gather_or_raise(shards, lambda: probe_features(handle, image_set.pil_images(part), progress=progress))
     )
 
     def fitted() -> bytes | None:
         return fit_probe(features, labels, names, backbone=handle).to_bytes() if shards.rank == 0 else None
 
-    return probe_from_bytes(_on_every_rank(shards, fitted)[0], handle)
+    return probe_from_bytes(gather_or_raise(shards, fitted)[0], handle)
 
 
 def _labelled_by_classes(image_set: ImageSet, class_names: Sequence[str] | None) -> tuple[ImageSet, list[str]]:

@@ -91,6 +91,7 @@ __all__ = [
     "assemble",
     "concentration_sentences",
     "findings",
+    "gather_or_raise",
     "hurt_images",
     "relevance_of",
     "library_versions",
@@ -307,7 +308,7 @@ def analyze(
         # the study needs no final features: they are not sent between processes
         return replace(first, features=first.features[:, :0])
 
-    parts = _gather_or_raise(shards, pass_result)
+    parts = gather_or_raise(shards, pass_result)
     tables = distributed.combine_importance([p.importance for p in parts])
 
     def curve_part():
@@ -317,7 +318,7 @@ def analyze(
         )
         return curve, len(mine)
 
-    curve = distributed.combine_curves(_gather_or_raise(shards, curve_part))
+    curve = distributed.combine_curves(gather_or_raise(shards, curve_part))
     if shards.rank != 0:
         return None
     analysis = SetAnalysis(
@@ -334,7 +335,7 @@ def analyze(
     return study_from(handle, image_set, analysis, layout_method=layout_method, progress=progress)
 
 
-def _gather_or_raise(shards: Shards, compute: Callable[[], Any]) -> list[Any]:
+def gather_or_raise(shards: Shards, compute: Callable[[], Any]) -> list[Any]:
     """Every process's ``compute()``, in rank order; a user error on any process is raised on all of them.
 
     Without this, a process whose share fails (a file that changed since the folder was
