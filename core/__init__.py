@@ -22,6 +22,7 @@ from core.casestudy import analyze, findings
 from core.errors import HeadScopeError
 from core.importance import head_importance, partial_pruning
 from core.model import load_model
+from core.probe import fit_probe, probe_features, with_probe
 from core.strength import attention_sink, hop_entropy, hop_strength, key_entropy, top_key_share
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "faithfulness_curves",
     "faithfulness_summary",
     "findings",
+    "fit_probe",
     "gradient_relevance",
     "gradient_rollout",
     "head_importance",
@@ -47,8 +49,10 @@ __all__ = [
     "load_model",
     "outlier_tokens",
     "partial_pruning",
+    "probe_features",
     "relevance_maps",
     "save_bundle",
     "token_norms",
     "top_key_share",
+    "with_probe",
 ]

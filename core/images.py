@@ -32,6 +32,7 @@ from core.errors import ImageRejected, LabelsMismatch, human_size
 __all__ = [
     "ALLOWED_FORMATS",
     "DEFAULT_LIMITS",
+    "FASHION_SAMPLE",
     "FOLDER_LIMITS",
     "NEUTRAL_GREY",
     "SAMPLE_PHOTOS",
