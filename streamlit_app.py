@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.hfmodels import is_transformers_source
-from core.images import DEFAULT_LIMITS, ImageSet
-from core.inference import Predictions, top_k
-from core.model import BUILTIN_MODELS, DEFAULT_IMG_SIZE, DEMO_NAME, ViTHandle
-from core.projection import start_umap_warmup
+from core.models.transformers import is_transformers_source
+from core.inputs.images import DEFAULT_LIMITS, ImageSet
+from core.measures.inference import Predictions, top_k
+from core.models.load import BUILTIN_MODELS, DEMO_NAME
+from core.models.handle import DEFAULT_IMG_SIZE, ViTHandle
+from core.measures.projection import start_umap_warmup
 from ui import export, navigation, probe, session
 from ui.display import enlarge_for_display, plain
 from viz.overview import OVERVIEW_SELECTION, overview_chart, top5_chart

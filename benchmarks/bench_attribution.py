@@ -10,7 +10,7 @@ For each model, interleaved repeats time, per image:
 
 Medians are printed as seconds per image and as a ratio to the plain forward measured
 in the same run. Then the faithfulness summary of every method over the images
-(``core.attribution.faithfulness_summary``): the area of the map's curve against the
+(``core.measures.attribution.faithfulness_summary``): the area of the map's curve against the
 random order's, and the share of images on which the map beats it.
 
     .venv/bin/python benchmarks/bench_attribution.py [--repeats 3] [--digits 32] [--photos 3] [--fill mean]
@@ -33,9 +33,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from _machine import cpu_model, load_average, timed  # noqa: E402
 
-from core._hooks import locked_forward  # noqa: E402
-from core.attention import extract_attention  # noqa: E402
-from core.attribution import (  # noqa: E402
+from core.models.hooks import locked_forward  # noqa: E402
+from core.measures.attention import extract_attention  # noqa: E402
+from core.measures.attribution import (  # noqa: E402
     answer_readout,
     attention_rollout,
     compare_faithfulness,
@@ -45,9 +45,10 @@ from core.attribution import (  # noqa: E402
     gradient_rollout,
     relevance_maps,
 )
-from core.digits import digit_images, digits_split  # noqa: E402
-from core.images import sample_photos_set  # noqa: E402
-from core.model import ViTHandle, load_model  # noqa: E402
+from core.inputs.digits import digit_images, digits_split  # noqa: E402
+from core.inputs.images import sample_photos_set  # noqa: E402
+from core.models.handle import ViTHandle  # noqa: E402
+from core.models.load import load_model  # noqa: E402
 
 
 def per_image(fn: Callable[[], object], images: int) -> float:

@@ -18,8 +18,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.attention import extract_attention  # noqa: E402
-from core.model import ViTHandle, load_model  # noqa: E402
+from core.measures.attention import extract_attention  # noqa: E402
+from core.models.handle import ViTHandle  # noqa: E402
+from core.models.load import load_model  # noqa: E402
 
 TARGET = 1.2
 

@@ -2,7 +2,7 @@
 
 Prints, with the machine facts:
 
-1. the headless case study of the demo model's held-out digits (``core.casestudy.analyze``,
+1. the headless case study of the demo model's held-out digits (``core.study.casestudy.analyze``,
    what ``python -m core analyze`` runs: importance, pruning curve, strength, patterns with
    UMAP warm, partial pruning), per stage, against the spec's "about a minute" (ratio);
 2. the dashboard (AppTest, default settings, UMAP warm): the home page and the four view
@@ -31,11 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from _machine import cpu_model, load_average, timed  # noqa: E402  (this folder is on sys.path when run as a script)
 
-from core.bundle import load_bundle, save_bundle  # noqa: E402
-from core.casestudy import CaseSettings, CaseStudy, analyze  # noqa: E402
-from core.images import demo_digits_set  # noqa: E402
-from core.model import load_model  # noqa: E402
-from core.projection import start_umap_warmup, wait_for_umap  # noqa: E402
+from core.study.bundle import load_bundle, save_bundle  # noqa: E402
+from core.study.casestudy import CaseSettings, CaseStudy, analyze  # noqa: E402
+from core.inputs.images import demo_digits_set  # noqa: E402
+from core.models.load import load_model  # noqa: E402
+from core.measures.projection import start_umap_warmup, wait_for_umap  # noqa: E402
 from viz.report import render_report  # noqa: E402
 
 TARGET_ANALYSIS_S = 60.0

@@ -5,12 +5,12 @@ Prints, with the machine facts:
 1. the whole-head sweep (``layer_impact`` and ``output_impact`` of every head on every
    image) against the naive loop of one full forward per pruned head, interleaved runs:
    the ratio of their median times and their largest difference;
-2. the whole analysis of the photos (``core.casestudy.analyze``, what ``python -m core
+2. the whole analysis of the photos (``core.study.casestudy.analyze``, what ``python -m core
    analyze --model dinov2-s`` runs, UMAP warmed first), seconds per stage and per image;
 3. what the views show on it: the top heads by each metric, hop-profile entropy and mean
    attention distance by layer.
 
-The weights are prepared into the cache on first use (``core.dinov2``).
+The weights are prepared into the cache on first use (``core.models.dinov2``).
 
     .venv/bin/python benchmarks/bench_dinov2.py [--repeats 2] [--images 4]
 """
@@ -32,11 +32,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _machine import cpu_model, load_average, timed  # noqa: E402
 from bench_importance import bench  # noqa: E402
 
-from core.casestudy import CaseSettings, analyze, findings  # noqa: E402
-from core.images import sample_photos_set  # noqa: E402
-from core.importance import rank_heads  # noqa: E402
-from core.model import load_model  # noqa: E402
-from core.projection import start_umap_warmup, wait_for_umap  # noqa: E402
+from core.study.casestudy import CaseSettings, analyze, findings  # noqa: E402
+from core.inputs.images import sample_photos_set  # noqa: E402
+from core.measures.importance import rank_heads  # noqa: E402
+from core.models.load import load_model  # noqa: E402
+from core.measures.projection import start_umap_warmup, wait_for_umap  # noqa: E402
 
 
 def main() -> None:

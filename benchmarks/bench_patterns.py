@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from _machine import cpu_model, load_average, timed  # noqa: E402  (this folder is on sys.path when run as a script)
 
-from core.images import demo_digits_set  # noqa: E402
-from core.model import load_model  # noqa: E402
-from core.patterns import cluster_patterns, project_patterns, sample_maps, train_autoencoder  # noqa: E402
+from core.inputs.images import demo_digits_set  # noqa: E402
+from core.models.load import load_model  # noqa: E402
+from core.measures.patterns import cluster_patterns, project_patterns, sample_maps, train_autoencoder  # noqa: E402
 
 PAGE = "pages/3_Attention_Patterns.py"
 
@@ -77,7 +77,7 @@ def bench_page(repeats: int) -> None:
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 
-    from core.projection import wait_for_umap
+    from core.measures.projection import wait_for_umap
 
     os.environ["HF_HUB_OFFLINE"] = "1"
     assert wait_for_umap(timeout=600), "UMAP is unusable in this process"

@@ -2,11 +2,11 @@
 
 A backbone becomes a classifier for the user's classes by a linear probe fitted on the
 features the analysis's first pass already reads (``PassResult.probe_input``: no extra
-forward). The target: fitting (``core.probe.fit_probe``, a standardised
+forward). The target: fitting (``core.models.probe.fit_probe``, a standardised
 multinomial logistic regression whose L2 strength is cross-validated, 7 strengths x
 5 folds) adds under 10% to the first pass on 300 images. Both are timed side by side in
 one run on the same set: the first pass exactly as the dashboard's first stage runs it
-(``core.staged``: ``first_pass(..., sweep=False)`` with the set's labels and map sample),
+(``core.pipeline.staged``: ``first_pass(..., sweep=False)`` with the set's labels and map sample),
 then the fit on its ``probe_input``, three times (the median is the figure; the first
 fit is printed too). The fit is timed again with BLAS limited to one thread, for
 comparison: the problem is small, and on a shared two-core machine BLAS threads mostly wait.
@@ -36,10 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _machine import cpu_model, load_average, timed  # noqa: E402
 
-from core.analysis import draw_samples, first_pass  # noqa: E402
-from core.importance import _check_labels, _check_metrics  # noqa: E402
-from core.model import ViTHandle, load_model, wrap_model  # noqa: E402
-from core.probe import fit_probe  # noqa: E402
+from core.pipeline.analysis import draw_samples, first_pass  # noqa: E402
+from core.measures.importance import _check_labels, _check_metrics  # noqa: E402
+from core.models.handle import ViTHandle, wrap_model  # noqa: E402
+from core.models.load import load_model  # noqa: E402
+from core.models.probe import fit_probe  # noqa: E402
 from core.settings import CaseSettings  # noqa: E402
 
 RATIO_TARGET = 0.10
@@ -138,7 +139,7 @@ def main() -> None:
           f"{handle.num_heads} heads, {handle.num_tokens} tokens at {handle.img_size[0]} px")
     print(f"set: {len(images)} images in {len(names)} classes ({counts.min()}-{counts.max()} each), {origin}\n")
 
-    # as the dashboard's first stage runs it (core.staged.StagedAnalysis._run_preview)
+    # as the dashboard's first stage runs it (core.pipeline.staged.StagedAnalysis._run_preview)
     given = _check_labels(handle, torch.tensor(labels), len(images))
     metrics = _check_metrics(None, handle)
     first_pass(handle, images[:2], given[:2], {}, metrics=metrics, sweep=False)  # warm-up: kernels, allocator

@@ -2,7 +2,7 @@
 
 Random weights (the shapes are what costs time): timm's ``vit_small_patch16_224`` and
 ``vit_base_patch16_224`` built without pretrained weights, 1,000 classes, 224 px. Stages
-as the dashboard runs them (``core.staged``): the first pass (predictions, strength,
+as the dashboard runs them (``core.pipeline.staged``): the first pass (predictions, strength,
 pattern maps and the Taylor preview), the exact sweep (each head pruned alone), the
 pruning curve, and the case study's partial pruning of one head on one image (its six
 modes). Prints the seconds per image of each, the whole analysis of 15 images that the
@@ -29,11 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _machine import cpu_model, load_average  # noqa: E402
 
-from core.analysis import analyze_set, draw_samples, first_pass  # noqa: E402
-from core.importance import partial_pruning, pruning_curve  # noqa: E402
-from core.model import wrap_model  # noqa: E402
+from core.pipeline.analysis import analyze_set, draw_samples, first_pass  # noqa: E402
+from core.measures.importance import partial_pruning, pruning_curve  # noqa: E402
+from core.models.handle import wrap_model  # noqa: E402
 from core.settings import CaseSettings  # noqa: E402
-from core.staged import StagedAnalysis  # noqa: E402
+from core.pipeline.staged import StagedAnalysis  # noqa: E402
 
 MODELS = {"small": "vit_small_patch16_224", "base": "vit_base_patch16_224"}
 RATIO_TARGET = 1.15

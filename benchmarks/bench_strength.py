@@ -11,7 +11,7 @@ first N of scikit-learn's 1,797), then computes the statistics of one warm-up ba
 run once). After ``gc.collect()`` and glibc's ``malloc_trim(0)`` (so what the warm-up
 freed counts in no run's baseline) it takes the resident set size (``VmRSS``) as the
 baseline, resets the kernel's peak counter (writing ``5`` to
-``/proc/self/clear_refs``), runs ``core.strength.strength_statistics`` over all N
+``/proc/self/clear_refs``), runs ``core.measures.strength.strength_statistics`` over all N
 images and reads the kernel-tracked peak (``VmHWM``): peak growth = VmHWM - baseline.
 This catches short spikes that sampling RSS from a thread can miss; it needs Linux.
 Runs alternate 64, 512, 64, 512, ... so machine noise hits both sizes alike; the
@@ -41,10 +41,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _machine import cpu_model  # noqa: E402  (this folder is on sys.path when run as a script)
 
-from core.digits import digit_images  # noqa: E402
-from core.model import load_model  # noqa: E402
+from core.inputs.digits import digit_images  # noqa: E402
+from core.models.load import load_model  # noqa: E402
 from core.settings import images_per_batch  # noqa: E402
-from core.strength import PER_IMAGE, strength_statistics  # noqa: E402
+from core.measures.strength import PER_IMAGE, strength_statistics  # noqa: E402
 
 SIZES = (64, 512)
 TARGET = 1.15

@@ -4,9 +4,9 @@ The README's Core API is importable from here (``from core import load_model, an
 the report and the charts are in ``viz``.
 """
 
-from core.analysis import analyze_set
-from core.attention import extract_attention, outlier_tokens, token_norms
-from core.attribution import (
+from core.pipeline.analysis import analyze_set
+from core.measures.attention import extract_attention, outlier_tokens, token_norms
+from core.measures.attribution import (
     answer_readout,
     attention_rollout,
     compare_faithfulness,
@@ -17,13 +17,13 @@ from core.attribution import (
     gradient_rollout,
     relevance_maps,
 )
-from core.bundle import load_bundle, save_bundle
-from core.casestudy import analyze, findings
+from core.study.bundle import load_bundle, save_bundle
+from core.study.casestudy import analyze, findings
 from core.errors import HeadScopeError
-from core.importance import head_importance, partial_pruning
-from core.model import load_model
-from core.probe import fit_probe, probe_features, with_probe
-from core.strength import attention_sink, hop_entropy, hop_strength, key_entropy, top_key_share
+from core.measures.importance import head_importance, partial_pruning
+from core.models.load import load_model
+from core.models.probe import fit_probe, probe_features, with_probe
+from core.measures.strength import attention_sink, hop_entropy, hop_strength, key_entropy, top_key_share
 
 __all__ = [
     "HeadScopeError",

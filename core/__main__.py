@@ -4,10 +4,10 @@ Computes the case study's result bundle headless, with a progress bar per stage,
 batch jobs and for sharing: the dashboard's case-study page opens the bundle without
 recomputing. ``--report FILE.html`` also writes the self-contained HTML report. Started
 with ``torchrun --nproc-per-node N -m core analyze ...`` the heavy stages are sharded
-over N processes (GPUs when present; see ``core.distributed``).
+over N processes (GPUs when present; see ``core.pipeline.distributed``).
 
 A backbone (no classes: ``dinov2-s``, a DINO or MAE checkpoint) becomes a classifier with a
-linear probe (``core.probe``), so that the class-based analyses apply to it:
+linear probe (``core.models.probe``), so that the class-based analyses apply to it:
 
 - ``--probe fit``: the folder must hold one subfolder of images per class (at least 2
   classes, 5 images each). The probe is fitted on the backbone's features of those images
@@ -28,16 +28,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from core import distributed
-from core.casestudy import CaseSettings, analyze, findings, gather_or_raise
+from core.pipeline import distributed
+from core.study.casestudy import CaseSettings, analyze, findings, gather_or_raise
 from core.errors import HeadScopeError, InvalidSetting, LabelsMismatch, ProbeRejected, UnsupportedMetric
-from core.importance import BACKBONE_REASON, METRICS, metrics_for
+from core.measures.importance import BACKBONE_REASON, METRICS, metrics_for
 from core.settings import DEFAULT_CLUSTERS
 
 if TYPE_CHECKING:
-    from core.images import ImageSet
-    from core.model import ViTHandle
-    from core.probe import LinearProbe
+    from core.inputs.images import ImageSet
+    from core.models.handle import ViTHandle
+    from core.models.probe import LinearProbe
 
 EXIT_BAD_INPUT = 2
 FIT = "fit"  # --probe fit: fit the probe on the folder's classes
@@ -139,7 +139,7 @@ def _check_output(flag: str, path: Path | None) -> None:
 
 def _probe_file(path: Path) -> bytes:
     """The bytes of a ``--probe FILE``, its size checked before it is read."""
-    from core.probe import MAX_FILE_BYTES
+    from core.models.probe import MAX_FILE_BYTES
 
     info = path.stat()  # a missing or unreadable file is an OSError: one line, exit 2
     if not path.is_file():
@@ -155,7 +155,7 @@ def _probe_file(path: Path) -> bytes:
 
 def _check_probe_classes(image_set: ImageSet, folder: Path) -> None:
     """Refuse, before any feature is computed, a folder a probe cannot be fitted on (``--probe fit``)."""
-    from core.probe import MIN_CLASSES, check_probe_labels
+    from core.models.probe import MIN_CLASSES, check_probe_labels
 
     names = image_set.label_names  # a backbone's set: the sorted class folders, which the labels index
     if len(names) < MIN_CLASSES:
@@ -174,7 +174,7 @@ def _fitted_probe(handle: ViTHandle, image_set: ImageSet, shards: distributed.Sh
     """
     import numpy as np
 
-    from core.probe import fit_probe, probe_features, probe_from_bytes
+    from core.models.probe import fit_probe, probe_features, probe_from_bytes
 
     names, labels = image_set.label_names, image_set.labels
     part = shards.part(len(image_set))
@@ -196,7 +196,7 @@ def _labelled_by_classes(image_set: ImageSet, class_names: Sequence[str] | None)
     images of a folder that matches no class get no label, and a note says which folders.
     ``None``: the classes are the folder names in the set's order (a probe fitted on it).
     """
-    from core.images import ImageSet, match_class_name
+    from core.inputs.images import ImageSet, match_class_name
 
     if class_names is None:
         return ImageSet.from_images(image_set.title, image_set.images), []
@@ -208,9 +208,10 @@ def _labelled_by_classes(image_set: ImageSet, class_names: Sequence[str] | None)
 
 
 def analyze_command(args: argparse.Namespace) -> int:
-    from core.bundle import write_bundle
-    from core.images import image_set_from_folder, join_folder_shares
-    from core.model import imagenet_synsets, load_model
+    from core.study.bundle import write_bundle
+    from core.inputs.images import image_set_from_folder, join_folder_shares
+    from core.models.handle import imagenet_synsets
+    from core.models.load import load_model
 
     settings = _settings(args)
     # checked before minutes of work, not after
@@ -233,7 +234,7 @@ def analyze_command(args: argparse.Namespace) -> int:
                 "backbone (a model without classes, such as dinov2-s)."
             )
         if probe_data is not None:
-            from core.probe import probe_from_bytes
+            from core.models.probe import probe_from_bytes
 
             probe = probe_from_bytes(probe_data, handle)  # before the folder is read: another backbone's probe
     # a probed backbone is a classifier: every metric applies to it
@@ -255,7 +256,7 @@ def analyze_command(args: argparse.Namespace) -> int:
     bars = _StageBars() if lead else None
     try:
         if args.probe is not None:
-            from core.probe import with_probe
+            from core.models.probe import with_probe
 
             if fit:
                 _check_probe_classes(image_set, args.images)

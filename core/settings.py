@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal, get_args
 from core.errors import InvalidSetting
 
 if TYPE_CHECKING:
-    from core.model import ViTHandle
+    from core.models.handle import ViTHandle
 
 __all__ = [
     "ATTENTION_BUDGET_BYTES",
@@ -59,7 +59,7 @@ ATTENTION_BUDGET_BYTES = 128 * 2**20
 # through torch's threads, so two share this project's two cores without starving the pages.
 RUNNING_ANALYSES = 2
 
-# What one model and one image's analysis may take (core._memory checks it before a model
+# What one model and one image's analysis may take (core.models.memory checks it before a model
 # loads): a share of the machine's memory (of the container's limit when that is lower),
 # so the analyses RUNNING_ANALYSES allows, the pages and the other sessions' models still
 # fit beside it; capped, so a large server still refuses what one image should never need

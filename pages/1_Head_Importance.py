@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.importance import BACKBONE_REASON, METRIC_HELP, MODE_REMOVES, MODES, RANKED_BY_MAGNITUDE, metrics_for
+from core.measures.importance import BACKBONE_REASON, METRIC_HELP, MODE_REMOVES, MODES, RANKED_BY_MAGNITUDE, metrics_for
 from ui import export, importance, session, stages
 from ui.display import plain
 from viz.importance import importance_heatmap, importance_line_chart, metric_title, partial_pruning_chart, pruning_curve_chart

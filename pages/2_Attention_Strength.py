@@ -6,9 +6,9 @@ import math
 
 import streamlit as st
 
-from core.attention import OUTLIER_NORM_RATIO
-from core.casestudy import SINK_SHARE
-from core.strength import token_label
+from core.measures.attention import OUTLIER_NORM_RATIO
+from core.study.casestudy import SINK_SHARE
+from core.measures.strength import token_label
 from ui import export, patterns, session, strength
 from ui.display import plain
 from viz.strength import (

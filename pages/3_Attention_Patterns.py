@@ -5,8 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from core.errors import HeadScopeError
-from core.patterns import DEFAULT_CLUSTERS, attention_cells, grid_maps, strong_links, token_names, weight_histogram
-from core.projection import start_umap_warmup
+from core.measures.patterns import DEFAULT_CLUSTERS, attention_cells, grid_maps, strong_links, token_names, weight_histogram
+from core.measures.projection import start_umap_warmup
 from ui import export, patterns, session
 from ui.display import enlarge_for_display, plain
 from viz.patterns import CELL_SELECTION, histogram_chart, link_chart, matrix_chart, pattern_space_chart, prototype_chart

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.bundle import save_bundle
-from core.casestudy import findings
-from core.importance import BACKBONE_REASON, METRIC_HELP, metrics_for
-from core.projection import start_umap_warmup
+from core.study.bundle import save_bundle
+from core.study.casestudy import findings
+from core.measures.importance import BACKBONE_REASON, METRIC_HELP, metrics_for
+from core.measures.projection import start_umap_warmup
 from ui import casestudy, export, navigation, session
 from ui.display import plain, sentence_on_error
 from viz.report import case_charts, mode_chart_key, render_report

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.attribution import FILLS, HEAD_FUSIONS, faithfulness_areas, faithfulness_summary
-from core.importance import metrics_for, rank_heads
+from core.measures.attribution import FILLS, HEAD_FUSIONS, faithfulness_areas, faithfulness_summary
+from core.measures.importance import metrics_for, rank_heads
 from ui import attribution, export, importance, navigation, session
 from ui.display import plain, sentence_on_error
 from viz.attribution import faithfulness_chart, score_title

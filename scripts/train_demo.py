@@ -10,7 +10,7 @@ How: from the repository root, run
 
     python scripts/train_demo.py [--out-dir data] [--epochs N]
 
-It trains on the train part of ``core.digits.digits_split(0, 0.2)`` only, with a fixed
+It trains on the train part of ``core.inputs.digits.digits_split(0, 0.2)`` only, with a fixed
 schedule (no model selection on the held-out part), evaluates once on the 360 held-out
 images at the end, and writes ``demo_vit.safetensors`` and the JSON card
 ``demo_vit.json`` into the output directory.
@@ -41,7 +41,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from core.digits import CLASS_NAMES, DIGIT_SIZE, digit_images, digits_split  # noqa: E402
+from core.inputs.digits import CLASS_NAMES, DIGIT_SIZE, digit_images, digits_split  # noqa: E402
 
 SEED = 0
 TEST_FRACTION = 0.2

@@ -16,17 +16,17 @@ How: from the repository root, run
 1. The .deb is downloaded into a temporary folder (or ``--deb`` is read), its size and
    sha256 checked, and only the four idx files and the package's copyright file are read
    out of its ``data.tar.*`` member, in Python (``dpkg-deb --fsys-tarfile`` when Python
-   cannot decompress it). They are cached under ``core.dinov2.cache_dir()/fashion-mnist``
+   cannot decompress it). They are cached under ``core.models.dinov2.cache_dir()/fashion-mnist``
    with their sha256, so a rerun downloads nothing.
 2. A seeded (``SEED``) choice of ``--train-per-class`` images per class of the 60,000
    training images and ``--test-per-class`` per class of the 10,000 t10k images (a
    larger count keeps the images a smaller one chose).
 3. The probe input of every chosen image (28x28 greyscale, preprocessed as the app does:
-   RGB, 224 px) is computed with ``core.probe.probe_features`` on ``load_model("dinov2-s")``
+   RGB, 224 px) is computed with ``core.models.probe.probe_features`` on ``load_model("dinov2-s")``
    on 2 threads (roughly 10 images/s: half an hour for the default 22,000 images), and
    cached per image in an npz per split keyed by the data and the backbone weights, so a
    rerun with the same choices computes nothing.
-4. ``core.probe.fit_probe`` on all the training images (cross-validated L2 strength;
+4. ``core.models.probe.fit_probe`` on all the training images (cross-validated L2 strength;
    500 per class gave 82.7% held-out, short of the 85% aimed at, hence 2,000 per class),
    stamped with the backbone weights' sha256, evaluated once on the held-out test images;
    the class token alone (the first half of the features) is fitted and evaluated the same
@@ -65,9 +65,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from core import dinov2  # noqa: E402
-from core.model import FASHION_PROBE, ViTHandle, load_model  # noqa: E402
-from core.probe import LinearProbe, fit_probe, probe_features  # noqa: E402
+from core.models import dinov2  # noqa: E402
+from core.models.load import FASHION_PROBE, load_model  # noqa: E402
+from core.models.handle import ViTHandle  # noqa: E402
+from core.models.probe import LinearProbe, fit_probe, probe_features  # noqa: E402
 
 SEED = 0
 THREADS = 2

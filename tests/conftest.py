@@ -17,7 +17,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 from timm.models.vision_transformer import VisionTransformer
 
-from core.model import ViTHandle, wrap_model
+from core.models.handle import ViTHandle, wrap_model
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "streamlit_app.py")
@@ -93,7 +93,7 @@ def _heavy_stages_start_on_their_own(monkeypatch):
 def _umap_warmup_ends_before_exit():
     """App tests start UMAP's background compilation; let it finish before the interpreter exits."""
     yield
-    from core.projection import join_umap_warmup
+    from core.measures.projection import join_umap_warmup
 
     join_umap_warmup(timeout=300)
 
@@ -111,7 +111,7 @@ def register_handle() -> ViTHandle:
 
 @pytest.fixture(scope="session")
 def demo_handle() -> ViTHandle:
-    from core.model import load_model
+    from core.models.load import load_model
 
     return load_model("demo", device="cpu")
 
@@ -122,7 +122,7 @@ SMALL_STUDY_IMAGES = 24
 @pytest.fixture(scope="session")
 def small_set(demo_handle):
     """The first ``SMALL_STUDY_IMAGES`` held-out digits of the demo model (labelled)."""
-    from core.images import ImageSet, demo_digits_set
+    from core.inputs.images import ImageSet, demo_digits_set
 
     split = demo_handle.card["split"]
     full = demo_digits_set(split["seed"], split["test_fraction"])
@@ -132,7 +132,7 @@ def small_set(demo_handle):
 @pytest.fixture(scope="session")
 def small_study(demo_handle, small_set):
     """A whole case study of the demo model on a few digits (PCA layout, small map sample): a few seconds."""
-    from core.casestudy import CaseSettings, analyze
+    from core.study.casestudy import CaseSettings, analyze
 
     settings = CaseSettings(top_k=3, hurt_images=3, max_maps=600, n_clusters=4, curve_steps=4)
     return analyze(demo_handle, small_set, settings, layout_method="pca")

@@ -16,9 +16,9 @@ import streamlit as st
 import torch
 from PIL import Image
 
-from core.attribution import METHODS, compare_faithfulness, relevance_maps
-from core.images import ImageSet
-from core.model import ViTHandle
+from core.measures.attribution import METHODS, compare_faithfulness, relevance_maps
+from core.inputs.images import ImageSet
+from core.models.handle import ViTHandle
 from ui import patterns, session
 from viz.attribution import TINT_PERCENTILE, tint_scale
 
@@ -41,7 +41,7 @@ FAITHFULNESS_IMAGES = 32
 
 @dataclass(frozen=True)
 class ImageMaps:
-    """One image's maps, ``[rows, cols]`` per method (``core.attribution.METHODS``), and the heads' shares.
+    """One image's maps, ``[rows, cols]`` per method (``core.measures.attribution.METHODS``), and the heads' shares.
 
     ``heads``: ``[L, H]`` each head's share of the gradient rollout, ``None`` for a
     backbone; ``target``: the class it explains and ``predicted`` the model's top-1,
@@ -75,7 +75,7 @@ def _image_maps(
 
 
 def image_maps(handle: ViTHandle, image_set: ImageSet, image_id: str, fusion: str, discard: float) -> ImageMaps:
-    """Every method's map of one image (``core.attribution.relevance_maps``), cached by the image's id."""
+    """Every method's map of one image (``core.measures.attribution.relevance_maps``), cached by the image's id."""
     target = _target(handle, image_set, image_id)
     return _image_maps(handle.key, image_id, fusion, discard, target, handle, image_set.by_id(image_id).image)
 
@@ -133,7 +133,7 @@ def head_frame(heads: np.ndarray) -> pd.DataFrame:
 def head_table(heads: np.ndarray, ranked: pd.DataFrame | None, count: int = 5) -> pd.DataFrame:
     """The ``count`` heads with the largest share of the gradient rollout, with their importance rank.
 
-    ``heads``: ``[L, H]`` shares; ``ranked``: ``core.importance.rank_heads`` of the set
+    ``heads``: ``[L, H]`` shares; ``ranked``: ``core.measures.importance.rank_heads`` of the set
     (most important first), or ``None``. Columns head, layer, head_index, share, rank.
     """
     layers, per_layer = heads.shape

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from core.bundle import bundle_probe, load_bundle
-from core.casestudy import CaseStudy, assemble
+from core.study.bundle import bundle_probe, load_bundle
+from core.study.casestudy import CaseStudy, assemble
 from core.errors import HeadScopeError
-from core.images import ImageSet
-from core.model import ViTHandle
+from core.inputs.images import ImageSet
+from core.models.handle import ViTHandle
 from core.settings import DEFAULT_CLUSTERS, CaseSettings
 from ui import navigation, patterns, session
 

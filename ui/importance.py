@@ -14,16 +14,16 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from core.images import ImageSet
-from core.importance import (
+from core.inputs.images import ImageSet
+from core.measures.importance import (
     METRICS,
     HeadImportance,
     partial_pruning,
     rank_heads,
 )
-from core.importance import target_measure as core_target_measure
-from core.model import ViTHandle
-from core.staged import JobView
+from core.measures.importance import target_measure as core_target_measure
+from core.models.handle import ViTHandle
+from core.pipeline.staged import JobView
 from ui import export, session, stages
 from ui.display import sentence_on_error
 from viz.importance import CHART_HEIGHT, unpruned_value

@@ -16,10 +16,10 @@ import streamlit as st
 import torch
 from PIL import Image, ImageDraw
 
-from core.attention import extract_attention
-from core.images import ImageSet
-from core.model import ViTHandle
-from core.patterns import (
+from core.measures.attention import extract_attention
+from core.inputs.images import ImageSet
+from core.models.handle import ViTHandle
+from core.measures.patterns import (
     MapSample,
     PatternClusters,
     PatternLayout,
@@ -30,7 +30,7 @@ from core.patterns import (
     sample_maps,
     train_autoencoder,
 )
-from core.projection import Method, umap_failed, umap_ready
+from core.measures.projection import Method, umap_failed, umap_ready
 from core.settings import DEFAULT_MAX_MAPS, MapKind
 from core.settings import SAMPLE_SIZES as SAMPLE_SIZES  # the sample caps the page offers
 from ui import session

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.images import ImageSet
-from core.model import ViTHandle
-from core.probe import FEATURE_INPUTS, near_chance
+from core.inputs.images import ImageSet
+from core.models.handle import ViTHandle
+from core.models.probe import FEATURE_INPUTS, near_chance
 from ui import session
 from ui.display import plain
 

@@ -23,21 +23,22 @@ import pandas as pd
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from core.analysis import SetAnalysis
-from core.casestudy import set_labels
+from core.pipeline.analysis import SetAnalysis
+from core.study.casestudy import set_labels
 from core.errors import HeadScopeError, ProbeRejected
-from core.images import (
+from core.inputs.images import (
     ImageSet, demo_digits_set, fashion_sample_set, image_set_from_files, image_set_from_zip, match_class_name,
     sample_photos_set,
 )
-from core.inference import Predictions, Progress, predict_images
-from core.hfmodels import load_transformers
-from core.model import DEMO_NAME, DINOV2_NAME, FASHION_NAME, ViTHandle, imagenet_synsets, load_model
-from core.probe import MAX_FIT_IMAGES, check_probe_labels, fit_probe, probe_features, probe_from_bytes, with_probe
-from core.projection import layout_2d, umap_failed, umap_ready
+from core.measures.inference import Predictions, Progress, predict_images
+from core.models.transformers import load_transformers
+from core.models.load import DEMO_NAME, DINOV2_NAME, FASHION_NAME, load_model
+from core.models.handle import ViTHandle, imagenet_synsets
+from core.models.probe import MAX_FIT_IMAGES, check_probe_labels, fit_probe, probe_features, probe_from_bytes, with_probe
+from core.measures.projection import layout_2d, umap_failed, umap_ready
 from core.settings import RUNNING_ANALYSES, CaseSettings
-from core.staged import AUTO_START_SECONDS, JobView, Preview, RunSlots, StagedAnalysis
-from core.importance import HeadImportance
+from core.pipeline.staged import AUTO_START_SECONDS, JobView, Preview, RunSlots, StagedAnalysis
+from core.measures.importance import HeadImportance
 from ui import export, navigation, stages
 from ui.display import enlarge_for_display, plain, sentence_on_error
 from viz.common import HEAD_SELECTION
@@ -128,7 +129,7 @@ class ModelSpec:
         server_paths: ``name`` may be a folder or file on the server; only the environment's
             start model may, never what a visitor types.
         probe_digest: sha256 of the linear probe file that gives this backbone its classes
-            (``core.probe``); the session keeps its bytes. ``None``: the model as loaded.
+            (``core.models.probe``); the session keeps its bytes. ``None``: the model as loaded.
     """
 
     name: str = DEMO_NAME
@@ -532,7 +533,7 @@ def _owner() -> str:
 
 
 def analysis_job(handle: ViTHandle, image_set: ImageSet) -> JobView:
-    """The set's staged analysis (``core.staged``) as this session sees it, started on first use and shared by every page.
+    """The set's staged analysis (``core.pipeline.staged``) as this session sees it, started on first use and shared by every page.
 
     The preview (one pass) starts at once and the exact sweep's first image is measured;
     the heavy stages follow on their own when their estimate is short, else they wait for

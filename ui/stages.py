@@ -1,6 +1,6 @@
 """The set's staged analysis on a page: progress with the time left, the estimate and sample cap, stop.
 
-The analysis runs on a worker thread (``core.staged``), so it goes on while the user
+The analysis runs on a worker thread (``core.pipeline.staged``), so it goes on while the user
 moves between pages; a page that needs a stage which has not finished waits for it
 here, drawing its progress, and reruns itself when it ends. Waiting is a loop of short
 sleeps that Streamlit interrupts on any click, so the page never locks up.
@@ -14,7 +14,7 @@ import streamlit as st
 import torch
 from streamlit.runtime import Runtime
 
-from core.staged import CURVE_STAGE, DONE, FAILED, PREVIEW_STAGE, RUNNING, STOPPED, SWEEP_STAGE, JobView
+from core.pipeline.staged import CURVE_STAGE, DONE, FAILED, PREVIEW_STAGE, RUNNING, STOPPED, SWEEP_STAGE, JobView
 
 __all__ = [
     "CAP_KEY", "POLL_SECONDS", "REQUEST_KEY", "apply_request", "duration", "heavy_panel", "sample_note", "wait_for_preview",

@@ -12,10 +12,10 @@ import streamlit as st
 import torch
 from PIL import Image, ImageDraw
 
-from core.attention import OUTLIER_NORM_RATIO, norm_ratios, stream_norms
-from core.images import ImageSet
-from core.model import ViTHandle
-from core.strength import StrengthStats, strength_statistics
+from core.measures.attention import OUTLIER_NORM_RATIO, norm_ratios, stream_norms
+from core.inputs.images import ImageSet
+from core.models.handle import ViTHandle
+from core.measures.strength import StrengthStats, strength_statistics
 from ui import patterns, session
 from ui.display import sentence_on_error
 from viz.strength import HIGH_NORM_PURPLE
@@ -67,7 +67,7 @@ def image_norms(handle: ViTHandle, image_set: ImageSet, image_id: str) -> np.nda
 
 
 def _ratios(norms: np.ndarray, num_prefix_tokens: int) -> np.ndarray:
-    """Each token's norm over its row's median patch norm (``core.attention.norm_ratios``)."""
+    """Each token's norm over its row's median patch norm (``core.measures.attention.norm_ratios``)."""
     return norm_ratios(torch.from_numpy(norms), num_prefix_tokens).numpy()
 
 

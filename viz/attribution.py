@@ -11,7 +11,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from core.attribution import METHODS, RANDOM_ORDER
+from core.measures.attribution import METHODS, RANDOM_ORDER
 from viz.common import tooltip_field
 
 __all__ = ["METHOD_COLOURS", "TINT_PERCENTILE", "faithfulness_chart", "mean_curves", "relevance_grid_chart", "score_title", "tint_scale"]
@@ -35,7 +35,7 @@ def score_title(backbone: bool) -> str:
 def mean_curves(curves: pd.DataFrame) -> pd.DataFrame:
     """Each method's curves averaged over the images, with the random order once (its name as the method).
 
-    ``curves``: ``core.attribution.compare_faithfulness`` output. Every method's random
+    ``curves``: ``core.measures.attribution.compare_faithfulness`` output. Every method's random
     order is the same per image, so the first method's stands for all of them.
     Columns method, curve, fraction, score.
     """

@@ -12,7 +12,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from core.importance import (
+from core.measures.importance import (
     HIGHER_MEANS_LESS_IMPORTANT,
     METRICS,
     MODE_BLOCKS,
@@ -262,7 +262,7 @@ def importance_heatmap(
 def partial_pruning_chart(partial: pd.DataFrame, chosen: str, target_name: str | None) -> alt.HConcatChart:
     """B2: per mode, a glyph of the attention blocks it removes and a bar of what the model outputs after it.
 
-    ``partial``: ``core.importance.partial_pruning`` output. The glyph has one cell per
+    ``partial``: ``core.measures.importance.partial_pruning`` output. The glyph has one cell per
     (query, key) block of the head's attention matrix, dark where the mode zeroes it;
     the chosen mode's bar is highlighted. A classifier's bar is the probability of
     ``target_name`` with the unpruned probability as a dashed rule; a backbone's (no
@@ -404,7 +404,7 @@ def curve_column(curve: pd.DataFrame) -> str:
 def pruning_curve_chart(curve: pd.DataFrame, measure: str, width: int | None = None) -> alt.Chart:
     """Cumulative pruning: ``measure`` as heads are removed least important first, one line per order.
 
-    ``curve``: ``core.importance.pruning_curve`` output; the random order is dashed. A
+    ``curve``: ``core.measures.importance.pruning_curve`` output; the random order is dashed. A
     classifier's curve is its accuracy, a backbone's the cosine similarity of its output
     to the unpruned output (``curve_column``), titled ``SIMILARITY_TITLE`` whatever
     ``measure`` says. ``width`` in pixels, or ``None`` to let

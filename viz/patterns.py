@@ -160,7 +160,7 @@ def prototype_chart(prototypes: pd.DataFrame, clusters: pd.DataFrame, kind: str)
     """Each cluster's decoded prototype map as a small heatmap, titled with its size, head count and peak.
 
     ``prototypes`` columns: cluster, row, col, value; ``clusters`` columns: cluster, share,
-    head_count (``core.patterns.PatternClusters``). Each map is coloured relative to its own
+    head_count (``core.measures.patterns.PatternClusters``). Each map is coloured relative to its own
     peak, so its shape shows even when it is faint; the peak itself, in the title, is about
     the share of attention the maps give to patches rather than prefix tokens (the
     autoencoder's inputs are scaled that way). Patch-map prototypes (``kind`` "patch") are
@@ -239,7 +239,7 @@ def link_chart(links: pd.DataFrame, prefix_names: list[str], num_tokens: int, he
     """D3: a line from each source token (layer l+1, top) to each target token (layer l, bottom).
 
     ``links`` columns: source, target, source_name, target_name, weight, prefix
-    (``core.patterns.strong_links``). Links with a prefix token at either end use a blue
+    (``core.measures.patterns.strong_links``). Links with a prefix token at either end use a blue
     scale, patch-to-patch links an orange one; stronger links are darker.
     """
     data = links.assign(top=1.0, bottom=0.0)
@@ -284,7 +284,7 @@ def matrix_chart(cells: pd.DataFrame, prefix_names: list[str], selected: tuple[i
     """D4: the token x token attention of one head; prefix rows and columns blue, patch cells orange.
 
     ``cells`` columns: source, target, source_name, target_name, weight, prefix
-    (``core.patterns.attention_cells``). One diverging scale carries both colours (prefix
+    (``core.measures.patterns.attention_cells``). One diverging scale carries both colours (prefix
     weights are plotted negative, the legend shows magnitudes) so the whole matrix is a
     single clickable layer: a click selects ``(source, target)`` under ``CELL_SELECTION``.
     The selected cell is outlined.
@@ -333,7 +333,7 @@ def matrix_chart(cells: pd.DataFrame, prefix_names: list[str], selected: tuple[i
 def histogram_chart(histogram: pd.DataFrame, threshold: float, head_label: str) -> alt.LayerChart:
     """D5: how many of the head's attention weights fall in each bin, with the link threshold as a red rule.
 
-    ``histogram`` columns: start, end, count (``core.patterns.weight_histogram``). Counts
+    ``histogram`` columns: start, end, count (``core.measures.patterns.weight_histogram``). Counts
     use a symlog scale: nearly all weights are tiny and would flatten every other bar.
     """
     bars = (

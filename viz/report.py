@@ -21,8 +21,8 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from core.casestudy import CaseFindings, CaseStudy, HeadFinding, findings, relevance_of
-from core.importance import (
+from core.study.casestudy import CaseFindings, CaseStudy, HeadFinding, findings, relevance_of
+from core.measures.importance import (
     METRIC_HELP,
     METRICS,
     MODE_REMOVES,

@@ -1,6 +1,6 @@
 """View C, attention strength: heads by layer, hop profiles, entropy over the images, 2-D offsets.
 
-Pure builders: a tidy DataFrame from ``core.strength.StrengthStats`` in, an ``alt.Chart``
+Pure builders: a tidy DataFrame from ``core.measures.strength.StrengthStats`` in, an ``alt.Chart``
 out. ``heads_by_layer_chart`` draws C1 on the page (``focus``) and in the report
 (``for_report``).
 """
@@ -13,7 +13,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from core.strength import SPREAD_QUANTILES
+from core.measures.strength import SPREAD_QUANTILES
 from viz.common import (
     CHART_WIDTH,
     FOCUS_RED,

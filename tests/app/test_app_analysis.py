@@ -10,7 +10,7 @@ from test_images import encode
 import ui.patterns
 import ui.session
 import ui.strength
-from core.digits import digit_images, digits_split
+from core.inputs.digits import digit_images, digits_split
 
 PAGES = [f"pages/{p.name}" for p in sorted((ROOT / "pages").glob("[0-9]*_*.py"))]
 

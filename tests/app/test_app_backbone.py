@@ -26,8 +26,8 @@ from test_images import encode
 from test_markdown import shown
 from test_tooltips import _assert_no_reserved_key
 
-from core.importance import BACKBONE_METRICS, BACKBONE_REASON, METRICS, MODES
-from core.model import BUILTIN_MODELS, DINOV2_NAME
+from core.measures.importance import BACKBONE_METRICS, BACKBONE_REASON, METRICS, MODES
+from core.models.load import BUILTIN_MODELS, DINOV2_NAME
 from ui import importance, patterns, session
 from viz.overview import overview_chart
 
@@ -276,7 +276,7 @@ def test_an_input_size_off_the_patch_grid_keeps_the_previous_model(monkeypatch, 
 def test_loading_shows_the_preparation_as_a_progress_bar(monkeypatch) -> None:
     from conftest import tiny_vit
 
-    from core.model import wrap_model
+    from core.models.handle import wrap_model
 
     def prepare(name: str, *, checkpoint=None, img_size=None, progress=None, local_paths=False):
         assert name == DINOV2_NAME and progress is not None and not local_paths  # a visitor never names a path
@@ -326,7 +326,7 @@ def test_the_backbone_overview_colours_by_label_only_when_there_are_labels() -> 
 
 
 def test_baseline_of_an_impact_is_zero_and_of_a_gradient_none() -> None:
-    from core.importance import HeadImportance
+    from core.measures.importance import HeadImportance
 
     unpruned = pd.DataFrame({"image": [0], "target": [-1], "probability": [float("nan")], "correct": [False]})
     tables = HeadImportance(overall=pd.DataFrame(), per_image=pd.DataFrame(), unpruned=unpruned)

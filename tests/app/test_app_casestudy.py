@@ -9,9 +9,9 @@ import pytest
 from conftest import APP
 from streamlit.testing.v1 import AppTest
 
-from core.bundle import save_bundle
-from core.casestudy import findings
-from core.importance import head_importance, rank_heads
+from core.study.bundle import save_bundle
+from core.study.casestudy import findings
+from core.measures.importance import head_importance, rank_heads
 from ui import patterns, session
 from ui.casestudy import EVIDENCE
 from viz.report import case_charts, mode_chart_key
@@ -24,8 +24,8 @@ HEADING = re.compile(r"#### (\d+)\. (L\d+H\d+)")
 @pytest.fixture(scope="module")
 def demo_ranking(demo_handle):
     """Global importance of the demo samples from the core API, apart from the page's caches."""
-    from core.casestudy import set_labels
-    from core.images import demo_digits_set
+    from core.study.casestudy import set_labels
+    from core.inputs.images import demo_digits_set
 
     split = demo_handle.card["split"]
     images = demo_digits_set(split["seed"], split["test_fraction"])
@@ -92,9 +92,9 @@ def test_a_finding_opens_its_view_with_that_head_in_focus(page: AppTest, part: s
 
 def test_the_mechanism_opens_b2_on_the_image_pruning_hurts_most(page: AppTest, demo_ranking, demo_handle) -> None:
     """The link sets the focus image too, so B2 shows the image the sentence is about."""
-    from core.casestudy import hurt_images, set_labels
-    from core.images import demo_digits_set
-    from core.importance import head_importance_tables
+    from core.study.casestudy import hurt_images, set_labels
+    from core.inputs.images import demo_digits_set
+    from core.measures.importance import head_importance_tables
 
     first = _headings(page)[0]
     page.button(key=f"case_mechanism_{first}").click().run()
@@ -216,7 +216,7 @@ def test_the_case_study_of_a_backbone(monkeypatch, tmp_path) -> None:
     from safetensors.torch import save
     from test_markdown import shown
 
-    from core.importance import BACKBONE_METRICS, BACKBONE_REASON
+    from core.measures.importance import BACKBONE_METRICS, BACKBONE_REASON
 
     weights = tmp_path / "backbone.safetensors"
     model = timm.create_model("test_vit", pretrained=False, num_classes=0)

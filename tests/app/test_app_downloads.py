@@ -20,7 +20,7 @@ from streamlit.testing.v1 import AppTest
 from test_hfmodels import hf_model, save
 from test_images import encode
 
-from core.digits import digit_images, digits_split
+from core.inputs.digits import digit_images, digits_split
 from ui import patterns
 
 TIMEOUT = 300

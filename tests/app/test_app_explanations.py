@@ -8,7 +8,7 @@ from conftest import APP
 from conftest import captions as _captions
 from streamlit.testing.v1 import AppTest
 
-from core.attribution import METHODS
+from core.measures.attribution import METHODS
 
 TIMEOUT = 180
 PAGE = "pages/5_Explanations.py"
@@ -95,7 +95,7 @@ def test_the_image_maps_follow_the_settings(tiny_handle) -> None:
 
     from PIL import Image
 
-    from core.images import image_set_from_files
+    from core.inputs.images import image_set_from_files
     from ui import attribution
 
     buffer = io.BytesIO()

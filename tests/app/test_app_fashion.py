@@ -15,9 +15,9 @@ from conftest import APP
 from streamlit.testing.v1 import AppTest
 from test_markdown import shown
 
-from core.images import FASHION_SAMPLE
-from core.model import FASHION_NAME, FASHION_PROBE, load_model
-from core.probe import probe_from_bytes
+from core.inputs.images import FASHION_SAMPLE
+from core.models.load import FASHION_NAME, FASHION_PROBE, load_model
+from core.models.probe import probe_from_bytes
 from ui import session
 
 TIMEOUT = 600
@@ -97,7 +97,7 @@ def test_every_page_runs_on_the_built_in_classifier(fashion: AppTest) -> None:
 
 
 def test_a_probe_fitted_on_other_weights_is_one_sentence(monkeypatch) -> None:
-    from core import dinov2
+    from core.models import dinov2
     from core.errors import ModelUnavailable
 
     monkeypatch.setattr(dinov2, "weights_sha256", lambda path: "0" * 64)

@@ -18,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 from test_images import encode
 from test_markdown import shown
 
-from core.digits import digit_images, digits_split
+from core.inputs.digits import digit_images, digits_split
 
 TIMEOUT = 180
 
@@ -42,7 +42,7 @@ def test_demo_overview_and_top5(app: AppTest) -> None:
 def test_typing_an_id_moves_the_focus(app: AppTest) -> None:
     first = app.text_input(key="focus_id_input").value
     split = digits_split(0, 0.2)
-    from core.images import demo_digits_set
+    from core.inputs.images import demo_digits_set
 
     other = demo_digits_set(0, 0.2).images[10]
     assert other.id != first and len(split.test) == 360

@@ -13,8 +13,8 @@ from PIL import Image
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
-from core.digits import digit_images, digits_split
-from core.importance import METRICS, MODE_REMOVES, MODES
+from core.inputs.digits import digit_images, digits_split
+from core.measures.importance import METRICS, MODE_REMOVES, MODES
 from ui import importance as ui
 from viz import importance as charts
 from viz.common import HEAD_SELECTION
@@ -225,12 +225,12 @@ def test_pruning_curve_chart_has_one_line_per_order_and_a_dashed_baseline() -> N
     ],
 )
 def test_target_measure_names_what_accuracy_means(labels, expected: str) -> None:
-    from core.images import ImageSet, SetImage
+    from core.inputs.images import ImageSet, SetImage
 
     image = Image.new("RGB", (8, 8))
     images = ImageSet.from_images("t", [SetImage(f"id{i}", f"n{i}", image, label) for i, label in enumerate(labels)])
     assert ui.target_measure(images) == expected
-    from core.casestudy import set_labels
+    from core.study.casestudy import set_labels
 
     tensor = set_labels(images)
     assert (tensor is None) == (expected.startswith("agreement"))
@@ -239,7 +239,7 @@ def test_target_measure_names_what_accuracy_means(labels, expected: str) -> None
 
 
 def test_unpruned_baseline_and_axis_titles() -> None:
-    from core.importance import HeadImportance
+    from core.measures.importance import HeadImportance
 
     unpruned = pd.DataFrame({"image": [0, 1], "target": [3, 4], "probability": [0.8, 0.4], "correct": [True, False]})
     tables = HeadImportance(overall=pd.DataFrame(), per_image=pd.DataFrame(), unpruned=unpruned)

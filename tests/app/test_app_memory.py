@@ -32,11 +32,11 @@ def out_of_memory(*_args, **_kwargs):
 
 
 def test_explanations_shows_a_sentence_when_the_allocator_fails(app: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
-    import core.attribution
+    import core.measures.attribution
 
     app.switch_page("pages/5_Explanations.py").run()
     assert not app.exception and not app.error
-    monkeypatch.setattr(core.attribution, "_gradient_part", out_of_memory)
+    monkeypatch.setattr(core.measures.attribution, "_gradient_part", out_of_memory)
     # settings no cached map has: the maps are computed again
     app.radio(key="explain_fusion").set_value("min").run()
     app.select_slider(key="explain_discard").set_value(0.8).run()
@@ -47,11 +47,11 @@ def test_explanations_shows_a_sentence_when_the_allocator_fails(app: AppTest, mo
 def test_attention_strength_shows_a_sentence_when_the_allocator_fails(app: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
     import streamlit as st
 
-    import core.attention
+    import core.measures.attention
 
     st.cache_data.clear()  # the focus image's statistics are computed here, not read from another test's cache
     # the focus image's own attention fails; the set's first pass (another code path) does not
-    monkeypatch.setattr(core.attention, "_attention_of_batch", out_of_memory)
+    monkeypatch.setattr(core.measures.attention, "_attention_of_batch", out_of_memory)
     app.switch_page("pages/2_Attention_Strength.py").run()
     assert not app.exception, app.exception
     assert [shown(e.value) for e in app.error] == [SENTENCE]

@@ -9,7 +9,7 @@ from conftest import ROOT, started_app
 from streamlit.testing.v1 import AppTest
 from test_images import encode
 
-from core.digits import digit_images, digits_split
+from core.inputs.digits import digit_images, digits_split
 from ui.navigation import ALONE, PAGES as LINKED
 
 APP = str(ROOT / "streamlit_app.py")

@@ -12,7 +12,7 @@ from conftest import captions as _captions
 from streamlit.testing.v1 import AppTest
 
 from core.errors import UnsupportedMapKind
-from core.projection import wait_for_umap
+from core.measures.projection import wait_for_umap
 from ui import patterns
 
 TIMEOUT = 300

@@ -22,7 +22,7 @@ from test_images import encode
 from test_markdown import shown
 
 from core.errors import ProbeRejected
-from core.probe import probe_from_bytes
+from core.models.probe import probe_from_bytes
 from ui import session
 
 TIMEOUT = 240
@@ -209,11 +209,11 @@ def test_a_probe_for_another_backbone_is_refused(monkeypatch, tmp_path, backbone
 
 
 def test_a_bundle_saved_with_a_probe_opens_on_the_backbone_with_that_probe(monkeypatch, tmp_path, backbone_weights) -> None:
-    from core.bundle import save_bundle
-    from core.casestudy import CaseSettings, analyze
-    from core.images import image_set_from_zip
-    from core.model import load_model
-    from core.probe import fit_probe, probe_features, with_probe
+    from core.study.bundle import save_bundle
+    from core.study.casestudy import CaseSettings, analyze
+    from core.inputs.images import image_set_from_zip
+    from core.models.load import load_model
+    from core.models.probe import fit_probe, probe_features, with_probe
 
     at = _start(monkeypatch, tmp_path, backbone_weights)
     backbone = load_model("test_vit", checkpoint=tmp_path / "backbone.safetensors")

@@ -17,8 +17,8 @@ from test_images import encode
 
 import ui.session
 import ui.stages
-from core.digits import digit_images, digits_split
-from core.staged import CURVE_STAGE, DONE, PREVIEW_STAGE, STOPPED, SWEEP_STAGE, WAITING, RunSlots, StagedAnalysis
+from core.inputs.digits import digit_images, digits_split
+from core.pipeline.staged import CURVE_STAGE, DONE, PREVIEW_STAGE, STOPPED, SWEEP_STAGE, WAITING, RunSlots, StagedAnalysis
 
 IMPORTANCE, STRENGTH = "pages/1_Head_Importance.py", "pages/2_Attention_Strength.py"
 

@@ -7,7 +7,7 @@ from conftest import captions, notice_texts, started_app
 from streamlit.testing.v1 import AppTest
 
 import ui.session
-from core.staged import StagedAnalysis
+from core.pipeline.staged import StagedAnalysis
 
 IMPORTANCE, STRENGTH, CASE = "pages/1_Head_Importance.py", "pages/2_Attention_Strength.py", "pages/4_Case_Study.py"
 

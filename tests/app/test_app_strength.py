@@ -9,7 +9,7 @@ from conftest import APP
 from conftest import captions as _captions
 from streamlit.testing.v1 import AppTest
 
-from core.digits import digit_images, digits_split
+from core.inputs.digits import digit_images, digits_split
 
 TIMEOUT = 180
 PAGE = "pages/2_Attention_Strength.py"

@@ -12,7 +12,7 @@ from streamlit.runtime.caching import cache_data_api, cache_resource_api
 from streamlit.testing.v1 import AppTest
 from test_images import encode
 
-from core.digits import digit_images, digits_split
+from core.inputs.digits import digit_images, digits_split
 
 APP = str(ROOT / "streamlit_app.py")
 

@@ -24,8 +24,8 @@ from streamlit.testing.v1 import AppTest
 from test_images import encode
 from test_markdown import HOSTILE_NAME
 
-from core.casestudy import findings
-from core.digits import digit_images, digits_split
+from core.study.casestudy import findings
+from core.inputs.digits import digit_images, digits_split
 from ui import patterns
 from viz.common import RESERVED_TOOLTIP_KEYS, tooltip_field
 from viz.report import case_charts

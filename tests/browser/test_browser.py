@@ -28,7 +28,7 @@ from conftest import ROOT
 from PIL import Image
 from test_images import encode
 
-from core.digits import digit_images, digits_split
+from core.inputs.digits import digit_images, digits_split
 
 PAGES = sorted((ROOT / "pages").glob("[0-9]*_*.py"))
 SERVER_UPLOAD_LIMIT_MB = 2

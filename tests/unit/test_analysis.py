@@ -11,16 +11,16 @@ import torch
 from PIL import Image
 from conftest import ACROSS_CPUS, DATA, tiny_vit
 
-import core.analysis
-import core.attention
-from core.analysis import analyze_set, draw_samples, first_pass
-from core.casestudy import CaseSettings, set_labels, study_from
+import core.pipeline.analysis
+import core.measures.attention
+from core.pipeline.analysis import analyze_set, draw_samples, first_pass
+from core.study.casestudy import CaseSettings, set_labels, study_from
 from core.errors import NotEnoughImages, HeadScopeError, InvalidSetting
-from core.images import ImageSet, demo_digits_set
-from core.importance import head_importance_tables, pruning_curve
-from core.patterns import sample_maps
+from core.inputs.images import ImageSet, demo_digits_set
+from core.measures.importance import head_importance_tables, pruning_curve
+from core.measures.patterns import sample_maps
 from core.settings import images_per_batch
-from core.strength import strength_statistics
+from core.measures.strength import strength_statistics
 
 RELEASE_13 = DATA / "release13_demo_24.npz"  # written by the previous release (ebfcb39) on the same 24 digits
 STRENGTH_FIELDS = ("hop_strength", "entropy", "distance", "prefix_share", "offset_mean")
@@ -47,7 +47,7 @@ class _Budget:
             return original(this, images)
 
         monkeypatch.setattr(type(handle), "preprocess", preprocess)
-        for module in (core.analysis, core.attention):
+        for module in (core.pipeline.analysis, core.measures.attention):
             capture = module.capture_patterns
 
             def counted(hooks, model, patterns, capture=capture):
@@ -129,7 +129,7 @@ def test_the_pass_gives_what_the_separate_analyses_give(demo_handle, set_24) -> 
 
 
 def test_a_backbone_pass_matches_its_separate_analyses() -> None:
-    from core.model import wrap_model
+    from core.models.handle import wrap_model
 
     handle = wrap_model(tiny_vit(num_classes=0, reg_tokens=2), device="cpu")
     rng = np.random.default_rng(1)
@@ -183,9 +183,9 @@ def test_batches_follow_one_rule_and_bad_settings_are_sentences(demo_handle, tin
 
 def test_a_user_error_on_another_process_is_raised_on_this_one(demo_handle, set_24, monkeypatch) -> None:
     """Under torchrun a process whose share fails must not leave the others waiting: all raise its sentence."""
-    import core.distributed
-    from core.casestudy import analyze
-    from core.distributed import Shards
+    import core.pipeline.distributed
+    from core.study.casestudy import analyze
+    from core.pipeline.distributed import Shards
     from core.errors import ImageRejected
 
     other = ImageRejected("digit-0007 changed while it was being analysed; run the analysis again.")
@@ -195,8 +195,8 @@ def test_a_user_error_on_another_process_is_raised_on_this_one(demo_handle, set_
         gathered.append(value)
         return [value, other]  # rank 1's share failed
 
-    monkeypatch.setattr(core.distributed, "current", lambda: Shards(rank=0, size=2))
-    monkeypatch.setattr(core.distributed, "gather", gather)
+    monkeypatch.setattr(core.pipeline.distributed, "current", lambda: Shards(rank=0, size=2))
+    monkeypatch.setattr(core.pipeline.distributed, "gather", gather)
     with pytest.raises(ImageRejected, match="changed while it was being analysed"):
         analyze(demo_handle, set_24, CaseSettings(max_maps=600, curve_steps=1), layout_method="pca")
     assert len(gathered) == 1 and not isinstance(gathered[0], HeadScopeError)  # this rank's pass did run

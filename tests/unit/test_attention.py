@@ -1,4 +1,4 @@
-"""core.attention: exact post-softmax attention without touching the shared model."""
+"""core.measures.attention: exact post-softmax attention without touching the shared model."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.attention import extract_attention, iter_attention
-from core.model import wrap_model
+from core.measures.attention import extract_attention, iter_attention
+from core.models.handle import wrap_model
 from tests.conftest import tiny_vit
 
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from conftest import tiny_vit
 
-from core.attention import extract_attention
-from core.attribution import HEAD_FUSIONS, attention_rollout
-from core.model import wrap_model
+from core.measures.attention import extract_attention
+from core.measures.attribution import HEAD_FUSIONS, attention_rollout
+from core.models.handle import wrap_model
 
 
 def slow_rollout(attn: np.ndarray, prefix: int, fusion: str, ratio: float, class_token: bool = True) -> np.ndarray:
@@ -60,7 +60,7 @@ def test_rollout_matches_a_slow_loop(attention, fusion: str, ratio: float) -> No
 
 
 def test_discarding_drops_the_smallest_weights_but_never_the_class_tokens_column(attention) -> None:
-    from core.attribution import _discard
+    from core.measures.attribution import _discard
 
     attn, prefix, cls = attention
     kept = attention_rollout(attn, prefix, class_token=cls)
@@ -160,14 +160,14 @@ def _distilled(**overrides):
 
 
 def _class_and_patch_mean():
-    from core.hfmodels import _timm_subclass
+    from core.models.transformers import _timm_subclass
 
     torch.manual_seed(0)
     return _timm_subclass("class_and_patch_mean")(img_size=32, patch_size=8, num_classes=5, embed_dim=24, depth=3, num_heads=3)
 
 
 def _class_token_deit():
-    from core.hfmodels import _timm_subclass
+    from core.models.transformers import _timm_subclass
 
     torch.manual_seed(0)
     return _timm_subclass("class_token")(img_size=32, patch_size=8, num_classes=5, embed_dim=24, depth=3, num_heads=3)
@@ -188,7 +188,7 @@ READOUTS = {
 
 @pytest.mark.parametrize("name", list(READOUTS))
 def test_gradient_rollout_matches_a_hand_written_forward_and_leaves_the_model_clean(name: str) -> None:
-    from core.attribution import answer_readout, gradient_relevance, gradient_rollout
+    from core.measures.attribution import answer_readout, gradient_relevance, gradient_rollout
 
     build, rows, patch_share = READOUTS[name]
     handle = wrap_model(build(), class_names=[f"c{i}" for i in range(5)], device="cpu")
@@ -213,7 +213,7 @@ def test_gradient_rollout_matches_a_hand_written_forward_and_leaves_the_model_cl
 
 @pytest.mark.parametrize("name", list(READOUTS))
 def test_attention_rollout_reads_the_rows_the_answer_is_read_from(name: str) -> None:
-    from core.attribution import answer_readout
+    from core.measures.attribution import answer_readout
 
     build, rows, patch_share = READOUTS[name]
     handle = wrap_model(build(), class_names=[f"c{i}" for i in range(5)], device="cpu")
@@ -234,7 +234,7 @@ def test_attention_rollout_reads_the_rows_the_answer_is_read_from(name: str) -> 
 
 
 def test_gradient_rollout_in_chunks_equals_one_image_at_a_time(tiny_handle) -> None:
-    from core import attribution
+    from core.measures import attribution
 
     x = torch.randn(attribution._GRADIENT_BATCH + 3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     together = attribution.gradient_relevance(tiny_handle, x)
@@ -244,7 +244,7 @@ def test_gradient_rollout_in_chunks_equals_one_image_at_a_time(tiny_handle) -> N
 
 
 def test_gradient_rollout_refuses_masked_attention(tiny_handle) -> None:
-    from core.attribution import _check_plain_call
+    from core.measures.attribution import _check_plain_call
     from core.errors import UnsupportedMetric
 
     _check_plain_call((torch.zeros(1),), {"attn_mask": None, "is_causal": False})  # how timm's Block calls it
@@ -253,7 +253,7 @@ def test_gradient_rollout_refuses_masked_attention(tiny_handle) -> None:
 
 
 def test_gradient_rollout_needs_a_class_and_a_class_the_model_has(tiny_handle) -> None:
-    from core.attribution import gradient_rollout
+    from core.measures.attribution import gradient_rollout
     from core.errors import InvalidSetting, UnsupportedMetric
 
     x = torch.zeros(2, 3, 32, 32)
@@ -300,7 +300,7 @@ def slow_curves(handle, x: torch.Tensor, order: list[int], fill: torch.Tensor, f
 @pytest.mark.parametrize("fill", ["mean", "blur"])
 @pytest.mark.parametrize("backbone", [False, True], ids=["classifier", "backbone"])
 def test_curves_match_a_pixel_loop(fill: str, backbone: bool) -> None:
-    from core.attribution import _filled, faithfulness_areas, faithfulness_curves
+    from core.measures.attribution import _filled, faithfulness_areas, faithfulness_curves
 
     handle = wrap_model(tiny_vit(num_classes=0 if backbone else 5), class_names=[] if backbone else list("abcde"), device="cpu")
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
@@ -334,7 +334,7 @@ def test_curves_match_a_pixel_loop(fill: str, backbone: bool) -> None:
 
 
 def test_curves_refuse_what_they_cannot_use(tiny_handle) -> None:
-    from core.attribution import faithfulness_curves
+    from core.measures.attribution import faithfulness_curves
     from core.errors import InvalidSetting, UnsupportedMetric
 
     x = torch.zeros(1, 3, 32, 32)
@@ -356,7 +356,7 @@ def test_curves_refuse_what_they_cannot_use(tiny_handle) -> None:
 def test_the_summary_pairs_each_image_with_its_random_order() -> None:
     import pandas as pd
 
-    from core.attribution import faithfulness_summary
+    from core.measures.attribution import faithfulness_summary
 
     rows = []
     # map: deletion 0.3 and 0.5 against random 0.4 and 0.6 (better on both: swapped pairs would win only one);
@@ -377,7 +377,7 @@ def test_the_summary_pairs_each_image_with_its_random_order() -> None:
 
 
 def test_relevance_maps_are_each_method_read_in_small_batches(tiny_handle, monkeypatch) -> None:
-    from core import attribution
+    from core.measures import attribution
 
     monkeypatch.setattr("core.settings.images_per_batch", lambda handle, cap=None: 2)  # 5 images: 3 batches
     x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(6))
@@ -395,7 +395,7 @@ def test_relevance_maps_are_each_method_read_in_small_batches(tiny_handle, monke
 
 
 def test_methods_are_compared_on_the_same_random_order(tiny_handle) -> None:
-    from core import attribution
+    from core.measures import attribution
 
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(7))
     maps = attribution.relevance_maps(tiny_handle, x).maps
@@ -413,7 +413,7 @@ def test_methods_are_compared_on_the_same_random_order(tiny_handle) -> None:
 
 @pytest.mark.parametrize("name", ["distilled DeiT", "2 registers, no class token", "class token, average pooled"])
 def test_discarding_keeps_the_columns_of_the_tokens_the_answer_reads(name: str) -> None:
-    from core.attribution import _discard, answer_readout
+    from core.measures.attribution import _discard, answer_readout
 
     build, rows, _ = READOUTS[name]
     handle = wrap_model(build(), class_names=[f"c{i}" for i in range(5)], device="cpu")

@@ -19,11 +19,11 @@ from PIL import Image
 from safetensors.torch import save
 
 from core.__main__ import EXIT_BAD_INPUT, main
-from core.bundle import load_bundle, save_bundle
-from core.casestudy import KILLER_SHARE, CaseSettings, analyze, findings
+from core.study.bundle import load_bundle, save_bundle
+from core.study.casestudy import KILLER_SHARE, CaseSettings, analyze, findings
 from core.errors import UnsupportedMetric
-from core.images import ImageSet, decode_image
-from core.importance import (
+from core.inputs.images import ImageSet, decode_image
+from core.measures.importance import (
     BACKBONE_METRICS,
     METRICS,
     head_importance_tables,
@@ -31,7 +31,8 @@ from core.importance import (
     partial_pruning,
     pruning_curve,
 )
-from core.model import load_model, wrap_model
+from core.models.load import load_model
+from core.models.handle import wrap_model
 from tests.conftest import tiny_vit
 from viz.report import render_report
 
@@ -241,7 +242,7 @@ def test_the_command_line_analyses_a_backbone(tmp_path, capsys) -> None:
 
 
 def test_a_model_already_at_224_px_keeps_its_size_whatever_its_grid() -> None:
-    from core.model import _run_size
+    from core.models.load import _run_size
 
     assert _run_size("vit_base_patch8_224", None) is None  # 28 x 28 patches, but no larger than 224 px
     assert _run_size("vit_small_patch14_dinov2", None) == 224  # 37 x 37 patches at 518 px

@@ -18,8 +18,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from core.bundle import MANIFEST, BundleLimits, load_bundle, save_bundle, write_bundle
-from core.casestudy import ARRAYS, BUNDLE_VERSION, TABLE_COLUMNS, TABLES
+from core.study.bundle import MANIFEST, BundleLimits, load_bundle, save_bundle, write_bundle
+from core.study.casestudy import ARRAYS, BUNDLE_VERSION, TABLE_COLUMNS, TABLES
 from core.errors import BundleRejected, HeadScopeError
 
 # Set when an object in a refused .npy is unpickled: it must never be.
@@ -444,10 +444,10 @@ def _with_zip64_end(data: bytes, entries: int, size: int) -> bytes:
 @pytest.mark.parametrize("entries, size, match", [(4_000_000, 200_000, "declares 4,000,000 files"), (20, 2**30, "file directory declares")])
 def test_end_records_declaring_a_huge_directory_are_refused_before_zipfile_parses_it(bundle, monkeypatch, entries, size, match):
     """4 million entries cost zipfile 23 s and 1.8 GB; only the end records are read here."""
-    import core.bundle
+    import core.study.bundle
 
     data = _with_zip64_end(bundle, entries, size)
-    monkeypatch.setattr(core.bundle.zipfile, "ZipFile", lambda *a, **k: pytest.fail("zipfile parsed the directory"))
+    monkeypatch.setattr(core.study.bundle.zipfile, "ZipFile", lambda *a, **k: pytest.fail("zipfile parsed the directory"))
     _refused(data, match)
 
 
@@ -469,7 +469,7 @@ def test_too_many_images_are_refused(bundle):
     _refused(bundle, "covers 24 images; the limit is 23", limits=BundleLimits(max_images=23))
 
 
-@pytest.mark.parametrize("where", ["core.bundle.json.loads", "core.bundle.pq.ParquetFile.read", "core.bundle.np.load"])
+@pytest.mark.parametrize("where", ["core.study.bundle.json.loads", "core.study.bundle.pq.ParquetFile.read", "core.study.bundle.np.load"])
 def test_running_out_of_memory_is_a_sentence(bundle, monkeypatch, where):
     def out_of_memory(*args, **kwargs):
         raise MemoryError
@@ -499,12 +499,12 @@ def _metric_text(small_study, compression: str = "snappy") -> bytes:
 
 
 def test_a_dictionary_string_repeated_on_every_row_is_refused_before_decoding(small_study, bundle, monkeypatch):
-    import core.bundle
+    import core.study.bundle
 
     content = _metric_text(small_study)
     assert len(content) < 100_000
     rows = len(small_study.tables["importance_per_image"])
-    _forbid(monkeypatch, core.bundle, "_frame", lambda table, text: table.num_rows == rows)
+    _forbid(monkeypatch, core.study.bundle, "_frame", lambda table, text: table.num_rows == rows)
     _refused(_edited(bundle, replace={"tables/importance_per_image.parquet": content}), "text longer than HeadScope writes")
 
 
@@ -523,11 +523,11 @@ def test_a_table_with_more_rows_than_the_manifest_allows_is_refused_unread(small
 
 def test_a_member_larger_than_its_kind_is_refused_before_any_member_is_read(small_study, bundle, monkeypatch):
     """A checksummed thumbnail of zeros (1 GiB of them cost 2 GB before): refused from the listed size."""
-    import core.bundle
+    import core.study.bundle
 
     read: list[str] = []
-    real = core.bundle._read_member
-    monkeypatch.setattr(core.bundle, "_read_member", lambda archive, info, entry: read.append(info.filename) or real(archive, info, entry))
+    real = core.study.bundle._read_member
+    monkeypatch.setattr(core.study.bundle, "_read_member", lambda archive, info, entry: read.append(info.filename) or real(archive, info, entry))
     name = f"images/{next(iter(small_study.thumbnails))}.png"
     _refused(_edited(bundle, replace={name: bytes(2 * 2**20)}), "more than any thumbnail")
     array = _npy(np.zeros((10**6,), dtype=np.float32))
@@ -536,11 +536,11 @@ def test_a_member_larger_than_its_kind_is_refused_before_any_member_is_read(smal
 
 
 def test_members_are_read_one_at_a_time_and_a_bad_one_stops_the_rest(small_study, bundle, monkeypatch):
-    import core.bundle
+    import core.study.bundle
 
     read: list[str] = []
-    real = core.bundle._read_member
-    monkeypatch.setattr(core.bundle, "_read_member", lambda archive, info, entry: read.append(info.filename) or real(archive, info, entry))
+    real = core.study.bundle._read_member
+    monkeypatch.setattr(core.study.bundle, "_read_member", lambda archive, info, entry: read.append(info.filename) or real(archive, info, entry))
     curve = small_study.tables["pruning_curve"].assign(accuracy=np.nan)
     _refused(_edited(bundle, replace={"tables/pruning_curve.parquet": _parquet(curve)}), "not finite")
     assert read == [f"tables/{name}.parquet" for name in TABLES[: TABLES.index("pruning_curve") + 1]]
@@ -622,7 +622,7 @@ def test_a_non_finite_or_absurd_number_in_the_manifest_is_refused(bundle, path):
 
 def test_edge_values_are_accepted_and_render(small_study, bundle):
     """Values at the ends of their ranges are honest: the bundle opens and the findings and report render."""
-    from core.casestudy import findings
+    from core.study.casestudy import findings
     from viz.report import render_report
 
     tables = dict(small_study.tables)
@@ -646,7 +646,7 @@ def test_edge_values_are_accepted_and_render(small_study, bundle):
 def test_a_study_in_which_no_head_hurts_any_image_saves_and_reopens(small_study, demo_handle) -> None:
     from types import SimpleNamespace
 
-    from core.casestudy import _partial_table, findings
+    from core.study.casestudy import _partial_table, findings
     from viz.report import render_report
 
     no_heads = SimpleNamespace(unpruned=small_study.tables["importance_unpruned"])

@@ -14,12 +14,12 @@ from conftest import DATA, tiny_vit
 from PIL import Image
 from test_bundle import _edited, _members
 
-from core.bundle import MANIFEST, PROBE_MEMBER, bundle_probe, load_bundle, save_bundle
-from core.casestudy import ARRAYS, BUNDLE_VERSION, PLAIN_BUNDLE_VERSION, TABLES, CaseSettings, analyze
+from core.study.bundle import MANIFEST, PROBE_MEMBER, bundle_probe, load_bundle, save_bundle
+from core.study.casestudy import ARRAYS, BUNDLE_VERSION, PLAIN_BUNDLE_VERSION, TABLES, CaseSettings, analyze
 from core.errors import BundleRejected, HeadScopeError, ProbeRejected
-from core.images import ImageSet, decode_image
-from core.model import wrap_model
-from core.probe import fit_probe, probe_features, probe_from_bytes, with_probe
+from core.inputs.images import ImageSet, decode_image
+from core.models.handle import wrap_model
+from core.models.probe import fit_probe, probe_features, probe_from_bytes, with_probe
 
 CLASSES = ("ant", "bee", "cat")
 TINY = CaseSettings(top_k=2, hurt_images=2, max_maps=150, n_clusters=2, curve_steps=2)
@@ -267,11 +267,11 @@ def test_a_manifest_whose_probe_facts_are_wrong_is_refused(data, edit, match):
 
 def test_a_probe_member_larger_than_its_classes_and_features_is_refused_unread(data, monkeypatch):
     """3 classes of 48 features are about 1 KB of weights beside a header of at most 1 MiB: 2 MiB is no probe."""
-    import core.bundle
+    import core.study.bundle
 
     read: list[str] = []
-    real = core.bundle._read_member
-    monkeypatch.setattr(core.bundle, "_read_member", lambda archive, info, entry: read.append(info.filename) or real(archive, info, entry))
+    real = core.study.bundle._read_member
+    monkeypatch.setattr(core.study.bundle, "_read_member", lambda archive, info, entry: read.append(info.filename) or real(archive, info, entry))
     damaged = _edited(data, replace={PROBE_MEMBER: bytes(2 * 2**20)})
     message = _refused(bundle_probe, damaged, "more than a linear probe of 3 classes and 48 features can be")
     assert _refused(load_bundle, damaged, "more than a linear probe") == message

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from conftest import ACROSS_CPUS, DATA
 
-from core.bundle import load_bundle
-from core.casestudy import CaseSettings, findings, set_labels
-from core.images import ImageSet, demo_digits_set
-from core.importance import head_importance_tables, pruning_curve
+from core.study.bundle import load_bundle
+from core.study.casestudy import CaseSettings, findings, set_labels
+from core.inputs.images import ImageSet, demo_digits_set
+from core.measures.importance import head_importance_tables, pruning_curve
 from viz.report import render_report
 
 V1_BUNDLE = DATA / "bundle_v1_demo.zip"
@@ -93,7 +93,7 @@ def test_a_version_2_bundle_opens_without_the_concentration_numbers(v2_study, v1
 
 def test_the_strength_numbers_of_a_version_2_bundle_are_what_this_version_computes(v2_study, v1_images, demo_handle) -> None:
     """Adding the concentration arrays changed none of the strength numbers a version-2 bundle holds."""
-    from core.strength import strength_statistics
+    from core.measures.strength import strength_statistics
 
     now = strength_statistics(demo_handle, v1_images.pil_images())
     for name in ("hop_strength", "entropy", "distance", "prefix_share", "offset_mean"):
@@ -121,7 +121,7 @@ def v3_study(demo_handle):
 
 
 def test_a_version_3_bundle_opens_without_relevance_maps(v3_study, v1_images) -> None:
-    from core.casestudy import relevance_of
+    from core.study.casestudy import relevance_of
 
     assert v3_study.manifest["format_version"] == 3
     assert v3_study.manifest["image_set"]["key"] == v1_images.key
@@ -133,8 +133,8 @@ def test_a_version_3_bundle_opens_without_relevance_maps(v3_study, v1_images) ->
 
 def test_the_numbers_of_a_version_3_bundle_are_what_this_version_computes(v3_study, v1_images, demo_handle) -> None:
     """Adding the relevance maps changed none of the numbers a version-3 bundle holds."""
-    from core.casestudy import STRENGTH_ARRAYS
-    from core.strength import strength_statistics
+    from core.study.casestudy import STRENGTH_ARRAYS
+    from core.measures.strength import strength_statistics
 
     now = strength_statistics(demo_handle, v1_images.pil_images())
     for name in STRENGTH_ARRAYS:
@@ -155,7 +155,7 @@ def test_findings_and_the_report_of_a_version_3_bundle(v3_study) -> None:
 @pytest.mark.parametrize("bundle", [V1_BUNDLE, V2_BUNDLE, V3_BUNDLE], ids=["version 1", "version 2", "version 3"])
 def test_an_older_bundle_saved_again_opens_again_with_the_same_numbers(bundle, demo_handle) -> None:
     """The case-study page offers a download of whatever it shows, an opened older bundle too."""
-    from core.bundle import save_bundle
+    from core.study.bundle import save_bundle
 
     first = load_bundle(bundle.read_bytes(), model_key=demo_handle.key)
     again = load_bundle(save_bundle(first), model_key=demo_handle.key)

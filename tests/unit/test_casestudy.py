@@ -7,16 +7,16 @@ import pytest
 from conftest import tiny_vit
 from PIL import Image
 
-from core.casestudy import (
+from core.study.casestudy import (
     NEGLIGIBLE_DROP,
     CaseSettings,
     _killer_mode,
     analyze,
     findings,
 )
-from core.images import ImageSet, SetImage
-from core.importance import rank_heads
-from core.model import wrap_model
+from core.inputs.images import ImageSet, SetImage
+from core.measures.importance import rank_heads
+from core.models.handle import wrap_model
 
 TINY = CaseSettings(top_k=3, hurt_images=2, max_maps=200, n_clusters=2, curve_steps=2)
 ALL_REMOVE = {"cls": 0.3, "patch": 0.6, "cls_patch": 0.2, "cls_cls": 0.1}
@@ -119,8 +119,8 @@ def test_one_image_reads_in_the_singular(demo_handle, small_set):
 
 
 def test_the_study_explains_exactly_the_images_partial_pruning_ran_on(demo_handle, small_set, small_study):
-    from core.attribution import METHODS, relevance_maps
-    from core.casestudy import relevance_of
+    from core.measures.attribution import METHODS, relevance_maps
+    from core.study.casestudy import relevance_of
 
     cited = list(dict.fromkeys(small_study.tables["partial"]["image_id"]))
     ids = [item["id"] for item in small_study.manifest["image_set"]["images"]]
@@ -147,7 +147,7 @@ def test_the_study_explains_exactly_the_images_partial_pruning_ran_on(demo_handl
 def test_a_backbone_study_has_no_gradient_rollout(no_prefix_study):
     backbone = wrap_model(tiny_vit(num_classes=0), device="cpu")
     study = analyze(backbone, _set(4), TINY, layout_method="pca")
-    from core.casestudy import relevance_of
+    from core.study.casestudy import relevance_of
 
     cited = list(dict.fromkeys(study.tables["partial"]["image_id"]))
     assert cited
@@ -158,7 +158,7 @@ def test_a_backbone_study_has_no_gradient_rollout(no_prefix_study):
 def test_the_explanation_names_ties_and_leaves_out_a_share_no_head_has(small_study):
     import dataclasses
 
-    from core.casestudy import findings
+    from core.study.casestudy import findings
 
     found = findings(small_study)
     assert all("of what the layers add to the gradient rollout" in f.explanation for f in found.heads)

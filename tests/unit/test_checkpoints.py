@@ -21,11 +21,12 @@ import torch
 from PIL import Image
 from safetensors.torch import save
 
-import core.model
-from core.attention import extract_attention
+import core.models.checkpoint
+from core.measures.attention import extract_attention
 from core.errors import CheckpointRejected, ModelUnavailable, NonFiniteOutputs
-from core.inference import predict_images
-from core.model import load_model, wrap_model
+from core.measures.inference import predict_images
+from core.models.load import load_model
+from core.models.handle import wrap_model
 from tests.conftest import tiny_vit
 
 _create_model = timm.create_model  # the real one: the fixtures below replace timm's
@@ -123,10 +124,10 @@ def test_an_oversized_header_is_refused_before_it_is_parsed(monkeypatch, no_tens
     def no_parsing(*args, **kwargs):
         pytest.fail("the header was parsed")
 
-    monkeypatch.setattr(core.model, "json", SimpleNamespace(loads=no_parsing))
+    monkeypatch.setattr(core.models.checkpoint, "json", SimpleNamespace(loads=no_parsing))
     entry = '"t{}":{{"dtype":"F32","shape":[0],"data_offsets":[0,0]}}'
     header = ("{" + ",".join(entry.format(i) for i in range(20_000)) + "}").encode()
-    assert len(header) > core.model._SAFETENSORS_MAX_HEADER
+    assert len(header) > core.models.checkpoint._SAFETENSORS_MAX_HEADER
     with pytest.raises(CheckpointRejected, match=r"safetensors header is 1 MB, far more than any ViT's"):
         load_model("test_vit", checkpoint=struct.pack("<Q", len(header)) + header)
     # a header under the length bound with far more tensors than the architecture: refused from its braces
@@ -222,7 +223,7 @@ def test_the_directory_size_is_bounded_whatever_count_the_end_records_claim(
 ) -> None:
     # zipfile reads entries until the declared directory size is used up, not up to the count
     data = _rezip(_torch_bytes(_state()), extra_entries=20_000)
-    monkeypatch.setattr(core.model.zipfile, "ZipFile", lambda *a, **k: pytest.fail("zipfile parsed the directory"))
+    monkeypatch.setattr(core.models.checkpoint.zipfile, "ZipFile", lambda *a, **k: pytest.fail("zipfile parsed the directory"))
     with pytest.raises(CheckpointRejected, match=r"a checkpoint of this architecture has at most 704"):
         load_model("test_vit", checkpoint=data)
 
@@ -247,8 +248,8 @@ def test_archives_not_laid_out_as_torch_save_writes_them_are_refused(
 
 
 def test_an_oversized_pickle_is_refused_before_torch_load(monkeypatch, no_tensor_loading, only_meta_models) -> None:
-    monkeypatch.setattr(core.model, "_PICKLE_BYTES_EXTRA", 0)
-    monkeypatch.setattr(core.model, "_PICKLE_BYTES_PER_TENSOR", 64)  # the real pickle holds ~170 bytes a tensor
+    monkeypatch.setattr(core.models.checkpoint, "_PICKLE_BYTES_EXTRA", 0)
+    monkeypatch.setattr(core.models.checkpoint, "_PICKLE_BYTES_PER_TENSOR", 64)  # the real pickle holds ~170 bytes a tensor
     with pytest.raises(CheckpointRejected, match="pickle is 0 MB, far more than a checkpoint of this architecture needs"):
         load_model("test_vit", checkpoint=_torch_bytes(_state()))
 

@@ -14,11 +14,11 @@ from conftest import ROOT
 from PIL import Image
 
 from core.__main__ import EXIT_BAD_INPUT, main
-from core.bundle import load_bundle
-from core.casestudy import findings
-from core.distributed import Shards
+from core.study.bundle import load_bundle
+from core.study.casestudy import findings
+from core.pipeline.distributed import Shards
 from core.errors import ImageRejected
-from core.images import image_set_from_folder
+from core.inputs.images import image_set_from_folder
 
 FAST = ["--layout", "pca", "--max-maps", "300", "--top-k", "2", "--hurt-images", "2", "--curve-steps", "2", "--clusters", "3"]
 
@@ -48,14 +48,14 @@ def test_folder_labels_come_from_class_folders(digit_folder, demo_handle):
 
 
 def test_a_lazy_folder_set_keeps_no_pixels_and_each_process_decodes_its_share(digit_folder, demo_handle, monkeypatch):
-    import core.images
-    from core.images import FolderImage, join_folder_shares
+    import core.inputs.images
+    from core.inputs.images import FolderImage, join_folder_shares
 
     root, _ = digit_folder
     whole, whole_notes = image_set_from_folder(root, demo_handle.class_names)
     decoded: list[str] = []
-    real_decode = core.images.decode_image
-    monkeypatch.setattr(core.images, "decode_image", lambda data, name, **kw: decoded.append(name) or real_decode(data, name, **kw))
+    real_decode = core.inputs.images.decode_image
+    monkeypatch.setattr(core.inputs.images, "decode_image", lambda data, name, **kw: decoded.append(name) or real_decode(data, name, **kw))
     shares = [image_set_from_folder(root, demo_handle.class_names, lazy=True, share=(rank, 2)) for rank in range(2)]
     # 13 files (12 digits and a broken one): 7 for rank 0, 6 for rank 1, each read once
     assert len(decoded) == 13 and len(set(decoded)) == 13
@@ -71,7 +71,7 @@ def test_a_lazy_folder_set_keeps_no_pixels_and_each_process_decodes_its_share(di
 
 
 def test_shares_of_a_folder_of_broken_files_say_what_one_process_says(tmp_path, demo_handle):
-    from core.images import join_folder_shares
+    from core.inputs.images import join_folder_shares
 
     for i in range(4):
         (tmp_path / f"broken{i}.png").write_bytes(b"not an image")
@@ -309,9 +309,9 @@ def probe_fit(probe_backbone, tmp_path_factory):
 
 
 def test_probe_fit_analyses_the_backbone_as_a_classifier_and_keeps_the_probe(probe_fit, probe_backbone):
-    from core.bundle import bundle_probe
-    from core.model import load_model
-    from core.probe import probe_from_bytes, with_probe
+    from core.study.bundle import bundle_probe
+    from core.models.load import load_model
+    from core.models.probe import probe_from_bytes, with_probe
 
     (code, stdout, stderr), folder, out, saved = probe_fit
     assert code == 0, stderr
@@ -367,7 +367,7 @@ def test_probe_file_labels_the_folders_matching_its_classes(tmp_path):
 
 def _probe_variant(saved: Path, where: Path, change) -> Path:
     """The saved probe changed by ``change(probe) -> bytes``, written next to it."""
-    from core.probe import probe_from_bytes
+    from core.models.probe import probe_from_bytes
 
     path = where / "variant.safetensors"
     path.write_bytes(change(probe_from_bytes(saved.read_bytes())))

@@ -11,9 +11,9 @@ from conftest import tiny_vit
 from PIL import Image
 from test_strength import random_attention
 
-from core.attention import token_norms
-from core.model import wrap_model
-from core.strength import attention_sink, key_entropy, sink_position, top_key_share
+from core.measures.attention import token_norms
+from core.models.handle import wrap_model
+from core.measures.strength import attention_sink, key_entropy, sink_position, top_key_share
 
 
 def slow_concentration(attn: np.ndarray, prefix: int) -> tuple[float, int, float]:
@@ -75,7 +75,7 @@ def test_token_norms_are_the_block_outputs_norms(overrides: dict) -> None:
 
 
 def test_outlier_tokens_and_the_attention_they_receive_match_a_slow_loop() -> None:
-    from core.attention import OUTLIER_NORM_RATIO, outlier_share, outlier_tokens
+    from core.measures.attention import OUTLIER_NORM_RATIO, outlier_share, outlier_tokens
 
     g = torch.Generator().manual_seed(3)
     norms = 10 + torch.rand(2, 3, 1 + 16, generator=g)  # [B, L, T]: CLS then 4x4 patches, all ordinary
@@ -100,7 +100,7 @@ def test_outlier_tokens_and_the_attention_they_receive_match_a_slow_loop() -> No
 
 def _slow_stream_summaries(handle, images) -> dict[str, np.ndarray]:
     """The concentration and norm arrays of ``StrengthStats``, by loops over the attention and the residual stream."""
-    from core.attention import extract_attention
+    from core.measures.attention import extract_attention
 
     x = handle.preprocess(images)
     attn = extract_attention(handle, x).attn.double().numpy()  # [N, L, H, T, T]
@@ -145,9 +145,9 @@ def _slow_stream_summaries(handle, images) -> dict[str, np.ndarray]:
     ],
 )
 def test_streamed_concentration_and_norms_match_slow_loops(overrides: dict) -> None:
-    from core.analysis import draw_samples, first_pass
+    from core.pipeline.analysis import draw_samples, first_pass
     from core.settings import CaseSettings
-    from core.strength import strength_statistics
+    from core.measures.strength import strength_statistics
 
     model = tiny_vit(**overrides)
     if "reg_tokens" in overrides:
@@ -180,8 +180,8 @@ def test_streamed_concentration_and_norms_match_slow_loops(overrides: dict) -> N
 
 
 def test_prefix_names_and_token_labels() -> None:
-    from core.model import prefix_names
-    from core.strength import token_label
+    from core.models.handle import prefix_names
+    from core.measures.strength import token_label
 
     assert prefix_names(1) == ("CLS",) and prefix_names(2) == ("CLS", "distillation")
     assert prefix_names(5, 4) == ("CLS", "register 1", "register 2", "register 3", "register 4")
@@ -195,7 +195,7 @@ def test_prefix_names_and_token_labels() -> None:
 
 
 def test_a_zero_median_patch_norm_makes_no_outliers() -> None:
-    from core.attention import norm_ratios, outlier_tokens
+    from core.measures.attention import norm_ratios, outlier_tokens
 
     norms = torch.zeros(1, 2, 1 + 4)
     norms[0, 0, 0] = 3.0  # a class token with some norm over patches of none

@@ -30,7 +30,7 @@ from skimage import data as samples
 from timm.data import create_transform, resolve_data_config
 from timm.layers import resample_abs_pos_embed
 
-from core import dinov2
+from core.models import dinov2
 from core.errors import ModelUnavailable
 
 TOLERANCE = 1e-4
@@ -494,7 +494,7 @@ def test_the_real_weights_saved_by_transformers_load_to_the_same_computation(wei
     import transformers
 
     from core import load_model
-    from core.attention import extract_attention
+    from core.measures.attention import extract_attention
 
     timm_state = load_file(weights)
     config = transformers.Dinov2Config(
@@ -554,8 +554,8 @@ def test_the_layer_0_sink_head_is_found_on_real_photos(batch) -> None:
     """L0H5 of DINOv2-S sends nearly all the patches' attention to one patch, yet spreads over
     distances like a global head: concentration tells the two apart, hop entropy does not."""
     from core import load_model
-    from core.attention import extract_attention, token_norms
-    from core.strength import attention_sink, hop_entropy, hop_strength, key_entropy, sink_position, top_key_share
+    from core.measures.attention import extract_attention, token_norms
+    from core.measures.strength import attention_sink, hop_entropy, hop_strength, key_entropy, sink_position, top_key_share
 
     handle = load_model("dinov2-s", device="cpu")
     attn = extract_attention(handle, batch).attn  # astronaut, cat, coffee
@@ -578,8 +578,8 @@ def test_the_case_study_calls_the_layer_0_sink_head_a_sink_and_never_global(batc
     from PIL import Image
 
     from core import load_model
-    from core.casestudy import _locality_sentence, concentration_sentences, sink_summary
-    from core.strength import strength_statistics
+    from core.study.casestudy import _locality_sentence, concentration_sentences, sink_summary
+    from core.measures.strength import strength_statistics
 
     handle = load_model("dinov2-s", device="cpu")
     photos = [Image.fromarray(photo) for photo in (samples.astronaut(), samples.chelsea(), samples.coffee())]

@@ -16,7 +16,7 @@ from conftest import ROOT, tiny_vit
 
 import core.__main__ as cli
 from core import errors
-from core.casestudy import analyze
+from core.study.casestudy import analyze
 from core.errors import (
     HeadScopeError,
     InvalidSetting,
@@ -25,16 +25,17 @@ from core.errors import (
     UnsupportedMapKind,
     UnsupportedMetric,
 )
-from core.images import ImageSet
-from core.importance import (
+from core.inputs.images import ImageSet
+from core.measures.importance import (
     head_importance,
     head_importance_tables,
     partial_pruning,
     pruning_curve,
 )
-from core.model import load_model, wrap_model
-from core.patterns import sample_maps, sample_maps_from
-from core.strength import strength_statistics
+from core.models.load import load_model
+from core.models.handle import wrap_model
+from core.measures.patterns import sample_maps, sample_maps_from
+from core.measures.strength import strength_statistics
 
 APP_CODE = [*sorted((ROOT / "pages").glob("*.py")), *sorted((ROOT / "ui").glob("*.py")), ROOT / "streamlit_app.py", ROOT / "core" / "__main__.py"]
 TOO_BROAD = {"ValueError", "Exception", "BaseException"}
@@ -151,7 +152,7 @@ def test_cli_lets_a_bug_propagate(tmp_path, monkeypatch, capsys) -> None:
     def broken(*_args, **_kwargs):
         raise ValueError("an internal invariant broke")
 
-    monkeypatch.setattr("core.model.load_model", broken)  # the CLI imports it when the command runs
+    monkeypatch.setattr("core.models.load.load_model", broken)  # the CLI imports it when the command runs
     with pytest.raises(ValueError, match="an internal invariant broke"):
         cli.main(_args(tmp_path))
     assert "error:" not in capsys.readouterr().err
@@ -161,7 +162,7 @@ def test_cli_turns_a_headscope_error_into_one_line_and_exit_2(tmp_path, monkeypa
     def refuse(*_args, **_kwargs):
         raise InvalidSetting("The input size must be a positive multiple of the model's 16 px patches.")
 
-    monkeypatch.setattr("core.model.load_model", refuse)
+    monkeypatch.setattr("core.models.load.load_model", refuse)
     assert cli.main(_args(tmp_path)) == cli.EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert err == "error: The input size must be a positive multiple of the model's 16 px patches.\n"

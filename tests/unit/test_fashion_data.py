@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from core.images import FASHION_SAMPLE, fashion_sample_set
-from core.model import DATA_DIR, FASHION_PROBE
-from core.probe import CLASS_AND_PATCH_MEAN, probe_from_bytes
+from core.inputs.images import FASHION_SAMPLE, fashion_sample_set
+from core.models.load import DATA_DIR, FASHION_PROBE
+from core.models.probe import CLASS_AND_PATCH_MEAN, probe_from_bytes
 
 
 def test_the_shipped_probe_is_the_one_its_card_describes() -> None:

@@ -25,10 +25,10 @@ from PIL import Image
 from test_zipcheck import DAMAGE, corrupt_deflate, damage
 
 from core import load_model
-from core.attention import extract_attention
-from core.casestudy import CaseSettings
+from core.measures.attention import extract_attention
+from core.study.casestudy import CaseSettings
 from core.errors import CheckpointRejected, HeadScopeError, InvalidSetting, ModelUnavailable, UnsupportedModel
-from core.hfmodels import load_transformers
+from core.models.transformers import load_transformers
 
 SMALL = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8, num_labels=5)
 CLASSES = {
@@ -381,7 +381,7 @@ def test_names_that_are_no_model_say_what_is_accepted(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["DeiTForImageClassificationWithTeacher", "Dinov2WithRegistersForImageClassification"])
 def test_the_whole_analysis_runs_on_a_transformers_model(name: str, tmp_path: Path) -> None:
     """Prefix tokens beyond the class token and timm subclasses go through every stage."""
-    from core.analysis import analyze_set
+    from core.pipeline.analysis import analyze_set
 
     model = hf_model(name)
     handle = load_model(str(save(model, tmp_path / name)), device="cpu")
@@ -416,7 +416,7 @@ def hub_online(monkeypatch: pytest.MonkeyPatch, *, reachable: bool, download=Non
     import huggingface_hub
     from huggingface_hub import constants
 
-    import core.model
+    import core.models.checkpoint
 
     if download is not None:
         monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
@@ -425,7 +425,7 @@ def hub_online(monkeypatch: pytest.MonkeyPatch, *, reachable: bool, download=Non
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(core.model, "_hub_resolves", lambda endpoint: reachable)
+    monkeypatch.setattr(core.models.checkpoint, "_hub_resolves", lambda endpoint: reachable)
 
 
 def test_a_repo_that_is_not_cached_with_the_hub_out_of_reach_is_said(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -458,7 +458,7 @@ def test_the_command_line_analyses_a_transformers_folder(tmp_path: Path) -> None
     from test_cli import FAST
 
     from core.__main__ import main
-    from core.bundle import load_bundle
+    from core.study.bundle import load_bundle
 
     folder = save(hf_model("DeiTForImageClassification"), tmp_path / "deit")
     images = tmp_path / "images" / "kind b"

@@ -1,4 +1,4 @@
-"""Unit tests of core/images.py: image decoding as a security boundary, and image sets.
+"""Unit tests of core/inputs/images.py: image decoding as a security boundary, and image sets.
 
 Every hostile input is built here, small, in memory: bombs are small PNGs whose header
 claims a huge size, so nothing large is ever allocated.
@@ -22,9 +22,9 @@ import pytest
 from conftest import ROOT
 from PIL import Image, ImageFile
 
-from core.digits import digit_images, digits_split
+from core.inputs.digits import digit_images, digits_split
 from core.errors import HeadScopeError, ImageRejected
-from core.images import (
+from core.inputs.images import (
     ALLOWED_FORMATS,
     DEFAULT_LIMITS,
     ImageSet,
@@ -581,7 +581,7 @@ def test_zip_for_a_model_without_classes_labels_by_its_own_folders() -> None:
 
 
 def test_folder_for_a_model_without_classes_labels_by_its_own_folders(tmp_path: Path) -> None:
-    from core.images import image_set_from_folder
+    from core.inputs.images import image_set_from_folder
 
     for folder, color in (("b_dogs", 1), ("a_cats", 2), ("a_cats", 3)):
         (tmp_path / folder).mkdir(exist_ok=True)

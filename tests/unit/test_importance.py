@@ -1,4 +1,4 @@
-"""core.importance: head pruning metrics, partial pruning and the pruning curve.
+"""core.measures.importance: head pruning metrics, partial pruning and the pruning curve.
 
 References are computed independently of the code under test: pruned heads by
 zeroing their columns of the output projection in a copy of the model, gradients
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.importance import (
+from core.measures.importance import (
     METRICS,
     MODES,
     head_importance,
@@ -27,7 +27,7 @@ from core.importance import (
     pruning_curve,
     rank_heads,
 )
-from core.model import ViTHandle, wrap_model
+from core.models.handle import ViTHandle, wrap_model
 from tests.conftest import tiny_vit
 
 PLANTED = (1, 2)

@@ -35,7 +35,7 @@ def test_importing_all_of_core_loads_no_streamlit_altair_or_vl_convert() -> None
         check=True,
     )
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert {"core.__main__", "core.report", "core.casestudy", "core.importance"} <= set(result["modules"])
+    assert {"core.__main__", "core.report", "core.study.casestudy", "core.measures.importance"} <= set(result["modules"])
     assert result["loaded"] == [], f"importing core loaded {result['loaded']}"
 
 

@@ -15,21 +15,23 @@ import torch
 from conftest import tiny_vit
 from PIL import Image
 
-import core.hfmodels
-import core.model
+import core.models.transformers
+import core.models.handle
+import core.models.load
 from core import settings
-import core._memory
-from core._memory import check_fits, out_of_memory_as_sentence, shape_of
-from core.analysis import first_pass
-from core.attention import extract_attention, iter_attention, stream_norms
-from core.attribution import faithfulness_curves, relevance_maps
+import core.models.memory
+from core.models.memory import check_fits, out_of_memory_as_sentence, shape_of
+from core.pipeline.analysis import first_pass
+from core.measures.attention import extract_attention, iter_attention, stream_norms
+from core.measures.attribution import faithfulness_curves, relevance_maps
 from core.errors import CheckpointRejected, InvalidSetting, ModelTooLarge, OutOfMemory
-from core.hfmodels import load_transformers
-from core.importance import head_importance_tables, partial_pruning, pruning_curve
-from core.inference import predict_images
-from core.model import DEMO_NAME, load_model, wrap_model
-from core.patterns import sample_maps
-from core.strength import strength_statistics
+from core.models.transformers import load_transformers
+from core.measures.importance import head_importance_tables, partial_pruning, pruning_curve
+from core.measures.inference import predict_images
+from core.models.load import DEMO_NAME, load_model
+from core.models.handle import wrap_model
+from core.measures.patterns import sample_maps
+from core.measures.strength import strength_statistics
 
 # What a quarter of this project's 24 GiB machine gives; fixed, so the outcomes do not depend on the machine
 BUDGET_MB = 6144
@@ -76,8 +78,8 @@ def weights_never_read(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         raise AssertionError("the weights were read or the model built before the refusal")
 
     monkeypatch.setattr(zipfile.ZipFile, "open", watched_open)
-    monkeypatch.setattr(core.hfmodels, "_read_checkpoint", never)
-    monkeypatch.setattr(core.hfmodels, "_build_handle", never)
+    monkeypatch.setattr(core.models.transformers, "_read_checkpoint", never)
+    monkeypatch.setattr(core.models.transformers, "_build_handle", never)
     return opened
 
 
@@ -141,7 +143,7 @@ def test_a_small_budget_refuses_a_normal_tiny_model_and_the_previous_one_keeps_w
         load_model("vit_tiny_patch16_224", pretrained=False, device="cpu")
     assert re.search(r"'vit_tiny_patch16_224' declares 5,\d{3},\d{3} weights \(21\.8 MB as float32\)", str(refused.value))
     assert "budget of 16 MB" in str(refused.value)
-    monkeypatch.setattr(core._memory, "memory_budget", lambda: 2**16)
+    monkeypatch.setattr(core.models.memory, "memory_budget", lambda: 2**16)
     with pytest.raises(ModelTooLarge, match=r"'big' declares 75,082 weights \(293\.3 KB as float32\).* budget of 64 KB"):
         load_transformers(transformers_zip(2, 4, side=32), device="cpu")  # 2 layers, 64 wide, 65 tokens
     np.testing.assert_array_equal(predict_images(tiny_handle, [image]).logits, before)
@@ -155,12 +157,12 @@ def test_the_default_budget_loads_a_normal_model() -> None:
 def test_the_built_in_models_fit_at_their_sizes_and_dinov2_s_is_refused_at_1022_px(
     demo_handle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from core import dinov2
+    from core.models import dinov2
 
     demo = shape_of(demo_handle.model)  # the demo is the app's fallback: loaded without a check, it needs little
     assert demo_handle.name == DEMO_NAME and demo.load_bytes + demo.image_bytes < 64 * 2**20
     for side in (224, 518):  # 518 px: 1,370 tokens, 540 MB of attention per image
-        shape = check_fits(lambda: core.model._create_supported(dinov2.TIMM_NAME, num_classes=0, img_size=side), "dinov2-s")
+        shape = check_fits(lambda: core.models.load._create_supported(dinov2.TIMM_NAME, num_classes=0, img_size=side), "dinov2-s")
         assert shape.image_bytes >= 2 * shape.layers * shape.heads * shape.tokens**2 * 4  # the attention and its gradient
     monkeypatch.setattr(dinov2, "prepare_weights", lambda **_: pytest.fail("the weights were prepared before the refusal"))
     with pytest.raises(ModelTooLarge, match=r"'dinov2-s' at 1022 px sees 5,330 tokens in each of its 12 layers x 6 heads"):
@@ -271,7 +273,7 @@ def test_the_pruning_curve_and_the_load_probe_say_it_too(tiny_handle, monkeypatc
     def out_of_memory(*_args, **_kwargs):
         raise RuntimeError(ALLOCATOR_TEXT)
 
-    monkeypatch.setattr(core.model, "locked_forward", out_of_memory)
+    monkeypatch.setattr(core.models.handle, "locked_forward", out_of_memory)
     with pytest.raises(OutOfMemory, match=r"analysing VisionTransformer \(17 tokens per image"):
         wrap_model(tiny_vit(), device="cpu")
 

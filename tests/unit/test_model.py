@@ -1,4 +1,4 @@
-"""core.model: building handles, loading weights safely, typed errors."""
+"""core.models (handle, load, checkpoint): building handles, loading weights safely, typed errors."""
 
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ from PIL import Image
 from safetensors.torch import save, save_file
 from timm.models.deit import VisionTransformerDistilled
 
-import core.model
+import core.models.load
 from core.errors import CheckpointRejected, ModelUnavailable, UnsupportedModel
-from core.model import DATA_DIR, load_model, wrap_model
+from core.models.load import DATA_DIR, load_model
+from core.models.handle import wrap_model
 from tests.conftest import tiny_vit
 
 
@@ -178,15 +179,15 @@ def test_demo_weights_that_do_not_match_the_card_are_refused(tmp_path: Path, mon
     weights[-1] ^= 0xFF  # one flipped bit in the last tensor
     (tmp_path / card["weights"]).write_bytes(bytes(weights))
     (tmp_path / "demo_vit.json").write_text(json.dumps(card))
-    monkeypatch.setattr(core.model, "DATA_DIR", tmp_path)
-    monkeypatch.setattr(core.model, "DEMO_CARD", tmp_path / "demo_vit.json")
+    monkeypatch.setattr(core.models.load, "DATA_DIR", tmp_path)
+    monkeypatch.setattr(core.models.load, "DEMO_CARD", tmp_path / "demo_vit.json")
     with pytest.raises(ModelUnavailable, match="not the ones its card describes"):
         load_model("demo")
 
 
 def test_demo_model_reaches_its_accuracy_through_the_app_pipeline(demo_handle) -> None:
-    from core.images import demo_digits_set
-    from core.inference import predict_images
+    from core.inputs.images import demo_digits_set
+    from core.measures.inference import predict_images
 
     card = demo_handle.card
     image_set = demo_digits_set(card["split"]["seed"], card["split"]["test_fraction"])
@@ -216,7 +217,7 @@ def test_unreachable_hub_fails_fast_without_download_attempts(tmp_path: Path, mo
 
 
 def test_device_preference_is_cuda_then_mps_then_cpu(monkeypatch) -> None:
-    from core.model import pick_device
+    from core.models.handle import pick_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert pick_device().type == "cuda"

@@ -7,8 +7,8 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from core.inference import predict_images, top_k
-from core.projection import layout_2d
+from core.measures.inference import predict_images, top_k
+from core.measures.projection import layout_2d
 from ui.display import enlarge_for_display
 from viz.overview import OVERVIEW_SELECTION, overview_chart, top5_chart
 

@@ -1,4 +1,4 @@
-"""core.patterns (view D), the pure parts of ui.patterns and the charts of viz.patterns: maps, sampling, autoencoder, layout, clusters, charts."""
+"""core.measures.patterns (view D), the pure parts of ui.patterns and the charts of viz.patterns: maps, sampling, autoencoder, layout, clusters, charts."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from core.attention import extract_attention
-from core.patterns import (
+from core.measures.attention import extract_attention
+from core.measures.patterns import (
     AE_SIZE,
     PatternSpace,
     attention_cells,
@@ -28,7 +28,7 @@ from core.patterns import (
     training_steps,
     weight_histogram,
 )
-from core.projection import layout_2d, wait_for_umap
+from core.measures.projection import layout_2d, wait_for_umap
 from ui import patterns as ui_patterns
 from viz import patterns as charts
 from viz.common import HEAD_SELECTION
@@ -203,7 +203,7 @@ def test_sampling_leaves_the_shared_model_exactly_as_it_was(tiny_handle) -> None
 
 
 def test_a_model_without_cls_token_has_no_cls_maps() -> None:
-    from core.model import wrap_model
+    from core.models.handle import wrap_model
     from tests.conftest import tiny_vit
 
     handle = wrap_model(tiny_vit(class_token=False, global_pool="avg"), device="cpu")
@@ -435,7 +435,7 @@ def test_overlay_shows_both_boxes_when_source_and_target_are_one_patch() -> None
 
 
 def test_model_view_undoes_the_normalisation(demo_handle) -> None:
-    from core.images import demo_digits_set
+    from core.inputs.images import demo_digits_set
 
     image = demo_digits_set(0, 0.2).images[0].image
     seen = ui_patterns.model_view(demo_handle, image)

@@ -1,4 +1,4 @@
-"""core.probe: linear probes that give a backbone classes.
+"""core.models.probe: linear probes that give a backbone classes.
 
 References are independent of the code under test: the folded probe is compared with
 scikit-learn's own pipeline fitted here (``decision_function``, ``predict_proba``,
@@ -27,11 +27,11 @@ from threadpoolctl import threadpool_limits
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from core.analysis import draw_samples, first_pass
+from core.pipeline.analysis import draw_samples, first_pass
 from core.errors import HeadScopeError, InvalidSetting, LabelsMismatch, ProbeRejected
-from core.importance import HIGHER_MEANS_LESS_IMPORTANT, METRIC_HELP, head_importance_tables
-from core.model import ViTHandle, wrap_model
-from core.probe import (
+from core.measures.importance import HIGHER_MEANS_LESS_IMPORTANT, METRIC_HELP, head_importance_tables
+from core.models.handle import ViTHandle, wrap_model
+from core.models.probe import (
     C_GRID,
     CLASS_AND_PATCH_MEAN,
     MAX_CLASSES,

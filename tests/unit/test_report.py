@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from test_browser import CHROMIUM_ARGS, _chromium
 
-from core.casestudy import findings
+from core.study.casestudy import findings
 from viz.report import case_charts, render_report
 
 SECTIONS = [
@@ -287,7 +287,7 @@ def test_report_renders_offline_in_a_browser(hostile_report: str, tmp_path: Path
 
 def test_a_reopened_bundle_gives_the_same_report(small_study):
     """What the dashboard opens from a bundle renders exactly the report of the study that was saved."""
-    from core.bundle import load_bundle, save_bundle
+    from core.study.bundle import load_bundle, save_bundle
 
     reopened = load_bundle(save_bundle(small_study), model_key=small_study.manifest["model"]["key"])
     assert render_report(reopened, "taylor") == render_report(small_study, "taylor")
@@ -310,7 +310,7 @@ def test_a_report_inlines_more_than_altairs_5000_rows_and_leaves_its_limit_in_pl
 
 
 def test_the_relevance_maps_are_each_top_heads_most_hurt_image_once(small_study) -> None:
-    from core.casestudy import relevance_of
+    from core.study.casestudy import relevance_of
     from viz.report import relevance_entries
 
     found = findings(small_study)

@@ -9,14 +9,14 @@ import torch
 from conftest import tiny_vit
 from PIL import Image
 
-from core.analysis import analyze_set
-from core.casestudy import set_labels
+from core.pipeline.analysis import analyze_set
+from core.study.casestudy import set_labels
 from core.errors import HeadScopeError
-from core.images import ImageSet, demo_digits_set
-from core.importance import head_importance_tables, pruning_curve
-from core.model import wrap_model
+from core.inputs.images import ImageSet, demo_digits_set
+from core.measures.importance import head_importance_tables, pruning_curve
+from core.models.handle import wrap_model
 from core.settings import CaseSettings
-from core.staged import (
+from core.pipeline.staged import (
     CURVE_STAGE,
     DONE,
     FAILED,
@@ -174,11 +174,11 @@ def test_a_cpu_sweeps_in_full_precision(demo_handle, set_24) -> None:
 
 @pytest.mark.parametrize("tolerance", [0.0, float("inf")])
 def test_reduced_precision_is_used_only_within_the_stated_tolerance(demo_handle, set_24, monkeypatch, tolerance) -> None:
-    import core.staged
+    import core.pipeline.staged
 
     images, labels = set_24.pil_images(), set_labels(set_24)
     full = _begun(StagedAnalysis(demo_handle, images, labels, SETTINGS)).result().importance.overall["value"]
-    monkeypatch.setattr(core.staged, "REDUCED_TOLERANCE", tolerance)
+    monkeypatch.setattr(core.pipeline.staged, "REDUCED_TOLERANCE", tolerance)
     # a GPU's choice, tried here on the CPU's own bfloat16
     job = _begun(StagedAnalysis(demo_handle, images, labels, SETTINGS, reduced_precision=True))
     assert job.precision_error > 0  # the probe's images were swept again in bfloat16, and differ
@@ -187,21 +187,21 @@ def test_reduced_precision_is_used_only_within_the_stated_tolerance(demo_handle,
         assert job.precision == torch.float32
         np.testing.assert_allclose(values, full, **BATCHED)
     else:
-        assert job.precision == core.staged.REDUCED_PRECISION
+        assert job.precision == core.pipeline.staged.REDUCED_PRECISION
         assert not np.allclose(values, full, **BATCHED) and np.allclose(values, full, atol=0.2)
 
 
 def test_an_unexpected_error_ends_the_job_with_a_sentence(demo_handle, set_24, monkeypatch) -> None:
-    import core.staged
+    import core.pipeline.staged
 
     def out_of_memory(*_args, **_kwargs):
         raise RuntimeError("CUDA out of memory")
 
-    monkeypatch.setattr(core.staged, "first_pass", out_of_memory)
+    monkeypatch.setattr(core.pipeline.staged, "first_pass", out_of_memory)
     job = StagedAnalysis(demo_handle, set_24.pil_images(), set_labels(set_24), SETTINGS)
     job.begin()
     assert job.wait(timeout=60) and not job.busy
-    assert isinstance(job.error, core.staged.AnalysisFailed) and "(RuntimeError: CUDA out of memory)" in str(job.error)
+    assert isinstance(job.error, core.pipeline.staged.AnalysisFailed) and "(RuntimeError: CUDA out of memory)" in str(job.error)
     assert job.status(PREVIEW_STAGE).state == FAILED
 
 
@@ -218,7 +218,7 @@ def test_run_slots_let_a_limited_number_compute_and_the_rest_wait_first_come_fir
     import threading
 
     from core.errors import InvalidSetting
-    from core.staged import RunSlots
+    from core.pipeline.staged import RunSlots
 
     slots = RunSlots(2)
     first, second, third, fourth = object(), object(), object(), object()
@@ -258,7 +258,7 @@ def test_each_owner_reads_its_own_sample_and_its_stop_leaves_the_others(demo_han
 def test_a_job_that_holds_a_slot_twice_gives_back_one_at_a_time_and_passes_its_turn_to_one_in_line() -> None:
     import threading
 
-    from core.staged import RunSlots
+    from core.pipeline.staged import RunSlots
 
     slots, job, other = RunSlots(2), object(), object()
     slots.acquire(job)

@@ -1,4 +1,4 @@
-"""core.strength (view C) against slow loop references, and the charts of viz.strength."""
+"""core.measures.strength (view C) against slow loop references, and the charts of viz.strength."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from core.attention import extract_attention
-from core.strength import (
+from core.measures.attention import extract_attention
+from core.measures.strength import (
     SPREAD_QUANTILES,
     attention_distance,
     hop_entropy,
@@ -238,7 +238,7 @@ def test_statistics_leave_the_shared_model_as_it_was(tiny_handle) -> None:
 
 
 def test_batches_shrink_so_a_batch_of_attention_fits_the_budget() -> None:
-    from core.model import wrap_model
+    from core.models.handle import wrap_model
     from core.settings import ATTENTION_BUDGET_BYTES, BATCH_CAP
     from tests.conftest import tiny_vit
 
@@ -295,7 +295,7 @@ def test_tables_for_the_charts(register_handle) -> None:
 
 @pytest.fixture(scope="module")
 def demo_stats(demo_handle):
-    from core.images import demo_digits_set
+    from core.inputs.images import demo_digits_set
 
     images = demo_digits_set(0, 0.2).pil_images()[:8]
     return strength_statistics(demo_handle, images, batch_size=8)

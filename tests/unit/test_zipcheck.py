@@ -1,4 +1,4 @@
-"""Tests for core._zipcheck: every end record an archive carries is read."""
+"""Tests for core.inputs.archive: every end record an archive carries is read."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from core._zipcheck import ARCHIVE_ERRORS, MIN_ENTRY_BYTES, DeclaredDirectory, declared_directory
+from core.inputs.archive import ARCHIVE_ERRORS, MIN_ENTRY_BYTES, DeclaredDirectory, declared_directory
 
 
 def eocd(entries: int, size: int, offset: int = 0, comment: bytes = b"") -> bytes:
@@ -137,9 +137,9 @@ def test_what_zipfile_raises_for_a_damaged_member_is_an_archive_error(kind: str)
 
 @pytest.mark.parametrize("kind", DAMAGE)
 def test_every_reader_of_archives_refuses_a_damaged_member_in_a_sentence(kind: str) -> None:
-    from core.bundle import MANIFEST, load_bundle
+    from core.study.bundle import MANIFEST, load_bundle
     from core.errors import BundleRejected, ImageRejected
-    from core.images import image_set_from_zip
+    from core.inputs.images import image_set_from_zip
 
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:

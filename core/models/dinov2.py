@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from core._zipcheck import ARCHIVE_ERRORS
+from core.inputs.archive import ARCHIVE_ERRORS
 from core.errors import InvalidSetting, ModelUnavailable, human_size
 
 if TYPE_CHECKING:

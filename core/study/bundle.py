@@ -7,7 +7,7 @@ Layout of a bundle::
     arrays/<name>.npy         one per name in ``ARRAYS`` (numeric dtypes only)
     images/<image id>.png     the thumbnails the findings cite
     probe/probe.safetensors   a linear probe's classifier only (format version 5 on): the
-                              probe (``core.probe``); the manifest's model.probe names its
+                              probe (``core.models.probe``); the manifest's model.probe names its
                               digest, features and the backbone it sits on
 
 Opening a bundle is a security boundary: the file comes from a user. Nothing is
@@ -18,7 +18,7 @@ the rows its manifest implies, an array from its shape, a thumbnail small), matc
 the sha256 the manifest lists, parsed and checked before the next is read, and every
 number in them must be finite, whole where it counts or indexes, and in its range. A
 probe is capped at what its manifest's classes and features take, parsed by
-``core.probe.probe_from_bytes`` (tensors and a JSON card, nothing executed) and must be
+``core.models.probe.probe_from_bytes`` (tensors and a JSON card, nothing executed) and must be
 the probe the manifest names. Any failure is a :class:`BundleRejected` with one sentence.
 
 A probe's bundle is opened on the backbone it was computed with::
@@ -48,9 +48,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
-from core._zipcheck import ARCHIVE_ERRORS, MIN_ENTRY_BYTES, declared_directory
-from core.attribution import METHODS as ATTRIBUTION_METHODS
-from core.casestudy import (
+from core.inputs.archive import ARCHIVE_ERRORS, MIN_ENTRY_BYTES, declared_directory
+from core.measures.attribution import METHODS as ATTRIBUTION_METHODS
+from core.study.casestudy import (
     ARRAYS,
     BUNDLE_FORMAT,
     BUNDLE_VERSION,
@@ -60,10 +60,10 @@ from core.casestudy import (
     CaseStudy,
 )
 from core.errors import BundleRejected, ProbeRejected, human_size
-from core.importance import BACKBONE_METRICS, METRICS, MODES, RANDOM_ORDER
-from core.probe import MAX_CLASSES as _MAX_PROBE_CLASSES
-from core.probe import MIN_CLASSES as _MIN_PROBE_CLASSES
-from core.probe import LinearProbe, probe_from_bytes
+from core.measures.importance import BACKBONE_METRICS, METRICS, MODES, RANDOM_ORDER
+from core.models.probe import MAX_CLASSES as _MAX_PROBE_CLASSES
+from core.models.probe import MIN_CLASSES as _MIN_PROBE_CLASSES
+from core.models.probe import LinearProbe, probe_from_bytes
 
 __all__ = [
     "DEFAULT_BUNDLE_LIMITS",
@@ -338,7 +338,7 @@ def bundle_probe(data: bytes, *, limits: BundleLimits = DEFAULT_BUNDLE_LIMITS) -
     Reads only the manifest and the probe member, with the checks :func:`load_bundle`
     makes of them (end records, directory, sizes, the sha256 the manifest lists, the
     digest and class names the manifest names). The probe is not checked against a
-    backbone: build ``core.probe.with_probe(backbone, probe)`` on the backbone whose key is
+    backbone: build ``core.models.probe.with_probe(backbone, probe)`` on the backbone whose key is
     ``probe.backbone_key``, then open the bundle with ``load_bundle(data,
     model_key=probed.key)``, which reads and checks everything else.
 

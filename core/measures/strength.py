@@ -4,7 +4,7 @@ Every metric here reads the post-softmax attention ``[..., T, T]`` (query rows, 
 columns; ``T`` = prefix tokens + ``rows * cols`` patches in row-major order) and
 reduces the patch-to-patch block with a precomputed index per grid (hop distance, or
 2-D offset) and a segment sum, so no Python loop ever runs over tokens. Set-level
-statistics stream over ``core.attention.iter_attention`` batches and keep only
+statistics stream over ``core.measures.attention.iter_attention`` batches and keep only
 per-image summaries, never the ``N x L x H x T x T`` attention of a whole set.
 """
 
@@ -19,11 +19,11 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from core._memory import out_of_memory_as_sentence
-from core.attention import OUTLIER_NORM_RATIO, iter_attention, norm_ratios
+from core.models.memory import out_of_memory_as_sentence
+from core.measures.attention import OUTLIER_NORM_RATIO, iter_attention, norm_ratios
 from core.errors import NotEnoughImages
-from core.inference import Progress
-from core.model import ViTHandle
+from core.measures.inference import Progress
+from core.models.handle import ViTHandle
 from core.settings import images_per_batch
 
 __all__ = [
@@ -359,7 +359,7 @@ class StrengthStats:
         outlier_share: ``[N, L, H]`` share of the patches' attention on the high-norm tokens
             among the layer's keys (the tokens entering the block).
         outliers: ``[N, L]`` how many tokens leaving each block have a high norm
-            (``core.attention.outlier_tokens``); -1 where unknown.
+            (``core.measures.attention.outlier_tokens``); -1 where unknown.
         norm_ratio: ``[N, L]`` the largest norm of a token leaving each block over the median patch norm.
 
     Results saved before the concentration arrays existed open with NaN in the float
@@ -503,7 +503,7 @@ def reduce_layer(
     out["sink"][rows, layer] = top.indices.numpy()
     out["key_entropy"][rows, layer] = key_entropy(attn, prefix).numpy()
     out["register_share"][rows, layer] = register_share(attn, prefix, handle.num_registers).numpy()
-    # as core.attention.outlier_share, from the same column means
+    # as core.measures.attention.outlier_share, from the same column means
     out["outlier_share"][rows, layer] = (received * key_outliers[:, None, :].to(received.dtype)).sum(-1).numpy()
     offset_sum[layer] += offset_strength(attn, grid, prefix).sum(0)
 
@@ -511,10 +511,10 @@ def reduce_layer(
 def reduce_norms(out: dict[str, np.ndarray], rows: slice, norms: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
     """Write a batch's token-norm summaries into ``out["outliers"]`` and ``out["norm_ratio"]``.
 
-    ``norms``: ``[B, L + 1, T]`` as ``core.attention.AttentionBatch.norms`` (entering each
+    ``norms``: ``[B, L + 1, T]`` as ``core.measures.attention.AttentionBatch.norms`` (entering each
     block, then leaving the last). A token is a high-norm outlier at
-    ``core.attention.OUTLIER_NORM_RATIO`` times its image and layer's median patch norm
-    (``core.attention.norm_ratios``).
+    ``core.measures.attention.OUTLIER_NORM_RATIO`` times its image and layer's median patch norm
+    (``core.measures.attention.norm_ratios``).
 
     Returns:
         ``[B, L, T]`` which tokens entering each block are outliers: the keys

@@ -7,9 +7,9 @@ from typing import Iterator
 
 import torch
 
-from core._hooks import capture_head_input, capture_norms, capture_patterns, locked_forward
-from core._memory import out_of_memory_as_sentence
-from core.model import ViTHandle
+from core.models.hooks import capture_head_input, capture_norms, capture_patterns, locked_forward
+from core.models.memory import out_of_memory_as_sentence
+from core.models.handle import ViTHandle
 from core.settings import images_per_batch
 
 __all__ = [

@@ -10,10 +10,10 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from core._hooks import HookSet, capture_head_input, locked_forward
-from core._memory import out_of_memory_as_sentence
-from core.model import ViTHandle
-from core.probe import readout_features
+from core.models.hooks import HookSet, capture_head_input, locked_forward
+from core.models.memory import out_of_memory_as_sentence
+from core.models.handle import ViTHandle
+from core.models.probe import readout_features
 from core.settings import images_per_batch
 
 __all__ = [
@@ -33,7 +33,7 @@ class Predictions:
     Attributes:
         logits: ``[N, classes]`` classifier outputs.
         features: ``[N, D]`` the classifier's input (final CLS / pooled features).
-        probe_input: ``[N, F]`` a backbone's linear-probe input (``core.probe.readout_features``),
+        probe_input: ``[N, F]`` a backbone's linear-probe input (``core.models.probe.readout_features``),
             when the pass that made these predictions read it; else ``None``.
     """
 

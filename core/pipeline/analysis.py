@@ -12,7 +12,7 @@ over it gives everything the views need from the unmodified model at once:
 The batch's attention and block inputs are dropped before the next batch, so memory
 is bounded by the batch, not by the set. The pruning curve needs the ranking over the
 whole set, so it is a second pass; the case study's partial pruning of the hurt images
-is a third (``core.casestudy``), and reuses this pass's output as the unpruned one.
+is a third (``core.study.casestudy``), and reuses this pass's output as the unpruned one.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from core._hooks import capture_head_input, capture_patterns, check_finite, locked_hooks
-from core._memory import out_of_memory_as_sentence
+from core.models.hooks import capture_head_input, capture_patterns, check_finite, locked_hooks
+from core.models.memory import out_of_memory_as_sentence
 from core.errors import NotEnoughImages
-from core.importance import (
+from core.measures.importance import (
     HeadImportance,
     _check_labels,
     _check_metrics,
@@ -42,12 +42,12 @@ from core.importance import (
     _targets,
     pruning_curve,
 )
-from core.inference import Predictions
-from core.model import ViTHandle
-from core.probe import readout_features
-from core.patterns import MapSample, _draw, drawn_inputs, map_kinds
+from core.measures.inference import Predictions
+from core.models.handle import ViTHandle
+from core.models.probe import readout_features
+from core.measures.patterns import MapSample, _draw, drawn_inputs, map_kinds
 from core.settings import CaseSettings, MapKind, images_per_batch
-from core.strength import StrengthStats, per_image_arrays, reduce_layer, reduce_norms, stats_from
+from core.measures.strength import StrengthStats, per_image_arrays, reduce_layer, reduce_norms, stats_from
 
 __all__ = [
     "CURVE_STAGE",
@@ -79,7 +79,7 @@ class PassResult:
             their origin rows (image = index in the whole set), in the order drawn.
         logits: ``[N, outputs]`` the unmodified model's output (a backbone's pooled features).
         features: ``[N, D]`` the input of the model's head (final CLS / pooled features).
-        probe_input: ``[N, F]`` a backbone's linear-probe input (``core.probe.readout_features``),
+        probe_input: ``[N, F]`` a backbone's linear-probe input (``core.models.probe.readout_features``),
             read from the same pass; ``None`` for a classifier.
     """
 
@@ -202,7 +202,7 @@ def first_pass(
     ``sweep=False`` leaves out the single-head ablations (their metrics are then absent:
     only ``taylor`` is computed, a classifier's quick preview); ``reduce=False`` leaves out
     the attention and what it gives (``strength`` is then ``None`` and ``maps`` empty),
-    for a pass that only sweeps. ``core.staged`` runs the two apart.
+    for a pass that only sweeps. ``core.pipeline.staged`` runs the two apart.
 
     Raises:
         NotEnoughImages: no images.

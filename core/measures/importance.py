@@ -25,11 +25,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from core._hooks import HookSet, attention_forward, locked_forward, locked_hooks, temporary_hooks
-from core._memory import out_of_memory_as_sentence
-from core.inference import Progress
+from core.models.hooks import HookSet, attention_forward, locked_forward, locked_hooks, temporary_hooks
+from core.models.memory import out_of_memory_as_sentence
+from core.measures.inference import Progress
 from core.errors import InvalidSetting, LabelsMismatch, NotEnoughImages, UnsupportedMetric
-from core.model import ViTHandle
+from core.models.handle import ViTHandle
 from core.settings import HELD_BUDGET, images_per_batch
 
 __all__ = [
@@ -637,7 +637,7 @@ def _sequences_per_run(handle: ViTHandle, *, keep_graph: bool = False) -> int:
 def _masked_attention(
     attn: nn.Module, x: torch.Tensor, keep: torch.Tensor, head: int, removed: dict[str, torch.Tensor]
 ) -> torch.Tensor:
-    """timm ``Attention.forward`` with the post-softmax weights multiplied by ``keep`` (``core._hooks.attention_forward``).
+    """timm ``Attention.forward`` with the post-softmax weights multiplied by ``keep`` (``core.models.hooks.attention_forward``).
 
     Records in ``removed['share']`` ``[B]`` the share of ``head``'s attention mass the mask
     removes (mean over query tokens).

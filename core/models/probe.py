@@ -33,7 +33,7 @@ import math
 import threading
 import unicodedata
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
@@ -41,10 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.errors import InvalidSetting, LabelsMismatch, NotEnoughImages, ProbeRejected
+from core.errors import InvalidSetting, LabelsMismatch, ProbeRejected
 
 if TYPE_CHECKING:
-    from core.model import ViTHandle
+    from core.models.handle import ViTHandle
 
 __all__ = [
     "CLASS_AND_PATCH_MEAN",
@@ -248,7 +248,7 @@ def probe_features(
     The app reads these from the analysis's first pass instead; this is for a set with no
     analysis (the command line, ``scripts/train_probe.py``).
     """
-    from core._hooks import check_finite, locked_hooks
+    from core.models.hooks import check_finite, locked_hooks
     from core.settings import images_per_batch
 
     step = images_per_batch(handle, batch_size)
@@ -480,7 +480,7 @@ def with_probe(
         ProbeRejected: the probe was fitted on another backbone or feature input, has
             another feature size, or non-finite weights.
     """
-    from core.model import _make_handle
+    from core.models.handle import _make_handle
 
     check_probe_fits(backbone, probe, check_key=check_key)
     model = backbone.model
@@ -593,7 +593,7 @@ def probe_from_bytes(data: bytes, backbone: ViTHandle | None = None, *, check_ke
 
 def _probe_from_card(card: Any, tensors: Mapping[str, torch.Tensor]) -> LinearProbe:
     """A ``LinearProbe`` from a card and its tensors, each field checked; a card that lies is refused."""
-    from core.images import sanitize_name
+    from core.inputs.images import sanitize_name
 
     def lie(detail: str) -> ProbeRejected:
         return ProbeRejected(f"The probe's card does not match its weights: {detail}.")
@@ -664,7 +664,7 @@ def _probe_from_card(card: Any, tensors: Mapping[str, torch.Tensor]) -> LinearPr
 
 def _plain(text: str) -> str:
     """``text`` without control or bidi characters (a name read from a file is shown as it is)."""
-    from core.images import _BIDI_CONTROLS
+    from core.inputs.images import _BIDI_CONTROLS
 
     return "".join(ch for ch in text if ch not in _BIDI_CONTROLS and unicodedata.category(ch) not in ("Cc", "Cs"))
 

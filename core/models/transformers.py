@@ -56,19 +56,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from core._memory import check_fits
-from core._zipcheck import ARCHIVE_ERRORS, declared_directory, unsafe_entry_path
+from core.models.memory import check_fits
+from core.inputs.archive import ARCHIVE_ERRORS, declared_directory, unsafe_entry_path
 from core.errors import CheckpointRejected, HeadScopeError, InvalidSetting, ModelUnavailable, UnsupportedModel, human_size
-from core.model import (
-    _MAX_CLASSES,
-    ViTHandle,
-    _check_img_size,
-    _large_grid_size,
-    _load_weights,
-    _make_handle,
-    _model_digest,
-    _read_checkpoint,
-)
+from core.models.checkpoint import _MAX_CLASSES, _load_weights, _read_checkpoint
+from core.models.handle import ViTHandle, _check_img_size, _large_grid_size, _make_handle, _model_digest
 
 __all__ = [
     "SUPPORTED_ARCHITECTURES",
@@ -270,7 +262,7 @@ def load_transformers(
     local_paths: bool = True,
     progress: Progress | None = None,
 ) -> ViTHandle:
-    """Load a transformers ViT, DeiT or DINOv2 as a :class:`~core.model.ViTHandle`.
+    """Load a transformers ViT, DeiT or DINOv2 as a :class:`~core.models.handle.ViTHandle`.
 
     Args:
         source: a save_pretrained folder or a ZIP file of one (path), the bytes of such a ZIP,
@@ -483,7 +475,7 @@ def _repo_files(repo: str) -> _Files:
     from huggingface_hub.file_download import _CACHED_NO_EXIST
     from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
-    from core.model import _hub_offline, _hub_resolves
+    from core.models.checkpoint import _hub_offline, _hub_resolves
 
     repo_id, revision = _hub_request(repo)
     request = dict(repo_id=repo_id, revision=revision)
@@ -957,7 +949,7 @@ def _timm_subclass(kind: str) -> type:
         from timm.models.vision_transformer import VisionTransformer
 
         class ClassAndPatchMeanViT(VisionTransformer):
-            headscope_readout = "class_and_patch_mean"  # the tokens the output reads (core.attribution.answer_readout)
+            headscope_readout = "class_and_patch_mean"  # the tokens the output reads (core.measures.attribution.answer_readout)
 
             def __init__(self, **kwargs: Any) -> None:
                 super().__init__(**kwargs)
@@ -1166,7 +1158,7 @@ def _positions(table: torch.Tensor, cls_token: torch.Tensor | None, spec: _Spec)
 class _HFArchitecture:
     """Checks a weight file's declared names and shapes against config.json, before loading.
 
-    Same interface as ``core.model``'s timm architecture check: ``name``, ``default`` (the
+    Same interface as ``core.models.checkpoint``'s timm architecture check: ``name``, ``default`` (the
     layout, for bounding what a file may declare) and ``check(declared)``.
     """
 

@@ -3,7 +3,7 @@
 ``attention_rollout`` follows Abnar and Zuidema (2020, "Quantifying Attention Flow in
 Transformers"): each layer's attention, with the residual connection as an identity,
 is multiplied through the layers, so the class token's row says how much of each patch
-reaches it. It reads only the post-softmax attention (``core.attention``), so it needs
+reaches it. It reads only the post-softmax attention (``core.measures.attention``), so it needs
 no gradient and no hook of its own.
 
 ``gradient_rollout`` follows Chefer, Gur and Wolf (ICCV 2021, "Generic
@@ -35,10 +35,10 @@ import torch
 import torchvision.transforms.functional as TF
 from torch import nn
 
-from core._hooks import attention_forward, check_finite, locked_forward, locked_hooks
-from core._memory import out_of_memory_as_sentence
+from core.models.hooks import attention_forward, check_finite, locked_forward, locked_hooks
+from core.models.memory import out_of_memory_as_sentence
 from core.errors import InvalidSetting, UnsupportedMetric
-from core.model import ViTHandle
+from core.models.handle import ViTHandle
 
 __all__ = [
     "FILLS",
@@ -86,7 +86,7 @@ def answer_readout(handle: ViTHandle) -> torch.Tensor:
     weights = torch.zeros(tokens, dtype=torch.float64)
     patch_mean = torch.zeros(tokens, dtype=torch.float64)
     patch_mean[prefix:] = 1.0 / (tokens - prefix)
-    readout = getattr(model, "headscope_readout", None)  # set by core.hfmodels' own timm subclasses
+    readout = getattr(model, "headscope_readout", None)  # set by core.models.transformers' own timm subclasses
     has_class = prefix > 0 and getattr(model, "cls_token", None) is not None
     if readout == "class_and_patch_mean" and has_class:
         weights[0] = 0.5
@@ -369,10 +369,10 @@ def relevance_maps(
 ) -> RelevanceMaps:
     """Attention rollout, gradient rollout (classifiers only) and the last layer's attention of ``x``.
 
-    The attention is read a few images at a time (``core.attention.extract_attention``),
+    The attention is read a few images at a time (``core.measures.attention.extract_attention``),
     so a large batch never holds every image's ``[L, H, T, T]`` at once.
     """
-    from core.attention import extract_attention
+    from core.measures.attention import extract_attention
     from core.settings import images_per_batch
 
     _check_input(handle, x)

@@ -4,9 +4,9 @@ A ``CaseStudy`` gathers every result the case study needs (head importance, the 
 curve, attention strength, attention patterns and partial pruning of the top heads on
 the images where pruning hurts them most) as plain named tables and arrays plus a JSON
 manifest (model, images, settings, library versions). That container is what a result
-bundle stores (``core.bundle``), what the HTML report renders (``viz.report``) and what
+bundle stores (``core.study.bundle``), what the HTML report renders (``viz.report``) and what
 the dashboard reopens without recomputing. Its numbers come from one streamed analysis
-of the set (``core.analysis``); ``CaseSettings`` (``core.settings``) says with what.
+of the set (``core.pipeline.analysis``); ``CaseSettings`` (``core.settings``) says with what.
 ``findings`` turns it into short sentences.
 """
 
@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from core.analysis import (
+from core.pipeline.analysis import (
     PASS_STAGE,
     SetAnalysis,
     StageProgress,
@@ -33,12 +33,12 @@ from core.analysis import (
     first_pass,
     samples_from,
 )
-from core.attention import OUTLIER_NORM_RATIO
-from core.attribution import METHODS as ATTRIBUTION_METHODS
-from core.attribution import relevance_maps
+from core.measures.attention import OUTLIER_NORM_RATIO
+from core.measures.attribution import METHODS as ATTRIBUTION_METHODS
+from core.measures.attribution import relevance_maps
 from core.errors import HeadScopeError, NotEnoughImages, UnsupportedMetric
-from core.images import ImageSet
-from core.importance import (
+from core.inputs.images import ImageSet
+from core.measures.importance import (
     METRICS,
     MODE_BLOCKS,
     MODE_REMOVES,
@@ -48,9 +48,9 @@ from core.importance import (
     pruning_curve,
     rank_heads,
 )
-from core.inference import Predictions
-from core.model import ViTHandle
-from core.patterns import (
+from core.measures.inference import Predictions
+from core.models.handle import ViTHandle
+from core.measures.patterns import (
     PatternClusters,
     PatternLayout,
     PatternSpace,
@@ -59,12 +59,12 @@ from core.patterns import (
     project_patterns,
     train_autoencoder,
 )
-from core.projection import Method
+from core.measures.projection import Method
 from core.settings import CaseSettings, images_per_batch
-from core.strength import StrengthStats, token_label
+from core.measures.strength import StrengthStats, token_label
 
 if TYPE_CHECKING:
-    from core.distributed import Shards
+    from core.pipeline.distributed import Shards
 
 __all__ = [
     "ARRAYS",
@@ -111,7 +111,7 @@ BUNDLE_FORMAT = "headscope-bundle"
 # model's prefix_names. Bundles of versions 1 and 2 still open, without those numbers.
 # 4: the relevance maps of the images partial pruning ran on (relevance_images, relevance
 # and relevance_heads in ARRAYS). Bundles of versions 1 to 3 still open, without them.
-# 5: a linear probe's classifier (``core.probe``): the probe file (probe/probe.safetensors)
+# 5: a linear probe's classifier (``core.models.probe``): the probe file (probe/probe.safetensors)
 # and model.probe in the manifest (its digest, features and the backbone it sits on). Only
 # a study of a probed model is saved as version 5: nothing else changed, so every other
 # study is still saved as PLAIN_BUNDLE_VERSION, which HeadScope versions reading up to 4 open,
@@ -171,7 +171,7 @@ ARRAYS = (
     "norm_ratio",  # [N, L]
     # format version 4 on: explanations of the C images partial pruning ran on (only those)
     "relevance_images",  # [C] their positions in the set, in the order they are first cited
-    "relevance",  # [C, len(core.attribution.METHODS), n_patches]; a backbone's gradient rollout NaN
+    "relevance",  # [C, len(core.measures.attribution.METHODS), n_patches]; a backbone's gradient rollout NaN
     "relevance_heads",  # [C, L, H] each head's share of the gradient rollout; NaN for a backbone
 )
 STRENGTH_ARRAYS = ARRAYS[:ARRAYS.index("relevance_images")]  # the StrengthStats fields
@@ -273,11 +273,11 @@ def analyze(
     unpruned pass: importance, strength, predictions and the map sample), pruning curve,
     training the autoencoder, laying out the patterns, partial pruning.
 
-    ``image_set`` may read its images lazily (``core.images.image_set_from_folder`` with
+    ``image_set`` may read its images lazily (``core.inputs.images.image_set_from_folder`` with
     ``lazy=True``): each pass decodes one batch at a time, so only per-image summaries and
     the thumbnails the findings cite are kept.
 
-    Under ``torchrun`` (``core.distributed``) each process runs the pass and the curve on
+    Under ``torchrun`` (``core.pipeline.distributed``) each process runs the pass and the curve on
     its share of the images (and decodes only those); rank 0 gathers them, finishes the
     rest and returns the study, the other ranks return ``None``. One process returns the study.
     A user error on any process is raised on every process.
@@ -287,7 +287,7 @@ def analyze(
             than processes), ``UnsupportedMapKind`` (a pattern kind the model lacks),
             ``InvalidSetting`` (a setting out of range).
     """
-    from core import distributed
+    from core.pipeline import distributed
 
     shards = distributed.current()
     check_map_kind(handle, settings.kind)  # before minutes of work, not after
@@ -342,7 +342,7 @@ def gather_or_raise(shards: Shards, compute: Callable[[], Any]) -> list[Any]:
     read, outputs that are not finite on its images) would leave the others waiting in
     the gather.
     """
-    from core import distributed
+    from core.pipeline import distributed
 
     try:
         value: Any = compute()
@@ -463,7 +463,7 @@ def _relevance_arrays(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``relevance_images`` ``[C]``, ``relevance`` ``[C, methods, P]`` and ``relevance_heads`` ``[C, L, H]`` of ``image_ids``.
 
-    Every method of ``core.attribution.relevance_maps`` (attention rollout with the mean
+    Every method of ``core.measures.attribution.relevance_maps`` (attention rollout with the mean
     of the heads, nothing discarded), explaining the target class the importance used
     (the label, else the unpruned top-1); NaN where a method does not apply (a backbone's
     gradient rollout and head shares). A few images at a time, so a long list never holds
@@ -715,7 +715,7 @@ class HeadFinding:
         cluster, cluster_share: its member pattern cluster and the share of its maps there.
         concentration: whether it is a sink head, with its numbers ("" in a study saved
             before concentration was measured).
-        top_share, key_entropy: set means of ``core.strength.top_key_share`` and
+        top_share, key_entropy: set means of ``core.measures.strength.top_key_share`` and
             ``key_entropy`` (NaN in such a study).
         explanation: where the model looked on the image pruning it hurts most, and (for
             a classifier) the head's share of that image's gradient rollout ("" in a study
@@ -886,7 +886,7 @@ class SinkSummary:
         strong_share: its mean top-key share on those images (NaN when there are none).
         distinct: how many different tokens are the sink on those images.
         token: the token that is most often the sink there (of all images when there
-            are none), named as ``core.strength.token_label`` names it.
+            are none), named as ``core.measures.strength.token_label`` names it.
         on_prefix: that token is a prefix token (CLS, a register), not a patch.
         images: on how many of the ``strong`` images ``token`` is the sink.
         total: the set's images.

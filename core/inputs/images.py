@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from core._imagecheck import check_exif, check_structure
-from core._zipcheck import ARCHIVE_ERRORS, declared_directory, unsafe_entry_path
-from core.digits import digit_images, digits_split
+from core.inputs._imagecheck import check_exif, check_structure
+from core.inputs.archive import ARCHIVE_ERRORS, declared_directory, unsafe_entry_path
+from core.inputs.digits import digit_images, digits_split
 from core.errors import ImageRejected, LabelsMismatch, human_size
 
 __all__ = [
@@ -909,7 +909,7 @@ def demo_digits_set(seed: int, test_fraction: float) -> ImageSet:
     return ImageSet.from_images(_titled("Digits, held-out split", len(images)), images)
 
 
-FASHION_SAMPLE = Path(__file__).resolve().parent.parent / "data" / "fashion_sample"
+FASHION_SAMPLE = Path(__file__).resolve().parents[2] / "data" / "fashion_sample"
 
 
 def fashion_sample_set(class_names: Sequence[str], folder: Path = FASHION_SAMPLE) -> ImageSet:

@@ -23,9 +23,9 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from core.images import share_of
-from core.importance import HeadImportance
-from core.strength import PER_IMAGE, StrengthStats
+from core.inputs.images import share_of
+from core.measures.importance import HeadImportance
+from core.measures.strength import PER_IMAGE, StrengthStats
 
 __all__ = [
     "Shards",

@@ -56,13 +56,13 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from core.analysis import CURVE_STAGE, PASS_STAGE, SetAnalysis, draw_samples, first_pass, samples_from
+from core.pipeline.analysis import CURVE_STAGE, PASS_STAGE, SetAnalysis, draw_samples, first_pass, samples_from
 from core.errors import HeadScopeError, InvalidSetting, NotEnoughImages
 
 
 class AnalysisFailed(HeadScopeError):
     """The staged analysis met an error that is not one of HeadScope's own (say, out of memory on a GPU)."""
-from core.importance import (
+from core.measures.importance import (
     HeadImportance,
     _check_labels,
     _check_metrics,
@@ -71,8 +71,8 @@ from core.importance import (
     _curve_table,
     _tidy,
 )
-from core.inference import Predictions
-from core.model import ViTHandle
+from core.measures.inference import Predictions
+from core.models.handle import ViTHandle
 from core.settings import CaseSettings, images_per_batch
 
 __all__ = [

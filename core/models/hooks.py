@@ -17,7 +17,7 @@ from torch.utils.hooks import RemovableHandle
 from core.errors import NonFiniteOutputs
 
 if TYPE_CHECKING:
-    from core.model import ViTHandle
+    from core.models.handle import ViTHandle
 
 __all__ = [
     "HookSet",

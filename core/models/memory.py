@@ -187,7 +187,7 @@ def _as_sentence(args: tuple[Any, ...]) -> Iterator[None]:
 
 
 def _sentence(args: tuple[Any, ...]) -> str:
-    from core.model import ViTHandle  # core.model checks its models here: imported late, no cycle
+    from core.models.handle import ViTHandle
 
     handle = next((arg for arg in args if isinstance(arg, ViTHandle)), None)
     advice = "try again when fewer analyses run, or load the model at a smaller input size or pick a smaller one"

@@ -23,12 +23,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from core._memory import out_of_memory_as_sentence
-from core.attention import iter_attention
+from core.models.memory import out_of_memory_as_sentence
+from core.measures.attention import iter_attention
 from core.errors import InvalidSetting, NotEnoughImages, UnsupportedMapKind
-from core.inference import Progress
-from core.model import ViTHandle, pick_device
-from core.projection import Method, layout_2d
+from core.measures.inference import Progress
+from core.models.handle import ViTHandle, pick_device
+from core.measures.projection import Method, layout_2d
 from core.settings import DEFAULT_CLUSTERS, DEFAULT_MAX_MAPS, MAP_KINDS, MapKind, images_per_batch
 
 __all__ = [
