@@ -5,13 +5,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench train-demo train-probe chromium
+.PHONY: run test test-fast bench train-demo train-probe chromium
 
 run: $(STAMP)
 	$(BIN)/python -m streamlit run streamlit_app.py
 
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest
+
+# the unit tier without the tests marked slow (see pytest.ini): the quick loop while editing
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests/unit -m "unit and not slow"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_capture.py

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import streamlit as st
+from streamlit.runtime.uploaded_file_manager import UploadedFile
 
-from core.models.transformers import is_transformers_source
 from core.inputs.images import DEFAULT_LIMITS, ImageSet
+from core.measures import projection
 from core.measures.inference import Predictions, top_k
-from core.models.load import BUILTIN_MODELS, DEMO_NAME
 from core.models.handle import DEFAULT_IMG_SIZE, ViTHandle
-from core.measures.projection import start_umap_warmup
-from ui import export, navigation, probe, session
+from core.models.load import BUILTIN_MODELS, DEMO_NAME
+from core.models.transformers import is_transformers_source
+from ui import export, images, models, navigation, overview, probe, results, selection
 from ui.display import enlarge_for_display, plain
+from ui.models import ModelSpec
 from viz.overview import OVERVIEW_SELECTION, overview_chart, top5_chart
 
 st.set_page_config(page_title="HeadScope", page_icon="🔭", layout="wide")
@@ -25,45 +27,77 @@ _TRANSFORMERS_CAPTION = "a Hugging Face ViT, DeiT or DINOv2: a hub repo id, or a
 
 def _model_controls() -> None:
     st.sidebar.header("Model")
-    spec = session.current_spec()
-    choices = [*BUILTIN_MODELS, TIMM_CHOICE, TRANSFORMERS_CHOICE]
+    spec = models.current_spec()
     transformers_spec = spec.transformers_zip or is_transformers_source(spec.name, local_paths=spec.server_paths)
+    choice = _model_source(spec, transformers_spec)
+    if choice == DEMO_NAME:  # instant and at one size only: picking it is loading it
+        if spec.name != DEMO_NAME:
+            models.switch_model(DEMO_NAME, None)
+        return
+    name, upload, is_archive = choice, None, False
+    if choice == TIMM_CHOICE:
+        name, upload = _timm_inputs(spec, transformers_spec)
+    elif choice == TRANSFORMERS_CHOICE:
+        name, upload = _transformers_inputs(spec, transformers_spec)
+        is_archive = upload is not None
+    img_size = _img_size_input(spec)
+    if choice in BUILTIN_MODELS:
+        st.sidebar.caption("The first load prepares the weights once (about a minute); later loads take seconds.")
+    if st.sidebar.button("Load model", key="load_model", disabled=not name.strip()):
+        error = models.switch_model(
+            name, upload.getvalue() if upload is not None else None, img_size, transformers_zip=is_archive,
+        )
+        if error:
+            st.sidebar.error(plain(error))  # it may quote the typed name or the file
+    probe.probe_sidebar(models.current_model())
+
+
+def _model_source(spec: ModelSpec, transformers_spec: bool) -> str:
+    """The sidebar's choice of model: a built-in one, a timm model or a transformers model."""
+    choices = [*BUILTIN_MODELS, TIMM_CHOICE, TRANSFORMERS_CHOICE]
     current = spec.name if spec.name in BUILTIN_MODELS else TRANSFORMERS_CHOICE if transformers_spec else TIMM_CHOICE
-    choice = st.sidebar.radio(
+    return st.sidebar.radio(
         "Model source",
         choices,
         index=choices.index(current),
         captions=[*BUILTIN_MODELS.values(), _TIMM_CAPTION, _TRANSFORMERS_CAPTION],
         key="model_source",
     )
-    if choice == DEMO_NAME:  # instant and at one size only: picking it is loading it
-        if spec.name != DEMO_NAME:
-            session.switch_model(DEMO_NAME, None)
-        return
-    name, checkpoint, archive = choice, None, None
-    if choice == TIMM_CHOICE:
-        name = st.sidebar.text_input(
-            "timm model name", value="" if spec.name in BUILTIN_MODELS or transformers_spec else spec.name,
-            key="timm_name", placeholder="vit_base_patch16_224",
-        )
-        checkpoint = st.sidebar.file_uploader(
-            "Checkpoint for that architecture (optional)", type=["safetensors", "pth", "pt", "bin", "ckpt"], key="checkpoint_upload"
-        )
-    elif choice == TRANSFORMERS_CHOICE:
-        name = st.sidebar.text_input(
-            "Hub repo id", value=spec.name if transformers_spec and not spec.transformers_zip else "",
-            key="hf_repo", placeholder="facebook/dinov2-small",
-            help="Read from this machine's Hugging Face cache first; from the hub when it can be reached.",
-        )
-        archive = st.sidebar.file_uploader(
-            "…or a ZIP of a save_pretrained folder", type=["zip"], key="hf_zip_upload",
-            help=(
-                "config.json with model.safetensors or pytorch_model.bin (and preprocessor_config.json if any). "
-                "While a ZIP is here, Load model loads it instead of the repo id."
-            ),
-        )
-        if archive is not None:
-            name = archive.name.removesuffix(".zip").removesuffix(".ZIP") or "uploaded model"
+
+
+def _timm_inputs(spec: ModelSpec, transformers_spec: bool) -> tuple[str, UploadedFile | None]:
+    """A timm model's name and its optional checkpoint upload."""
+    name = st.sidebar.text_input(
+        "timm model name", value="" if spec.name in BUILTIN_MODELS or transformers_spec else spec.name,
+        key="timm_name", placeholder="vit_base_patch16_224",
+    )
+    checkpoint = st.sidebar.file_uploader(
+        "Checkpoint for that architecture (optional)", type=["safetensors", "pth", "pt", "bin", "ckpt"], key="checkpoint_upload"
+    )
+    return name, checkpoint
+
+
+def _transformers_inputs(spec: ModelSpec, transformers_spec: bool) -> tuple[str, UploadedFile | None]:
+    """A transformers model: its hub repo id, or an uploaded ZIP of its folder (named after the file), which wins."""
+    name = st.sidebar.text_input(
+        "Hub repo id", value=spec.name if transformers_spec and not spec.transformers_zip else "",
+        key="hf_repo", placeholder="facebook/dinov2-small",
+        help="Read from this machine's Hugging Face cache first; from the hub when it can be reached.",
+    )
+    archive = st.sidebar.file_uploader(
+        "…or a ZIP of a save_pretrained folder", type=["zip"], key="hf_zip_upload",
+        help=(
+            "config.json with model.safetensors or pytorch_model.bin (and preprocessor_config.json if any). "
+            "While a ZIP is here, Load model loads it instead of the repo id."
+        ),
+    )
+    if archive is not None:
+        name = archive.name.removesuffix(".zip").removesuffix(".ZIP") or "uploaded model"
+    return name, archive
+
+
+def _img_size_input(spec: ModelSpec) -> int | None:
+    """The input side the user asks for, in pixels; ``None``: the model's default."""
     img_size = st.sidebar.number_input(
         "Input size in pixels (optional)",
         min_value=1,
@@ -78,29 +112,19 @@ def _model_controls() -> None:
             "(DINOv2 at 518 px), whose attention at full size takes hundreds of MB per image."
         ),
     )
-    if choice in BUILTIN_MODELS:
-        st.sidebar.caption("The first load prepares the weights once (about a minute); later loads take seconds.")
-    if st.sidebar.button("Load model", key="load_model", disabled=not name.strip()):
-        upload = archive if archive is not None else checkpoint
-        error = session.switch_model(
-            name, upload.getvalue() if upload is not None else None, int(img_size) if img_size else None,
-            transformers_zip=archive is not None,
-        )
-        if error:
-            st.sidebar.error(plain(error))  # it may quote the typed name or the file
-    probe.probe_sidebar(session.current_model())
+    return int(img_size) if img_size else None
 
 
 def _image_controls() -> None:
-    handle = session.current_model()
+    handle = models.current_model()
     st.sidebar.header("Images")
-    if session.SOURCE_KEY not in st.session_state:  # back from another page: restore the choice
-        st.session_state[session.SOURCE_KEY] = st.session_state.get(session.SOURCE_CHOICE_KEY, session.SAMPLES)
-    source = st.sidebar.radio("Image set", [session.SAMPLES, session.UPLOAD, session.ZIP], key=session.SOURCE_KEY)
-    st.session_state[session.SOURCE_CHOICE_KEY] = source
-    if source == session.SAMPLES:
+    if images.SOURCE_KEY not in st.session_state:  # back from another page: restore the choice
+        st.session_state[images.SOURCE_KEY] = st.session_state.get(images.SOURCE_CHOICE_KEY, images.SAMPLES)
+    source = st.sidebar.radio("Image set", [images.SAMPLES, images.UPLOAD, images.ZIP], key=images.SOURCE_KEY)
+    st.session_state[images.SOURCE_CHOICE_KEY] = source
+    if source == images.SAMPLES:
         return
-    as_zip = source == session.ZIP
+    as_zip = source == images.ZIP
     uploads = st.sidebar.file_uploader(
         "ZIP with one folder per class" if as_zip else "Images (PNG, JPEG, WebP, BMP, GIF, TIFF)",
         type=["zip"] if as_zip else ["png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"],
@@ -119,16 +143,16 @@ def _image_controls() -> None:
         files = list(uploads or [])
     if not files:
         # the uploader comes back empty after a visit to another page: keep what was uploaded
-        kept = st.session_state.get(session.UPLOADED_KEY)
+        kept = st.session_state.get(images.UPLOADED_KEY)
         if kept is None:
             st.sidebar.info("Upload files to analyse them; until then the sample images are shown.")
         else:
             st.sidebar.info(f"Showing the {len(kept[1])} images uploaded earlier; upload files to replace them.")
-            st.sidebar.button("Forget the uploaded images", key="forget_upload", on_click=session.forget_upload)
+            st.sidebar.button("Forget the uploaded images", key="forget_upload", on_click=images.forget_upload)
         return
-    image_set, notes, error = session.upload_images([(f.name, f.getvalue()) for f in files], handle, as_zip)
+    image_set, notes, error = images.upload_images([(f.name, f.getvalue()) for f in files], handle, as_zip)
     if error:
-        kept = st.session_state.get(session.UPLOADED_KEY)
+        kept = st.session_state.get(images.UPLOADED_KEY)
         st.sidebar.error(plain(error + (f" Still showing {kept[1].title}." if kept else " Showing the sample images.")))
     for note in notes:  # sentences that quote file and folder names
         st.sidebar.warning(plain(note))
@@ -139,7 +163,7 @@ def _image_controls() -> None:
 def _pick_from_chart() -> None:
     selected = st.session_state["overview_chart"].selection.get(OVERVIEW_SELECTION) or []
     if selected and "id" in selected[0]:
-        session.set_focus_image(selected[0]["id"])
+        selection.set_focus_image(selected[0]["id"])
         st.session_state["focus_id_input"] = selected[0]["id"]
 
 
@@ -188,7 +212,7 @@ def _layout_caption(handle: ViTHandle, points, method: str) -> str:
         features = "pooled output features" if handle.is_backbone else "final CLS features"
     if method == "umap":
         layout = f"UMAP of the {features}."
-    elif session.umap_pending():
+    elif overview.umap_pending():
         layout = f"Quick PCA layout of the {features}; UMAP replaces it as soon as it is ready."
         _refresh_when_umap_ready()
     else:
@@ -206,11 +230,11 @@ def main() -> None:
     navigation.sidebar_links()
     _model_controls()
     _image_controls()
-    handle = session.current_model()
-    image_set = session.active_image_set(handle)
+    handle = models.current_model()
+    image_set = images.active_image_set(handle)
 
     st.title("HeadScope")
-    preds = session.predictions(handle, image_set)
+    preds = results.preview(handle, image_set, heavy=False).predictions  # the set's first pass, which every view reads
     st.caption(f"{_model_summary(handle, preds)} · **{plain(image_set.title)}** · device {handle.device.type}")
     probe.probe_header(handle)
     probe.probe_panel(handle, image_set)
@@ -218,14 +242,14 @@ def main() -> None:
     if requested:
         try:
             image_set.by_id(requested)
-            session.set_focus_image(requested)
+            selection.set_focus_image(requested)
         except KeyError:
             st.warning(f"No image in this set has the id '{plain(requested)}'; ids are shown in the chart's tooltips.")
-    focus_id = session.focus_image_id(image_set)
+    focus_id = selection.focus_image_id(image_set)
     # a keyed text input ignores value= after its first run: keep it in step with the focus
     if st.session_state.get("focus_id_input") != focus_id:
         st.session_state["focus_id_input"] = focus_id
-    points, method = session.overview_points(handle, image_set, preds)
+    points, method = overview.overview_points(handle, image_set, preds)
 
     left, right = st.columns([3, 2], gap="large")
     with left:
@@ -247,12 +271,12 @@ def main() -> None:
     with right:
         _focus_panel(handle, image_set, preds, points, focus_id)
     # UMAP compiles for ~40 s in a new process: start it once the first page is on screen
-    start_umap_warmup()  # once per process; returns at once
+    projection.start_umap_warmup()  # once per process; returns at once
 
 
 @st.fragment(run_every=3)
 def _refresh_when_umap_ready() -> None:
-    if session.umap_ready():
+    if projection.umap_ready():
         st.rerun(scope="app")
 
 

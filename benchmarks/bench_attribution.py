@@ -33,7 +33,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from _machine import cpu_model, load_average, timed  # noqa: E402
 
-from core.models.hooks import locked_forward  # noqa: E402
+from core.inputs.digits import digit_images, digits_split  # noqa: E402
+from core.inputs.images import sample_photos_set  # noqa: E402
 from core.measures.attention import extract_attention  # noqa: E402
 from core.measures.attribution import (  # noqa: E402
     answer_readout,
@@ -45,9 +46,8 @@ from core.measures.attribution import (  # noqa: E402
     gradient_rollout,
     relevance_maps,
 )
-from core.inputs.digits import digit_images, digits_split  # noqa: E402
-from core.inputs.images import sample_photos_set  # noqa: E402
 from core.models.handle import ViTHandle  # noqa: E402
+from core.models.hooks import locked_forward  # noqa: E402
 from core.models.load import load_model  # noqa: E402
 
 

@@ -31,11 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from _machine import cpu_model, load_average, timed  # noqa: E402  (this folder is on sys.path when run as a script)
 
+from core.inputs.images import demo_digits_set  # noqa: E402
+from core.measures.projection import start_umap_warmup, wait_for_umap  # noqa: E402
+from core.models.load import load_model  # noqa: E402
 from core.study.bundle import load_bundle, save_bundle  # noqa: E402
 from core.study.casestudy import CaseSettings, CaseStudy, analyze  # noqa: E402
-from core.inputs.images import demo_digits_set  # noqa: E402
-from core.models.load import load_model  # noqa: E402
-from core.measures.projection import start_umap_warmup, wait_for_umap  # noqa: E402
 from viz.report import render_report  # noqa: E402
 
 TARGET_ANALYSIS_S = 60.0

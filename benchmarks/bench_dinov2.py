@@ -32,11 +32,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _machine import cpu_model, load_average, timed  # noqa: E402
 from bench_importance import bench  # noqa: E402
 
-from core.study.casestudy import CaseSettings, analyze, findings  # noqa: E402
 from core.inputs.images import sample_photos_set  # noqa: E402
 from core.measures.importance import rank_heads  # noqa: E402
-from core.models.load import load_model  # noqa: E402
 from core.measures.projection import start_umap_warmup, wait_for_umap  # noqa: E402
+from core.models.load import load_model  # noqa: E402
+from core.study.casestudy import CaseSettings, analyze, findings  # noqa: E402
 
 
 def main() -> None:

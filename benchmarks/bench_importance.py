@@ -27,9 +27,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.models.hooks import locked_forward  # noqa: E402
 from core.measures.importance import head_importance_tables  # noqa: E402
 from core.models.handle import ViTHandle  # noqa: E402
+from core.models.hooks import locked_forward  # noqa: E402
 from core.models.load import load_model  # noqa: E402
 
 SWEPT = ("probability", "accuracy", "layer_impact", "output_impact")

@@ -31,8 +31,13 @@ sys.path.insert(0, str(ROOT))
 from _machine import cpu_model, load_average, timed  # noqa: E402  (this folder is on sys.path when run as a script)
 
 from core.inputs.images import demo_digits_set  # noqa: E402
+from core.measures.patterns import (  # noqa: E402
+    cluster_patterns,
+    project_patterns,
+    sample_maps,
+    train_autoencoder,
+)
 from core.models.load import load_model  # noqa: E402
-from core.measures.patterns import cluster_patterns, project_patterns, sample_maps, train_autoencoder  # noqa: E402
 
 PAGE = "pages/3_Attention_Patterns.py"
 

@@ -36,11 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _machine import cpu_model, load_average, timed  # noqa: E402
 
-from core.pipeline.analysis import draw_samples, first_pass  # noqa: E402
-from core.measures.importance import _check_labels, _check_metrics  # noqa: E402
+from core.measures.importance import check_labels  # noqa: E402
 from core.models.handle import ViTHandle, wrap_model  # noqa: E402
 from core.models.load import load_model  # noqa: E402
 from core.models.probe import fit_probe  # noqa: E402
+from core.pipeline.analysis import Capture, draw_samples, run_pass  # noqa: E402
 from core.settings import CaseSettings  # noqa: E402
 
 RATIO_TARGET = 0.10
@@ -140,12 +140,11 @@ def main() -> None:
     print(f"set: {len(images)} images in {len(names)} classes ({counts.min()}-{counts.max()} each), {origin}\n")
 
     # as the dashboard's first stage runs it (core.pipeline.staged.StagedAnalysis._run_preview)
-    given = _check_labels(handle, torch.tensor(labels), len(images))
-    metrics = _check_metrics(None, handle)
-    first_pass(handle, images[:2], given[:2], {}, metrics=metrics, sweep=False)  # warm-up: kernels, allocator
-    picks = draw_samples(handle, len(images), CaseSettings())
-    part, first = timed(lambda: first_pass(handle, images, given, picks, metrics=metrics, sweep=False))
-    features = part.probe_input
+    given = check_labels(handle, torch.tensor(labels), len(images))
+    run_pass(handle, images[:2], given[:2], Capture(metrics=()))  # warm-up: kernels, allocator
+    capture = Capture(metrics=(), map_samples=draw_samples(handle, len(images), CaseSettings()))  # a backbone: no Taylor
+    part, first = timed(lambda: run_pass(handle, images, given, capture))
+    features = part.predictions.probe_input
     assert features is not None, "a backbone's first pass reads the probe's input"
     print(f"first pass  {first:8.2f} s  ({first / len(images) * 1000:.0f} ms per image; probe input {features.shape[1]} features)")
 

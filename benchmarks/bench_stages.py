@@ -29,11 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _machine import cpu_model, load_average  # noqa: E402
 
-from core.pipeline.analysis import analyze_set, draw_samples, first_pass  # noqa: E402
 from core.measures.importance import partial_pruning, pruning_curve  # noqa: E402
 from core.models.handle import wrap_model  # noqa: E402
-from core.settings import CaseSettings  # noqa: E402
+from core.pipeline.analysis import Capture, analyze_set, draw_samples, run_pass  # noqa: E402
 from core.pipeline.staged import StagedAnalysis  # noqa: E402
+from core.settings import CaseSettings  # noqa: E402
 
 MODELS = {"small": "vit_small_patch16_224", "base": "vit_base_patch16_224"}
 RATIO_TARGET = 1.15
@@ -68,13 +68,16 @@ def main() -> None:
         handle = wrap_model(model, class_names=[f"c{i}" for i in range(1000)], device=device)
         images = _images(n)
         labels = torch.arange(n) % 1000
-        first_pass(handle, images[:1], labels[:1], {}, sweep=False)  # warm-up: kernels, allocator
-        picks = draw_samples(handle, n, settings)
-        preview = _seconds(lambda: first_pass(handle, images, labels, picks, sweep=False))
-        sweep_metrics = ("probability", "accuracy", "layer_impact", "output_impact")
-        swept = first_pass(handle, images, labels, {}, metrics=sweep_metrics, reduce=False)
-        sweep = _seconds(lambda: first_pass(handle, images, labels, {}, metrics=sweep_metrics, reduce=False))
-        curve = _seconds(lambda: pruning_curve(handle, images, swept.importance.overall, labels, steps=settings.curve_steps))
+        # the captures the staged run asks for: the preview (Taylor rides on it), then the sweep alone
+        preview_capture = Capture(metrics=("taylor",), map_samples=draw_samples(handle, n, settings))
+        sweep_capture = Capture(
+            metrics=("probability", "accuracy", "layer_impact", "output_impact"), attention_stats=False, predictions=False
+        )
+        run_pass(handle, images[:1], labels[:1], Capture(metrics=("taylor",)))  # warm-up: kernels, allocator
+        preview = _seconds(lambda: run_pass(handle, images, labels, preview_capture))
+        swept = run_pass(handle, images, labels, sweep_capture).importance.tables()
+        sweep = _seconds(lambda: run_pass(handle, images, labels, sweep_capture))
+        curve = _seconds(lambda: pruning_curve(handle, images, swept.overall, labels, steps=settings.curve_steps))
         x = handle.preprocess(images[:1]).to(handle.device)
         partial = _seconds(lambda: partial_pruning(handle, x, 0, 0, 0))
         per_image = {"first pass": preview / n, "exact sweep": sweep / n, "pruning curve": curve / n}

@@ -42,9 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _machine import cpu_model  # noqa: E402  (this folder is on sys.path when run as a script)
 
 from core.inputs.digits import digit_images  # noqa: E402
+from core.measures.strength import PER_IMAGE, strength_statistics  # noqa: E402
 from core.models.load import load_model  # noqa: E402
 from core.settings import images_per_batch  # noqa: E402
-from core.measures.strength import PER_IMAGE, strength_statistics  # noqa: E402
 
 SIZES = (64, 512)
 TARGET = 1.15

@@ -4,7 +4,7 @@ The README's Core API is importable from here (``from core import load_model, an
 the report and the charts are in ``viz``.
 """
 
-from core.pipeline.analysis import analyze_set
+from core.errors import HeadScopeError
 from core.measures.attention import extract_attention, outlier_tokens, token_norms
 from core.measures.attribution import (
     answer_readout,
@@ -17,13 +17,20 @@ from core.measures.attribution import (
     gradient_rollout,
     relevance_maps,
 )
-from core.study.bundle import load_bundle, save_bundle
-from core.study.casestudy import analyze, findings
-from core.errors import HeadScopeError
 from core.measures.importance import head_importance, partial_pruning
+from core.measures.strength import (
+    attention_sink,
+    hop_entropy,
+    hop_strength,
+    key_entropy,
+    top_key_share,
+)
 from core.models.load import load_model
 from core.models.probe import fit_probe, probe_features, with_probe
-from core.measures.strength import attention_sink, hop_entropy, hop_strength, key_entropy, top_key_share
+from core.pipeline.analysis import analyze_set
+from core.study.bundle import load_bundle, save_bundle
+from core.study.casestudy import analyze
+from core.study.findings import findings
 
 __all__ = [
     "HeadScopeError",

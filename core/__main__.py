@@ -28,16 +28,24 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from core.pipeline import distributed
-from core.study.casestudy import CaseSettings, analyze, findings, gather_or_raise
-from core.errors import HeadScopeError, InvalidSetting, LabelsMismatch, ProbeRejected, UnsupportedMetric
+from core.errors import (
+    HeadScopeError,
+    InvalidSetting,
+    LabelsMismatch,
+    ProbeRejected,
+    UnsupportedMetric,
+)
 from core.measures.importance import BACKBONE_REASON, METRICS, metrics_for
+from core.pipeline import distributed
 from core.settings import DEFAULT_CLUSTERS
+from core.study.casestudy import CaseSettings, analyze, gather_or_raise
+from core.study.findings import findings
 
 if TYPE_CHECKING:
     from core.inputs.images import ImageSet
     from core.models.handle import ViTHandle
     from core.models.probe import LinearProbe
+    from core.study.casestudy import CaseStudy
 
 EXIT_BAD_INPUT = 2
 FIT = "fit"  # --probe fit: fit the probe on the folder's classes
@@ -208,10 +216,10 @@ def _labelled_by_classes(image_set: ImageSet, class_names: Sequence[str] | None)
 
 
 def analyze_command(args: argparse.Namespace) -> int:
-    from core.study.bundle import write_bundle
     from core.inputs.images import image_set_from_folder, join_folder_shares
     from core.models.handle import imagenet_synsets
     from core.models.load import load_model
+    from core.study.bundle import write_bundle
 
     settings = _settings(args)
     # checked before minutes of work, not after
@@ -226,24 +234,8 @@ def analyze_command(args: argparse.Namespace) -> int:
     lead = shards.rank == 0  # under torchrun, rank 0 talks and writes
     checkpoint = args.checkpoint.read_bytes() if args.checkpoint else None
     handle = load_model(args.model, checkpoint=checkpoint, device=distributed.local_device(), img_size=args.img_size)
-    probe = None
-    if args.probe is not None:
-        if not handle.is_backbone:
-            raise ProbeRejected(
-                f"'{handle.name}' already has {len(handle.class_names):,} classes; --probe puts a linear probe on a "
-                "backbone (a model without classes, such as dinov2-s)."
-            )
-        if probe_data is not None:
-            from core.models.probe import probe_from_bytes
-
-            probe = probe_from_bytes(probe_data, handle)  # before the folder is read: another backbone's probe
-    # a probed backbone is a classifier: every metric applies to it
-    available = METRICS if args.probe is not None else metrics_for(handle)
-    metric = args.metric or available[0]
-    if metric not in available:  # before minutes of work
-        raise UnsupportedMetric(
-            f"--metric {metric} is not available for '{handle.name}': {BACKBONE_REASON}; --probe gives it classes."
-        )
+    probe = _given_probe(args, handle, probe_data)
+    metric = _checked_metric(args, handle)
     aliases = [[s] for s in imagenet_synsets()] if len(handle.class_names) == 1000 else None
     # streamed: the set keeps names, ids and labels, and every pass decodes one batch at a
     # time; each process reads (and later decodes) only its own share of the folder
@@ -256,25 +248,7 @@ def analyze_command(args: argparse.Namespace) -> int:
     bars = _StageBars() if lead else None
     try:
         if args.probe is not None:
-            from core.models.probe import with_probe
-
-            if fit:
-                _check_probe_classes(image_set, args.images)
-                if lead:
-                    print(f"Fitting a linear probe on {handle.name}'s features of {image_set.title}.", file=sys.stderr)
-                probe = _fitted_probe(handle, image_set, shards, bars)
-                if bars is not None:
-                    bars.close()
-            if lead:
-                print(probe.summary())
-            if lead and args.save_probe is not None:
-                args.save_probe.write_bytes(probe.to_bytes())
-                print(f"Wrote {args.save_probe}.")
-            handle = with_probe(handle, probe)
-            # labels become the probe's classes: the folder names in the same order (fit), or matched to them
-            image_set, relabel_notes = _labelled_by_classes(image_set, None if fit else handle.class_names)
-            for note in relabel_notes if lead else ():
-                print(f"note: {note}", file=sys.stderr)
+            handle, image_set = _probed(args, handle, image_set, probe, shards, bars)
         if lead:
             print(
                 f"{handle.name}: {handle.num_layers} layers x {handle.num_heads} heads on {handle.device}"
@@ -289,22 +263,87 @@ def analyze_command(args: argparse.Namespace) -> int:
         distributed.stop(together=True)
         return 0
     write_bundle(study, args.out)
-    found = findings(study, metric)
     print(f"Wrote {args.out} ({args.out.stat().st_size / 2**20:.1f} MB) in {time.perf_counter() - started:.0f} s.")
+    _report(study, args, metric)
+    distributed.stop(together=True)
+    return 0
+
+
+def _given_probe(args: argparse.Namespace, handle: ViTHandle, probe_data: bytes | None) -> LinearProbe | None:
+    """The probe file ``--probe`` names, read against ``handle`` (``None`` for none or ``--probe fit``).
+
+    Raises:
+        ProbeRejected: ``handle`` has classes already, or the file is not a probe of this backbone.
+    """
+    if args.probe is None:
+        return None
+    if not handle.is_backbone:
+        raise ProbeRejected(
+            f"'{handle.name}' already has {len(handle.class_names):,} classes; --probe puts a linear probe on a "
+            "backbone (a model without classes, such as dinov2-s)."
+        )
+    if probe_data is None:
+        return None
+    from core.models.probe import probe_from_bytes
+
+    return probe_from_bytes(probe_data, handle)  # before the folder is read: another backbone's probe
+
+
+def _checked_metric(args: argparse.Namespace, handle: ViTHandle) -> str:
+    """``--metric``, or the model's first; checked before minutes of work."""
+    # a probed backbone is a classifier: every metric applies to it
+    available = METRICS if args.probe is not None else metrics_for(handle)
+    metric = args.metric or available[0]
+    if metric not in available:
+        raise UnsupportedMetric(
+            f"--metric {metric} is not available for '{handle.name}': {BACKBONE_REASON}; --probe gives it classes."
+        )
+    return metric
+
+
+def _probed(
+    args: argparse.Namespace, handle: ViTHandle, image_set: ImageSet, probe: LinearProbe | None,
+    shards: distributed.Shards, bars: _StageBars | None,
+) -> tuple[ViTHandle, ImageSet]:
+    """The backbone with its probe (fitted here for ``--probe fit``), and the set labelled by the probe's classes."""
+    from core.models.probe import with_probe
+
+    fit, lead = args.probe == FIT, shards.rank == 0
+    if fit:
+        _check_probe_classes(image_set, args.images)
+        if lead:
+            print(f"Fitting a linear probe on {handle.name}'s features of {image_set.title}.", file=sys.stderr)
+        probe = _fitted_probe(handle, image_set, shards, bars)
+        if bars is not None:
+            bars.close()
+    if lead:
+        print(probe.summary())
+    if lead and args.save_probe is not None:
+        args.save_probe.write_bytes(probe.to_bytes())
+        print(f"Wrote {args.save_probe}.")
+    handle = with_probe(handle, probe)
+    # labels become the probe's classes: the folder names in the same order (fit), or matched to them
+    image_set, relabel_notes = _labelled_by_classes(image_set, None if fit else handle.class_names)
+    for note in relabel_notes if lead else ():
+        print(f"note: {note}", file=sys.stderr)
+    return handle, image_set
+
+
+def _report(study: CaseStudy, args: argparse.Namespace, metric: str) -> None:
+    """The HTML report when asked for, and the findings under ``metric`` on the terminal."""
     if args.report:
         # imported here, not at the top: core never imports viz (altair, vl_convert) when it is imported
         from viz.report import render_report
 
         args.report.write_text(render_report(study, metric), encoding="utf-8")
         print(f"Wrote {args.report}.")
+    found = findings(study, metric)
     print(f"Top heads by {metric}: {', '.join(finding.label for finding in found.heads)}.")
     print(found.layer_trend)
     print(found.concentration)
     for finding in found.heads:  # relevance maps of the image each top head hurts most (in the bundle and report)
         if finding.explanation:
             print(f"{finding.label}: {finding.explanation}")
-    distributed.stop(together=True)
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

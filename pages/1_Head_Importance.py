@@ -4,14 +4,27 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.measures.importance import BACKBONE_REASON, METRIC_HELP, MODE_REMOVES, MODES, RANKED_BY_MAGNITUDE, metrics_for
-from ui import export, importance, session, stages
+from core.measures.importance import (
+    BACKBONE_REASON,
+    METRIC_HELP,
+    MODE_REMOVES,
+    MODES,
+    RANKED_BY_MAGNITUDE,
+    metrics_for,
+)
+from ui import export, importance, probe, selection, sidebar, stages
 from ui.display import plain
-from viz.importance import importance_heatmap, importance_line_chart, metric_title, partial_pruning_chart, pruning_curve_chart
+from viz.importance import (
+    importance_heatmap,
+    importance_line_chart,
+    metric_title,
+    partial_pruning_chart,
+    pruning_curve_chart,
+)
 from viz.overview import top5_chart
 
 st.set_page_config(page_title="Head importance · HeadScope", page_icon="🔭", layout="wide")
-ctx = session.page_context()
+ctx = sidebar.page_context()
 handle, focus = ctx.handle, ctx.focus
 name = ctx.image_set.by_id(ctx.focus_id).name
 image = ctx.image_set.index_of(ctx.focus_id)
@@ -30,7 +43,7 @@ def _b1(values, value_title: str, baseline: float | None, where: str, on_image: 
     """B1: the paper's line over every head, the layers × heads heatmap and the ranked table."""
     b1, heat, ranked = st.columns([5, 3, 3], gap="medium")
     with b1:
-        session.show_head_chart(
+        selection.show_head_chart(
             importance_line_chart(values, value_title, handle.num_heads, head_at, baseline, where),
             key="importance_line",
         )
@@ -38,7 +51,7 @@ def _b1(values, value_title: str, baseline: float | None, where: str, on_image: 
         st.caption(f"{METRIC_HELP[metric].capitalize()}, {plain(where)}.{rule} Click a dot to focus a head.")
     with heat:
         signed = on_image and metric in RANKED_BY_MAGNITUDE
-        session.show_head_chart(
+        selection.show_head_chart(
             importance_heatmap(values, metric, value_title, head_at, signed), key="importance_heatmap"
         )
     with ranked:
@@ -55,7 +68,7 @@ if handle.is_backbone:
     )
     shown_metrics = " and ".join(map(_metric_name, metrics_for(handle)))
     st.info(f"Only {shown_metrics} are offered for {plain(handle.name)}: {BACKBONE_REASON}.")
-    can_fit, hint = session.probe_offer(handle, ctx.image_set)
+    can_fit, hint = probe.probe_offer(handle, ctx.image_set)
     st.caption(plain(hint) + (" The Overview page fits it in seconds." if can_fit else ""))
 else:
     st.caption(

@@ -7,9 +7,9 @@ import math
 import streamlit as st
 
 from core.measures.attention import OUTLIER_NORM_RATIO
-from core.study.casestudy import SINK_SHARE
 from core.measures.strength import token_label
-from ui import export, patterns, session, strength
+from core.study.casestudy import SINK_SHARE
+from ui import export, patterns, selection, sidebar, strength
 from ui.display import plain
 from viz.strength import (
     distribution_chart,
@@ -21,7 +21,7 @@ from viz.strength import (
 )
 
 st.set_page_config(page_title="Attention strength · HeadScope", page_icon="🔭", layout="wide")
-ctx = session.page_context()
+ctx = sidebar.page_context()
 handle, focus = ctx.handle, ctx.focus
 name = plain(ctx.image_set.by_id(ctx.focus_id).name)  # shown in Markdown only
 
@@ -45,7 +45,7 @@ head_at = (focus.layer, focus.head)
 
 c1, c2, c3 = st.columns(3, gap="medium")
 with c1:
-    session.show_head_chart(
+    selection.show_head_chart(
         heads_by_layer_chart(heads, "entropy", "Head entropy across layers", "entropy (nats)", head_at),
         key="strength_entropy_chart",
     )
@@ -79,7 +79,7 @@ with d1:
     )
 with d2:
     patch_h, patch_w = handle.patch_size
-    session.show_head_chart(
+    selection.show_head_chart(
         heads_by_layer_chart(
             heads, "distance", "Mean attention distance", "distance (input pixels)", head_at, value_format=".1f"
         ),
@@ -91,7 +91,7 @@ with d2:
     )
 with d3:
     if handle.num_prefix_tokens:
-        session.show_head_chart(
+        selection.show_head_chart(
             heads_by_layer_chart(heads, "prefix_share", "Attention to prefix tokens", "share of attention", head_at),
             key="strength_prefix_chart",
         )
@@ -109,7 +109,7 @@ tokens = handle.num_tokens
 def head_view(value: str, title: str, axis_title: str, caption: str, **chart) -> None:
     """A clickable dot per head of ``value`` by layer (``heads``, the focus head ringed), captioned."""
     chart_spec = heads_by_layer_chart(heads, value, title, axis_title, head_at, **chart)
-    session.show_head_chart(chart_spec, key=f"strength_{value}_chart")
+    selection.show_head_chart(chart_spec, key=f"strength_{value}_chart")
     st.caption(caption)
 
 

@@ -5,14 +5,28 @@ from __future__ import annotations
 import streamlit as st
 
 from core.errors import HeadScopeError
-from core.measures.patterns import DEFAULT_CLUSTERS, attention_cells, grid_maps, strong_links, token_names, weight_histogram
+from core.measures.patterns import (
+    DEFAULT_CLUSTERS,
+    attention_cells,
+    grid_maps,
+    strong_links,
+    token_names,
+    weight_histogram,
+)
 from core.measures.projection import start_umap_warmup
-from ui import export, patterns, session
+from ui import export, patterns, selection, sidebar
 from ui.display import enlarge_for_display, plain
-from viz.patterns import CELL_SELECTION, histogram_chart, link_chart, matrix_chart, pattern_space_chart, prototype_chart
+from viz.patterns import (
+    CELL_SELECTION,
+    histogram_chart,
+    link_chart,
+    matrix_chart,
+    pattern_space_chart,
+    prototype_chart,
+)
 
 st.set_page_config(page_title="Attention patterns · HeadScope", page_icon="🔭", layout="wide")
-ctx = session.page_context()
+ctx = sidebar.page_context()
 start_umap_warmup()  # once per process: a no-op when the home page started it
 handle, focus = ctx.handle, ctx.focus
 
@@ -49,7 +63,7 @@ if view is not None:
     left, right = st.columns([3, 2], gap="large")
     with left:
         heads = view.layout.heads.merge(view.clusters.heads[["layer", "head", "cluster", "share"]], on=["layer", "head"])
-        session.show_head_chart(
+        selection.show_head_chart(
             pattern_space_chart(view.layout.samples, heads, (focus.layer, focus.head), density=not scatter),
             key=patterns.SPACE_CHART_KEY,
         )

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.study.bundle import save_bundle
-from core.study.casestudy import findings
 from core.measures.importance import BACKBONE_REASON, METRIC_HELP, metrics_for
 from core.measures.projection import start_umap_warmup
-from ui import casestudy, export, navigation, session
+from core.study.bundle import save_bundle
+from core.study.casestudy import findings
+from ui import casestudy, export, models, navigation, sidebar
 from ui.display import plain, sentence_on_error
 from viz.report import case_charts, mode_chart_key, render_report
 
 st.set_page_config(page_title="Case study · HeadScope", page_icon="🔭", layout="wide")
-ctx = session.page_context()
+ctx = sidebar.page_context()
 start_umap_warmup()  # once per process: a no-op when the home page started it
 handle = ctx.handle
 
@@ -139,7 +139,7 @@ e2.download_button(
     "Download the result bundle", data=lambda: save_bundle(study), file_name=f"{stem}.zip", mime="application/zip",
     icon=":material/folder_zip:", help="Tables, arrays and a manifest; open it again above without recomputing.",
 )
-spec = session.current_spec()
+spec = models.current_spec()
 model_args = "--model MODEL.zip" if spec.transformers_zip else f"--model {spec.name}"
 model_args += f" --img-size {spec.img_size}" if spec.img_size else ""
 model_args += " --checkpoint FILE" if spec.checkpoint_digest else ""

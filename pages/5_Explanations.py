@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.measures.attribution import FILLS, HEAD_FUSIONS, faithfulness_areas, faithfulness_summary
+from core.measures.attribution import (
+    FILLS,
+    HEAD_FUSIONS,
+    faithfulness_areas,
+    faithfulness_summary,
+)
 from core.measures.importance import metrics_for, rank_heads
-from ui import attribution, export, importance, navigation, session
+from ui import attribution, export, importance, navigation, selection, sidebar
 from ui.display import plain, sentence_on_error
 from viz.attribution import faithfulness_chart, score_title
 from viz.strength import heads_by_layer_chart
 
 st.set_page_config(page_title="Explanations · HeadScope", page_icon="🔭", layout="wide")
-ctx = session.page_context()
+ctx = sidebar.page_context()
 handle, focus = ctx.handle, ctx.focus
 image = ctx.image_set.by_id(ctx.focus_id)
 name = plain(image.name)  # shown in Markdown only
@@ -69,7 +74,7 @@ else:
     chart_col, table_col = st.columns([3, 2], gap="medium")
     shares = attribution.head_frame(found.heads)
     with chart_col:
-        session.show_head_chart(
+        selection.show_head_chart(
             heads_by_layer_chart(shares, "share", "Share of the gradient rollout by head", "share of the relevance",
                                  (focus.layer, focus.head), ".1%"),
             key="explain_heads_chart",
@@ -92,7 +97,7 @@ else:
         )
         top = table.iloc[0]
         if st.button(f"Focus on {top['head']}", key="explain_focus_top"):
-            session.set_focus_head(int(top["layer"]), int(top["head_index"]))
+            selection.set_focus_head(int(top["layer"]), int(top["head_index"]))
             st.rerun()
         navigation.link(st, "pages/1_Head_Importance.py", "See these heads in Head importance", ":material/arrow_forward:")
 

@@ -66,8 +66,8 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from core.models import dinov2  # noqa: E402
-from core.models.load import FASHION_PROBE, load_model  # noqa: E402
 from core.models.handle import ViTHandle  # noqa: E402
+from core.models.load import FASHION_PROBE, load_model  # noqa: E402
 from core.models.probe import LinearProbe, fit_probe, probe_features  # noqa: E402
 
 SEED = 0

@@ -1,27 +1,21 @@
-"""Shared fixtures and helpers of every test tier.
+"""Fixtures and hooks of every test tier; shared plain helpers live in ``tests/helpers``.
 
 Tiers (folders, each with its marker, registered in pytest.ini): ``unit`` (core and
 chart functions, no app), ``app`` (pages driven in-process by Streamlit's AppTest),
 ``browser`` (a real server and headless Chromium). ``make test`` runs all three;
-``pytest -m unit`` runs one.
+``pytest -m unit`` runs one, ``make test-fast`` the unit tier without ``slow`` tests.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import pandas as pd
 import pytest
-import torch
-from streamlit.testing.v1 import AppTest
-from timm.models.vision_transformer import VisionTransformer
 
 from core.models.handle import ViTHandle, wrap_model
+from helpers.models import tiny_vit
+from helpers.report import with_hostile_names
 
-ROOT = Path(__file__).resolve().parent.parent
-APP = str(ROOT / "streamlit_app.py")
-DATA = Path(__file__).resolve().parent / "data"
 TIERS = ("unit", "app", "browser")
 
 
@@ -33,60 +27,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(getattr(pytest.mark, tier))
 
 
-# float32 kernels differ between CPUs (their vector widths block the sums differently): the
-# same computation agrees to about 1e-7 across machines, and a changed one moves far more
-ACROSS_CPUS = dict(rtol=1e-4, atol=1e-6)
-
-
-def started_app(monkeypatch: pytest.MonkeyPatch, timeout: float) -> AppTest:
-    """The home page run once offline, without an exception."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    at = AppTest.from_file(APP, default_timeout=timeout)
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
-
-def notice_texts(at: AppTest) -> str:
-    """Markdown, captions and notices of a run page, as a reader sees them (names unescaped)."""
-    from test_markdown import shown
-
-    parts = [m.value for m in at.markdown] + [c.value for c in at.caption]
-    for kind in ("error", "warning", "success", "info"):
-        parts += [e.value for e in getattr(at, kind)]
-    return shown("\n".join(str(p) for p in parts))
-
-
-def captions(at: AppTest) -> str:
-    return "\n".join(c.value for c in at.caption)
-
-
-def chart_specs(at: AppTest) -> list[tuple[dict, dict[str, pd.DataFrame]]]:
-    """Each rendered chart's Vega-Lite spec and its datasets by name."""
-    from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
-
-    return [
-        (json.loads(c.proto.spec), {d.name: convert_arrow_bytes_to_pandas_df(d.data.data) for d in c.proto.datasets})
-        for c in at.get("vega_lite_chart")
-    ]
-
-
-def tiny_vit(**overrides) -> VisionTransformer:
-    """A few-thousand-parameter ViT; overrides go to ``VisionTransformer``."""
-    args = dict(img_size=32, patch_size=8, in_chans=3, num_classes=5, embed_dim=24, depth=3, num_heads=3, mlp_ratio=2.0)
-    args.update(overrides)
-    torch.manual_seed(0)
-    return VisionTransformer(**args)
-
-
 @pytest.fixture(autouse=True)
 def _heavy_stages_start_on_their_own(monkeypatch):
     """Pages analyse at once whatever the machine's speed: on a loaded CI machine the demo's
     360 images can be estimated above the one-minute auto-start budget, and every page would
     wait for Start. The tests of that wait (``test_app_stages.py``) set the budget themselves."""
-    import ui.session
+    import ui.results
 
-    monkeypatch.setattr(ui.session, "AUTO_START_SECONDS", float("inf"))
+    monkeypatch.setattr(ui.results, "AUTO_START_SECONDS", float("inf"))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -136,3 +84,16 @@ def small_study(demo_handle, small_set):
 
     settings = CaseSettings(top_k=3, hurt_images=3, max_maps=600, n_clusters=4, curve_steps=4)
     return analyze(demo_handle, small_set, settings, layout_method="pca")
+
+
+@pytest.fixture(scope="session")
+def hostile_study(small_study):
+    """The small study with hostile names for an image, the model and a class (``helpers.report``)."""
+    return with_hostile_names(small_study)
+
+
+@pytest.fixture(scope="session")
+def hostile_report(hostile_study) -> str:
+    from viz.report import render_report
+
+    return render_report(hostile_study)

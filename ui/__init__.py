@@ -1,3 +1,10 @@
-"""Streamlit glue shared by the pages: cached loaders, session selections, widgets. The charts are in ``viz``."""
+"""Streamlit glue shared by the pages; the charts are in ``viz``.
 
-__all__: list[str] = []  # the modules are imported by name: ``from ui import session``
+``models`` and ``images``: what the session analyses (the model, the image set); ``jobs`` and
+``results``: the set's shared analysis; ``selection``: the focus image and head; ``sidebar``:
+what every view page starts from; ``overview``, ``importance``, ``strength``, ``patterns``,
+``attribution``, ``casestudy``, ``probe``: each view's own glue; ``stages``, ``export``,
+``display``, ``navigation``: widgets they share.
+"""
+
+__all__: list[str] = []  # the modules are imported by name: ``from ui import results``

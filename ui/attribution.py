@@ -16,10 +16,11 @@ import streamlit as st
 import torch
 from PIL import Image
 
-from core.measures.attribution import METHODS, compare_faithfulness, relevance_maps
 from core.inputs.images import ImageSet
+from core.measures.attribution import METHODS, compare_faithfulness, relevance_maps
 from core.models.handle import ViTHandle
-from ui import patterns, session
+from ui import patterns
+from ui.display import progress_bar
 from viz.attribution import TINT_PERCENTILE, tint_scale
 
 __all__ = [
@@ -98,7 +99,7 @@ def _faithfulness(
     _images: ImageSet,
 ) -> pd.DataFrame:
     n = len(image_ids)
-    with session.progress_bar(
+    with progress_bar(
         f"Deleting and revealing patches of {n} image(s)…", "Faithfulness: {done} of {total} images…"
     ) as progress:
         x = _handle.preprocess([_images.by_id(image_id).image for image_id in image_ids])

@@ -1,6 +1,6 @@
 """Case study page: the live study from the views' cached results, or a study opened from a bundle.
 
-The live study reads the set's analysis every view reads (``session.analysis``) and the
+The live study reads the set's analysis every view reads (``results.analysis``) and the
 patterns page's cached pattern space, so after visiting the views only the partial
 pruning of the top heads runs here. An opened bundle is checked against the loaded model and kept in the session
 until the user closes it; a bad bundle leaves the previous state untouched.
@@ -13,13 +13,14 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from core.study.bundle import bundle_probe, load_bundle
-from core.study.casestudy import CaseStudy, assemble
 from core.errors import HeadScopeError
 from core.inputs.images import ImageSet
 from core.models.handle import ViTHandle
 from core.settings import DEFAULT_CLUSTERS, CaseSettings
-from ui import navigation, patterns, session
+from core.study.bundle import bundle_probe, load_bundle
+from core.study.casestudy import CaseStudy, assemble
+from ui import models, navigation, patterns, results, selection
+from ui.display import progress_bar
 
 __all__ = [
     "EVIDENCE",
@@ -87,8 +88,8 @@ def live_settings(top_k: int) -> CaseSettings:
         kind="cls" if state.get("pattern_cls", False) else "patch",
         max_maps=int(state.get("pattern_max_maps", patterns.DEFAULT_SAMPLE_SIZE)),
         n_clusters=int(state.get("pattern_clusters", DEFAULT_CLUSTERS)),
-        curve_steps=session.ANALYSIS_SETTINGS.curve_steps,
-        seed=session.ANALYSIS_SETTINGS.seed,
+        curve_steps=results.ANALYSIS_SETTINGS.curve_steps,
+        seed=results.ANALYSIS_SETTINGS.seed,
     )
 
 
@@ -97,7 +98,7 @@ def _assembled(
     model_key: str, set_key: str, settings_key: str, layout_method: str,
     _handle: ViTHandle, _images: ImageSet, _settings: CaseSettings, _parts: dict,
 ) -> CaseStudy:
-    with session.progress_bar(
+    with progress_bar(
         "Masking parts of the top heads' attention…", "Partial pruning: head {done} of {total}…"
     ) as progress:
         return assemble(_handle, _images, _settings, **_parts, progress=lambda _stage, done, total: progress(done, total))
@@ -110,7 +111,7 @@ def live_study(handle: ViTHandle, image_set: ImageSet, settings: CaseSettings) -
         HeadScopeError: with a sentence for the user (e.g. ``UnsupportedMapKind`` for CLS maps
             on a model without CLS).
     """
-    analysis = session.analysis(handle, image_set, why="The case study")
+    analysis = results.analysis(handle, image_set, why="The case study")
     view = patterns.pattern_view(handle, image_set, settings.kind, settings.max_maps, settings.n_clusters)
     parts = dict(
         importance=analysis.importance, curve=analysis.curve, strength=analysis.strength,
@@ -136,7 +137,7 @@ def open_bundle(file_name: str, data: bytes, handle: ViTHandle) -> str | None:
         return str(err)
     st.session_state[OPENED_KEY] = OpenedBundle(digest, file_name, study)
     if probe_file is not None:  # the bundle's classifier: its probe on the active backbone
-        error = session.activate_probe(probe_file)
+        error = models.activate_probe(probe_file)
         if error:
             st.session_state.pop(OPENED_KEY, None)
             return error
@@ -157,7 +158,7 @@ def _bundle_model(data: bytes, handle: ViTHandle) -> tuple[ViTHandle, bytes | No
     if backbone is None or not backbone.is_backbone or backbone.key != probe.backbone_key:
         return handle, None
     probe_file = probe.to_bytes()
-    return session.probed_model(probe_file), probe_file
+    return models.probed_model(probe_file), probe_file
 
 
 def opened_bundle() -> OpenedBundle | None:
@@ -189,9 +190,9 @@ def close_bundle() -> None:
 
 def open_in_view(view: str, layer: int, head: int, image_set: ImageSet, image_id: str | None = None) -> None:
     """Make the head the focus head (and the image the focus image, when the set has it) and open the view."""
-    session.set_focus_head(layer, head)
+    selection.set_focus_head(layer, head)
     if image_id is not None and any(item.id == image_id for item in image_set.images):
-        session.set_focus_image(image_id)
+        selection.set_focus_image(image_id)
     if view == "explanations":  # the maps the finding describes: the mean of the heads, nothing discarded
         st.session_state["explain_fusion"], st.session_state["explain_discard"] = "mean", 0.0
     navigation.switch_to(VIEW_PAGES[view][0])

@@ -1,5 +1,5 @@
 """How things are shown: small inputs enlarged with crisp pixels, user strings kept as text in Markdown,
-a user's error as its sentence."""
+a user's error as its sentence, a core computation's progress as a bar."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ import streamlit as st
 from PIL import Image
 
 from core.errors import HeadScopeError
+from core.measures.inference import Progress
 
 __all__ = [
     "enlarge_for_display",
     "plain",
+    "progress_bar",
     "sentence_on_error",
 ]
 
@@ -67,3 +69,17 @@ def sentence_on_error() -> Iterator[None]:
     except HeadScopeError as err:
         st.error(plain(str(err)))
         st.stop()
+
+
+@contextmanager
+def progress_bar(start: str, step: str) -> Iterator[Progress]:
+    """A progress bar fed by a core ``progress(done, total)`` callback, removed when the work ends.
+
+    ``step`` is formatted with ``done`` and ``total``. Used inside ``st.cache_data``
+    functions, so a cache hit replays the bar instead of recomputing.
+    """
+    bar = st.progress(0.0, text=start)
+    try:
+        yield lambda done, total: bar.progress(done / total, text=step.format(done=done, total=total))
+    finally:
+        bar.empty()

@@ -1,6 +1,6 @@
 """Head importance page (view B): cached computations, the ranked table, head picking.
 
-The set's tables come from its staged analysis (``session.importance_so_far``): the
+The set's tables come from its staged analysis (``results.importance_so_far``): the
 first pass's Taylor preview at once, every metric when the exact sweep has finished;
 partial pruning of one head on one image is cached by the model's key and the image's
 id (a hash of its bytes). The page's charts are in ``viz.importance``.
@@ -24,7 +24,7 @@ from core.measures.importance import (
 from core.measures.importance import target_measure as core_target_measure
 from core.models.handle import ViTHandle
 from core.pipeline.staged import JobView
-from ui import export, session, stages
+from ui import export, results, selection, stages
 from ui.display import sentence_on_error
 from viz.importance import CHART_HEIGHT, unpruned_value
 
@@ -81,7 +81,7 @@ class ImportanceState:
 
 def importance_state(handle: ViTHandle, image_set: ImageSet) -> ImportanceState:
     """The importance of every head as far as the set's staged analysis has got (never waits for the sweep)."""
-    job, exact, pruning = session.importance_so_far(handle, image_set)
+    job, exact, pruning = results.importance_so_far(handle, image_set)
     if exact is not None:
         return ImportanceState(exact, True, pruning, job)
     first = job.preview
@@ -106,7 +106,7 @@ def partial(handle: ViTHandle, image_set: ImageSet, image_id: str, layer: int, h
     """
     target = None if handle.is_backbone else image_set.by_id(image_id).label
     # mode "none" is the unpruned output, which the set's first pass holds
-    unpruned = torch.from_numpy(session.preview(handle, image_set).predictions.logits[image_set.index_of(image_id)])
+    unpruned = torch.from_numpy(results.preview(handle, image_set).predictions.logits[image_set.index_of(image_id)])
     with sentence_on_error():
         return _partial(handle.key, image_id, layer, head, target, handle, image_set, unpruned)
 
@@ -118,7 +118,7 @@ def _pick_from_table(key: str, ranked: pd.DataFrame) -> None:
     rows = st.session_state[key].selection.rows
     if rows:
         row = ranked.iloc[rows[0]]
-        session.set_focus_head(int(row["layer"]), int(row["head"]))
+        selection.set_focus_head(int(row["layer"]), int(row["head"]))
 
 
 def show_ranked_table(ranked: pd.DataFrame, key: str, value_title: str) -> None:

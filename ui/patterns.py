@@ -16,9 +16,8 @@ import streamlit as st
 import torch
 from PIL import Image, ImageDraw
 
-from core.measures.attention import extract_attention
 from core.inputs.images import ImageSet
-from core.models.handle import ViTHandle
+from core.measures.attention import extract_attention
 from core.measures.patterns import (
     MapSample,
     PatternClusters,
@@ -31,9 +30,12 @@ from core.measures.patterns import (
     train_autoencoder,
 )
 from core.measures.projection import Method, umap_failed, umap_ready
+from core.models.handle import ViTHandle
 from core.settings import DEFAULT_MAX_MAPS, MapKind
-from core.settings import SAMPLE_SIZES as SAMPLE_SIZES  # the sample caps the page offers
-from ui import session
+from core.settings import (
+    SAMPLE_SIZES as SAMPLE_SIZES,  # the sample caps the page offers
+)
+from ui import results
 from ui.display import enlarge_for_display, sentence_on_error
 from viz.common import FOCUS_RED
 from viz.patterns import CELL_SELECTION
@@ -147,9 +149,9 @@ def pattern_view(handle: ViTHandle, image_set: ImageSet, kind: MapKind, max_maps
             below the head count); NotEnoughImages for an empty set.
     """
     check_map_kind(handle, kind)
-    first = session.preview(handle, image_set)  # the first pass drew the default sample of both kinds
-    seed = session.ANALYSIS_SETTINGS.seed
-    drawn = first.samples[kind] if max_maps == session.ANALYSIS_SETTINGS.max_maps else None
+    first = results.preview(handle, image_set)  # the first pass drew the default sample of both kinds
+    seed = results.ANALYSIS_SETTINGS.seed
+    drawn = first.samples[kind] if max_maps == results.ANALYSIS_SETTINGS.max_maps else None
     space = _space(handle.key, image_set.key, kind, max_maps, seed, handle, image_set, drawn)
     method, note = layout_method()
     layout = _layout(handle.key, image_set.key, kind, max_maps, seed, method, space)

@@ -14,7 +14,16 @@ import streamlit as st
 import torch
 from streamlit.runtime import Runtime
 
-from core.pipeline.staged import CURVE_STAGE, DONE, FAILED, PREVIEW_STAGE, RUNNING, STOPPED, SWEEP_STAGE, JobView
+from core.pipeline.staged import (
+    CURVE_STAGE,
+    DONE,
+    FAILED,
+    PREVIEW_STAGE,
+    RUNNING,
+    STOPPED,
+    SWEEP_STAGE,
+    JobView,
+)
 
 __all__ = [
     "CAP_KEY", "POLL_SECONDS", "REQUEST_KEY", "apply_request", "duration", "heavy_panel", "sample_note", "wait_for_preview",
@@ -65,7 +74,7 @@ def apply_request(view: JobView, job_key: str) -> None:
 
 def _session_gone(owner: object) -> bool:
     """Whether the browser session ``owner`` names has closed, so that it can no longer stop its own run."""
-    session_id = str(owner).split(" ")[0]  # ui.session names an owner by its session id and a token
+    session_id = str(owner).split(" ")[0]  # ui.results names an owner by its session id and a token
     return bool(session_id) and Runtime.exists() and not Runtime.instance().is_active_session(session_id)
 
 

@@ -12,11 +12,11 @@ import streamlit as st
 import torch
 from PIL import Image, ImageDraw
 
-from core.measures.attention import OUTLIER_NORM_RATIO, norm_ratios, stream_norms
 from core.inputs.images import ImageSet
-from core.models.handle import ViTHandle
+from core.measures.attention import OUTLIER_NORM_RATIO, norm_ratios, stream_norms
 from core.measures.strength import StrengthStats, strength_statistics
-from ui import patterns, session
+from core.models.handle import ViTHandle
+from ui import patterns, results
 from ui.display import sentence_on_error
 from viz.strength import HIGH_NORM_PURPLE
 
@@ -34,8 +34,8 @@ __all__ = [
 
 
 def set_statistics(handle: ViTHandle, image_set: ImageSet) -> StrengthStats:
-    """Strength summaries of every image of the set, from the set's first pass (``session.preview``)."""
-    return session.preview(handle, image_set).strength
+    """Strength summaries of every image of the set, from the set's first pass (``results.preview``)."""
+    return results.preview(handle, image_set).strength
 
 
 @st.cache_data(max_entries=32, show_spinner=False)

@@ -21,7 +21,6 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from core.study.casestudy import CaseFindings, CaseStudy, HeadFinding, findings, relevance_of
 from core.measures.importance import (
     METRIC_HELP,
     METRICS,
@@ -29,6 +28,13 @@ from core.measures.importance import (
     MODES,
     rank_heads,
     target_measure,
+)
+from core.study.casestudy import (
+    CaseFindings,
+    CaseStudy,
+    HeadFinding,
+    findings,
+    relevance_of,
 )
 from viz.attribution import relevance_grid_chart
 from viz.common import CHART_WIDTH

@@ -6,18 +6,21 @@ decoding it, with a cap on every size, and refuses with a sentence (``core.error
 
 from core.inputs.archive import (
     ARCHIVE_ERRORS,
-    DeclaredDirectory,
-    declared_directory,
-    unsafe_entry_path,
-    MIN_ENTRY_BYTES,
     EOCD,
     EOCD_FORMAT,
     EOCD_SIZE,
     LOCATOR,
     LOCATOR_SIZE,
+    MIN_ENTRY_BYTES,
     ZIP64,
     ZIP64_FORMAT,
     ZIP64_SIZE,
+    ArchiveWording,
+    CheckedArchive,
+    DeclaredDirectory,
+    declared_directory,
+    open_archive,
+    unsafe_entry_path,
 )
 from core.inputs.digits import (
     CLASS_NAMES,
@@ -29,6 +32,7 @@ from core.inputs.digits import (
 )
 from core.inputs.images import (
     ALLOWED_FORMATS,
+    BIDI_CONTROLS,
     DEFAULT_LIMITS,
     FASHION_SAMPLE,
     FOLDER_LIMITS,
@@ -54,9 +58,12 @@ from core.inputs.images import (
 )
 
 __all__ = [
+    "BIDI_CONTROLS",
     "ALLOWED_FORMATS",
     "ARCHIVE_ERRORS",
+    "ArchiveWording",
     "CLASS_NAMES",
+    "CheckedArchive",
     "DEFAULT_LIMITS",
     "DIGIT_SIZE",
     "DeclaredDirectory",
@@ -91,6 +98,7 @@ __all__ = [
     "image_set_key",
     "join_folder_shares",
     "match_class_name",
+    "open_archive",
     "render_digit",
     "sample_photos_set",
     "sanitize_name",

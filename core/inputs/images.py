@@ -24,12 +24,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from core.inputs._imagecheck import check_exif, check_structure
-from core.inputs.archive import ARCHIVE_ERRORS, declared_directory, unsafe_entry_path
-from core.inputs.digits import digit_images, digits_split
 from core.errors import ImageRejected, LabelsMismatch, human_size
+from core.inputs._imagecheck import check_exif, check_structure
+from core.inputs.archive import ArchiveWording, CheckedArchive, open_archive
+from core.inputs.digits import digit_images, digits_split
 
 __all__ = [
+    "BIDI_CONTROLS",
     "ALLOWED_FORMATS",
     "DEFAULT_LIMITS",
     "FASHION_SAMPLE",
@@ -91,7 +92,7 @@ NEUTRAL_GREY = (128, 128, 128)  # transparent pixels become this: no class evide
 _MAX_NAME_CHARS = 80
 _FALLBACK_NAME = "image"
 # Bidi overrides/isolates and marks can make "gnp.exe" display as "exe.png".
-_BIDI_CONTROLS = frozenset(
+BIDI_CONTROLS = frozenset(
     "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 )
 # Honest archives spend well under 1 KiB of central directory per entry, and list at most
@@ -235,7 +236,7 @@ def sanitize_name(name: str) -> str:
     kept = "".join(
         ch
         for ch in base
-        if ch not in _BIDI_CONTROLS and unicodedata.category(ch) not in ("Cc", "Cs")
+        if ch not in BIDI_CONTROLS and unicodedata.category(ch) not in ("Cc", "Cs")
     )
     cleaned = unicodedata.normalize("NFC", kept).strip()
     if len(cleaned) > _MAX_NAME_CHARS:
@@ -440,9 +441,11 @@ def _decode_all(
 
 
 def _no_usable_images(count: int, notes: Sequence[str], what: str) -> ImageRejected:
-    if count == 0 or not notes:
+    if not notes:
         return ImageRejected(f"There are no {what}; upload {_ALLOWED_FOR_USERS} images.")
     reason = notes[0].rstrip(".")
+    if count == 0:  # every file was skipped before it counted, such as a path pointing outside the archive
+        return ImageRejected(f"There are no {what} HeadScope can use ({reason}); upload {_ALLOWED_FOR_USERS} images.")
     return ImageRejected(
         f"None of the {count} {what} could be used (for example, {reason}); "
         f"upload {_ALLOWED_FOR_USERS} images."
@@ -555,24 +558,54 @@ def match_class_name(
     return _class_lookup(class_names, aliases).get(_normalise_class_name(folder))
 
 
-def _check_declared_directory(data: bytes, limits: UploadLimits) -> None:
-    """Refuse an archive whose end records declare more entries than ``max_files`` allows.
+def _member_display(name: str) -> str:
+    """A member's file name as a note shows it: its last path part, sanitised."""
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    return sanitize_name(parts[-1] if parts else name)
+
+
+def _archive_wording(limits: UploadLimits) -> ArchiveWording:
+    unreadable_member = "{} could not be read from the archive; it may be damaged or encrypted.".format
+    return ArchiveWording(
+        error=ImageRejected,
+        empty="The uploaded archive is empty; choose a ZIP file of images.",
+        unreadable="The uploaded file is not a readable ZIP archive; create it again with a standard zip tool.",
+        too_many=lambda declared: (
+            f"The uploaded archive lists far more entries than the limit of "
+            f"{limits.max_files} files; split it into smaller archives."
+        ),
+        unsafe_name=lambda name: (
+            f"{sanitize_name(name)} was skipped because its path in the archive points outside the archive."
+        ),
+        encrypted=lambda name: unreadable_member(_member_display(name)),
+        unsupported_method=lambda name: (
+            f"{_member_display(name)} uses a compression method HeadScope does not accept "
+            "(only stored or deflate), so it was skipped."
+        ),
+        damaged=lambda name: unreadable_member(_member_display(name)),
+        too_large=_too_large_note,
+    )
+
+
+def _too_large_note(name: str, cap: int) -> str:
+    return f"{_member_display(name)} is larger than {human_size(cap)} once uncompressed, so it was skipped."
+
+
+def _open_image_archive(data: bytes, limits: UploadLimits) -> CheckedArchive:
+    """The upload as a checked archive, refused if its end records list far more entries than ``max_files`` allows.
 
     zipfile builds one record per entry until it has consumed the directory size the end
     record it trusts declares, whatever the entry count says, so the size is what bounds
     the work: at most ``size // MIN_ENTRY_BYTES`` records (about 46,000 for 500 files,
-    a fraction of a second). Every end record is read, since zipfile prefers the zip64
-    one and a guard reading only the classic one is bypassed.
+    a fraction of a second).
     """
-    declared = declared_directory(data)
-    if declared is None:
-        return  # no end record: zipfile refuses the file itself
     allowed = _LISTED_ENTRIES_PER_FILE * limits.max_files + _LISTED_ENTRIES_SLACK
-    if declared.entries > allowed or declared.size > allowed * _CENTRAL_DIRECTORY_BYTES_PER_FILE:
-        raise ImageRejected(
-            f"The uploaded archive lists far more entries than the limit of "
-            f"{limits.max_files} files; split it into smaller archives."
-        )
+    return open_archive(
+        data,
+        _archive_wording(limits),
+        max_entries=allowed,
+        max_directory_bytes=allowed * _CENTRAL_DIRECTORY_BYTES_PER_FILE,
+    )
 
 
 def _ignored_entry(parts: Sequence[str]) -> bool:
@@ -581,7 +614,7 @@ def _ignored_entry(parts: Sequence[str]) -> bool:
 
 
 def _read_entries(
-    archive: zipfile.ZipFile,
+    archive: CheckedArchive,
     candidates: Sequence[tuple[zipfile.ZipInfo, list[str]]],
     label_of: Callable[[str], int | None],
     limits: UploadLimits,
@@ -598,25 +631,12 @@ def _read_entries(
     """
     total = 0
     for info, parts in candidates:
-        display = sanitize_name(parts[-1])
         remaining = limits.max_total_bytes - total
-        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            # zipfile decompresses bzip2 and LZMA entries without a size bound, so a
-            # few hundred bytes could expand to gigabytes before the byte cap applies.
-            notes.append(
-                f"{display} uses a compression method HeadScope does not accept "
-                "(only stored or deflate), so it was skipped."
-            )
-            continue
         try:
-            with archive.open(info) as stream:
-                # One byte past the cap tells us the entry is too big; the sizes in the
-                # entry's headers are never consulted, since a zip bomb lies about them.
-                content = stream.read(min(limits.max_file_bytes, remaining) + 1)
-        except ARCHIVE_ERRORS:
-            notes.append(
-                f"{display} could not be read from the archive; it may be damaged or encrypted."
-            )
+            # One byte past the cap tells us the entry is too big.
+            content = archive.read_at_most(info, min(limits.max_file_bytes, remaining))
+        except ImageRejected as err:  # damaged, encrypted or compressed another way: skipped
+            notes.append(str(err))
             continue
         # Skipped entries count too: the total bounds the decompression work, not just
         # what is kept, so an archive of many bombs is still refused.
@@ -627,10 +647,7 @@ def _read_entries(
                 "uncompressed; upload fewer or smaller images."
             )
         if len(content) > limits.max_file_bytes:
-            notes.append(
-                f"{display} is larger than {human_size(limits.max_file_bytes)} once "
-                "uncompressed, so it was skipped."
-            )
+            notes.append(_too_large_note(info.filename, limits.max_file_bytes))
             continue
         label: int | None = None
         if len(parts) > 1:
@@ -638,6 +655,43 @@ def _read_entries(
             if label is None:
                 unmatched.add(sanitize_name(parts[-2]))
         yield parts[-1], content, label
+
+
+def _image_candidates(
+    archive: CheckedArchive, limits: UploadLimits, notes: list[str]
+) -> list[tuple[zipfile.ZipInfo, list[str]]]:
+    """The archive's files that may be images, with their path parts; a note for each unsafe path.
+
+    Raises:
+        ImageRejected: More than ``max_files`` candidates.
+    """
+    candidates: list[tuple[zipfile.ZipInfo, list[str]]] = []
+    for info in archive.entries:
+        # zipfile's is_dir() raises IndexError on an empty name, which no image has.
+        if not info.filename or info.is_dir():
+            continue
+        try:
+            archive.check_name(info)
+        except ImageRejected as err:
+            notes.append(str(err))
+            continue
+        parts = [part for part in info.filename.split("/") if part not in ("", ".")]
+        if not parts or _ignored_entry(parts):
+            continue
+        candidates.append((info, parts))
+    if len(candidates) > limits.max_files:
+        raise ImageRejected(
+            f"The archive holds {len(candidates)} files; the limit is {limits.max_files}."
+        )
+    return candidates
+
+
+def _unmatched_folders_note(unmatched: set[str]) -> str:
+    listed = sorted(unmatched)
+    shown = ", ".join(listed[:_MAX_LISTED_FOLDERS])
+    hidden = len(listed) - _MAX_LISTED_FOLDERS
+    more = f" and {hidden} more" if hidden > 0 else ""
+    return f"{_UNMATCHED_FOLDERS}{shown}{more}."
 
 
 def image_set_from_zip(
@@ -668,44 +722,14 @@ def image_set_from_zip(
     Raises:
         ImageRejected: Not a readable ZIP, too many files or bytes, or no usable image.
     """
-    if not data:
-        raise ImageRejected("The uploaded archive is empty; choose a ZIP file of images.")
     if len(data) > limits.max_total_bytes:
         raise ImageRejected(
             f"The uploaded archive is {human_size(len(data))}; the limit is "
             f"{human_size(limits.max_total_bytes)}."
         )
-    _check_declared_directory(data, limits)
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except ARCHIVE_ERRORS as exc:
-        raise ImageRejected(
-            "The uploaded file is not a readable ZIP archive; "
-            "create it again with a standard zip tool."
-        ) from exc
-
     notes: list[str] = []
-    candidates: list[tuple[zipfile.ZipInfo, list[str]]] = []
-    with archive:
-        for info in archive.infolist():
-            # zipfile's is_dir() raises IndexError on an empty name, which no image has.
-            if not info.filename or info.is_dir():
-                continue
-            if unsafe_entry_path(info.filename):
-                notes.append(
-                    f"{sanitize_name(info.filename)} was skipped because its path in the archive "
-                    "points outside the archive."
-                )
-                continue
-            parts = [part for part in info.filename.split("/") if part not in ("", ".")]
-            if not parts or _ignored_entry(parts):
-                continue
-            candidates.append((info, parts))
-        if len(candidates) > limits.max_files:
-            raise ImageRejected(
-                f"The archive holds {len(candidates)} files; the limit is {limits.max_files}."
-            )
-
+    with _open_image_archive(data, limits) as archive:
+        candidates = _image_candidates(archive, limits, notes)
         unmatched: set[str] = set()
         label_of, label_names = _folder_labels(
             (parts[-2] for _, parts in candidates if len(parts) > 1), class_names, aliases
@@ -715,13 +739,7 @@ def image_set_from_zip(
         images, decode_notes = _decode_all(entries, limits)
     notes.extend(decode_notes)
     if unmatched:
-        listed = sorted(unmatched)
-        shown = ", ".join(listed[:_MAX_LISTED_FOLDERS])
-        hidden = len(listed) - _MAX_LISTED_FOLDERS
-        more = f" and {hidden} more" if hidden > 0 else ""
-        notes.append(
-            f"Folders that match no class name, so their images have no label: {shown}{more}."
-        )
+        notes.append(_unmatched_folders_note(unmatched))
     if not images:
         raise _no_usable_images(len(candidates), notes, "files in the archive")
     images, label_names = _drop_unused_labels(images, label_names)

@@ -35,10 +35,15 @@ import torch
 import torchvision.transforms.functional as TF
 from torch import nn
 
-from core.models.hooks import attention_forward, check_finite, locked_forward, locked_hooks
-from core.models.memory import out_of_memory_as_sentence
 from core.errors import InvalidSetting, UnsupportedMetric
 from core.models.handle import ViTHandle
+from core.models.hooks import (
+    attention_forward,
+    check_finite,
+    locked_forward,
+    locked_hooks,
+)
+from core.models.memory import out_of_memory_as_sentence
 
 __all__ = [
     "FILLS",

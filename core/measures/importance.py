@@ -16,7 +16,7 @@ batches, so memory is bounded by the batch, plus ``[N, L, H]`` summaries.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,11 +25,22 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from core.models.hooks import HookSet, attention_forward, locked_forward, locked_hooks, temporary_hooks
-from core.models.memory import out_of_memory_as_sentence
+from core.errors import (
+    InvalidSetting,
+    LabelsMismatch,
+    NotEnoughImages,
+    UnsupportedMetric,
+)
 from core.measures.inference import Progress
-from core.errors import InvalidSetting, LabelsMismatch, NotEnoughImages, UnsupportedMetric
 from core.models.handle import ViTHandle
+from core.models.hooks import (
+    HookSet,
+    attention_forward,
+    locked_forward,
+    locked_hooks,
+    temporary_hooks,
+)
+from core.models.memory import out_of_memory_as_sentence
 from core.settings import HELD_BUDGET, images_per_batch
 
 __all__ = [
@@ -45,13 +56,23 @@ __all__ = [
     "RANDOM_ORDER",
     "RANKED_BY_MAGNITUDE",
     "HeadImportance",
+    "HeadValues",
     "ImageBatch",
+    "check_labels",
+    "check_metrics",
+    "class_targets",
+    "curve_masks",
+    "curve_sums",
+    "curve_table",
     "head_importance",
     "head_importance_tables",
     "metrics_for",
     "partial_pruning",
     "pruning_curve",
     "rank_heads",
+    "scale_heads",
+    "sequences_per_run",
+    "sweep_batch",
     "target_measure",
 ]
 
@@ -145,6 +166,59 @@ class HeadImportance:
     unpruned: pd.DataFrame
 
 
+@dataclass(frozen=True)
+class HeadValues:
+    """Head importance of an image set as arrays: what a pass computes, before any table.
+
+    ``tables`` turns it into the ``HeadImportance`` a chart or a file reads; until then the
+    values stay ``[N, L, H]`` per metric, so a subset or a merge of passes is an index, not a query.
+
+    Attributes:
+        per_image: metric -> ``[N, L, H]`` float64 local values, in the order the metrics were computed.
+        target: ``[N]`` the class each image is judged against (a backbone: its label, -1 unknown).
+        probability: ``[N]`` the unpruned model's probability of the target (NaN for a backbone).
+        correct: ``[N]`` the unpruned top-1 equals the target.
+        labelled: ``[N]`` the target is the image's label rather than the model's top-1.
+    """
+
+    per_image: Mapping[str, np.ndarray]
+    target: np.ndarray
+    probability: np.ndarray
+    correct: np.ndarray
+    labelled: np.ndarray
+
+    def overall(self) -> dict[str, np.ndarray]:
+        """Metric -> ``[L, H]`` set values: the mean over the images (for taylor its absolute value)."""
+        return {
+            metric: np.abs(values.mean(axis=0)) if metric == "taylor" else values.mean(axis=0)
+            for metric, values in self.per_image.items()
+        }
+
+    def subset(self, rows: np.ndarray) -> HeadValues:
+        """The values of these images only, in the order of ``rows``."""
+        return HeadValues(
+            per_image={metric: values[rows] for metric, values in self.per_image.items()},
+            target=self.target[rows], probability=self.probability[rows], correct=self.correct[rows],
+            labelled=self.labelled[rows],
+        )
+
+    def tables(self, images: np.ndarray | None = None) -> HeadImportance:
+        """The long tables; ``images``: the set index of each row (default 0 to N - 1)."""
+        per_image = _tidy(self.per_image)
+        if images is not None:
+            per_image["image"] = images[per_image["image"].to_numpy()]  # _tidy numbers the rows from 0
+        unpruned = pd.DataFrame(
+            {
+                "image": np.arange(len(self.target)) if images is None else images,
+                "target": self.target,
+                "probability": self.probability,
+                "correct": self.correct,
+                "labelled": self.labelled,
+            }
+        )
+        return HeadImportance(overall=_tidy(self.overall()), per_image=per_image, unpruned=unpruned)
+
+
 def head_importance(
     handle: ViTHandle,
     x: ImageBatch,
@@ -211,29 +285,22 @@ def head_importance_tables(
         LabelsMismatch: labels that do not fit the images or the model's classes.
         UnsupportedMetric: an unknown metric, or a class-based metric asked of a backbone.
     """
-    metrics = _check_metrics(metrics, handle)
+    metrics = check_metrics(metrics, handle)
     n = len(x)
-    given = _check_labels(handle, labels, n)
+    given = check_labels(handle, labels, n)
     shape = (n, handle.num_layers, handle.num_heads)
     local = {metric: np.zeros(shape, dtype=np.float64) for metric in metrics}
     targets = np.zeros(n, dtype=np.int64)
     unpruned_prob = np.zeros(n, dtype=np.float64)
     unpruned_correct = np.zeros(n, dtype=bool)
     swept = [m for m in metrics if m != "taylor"]
-    keep = _single_head_masks(handle)
     for start, xb in _batches(handle, x, batch_size):
         part = slice(start, start + len(xb))
         with locked_hooks(handle):
             tokens, clean_logits = _clean_pass(handle.model, xb)
-            target = _targets(given[part].to(handle.device), clean_logits, handle.is_backbone)
-            if swept:
-                impact, logits, output = _run_configs(
-                    handle, tokens, clean_logits, keep,
-                    want_logits=bool({"probability", "accuracy", "output_impact"} & set(swept)),
-                )
-                per_head = _config_metrics(impact, logits, output, target, classes=not handle.is_backbone)
-                for metric in swept:
-                    local[metric][part] = per_head[metric].reshape(len(xb), *shape[1:])
+            target = class_targets(given[part].to(handle.device), clean_logits, handle.is_backbone)
+            for metric, values in sweep_batch(handle, tokens, clean_logits, target, swept).items():
+                local[metric][part] = values
         if "taylor" in metrics:
             local["taylor"][part] = _taylor(handle, xb, target)
         targets[part] = target.cpu().numpy()
@@ -245,27 +312,26 @@ def head_importance_tables(
             unpruned_correct[part] = (clean_logits.argmax(-1) == target).cpu().numpy()
         if progress is not None:
             progress(part.stop, n)
-    return _importance(local, targets, unpruned_prob, unpruned_correct, given)
+    return HeadValues(local, targets, unpruned_prob, unpruned_correct, given.numpy() >= 0).tables()
 
 
-def _importance(
-    local: dict[str, np.ndarray], targets: np.ndarray, probability: np.ndarray, correct: np.ndarray, given: torch.Tensor
-) -> HeadImportance:
-    """The tables from ``[N, L, H]`` per-image values of each metric and the unpruned model's per-image results."""
-    overall = {
-        metric: np.abs(values.mean(axis=0)) if metric == "taylor" else values.mean(axis=0)
-        for metric, values in local.items()
-    }
-    unpruned = pd.DataFrame(
-        {
-            "image": np.arange(len(targets)),
-            "target": targets,
-            "probability": probability,
-            "correct": correct,
-            "labelled": given.numpy() >= 0,
-        }
+def sweep_batch(
+    handle: ViTHandle, tokens: list[torch.Tensor], clean_logits: torch.Tensor, target: torch.Tensor, metrics: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """``{metric: [B, L, H]}``: each swept metric with every head pruned on its own, for one batch.
+
+    Must run inside ``locked_hooks``. ``tokens``: the unpruned pass's block inputs (each
+    ablation restarts from its layer's); ``metrics``: swept metrics (not ``taylor``), none: nothing runs.
+    """
+    if not metrics:
+        return {}
+    impact, logits, output = _run_configs(
+        handle, tokens, clean_logits, _single_head_masks(handle),
+        want_logits=bool({"probability", "accuracy", "output_impact"} & set(metrics)),
     )
-    return HeadImportance(overall=_tidy(overall), per_image=_tidy(local), unpruned=unpruned)
+    per_head = _config_metrics(impact, logits, output, target, classes=not handle.is_backbone)
+    shape = (len(clean_logits), handle.num_layers, handle.num_heads)
+    return {metric: per_head[metric].reshape(shape) for metric in metrics}
 
 
 def target_measure(labelled: Sequence[bool]) -> str:
@@ -285,7 +351,7 @@ def rank_heads(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     slice of the per-image table). Taylor values rank by magnitude. Ties keep the
     model's order (layer, then head).
     """
-    _check_metrics((metric,), None)
+    check_metrics((metric,), None)
     rows = table[table["metric"] == metric].sort_values(["layer", "head"])
     score = rows["value"].abs() if metric in RANKED_BY_MAGNITUDE else rows["value"]
     if HIGHER_MEANS_LESS_IMPORTANT[metric]:
@@ -336,13 +402,13 @@ def pruning_curve(
         InvalidSetting: ``steps`` below 1 (and the errors of ``head_importance_tables``).
     """
     n = len(x)
-    given = _check_labels(handle, labels, n)
-    points, keep_all = _curve_masks(handle, importance, steps, seed)
-    correct, similarity = _curve_sums(handle, x, given, keep_all, batch_size, progress)
-    return _curve_table(handle, points, correct, similarity, n)
+    given = check_labels(handle, labels, n)
+    points, keep_all = curve_masks(handle, importance, steps, seed)
+    correct, similarity = curve_sums(handle, x, given, keep_all, batch_size, progress)
+    return curve_table(handle, points, correct, similarity, n)
 
 
-def _curve_masks(
+def curve_masks(
     handle: ViTHandle, importance: pd.DataFrame, steps: int, seed: int
 ) -> tuple[list[tuple[str, int, int]], torch.Tensor]:
     """The curve's points ``(order, heads pruned, mask index)`` and its distinct masks ``[M, L, H]``."""
@@ -375,7 +441,7 @@ def _curve_masks(
 
 
 @out_of_memory_as_sentence
-def _curve_sums(
+def curve_sums(
     handle: ViTHandle,
     x: ImageBatch,
     given: torch.Tensor,
@@ -390,7 +456,7 @@ def _curve_sums(
     for start, xb in _batches(handle, x, batch_size):
         with locked_hooks(handle):
             tokens, clean_logits = _clean_pass(handle.model, xb)
-            target = _targets(given[start:start + len(xb)].to(handle.device), clean_logits, handle.is_backbone)
+            target = class_targets(given[start:start + len(xb)].to(handle.device), clean_logits, handle.is_backbone)
             _, logits, output = _run_configs(handle, tokens, clean_logits, keep_all, want_logits=True)
         correct += (logits.argmax(-1) == target).sum(-1).cpu().numpy()
         similarity += (1 - output).sum(-1).cpu().numpy()
@@ -399,7 +465,7 @@ def _curve_sums(
     return correct, similarity
 
 
-def _curve_table(
+def curve_table(
     handle: ViTHandle, points: list[tuple[str, int, int]], correct: np.ndarray, similarity: np.ndarray, n: int
 ) -> pd.DataFrame:
     num_heads = handle.num_layers * handle.num_heads
@@ -527,7 +593,7 @@ def _clean_pass(model: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], 
     return tokens, _classify(model, tokens[-1])
 
 
-def _scale_heads(hooks: HookSet, model: nn.Module, scale: torch.Tensor) -> None:
+def scale_heads(hooks: HookSet, model: nn.Module, scale: torch.Tensor) -> None:
     """Multiply head ``h``'s output in layer ``l`` by ``scale[c, l, h]`` in chunk ``c`` of the batch.
 
     ``scale``: ``[C, L, H]``; the batch is ``C`` equal chunks. The heads' outputs are
@@ -575,7 +641,7 @@ def _run_configs(
     output = torch.zeros(len(keep), batch, dtype=torch.float64, device=clean_logits.device)
     logits = clean_logits.expand(len(keep), -1, -1).clone()
     clean_output = clean_logits.double()[None]
-    per_run = max(1, _sequences_per_run(handle) // batch)
+    per_run = max(1, sequences_per_run(handle) // batch)
     for start in first.unique().tolist():
         if start == num_layers:
             continue
@@ -583,7 +649,7 @@ def _run_configs(
             count = len(chunk)
             x = tokens[start].repeat(count, 1, 1)  # chunk c = the whole batch under mask c
             with temporary_hooks() as hooks:
-                _scale_heads(hooks, model, keep[chunk].to(x.device))
+                scale_heads(hooks, model, keep[chunk].to(x.device))
                 x = model.blocks[start](x)
                 out = x.reshape(count, batch, -1)
                 # in float64: for a head that barely matters, 1 - cos is below float32's resolution
@@ -606,19 +672,19 @@ def _taylor(handle: ViTHandle, x: torch.Tensor, target: torch.Tensor) -> np.ndar
     in eval mode, so one backward pass gives every image's own gradient.
     """
     out = np.zeros((len(x), handle.num_layers, handle.num_heads))
-    per_run = _sequences_per_run(handle, keep_graph=True)
+    per_run = sequences_per_run(handle, keep_graph=True)
     for start in range(0, len(x), per_run):
         xb, tb = x[start:start + per_run], target[start:start + per_run].clone()
         with locked_hooks(handle, grad=True) as hooks:
             gates = torch.ones(len(xb), handle.num_layers, handle.num_heads, device=handle.device, requires_grad=True)
-            _scale_heads(hooks, handle.model, gates)
+            scale_heads(hooks, handle.model, gates)
             loss = F.cross_entropy(handle.model(xb).float(), tb, reduction="sum")
             (grad,) = torch.autograd.grad(loss, gates)
         out[start:start + len(xb)] = grad.cpu().numpy()
     return out
 
 
-def _sequences_per_run(handle: ViTHandle, *, keep_graph: bool = False) -> int:
+def sequences_per_run(handle: ViTHandle, *, keep_graph: bool = False) -> int:
     """How many token sequences one batched run may hold within its budget.
 
     The widest activation per token is the MLP's hidden layer (or, on the manual
@@ -700,14 +766,14 @@ def _config_metrics(
     return values
 
 
-def _targets(given: torch.Tensor, clean_logits: torch.Tensor, backbone: bool = False) -> torch.Tensor:
+def class_targets(given: torch.Tensor, clean_logits: torch.Tensor, backbone: bool = False) -> torch.Tensor:
     """``[B]`` target classes: the label when known (>= 0), else the unpruned top-1; a backbone's labels as they are."""
     if backbone:
         return given
     return torch.where(given >= 0, given, clean_logits.argmax(-1))
 
 
-def _check_metrics(metrics: Sequence[str] | None, handle: ViTHandle | None) -> tuple[str, ...]:
+def check_metrics(metrics: Sequence[str] | None, handle: ViTHandle | None) -> tuple[str, ...]:
     """The metrics asked for, each once; ``None`` = every metric ``handle`` supports."""
     if metrics is None:
         metrics = metrics_for(handle) if handle is not None else METRICS
@@ -728,7 +794,7 @@ def _check_metrics(metrics: Sequence[str] | None, handle: ViTHandle | None) -> t
     return tuple(dict.fromkeys(metrics))
 
 
-def _check_labels(handle: ViTHandle, labels: torch.Tensor | None, n: int) -> torch.Tensor:
+def check_labels(handle: ViTHandle, labels: torch.Tensor | None, n: int) -> torch.Tensor:
     """``[N]`` int64 labels on the CPU, -1 where unknown."""
     if labels is None:
         return torch.full((n,), -1, dtype=torch.long)

@@ -10,9 +10,9 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from core.models.handle import ViTHandle
 from core.models.hooks import HookSet, capture_head_input, locked_forward
 from core.models.memory import out_of_memory_as_sentence
-from core.models.handle import ViTHandle
 from core.models.probe import readout_features
 from core.settings import images_per_batch
 

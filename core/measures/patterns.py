@@ -23,13 +23,19 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from core.models.memory import out_of_memory_as_sentence
-from core.measures.attention import iter_attention
 from core.errors import InvalidSetting, NotEnoughImages, UnsupportedMapKind
+from core.measures.attention import iter_attention
 from core.measures.inference import Progress
-from core.models.handle import ViTHandle, pick_device
 from core.measures.projection import Method, layout_2d
-from core.settings import DEFAULT_CLUSTERS, DEFAULT_MAX_MAPS, MAP_KINDS, MapKind, images_per_batch
+from core.models.handle import ViTHandle, pick_device
+from core.models.memory import out_of_memory_as_sentence
+from core.settings import (
+    DEFAULT_CLUSTERS,
+    DEFAULT_MAX_MAPS,
+    MAP_KINDS,
+    MapKind,
+    images_per_batch,
+)
 
 __all__ = [
     "AE_SIZE",
@@ -48,6 +54,7 @@ __all__ = [
     "check_map_kind",
     "cluster_patterns",
     "display_shape",
+    "draw_maps",
     "drawn_inputs",
     "grid_maps",
     "map_kinds",
@@ -266,7 +273,7 @@ def sample_maps_from(
     for attn in attention:
         if picks is None:
             num_layers, num_heads = attn.shape[1], attn.shape[2]
-            picks = _draw(num_images, sources, num_layers, num_heads, max_maps, seed)
+            picks = draw_maps(num_images, sources, num_layers, num_heads, max_maps, seed)
         inputs.append(drawn_inputs(attn, picks, start, kind, grid, num_prefix_tokens))
         start += len(attn)
         if progress is not None:
@@ -282,7 +289,7 @@ def drawn_inputs(
 ) -> torch.Tensor:
     """Autoencoder inputs of the drawn maps of images ``first`` onwards, from their attention ``[B, L, H, T, T]``.
 
-    ``picks`` is the whole draw (ordered by image, see ``_draw``); only its rows of these
+    ``picks`` is the whole draw (ordered by image, see ``draw_maps``); only its rows of these
     ``B`` images are read.
     """
     lo, hi = np.searchsorted(picks["image"].to_numpy(), [first, first + len(attn)])
@@ -299,8 +306,15 @@ def drawn_inputs(
     return autoencoder_input(maps, centre, grid)
 
 
-def _draw(num_images: int, sources: int, num_layers: int, num_heads: int, max_maps: int, seed: int) -> pd.DataFrame:
-    """Which maps to take: columns image, layer, head, source; ordered by image for streaming."""
+def draw_maps(num_images: int, sources: int, num_layers: int, num_heads: int, max_maps: int, seed: int) -> pd.DataFrame:
+    """Which maps to take: columns image, layer, head, source; ordered by image for streaming.
+
+    ``sources``: query tokens a map may start from per image (the patches, or 1 for the CLS row).
+    Stratified by head as ``sample_maps_from`` describes; seeded, so a set's draw is the same on every process.
+
+    Raises:
+        InvalidSetting: ``max_maps`` below the ``L * H`` heads.
+    """
     heads = num_layers * num_heads
     if max_maps < heads:
         raise InvalidSetting(

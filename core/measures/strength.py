@@ -19,11 +19,16 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from core.models.memory import out_of_memory_as_sentence
-from core.measures.attention import OUTLIER_NORM_RATIO, iter_attention, norm_ratios
 from core.errors import NotEnoughImages
+from core.measures.attention import (
+    OUTLIER_NORM_RATIO,
+    AttentionCapture,
+    iter_attention,
+    norm_ratios,
+)
 from core.measures.inference import Progress
 from core.models.handle import ViTHandle
+from core.models.memory import out_of_memory_as_sentence
 from core.settings import images_per_batch
 
 __all__ = [
@@ -554,7 +559,7 @@ def strength_statistics(
     done = 0
     for start in range(0, n, batch_size):
         x = handle.preprocess(images[start:start + batch_size])
-        for batch in iter_attention(handle, x, batch_size=batch_size):
+        for batch in iter_attention(handle, x, batch_size=batch_size, capture=AttentionCapture(norms=True)):
             rows = slice(done, done + len(batch.attn))
             keys = reduce_norms(out, rows, batch.norms, handle.num_prefix_tokens)
             for layer in range(handle.num_layers):

@@ -24,8 +24,16 @@ from torch import nn
 
 from core.errors import CheckpointRejected, ModelUnavailable
 from core.inputs.archive import (
-    ARCHIVE_ERRORS, EOCD, EOCD_FORMAT, EOCD_SIZE, LOCATOR, LOCATOR_SIZE, ZIP64, ZIP64_FORMAT, ZIP64_SIZE,
-    declared_directory,
+    EOCD,
+    EOCD_FORMAT,
+    EOCD_SIZE,
+    LOCATOR,
+    LOCATOR_SIZE,
+    ZIP64,
+    ZIP64_FORMAT,
+    ZIP64_SIZE,
+    ArchiveWording,
+    open_archive,
 )
 from core.models.handle import _create_supported
 
@@ -327,63 +335,80 @@ def _read_torch(data: bytes, architecture: _Architecture) -> dict[str, torch.Ten
 _DIRECTORY_BYTES_PER_RECORD = 512
 
 
+_NOT_TORCH_SAVE = (
+    "The checkpoint is a ZIP archive but not one written by torch.save (it is compressed, re-packed or "
+    "damaged); save the state dict again with torch.save or as safetensors."
+)
+
+
+def _torch_archive_wording(max_records: int) -> ArchiveWording:
+    return ArchiveWording.one_sentence(
+        CheckpointRejected,
+        _NOT_TORCH_SAVE,  # a repeated name among the faults: PyTorch's reader and zipfile may pick different ones
+        too_many=lambda declared: (
+            f"The checkpoint archive declares {max(declared.entries, declared.size // _DIRECTORY_BYTES_PER_RECORD):,} "
+            f"records; a checkpoint of this architecture has at most {max_records:,}."
+        ),
+    )
+
+
 def _check_torch_archive(data: bytes, *, max_records: int, max_pickle: int) -> None:
     """Refuse a PyTorch ZIP unless it is laid out as ``torch.save`` writes it, at no more cost than its size.
 
     ``torch.save`` stores every record uncompressed and ends the file with a zip64 record,
     its locator and a classic end record without comment. PyTorch reads the archive with
     its own ZIP reader, which inflates compressed records whatever their size, so the
-    records are checked here with :mod:`zipfile`; the layout rules make both readers see
+    records are checked here with the checked reader; the layout rules make both readers see
     the same central directory (no comment, the zip64 record where its locator says, no
     bytes between the directory and its end records).
     """
-    refused = CheckpointRejected(
-        "The checkpoint is a ZIP archive but not one written by torch.save (it is compressed, re-packed or "
-        "damaged); save the state dict again with torch.save or as safetensors."
-    )
-    claimed = declared_directory(data)
-    if claimed is None or len(data) < EOCD_SIZE:
-        raise refused
     # zipfile builds a record per entry until the declared directory size is consumed
-    if claimed.entries > max_records or claimed.size > max_records * _DIRECTORY_BYTES_PER_RECORD:
-        raise CheckpointRejected(
-            f"The checkpoint archive declares {max(claimed.entries, claimed.size // _DIRECTORY_BYTES_PER_RECORD):,} "
-            "records; a checkpoint of this architecture "
-            f"has at most {max_records:,}."
-        )
-    eocd = struct.unpack_from(EOCD_FORMAT, data, len(data) - EOCD_SIZE)
-    if eocd[0] != EOCD or eocd[7] != 0:
-        raise refused
-    directory_size, directory_offset, directory_end = eocd[5], eocd[6], len(data) - EOCD_SIZE
-    locator = directory_end - LOCATOR_SIZE
-    if locator >= 0 and data[locator:locator + 4] == LOCATOR:
-        record = int.from_bytes(data[locator + 8:locator + 16], "little")
-        if record != locator - ZIP64_SIZE or data[record:record + 4] != ZIP64:
-            raise refused
-        directory_size, directory_offset = struct.unpack_from(ZIP64_FORMAT, data, record)[8:10]
-        directory_end = record
-    if directory_offset + directory_size != directory_end:
-        raise refused
-    try:
-        records = zipfile.ZipFile(io.BytesIO(data)).infolist()
-    except ARCHIVE_ERRORS as err:
-        raise refused from err
+    with open_archive(
+        data,
+        _torch_archive_wording(max_records),
+        max_entries=max_records,
+        max_directory_bytes=max_records * _DIRECTORY_BYTES_PER_RECORD,
+    ) as archive:
+        records = archive.check_all()
+    directory_offset = _torch_save_directory_offset(data)
+    if directory_offset is None:
+        raise CheckpointRejected(_NOT_TORCH_SAVE)
     stored = 0
-    for info in records:
+    for info in records.values():
         stored += info.file_size
         if (
             info.compress_type != zipfile.ZIP_STORED
-            or info.flag_bits & 0x1  # encrypted
             or info.compress_size != info.file_size
             or info.header_offset + info.file_size > directory_offset
             or stored > directory_offset
         ):
-            raise refused
+            raise CheckpointRejected(_NOT_TORCH_SAVE)
         if info.filename.endswith(".pkl") and info.file_size > max_pickle:
             raise CheckpointRejected(
                 f"The checkpoint's pickle is {info.file_size / 2**20:.0f} MB, far more than a checkpoint of this "
                 "architecture needs; save only the state dict."
             )
+
+
+def _torch_save_directory_offset(data: bytes) -> int | None:
+    """Where the central directory starts, if the end records are laid out as ``torch.save`` writes them, else ``None``.
+
+    The classic end record ends the file without comment; when a zip64 locator precedes it,
+    the zip64 record lies just before the locator, which points at it; and the directory
+    ends where the end records begin.
+    """
+    eocd = struct.unpack_from(EOCD_FORMAT, data, len(data) - EOCD_SIZE)
+    if eocd[0] != EOCD or eocd[7] != 0:
+        return None
+    directory_size, directory_offset, directory_end = eocd[5], eocd[6], len(data) - EOCD_SIZE
+    locator = directory_end - LOCATOR_SIZE
+    if locator >= 0 and data[locator:locator + 4] == LOCATOR:
+        record = int.from_bytes(data[locator + 8:locator + 16], "little")
+        if record != locator - ZIP64_SIZE or data[record:record + 4] != ZIP64:
+            return None
+        directory_size, directory_offset = struct.unpack_from(ZIP64_FORMAT, data, record)[8:10]
+        directory_end = record
+    return directory_offset if directory_offset + directory_size == directory_end else None
 
 
 def _looks_like_safetensors(head: bytes, size: int) -> bool:

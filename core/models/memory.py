@@ -186,10 +186,12 @@ def _as_sentence(args: tuple[Any, ...]) -> Iterator[None]:
         raise OutOfMemory(_sentence(args)) from err.with_traceback(None)
 
 
-def _sentence(args: tuple[Any, ...]) -> str:
-    from core.models.handle import ViTHandle
+_HANDLE_FIELDS = ("name", "num_tokens", "num_layers", "num_heads")
 
-    handle = next((arg for arg in args if isinstance(arg, ViTHandle)), None)
+
+def _sentence(args: tuple[Any, ...]) -> str:
+    # the model's handle, known by what it describes (the handle module imports this one, not the reverse)
+    handle = next((arg for arg in args if all(hasattr(arg, a) for a in _HANDLE_FIELDS)), None)
     advice = "try again when fewer analyses run, or load the model at a smaller input size or pick a smaller one"
     if handle is None:
         return f"The server ran out of memory during the analysis; {advice}."

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.errors import InvalidSetting, LabelsMismatch, ProbeRejected
+from core.inputs.images import BIDI_CONTROLS
 
 if TYPE_CHECKING:
     from core.models.handle import ViTHandle
@@ -664,9 +665,7 @@ def _probe_from_card(card: Any, tensors: Mapping[str, torch.Tensor]) -> LinearPr
 
 def _plain(text: str) -> str:
     """``text`` without control or bidi characters (a name read from a file is shown as it is)."""
-    from core.inputs.images import _BIDI_CONTROLS
-
-    return "".join(ch for ch in text if ch not in _BIDI_CONTROLS and unicodedata.category(ch) not in ("Cc", "Cs"))
+    return "".join(ch for ch in text if ch not in BIDI_CONTROLS and unicodedata.category(ch) not in ("Cc", "Cs"))
 
 
 def _finite_or_none(value: float) -> float | None:

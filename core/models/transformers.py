@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import io
 import json
 import math
 import os
@@ -56,11 +55,24 @@ import torch
 from PIL import Image
 from torch import nn
 
-from core.models.memory import check_fits
-from core.inputs.archive import ARCHIVE_ERRORS, declared_directory, unsafe_entry_path
-from core.errors import CheckpointRejected, HeadScopeError, InvalidSetting, ModelUnavailable, UnsupportedModel, human_size
+from core.errors import (
+    CheckpointRejected,
+    HeadScopeError,
+    InvalidSetting,
+    ModelUnavailable,
+    UnsupportedModel,
+    human_size,
+)
+from core.inputs.archive import ArchiveWording, CheckedArchive, open_archive
 from core.models.checkpoint import _MAX_CLASSES, _load_weights, _read_checkpoint
-from core.models.handle import ViTHandle, _check_img_size, _large_grid_size, _make_handle, _model_digest
+from core.models.handle import (
+    ViTHandle,
+    _check_img_size,
+    _large_grid_size,
+    _make_handle,
+    _model_digest,
+)
+from core.models.memory import check_fits
 
 __all__ = [
     "SUPPORTED_ARCHITECTURES",
@@ -386,38 +398,38 @@ def _read_regular(path: Path, cap: int) -> bytes:
     return data
 
 
+def _short(name: str) -> str:
+    return name.rsplit("/", 1)[-1]
+
+
+_ZIP_WORDING = ArchiveWording(
+    error=CheckpointRejected,
+    empty="The uploaded ZIP is empty.",
+    unreadable="The uploaded file is not a readable ZIP archive.",
+    too_many=lambda declared: (
+        f"The ZIP's directory declares more than {_MAX_ZIP_ENTRIES} entries; a save_pretrained folder has a "
+        "handful. Zip one model folder."
+    ),
+    unsafe_name=lambda name: f"The ZIP holds an entry with an unsafe path ('{name[:60]}'); zip the model folder itself.",
+    encrypted=lambda name: f"{_short(name)} could not be read from the ZIP; it is damaged or encrypted.",
+    unsupported_method=lambda name: (
+        f"{_short(name)} in the ZIP uses a compression HeadScope does not read (only stored or deflate)."
+    ),
+    damaged=lambda name: f"{_short(name)} could not be read from the ZIP; it is damaged or encrypted.",
+    too_large=lambda name, cap: (
+        f"{_short(name)} expands to more than {human_size(cap)}, more than the ZIP's size allows for real weights "
+        "or a model of its config.json can hold; it is a ZIP bomb, damaged or another model's."
+    ),
+)
+
+
 def _zip_files(data: bytes, label: str) -> _Files:
     """The model folder inside a ZIP, read in memory: nothing is extracted to disk."""
-    if not data:
-        raise CheckpointRejected("The uploaded ZIP is empty.")
-    declared = declared_directory(data)
-    if declared is not None and (declared.entries > _MAX_ZIP_ENTRIES or declared.size > _MAX_ZIP_ENTRIES * 1024):
-        raise CheckpointRejected(
-            f"The ZIP's directory declares more than {_MAX_ZIP_ENTRIES} entries; a save_pretrained folder has a "
-            "handful. Zip one model folder."
-        )
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        infos = archive.infolist()
-    except ARCHIVE_ERRORS as err:
-        raise CheckpointRejected("The uploaded file is not a readable ZIP archive.") from err
-    members: dict[str, zipfile.ZipInfo] = {}
-    for info in infos:
-        name = info.filename
-        if not name:
-            raise CheckpointRejected("The ZIP holds an entry without a name; zip the model folder again.")
-        if unsafe_entry_path(name) or "\\" in name or "\x00" in name:
-            raise CheckpointRejected(
-                f"The ZIP holds an entry with an unsafe path ('{name[:60]}'); zip the model folder itself."
-            )
-        if stat.S_ISLNK(info.external_attr >> 16):
-            raise CheckpointRejected(f"The ZIP holds a symbolic link ('{name[:60]}'); zip the files themselves.")
-        parts = [p for p in name.split("/") if p]
-        if info.is_dir() or not parts or parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts):
-            continue
-        if name in members:
-            raise CheckpointRejected(f"The ZIP holds '{name[:60]}' twice; zip the model folder again.")
-        members[name] = info
+    archive = open_archive(
+        data, _ZIP_WORDING, max_entries=_MAX_ZIP_ENTRIES, max_directory_bytes=_MAX_ZIP_ENTRIES * 1024,
+        refuse_name=lambda name: "\\" in name,
+    )
+    members = _zip_members(archive)
     configs = [n for n in members if n.rsplit("/", 1)[-1] == CONFIG_FILE and n.count("/") <= 1]
     if not configs:
         raise CheckpointRejected(
@@ -432,35 +444,35 @@ def _zip_files(data: bytes, label: str) -> _Files:
 
     def weights(cap: int) -> bytes:
         with archive:
-            return _read_member(archive, member, min(cap, budget))
+            return archive.read(member, min(cap, budget))
 
     return _Files(
         label=folder.rstrip("/") or label,
-        config=_read_member(archive, members[folder + CONFIG_FILE], _MAX_JSON_BYTES),
+        config=archive.read(members[folder + CONFIG_FILE], _MAX_JSON_BYTES),
         weights=weights,
         preprocessor=(
-            _read_member(archive, members[folder + PREPROCESSOR_FILE], _MAX_JSON_BYTES)
-            if PREPROCESSOR_FILE in names else None
+            archive.read(members[folder + PREPROCESSOR_FILE], _MAX_JSON_BYTES) if PREPROCESSOR_FILE in names else None
         ),
     )
 
 
-def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int) -> bytes:
-    short = info.filename.rsplit("/", 1)[-1]
-    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-        # zipfile inflates bzip2 and LZMA without a size bound
-        raise CheckpointRejected(f"{short} in the ZIP uses a compression HeadScope does not read (only stored or deflate).")
-    try:
-        with archive.open(info) as stream:
-            content = stream.read(cap + 1)  # the sizes an entry declares can lie: the cap is read, not trusted
-    except ARCHIVE_ERRORS as err:
-        raise CheckpointRejected(f"{short} could not be read from the ZIP; it is damaged or encrypted.") from err
-    if len(content) > cap:
-        raise CheckpointRejected(
-            f"{short} expands to more than {human_size(cap)}, more than the ZIP's size allows for real weights "
-            "or a model of its config.json can hold; it is a ZIP bomb, damaged or another model's."
-        )
-    return content
+def _zip_members(archive: CheckedArchive) -> dict[str, zipfile.ZipInfo]:
+    """The ZIP's files by name, once no entry is nameless, unsafe or a link; Finder's and hidden files left out."""
+    members: dict[str, zipfile.ZipInfo] = {}
+    for info in archive.entries:
+        name = info.filename
+        if not name:
+            raise CheckpointRejected("The ZIP holds an entry without a name; zip the model folder again.")
+        archive.check_name(info)
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise CheckpointRejected(f"The ZIP holds a symbolic link ('{name[:60]}'); zip the files themselves.")
+        parts = [p for p in name.split("/") if p]
+        if info.is_dir() or not parts or parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts):
+            continue
+        if name in members:
+            raise CheckpointRejected(f"The ZIP holds '{name[:60]}' twice; zip the model folder again.")
+        members[name] = info
+    return members
 
 
 def _repo_files(repo: str) -> _Files:
@@ -471,87 +483,22 @@ def _repo_files(repo: str) -> _Files:
     (:meth:`_HFArchitecture.max_bytes`), so a typed repo id of some other, huge model is
     refused before its weights are fetched.
     """
-    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
-    from huggingface_hub.file_download import _CACHED_NO_EXIST
-    from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
-
-    from core.models.checkpoint import _hub_offline, _hub_resolves
-
-    repo_id, revision = _hub_request(repo)
-    request = dict(repo_id=repo_id, revision=revision)
-    reachable: list[bool] = []  # decided once, on the first file the cache lacks
-
-    def online() -> bool:
-        if not reachable:
-            reachable.append(not _hub_offline() and _hub_resolves(constants.ENDPOINT))
-        return reachable[0]
-
-    def fetch(filename: str, cap: int) -> Path | None:
-        try:
-            path = find(filename, cap)
-        except HeadScopeError:
-            raise
-        except Exception as err:  # the hub client's own (HFValidationError, HTTP errors) and an unreadable cache alike
-            raise ModelUnavailable(
-                f"'{repo}' could not be fetched from the Hugging Face hub ({type(err).__name__}); try again, "
-                "or upload a ZIP of the model folder."
-            ) from err
-        if path is not None and _regular(path) > cap:
-            raise CheckpointRejected(
-                f"{filename} of '{repo}' is {human_size(_regular(path))}, more than a model of its config.json "
-                f"can hold ({human_size(cap)})."
-            )
-        return path
-
-    def find(filename: str, cap: int) -> Path | None:
-        try:
-            path = Path(hf_hub_download(filename=filename, local_files_only=True, **request))
-        except Exception:  # not cached, or cached as absent: the hub decides when it can be reached
-            path = None
-        if path is None and try_to_load_from_cache(filename=filename, **request) is _CACHED_NO_EXIST:
-            return None  # the cache recorded that the repo has no such file
-        if path is None and online():
-            try:
-                size = get_hf_file_metadata(hf_hub_url(filename=filename, **request), timeout=10).size
-                if size is not None and size > cap:
-                    raise CheckpointRejected(
-                        f"{filename} of '{repo}' is {human_size(size)}, more than a model of its config.json can "
-                        f"hold ({human_size(cap)}); HeadScope does not download it."
-                    )
-                path = Path(hf_hub_download(filename=filename, etag_timeout=10, **request))
-            except (RepositoryNotFoundError, RevisionNotFoundError) as err:
-                raise ModelUnavailable(
-                    f"The hub has no model repo '{repo}' (or it is private); check the id, such as facebook/dinov2-small."
-                ) from err
-            except RemoteEntryNotFoundError:  # the hub says the repo has no such file (a network failure is no answer)
-                return None
-        if path is not None and not path.resolve().is_relative_to(Path(constants.HF_HUB_CACHE).resolve()):
-            # whatever a ref file or link in the cache says, nothing outside the cache is read
-            raise CheckpointRejected(f"{filename} of '{repo}' lies outside the Hugging Face cache; HeadScope does not read it.")
-        return path
-
-    def unreachable(what: str) -> ModelUnavailable:
-        return ModelUnavailable(
-            f"{what} of '{repo}' {'is' if what == 'config.json' else 'are'} not in the local Hugging Face cache and "
-            "the hub is offline or cannot be reached; download the repo once while online, or upload a ZIP of "
-            "its save_pretrained folder."
-        )
-
-    config = fetch(CONFIG_FILE, _MAX_JSON_BYTES)
+    hub = _HubRepo(repo)
+    config = hub.fetch(CONFIG_FILE, _MAX_JSON_BYTES)
     if config is None:
-        if not online():
-            raise unreachable("config.json")
+        if not hub.online():
+            raise hub.unreachable("config.json")
         raise CheckpointRejected(f"The repo '{repo}' has no {CONFIG_FILE}; it is not a transformers model.")
-    preprocessor = fetch(PREPROCESSOR_FILE, _MAX_JSON_BYTES)
+    preprocessor = hub.fetch(PREPROCESSOR_FILE, _MAX_JSON_BYTES)
 
     def weights(cap: int) -> Path:
         for name in WEIGHT_FILES:
-            found = fetch(name, cap)
+            found = hub.fetch(name, cap)
             if found is not None:
                 return found
-        if not online():
-            raise unreachable("The weights")
-        if any(fetch(index, _MAX_JSON_BYTES) is not None for index in _SHARDED_INDEX):
+        if not hub.online():
+            raise hub.unreachable("The weights")
+        if any(hub.fetch(index, _MAX_JSON_BYTES) is not None for index in _SHARDED_INDEX):
             _pick_weights({_SHARDED_INDEX[0]}, f"The repo '{repo}'")
         raise CheckpointRejected(f"The repo '{repo}' has no {' or '.join(WEIGHT_FILES)}.")
 
@@ -561,6 +508,95 @@ def _repo_files(repo: str) -> _Files:
         weights=weights,
         preprocessor=None if preprocessor is None else _read_regular(preprocessor, _MAX_JSON_BYTES),
     )
+
+
+class _HubRepo:
+    """The files of one hub repo at one revision: from the local cache, else from the hub when it can be reached
+    (decided once, on the first file the cache lacks), never from outside the cache."""
+
+    def __init__(self, repo: str) -> None:
+        self.repo = repo
+        repo_id, revision = _hub_request(repo)
+        self._request = dict(repo_id=repo_id, revision=revision)
+        self._reachable: bool | None = None
+
+    def online(self) -> bool:
+        from huggingface_hub import constants
+
+        from core.models.checkpoint import _hub_offline, _hub_resolves
+
+        if self._reachable is None:
+            self._reachable = not _hub_offline() and _hub_resolves(constants.ENDPOINT)
+        return self._reachable
+
+    def unreachable(self, what: str) -> ModelUnavailable:
+        return ModelUnavailable(
+            f"{what} of '{self.repo}' {'is' if what == 'config.json' else 'are'} not in the local Hugging Face cache "
+            "and the hub is offline or cannot be reached; download the repo once while online, or upload a ZIP of "
+            "its save_pretrained folder."
+        )
+
+    def fetch(self, filename: str, cap: int) -> Path | None:
+        """The file's path in the cache (downloaded first if need be), ``None`` if the repo has no such file."""
+        try:
+            path = self._find(filename, cap)
+        except HeadScopeError:
+            raise
+        except Exception as err:  # the hub client's own (HFValidationError, HTTP errors) and an unreadable cache alike
+            raise ModelUnavailable(
+                f"'{self.repo}' could not be fetched from the Hugging Face hub ({type(err).__name__}); try again, "
+                "or upload a ZIP of the model folder."
+            ) from err
+        if path is not None and _regular(path) > cap:
+            raise CheckpointRejected(
+                f"{filename} of '{self.repo}' is {human_size(_regular(path))}, more than a model of its config.json "
+                f"can hold ({human_size(cap)})."
+            )
+        return path
+
+    def _find(self, filename: str, cap: int) -> Path | None:
+        from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+        from huggingface_hub.file_download import _CACHED_NO_EXIST
+
+        try:
+            path = Path(hf_hub_download(filename=filename, local_files_only=True, **self._request))
+        except Exception:  # not cached, or cached as absent: the hub decides when it can be reached
+            path = None
+        if path is None and try_to_load_from_cache(filename=filename, **self._request) is _CACHED_NO_EXIST:
+            return None  # the cache recorded that the repo has no such file
+        if path is None and self.online():
+            path = self._download(filename, cap)
+        if path is not None and not path.resolve().is_relative_to(Path(constants.HF_HUB_CACHE).resolve()):
+            # whatever a ref file or link in the cache says, nothing outside the cache is read
+            raise CheckpointRejected(
+                f"{filename} of '{self.repo}' lies outside the Hugging Face cache; HeadScope does not read it."
+            )
+        return path
+
+    def _download(self, filename: str, cap: int) -> Path | None:
+        """The file downloaded into the cache once the hub says it fits ``cap``; ``None`` if the repo lacks it."""
+        from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+        from huggingface_hub.errors import (
+            RemoteEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+
+        try:
+            size = get_hf_file_metadata(hf_hub_url(filename=filename, **self._request), timeout=10).size
+            if size is not None and size > cap:
+                raise CheckpointRejected(
+                    f"{filename} of '{self.repo}' is {human_size(size)}, more than a model of its config.json can "
+                    f"hold ({human_size(cap)}); HeadScope does not download it."
+                )
+            return Path(hf_hub_download(filename=filename, etag_timeout=10, **self._request))
+        except (RepositoryNotFoundError, RevisionNotFoundError) as err:
+            raise ModelUnavailable(
+                f"The hub has no model repo '{self.repo}' (or it is private); check the id, such as "
+                "facebook/dinov2-small."
+            ) from err
+        except RemoteEntryNotFoundError:  # the hub says the repo has no such file (a network failure is no answer)
+            return None
 
 
 def _parse_json(data: bytes, what: str) -> dict[str, Any]:

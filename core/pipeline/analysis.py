@@ -1,23 +1,28 @@
 """One streamed analysis of an image set, read by every view, the case study and the command line.
 
-The set is read batch by batch, and each batch is preprocessed once. One unpruned pass
-over it gives everything the views need from the unmodified model at once:
+One engine, ``run_pass``, reads the set batch by batch and preprocesses each batch once.
+Its ``Capture`` says what the one unpruned forward of a batch gives besides the outputs:
 
-- the predictions (the model's output and its final features),
-- the input of every block, from which each single-head ablation restarts,
-- the gradients of the Taylor gates (a gate of 1 on every head's output changes nothing),
+- the importance metrics: the single-head ablations restart from the block inputs the
+  forward keeps; the gradients of the Taylor gates ride on the forward (a gate of 1 on
+  every head's output changes nothing);
 - the attention ``[B, L, H, T, T]``, captured once and reduced on the spot to the strength
-  statistics and to the pattern-map sample (drawn before the pass, for both map kinds).
+  statistics and to the pattern-map sample (drawn before the pass, for both map kinds);
+- the predictions (the model's output, its final features, a backbone's probe input).
 
 The batch's attention and block inputs are dropped before the next batch, so memory
-is bounded by the batch, not by the set. The pruning curve needs the ranking over the
-whole set, so it is a second pass; the case study's partial pruning of the hurt images
-is a third (``core.study.casestudy``), and reuses this pass's output as the unpruned one.
+is bounded by the batch, not by the set, and per-head results stay ``[N, L, H]`` arrays
+(``HeadValues``) until ``preview_of`` turns them into the views' tables. The pruning
+curve needs the ranking over the whole set, so it is a second pass; ``set_analysis``
+joins the two. ``analyze_set`` (one call), ``core.pipeline.staged`` (the dashboard's
+stages) and ``core.study.casestudy`` (the command line, sharded or not) all go this way;
+the case study's partial pruning of the hurt images is a third pass, and reuses this
+pass's outputs as the unpruned ones.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -26,39 +31,53 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from core.models.hooks import capture_head_input, capture_patterns, check_finite, locked_hooks
-from core.models.memory import out_of_memory_as_sentence
 from core.errors import NotEnoughImages
 from core.measures.importance import (
     HeadImportance,
-    _check_labels,
-    _check_metrics,
-    _config_metrics,
-    _importance,
-    _run_configs,
-    _scale_heads,
-    _sequences_per_run,
-    _single_head_masks,
-    _targets,
+    HeadValues,
+    check_labels,
+    check_metrics,
+    class_targets,
     pruning_curve,
+    scale_heads,
+    sequences_per_run,
+    sweep_batch,
 )
 from core.measures.inference import Predictions
+from core.measures.patterns import MapSample, draw_maps, drawn_inputs, map_kinds
+from core.measures.strength import (
+    StrengthStats,
+    per_image_arrays,
+    reduce_layer,
+    reduce_norms,
+    stats_from,
+)
 from core.models.handle import ViTHandle
+from core.models.hooks import (
+    capture_head_input,
+    capture_patterns,
+    check_finite,
+    locked_hooks,
+)
+from core.models.memory import out_of_memory_as_sentence
 from core.models.probe import readout_features
-from core.measures.patterns import MapSample, _draw, drawn_inputs, map_kinds
+from core.pipeline.distributed import combine_importance, combine_strength
 from core.settings import CaseSettings, MapKind, images_per_batch
-from core.measures.strength import StrengthStats, per_image_arrays, reduce_layer, reduce_norms, stats_from
 
 __all__ = [
     "CURVE_STAGE",
     "PASS_STAGE",
+    "Capture",
     "PassResult",
+    "Preview",
     "SetAnalysis",
     "StageProgress",
     "analyze_set",
     "draw_samples",
-    "first_pass",
+    "preview_of",
+    "run_pass",
     "samples_from",
+    "set_analysis",
 ]
 
 Progress = Callable[[int, int], None]  # (done, in all)
@@ -69,26 +88,68 @@ CURVE_STAGE = "pruning curve"
 
 
 @dataclass(frozen=True)
-class PassResult:
-    """What one unpruned pass over (a shard of) a set gives.
+class Capture:
+    """What one pass over a set computes besides its unpruned forward: ask only for what a caller reads.
 
     Attributes:
-        importance: single-head importance of every head, per image and over the images.
-        strength: the strength statistics of every image, layer and head (``None`` from a pass that only sweeps).
+        metrics: importance metrics (``None``: every metric the model supports; empty: none).
+            Those other than ``taylor`` need the single-head sweep, about ``H (L + 1) / 2``
+            forwards an image; ``taylor`` is a backward pass through the forward.
+        attention_stats: the strength statistics: every layer's attention and the residual
+            stream's token norms, reduced batch by batch.
+        map_samples: per map kind, the maps to keep (``draw_samples`` over the whole set).
+            The attention is captured when these or ``attention_stats`` need it.
+        predictions: the unmodified model's outputs, final features and (a backbone's)
+            linear-probe input.
+    """
+
+    metrics: Sequence[str] | None = None
+    attention_stats: bool = True
+    map_samples: Mapping[MapKind, pd.DataFrame] = field(default_factory=dict)
+    predictions: bool = True
+
+    @property
+    def attention(self) -> bool:
+        return self.attention_stats or bool(self.map_samples)
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """What one pass over (a shard of) a set gives: each part ``None`` or empty unless its ``Capture`` asked.
+
+    Attributes:
+        importance: ``[N, L, H]`` per metric computed, and the unpruned model's per-image
+            results; images count from 0 within the shard.
+        strength: the strength statistics of every image, layer and head.
         maps: per map kind, the sampled maps' autoencoder inputs ``[M, 1, S, S]`` and
             their origin rows (image = index in the whole set), in the order drawn.
-        logits: ``[N, outputs]`` the unmodified model's output (a backbone's pooled features).
-        features: ``[N, D]`` the input of the model's head (final CLS / pooled features).
-        probe_input: ``[N, F]`` a backbone's linear-probe input (``core.models.probe.readout_features``),
-            read from the same pass; ``None`` for a classifier.
+        predictions: ``[N, outputs]`` logits (a backbone's pooled features), ``[N, D]`` the
+            input of the model's head and a backbone's ``[N, F]`` linear-probe input
+            (``core.models.probe.readout_features``).
+    """
+
+    importance: HeadValues
+    strength: StrengthStats | None
+    maps: Mapping[MapKind, tuple[torch.Tensor, pd.DataFrame]]
+    predictions: Predictions | None
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What one pass over every image gives as a set: everything but the pruning curve.
+
+    Attributes:
+        importance: the metrics the pass computed, as tables (the staged preview: only
+            Taylor, and a backbone, without a class target, none).
+        strength: the strength statistics of every image.
+        samples: the pattern-map sample of each map kind.
+        predictions: the unmodified model's outputs and final features.
     """
 
     importance: HeadImportance
-    strength: StrengthStats | None
-    maps: Mapping[MapKind, tuple[torch.Tensor, pd.DataFrame]]
-    logits: np.ndarray
-    features: np.ndarray
-    probe_input: np.ndarray | None = None
+    strength: StrengthStats
+    samples: Mapping[MapKind, MapSample]
+    predictions: Predictions
 
 
 @dataclass(frozen=True)
@@ -117,7 +178,7 @@ def draw_samples(handle: ViTHandle, num_images: int, settings: CaseSettings) -> 
     grid = handle.grid
     sources = {"patch": grid[0] * grid[1], "cls": 1}
     return {
-        kind: _draw(num_images, sources[kind], handle.num_layers, handle.num_heads, settings.max_maps, settings.seed)
+        kind: draw_maps(num_images, sources[kind], handle.num_layers, handle.num_heads, settings.max_maps, settings.seed)
         for kind in map_kinds(handle)
     }
 
@@ -149,21 +210,59 @@ def analyze_set(
         InvalidSetting: a sample cap below the model's head count, or a bad batch size.
         UnsupportedMetric: a class-based metric asked of a backbone.
     """
-    picks = draw_samples(handle, len(images), settings) if len(images) else {}
-    part = first_pass(
-        handle, images, labels, picks, metrics=metrics, batch_size=batch_size, progress=_stage(progress, PASS_STAGE)
+    capture = Capture(
+        metrics=None if metrics is None else check_metrics(metrics, handle),
+        map_samples=draw_samples(handle, len(images), settings) if len(images) else {},
+    )
+    preview = preview_of(
+        handle, [run_pass(handle, images, labels, capture, batch_size=batch_size, progress=_stage(progress, PASS_STAGE))]
     )
     curve = pruning_curve(
-        handle, images, part.importance.overall, labels, steps=settings.curve_steps, seed=settings.seed,
+        handle, images, preview.importance.overall, labels, steps=settings.curve_steps, seed=settings.seed,
         batch_size=batch_size, progress=_stage(progress, CURVE_STAGE),
     )
+    return set_analysis(settings, preview, curve)
+
+
+def preview_of(handle: ViTHandle, parts: Sequence[PassResult]) -> Preview:
+    """The set's views from the passes over its shards (one pass: the whole set), in image order.
+
+    Each part must have captured the strength statistics and the predictions; the
+    importance arrays become tables here, the first point where a view reads them.
+    """
+    predictions = [part.predictions for part in parts]
+    if len(parts) > 1:
+        probe = [p.probe_input for p in predictions]
+        predictions = [
+            Predictions(
+                logits=np.concatenate([p.logits for p in predictions]),
+                features=np.concatenate([p.features for p in predictions]),
+                probe_input=None if probe[0] is None else np.concatenate(probe),
+            )
+        ]
+    return Preview(
+        importance=combine_importance([part.importance.tables() for part in parts]),
+        strength=combine_strength([part.strength for part in parts]),
+        samples=samples_from(handle, {kind: [part.maps[kind] for part in parts] for kind in parts[0].maps}),
+        predictions=predictions[0],
+    )
+
+
+def set_analysis(
+    settings: CaseSettings, preview: Preview, curve: pd.DataFrame, importance: HeadImportance | None = None
+) -> SetAnalysis:
+    """The analysis from a set's preview and its pruning curve.
+
+    ``importance``: the metrics over the images the curve ran on (the staged run's sample,
+    swept apart from the preview); default the preview's own.
+    """
     return SetAnalysis(
         settings=settings,
-        importance=part.importance,
+        importance=preview.importance if importance is None else importance,
         curve=curve,
-        strength=part.strength,
-        samples=samples_from(handle, {kind: [part.maps[kind]] for kind in part.maps}),
-        predictions=Predictions(logits=part.logits, features=part.features, probe_input=part.probe_input),
+        strength=preview.strength,
+        samples=preview.samples,
+        predictions=preview.predictions,
     )
 
 
@@ -180,146 +279,158 @@ def samples_from(
 
 
 @out_of_memory_as_sentence
-def first_pass(
+def run_pass(
     handle: ViTHandle,
     images: Sequence[Image.Image],
     labels: torch.Tensor | None,
-    picks: Mapping[MapKind, pd.DataFrame],
+    capture: Capture = Capture(),
     *,
-    metrics: Sequence[str] | None = None,
     first_image: int = 0,
     batch_size: int | None = None,
     progress: Progress | None = None,
-    sweep: bool = True,
-    reduce: bool = True,
 ) -> PassResult:
-    """The unpruned pass over ``images`` (the set's images ``first_image`` onwards, for a shard).
+    """The unpruned pass over ``images`` computing what ``capture`` asks: the engine of every set analysis.
 
-    ``picks``: per map kind, the maps to keep (``draw_samples`` over the whole set);
-    only those of these images are read. Returns this shard's results; image indices in
-    the importance tables count from 0 within the shard, map origins within the set.
-
-    ``sweep=False`` leaves out the single-head ablations (their metrics are then absent:
-    only ``taylor`` is computed, a classifier's quick preview); ``reduce=False`` leaves out
-    the attention and what it gives (``strength`` is then ``None`` and ``maps`` empty),
-    for a pass that only sweeps. ``core.pipeline.staged`` runs the two apart.
+    ``images`` are the set's images ``first_image`` onwards (a shard's, or the whole set).
+    Every image is preprocessed and run forward once; of the drawn maps
+    (``capture.map_samples``), only those of these images are read.
 
     Raises:
         NotEnoughImages: no images.
+        LabelsMismatch: labels that do not fit the images or the model's classes.
+        UnsupportedMetric: an unknown metric, or a class-based metric asked of a backbone.
     """
     n = len(images)
     if n == 0:
         raise NotEnoughImages("The analysis needs at least one image.")
-    metrics = _check_metrics(metrics, handle)
-    given = _check_labels(handle, labels, n)
+    metrics = () if capture.metrics is not None and not len(capture.metrics) else check_metrics(capture.metrics, handle)
+    given = check_labels(handle, labels, n)
     step = images_per_batch(handle, batch_size)
-    num_layers, num_heads, grid, prefix = handle.num_layers, handle.num_heads, handle.grid, handle.num_prefix_tokens
-    per_image = (n, num_layers, num_heads)
-    local = {metric: np.zeros(per_image, dtype=np.float64) for metric in metrics}
-    targets = np.zeros(n, dtype=np.int64)
-    unpruned_prob = np.full(n, np.nan)
-    unpruned_correct = np.zeros(n, dtype=bool)
-    swept = [m for m in metrics if m != "taylor"] if sweep else []
-    computed = [m for m in metrics if m in swept or m == "taylor"]
-    local = {metric: local[metric] for metric in computed}
-    keep = _single_head_masks(handle)
-    strength = per_image_arrays(*per_image, grid)
-    # float64: the sum over many images must not lose the small offsets' precision
-    offset_sum = torch.zeros(num_layers, num_heads, 2 * grid[0] - 1, 2 * grid[1] - 1, dtype=torch.float64)
-    maps: dict[MapKind, list[torch.Tensor]] = {kind: [] for kind in picks}
-    logits_out: list[np.ndarray] = []
-    features_out: list[np.ndarray] = []
-    probe_out: list[np.ndarray] = []
+    kept = _PassKeeper(handle, n, metrics, capture, first_image)
     for start in range(0, n, step):
         part = slice(start, min(start + step, n))
         x = handle.preprocess(list(images[part])).to(handle.device)
-        clean = _unpruned(handle, x, given[part], taylor="taylor" in computed, capture=reduce)
-        target = clean.target
-        if reduce:
-            attn = clean.attention  # [L, B, H, T, T]
-            # the residual stream's norms, from the block inputs the ablations restart from
-            norms = torch.stack([tokens.float().norm(dim=-1).cpu() for tokens in clean.tokens], dim=1)  # [B, L + 1, T]
-            keys = reduce_norms(strength, part, norms, prefix)
-            for layer in range(num_layers):
-                reduce_layer(strength, offset_sum, part, layer, attn[layer], handle, keys[:, layer])
-            for kind, drawn in picks.items():
-                # image-major view, no copy: only the drawn rows are gathered
-                maps[kind].append(drawn_inputs(attn.transpose(0, 1), drawn, first_image + part.start, kind, grid, prefix))
-            # reduced: the attention goes before the ablations allocate their activations
-            clean.attention = None
-            del attn
-        if swept:
-            with locked_hooks(handle):
-                impact, logits, output = _run_configs(
-                    handle, clean.tokens, clean.logits, keep,
-                    want_logits=bool({"probability", "accuracy", "output_impact"} & set(swept)),
-                )
-            per_head = _config_metrics(impact, logits, output, target, classes=not handle.is_backbone)
-            for metric in swept:
-                local[metric][part] = per_head[metric].reshape(part.stop - part.start, num_layers, num_heads)
-            del impact, logits, output
-        if clean.taylor is not None:
-            local["taylor"][part] = clean.taylor
-        targets[part] = target.cpu().numpy()
-        if not handle.is_backbone:
-            probs = clean.logits.float().softmax(-1)
-            unpruned_prob[part] = probs.gather(-1, target[:, None]).squeeze(-1).cpu().numpy()
-            unpruned_correct[part] = (clean.logits.argmax(-1) == target).cpu().numpy()
-        logits_out.append(clean.logits.float().cpu().numpy())
-        features_out.append(clean.features.float().cpu().numpy())
-        if clean.probe_input is not None:
-            probe_out.append(clean.probe_input.float().cpu().numpy())
-        # the batch's attention and block inputs go before the next batch allocates its own
-        del clean
+        kept.add(_unpruned(handle, x, given[part], "taylor" in metrics, capture.attention, capture.predictions), part)
         if progress is not None:
             progress(part.stop, n)
-    return PassResult(
-        importance=_importance(local, targets, unpruned_prob, unpruned_correct, given),
-        strength=stats_from(strength, offset_sum, n, grid) if reduce else None,
-        maps={kind: _joined(chunks, picks[kind], first_image, n, kind) for kind, chunks in maps.items()} if reduce else {},
-        logits=np.concatenate(logits_out),
-        features=np.concatenate(features_out),
-        probe_input=np.concatenate(probe_out) if probe_out else None,
-    )
+    return kept.result(given)
+
+
+class _PassKeeper:
+    """What a pass keeps of each batch: ``[N, ...]`` arrays and running sums, never a batch's activations."""
+
+    def __init__(self, handle: ViTHandle, n: int, metrics: Sequence[str], capture: Capture, first_image: int) -> None:
+        self.handle, self.n, self.capture, self.first_image = handle, n, capture, first_image
+        num_layers, num_heads, grid = handle.num_layers, handle.num_heads, handle.grid
+        self.values = {metric: np.zeros((n, num_layers, num_heads), dtype=np.float64) for metric in metrics}
+        self.swept = [metric for metric in metrics if metric != "taylor"]
+        self.target = np.zeros(n, dtype=np.int64)
+        self.probability = np.full(n, np.nan)
+        self.correct = np.zeros(n, dtype=bool)
+        self.strength = per_image_arrays(n, num_layers, num_heads, grid) if capture.attention_stats else None
+        # float64: the sum over many images must not lose the small offsets' precision
+        offsets = (num_layers, num_heads, 2 * grid[0] - 1, 2 * grid[1] - 1)
+        self.offset_sum = torch.zeros(offsets, dtype=torch.float64) if capture.attention_stats else None
+        self.maps: dict[MapKind, list[torch.Tensor]] = {kind: [] for kind in capture.map_samples}
+        self.outputs: dict[str, list[np.ndarray]] = {"logits": [], "features": [], "probe_input": []}
+
+    def add(self, clean: _Unpruned, part: slice) -> None:
+        """Keep what ``capture`` asks of one batch's unpruned forward; its attention goes before the ablations."""
+        if clean.attention is not None:
+            self._reduce_attention(clean, part)
+        if self.swept:
+            with locked_hooks(self.handle):
+                swept = sweep_batch(self.handle, clean.tokens, clean.logits, clean.target, self.swept)
+            for metric, values in swept.items():
+                self.values[metric][part] = values
+        if clean.taylor is not None:
+            self.values["taylor"][part] = clean.taylor
+        self._keep_unpruned(clean, part)
+
+    def _reduce_attention(self, clean: _Unpruned, part: slice) -> None:
+        handle, prefix = self.handle, self.handle.num_prefix_tokens
+        attn = clean.attention  # [L, B, H, T, T]
+        clean.attention = None  # reduced here: the ablations allocate their activations without it
+        if self.strength is not None:
+            # the residual stream's norms, from the block inputs the ablations restart from
+            norms = torch.stack([tokens.float().norm(dim=-1).cpu() for tokens in clean.tokens], dim=1)  # [B, L + 1, T]
+            keys = reduce_norms(self.strength, part, norms, prefix)
+            for layer in range(handle.num_layers):
+                reduce_layer(self.strength, self.offset_sum, part, layer, attn[layer], handle, keys[:, layer])
+        for kind, drawn in self.capture.map_samples.items():
+            # image-major view, no copy: only the drawn rows are gathered
+            first = self.first_image + part.start
+            self.maps[kind].append(drawn_inputs(attn.transpose(0, 1), drawn, first, kind, handle.grid, prefix))
+
+    def _keep_unpruned(self, clean: _Unpruned, part: slice) -> None:
+        target = clean.target
+        self.target[part] = target.cpu().numpy()
+        if not self.handle.is_backbone:
+            probs = clean.logits.float().softmax(-1)
+            self.probability[part] = probs.gather(-1, target[:, None]).squeeze(-1).cpu().numpy()
+            self.correct[part] = (clean.logits.argmax(-1) == target).cpu().numpy()
+        if self.capture.predictions:
+            self.outputs["logits"].append(clean.logits.float().cpu().numpy())
+            self.outputs["features"].append(clean.features.float().cpu().numpy())
+            if clean.probe_input is not None:
+                self.outputs["probe_input"].append(clean.probe_input.float().cpu().numpy())
+
+    def result(self, given: torch.Tensor) -> PassResult:
+        outputs = self.outputs
+        return PassResult(
+            importance=HeadValues(self.values, self.target, self.probability, self.correct, given.numpy() >= 0),
+            strength=None if self.strength is None else stats_from(self.strength, self.offset_sum, self.n, self.handle.grid),
+            maps={
+                kind: _joined(chunks, self.capture.map_samples[kind], self.first_image, self.n, kind)
+                for kind, chunks in self.maps.items()
+            },
+            predictions=Predictions(
+                logits=np.concatenate(outputs["logits"]),
+                features=np.concatenate(outputs["features"]),
+                probe_input=np.concatenate(outputs["probe_input"]) if outputs["probe_input"] else None,
+            ) if self.capture.predictions else None,
+        )
 
 
 @dataclass
 class _Unpruned:
     tokens: list[torch.Tensor]  # tokens[l]: [B, T, D] entering block l; tokens[L] leaves the last
     logits: torch.Tensor
-    features: torch.Tensor
-    attention: torch.Tensor | None  # [L, B, H, T, T] on the CPU, dropped once reduced
+    features: torch.Tensor | None  # [B, D] the head's input, when the predictions are captured
+    attention: torch.Tensor | None  # [L, B, H, T, T] on the CPU, when captured; dropped once reduced
     target: torch.Tensor
     taylor: np.ndarray | None  # [B, L, H]
     probe_input: torch.Tensor | None = None  # [B, F] a backbone's linear-probe input
 
 
-def _unpruned(handle: ViTHandle, x: torch.Tensor, given: torch.Tensor, *, taylor: bool, capture: bool = True) -> _Unpruned:
-    """The batch's one unpruned forward, in chunks small enough for the Taylor pass's graph.
-
-    ``capture=False`` keeps no attention (``attention`` is ``None``).
-    """
-    chunk = _sequences_per_run(handle, keep_graph=True) if taylor else len(x)
+def _unpruned(
+    handle: ViTHandle, x: torch.Tensor, given: torch.Tensor, taylor: bool, attention: bool, features: bool
+) -> _Unpruned:
+    """The batch's one unpruned forward, in chunks small enough for the Taylor pass's graph."""
+    chunk = sequences_per_run(handle, keep_graph=True) if taylor else len(x)
     pieces = [
-        _unpruned_chunk(handle, x[i:i + chunk], given[i:i + chunk], taylor, capture) for i in range(0, len(x), chunk)
+        _unpruned_chunk(handle, x[i:i + chunk], given[i:i + chunk], taylor, attention, features)
+        for i in range(0, len(x), chunk)
     ]
     if len(pieces) == 1:
         return pieces[0]
     return _Unpruned(
         tokens=[torch.cat(layer) for layer in zip(*(p.tokens for p in pieces))],
         logits=torch.cat([p.logits for p in pieces]),
-        features=torch.cat([p.features for p in pieces]),
-        attention=torch.cat([p.attention for p in pieces], dim=1) if capture else None,
+        features=torch.cat([p.features for p in pieces]) if features else None,
+        attention=torch.cat([p.attention for p in pieces], dim=1) if attention else None,
         target=torch.cat([p.target for p in pieces]),
         taylor=np.concatenate([p.taylor for p in pieces if p.taylor is not None]) if taylor else None,
         probe_input=torch.cat([p.probe_input for p in pieces]) if pieces[0].probe_input is not None else None,
     )
 
 
-def _unpruned_chunk(handle: ViTHandle, x: torch.Tensor, given: torch.Tensor, taylor: bool, capture: bool) -> _Unpruned:
+def _unpruned_chunk(
+    handle: ViTHandle, x: torch.Tensor, given: torch.Tensor, taylor: bool, attention: bool, features: bool
+) -> _Unpruned:
     model = handle.model
     t = handle.num_tokens
-    attention = torch.empty(handle.num_layers, len(x), handle.num_heads, t, t, device=handle.device) if capture else None
+    patterns = torch.empty(handle.num_layers, len(x), handle.num_heads, t, t, device=handle.device) if attention else None
     tokens: list[torch.Tensor] = []
     store: dict[str, torch.Tensor] = {}
 
@@ -334,27 +445,28 @@ def _unpruned_chunk(handle: ViTHandle, x: torch.Tensor, given: torch.Tensor, tay
         if taylor:
             # the gates multiply every head's output by 1: the pass stays the unpruned one
             gates = torch.ones(len(x), handle.num_layers, handle.num_heads, device=handle.device, requires_grad=True)
-            _scale_heads(hooks, model, gates)
-        if attention is not None:
-            capture_patterns(hooks, model, attention)
-        capture_head_input(hooks, model, store)
+            scale_heads(hooks, model, gates)
+        if patterns is not None:
+            capture_patterns(hooks, model, patterns)
+        if features:
+            capture_head_input(hooks, model, store)
         for block in model.blocks:
             hooks.forward_pre(block, block_input)
         hooks.forward(model.blocks[-1], last_output)
         logits = model(x)
         check_finite(logits)
-        target = _targets(given.to(handle.device), logits.detach(), handle.is_backbone)
+        target = class_targets(given.to(handle.device), logits.detach(), handle.is_backbone)
         grad = None
         if gates is not None:
             loss = F.cross_entropy(logits.float(), target.clone(), reduction="sum")
             (grad,) = torch.autograd.grad(loss, gates)
         # a backbone's linear-probe input, from the tokens this pass already has (no forward)
-        probe_input = readout_features(model, tokens[-1]).detach() if handle.is_backbone else None
+        probe_input = readout_features(model, tokens[-1]).detach() if features and handle.is_backbone else None
     return _Unpruned(
         tokens=tokens,
         logits=logits.detach(),
-        features=store["features"].detach(),
-        attention=attention.cpu() if attention is not None else None,
+        features=store["features"].detach() if features else None,
+        attention=patterns.cpu() if patterns is not None else None,
         target=target,
         taylor=None if grad is None else grad.cpu().numpy(),
         probe_input=probe_input,

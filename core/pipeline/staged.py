@@ -4,10 +4,10 @@
 with nothing to look at. ``StagedAnalysis`` runs the same analysis on a worker thread in
 three stages, each usable as soon as it ends:
 
-1. the preview (``PREVIEW_STAGE``): one unpruned pass over every image, as
-   ``first_pass`` without the sweep: the predictions, the strength statistics, the
-   pattern-map sample and, for a classifier, the Taylor importance of every head (a
-   forward and a backward pass an image);
+1. the preview (``PREVIEW_STAGE``): one unpruned pass over every image
+   (``core.pipeline.analysis.run_pass`` capturing all but the sweep): the predictions,
+   the strength statistics, the pattern-map sample and, for a classifier, the Taylor
+   importance of every head (a forward and a backward pass an image);
 2. the exact sweep (``SWEEP_STAGE``): every head pruned on its own, for the other
    importance metrics (about ``H (L + 1) / 2`` forward passes an image);
 3. the pruning curve (``CURVE_STAGE``), in each metric's ranking.
@@ -21,7 +21,7 @@ them to any cap before the heavy stages start. Both stages run batch by batch an
 for a stop between batches: a stop keeps every finished batch (and every finished
 stage), and starting again goes on from there, with the same or a larger cap.
 
-Numbers: the preview is ``first_pass``'s. The sweep's per-image values depend on which
+Numbers: the preview is ``run_pass``'s, as ``analyze_set``'s pass. The sweep's per-image values depend on which
 images share a batch only through float rounding, so they equal ``analyze_set``'s to
 float32 precision, not bit for bit. On a sample, every importance metric (Taylor too)
 and the curve are over the sampled images only; the preview's strength, patterns and
@@ -48,7 +48,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Hashable, Sequence
 
 import numpy as np
@@ -56,23 +56,28 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from core.pipeline.analysis import CURVE_STAGE, PASS_STAGE, SetAnalysis, draw_samples, first_pass, samples_from
 from core.errors import HeadScopeError, InvalidSetting, NotEnoughImages
-
-
-class AnalysisFailed(HeadScopeError):
-    """The staged analysis met an error that is not one of HeadScope's own (say, out of memory on a GPU)."""
 from core.measures.importance import (
     HeadImportance,
-    _check_labels,
-    _check_metrics,
-    _curve_masks,
-    _curve_sums,
-    _curve_table,
-    _tidy,
+    HeadValues,
+    check_labels,
+    check_metrics,
+    curve_masks,
+    curve_sums,
+    curve_table,
 )
-from core.measures.inference import Predictions
 from core.models.handle import ViTHandle
+from core.pipeline.analysis import (
+    CURVE_STAGE,
+    PASS_STAGE,
+    Capture,
+    Preview,
+    SetAnalysis,
+    draw_samples,
+    preview_of,
+    run_pass,
+    set_analysis,
+)
 from core.settings import CaseSettings, images_per_batch
 
 __all__ = [
@@ -124,22 +129,8 @@ def sample_order(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(n)
 
 
-@dataclass(frozen=True)
-class Preview:
-    """What the preview stage gives: everything but the exact sweep and the curve.
-
-    Attributes:
-        importance: the Taylor importance of every head on every image (a classifier);
-            a backbone has no class target, so its preview holds no metric.
-        strength: the strength statistics of every image.
-        samples: the pattern-map sample of each map kind.
-        predictions: the unmodified model's outputs and final features.
-    """
-
-    importance: HeadImportance
-    strength: object
-    samples: dict
-    predictions: Predictions
+class AnalysisFailed(HeadScopeError):
+    """The staged analysis met an error that is not one of HeadScope's own (say, out of memory on a GPU)."""
 
 
 @dataclass(frozen=True)
@@ -304,8 +295,8 @@ class StagedAnalysis:
             raise NotEnoughImages("The analysis needs at least one image.")
         self.handle, self.images, self.settings = handle, images, settings
         self.n = len(images)
-        self.given = _check_labels(handle, labels, self.n)
-        self.metrics = _check_metrics(None, handle)
+        self.given = check_labels(handle, labels, self.n)
+        self.metrics = check_metrics(None, handle)
         self.swept_metrics = [m for m in self.metrics if m != "taylor"]
         self.order = sample_order(self.n, settings.seed)
         self.batch = images_per_batch(handle, batch_size)
@@ -317,6 +308,7 @@ class StagedAnalysis:
         self._thread: threading.Thread | None = None
         self._reading = _Progress()  # the preview's; the heavy stages' state is each owner's, from its sample
         self._preview: Preview | None = None
+        self._preview_values: HeadValues | None = None  # the preview's per-image arrays, which the sample's tables index
         shape = (self.n, handle.num_layers, handle.num_heads)
         self._sweep = _Sweep({m: np.full(shape, np.nan) for m in self.swept_metrics}, np.zeros(self.n, dtype=bool))
         self._curves: OrderedDict[tuple[int, ...], _Curve] = OrderedDict()  # by the sample each ranks and runs on
@@ -333,19 +325,26 @@ class StagedAnalysis:
         self.precision = torch.float32  # what the sweep runs in: REDUCED_PRECISION once the probe allows it
         self.precision_error: float | None = None  # the probe's largest difference, once tried
         self._begun = False
+        self._heavy_asked = False  # a begin() wanted more than the preview: measure the sweep, maybe start it
         self.error: HeadScopeError | None = None
 
     # --- control -------------------------------------------------------------------
 
-    def begin(self, owner: Hashable = None) -> None:
+    def begin(self, owner: Hashable = None, *, heavy: bool = True) -> None:
         """Start the preview and the sweep's first images; the heavy stages may follow for ``owner``.
 
-        Only the first call does anything: a short estimate starts every image for its owner.
+        ``heavy=False`` asks for the preview alone (the home page reads only its predictions):
+        the sweep is neither measured nor started until a call with ``heavy=True``. The first
+        call with ``heavy=True`` measures the sweep, and a short estimate starts every image
+        for its owner; later calls do nothing.
         """
         with self._lock:
-            if self._begun:
+            wanted = not self._begun or (heavy and not self._heavy_asked)
+            self._begun = True
+            if heavy and not self._heavy_asked:
+                self._heavy_asked, self._begin_owner = True, owner
+            if not wanted:
                 return
-            self._begun, self._begin_owner = True, owner
         self._run()
 
     def start(self, cap: int | None = None, owner: Hashable = None) -> None:
@@ -537,14 +536,7 @@ class StagedAnalysis:
             importance, curve, preview = self.importance(owner), self.curve(owner), self.preview
         if importance is None or curve is None or preview is None:
             return None
-        return SetAnalysis(
-            settings=self.settings,
-            importance=importance,
-            curve=curve,
-            strength=preview.strength,
-            samples=preview.samples,
-            predictions=preview.predictions,
-        )
+        return set_analysis(self.settings, preview, curve, importance)
 
     # --- the worker ----------------------------------------------------------------
 
@@ -598,6 +590,10 @@ class StagedAnalysis:
             read = self._reading.state == DONE
         if not read:
             self._run_preview()
+        with self._lock:
+            heavy = self._heavy_asked
+        if not heavy:
+            return  # the preview was all that was asked for (a later begin() runs the worker again)
         if self._sweep.cost is None:
             # one image, two, then one again: a batch's fixed cost apart from an image's, and the
             # first run's one-time costs (allocations at new sizes) out of the fixed cost
@@ -642,7 +638,7 @@ class StagedAnalysis:
                     self._clock.setdefault((CURVE_STAGE, cap), (time.perf_counter(), int(curve.done.sum())))
                     return CURVE_STAGE, sample, rows[: self.batch]
                 if curve.table is None:
-                    curve.table = _curve_table(self.handle, curve.points, curve.correct, curve.similarity, len(sample))
+                    curve.table = curve_table(self.handle, curve.points, curve.correct, curve.similarity, len(sample))
                 self._waiting -= {owner for owner in self._waiting if self._caps[owner] == cap}
             return None
 
@@ -700,7 +696,9 @@ class StagedAnalysis:
 
     def _run_preview(self) -> None:
         handle = self.handle
-        picks = draw_samples(handle, self.n, self.settings)
+        # Taylor rides on the forward; the other metrics are the sweep's, a stage of their own
+        taylor = [metric for metric in self.metrics if metric == "taylor"]
+        capture = Capture(metrics=taylor, map_samples=draw_samples(handle, self.n, self.settings))
         with self._lock:
             self._reading = _Progress(RUNNING, 0, self.n)
             self._clock[PREVIEW_STAGE] = (time.perf_counter(), 0)
@@ -709,38 +707,27 @@ class StagedAnalysis:
             with self._lock:
                 self._reading.done = done
 
-        part = first_pass(handle, self.images, self.given, picks, metrics=self.metrics, sweep=False, progress=report)
-        preview = Preview(
-            importance=part.importance,
-            strength=part.strength,
-            samples=samples_from(handle, {kind: [part.maps[kind]] for kind in part.maps}),
-            predictions=Predictions(logits=part.logits, features=part.features, probe_input=part.probe_input),
-        )
+        part = run_pass(handle, self.images, self.given, capture, progress=report)
+        preview = preview_of(handle, [part])
         with self._lock:
-            self._preview = preview
+            self._preview, self._preview_values = preview, part.importance
             self._reading.state = DONE
 
     def _swept_values(self, indices: np.ndarray, precision: torch.dtype) -> dict[str, np.ndarray]:
         """Every swept metric of these set images, ``{metric: [B, L, H]}``, run as one batch in ``precision``."""
         reduced = precision != torch.float32
         given = self.given[torch.as_tensor(indices)]
-        preview = self.preview
-        if preview is not None and not self.handle.is_backbone:
+        with self._lock:
+            unpruned = self._preview_values
+        if unpruned is not None and not self.handle.is_backbone:
             # an image without a label is judged against the first pass's float32 top-1, in any precision
-            top1 = torch.as_tensor(preview.importance.unpruned["target"].to_numpy()[indices])
-            given = torch.where(given >= 0, given, top1)
+            given = torch.where(given >= 0, given, torch.as_tensor(unpruned.target[indices]))
+        capture = Capture(metrics=self.swept_metrics, attention_stats=False, predictions=False)
         with torch.autocast(self.handle.device.type, dtype=precision, enabled=reduced):
-            part = first_pass(
-                self.handle, [self.images[int(i)] for i in indices], given, {},
-                metrics=self.swept_metrics, batch_size=len(indices), reduce=False,
+            part = run_pass(
+                self.handle, [self.images[int(i)] for i in indices], given, capture, batch_size=len(indices)
             )
-        table = part.importance.per_image
-        shape = (len(indices), self.handle.num_layers, self.handle.num_heads)
-        return {
-            metric: table[table["metric"] == metric].sort_values(["image", "layer", "head"], kind="stable")["value"]
-            .to_numpy().reshape(shape)
-            for metric in self.swept_metrics
-        }
+        return dict(part.importance.per_image)
 
     def _sweep_images(self, indices: np.ndarray, *, first: bool = False) -> None:
         """Sweep these set images as one batch and keep their per-image values."""
@@ -764,7 +751,7 @@ class StagedAnalysis:
         curve = self._curves.get(key)
         if curve is None:  # another sample ranks the heads anew
             merged = self._merged(sample)
-            points, keep = _curve_masks(self.handle, merged.overall, self.settings.curve_steps, self.settings.seed)
+            points, keep = curve_masks(self.handle, merged.overall, self.settings.curve_steps, self.settings.seed)
             curve = self._curves[key] = _Curve(
                 images=key, done=np.zeros(len(sample), dtype=bool),
                 correct=np.zeros(len(keep), dtype=np.int64), similarity=np.zeros(len(keep), dtype=np.float64),
@@ -780,7 +767,7 @@ class StagedAnalysis:
         with self._lock:
             curve = self._curve_of(sample)
         indices = sample[rows]
-        correct, similarity = _curve_sums(
+        correct, similarity = curve_sums(
             self.handle, [self.images[int(i)] for i in indices], self.given[torch.as_tensor(indices)],
             curve.keep, batch_size=len(indices),
         )
@@ -798,26 +785,12 @@ class StagedAnalysis:
         metric (Taylor too) and the unpruned model's table keep only the sample's images,
         so each set value averages the same images. Image columns hold set indices.
         """
-        preview = self._preview
-        assert preview is not None
-        taylor = preview.importance.per_image
-        local: dict[str, np.ndarray] = {}
-        for metric in self.metrics:
-            if metric == "taylor":
-                values = taylor[taylor["metric"] == "taylor"].sort_values(["image", "layer", "head"], kind="stable")
-                every = values["value"].to_numpy().reshape(self.n, self.handle.num_layers, self.handle.num_heads)
-                local[metric] = every[sample]
-            else:
-                local[metric] = self._sweep.local[metric][sample]
-        overall = {
-            metric: np.abs(values.mean(axis=0)) if metric == "taylor" else values.mean(axis=0)
-            for metric, values in local.items()
+        every = self._preview_values
+        assert every is not None
+        local = {
+            metric: every.per_image[metric] if metric == "taylor" else self._sweep.local[metric] for metric in self.metrics
         }
-        per_image = _tidy(local)
-        per_image["image"] = sample[per_image["image"].to_numpy()]  # _tidy numbers the images from 0
-        unpruned = preview.importance.unpruned
-        unpruned = unpruned.iloc[sample].reset_index(drop=True) if len(sample) < self.n else unpruned
-        return HeadImportance(overall=_tidy(overall), per_image=per_image, unpruned=unpruned)
+        return replace(every, per_image=local).subset(sample).tables(images=sample)
 
     def _choose_precision(self, probe: np.ndarray) -> None:
         """Sweep the rest in ``REDUCED_PRECISION`` when the device allows it and, on the probe's images, every

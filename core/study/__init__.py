@@ -23,8 +23,8 @@ from core.study.casestudy import (
     PLAIN_BUNDLE_VERSION,
     SINK_SHARE,
     STRENGTH_ARRAYS,
-    TABLES,
     TABLE_COLUMNS,
+    TABLES,
     THUMBNAIL_SIDE,
     VERSIONED_PACKAGES,
     CaseFindings,
@@ -39,16 +39,17 @@ from core.study.casestudy import (
     findings,
     gather_or_raise,
     hurt_images,
-    relevance_of,
     library_versions,
     model_summary,
     negligible,
+    relevance_of,
     set_labels,
     sink_summary,
     studied_heads,
     study_from,
     thumbnail_png,
 )
+from core.study.findings import relevance_row
 
 __all__ = [
     "ARRAYS",
@@ -87,6 +88,7 @@ __all__ = [
     "model_summary",
     "negligible",
     "relevance_of",
+    "relevance_row",
     "save_bundle",
     "set_labels",
     "sink_summary",

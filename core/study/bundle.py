@@ -30,6 +30,7 @@ A probe's bundle is opened on the backbone it was computed with::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -48,8 +49,19 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
-from core.inputs.archive import ARCHIVE_ERRORS, MIN_ENTRY_BYTES, declared_directory
+from core.errors import BundleRejected, ProbeRejected, human_size
+from core.inputs.archive import (
+    MIN_ENTRY_BYTES,
+    ArchiveWording,
+    CheckedArchive,
+    DeclaredDirectory,
+    open_archive,
+)
 from core.measures.attribution import METHODS as ATTRIBUTION_METHODS
+from core.measures.importance import BACKBONE_METRICS, METRICS, MODES, RANDOM_ORDER
+from core.models.probe import MAX_CLASSES as _MAX_PROBE_CLASSES
+from core.models.probe import MIN_CLASSES as _MIN_PROBE_CLASSES
+from core.models.probe import LinearProbe, probe_from_bytes
 from core.study.casestudy import (
     ARRAYS,
     BUNDLE_FORMAT,
@@ -59,11 +71,6 @@ from core.study.casestudy import (
     CaseSettings,
     CaseStudy,
 )
-from core.errors import BundleRejected, ProbeRejected, human_size
-from core.measures.importance import BACKBONE_METRICS, METRICS, MODES, RANDOM_ORDER
-from core.models.probe import MAX_CLASSES as _MAX_PROBE_CLASSES
-from core.models.probe import MIN_CLASSES as _MIN_PROBE_CLASSES
-from core.models.probe import LinearProbe, probe_from_bytes
 
 __all__ = [
     "DEFAULT_BUNDLE_LIMITS",
@@ -371,39 +378,53 @@ def _open_probe(data: bytes, limits: BundleLimits) -> LinearProbe | None:
         return _parsed_probe(_read_member(archive, directory[PROBE_MEMBER], entry), probe)
 
 
-def _archive(data: bytes, limits: BundleLimits) -> zipfile.ZipFile:
-    """The bundle's ZIP archive, once its end records show a directory a bundle can have."""
-    if not data:
-        raise BundleRejected("The bundle file is empty; choose a .zip file saved by HeadScope.")
-    _check_end_records(data, limits)
-    try:
-        return zipfile.ZipFile(io.BytesIO(data))
-    except ARCHIVE_ERRORS as exc:
-        raise BundleRejected(
-            "This file is not a readable ZIP archive, so it is not a HeadScope bundle (it may be truncated); "
-            "download or save it again."
-        ) from exc
-
-
-def _check_end_records(data: bytes, limits: BundleLimits) -> None:
-    """Refuse an archive whose end records declare more entries or directory bytes than a bundle has.
+def _archive(data: bytes, limits: BundleLimits) -> CheckedArchive:
+    """The bundle's ZIP archive, once its end records show a directory a bundle can have.
 
     ``zipfile.ZipFile`` builds an object per declared entry, reading up to the declared
     directory size, before anything can be counted: millions of entries cost gigabytes.
     """
-    declared = declared_directory(data)
-    if declared is None:
-        return  # no end record: zipfile refuses the file at once
-    if declared.entries > limits.max_members:
-        raise BundleRejected(
-            f"The bundle declares {declared.entries:,} files; the limit is {limits.max_members:,}, {_FEWER}."
-        )
-    most = limits.max_members * _DIRECTORY_BYTES_PER_MEMBER
-    if declared.size > most:
-        raise BundleRejected(
+    return open_archive(
+        data,
+        _archive_wording(limits),
+        max_entries=limits.max_members,
+        max_directory_bytes=limits.max_members * _DIRECTORY_BYTES_PER_MEMBER,
+        refuse_name=_unsafe_name,
+    )
+
+
+def _archive_wording(limits: BundleLimits) -> ArchiveWording:
+    def too_many(declared: DeclaredDirectory) -> str:
+        if declared.entries > limits.max_members:
+            return f"The bundle declares {declared.entries:,} files; the limit is {limits.max_members:,}, {_FEWER}."
+        most = limits.max_members * _DIRECTORY_BYTES_PER_MEMBER
+        return (
             f"The bundle's file directory declares {human_size(declared.size)}; {limits.max_members:,} files "
             f"need at most {human_size(most)}, so it was not written by HeadScope; {_AGAIN}."
         )
+
+    return ArchiveWording(
+        error=BundleRejected,
+        empty="The bundle file is empty; choose a .zip file saved by HeadScope.",
+        unreadable=(
+            "This file is not a readable ZIP archive, so it is not a HeadScope bundle (it may be truncated); "
+            "download or save it again."
+        ),
+        too_many=too_many,
+        unsafe_name=lambda name: (
+            f"The bundle holds a file named '{_shown(name)}', a path HeadScope does not accept in a bundle; {_AGAIN}."
+        ),
+        duplicate=lambda name: f"The bundle holds two files named '{_shown(name)}'; {_AGAIN}.",
+        encrypted=lambda name: f"The bundle's file '{_shown(name)}' is encrypted; {_AGAIN} without a password.",
+        unsupported_method=lambda name: (
+            f"The bundle's file '{_shown(name)}' uses a compression method HeadScope does not accept "
+            f"(only stored or deflate); {_AGAIN}."
+        ),
+        damaged=lambda name: str(_damaged(f"'{_shown(name)}' cannot be read")),
+        too_large=lambda name, cap: (
+            f"The bundle's file '{_shown(name)}' is larger than {human_size(cap)} once uncompressed; {_AGAIN}."
+        ),
+    )
 
 
 def _thumbnail(name: str, content: bytes) -> bytes:
@@ -446,34 +467,18 @@ def _unsafe_name(name: str) -> bool:
     )
 
 
-def _checked_directory(archive: zipfile.ZipFile, limits: BundleLimits) -> dict[str, zipfile.ZipInfo]:
+def _checked_directory(archive: CheckedArchive, limits: BundleLimits) -> dict[str, zipfile.ZipInfo]:
     """The archive's entries by name, refused before any is read if unsafe or too large."""
-    infos = archive.infolist()
+    infos = archive.entries
     if len(infos) > limits.max_members:
         raise BundleRejected(f"The bundle holds {len(infos)} files; the limit is {limits.max_members}, {_FEWER}.")
-    directory: dict[str, zipfile.ZipInfo] = {}
+    directory = archive.check_all()
     for info in infos:
-        shown = _shown(info.filename)
-        if _unsafe_name(info.filename):
-            raise BundleRejected(
-                f"The bundle holds a file named '{shown}', a path HeadScope does not accept in a bundle; {_AGAIN}."
-            )
-        if info.filename in directory:
-            raise BundleRejected(f"The bundle holds two files named '{shown}'; {_AGAIN}.")
-        if info.flag_bits & 0x1:
-            raise BundleRejected(f"The bundle's file '{shown}' is encrypted; {_AGAIN} without a password.")
-        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            # zipfile decompresses bzip2 and LZMA without a size bound on the output.
-            raise BundleRejected(
-                f"The bundle's file '{shown}' uses a compression method HeadScope does not accept "
-                f"(only stored or deflate); {_AGAIN}."
-            )
         if info.file_size > limits.max_member_bytes:
             raise BundleRejected(
-                f"The bundle's file '{shown}' is {human_size(info.file_size)} once uncompressed; "
+                f"The bundle's file '{_shown(info.filename)}' is {human_size(info.file_size)} once uncompressed; "
                 f"the limit is {human_size(limits.max_member_bytes)} per file, {_FEWER}."
             )
-        directory[info.filename] = info
     total = sum(info.file_size for info in infos)
     if total > limits.max_total_bytes:
         raise BundleRejected(
@@ -488,24 +493,15 @@ def _checked_directory(archive: zipfile.ZipFile, limits: BundleLimits) -> dict[s
     return directory
 
 
-def _read_capped(archive: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int) -> bytes:
-    """At most ``cap + 1`` bytes of the entry: one byte past the cap shows a header lied."""
-    try:
-        with archive.open(info) as stream:
-            return stream.read(cap + 1)
-    except ARCHIVE_ERRORS as exc:
-        raise _damaged(f"'{_shown(info.filename)}' cannot be read") from exc
-
-
 def _read_manifest(
-    archive: zipfile.ZipFile, directory: dict[str, zipfile.ZipInfo], limits: BundleLimits
+    archive: CheckedArchive, directory: dict[str, zipfile.ZipInfo], limits: BundleLimits
 ) -> dict[str, Any]:
     """The manifest as a JSON object of this format, of a version this code reads."""
     if MANIFEST not in directory:
         raise BundleRejected(
             f"This ZIP file has no {MANIFEST}, so it is not a HeadScope bundle; choose a bundle saved by HeadScope."
         )
-    text = _read_capped(archive, directory[MANIFEST], limits.max_manifest_bytes)
+    text = archive.read_at_most(directory[MANIFEST], limits.max_manifest_bytes)
     if len(text) > limits.max_manifest_bytes:
         raise BundleRejected(
             f"The bundle's {MANIFEST} is larger than {human_size(limits.max_manifest_bytes)}; {_AGAIN}."
@@ -788,8 +784,8 @@ def _checked_files(
     return files
 
 
-def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, entry: dict[str, Any]) -> bytes:
-    content = _read_capped(archive, info, entry["size"])
+def _read_member(archive: CheckedArchive, info: zipfile.ZipInfo, entry: dict[str, Any]) -> bytes:
+    content = archive.read_at_most(info, entry["size"])
     if len(content) != entry["size"] or hashlib.sha256(content).hexdigest() != entry["sha256"]:
         raise _damaged(f"'{_shown(info.filename)}' does not match its checksum")
     return content
@@ -1082,18 +1078,50 @@ def _table(name: str, content: bytes, shape: _StudyShape, limits: BundleLimits) 
     Text columns are read as dictionaries, so a long value repeated on every row is held
     once and its decoded size counted before a string is built per row.
     """
-    damaged = _damaged(f"table '{name}' is not a readable Parquet table")
     columns = shape.columns(name)
     text = shape.text_bytes(name)
+    parquet = _damaged_unless_read(name, lambda: pq.ParquetFile(io.BytesIO(content), read_dictionary=list(text)))
+    fixed_width = _check_footer(name, parquet, shape, limits)
+    frame = _decoded_frame(name, parquet, text, fixed_width, limits)
+    if tuple(frame.columns) != columns:
+        raise _damaged(f"table '{name}' does not have the columns {', '.join(columns)}")
+    _check_numbers(name, frame, shape.numbers(name))
+    for column in TABLE_COLUMNS[name]:
+        if column not in frame.columns:  # added after the bundle's format version
+            frame[column] = np.nan
+    return frame[list(TABLE_COLUMNS[name])]
+
+
+def _damaged_unless_read(name: str, read: Callable[[], Any]) -> Any:
+    """What ``read`` returns from table ``name``; any failure but running out of memory means "damaged"."""
     try:
-        parquet = pq.ParquetFile(io.BytesIO(content), read_dictionary=list(text))
-        meta, schema = parquet.metadata, parquet.schema_arrow
-        values = meta.num_rows * meta.num_columns
-        chunks = [meta.row_group(group).column(column) for group in range(meta.num_row_groups) for column in range(meta.num_columns)]
+        return read()
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - pyarrow's reader is C++; any failure means "damaged"
-        raise damaged from exc
+        raise _damaged(f"table '{name}' is not a readable Parquet table") from exc
+
+
+def _table_too_big(name: str, limits: BundleLimits) -> BundleRejected:
+    return BundleRejected(
+        f"The bundle's table '{name}' holds more than {human_size(limits.max_table_bytes)} once uncompressed, {_FEWER}."
+    )
+
+
+def _check_footer(name: str, parquet: pq.ParquetFile, shape: _StudyShape, limits: BundleLimits) -> int:
+    """Refuse a table whose footer declares other columns, more values, rows or bytes than the study allows,
+    or a codec that is not accepted; the bytes its numbers and dictionary indices decode to."""
+    columns = shape.columns(name)
+    text = shape.text_bytes(name)
+
+    def footer() -> tuple[Any, pa.Schema, list[Any]]:
+        meta = parquet.metadata
+        groups = (meta.row_group(group) for group in range(meta.num_row_groups))
+        chunks = [group.column(column) for group in groups for column in range(meta.num_columns)]
+        return meta, parquet.schema_arrow, chunks
+
+    meta, schema, chunks = _damaged_unless_read(name, footer)
+    values = meta.num_rows * meta.num_columns
     if tuple(schema.names) != columns:
         raise _damaged(f"table '{name}' does not have the columns {', '.join(columns)}")
     if values > limits.max_table_values:
@@ -1112,11 +1140,8 @@ def _table(name: str, content: bytes, shape: _StudyShape, limits: BundleLimits) 
             f"The bundle's table '{name}' is compressed with {_shown(', '.join(sorted(codecs)))}, which HeadScope "
             f"does not accept (only snappy or none); {_AGAIN}."
         )
-    too_big = BundleRejected(
-        f"The bundle's table '{name}' holds more than {human_size(limits.max_table_bytes)} once uncompressed, {_FEWER}."
-    )
     if sum(chunk.total_uncompressed_size for chunk in chunks) > limits.max_table_bytes:
-        raise too_big
+        raise _table_too_big(name, limits)
     for field in schema:
         kind = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
         numeric = pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
@@ -1127,38 +1152,30 @@ def _table(name: str, content: bytes, shape: _StudyShape, limits: BundleLimits) 
             )
     # numbers and dictionary indices decode to fixed widths: bounded from the footer, before
     # run-length pages of a few KB can decode to gigabytes
-    decoded = 8 * meta.num_rows * (len(columns) - len(text))
-    if decoded + 4 * meta.num_rows * len(text) > limits.max_table_bytes:
-        raise too_big
-    try:
-        table = parquet.read()
-    except MemoryError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - as above
-        raise damaged from exc
+    fixed_width = 8 * meta.num_rows * (len(columns) - len(text))
+    if fixed_width + 4 * meta.num_rows * len(text) > limits.max_table_bytes:
+        raise _table_too_big(name, limits)
+    return fixed_width
+
+
+def _decoded_frame(
+    name: str, parquet: pq.ParquetFile, text: dict[str, int], decoded: int, limits: BundleLimits
+) -> pd.DataFrame:
+    """The table decoded, its text counted against ``max_table_bytes`` (with the ``decoded`` bytes of its
+    numbers) before a string is built per row, and the frame's own size checked."""
+    table = _damaged_unless_read(name, parquet.read)
     for column in text:
         longest, total = _text_sizes(table.column(column))
         if longest > text[column]:
             raise _damaged(f"column '{column}' of table '{name}' holds a text longer than HeadScope writes there")
         decoded += total
     if decoded > limits.max_table_bytes:
-        raise too_big
-    try:
-        frame = _frame(table, text)
-    except MemoryError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - as above
-        raise damaged from exc
+        raise _table_too_big(name, limits)
+    frame = _damaged_unless_read(name, functools.partial(_frame, table, text))
     del table
     if int(frame.memory_usage(deep=True).sum()) > 2 * limits.max_table_bytes:  # pandas' own overhead per string
-        raise too_big
-    if tuple(frame.columns) != columns:
-        raise _damaged(f"table '{name}' does not have the columns {', '.join(columns)}")
-    _check_numbers(name, frame, shape.numbers(name))
-    for column in TABLE_COLUMNS[name]:
-        if column not in frame.columns:  # added after the bundle's format version
-            frame[column] = np.nan
-    return frame[list(TABLE_COLUMNS[name])]
+        raise _table_too_big(name, limits)
+    return frame
 
 
 def _text_sizes(column: pa.ChunkedArray) -> tuple[int, int]:

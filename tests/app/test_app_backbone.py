@@ -17,18 +17,18 @@ import pandas as pd
 import pytest
 import streamlit
 import timm
-from conftest import APP
-from conftest import chart_specs as _specs
 from PIL import Image
 from safetensors.torch import save
 from streamlit.testing.v1 import AppTest
-from test_images import encode
-from test_markdown import shown
-from test_tooltips import _assert_no_reserved_key
 
 from core.measures.importance import BACKBONE_METRICS, BACKBONE_REASON, METRICS, MODES
 from core.models.load import BUILTIN_MODELS, DINOV2_NAME
-from ui import importance, patterns, session
+from helpers.app import assert_clean, chart_specs, page_texts
+from helpers.data import APP
+from helpers.images import encode
+from helpers.markdown import shown
+from helpers.tooltips import assert_no_reserved_key
+from ui import images, importance, models, overview, patterns
 from viz.overview import overview_chart
 
 TIMEOUT = 180
@@ -52,7 +52,7 @@ def backbone_file(backbone_weights: bytes, tmp_path: Path) -> Path:
 def _start(monkeypatch, **environ: str) -> AppTest:
     """The home page of a new session with these HEADSCOPE_* variables (and only these) set."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    for name in (session.ENV_MODEL, session.ENV_CHECKPOINT, session.ENV_IMG_SIZE):
+    for name in (models.ENV_MODEL, models.ENV_CHECKPOINT, models.ENV_IMG_SIZE):
         monkeypatch.delenv(name, raising=False)
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
@@ -69,19 +69,9 @@ def backbone(monkeypatch, backbone_file: Path) -> AppTest:
     return at
 
 
-def _texts(at: AppTest) -> str:
-    parts = [*at.title, *at.subheader, *at.markdown, *at.caption, *at.info, *at.warning, *at.error]
-    return shown("\n".join(str(p.value) for p in parts))
-
-
-def _clean(at: AppTest) -> None:
-    assert not at.exception, at.exception
-    assert not at.error, [e.value for e in at.error]
-
-
 def _assert_tooltips_are_text(at: AppTest, where: str) -> None:
     for i, chart in enumerate(at.get("vega_lite_chart")):
-        _assert_no_reserved_key(f"{where} #{i}", json.loads(chart.proto.spec), chart.proto.theme == "streamlit")
+        assert_no_reserved_key(f"{where} #{i}", json.loads(chart.proto.spec), chart.proto.theme == "streamlit")
 
 
 def _zip_of_folders(folders: dict[str, list[tuple[int, int, int]]]) -> bytes:
@@ -101,11 +91,11 @@ def test_home_shows_the_backbones_features_without_predictions(backbone: AppTest
     assert header.startswith("**test_vit (checkpoint")
     assert "backbone: no classifier, 64-dim features" in header and "classes" not in header
     assert "10×10 patches of 160×160 px input" in header
-    text = _texts(backbone)
+    text = page_texts(backbone)
     assert "predicted" not in text and "Accuracy" not in text and "Top-5" not in text
     assert "pooled output features" in text
     assert not backbone.dataframe  # no top-5 table
-    [(spec, data)] = _specs(backbone)  # the overview only: no top-5 chart
+    [(spec, data)] = chart_specs(backbone)  # the overview only: no top-5 chart
     dots = spec["layer"][0]["encoding"]
     assert "size" not in dots or "field" not in dots["size"]  # no probability to size the dots by
     assert dots["color"] == {"value": dots["color"]["value"]}  # the photos carry no labels: one colour
@@ -120,17 +110,17 @@ def test_a_zip_of_folders_labels_and_colours_a_backbones_images(backbone: AppTes
     backbone.radio(key="image_source").set_value("Upload a ZIP (ImageFolder)").run()
     backbone.file_uploader(key="zip_upload").set_value(("pets.zip", data, "application/zip"))
     backbone.run()
-    _clean(backbone)
-    image_set = backbone.session_state[session.UPLOADED_KEY][1]
+    assert_clean(backbone)
+    image_set = backbone.session_state[images.UPLOADED_KEY][1]
     assert image_set.label_names == ("cats", "dogs")
     assert not backbone.warning  # no "folders that match no class": every folder is a label
-    [(spec, datasets)] = _specs(backbone)
+    [(spec, datasets)] = chart_specs(backbone)
     dots = spec["layer"][0]
     assert dots["encoding"]["color"]["field"] == "class" and dots["encoding"]["color"]["title"] == "label"
     assert sorted(datasets[dots["data"]["name"]]["class"]) == ["cats", "cats", "dogs"]
     assert "label **cats**" in backbone.markdown[0].value
     backbone.switch_page(PAGES[0]).run()  # the labels index the set's own names, not classes
-    _clean(backbone)
+    assert_clean(backbone)
     assert backbone.selectbox(key="importance_metric").options == BACKBONE_OPTIONS
 
 
@@ -139,11 +129,11 @@ def test_a_zip_of_folders_labels_and_colours_a_backbones_images(backbone: AppTes
 
 def test_importance_page_offers_the_backbone_metrics_and_says_why(backbone: AppTest) -> None:
     backbone.switch_page(PAGES[0]).run()
-    _clean(backbone)
+    assert_clean(backbone)
     assert backbone.selectbox(key="importance_metric").options == BACKBONE_OPTIONS
     assert any(BACKBONE_REASON in shown(i.value) for i in backbone.info)
-    assert "Top-5" not in _texts(backbone)
-    specs = _specs(backbone)
+    assert "Top-5" not in page_texts(backbone)
+    specs = chart_specs(backbone)
     assert len(specs) == 4  # line, heatmap, partial pruning, pruning curve: no top-5
     line, _ = specs[0]
     assert line["layer"][0]["mark"]["type"] == "rule"  # the unpruned model: no change, 0
@@ -165,26 +155,26 @@ def test_importance_page_offers_the_backbone_metrics_and_says_why(backbone: AppT
         backbone.radio(key="importance_scope").set_value(scope).run()
         for metric in BACKBONE_METRICS:
             backbone.selectbox(key="importance_metric").set_value(metric).run()
-            _clean(backbone)
+            assert_clean(backbone)
             assert backbone.dataframe[0].value["rank"].tolist() == list(range(1, 13))  # 6 x 2 heads
     for mode in MODES:
         backbone.radio(key="importance_mode").set_value(mode).run()
-        _clean(backbone)
-        assert f"B3 · After `{mode}`" in _texts(backbone)
+        assert_clean(backbone)
+        assert f"B3 · After `{mode}`" in page_texts(backbone)
 
 
 def test_strength_and_patterns_pages_run_on_a_backbone(monkeypatch, backbone: AppTest) -> None:
     backbone.switch_page(PAGES[1]).run()
-    _clean(backbone)
+    assert_clean(backbone)
     # C1-C3, offsets, distance, prefix share (a CLS token); top-key share, its spread, key entropy, token norms
     assert len(backbone.get("vega_lite_chart")) == 10
-    assert "10×10 patch grid" in _texts(backbone)
+    assert "10×10 patch grid" in page_texts(backbone)
     monkeypatch.setattr(patterns, "umap_ready", lambda: False)
     monkeypatch.setattr(patterns, "umap_failed", lambda: True)
     backbone.session_state["pattern_max_maps"] = patterns.SAMPLE_SIZES[0]
     backbone.switch_page(PAGES[2]).run()
-    _clean(backbone)
-    assert "from 12 heads and 9 images" in _texts(backbone)
+    assert_clean(backbone)
+    assert "from 12 heads and 9 images" in page_texts(backbone)
     assert len(backbone.get("vega_lite_chart")) == 5
 
 
@@ -197,17 +187,17 @@ def test_a_class_metric_picked_on_a_classifier_gives_way_on_a_backbone(monkeypat
     at.switch_page(PAGES[0]).run()
     assert at.selectbox(key="importance_metric").options == [m.replace("_", " ") for m in METRICS]  # output impact too
     at.selectbox(key="importance_metric").set_value("taylor").run()
-    _clean(at)
+    assert_clean(at)
     at.switch_page("streamlit_app.py").run()
     at.radio(key="model_source").set_value("timm model").run()
     at.text_input(key="timm_name").set_value("test_vit").run()
     at.file_uploader(key="checkpoint_upload").set_value(("backbone.safetensors", backbone_weights, "application/octet-stream"))
     at.run()
     at.button(key="load_model").click().run()
-    _clean(at)
+    assert_clean(at)
     assert "backbone: no classifier" in at.caption[0].value
     at.switch_page(PAGES[0]).run()
-    _clean(at)
+    assert_clean(at)
     assert at.selectbox(key="importance_metric").value in BACKBONE_METRICS
 
 
@@ -216,7 +206,7 @@ def test_a_class_metric_picked_on_a_classifier_gives_way_on_a_backbone(monkeypat
 
 def test_the_start_model_comes_from_the_environment(monkeypatch) -> None:
     at = _start(monkeypatch, HEADSCOPE_MODEL="demo")
-    _clean(at)
+    assert_clean(at)
     assert at.caption[0].value.startswith("**demo**")
     assert at.radio(key="model_source").value == "demo"
 
@@ -237,7 +227,7 @@ def test_a_start_model_that_fails_says_why_once_and_starts_on_the_demo(monkeypat
     assert reason in message and message.endswith("Starting on the demo model instead.")
     assert at.caption[0].value.startswith("**demo**")
     at.run()  # said once: the session goes on with the demo model
-    _clean(at)
+    assert_clean(at)
     assert at.caption[0].value.startswith("**demo**")
 
 
@@ -247,7 +237,7 @@ def test_the_picker_lists_the_builtin_models_next_to_timm(monkeypatch) -> None:
     assert picker.options == [*BUILTIN_MODELS, "timm model", "transformers model"]
     assert picker.value == "demo" and not at.sidebar.get("number_input")  # the demo model has one size
     picker.set_value(DINOV2_NAME).run()
-    _clean(at)
+    assert_clean(at)
     assert at.number_input(key="img_size").value is None  # the model's default size
     assert at.button(key="load_model")  # a minute's preparation the first time: only on request
     assert at.caption[0].value.startswith("**demo**")
@@ -266,17 +256,16 @@ def test_an_input_size_off_the_patch_grid_keeps_the_previous_model(monkeypatch, 
     assert at.caption[0].value.startswith("**demo**")
     at.number_input(key="img_size").set_value(64).run()
     at.button(key="load_model").click().run()
-    _clean(at)
+    assert_clean(at)
     header = shown(at.caption[0].value)
     assert header.startswith("**test_vit (checkpoint") and "64 px" in header
     assert "4×4 patches of 64×64 px input" in header
-    assert at.session_state[session.MODEL_KEY].img_size == 64
+    assert at.session_state[models.MODEL_KEY].img_size == 64
 
 
 def test_loading_shows_the_preparation_as_a_progress_bar(monkeypatch) -> None:
-    from conftest import tiny_vit
-
     from core.models.handle import wrap_model
+    from helpers.models import tiny_vit
 
     def prepare(name: str, *, checkpoint=None, img_size=None, progress=None, local_paths=False):
         assert name == DINOV2_NAME and progress is not None and not local_paths  # a visitor never names a path
@@ -292,19 +281,19 @@ def test_loading_shows_the_preparation_as_a_progress_bar(monkeypatch) -> None:
         return real_progress(value, text=text, **kwargs)
 
     at = _start(monkeypatch)
-    monkeypatch.setattr(session, "load_model", prepare)
+    monkeypatch.setattr(models, "load_model", prepare)
     monkeypatch.setattr(streamlit, "progress", watched_progress)
     try:
         at.radio(key="model_source").set_value(DINOV2_NAME).run()
         at.button(key="load_model").click().run()
-        _clean(at)
+        assert_clean(at)
     finally:
-        session._cached_model.clear()  # the stand-in must not serve later loads of dinov2-s
+        models._cached_model.clear()  # the stand-in must not serve later loads of dinov2-s
     assert [text for text in texts if text and text.startswith("Preparing")] == [
         f"Preparing {DINOV2_NAME}: downloading the weights…"  # the bar's first stage; it moves on from there
     ]
     assert "backbone: no classifier, 24-dim features" in at.caption[0].value
-    assert at.session_state[session.MODEL_KEY].name == DINOV2_NAME
+    assert at.session_state[models.MODEL_KEY].name == DINOV2_NAME
 
 
 # --- pure pieces ---------------------------------------------------------------------------
@@ -313,7 +302,7 @@ def test_loading_shows_the_preparation_as_a_progress_bar(monkeypatch) -> None:
 def _backbone_points(labels: list[str]) -> pd.DataFrame:
     return pd.DataFrame(
         {"x": [0.0, 1.0], "y": [1.0, 0.0], "id": ["a", "b"], "name": ["a.png", "b.png"], "label": labels,
-         "class": [label or session.NO_LABEL for label in labels]}
+         "class": [label or overview.NO_LABEL for label in labels]}
     )
 
 
@@ -337,13 +326,13 @@ def test_baseline_of_an_impact_is_zero_and_of_a_gradient_none() -> None:
 
 def test_the_explanations_page_offers_a_backbone_what_needs_no_class(backbone: AppTest) -> None:
     backbone.switch_page("pages/5_Explanations.py").run()
-    _clean(backbone)
-    text = _texts(backbone)
+    assert_clean(backbone)
+    text = page_texts(backbone)
     assert "gradient rollout needs a class to explain" in text
     assert len(backbone.main.get("image")) == 2  # attention rollout and the last layer's attention
     assert "explain_heads_chart" not in {chart.key for chart in backbone.get("vega_lite_chart")}
     backbone.button(key="explain_score").click().run()
-    _clean(backbone)
+    assert_clean(backbone)
     summary = backbone.dataframe[0].value
     assert set(summary["method"]) == {"attention rollout", "last-layer attention"}
     assert "cosine to the unmodified output" in json.dumps([json.loads(c.proto.spec) for c in backbone.get("vega_lite_chart")])

@@ -14,14 +14,13 @@ import zipfile
 import pytest
 import timm
 import torch
-from conftest import notice_texts as _texts
-from conftest import started_app
 from PIL import Image
 from safetensors.torch import save
 from streamlit.testing.v1 import AppTest
-from test_images import encode, png, solid, with_ihdr_size
-from test_markdown import HOSTILE_NAME, assert_text_only, live_markup, shown
 
+from helpers.app import notice_texts, started_app
+from helpers.images import encode, png, solid, with_ihdr_size
+from helpers.markdown import HOSTILE_NAME, assert_text_only, live_markup, shown
 from ui.display import plain
 
 TIMEOUT = 180
@@ -75,7 +74,7 @@ BAD_IMAGES = {
 def test_bad_image_gets_a_sentence_and_the_app_keeps_going(app: AppTest, case: str) -> None:
     name, data, reason = BAD_IMAGES[case]
     _upload(app, [GOOD, (name, data)])
-    text = _texts(app)
+    text = notice_texts(app)
     assert "1 images ready" in text
     assert name in text and reason in text
     assert "Traceback" not in text
@@ -117,7 +116,7 @@ def test_odd_but_legitimate_images_are_all_accepted(app: AppTest) -> None:
         ("../../etc/passwd.png", png((5, 5, 5), (32, 32))),
     ]
     _upload(app, files)
-    assert "8 images ready" in _texts(app)
+    assert "8 images ready" in notice_texts(app)
     kept = app.session_state["uploaded_set"][1]
     assert all(image.image.mode == "RGB" for image in kept.images)
     assert max(max(image.image.size) for image in kept.images) <= 512  # the 12 MP photo was reduced

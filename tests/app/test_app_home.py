@@ -11,17 +11,16 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from conftest import APP, started_app
-from conftest import notice_texts as _texts
 from safetensors.torch import save
 from streamlit.testing.v1 import AppTest
-from test_images import encode
-from test_markdown import shown
 
 from core.inputs.digits import digit_images, digits_split
+from helpers.app import notice_texts, started_app
+from helpers.data import APP
+from helpers.images import encode
+from helpers.markdown import shown
 
 TIMEOUT = 180
-
 
 
 @pytest.fixture
@@ -36,7 +35,7 @@ def test_demo_overview_and_top5(app: AppTest) -> None:
     top = app.dataframe[0].value
     assert list(top["rank"]) == [1, 2, 3, 4, 5]
     assert top["probability"].is_monotonic_decreasing and top["probability"].sum() <= 1.0 + 1e-6
-    assert "Accuracy on the 360 labelled images" in _texts(app)
+    assert "Accuracy on the 360 labelled images" in notice_texts(app)
 
 
 def test_typing_an_id_moves_the_focus(app: AppTest) -> None:
@@ -49,10 +48,10 @@ def test_typing_an_id_moves_the_focus(app: AppTest) -> None:
     app.text_input(key="focus_id_input").set_value(other.id).run()
     assert app.text_input(key="focus_id_input").value == other.id
     assert app.session_state["focus"].image_id == other.id
-    assert f"{other.name} · " in _texts(app)
+    assert f"{other.name} · " in notice_texts(app)
     app.text_input(key="focus_id_input").set_value("no-such-id").run()
     assert not app.exception
-    assert "No image in this set has the id 'no-such-id'" in _texts(app)
+    assert "No image in this set has the id 'no-such-id'" in notice_texts(app)
 
 
 def test_upload_images_keeps_good_files_and_explains_bad_ones(app: AppTest) -> None:
@@ -64,7 +63,7 @@ def test_upload_images_keeps_good_files_and_explains_bad_ones(app: AppTest) -> N
     uploader.set_value(files)
     app.run()
     assert not app.exception
-    text = _texts(app)
+    text = notice_texts(app)
     assert "3 images ready" in text
     assert "fake.png" in text and "not an image" in text
     assert "Uploaded images (3 images)" in app.caption[0].value
@@ -81,7 +80,7 @@ def test_zip_folders_become_labels(app: AppTest) -> None:
     app.sidebar.get("file_uploader")[0].set_value(("digits.zip", buffer.getvalue(), "application/zip"))
     app.run()
     assert not app.exception
-    assert "Accuracy on the 6 labelled images" in _texts(app)
+    assert "Accuracy on the 6 labelled images" in notice_texts(app)
 
 
 def test_bad_model_names_keep_the_demo_model(app: AppTest) -> None:
@@ -93,7 +92,7 @@ def test_bad_model_names_keep_the_demo_model(app: AppTest) -> None:
     assert "demo" in app.caption[0].value
     app.text_input(key="timm_name").set_value("test_vit").run()
     app.button(key="load_model").click().run()  # offline, nothing cached
-    assert "not in the local Hugging Face cache" in _texts(app)
+    assert "not in the local Hugging Face cache" in notice_texts(app)
     assert "demo" in app.caption[0].value
 
 
@@ -149,10 +148,10 @@ def test_focus_box_follows_the_focus_when_the_set_changes(app: AppTest) -> None:
     [(False, False, "Quick PCA layout"), (True, False, "UMAP of the final CLS features"), (False, True, "PCA layout of the final CLS features (UMAP is unavailable")],
 )
 def test_overview_layout_follows_umap_state(monkeypatch, ready: bool, failed: bool, expected: str) -> None:
-    from ui import session
+    from core.measures import projection
 
-    monkeypatch.setattr(session, "umap_ready", lambda: ready)
-    monkeypatch.setattr(session, "umap_failed", lambda: failed)
+    monkeypatch.setattr(projection, "umap_ready", lambda: ready)
+    monkeypatch.setattr(projection, "umap_failed", lambda: failed)
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.run()
     assert not at.exception

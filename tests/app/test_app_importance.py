@@ -8,13 +8,13 @@ import zipfile
 
 import pandas as pd
 import pytest
-from conftest import APP
 from PIL import Image
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
 from core.inputs.digits import digit_images, digits_split
 from core.measures.importance import METRICS, MODE_REMOVES, MODES
+from helpers.data import APP
 from ui import importance as ui
 from viz import importance as charts
 from viz.common import HEAD_SELECTION

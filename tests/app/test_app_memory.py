@@ -4,13 +4,12 @@ previous model stays; an allocator failure on a page is a sentence, not a traceb
 from __future__ import annotations
 
 import pytest
-from conftest import started_app
 from streamlit.testing.v1 import AppTest
-from test_app_transformers import load
-from test_markdown import shown
-from test_memory import ALLOCATOR_TEXT, BUDGET_MB, transformers_zip
 
 from core.settings import MEMORY_ENV
+from helpers.app import load_transformers_model, started_app
+from helpers.markdown import shown
+from helpers.memory import ALLOCATOR_TEXT, BUDGET_MB, transformers_zip
 
 TIMEOUT = 180
 
@@ -59,7 +58,7 @@ def test_attention_strength_shows_a_sentence_when_the_allocator_fails(app: AppTe
 
 def test_a_zip_too_large_for_the_budget_is_refused_and_the_demo_stays(app: AppTest) -> None:
     header = shown(app.caption[0].value)
-    load(app, archive=("big.zip", transformers_zip(12, 16)))
+    load_transformers_model(app, archive=("big.zip", transformers_zip(12, 16)))
     error = shown(app.sidebar.error[0].value)
     assert "'big' at 320 px sees 6,401 tokens in each of its 12 layers x 16 heads" in error
     assert "choose a smaller input size or a smaller model" in error

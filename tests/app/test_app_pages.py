@@ -5,16 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, started_app
 from streamlit.testing.v1 import AppTest
-from test_images import encode
 
 from core.inputs.digits import digit_images, digits_split
-from ui.navigation import ALONE, PAGES as LINKED
-
-APP = str(ROOT / "streamlit_app.py")
-PAGES = [f"pages/{p.name}" for p in sorted((ROOT / "pages").glob("[0-9]*_*.py"))]
-
+from helpers.app import started_app
+from helpers.data import ROOT, VIEW_PAGES
+from helpers.images import encode
+from ui.navigation import ALONE
+from ui.navigation import PAGES as LINKED
 
 
 @pytest.fixture
@@ -40,12 +38,12 @@ def test_the_sidebar_names_every_page(app: AppTest) -> None:
         ("Attention patterns", "Attention_Patterns"), ("Case study", "Case_Study"), ("Explanations", "Explanations"),
     ]
     _assert_every_chart_and_table_exports(app)
-    app.switch_page(PAGES[1]).run()
+    app.switch_page(VIEW_PAGES[1]).run()
     assert [label for label, _ in _links(app)][0] == "Overview"
     assert ALONE not in _sidebar_text(app)
 
 
-@pytest.mark.parametrize("page", PAGES)
+@pytest.mark.parametrize("page", VIEW_PAGES)
 def test_a_page_runs_on_its_own(monkeypatch, page: str) -> None:
     # as `streamlit run pages/…` or an AppTest of the one page: no other page can be linked
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -58,8 +56,8 @@ def test_a_page_runs_on_its_own(monkeypatch, page: str) -> None:
 
 
 def test_every_view_has_a_page() -> None:
-    assert [Path(p).stem for p in PAGES][:3] == ["1_Head_Importance", "2_Attention_Strength", "3_Attention_Patterns"]
-    assert [script for script, _, _ in LINKED] == ["streamlit_app.py", *PAGES]  # the sidebar links them all
+    assert [Path(p).stem for p in VIEW_PAGES][:3] == ["1_Head_Importance", "2_Attention_Strength", "3_Attention_Patterns"]
+    assert [script for script, _, _ in LINKED] == ["streamlit_app.py", *VIEW_PAGES]  # the sidebar links them all
 
 
 def _assert_every_chart_and_table_exports(at: AppTest) -> None:
@@ -73,7 +71,7 @@ def _assert_every_chart_and_table_exports(at: AppTest) -> None:
     assert all(proto.deferred_file_id and proto.ignore_rerun for proto in exports)
 
 
-@pytest.mark.parametrize("page", PAGES)
+@pytest.mark.parametrize("page", VIEW_PAGES)
 def test_page_opens_on_the_demo_samples(app: AppTest, page: str) -> None:
     app.switch_page(page).run()
     assert not app.exception, app.exception
@@ -90,7 +88,7 @@ def test_upload_focus_and_head_follow_the_user_across_pages(app: AppTest) -> Non
     app.run()
     ids = [image.id for image in app.session_state["uploaded_set"][1].images]
 
-    app.switch_page(PAGES[-1]).run()
+    app.switch_page(VIEW_PAGES[-1]).run()
     assert not app.exception
     assert "Uploaded images (4 images)" in _sidebar_text(app)
     app.selectbox(key="focus_image_pick").set_value(ids[2]).run()
@@ -100,7 +98,7 @@ def test_upload_focus_and_head_follow_the_user_across_pages(app: AppTest) -> Non
     assert (focus.image_id, focus.layer, focus.head) == (ids[2], 3, 5)
     assert "L3H5" in _sidebar_text(app)
 
-    app.switch_page(PAGES[0]).run()  # another page reads the same selections
+    app.switch_page(VIEW_PAGES[0]).run()  # another page reads the same selections
     assert not app.exception
     assert app.selectbox(key="focus_layer").value == 3 and app.selectbox(key="focus_head").value == 5
     assert app.selectbox(key="focus_image_pick").value == ids[2]
@@ -116,14 +114,14 @@ def test_page_settings_survive_a_visit_to_another_page(app: AppTest) -> None:
     app.radio(key="image_source").set_value("Upload images").run()
     app.sidebar.get("file_uploader")[0].set_value([(f"s{i}.png", encode(im), "image/png") for i, im in enumerate(images)])
     app.run()
-    app.switch_page(PAGES[0]).run()
+    app.switch_page(VIEW_PAGES[0]).run()
     app.selectbox(key="importance_metric").set_value("taylor").run()
     app.radio(key="importance_scope").set_value(app.radio(key="importance_scope").options[1]).run()
-    app.switch_page(PAGES[1]).run()
+    app.switch_page(VIEW_PAGES[1]).run()
     app.radio(key="strength_scope").set_value("Set mean").run()
-    app.switch_page(PAGES[0]).run()
+    app.switch_page(VIEW_PAGES[0]).run()
     assert not app.exception
     assert app.selectbox(key="importance_metric").value == "taylor"
     assert app.radio(key="importance_scope").value == app.radio(key="importance_scope").options[1]
-    app.switch_page(PAGES[1]).run()
+    app.switch_page(VIEW_PAGES[1]).run()
     assert app.radio(key="strength_scope").value == "Set mean"

@@ -7,12 +7,12 @@ import json
 
 import numpy as np
 import pandas as pd
-from conftest import APP
-from conftest import captions as _captions
 from streamlit.testing.v1 import AppTest
 
 from core.errors import UnsupportedMapKind
 from core.measures.projection import wait_for_umap
+from helpers.app import captions
+from helpers.data import APP
 from ui import patterns
 
 TIMEOUT = 300
@@ -50,7 +50,7 @@ def _specs(at: AppTest) -> list[dict]:
 
 def test_toggles_switch_maps_and_background_with_the_pca_fallback(monkeypatch) -> None:
     at = _open(monkeypatch, umap="failed")
-    text = _captions(at)
+    text = captions(at)
     assert "D1 · 1,980 patch maps from 36 heads and 360 images, laid out by PCA" in text
     assert "UMAP is unavailable in this server process, so the latent codes are laid out with PCA." in text
     specs = _specs(at)
@@ -65,7 +65,7 @@ def test_toggles_switch_maps_and_background_with_the_pca_fallback(monkeypatch) -
 
     at.toggle(key="pattern_cls").set_value(True).run()
     assert not at.exception and not at.error
-    assert "D1 · 1,980 CLS maps from 36 heads and 360 images" in _captions(at)
+    assert "D1 · 1,980 CLS maps from 36 heads and 360 images" in captions(at)
     assert _specs(at)[1]["spec"]["encoding"]["x"]["title"] == "col"
 
     at.slider(key="pattern_clusters").set_value(3).run()
@@ -74,16 +74,16 @@ def test_toggles_switch_maps_and_background_with_the_pca_fallback(monkeypatch) -
 
 def test_focus_head_source_target_and_threshold_drive_d2_to_d5(monkeypatch) -> None:
     at = _open(monkeypatch, umap="failed")
-    assert "D2 · p36 (4,4) → p36 (4,4)" in _captions(at)  # the centre patch of the 8x8 grid
+    assert "D2 · p36 (4,4) → p36 (4,4)" in captions(at)  # the centre patch of the 8x8 grid
     at.selectbox(key="pattern_source").set_value(0).run()
     at.selectbox(key="pattern_target").set_value(9).run()
     assert not at.exception and not at.error
-    assert "D2 · CLS → p8 (1,0)" in _captions(at)
-    captions = [c for image in at.main.image for c in image.captions]
-    assert captions == ["What the model sees", "Attention of CLS (orange); source boxed red, target blue"]
+    assert "D2 · CLS → p8 (1,0)" in captions(at)
+    image_captions = [c for image in at.main.image for c in image.captions]
+    assert image_captions == ["What the model sees", "Attention of CLS (orange); source boxed red, target blue"]
 
     at.slider(key="pattern_threshold").set_value(0.5).run()
-    text = _captions(at)
+    text = captions(at)
     assert "reach the threshold 0.50" in text
     d3, d5 = _specs(at)[2], _specs(at)[4]
     assert d3["title"]["subtitle"].endswith("links with weight ≥ 0.50")
@@ -102,8 +102,8 @@ def test_page_waits_for_umap_then_lays_out_with_it(monkeypatch) -> None:
     polls: list[int] = []
     at = _open(monkeypatch, umap="late", polls=polls)
     assert len(polls) > 4  # the page kept polling rather than falling back to PCA
-    assert "laid out by UMAP of their autoencoder codes" in _captions(at)
-    assert "PCA" not in _captions(at)
+    assert "laid out by UMAP of their autoencoder codes" in captions(at)
+    assert "PCA" not in captions(at)
 
 
 def test_a_failing_analysis_explains_itself_and_the_rest_of_the_page_works(monkeypatch) -> None:
@@ -114,7 +114,7 @@ def test_a_failing_analysis_explains_itself_and_the_rest_of_the_page_works(monke
     patterns._space.clear()
     at = _open(monkeypatch, umap="failed")
     assert [w.value for w in at.warning] == ["This model has no CLS token, so it has no CLS maps; use patch maps instead."]
-    assert "D4 · the full token × token attention" in _captions(at)
+    assert "D4 · the full token × token attention" in captions(at)
 
 
 # --- cache keys ------------------------------------------------------------------------

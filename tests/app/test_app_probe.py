@@ -13,26 +13,20 @@ from pathlib import Path
 
 import pytest
 import timm
-from conftest import APP
-from conftest import chart_specs as _specs
 from PIL import Image
 from safetensors.torch import save
 from streamlit.testing.v1 import AppTest
-from test_images import encode
-from test_markdown import shown
 
 from core.errors import ProbeRejected
 from core.models.probe import probe_from_bytes
-from ui import session
+from helpers.app import assert_clean, chart_specs, page_texts
+from helpers.data import APP, VIEW_PAGES
+from helpers.images import encode
+from helpers.markdown import shown
+from ui import images, models
+from ui.probe import NO_LABELS_HINT
 
 TIMEOUT = 240
-PAGES = [
-    "pages/1_Head_Importance.py",
-    "pages/2_Attention_Strength.py",
-    "pages/3_Attention_Patterns.py",
-    "pages/4_Case_Study.py",
-    "pages/5_Explanations.py",
-]
 CLASSES = ("green", "red", "blue")
 
 
@@ -46,23 +40,13 @@ def _start(monkeypatch, tmp_path: Path, weights: bytes) -> AppTest:
     path = tmp_path / "backbone.safetensors"
     path.write_bytes(weights)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv(session.ENV_IMG_SIZE, raising=False)
-    monkeypatch.setenv(session.ENV_MODEL, "test_vit")
-    monkeypatch.setenv(session.ENV_CHECKPOINT, str(path))
+    monkeypatch.delenv(models.ENV_IMG_SIZE, raising=False)
+    monkeypatch.setenv(models.ENV_MODEL, "test_vit")
+    monkeypatch.setenv(models.ENV_CHECKPOINT, str(path))
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.run()
-    _clean(at)
+    assert_clean(at)
     return at
-
-
-def _clean(at: AppTest) -> None:
-    assert not at.exception, at.exception
-    assert not at.error, [e.value for e in at.error]
-
-
-def _texts(at: AppTest) -> str:
-    parts = [*at.title, *at.subheader, *at.markdown, *at.caption, *at.info, *at.warning, *at.error]
-    return shown("\n".join(str(p.value) for p in parts))
 
 
 def _zip(counts: dict[str, int]) -> bytes:
@@ -81,43 +65,43 @@ def _upload(at: AppTest, data: bytes) -> None:
     at.radio(key="image_source").set_value("Upload a ZIP (ImageFolder)").run()
     at.file_uploader(key="zip_upload").set_value(("clothes.zip", data, "application/zip"))
     at.run()
-    _clean(at)
+    assert_clean(at)
 
 
 def _fit(at: AppTest) -> None:
-    assert "fit a linear probe" in _texts(at)
+    assert "fit a linear probe" in page_texts(at)
     at.button(key="probe_fit").click().run()
-    _clean(at)
+    assert_clean(at)
 
 
 def test_a_labelled_zip_gives_a_backbone_classes_on_every_page(monkeypatch, tmp_path, backbone_weights) -> None:
     at = _start(monkeypatch, tmp_path, backbone_weights)
     _upload(at, _zip({name: 5 for name in CLASSES}))
-    backbone_key = at.session_state[session.MODEL_KEY]
+    backbone_key = at.session_state[models.MODEL_KEY]
     _fit(at)
-    spec = at.session_state[session.MODEL_KEY]
+    spec = at.session_state[models.MODEL_KEY]
     assert spec.probe_digest is not None and spec.name == backbone_key.name
     header = shown(at.info[0].value)
     assert "Linear probe on 3 classes" in header and "cross-validated accuracy on 15 images" in header
     assert "chance 33%" in header and "the attention is the backbone's own" in header.lower()
     assert "3 classes" in shown(at.caption[0].value)  # the model line: a classifier now
     # the uploaded set's labels are now the probe's class indices, and the overview predicts
-    image_set = at.session_state[session.UPLOADED_KEY][1]
+    image_set = at.session_state[images.UPLOADED_KEY][1]
     assert image_set.label_names == () and sorted({i.label for i in image_set.images}) == [0, 1, 2]
-    assert "Accuracy on the 15 labelled images" in _texts(at)
-    assert "predicted" in _texts(at)
-    probe_file = at.session_state[session.PROBE_KEY]
+    assert "Accuracy on the 15 labelled images" in page_texts(at)
+    assert "predicted" in page_texts(at)
+    probe_file = at.session_state[models.PROBE_KEY]
     probe = probe_from_bytes(probe_file)
     assert probe.class_names == ("blue", "green", "red")  # the sorted folder names
     assert [b.label for b in at.get("download_button") if "probe" in b.label.lower()]
-    for page in PAGES:
+    for page in VIEW_PAGES:
         at.switch_page(page).run()
-        _clean(at)
+        assert_clean(at)
         assert any("Linear probe on 3 classes" in shown(i.value) for i in at.info), page
-    at.switch_page(PAGES[0]).run()
+    at.switch_page(VIEW_PAGES[0]).run()
     options = at.selectbox(key="importance_metric").options
     assert "probability" in options and "accuracy" in options  # class-based metrics on a backbone
-    assert _specs(at)
+    assert chart_specs(at)
 
 
 def test_removing_the_probe_gives_the_backbone_and_its_folder_labels_back(monkeypatch, tmp_path, backbone_weights) -> None:
@@ -125,10 +109,10 @@ def test_removing_the_probe_gives_the_backbone_and_its_folder_labels_back(monkey
     _upload(at, _zip({name: 5 for name in CLASSES}))
     _fit(at)
     at.button(key="probe_remove").click().run()
-    _clean(at)
-    assert at.session_state[session.MODEL_KEY].probe_digest is None
-    assert session.PROBE_KEY not in at.session_state
-    image_set = at.session_state[session.UPLOADED_KEY][1]
+    assert_clean(at)
+    assert at.session_state[models.MODEL_KEY].probe_digest is None
+    assert models.PROBE_KEY not in at.session_state
+    image_set = at.session_state[images.UPLOADED_KEY][1]
     assert image_set.label_names == ("blue", "green", "red")
     assert "backbone: no classifier" in shown(at.caption[0].value)
 
@@ -143,28 +127,28 @@ def test_removing_the_probe_gives_the_backbone_and_its_folder_labels_back(monkey
 def test_a_set_a_probe_cannot_be_fitted_on_says_why(monkeypatch, tmp_path, backbone_weights, counts, expected) -> None:
     at = _start(monkeypatch, tmp_path, backbone_weights)
     _upload(at, _zip(counts))
-    assert expected in _texts(at)
+    assert expected in page_texts(at)
     assert not [b for b in at.button if b.key == "probe_fit"]
 
 
 def test_photos_without_labels_point_to_a_labelled_zip(monkeypatch, tmp_path, backbone_weights) -> None:
     at = _start(monkeypatch, tmp_path, backbone_weights)
-    assert session.NO_LABELS_HINT in _texts(at)
-    at.switch_page(PAGES[0]).run()
-    _clean(at)
-    assert session.NO_LABELS_HINT in _texts(at)
+    assert NO_LABELS_HINT in page_texts(at)
+    at.switch_page(VIEW_PAGES[0]).run()
+    assert_clean(at)
+    assert NO_LABELS_HINT in page_texts(at)
 
 
 def test_a_probe_file_shared_by_a_teammate_gives_the_same_classifier(monkeypatch, tmp_path, backbone_weights) -> None:
     at = _start(monkeypatch, tmp_path, backbone_weights)
     _upload(at, _zip({name: 5 for name in CLASSES}))
     _fit(at)
-    shared, key = at.session_state[session.PROBE_KEY], at.session_state[session.MODEL_KEY]
+    shared, key = at.session_state[models.PROBE_KEY], at.session_state[models.MODEL_KEY]
     other = _start(monkeypatch, tmp_path, backbone_weights)  # a new session on the same backbone
     other.file_uploader(key="probe_upload").set_value(("probe.safetensors", shared, "application/octet-stream")).run()
     other.button(key="probe_use").click().run()
-    _clean(other)
-    assert other.session_state[session.MODEL_KEY].probe_digest == key.probe_digest
+    assert_clean(other)
+    assert other.session_state[models.MODEL_KEY].probe_digest == key.probe_digest
     assert "Linear probe on 3 classes" in shown(other.info[0].value)
 
 
@@ -179,41 +163,41 @@ def test_a_bad_probe_file_keeps_the_backbone(monkeypatch, tmp_path, backbone_wei
     at = _start(monkeypatch, tmp_path, backbone_weights)
     _upload(at, _zip({name: 5 for name in CLASSES}))
     _fit(at)
-    data = change(at.session_state[session.PROBE_KEY])
+    data = change(at.session_state[models.PROBE_KEY])
     other = _start(monkeypatch, tmp_path, backbone_weights)
-    before = other.session_state[session.MODEL_KEY]
+    before = other.session_state[models.MODEL_KEY]
     other.file_uploader(key="probe_upload").set_value(("probe.safetensors", data, "application/octet-stream")).run()
     other.button(key="probe_use").click().run()
     assert not other.exception
     assert any(expected in shown(e.value) for e in other.error)
-    assert other.session_state[session.MODEL_KEY] == before
-    assert session.PROBE_KEY not in other.session_state
+    assert other.session_state[models.MODEL_KEY] == before
+    assert models.PROBE_KEY not in other.session_state
 
 
 def test_a_probe_for_another_backbone_is_refused(monkeypatch, tmp_path, backbone_weights) -> None:
     at = _start(monkeypatch, tmp_path, backbone_weights)
     _upload(at, _zip({name: 5 for name in CLASSES}))
     _fit(at)
-    data = at.session_state[session.PROBE_KEY]
+    data = at.session_state[models.PROBE_KEY]
     other_weights = save(
         {k: v.contiguous() for k, v in timm.create_model("test_vit", pretrained=False, num_classes=0).state_dict().items()}
     )
     other = _start(monkeypatch, tmp_path, other_weights)
-    before = other.session_state[session.MODEL_KEY]
+    before = other.session_state[models.MODEL_KEY]
     other.file_uploader(key="probe_upload").set_value(("probe.safetensors", data, "application/octet-stream")).run()
     other.button(key="probe_use").click().run()
     assert any("This probe was fitted on" in shown(e.value) for e in other.error)
-    assert other.session_state[session.MODEL_KEY] == before
+    assert other.session_state[models.MODEL_KEY] == before
     with pytest.raises(ProbeRejected):
-        probe_from_bytes(data, session._cached_model("test_vit", before.checkpoint_digest, None, before.checkpoint_path, False, True))
+        probe_from_bytes(data, models._cached_model("test_vit", before.checkpoint_digest, None, before.checkpoint_path, False, True))
 
 
 def test_a_bundle_saved_with_a_probe_opens_on_the_backbone_with_that_probe(monkeypatch, tmp_path, backbone_weights) -> None:
-    from core.study.bundle import save_bundle
-    from core.study.casestudy import CaseSettings, analyze
     from core.inputs.images import image_set_from_zip
     from core.models.load import load_model
     from core.models.probe import fit_probe, probe_features, with_probe
+    from core.study.bundle import save_bundle
+    from core.study.casestudy import CaseSettings, analyze
 
     at = _start(monkeypatch, tmp_path, backbone_weights)
     backbone = load_model("test_vit", checkpoint=tmp_path / "backbone.safetensors")
@@ -225,14 +209,14 @@ def test_a_bundle_saved_with_a_probe_opens_on_the_backbone_with_that_probe(monke
     probed = with_probe(backbone, probe)
     image_set, _ = image_set_from_zip(data, probed.class_names)
     study = analyze(probed, image_set, CaseSettings(max_maps=24, top_k=2, hurt_images=2), layout_method="pca")
-    assert at.session_state[session.MODEL_KEY].probe_digest is None  # the bare backbone is active
-    at.switch_page(PAGES[3]).run()
+    assert at.session_state[models.MODEL_KEY].probe_digest is None  # the bare backbone is active
+    at.switch_page(VIEW_PAGES[3]).run()
     at.get("file_uploader")[0].set_value([("probed.zip", save_bundle(study), "application/zip")]).run()
-    _clean(at)
-    assert at.session_state[session.MODEL_KEY].probe_digest is not None
-    assert probe_from_bytes(at.session_state[session.PROBE_KEY]).digest == probe.digest
+    assert_clean(at)
+    assert at.session_state[models.MODEL_KEY].probe_digest is not None
+    assert probe_from_bytes(at.session_state[models.PROBE_KEY]).digest == probe.digest
     assert any("Linear probe on 3 classes" in shown(i.value) for i in at.info)
-    assert "probed.zip" in _texts(at)  # the opened bundle is shown, not closed as another model's
+    assert "probed.zip" in page_texts(at)  # the opened bundle is shown, not closed as another model's
 
 
 def test_folders_that_are_no_class_of_a_probe_keep_their_labels_for_the_next(monkeypatch, tmp_path, backbone_weights) -> None:
@@ -243,14 +227,14 @@ def test_folders_that_are_no_class_of_a_probe_keep_their_labels_for_the_next(mon
     at.radio(key="image_source").set_value("Upload a ZIP (ImageFolder)").run()
     at.file_uploader(key="zip_upload").set_value(("two.zip", _zip({"green": 5, "red": 5}), "application/zip")).run()
     at.button(key="probe_remove").click().run()
-    _clean(at)
-    assert at.session_state[session.UPLOADED_KEY][1].label_names == ("green", "red")
+    assert_clean(at)
+    assert at.session_state[images.UPLOADED_KEY][1].label_names == ("green", "red")
     _fit(at)
     at.file_uploader(key="zip_upload").set_value(("three.zip", _zip({name: 5 for name in CLASSES}), "application/zip")).run()
-    _clean(at)
-    labels = [item.label for item in at.session_state[session.UPLOADED_KEY][1].images]
+    assert_clean(at)
+    labels = [item.label for item in at.session_state[images.UPLOADED_KEY][1].images]
     assert labels.count(None) == 5  # blue is no class of the two-class probe
     at.button(key="probe_remove").click().run()
-    _clean(at)
-    restored = at.session_state[session.UPLOADED_KEY][1]
+    assert_clean(at)
+    restored = at.session_state[images.UPLOADED_KEY][1]
     assert restored.label_names == ("blue", "green", "red") and None not in [i.label for i in restored.images]

@@ -9,16 +9,26 @@ where a session's page would wait for a run to end, the test stores that request
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
-from conftest import captions, notice_texts, started_app
 from streamlit.testing.v1 import AppTest
-from test_images import encode
 
-import ui.session
+import ui.results
 import ui.stages
 from core.inputs.digits import digit_images, digits_split
-from core.pipeline.staged import CURVE_STAGE, DONE, PREVIEW_STAGE, STOPPED, SWEEP_STAGE, WAITING, RunSlots, StagedAnalysis
+from core.pipeline.staged import (
+    CURVE_STAGE,
+    DONE,
+    PREVIEW_STAGE,
+    STOPPED,
+    SWEEP_STAGE,
+    WAITING,
+    RunSlots,
+    StagedAnalysis,
+)
+from helpers.app import captions, notice_texts, started_app
+from helpers.images import encode
 
 IMPORTANCE, STRENGTH = "pages/1_Head_Importance.py", "pages/2_Attention_Strength.py"
 
@@ -41,13 +51,13 @@ def gate(monkeypatch) -> threading.Event:
 @pytest.fixture
 def registry(monkeypatch):
     """The heavy stages wait for Start, with an empty registry before and after."""
-    monkeypatch.setattr(ui.session, "AUTO_START_SECONDS", 0.0)
-    ui.session._jobs.clear()
-    yield ui.session._jobs
-    for job in list(ui.session._jobs.values()):
+    monkeypatch.setattr(ui.results, "AUTO_START_SECONDS", 0.0)
+    ui.results.JOBS.clear()
+    yield ui.results.JOBS
+    for job in list(ui.results.JOBS.values()):
         job.stop()
         job.wait(timeout=300)
-    ui.session._jobs.clear()
+    ui.results.JOBS.clear()
 
 
 def _session(monkeypatch, page: str = IMPORTANCE) -> AppTest:
@@ -70,7 +80,7 @@ def _only_job(registry) -> StagedAnalysis:
 
 
 def _owner(at: AppTest) -> str:
-    return at.session_state[ui.session.OWNER_KEY]
+    return at.session_state[ui.results.OWNER_KEY]
 
 
 def test_a_stop_in_one_session_does_not_stop_the_run_another_session_waits_for(monkeypatch, registry, gate) -> None:
@@ -138,9 +148,9 @@ def test_a_job_a_page_shows_is_never_dropped_and_start_reaches_the_job_in_the_re
         c.switch_page(STRENGTH).run()
         assert not c.exception, c.exception
     # the oldest idle job, which would go first, stays while A's page reads it
-    assert len(registry) > ui.session._ANALYSIS_ENTRIES and registry[key] is shown
+    assert len(registry) > registry.idle_kept and registry[key] is shown
     # unread for longer than SHOWN_SECONDS (a tab left open elsewhere), the next page run of anyone drops it
-    shown.seen_at -= ui.session.SHOWN_SECONDS + 1
+    monkeypatch.setattr(registry, "clock", lambda: time.monotonic() + registry.shown_seconds + 1)
     c.run()
     assert key not in registry
     # A's Start, pressed on the page that showed the dropped job, runs the job the registry holds: no orphan
@@ -152,16 +162,15 @@ def test_a_job_a_page_shows_is_never_dropped_and_start_reaches_the_job_in_the_re
 
 
 def test_analyses_beyond_the_servers_limit_wait_in_line_and_say_so(monkeypatch, registry, gate) -> None:
-    monkeypatch.setattr(ui.session, "_slots", RunSlots(1))
+    monkeypatch.setattr(ui.results, "_slots", RunSlots(1))
     a = _session(monkeypatch)
     job_a = _only_job(registry)
     _press(a, "start", 360)  # A's job holds the only slot, its sweep held by the gate
     assert job_a.working_for(_owner(a))
     b = started_app(monkeypatch, 600)
-    _upload_set(b, 0)
     seen: dict = {}
 
-    def while_b_waits() -> None:  # B's page waits for its preview meanwhile
+    def while_b_waits() -> None:  # B's overview of its upload waits for the set's first pass meanwhile
         for _ in range(600):
             others = [j for j in registry.values() if j is not job_a]
             if others and others[0].place_in_line == 1:
@@ -174,6 +183,7 @@ def test_analyses_beyond_the_servers_limit_wait_in_line_and_say_so(monkeypatch, 
         gate.set()
 
     threading.Thread(target=while_b_waits, daemon=True).start()
+    _upload_set(b, 0)
     b.switch_page(STRENGTH).run()
     assert not b.exception, b.exception
     job_b = seen["job"]

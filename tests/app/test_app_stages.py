@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from conftest import captions, notice_texts, started_app
 from streamlit.testing.v1 import AppTest
 
-import ui.session
+import ui.results
 from core.pipeline.staged import StagedAnalysis
+from helpers.app import captions, notice_texts, started_app
 
 IMPORTANCE, STRENGTH, CASE = "pages/1_Head_Importance.py", "pages/2_Attention_Strength.py", "pages/4_Case_Study.py"
 
@@ -15,13 +15,13 @@ IMPORTANCE, STRENGTH, CASE = "pages/1_Head_Importance.py", "pages/2_Attention_St
 @pytest.fixture
 def slow(monkeypatch) -> AppTest:
     """The demo app as if its heavy stages took longer than the auto-start budget."""
-    monkeypatch.setattr(ui.session, "AUTO_START_SECONDS", 0.0)
-    ui.session._jobs.clear()
+    monkeypatch.setattr(ui.results, "AUTO_START_SECONDS", 0.0)
+    ui.results.JOBS.clear()
     at = started_app(monkeypatch, 600)
     at.switch_page(IMPORTANCE).run()
     assert not at.exception, at.exception
     yield at
-    ui.session._jobs.clear()
+    ui.results.JOBS.clear()
 
 
 def test_the_heavy_stages_wait_with_an_estimate_and_run_on_a_seeded_sample(slow: AppTest) -> None:

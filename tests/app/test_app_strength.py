@@ -5,11 +5,11 @@ from __future__ import annotations
 import io
 
 import pytest
-from conftest import APP
-from conftest import captions as _captions
 from streamlit.testing.v1 import AppTest
 
 from core.inputs.digits import digit_images, digits_split
+from helpers.app import captions, started_app
+from helpers.data import APP
 
 TIMEOUT = 180
 PAGE = "pages/2_Attention_Strength.py"
@@ -17,9 +17,7 @@ PAGE = "pages/2_Attention_Strength.py"
 
 @pytest.fixture
 def page(monkeypatch) -> AppTest:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.run()
+    at = started_app(monkeypatch, TIMEOUT)
     at.switch_page(PAGE).run()
     assert not at.exception, at.exception
     return at
@@ -37,7 +35,7 @@ def test_page_shows_every_view_c_chart_for_the_focus_image(page: AppTest) -> Non
     assert len(charts) >= 10
     keys = {chart.key for chart in charts}
     assert {"strength_top_share_chart", "strength_key_entropy_chart"} <= keys
-    text = _captions(page)
+    text = captions(page)
     assert "The sink of **L0H0** on" in text and "of the patches' attention goes to" in text
     assert "coloured dots: the prefix tokens (CLS)" in text
     assert "ln(8) = 2.08" in text
@@ -80,7 +78,7 @@ def test_scope_selector_switches_to_the_set_mean(page: AppTest) -> None:
     assert page.radio(key="strength_scope").value == "Focus image"
     page.radio(key="strength_scope").set_value("Set mean").run()
     assert not page.exception and not page.error
-    text = _captions(page)
+    text = captions(page)
     assert "C1 · entropy of every head averaged over the 360 images" in text
     assert "from a patch to the patch dy rows below and dx columns right of it, averaged over the 360 images" in text
     assert "on the focus image" not in text.split("C2")[0]
@@ -92,7 +90,7 @@ def test_another_focus_head_moves_every_head_view(page: AppTest) -> None:
     assert not page.exception and not page.error
     focus = page.session_state["focus"]
     assert (focus.layer, focus.head) == (3, 2)
-    text = _captions(page)
+    text = captions(page)
     assert "C2 · s_n of **L3H2**" in text and "C3 · entropy of **L3H2**" in text
     assert "Mean attention of **L3H2**" in text
     # the C1 chart rings the new focus head
@@ -101,11 +99,11 @@ def test_another_focus_head_moves_every_head_view(page: AppTest) -> None:
 
 
 def test_another_focus_image_changes_its_entropy(page: AppTest) -> None:
-    before = _captions(page).split("C3")[1]
+    before = captions(page).split("C3")[1]
     options = page.selectbox(key="focus_image_pick").options
     page.selectbox(key="focus_image_pick").select_index(7).run()
     assert not page.exception and not page.error
-    after = _captions(page).split("C3")[1]
+    after = captions(page).split("C3")[1]
     assert options[7].split(" (")[0] in after and after != before
 
 
@@ -124,27 +122,27 @@ def test_a_two_image_upload_gives_a_spread_over_two_images(monkeypatch) -> None:
     at.run()
     at.switch_page(PAGE).run()
     assert not at.exception and not at.error
-    text = _captions(at)
+    text = captions(at)
     assert "over the 2 images" in text and "on u0.png" in text
     at.radio(key="strength_scope").set_value("Set mean").run()
-    assert not at.exception and "averaged over the 2 images" in _captions(at)
+    assert not at.exception and "averaged over the 2 images" in captions(at)
 
 
 
 def test_a_register_model_shows_its_registers_share_and_names_its_prefix_tokens(tmp_path, monkeypatch) -> None:
-    from conftest import started_app
-    from test_hfmodels import hf_model, save
+    from helpers.app import started_app
+    from helpers.transformers import hf_model, save
 
     monkeypatch.setenv("HEADSCOPE_MODEL", str(save(hf_model("Dinov2WithRegistersModel"), tmp_path / "dino-reg")))
     at = started_app(monkeypatch, TIMEOUT)
     at.switch_page(PAGE).run()
     assert not at.exception and not at.error
     assert "strength_register_share_chart" in {chart.key for chart in _charts(at)}
-    text = _captions(at)
+    text = captions(at)
     assert "goes to the 3 register tokens on the focus image" in text
     assert "the prefix tokens (CLS, register 1, register 2, register 3)" in text
     at.radio(key="strength_scope").set_value("Set mean").run()
-    assert not at.exception and "goes to the 3 register tokens averaged over the" in _captions(at)
+    assert not at.exception and "goes to the 3 register tokens averaged over the" in captions(at)
 
 
 def test_the_sink_is_boxed_red_and_high_norm_keys_purple_on_the_focus_image(tiny_handle) -> None:

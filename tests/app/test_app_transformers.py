@@ -8,10 +8,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import notice_texts, started_app
 from streamlit.testing.v1 import AppTest
-from test_hfmodels import fake_hub_cache, hf_model, save, zip_folder
-from test_markdown import shown
+
+from helpers.app import load_transformers_model, notice_texts, started_app
+from helpers.markdown import shown
+from helpers.transformers import fake_hub_cache, hf_model, save, zip_folder
 
 TIMEOUT = 180
 
@@ -21,17 +22,6 @@ def app(monkeypatch: pytest.MonkeyPatch) -> AppTest:
     return started_app(monkeypatch, TIMEOUT)
 
 
-def load(app: AppTest, *, repo: str | None = None, archive: tuple[str, bytes] | None = None) -> None:
-    app.radio(key="model_source").set_value("transformers model").run()
-    if repo is not None:
-        app.text_input(key="hf_repo").set_value(repo).run()
-    if archive is not None:
-        app.sidebar.get("file_uploader")[0].set_value((archive[0], archive[1], "application/zip"))
-        app.run()
-    app.button(key="load_model").click().run()
-    assert not app.exception, app.exception
-
-
 def test_a_repo_id_from_the_local_cache_becomes_the_active_model(
     app: AppTest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -39,7 +29,7 @@ def test_a_repo_id_from_the_local_cache_becomes_the_active_model(
 
     fake_hub_cache(tmp_path / "hub", "someone/vit-tiny", save(hf_model("ViTForImageClassification"), tmp_path / "vit"))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    load(app, repo="someone/vit-tiny")
+    load_transformers_model(app, repo="someone/vit-tiny")
     header = shown(app.caption[0].value)
     assert header.startswith("**someone/vit-tiny (ViTForImageClassification")
     assert "2 layers × 4 heads" in header
@@ -48,7 +38,7 @@ def test_a_repo_id_from_the_local_cache_becomes_the_active_model(
 
 def test_a_zip_upload_loads_and_a_bad_one_keeps_the_previous_model(app: AppTest, tmp_path: Path) -> None:
     folder = save(hf_model("Dinov2WithRegistersModel"), tmp_path / "dino-reg")
-    load(app, archive=("dino-reg.zip", zip_folder(folder, inside="dino-reg/")))
+    load_transformers_model(app, archive=("dino-reg.zip", zip_folder(folder, inside="dino-reg/")))
     header = shown(app.caption[0].value)
     assert header.startswith("**dino-reg (Dinov2WithRegistersModel")
     assert "4 prefix token(s)" in header and "backbone" in header
@@ -83,7 +73,7 @@ def test_a_typed_path_is_never_read_from_the_server(
     save(hf_model("ViTModel"), tmp_path / "local" / "vit")
     monkeypatch.chdir(tmp_path)
     assert load_model("local/vit", device="cpu").is_backbone  # the library reads the folder
-    load(app, repo="local/vit")  # the app's visitor only names hub repos
+    load_transformers_model(app, repo="local/vit")  # the app's visitor only names hub repos
     assert "not in the local Hugging Face cache" in shown(app.sidebar.error[0].value)
     assert "demo" in app.caption[0].value
 
@@ -100,7 +90,7 @@ def test_an_id_or_revision_the_hub_refuses_is_said_and_the_previous_model_stays(
         ("someone/vit-tiny@../../../secret.txt", "is not a branch, tag or commit id"),
         ("a--b/c", "is not a hub repo id"),
     ]:
-        load(app, repo=typed)
+        load_transformers_model(app, repo=typed)
         error = shown(app.sidebar.error[0].value)
         assert expected in error and "TOP-SECRET" not in error
         assert "demo" in app.caption[0].value

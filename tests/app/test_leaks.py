@@ -7,14 +7,12 @@ import os
 import re
 
 import numpy as np
-from conftest import ROOT
 from streamlit.runtime.caching import cache_data_api, cache_resource_api
 from streamlit.testing.v1 import AppTest
-from test_images import encode
 
 from core.inputs.digits import digit_images, digits_split
-
-APP = str(ROOT / "streamlit_app.py")
+from helpers.data import APP, ROOT
+from helpers.images import encode
 
 
 def _rss_bytes() -> int:

@@ -14,106 +14,21 @@ the keys of the tooltip signals it emits, so the walker cannot miss what the com
 from __future__ import annotations
 
 import json
-import re
-from typing import Any, Iterator
 
 import pytest
-import vl_convert
-from conftest import ROOT
 from streamlit.testing.v1 import AppTest
-from test_images import encode
-from test_markdown import HOSTILE_NAME
 
-from core.study.casestudy import findings
 from core.inputs.digits import digit_images, digits_split
+from core.study.casestudy import findings
+from helpers.data import APP, VIEW_PAGES
+from helpers.images import encode
+from helpers.markdown import HOSTILE_NAME
+from helpers.tooltips import assert_no_reserved_key, compiled_tooltip_keys, tooltip_keys
 from ui import patterns
-from viz.common import RESERVED_TOOLTIP_KEYS, tooltip_field
+from viz.common import tooltip_field
 from viz.report import case_charts
 
-APP = str(ROOT / "streamlit_app.py")
-PAGES = [f"pages/{p.name}" for p in sorted((ROOT / "pages").glob("[0-9]*_*.py"))]
-# Streamlit's theme (``mark: {tooltip: {content: "encoding"}}`` in its frontend) gives every mark a tooltip
-STREAMLIT_THEME_CONFIG = {"mark": {"tooltip": {"content": "encoding"}}}
 URL_NAMES = ["https:host?1.png", "https://host/x.png", HOSTILE_NAME]
-_COMPOSITES = ("layer", "hconcat", "vconcat", "concat")
-_SIGNAL_KEY = re.compile(r'(?:^\{|, )"((?:[^"\\]|\\.)*)": ')
-
-
-def _field_key(definition: dict[str, Any]) -> str | None:
-    """A channel definition's tooltip key as Vega-Lite forms it: the title, else a default from the field."""
-    if "condition" in definition and "field" not in definition:
-        definition = definition["condition"] if isinstance(definition["condition"], dict) else {}
-    title = definition.get("title")
-    if title:
-        return ", ".join(title) if isinstance(title, list) else str(title)
-    if definition.get("aggregate") == "count":
-        return "Count of Records"
-    if "field" in definition:
-        field = str(definition["field"])
-        if definition.get("aggregate"):
-            return f"{str(definition['aggregate']).capitalize()} of {field}"
-        return f"{field} (binned)" if definition.get("bin") else field
-    if "datum" in definition:
-        return str(definition["datum"])
-    return None  # a constant value: no key
-
-
-def tooltip_keys(spec: dict[str, Any], streamlit_theme: bool, inherited: dict | None = None) -> Iterator[str]:
-    """Every tooltip key of a Vega-Lite spec and its sub-specs; encodings pass down to layers."""
-    encoding = {**(inherited or {}), **spec.get("encoding", {})}
-    for composite in _COMPOSITES:
-        for child in spec.get(composite, []):
-            yield from tooltip_keys(child, streamlit_theme, encoding if composite == "layer" else None)
-    if isinstance(spec.get("spec"), dict):  # facet and repeat
-        yield from tooltip_keys(spec["spec"], streamlit_theme, encoding)
-    if "mark" not in spec:
-        return
-    mark = spec["mark"] if isinstance(spec["mark"], dict) else {"type": spec["mark"]}
-    if "tooltip" in encoding:
-        channels = encoding["tooltip"]
-        for definition in channels if isinstance(channels, list) else [channels] if channels else []:
-            if (key := _field_key(definition)) is not None:
-                yield key
-        return
-    shows = mark.get("tooltip", {"content": "encoding"} if streamlit_theme else None)
-    if shows is True or (isinstance(shows, dict) and shows.get("content") == "encoding"):
-        for definition in encoding.values():
-            if isinstance(definition, dict) and (key := _field_key(definition)) is not None:
-                yield key
-    elif isinstance(shows, dict) and shows.get("content") == "data":
-        yield "<every data column>"  # keys from the data itself: never allowed
-    elif isinstance(shows, dict) and "signal" in shows:
-        yield "<a tooltip signal>"
-
-
-def compiled_tooltip_keys(spec: dict[str, Any], streamlit_theme: bool) -> set[str]:
-    """The keys of every tooltip object in the Vega spec that Vega-Lite compiles ``spec`` to."""
-    if streamlit_theme:
-        spec = {**spec, "config": {**STREAMLIT_THEME_CONFIG, **spec.get("config", {})}}
-    keys: set[str] = set()
-
-    def visit(node: Any) -> None:
-        if isinstance(node, dict):
-            tooltip = node.get("tooltip")
-            if isinstance(tooltip, dict) and isinstance(tooltip.get("signal"), str):
-                keys.update(json.loads(f'"{key}"') for key in _SIGNAL_KEY.findall(tooltip["signal"]))
-            for value in node.values():
-                visit(value)
-        elif isinstance(node, list):
-            for value in node:
-                visit(value)
-
-    visit(vl_convert.vegalite_to_vega(spec))
-    return keys
-
-
-def _assert_no_reserved_key(name: str, spec: dict[str, Any], streamlit_theme: bool) -> set[str]:
-    walked = set(tooltip_keys(spec, streamlit_theme))
-    compiled = compiled_tooltip_keys(spec, streamlit_theme)
-    assert compiled <= walked, (name, compiled - walked)  # the walker sees all the compiler makes
-    for key in walked:
-        assert key.strip().lower() not in RESERVED_TOOLTIP_KEYS and not key.startswith("<"), (name, key)
-    return walked
 
 
 def test_the_one_owner_refuses_a_reserved_key() -> None:
@@ -140,7 +55,7 @@ def test_every_report_chart_keys_its_tooltips_as_text(small_study) -> None:
     charts = case_charts(small_study, findings(small_study))
     keys: set[str] = set()
     for name, chart in charts.items():
-        keys |= _assert_no_reserved_key(name, chart.to_dict(), streamlit_theme=False)
+        keys |= assert_no_reserved_key(name, chart.to_dict(), streamlit_theme=False)
     assert "image name" in keys  # the partial-pruning dots name their image, as text
 
 
@@ -164,7 +79,7 @@ def test_every_page_chart_keys_its_tooltips_as_text(monkeypatch) -> None:
     at.run()
     seen: dict[str, tuple[dict, bool]] = {}
     _page_charts(at, "home", seen)
-    for page in PAGES:
+    for page in VIEW_PAGES:
         at.switch_page(page).run()
         _page_charts(at, page, seen)
         if page.endswith("Head_Importance.py"):
@@ -177,4 +92,4 @@ def test_every_page_chart_keys_its_tooltips_as_text(monkeypatch) -> None:
     themed = [name for name, (_, streamlit_theme) in seen.items() if streamlit_theme]
     assert themed and len(themed) < len(seen)  # the case study draws the report's charts unthemed
     for name, (spec, streamlit_theme) in seen.items():
-        _assert_no_reserved_key(name, spec, streamlit_theme)
+        assert_no_reserved_key(name, spec, streamlit_theme)

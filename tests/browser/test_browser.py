@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -24,33 +23,17 @@ from typing import Iterator
 
 import numpy as np
 import pytest
-from conftest import ROOT
 from PIL import Image
-from test_images import encode
 
 from core.inputs.digits import digit_images, digits_split
+from helpers.browser import CHROMIUM_ARGS, chromium_path
+from helpers.data import ROOT
+from helpers.images import encode
 
 PAGES = sorted((ROOT / "pages").glob("[0-9]*_*.py"))
 SERVER_UPLOAD_LIMIT_MB = 2
 PAGE_TIMEOUT_MS = 300_000
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    # this machine's network is closed: without these Chromium keeps dialling out
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ERROR_SELECTORS = ('[data-testid="stException"]', '[data-testid="stAlertContentError"]')
-
-
-def _chromium() -> str:
-    path = os.environ.get("HEADSCOPE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        pytest.fail("Debian's chromium is not installed: `make test` installs it (apt-get install chromium).")
-    return path
 
 
 def _free_port() -> int:
@@ -158,7 +141,7 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=_chromium(), args=CHROMIUM_ARGS)
+        chromium = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
 
@@ -320,7 +303,7 @@ def test_three_sessions_at_once(server: str, shots: Path) -> None:
 
     async def run() -> list[str]:
         async with async_playwright() as playwright:
-            chromium = await playwright.chromium.launch(executable_path=_chromium(), args=CHROMIUM_ARGS)
+            chromium = await playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
             try:
                 results = await asyncio.gather(
                     _one_session(chromium, server, [3, 4], shots, "a"),

@@ -9,18 +9,19 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
-from conftest import ACROSS_CPUS, DATA, tiny_vit
 
-import core.pipeline.analysis
 import core.measures.attention
-from core.pipeline.analysis import analyze_set, draw_samples, first_pass
-from core.study.casestudy import CaseSettings, set_labels, study_from
-from core.errors import NotEnoughImages, HeadScopeError, InvalidSetting
+import core.pipeline.analysis
+from core.errors import HeadScopeError, InvalidSetting, NotEnoughImages
 from core.inputs.images import ImageSet, demo_digits_set
 from core.measures.importance import head_importance_tables, pruning_curve
 from core.measures.patterns import sample_maps
-from core.settings import images_per_batch
 from core.measures.strength import strength_statistics
+from core.pipeline.analysis import Capture, analyze_set, draw_samples, run_pass
+from core.settings import images_per_batch
+from core.study.casestudy import CaseSettings, set_labels, study_from
+from helpers.data import ACROSS_CPUS, DATA
+from helpers.models import tiny_vit
 
 RELEASE_13 = DATA / "release13_demo_24.npz"  # written by the previous release (ebfcb39) on the same 24 digits
 STRENGTH_FIELDS = ("hop_strength", "entropy", "distance", "prefix_share", "offset_mean")
@@ -64,13 +65,14 @@ class _Budget:
         self._hook.remove()
 
 
+@pytest.mark.slow
 def test_one_pass_preprocesses_runs_and_captures_each_image_once(demo_handle, set_24, monkeypatch) -> None:
     images = set_24.pil_images()
     settings = CaseSettings(max_maps=600, curve_steps=3)
     budget = _Budget(demo_handle, monkeypatch)
     try:
         picks = draw_samples(demo_handle, len(images), settings)
-        first_pass(demo_handle, images, set_labels(set_24), picks)
+        run_pass(demo_handle, images, set_labels(set_24), Capture(map_samples=picks))
         assert set(budget.preprocessed.values()) == {1} and len(budget.preprocessed) == 24
         assert budget.forwards == 24  # the Taylor gates ride on the one unpruned forward
         assert budget.captured == 24
@@ -87,6 +89,7 @@ def test_one_pass_preprocesses_runs_and_captures_each_image_once(demo_handle, se
     assert len(analysis.predictions.logits) == 24
 
 
+@pytest.mark.slow
 def test_partial_pruning_reuses_the_unpruned_output(demo_handle, set_24, monkeypatch) -> None:
     settings = CaseSettings(top_k=1, hurt_images=2, max_maps=600, n_clusters=3, curve_steps=2)
     analysis = analyze_set(demo_handle, set_24.pil_images(), set_labels(set_24), settings)
@@ -110,6 +113,7 @@ def test_partial_pruning_reuses_the_unpruned_output(demo_handle, set_24, monkeyp
     np.testing.assert_allclose(none["probability"].to_numpy(), expected, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_pass_gives_what_the_separate_analyses_give(demo_handle, set_24) -> None:
     images, labels = set_24.pil_images(), set_labels(set_24)
     settings = CaseSettings(max_maps=600, curve_steps=3, seed=2)
@@ -141,6 +145,7 @@ def test_a_backbone_pass_matches_its_separate_analyses() -> None:
     assert analysis.predictions.logits.shape == (5, handle.model.embed_dim)
 
 
+@pytest.mark.slow
 def test_numbers_equal_the_previous_release(demo_handle, set_24) -> None:
     """Importance, curve and strength of the 24 digits as the previous release computed them."""
     release = np.load(RELEASE_13)
@@ -184,9 +189,9 @@ def test_batches_follow_one_rule_and_bad_settings_are_sentences(demo_handle, tin
 def test_a_user_error_on_another_process_is_raised_on_this_one(demo_handle, set_24, monkeypatch) -> None:
     """Under torchrun a process whose share fails must not leave the others waiting: all raise its sentence."""
     import core.pipeline.distributed
-    from core.study.casestudy import analyze
-    from core.pipeline.distributed import Shards
     from core.errors import ImageRejected
+    from core.pipeline.distributed import Shards
+    from core.study.casestudy import analyze
 
     other = ImageRejected("digit-0007 changed while it was being analysed; run the analysis again.")
     gathered: list = []

@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
 
 import core
+from helpers.data import ROOT
 
 MODULES = sorted(
     path
@@ -55,6 +55,7 @@ def test_core_exports_its_error_base_and_nothing_it_does_not_define() -> None:
     assert "render_report" not in core.__all__  # core never imports altair: the report is viz.report
 
 
+@pytest.mark.slow
 def test_importing_core_stays_free_of_streamlit_and_altair() -> None:
     """A fresh process: ``import core.errors`` works (no cycle) and ``import core`` pulls in no UI library."""
     code = (

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from core.measures.attention import extract_attention, iter_attention
 from core.models.handle import wrap_model
-from tests.conftest import tiny_vit
+from helpers.models import tiny_vit
 
 
 def reference_attention(model, x: torch.Tensor) -> torch.Tensor:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_vit
 
 from core.measures.attention import extract_attention
 from core.measures.attribution import HEAD_FUSIONS, attention_rollout
 from core.models.handle import wrap_model
+from helpers.models import tiny_vit
 
 
 def slow_rollout(attn: np.ndarray, prefix: int, fusion: str, ratio: float, class_token: bool = True) -> np.ndarray:
@@ -188,7 +188,11 @@ READOUTS = {
 
 @pytest.mark.parametrize("name", list(READOUTS))
 def test_gradient_rollout_matches_a_hand_written_forward_and_leaves_the_model_clean(name: str) -> None:
-    from core.measures.attribution import answer_readout, gradient_relevance, gradient_rollout
+    from core.measures.attribution import (
+        answer_readout,
+        gradient_relevance,
+        gradient_rollout,
+    )
 
     build, rows, patch_share = READOUTS[name]
     handle = wrap_model(build(), class_names=[f"c{i}" for i in range(5)], device="cpu")
@@ -244,8 +248,8 @@ def test_gradient_rollout_in_chunks_equals_one_image_at_a_time(tiny_handle) -> N
 
 
 def test_gradient_rollout_refuses_masked_attention(tiny_handle) -> None:
-    from core.measures.attribution import _check_plain_call
     from core.errors import UnsupportedMetric
+    from core.measures.attribution import _check_plain_call
 
     _check_plain_call((torch.zeros(1),), {"attn_mask": None, "is_causal": False})  # how timm's Block calls it
     with pytest.raises(UnsupportedMetric, match="masks its attention"):
@@ -253,8 +257,8 @@ def test_gradient_rollout_refuses_masked_attention(tiny_handle) -> None:
 
 
 def test_gradient_rollout_needs_a_class_and_a_class_the_model_has(tiny_handle) -> None:
-    from core.measures.attribution import gradient_rollout
     from core.errors import InvalidSetting, UnsupportedMetric
+    from core.measures.attribution import gradient_rollout
 
     x = torch.zeros(2, 3, 32, 32)
     with pytest.raises(InvalidSetting, match="classes 0 to 4"):
@@ -297,10 +301,15 @@ def slow_curves(handle, x: torch.Tensor, order: list[int], fill: torch.Tensor, f
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fill", ["mean", "blur"])
 @pytest.mark.parametrize("backbone", [False, True], ids=["classifier", "backbone"])
 def test_curves_match_a_pixel_loop(fill: str, backbone: bool) -> None:
-    from core.measures.attribution import _filled, faithfulness_areas, faithfulness_curves
+    from core.measures.attribution import (
+        _filled,
+        faithfulness_areas,
+        faithfulness_curves,
+    )
 
     handle = wrap_model(tiny_vit(num_classes=0 if backbone else 5), class_names=[] if backbone else list("abcde"), device="cpu")
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
@@ -334,8 +343,8 @@ def test_curves_match_a_pixel_loop(fill: str, backbone: bool) -> None:
 
 
 def test_curves_refuse_what_they_cannot_use(tiny_handle) -> None:
-    from core.measures.attribution import faithfulness_curves
     from core.errors import InvalidSetting, UnsupportedMetric
+    from core.measures.attribution import faithfulness_curves
 
     x = torch.zeros(1, 3, 32, 32)
     with pytest.raises(InvalidSetting, match=r"one map of 16 patches per image"):

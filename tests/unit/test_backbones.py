@@ -19,8 +19,6 @@ from PIL import Image
 from safetensors.torch import save
 
 from core.__main__ import EXIT_BAD_INPUT, main
-from core.study.bundle import load_bundle, save_bundle
-from core.study.casestudy import KILLER_SHARE, CaseSettings, analyze, findings
 from core.errors import UnsupportedMetric
 from core.inputs.images import ImageSet, decode_image
 from core.measures.importance import (
@@ -31,9 +29,11 @@ from core.measures.importance import (
     partial_pruning,
     pruning_curve,
 )
-from core.models.load import load_model
 from core.models.handle import wrap_model
-from tests.conftest import tiny_vit
+from core.models.load import load_model
+from core.study.bundle import load_bundle, save_bundle
+from core.study.casestudy import KILLER_SHARE, CaseSettings, analyze, findings
+from helpers.models import tiny_vit
 from viz.report import render_report
 
 
@@ -157,6 +157,7 @@ def backbone_study():
     return handle, analyze(handle, _noise_set(5, 32), settings, layout_method="pca")
 
 
+@pytest.mark.slow
 def test_a_backbone_case_study_saves_reopens_and_reports(backbone_study) -> None:
     handle, study = backbone_study
     assert study.is_backbone and study.metrics == BACKBONE_METRICS
@@ -180,6 +181,7 @@ def test_a_backbone_case_study_saves_reopens_and_reports(backbone_study) -> None
         findings(opened, "probability")
 
 
+@pytest.mark.slow
 def test_large_grid_models_run_at_224_px_by_default() -> None:
     handle = load_model("vit_small_patch14_dinov2", pretrained=False, device="cpu")
     assert handle.is_backbone and handle.img_size == (224, 224) and handle.grid == (16, 16)
@@ -220,6 +222,7 @@ def test_a_backbone_checkpoint_of_a_classifier_architecture_loads_as_a_backbone(
         torch.testing.assert_close(handle.model(x), source.eval()(x))
 
 
+@pytest.mark.slow
 def test_the_command_line_analyses_a_backbone(tmp_path, capsys) -> None:
     torch.manual_seed(0)
     weights = tmp_path / "backbone.safetensors"
@@ -248,6 +251,7 @@ def test_a_model_already_at_224_px_keeps_its_size_whatever_its_grid() -> None:
     assert _run_size("vit_small_patch14_dinov2", None) == 224  # 37 x 37 patches at 518 px
 
 
+@pytest.mark.slow
 def test_a_bundle_whose_per_image_importance_lacks_a_metric_is_refused(backbone_study) -> None:
     import dataclasses
 

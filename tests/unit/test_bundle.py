@@ -18,9 +18,15 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from core.study.bundle import MANIFEST, BundleLimits, load_bundle, save_bundle, write_bundle
+from core.study.bundle import (
+    MANIFEST,
+    BundleLimits,
+    load_bundle,
+    save_bundle,
+    write_bundle,
+)
 from core.study.casestudy import ARRAYS, BUNDLE_VERSION, TABLE_COLUMNS, TABLES
-from core.errors import BundleRejected, HeadScopeError
+from helpers.bundles import bundle_members, edited_bundle, refused, zipped_members
 
 # Set when an object in a refused .npy is unpickled: it must never be.
 UNPICKLED: list[str] = []
@@ -41,45 +47,6 @@ def bundle(small_study) -> bytes:
     return save_bundle(small_study)
 
 
-def _members(data: bytes) -> dict[str, bytes]:
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        return {info.filename: archive.read(info) for info in archive.infolist()}
-
-
-def _pack(members: dict[str, bytes], compress_type: int = zipfile.ZIP_DEFLATED) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, content in members.items():
-            archive.writestr(name, content, compress_type=compress_type)
-    return buffer.getvalue()
-
-
-def _edited(
-    data: bytes,
-    *,
-    replace: dict[str, bytes] | None = None,
-    drop: tuple[str, ...] = (),
-    manifest: Callable[[dict], None] | None = None,
-    rehash: bool = True,
-) -> bytes:
-    """The bundle with members replaced or dropped and its manifest edited.
-
-    With ``rehash`` the manifest's checksums are recomputed, so the damage reaches the
-    check behind the checksum one.
-    """
-    members = {name: content for name, content in _members(data).items() if name not in drop}
-    members.update(replace or {})
-    meta = json.loads(members[MANIFEST])
-    if rehash:
-        for name in meta["files"]:
-            if name in members:
-                meta["files"][name] = {"sha256": hashlib.sha256(members[name]).hexdigest(), "size": len(members[name])}
-    if manifest is not None:
-        manifest(meta)
-    members[MANIFEST] = json.dumps(meta).encode()
-    return _pack(members)
-
-
 def _npy(array: np.ndarray, allow_pickle: bool = False) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=allow_pickle)
@@ -88,13 +55,7 @@ def _npy(array: np.ndarray, allow_pickle: bool = False) -> bytes:
 
 def _refused(data: bytes, match: str, **kwargs) -> str:
     """Open ``data``, assert it is refused with one sentence matching ``match``; return the sentence."""
-    with pytest.raises(BundleRejected, match=match) as caught:
-        load_bundle(data, **kwargs)
-    message = str(caught.value)
-    assert isinstance(caught.value, HeadScopeError)
-    assert message.endswith(".") and message[0].isupper()
-    assert "\n" not in message and "Traceback" not in message
-    return message
+    return refused(load_bundle, data, match, **kwargs)
 
 
 # --- round trip --------------------------------------------------------------------------
@@ -117,7 +78,7 @@ def test_round_trip_is_exact(small_study, bundle):
 
 
 def test_bundle_layout_and_checksums(small_study, bundle):
-    members = _members(bundle)
+    members = bundle_members(bundle)
     expected = (
         {MANIFEST}
         | {f"tables/{name}.parquet" for name in TABLES}
@@ -167,9 +128,9 @@ def test_truncated_bundle_is_refused(bundle, keep):
 
 
 def test_missing_manifest_is_refused(bundle):
-    members = _members(bundle)
+    members = bundle_members(bundle)
     del members[MANIFEST]
-    _refused(_pack(members), "no manifest.json")
+    _refused(zipped_members(members), "no manifest.json")
 
 
 @pytest.mark.parametrize(
@@ -177,19 +138,19 @@ def test_missing_manifest_is_refused(bundle):
     [(b"{not json", "not valid JSON"), (b"\xff\xfe\x00garbage", "not valid JSON"), (b"[1, 2, 3]", "not a JSON object")],
 )
 def test_manifest_that_is_not_a_json_object_is_refused(bundle, text, match):
-    _refused(_pack({**_members(bundle), MANIFEST: text}), match)
+    _refused(zipped_members({**bundle_members(bundle), MANIFEST: text}), match)
 
 
 def test_wrong_format_is_refused(bundle):
-    data = _edited(bundle, manifest=lambda meta: meta.update(format="someone-else"))
+    data = edited_bundle(bundle, manifest=lambda meta: meta.update(format="someone-else"))
     message = _refused(data, "not a HeadScope result bundle")
     assert "someone-else" in message
-    _refused(_edited(bundle, manifest=lambda meta: meta.pop("format")), "names no format")
+    _refused(edited_bundle(bundle, manifest=lambda meta: meta.pop("format")), "names no format")
 
 
 def test_future_version_is_refused(bundle):
     message = _refused(
-        _edited(bundle, manifest=lambda meta: meta.update(format_version=BUNDLE_VERSION + 1)), "update HeadScope"
+        edited_bundle(bundle, manifest=lambda meta: meta.update(format_version=BUNDLE_VERSION + 1)), "update HeadScope"
     )
     assert f"version {BUNDLE_VERSION + 1}" in message
 
@@ -207,7 +168,7 @@ def test_future_version_is_refused(bundle):
     ],
 )
 def test_incomplete_manifest_is_refused(bundle, edit, path):
-    _refused(_edited(bundle, manifest=edit), re.escape(path))
+    _refused(edited_bundle(bundle, manifest=edit), re.escape(path))
 
 
 @pytest.mark.parametrize(
@@ -226,7 +187,7 @@ def test_incomplete_manifest_is_refused(bundle, edit, path):
 )
 def test_manifest_values_the_page_reads_are_checked(bundle, edit, path):
     """Fields the page and the report read later: a bundle missing one is refused now, not a crash then."""
-    _refused(_edited(bundle, manifest=edit), re.escape(path))
+    _refused(edited_bundle(bundle, manifest=edit), re.escape(path))
 
 
 def _parquet(frame: pd.DataFrame) -> bytes:
@@ -246,14 +207,14 @@ def _parquet(frame: pd.DataFrame) -> bytes:
 )
 def test_table_values_the_case_study_cannot_use_are_refused(small_study, bundle, table, change, match):
     """Checksums recomputed: each table is well-formed Parquet whose values would break the findings."""
-    _refused(_edited(bundle, replace={f"tables/{table}.parquet": _parquet(change(small_study.tables[table]))}), match)
+    _refused(edited_bundle(bundle, replace={f"tables/{table}.parquet": _parquet(change(small_study.tables[table]))}), match)
 
 
 def test_a_long_string_that_compresses_to_nothing_is_refused(small_study, bundle):
     """A few KB of Parquet that would decode to a string far over the table cap."""
     clusters = small_study.tables["pattern_clusters"].copy()
     clusters.loc[0, "heads"] = "L0H0, " * 400_000  # 2.4 MB of text, a few KB compressed
-    data = _edited(bundle, replace={"tables/pattern_clusters.parquet": _parquet(clusters)})
+    data = edited_bundle(bundle, replace={"tables/pattern_clusters.parquet": _parquet(clusters)})
     assert len(data) < len(bundle) + 200_000
     _refused(data, "once uncompressed", limits=BundleLimits(max_table_bytes=2**20))
 
@@ -263,37 +224,37 @@ def test_a_long_string_that_compresses_to_nothing_is_refused(small_study, bundle
 
 def test_changed_table_bytes_fail_the_checksum(bundle):
     name = "tables/pruning_curve.parquet"
-    content = bytearray(_members(bundle)[name])
+    content = bytearray(bundle_members(bundle)[name])
     content[len(content) // 2] ^= 0xFF
-    message = _refused(_edited(bundle, replace={name: bytes(content)}, rehash=False), "damaged")
+    message = _refused(edited_bundle(bundle, replace={name: bytes(content)}, rehash=False), "damaged")
     assert name in message
 
 
 def test_missing_member_is_damage(bundle):
     name = "arrays/entropy.npy"
-    message = _refused(_edited(bundle, drop=(name,), rehash=False), "damaged")
+    message = _refused(edited_bundle(bundle, drop=(name,), rehash=False), "damaged")
     assert name in message and "missing" in message
 
 
 @pytest.mark.parametrize("member, kind", [("tables/partial.parquet", "table"), ("arrays/hop_strength.npy", "array")])
 def test_missing_table_or_array_is_refused(bundle, member, kind):
     message = _refused(
-        _edited(bundle, drop=(member,), manifest=lambda meta: meta["files"].pop(member)), f"no {kind}"
+        edited_bundle(bundle, drop=(member,), manifest=lambda meta: meta["files"].pop(member)), f"no {kind}"
     )
     assert member.split("/")[1].split(".")[0] in message
 
 
 def test_unlisted_member_is_refused(bundle):
-    _refused(_pack({**_members(bundle), "images/0123abcd.png": b"\x89PNG\r\n\x1a\n"}), "does not list")
+    _refused(zipped_members({**bundle_members(bundle), "images/0123abcd.png": b"\x89PNG\r\n\x1a\n"}), "does not list")
 
 
 def test_table_that_is_not_parquet_is_refused(bundle):
-    _refused(_edited(bundle, replace={"tables/images.parquet": b"PAR1 but not really"}), "table 'images'")
+    _refused(edited_bundle(bundle, replace={"tables/images.parquet": b"PAR1 but not really"}), "table 'images'")
 
 
 def test_thumbnail_that_is_not_a_png_is_refused(small_study, bundle):
     name = f"images/{next(iter(small_study.thumbnails))}.png"
-    _refused(_edited(bundle, replace={name: b"<svg onload=alert(1)>"}), "not a small PNG")
+    _refused(edited_bundle(bundle, replace={name: b"<svg onload=alert(1)>"}), "not a small PNG")
 
 
 def test_thumbnail_that_would_decode_huge_is_refused(small_study, bundle):
@@ -301,19 +262,19 @@ def test_thumbnail_that_would_decode_huge_is_refused(small_study, bundle):
     name = f"images/{next(iter(small_study.thumbnails))}.png"
     header = struct.pack(">IIBBBBB", 30_000, 30_000, 8, 2, 0, 0, 0)
     chunk = struct.pack(">I", len(header)) + b"IHDR" + header + struct.pack(">I", zlib.crc32(b"IHDR" + header))
-    _refused(_edited(bundle, replace={name: b"\x89PNG\r\n\x1a\n" + chunk}), "not a small PNG")
+    _refused(edited_bundle(bundle, replace={name: b"\x89PNG\r\n\x1a\n" + chunk}), "not a small PNG")
 
 
 def test_table_missing_a_column_is_refused(small_study, bundle):
     """Checksums recomputed: only the column check stands between this table and a KeyError later."""
     buffer = io.BytesIO()
     small_study.tables["partial"].drop(columns="drop").to_parquet(buffer, index=False)
-    _refused(_edited(bundle, replace={"tables/partial.parquet": buffer.getvalue()}), "does not have the columns")
+    _refused(edited_bundle(bundle, replace={"tables/partial.parquet": buffer.getvalue()}), "does not have the columns")
 
 
 def test_object_array_is_refused_without_unpickling(bundle):
     evil = np.array([_NoisyWhenUnpickled()], dtype=object)
-    data = _edited(bundle, replace={"arrays/entropy.npy": _npy(evil, allow_pickle=True)})
+    data = edited_bundle(bundle, replace={"arrays/entropy.npy": _npy(evil, allow_pickle=True)})
 
     _refused(data, "never loads Python objects")
 
@@ -331,18 +292,18 @@ def test_object_array_is_refused_without_unpickling(bundle):
     ],
 )
 def test_concentration_arrays_out_of_range_are_refused(small_study, bundle, name, change):
-    _refused(_edited(bundle, replace={f"arrays/{name}.npy": _npy(change(small_study.arrays[name]))}), name)
+    _refused(edited_bundle(bundle, replace={f"arrays/{name}.npy": _npy(change(small_study.arrays[name]))}), name)
 
 
 def test_a_current_bundle_without_a_concentration_array_is_refused(bundle):
     member = "arrays/top_share.npy"
-    message = _refused(_edited(bundle, drop=(member,), manifest=lambda meta: meta["files"].pop(member)), "no array")
+    message = _refused(edited_bundle(bundle, drop=(member,), manifest=lambda meta: meta["files"].pop(member)), "no array")
     assert "top_share" in message
 
 
 def test_array_shape_must_match_the_manifest(small_study, bundle):
     entropy = small_study.arrays["entropy"]
-    data = _edited(bundle, replace={"arrays/entropy.npy": _npy(entropy[:, :, :-1])})
+    data = edited_bundle(bundle, replace={"arrays/entropy.npy": _npy(entropy[:, :, :-1])})
 
     message = _refused(data, "has shape")
 
@@ -351,12 +312,12 @@ def test_array_shape_must_match_the_manifest(small_study, bundle):
 
 def test_manifest_describing_other_images_is_refused(bundle):
     # Every array is intact, but the manifest claims one image fewer.
-    _refused(_edited(bundle, manifest=lambda meta: meta["image_set"]["images"].pop()), "has shape|do not match its manifest|out of range|rows, more than")
+    _refused(edited_bundle(bundle, manifest=lambda meta: meta["image_set"]["images"].pop()), "has shape|do not match its manifest|out of range|rows, more than")
 
 
 def test_array_with_fewer_values_than_its_header_is_damage(small_study, bundle):
     content = _npy(small_study.arrays["distance"])
-    _refused(_edited(bundle, replace={"arrays/distance.npy": content[:-4]}), "as many values")
+    _refused(edited_bundle(bundle, replace={"arrays/distance.npy": content[:-4]}), "as many values")
 
 
 # --- unsafe or too large -----------------------------------------------------------------
@@ -364,11 +325,11 @@ def test_array_with_fewer_values_than_its_header_is_damage(small_study, bundle):
 
 @pytest.mark.parametrize("name", ["../evil", "/etc/evil", "tables/../../evil", "C:/evil", "images\\evil.png"])
 def test_unsafe_member_name_is_refused(bundle, name):
-    _refused(_pack({**_members(bundle), name: b"x"}), "does not accept")
+    _refused(zipped_members({**bundle_members(bundle), name: b"x"}), "does not accept")
 
 
 def test_duplicate_member_is_refused(bundle):
-    members = _members(bundle)
+    members = bundle_members(bundle)
     buffer = io.BytesIO(bundle)
     with warnings.catch_warnings(), zipfile.ZipFile(buffer, "a") as archive:
         warnings.simplefilter("ignore")  # zipfile warns about the duplicate we mean to write
@@ -377,7 +338,7 @@ def test_duplicate_member_is_refused(bundle):
 
 
 def test_unbounded_compression_is_refused(bundle):
-    _refused(_pack(_members(bundle), compress_type=zipfile.ZIP_BZIP2), "compression method")
+    _refused(zipped_members(bundle_members(bundle), compress_type=zipfile.ZIP_BZIP2), "compression method")
 
 
 def _declare_size(data: bytes, name: str, size: int) -> bytes:
@@ -399,7 +360,7 @@ def test_member_declaring_a_huge_size_is_refused_before_reading(bundle):
 
 
 def test_total_size_cap(bundle):
-    total = sum(len(content) for content in _members(bundle).values())
+    total = sum(len(content) for content in bundle_members(bundle).values())
     _refused(bundle, "the limit is", limits=BundleLimits(max_total_bytes=total - 1))
     assert load_bundle(bundle, limits=BundleLimits(max_total_bytes=total)).tables
 
@@ -452,17 +413,17 @@ def test_end_records_declaring_a_huge_directory_are_refused_before_zipfile_parse
 
 
 def test_max_members_fits_a_real_bundle_with_room(small_study, bundle):
-    assert len(_members(bundle)) < 64 < BundleLimits().max_members <= 4096
+    assert len(bundle_members(bundle)) < 64 < BundleLimits().max_members <= 4096
 
 
 def test_manifest_bound_fits_the_image_cap_and_is_enforced(bundle):
     """A real manifest's size per image, times the image cap, fits; a manifest past the bound is refused unparsed."""
-    meta = json.loads(_members(bundle)[MANIFEST])
+    meta = json.loads(bundle_members(bundle)[MANIFEST])
     per_image = len(json.dumps(meta["image_set"]["images"], indent=2)) / len(meta["image_set"]["images"])
     limits = BundleLimits()
     assert limits.max_images * 2 * per_image < limits.max_manifest_bytes <= 16 * 2**20
     junk = json.dumps(meta)[:-1].encode() + b', "junk": [' + b"{}," * 4_000_000 + b"{}]}"
-    _refused(_pack({**_members(bundle), MANIFEST: junk}), "manifest.json is larger than")
+    _refused(zipped_members({**bundle_members(bundle), MANIFEST: junk}), "manifest.json is larger than")
 
 
 def test_too_many_images_are_refused(bundle):
@@ -498,6 +459,7 @@ def _metric_text(small_study, compression: str = "snappy") -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.slow
 def test_a_dictionary_string_repeated_on_every_row_is_refused_before_decoding(small_study, bundle, monkeypatch):
     import core.study.bundle
 
@@ -505,18 +467,18 @@ def test_a_dictionary_string_repeated_on_every_row_is_refused_before_decoding(sm
     assert len(content) < 100_000
     rows = len(small_study.tables["importance_per_image"])
     _forbid(monkeypatch, core.study.bundle, "_frame", lambda table, text: table.num_rows == rows)
-    _refused(_edited(bundle, replace={"tables/importance_per_image.parquet": content}), "text longer than HeadScope writes")
+    _refused(edited_bundle(bundle, replace={"tables/importance_per_image.parquet": content}), "text longer than HeadScope writes")
 
 
 def test_a_table_codec_without_a_bounded_ratio_is_refused_unread(small_study, bundle, monkeypatch):
     _forbid(monkeypatch, pq.ParquetFile, "read", lambda file: file.metadata.row_group(0).column(0).compression == "ZSTD")
     content = _metric_text(small_study, "zstd")
-    _refused(_edited(bundle, replace={"tables/importance_per_image.parquet": content}), "compressed with ZSTD")
+    _refused(edited_bundle(bundle, replace={"tables/importance_per_image.parquet": content}), "compressed with ZSTD")
 
 
 def test_a_table_with_more_rows_than_the_manifest_allows_is_refused_unread(small_study, bundle, monkeypatch):
     clusters = pd.concat([small_study.tables["pattern_clusters"]] * 1000, ignore_index=True)
-    data = _edited(bundle, replace={"tables/pattern_clusters.parquet": _parquet(clusters)})
+    data = edited_bundle(bundle, replace={"tables/pattern_clusters.parquet": _parquet(clusters)})
     _forbid(monkeypatch, pq.ParquetFile, "read", lambda file: file.metadata.num_rows == len(clusters))
     _refused(data, "rows, more than the 4 its manifest.json allows")
 
@@ -529,9 +491,9 @@ def test_a_member_larger_than_its_kind_is_refused_before_any_member_is_read(smal
     real = core.study.bundle._read_member
     monkeypatch.setattr(core.study.bundle, "_read_member", lambda archive, info, entry: read.append(info.filename) or real(archive, info, entry))
     name = f"images/{next(iter(small_study.thumbnails))}.png"
-    _refused(_edited(bundle, replace={name: bytes(2 * 2**20)}), "more than any thumbnail")
+    _refused(edited_bundle(bundle, replace={name: bytes(2 * 2**20)}), "more than any thumbnail")
     array = _npy(np.zeros((10**6,), dtype=np.float32))
-    _refused(_edited(bundle, replace={"arrays/entropy.npy": array}), "more than any array 'entropy'")
+    _refused(edited_bundle(bundle, replace={"arrays/entropy.npy": array}), "more than any array 'entropy'")
     assert read == []
 
 
@@ -542,7 +504,7 @@ def test_members_are_read_one_at_a_time_and_a_bad_one_stops_the_rest(small_study
     real = core.study.bundle._read_member
     monkeypatch.setattr(core.study.bundle, "_read_member", lambda archive, info, entry: read.append(info.filename) or real(archive, info, entry))
     curve = small_study.tables["pruning_curve"].assign(accuracy=np.nan)
-    _refused(_edited(bundle, replace={"tables/pruning_curve.parquet": _parquet(curve)}), "not finite")
+    _refused(edited_bundle(bundle, replace={"tables/pruning_curve.parquet": _parquet(curve)}), "not finite")
     assert read == [f"tables/{name}.parquet" for name in TABLES[: TABLES.index("pruning_curve") + 1]]
 
 
@@ -565,7 +527,7 @@ def test_a_non_finite_or_absurd_number_in_any_table_column_is_refused(small_stud
     for value in _ABSURD:
         damaged = frame.astype({column: float})
         damaged.loc[0, column] = value
-        data = _edited(bundle, replace={f"tables/{table}.parquet": _parquet(damaged)})
+        data = edited_bundle(bundle, replace={f"tables/{table}.parquet": _parquet(damaged)})
         _refused(data, f"column '{column}' of table '{table}' holds a number that is not finite, not whole or out of range")
 
 
@@ -577,7 +539,7 @@ def test_a_non_finite_or_absurd_number_in_any_table_column_is_refused(small_stud
 def test_a_fractional_or_out_of_range_number_is_refused(small_study, bundle, table, column, value):
     damaged = small_study.tables[table].astype({column: float})
     damaged.loc[0, column] = value
-    _refused(_edited(bundle, replace={f"tables/{table}.parquet": _parquet(damaged)}), "out of range|cluster that table")
+    _refused(edited_bundle(bundle, replace={f"tables/{table}.parquet": _parquet(damaged)}), "out of range|cluster that table")
 
 
 @pytest.mark.parametrize("name", ARRAYS)
@@ -590,7 +552,7 @@ def test_a_non_finite_or_absurd_number_in_any_array_is_refused(small_study, bund
     for value in values:
         array = small_study.arrays[name].astype(np.int64 if name == "relevance_images" else np.float64)
         array.flat[0] = value
-        _refused(_edited(bundle, replace={f"arrays/{name}.npy": _npy(array)}), f"array '{name}' holds a number")
+        _refused(edited_bundle(bundle, replace={f"arrays/{name}.npy": _npy(array)}), f"array '{name}' holds a number")
 
 
 @pytest.mark.parametrize(
@@ -617,7 +579,7 @@ def test_a_non_finite_or_absurd_number_in_the_manifest_is_refused(bundle, path):
 
     whole = not path.startswith("patterns.")  # an error may be fractional; every other field counts or indexes
     for value in (float("nan"), float("inf"), 1e300, 10**300, -(10**300), *([1.5] if whole else [])):
-        _refused(_edited(bundle, manifest=set_to(value)), "has no valid|update HeadScope")
+        _refused(edited_bundle(bundle, manifest=set_to(value)), "has no valid|update HeadScope")
 
 
 def test_edge_values_are_accepted_and_render(small_study, bundle):
@@ -662,7 +624,7 @@ def test_a_study_in_which_no_head_hurts_any_image_saves_and_reopens(small_study,
 def test_a_member_that_inflates_far_beyond_any_bundle_is_refused_from_the_directory(small_study, bundle, monkeypatch):
     """A listed, checksummed array of zeros: about 64 KB that inflate to 64 MB."""
     zeros = bytes(64 * 2**20)
-    data = _edited(bundle, replace={"arrays/entropy.npy": zeros})
+    data = edited_bundle(bundle, replace={"arrays/entropy.npy": zeros})
     del zeros
     assert len(data) < len(bundle) + 2**20
     monkeypatch.setattr(zipfile.ZipFile, "open", lambda *a, **k: pytest.fail("a member was inflated"))
@@ -687,15 +649,15 @@ def test_relevance_arrays_that_disagree_or_exceed_the_settings_are_refused(small
     images = small_study.arrays["relevance_images"]
     assert len(images) >= 2
     fewer = {"arrays/relevance_images.npy": _npy(images[:-1])}  # one map without its image
-    _refused(_edited(bundle, replace=fewer), "relevance arrays do not hold the same images")
+    _refused(edited_bundle(bundle, replace=fewer), "relevance arrays do not hold the same images")
     twice = {"arrays/relevance_images.npy": _npy(np.concatenate([images[:-1], images[:1]]))}
-    _refused(_edited(bundle, replace=twice), "relevance arrays do not hold the same images")
+    _refused(edited_bundle(bundle, replace=twice), "relevance arrays do not hold the same images")
     outside = {"arrays/relevance_images.npy": _npy(np.where(np.arange(len(images)) == 0, 10_000, images).astype(np.int32))}
-    _refused(_edited(bundle, replace=outside), "array 'relevance_images' holds a number")
+    _refused(edited_bundle(bundle, replace=outside), "array 'relevance_images' holds a number")
     too_many = np.zeros((25 * 24, *small_study.arrays["relevance"].shape[1:]), dtype=np.float32)  # more than partial can cite
-    _refused(_edited(bundle, replace={"arrays/relevance.npy": _npy(too_many)}), "has shape|more than any array")
+    _refused(edited_bundle(bundle, replace={"arrays/relevance.npy": _npy(too_many)}), "has shape|more than any array")
 
 
 def test_relevance_positions_must_be_whole_numbers_in_an_integer_array(small_study, bundle):
     images = small_study.arrays["relevance_images"].astype(np.float64)
-    _refused(_edited(bundle, replace={"arrays/relevance_images.npy": _npy(images)}), "whole image positions")
+    _refused(edited_bundle(bundle, replace={"arrays/relevance_images.npy": _npy(images)}), "whole image positions")

@@ -10,16 +10,30 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import DATA, tiny_vit
 from PIL import Image
-from test_bundle import _edited, _members
 
-from core.study.bundle import MANIFEST, PROBE_MEMBER, bundle_probe, load_bundle, save_bundle
-from core.study.casestudy import ARRAYS, BUNDLE_VERSION, PLAIN_BUNDLE_VERSION, TABLES, CaseSettings, analyze
-from core.errors import BundleRejected, HeadScopeError, ProbeRejected
+from core.errors import ProbeRejected
 from core.inputs.images import ImageSet, decode_image
 from core.models.handle import wrap_model
 from core.models.probe import fit_probe, probe_features, probe_from_bytes, with_probe
+from core.study.bundle import (
+    MANIFEST,
+    PROBE_MEMBER,
+    bundle_probe,
+    load_bundle,
+    save_bundle,
+)
+from core.study.casestudy import (
+    ARRAYS,
+    BUNDLE_VERSION,
+    PLAIN_BUNDLE_VERSION,
+    TABLES,
+    CaseSettings,
+    analyze,
+)
+from helpers.bundles import bundle_members, edited_bundle, refused
+from helpers.data import DATA
+from helpers.models import tiny_vit
 
 CLASSES = ("ant", "bee", "cat")
 TINY = CaseSettings(top_k=2, hurt_images=2, max_maps=150, n_clusters=2, curve_steps=2)
@@ -68,21 +82,10 @@ def data(study) -> bytes:
     return save_bundle(study)
 
 
-def _refused(read, data: bytes, match: str, **kwargs) -> str:
-    """``read(data)`` is refused with one sentence matching ``match``; the sentence."""
-    with pytest.raises(BundleRejected, match=match) as caught:
-        read(data, **kwargs)
-    message = str(caught.value)
-    assert isinstance(caught.value, HeadScopeError)
-    assert message.endswith(".") and message[0].isupper()
-    assert "\n" not in message and "Traceback" not in message
-    return message
-
-
 def _refused_by_both(data: bytes, match: str) -> str:
     """Refused alike by ``bundle_probe`` and by ``load_bundle``: the sentence."""
-    message = _refused(bundle_probe, data, match)
-    assert _refused(load_bundle, data, match) == message
+    message = refused(bundle_probe, data, match)
+    assert refused(load_bundle, data, match) == message
     return message
 
 
@@ -98,7 +101,7 @@ def test_a_probed_study_saves_its_probe_and_names_it_in_the_manifest(study, data
     assert model["probe"] == {
         "digest": probe.digest, "features": 2 * 24, "backbone_key": backbone.key, "backbone_name": backbone.name,
     }
-    members = _members(data)
+    members = bundle_members(data)
     assert members[PROBE_MEMBER] == probe.to_bytes()
     assert probe_from_bytes(members[PROBE_MEMBER], backbone).digest == probe.digest
     files = json.loads(members[MANIFEST])["files"]
@@ -133,7 +136,7 @@ def test_a_study_without_a_probe_is_saved_as_before(small_study):
     assert small_study.probe is None and "probe" not in small_study.manifest["model"]
     assert small_study.manifest["format_version"] == PLAIN_BUNDLE_VERSION == 4
     data = save_bundle(small_study)
-    assert PROBE_MEMBER not in _members(data)
+    assert PROBE_MEMBER not in bundle_members(data)
     assert bundle_probe(data) is None
     assert load_bundle(data).probe is None
 
@@ -154,17 +157,17 @@ def test_a_study_whose_manifest_and_probe_disagree_is_not_saved(study, small_stu
 
 
 def test_a_probes_bundle_opened_with_another_model_names_its_backbone(data, backbone):
-    message = _refused(load_bundle, data, "load that backbone", model_key="vit_small-0123456789abcdef", model_name="vit_small")
+    message = refused(load_bundle, data, "load that backbone", model_key="vit_small-0123456789abcdef", model_name="vit_small")
     assert "linear probe of 3 classes" in message and f"'{backbone.name}'" in message
     assert backbone.key.rsplit("-", 1)[-1][:8] in message and "'vit_small' (weights 01234567)" in message
 
 
 def test_a_probes_bundle_opened_with_its_backbone_alone_or_another_probe_says_to_use_its_own(data, backbone, noise):
-    message = _refused(load_bundle, data, "not with the backbone alone", model_key=backbone.key, model_name=backbone.name)
+    message = refused(load_bundle, data, "not with the backbone alone", model_key=backbone.key, model_name=backbone.name)
     assert "open it with its own probe on that backbone" in message
     features = probe_features(backbone, noise.pil_images())
     other = with_probe(backbone, fit_probe(features, [i % 2 for i in range(15)], ("odd", "even"), backbone=backbone))
-    message = _refused(load_bundle, data, "not with the loaded probe", model_key=other.key, model_name=other.name)
+    message = refused(load_bundle, data, "not with the loaded probe", model_key=other.key, model_name=other.name)
     assert f"the loaded probe {other.key.rsplit('-', 1)[-1][:8]}:" in message
 
 
@@ -182,7 +185,7 @@ def test_a_bundle_holding_another_backbones_probe_is_refused(data, study, noise)
     other_backbone = wrap_model(tiny_vit(num_classes=0, qkv_bias=False), device="cpu")
     features = probe_features(other_backbone, noise.pil_images())
     other = fit_probe(features, noise.labels, CLASSES, backbone=other_backbone)
-    damaged = _edited(data, replace={PROBE_MEMBER: other.to_bytes()})
+    damaged = edited_bundle(data, replace={PROBE_MEMBER: other.to_bytes()})
     message = _refused_by_both(damaged, "is not the one its manifest.json names")
     assert other.digest[:8] in message and study.manifest["model"]["probe"]["digest"][:8] in message
 
@@ -191,16 +194,16 @@ def test_a_bundle_holding_another_backbones_probe_is_refused(data, study, noise)
 
 
 def test_a_changed_probe_member_fails_its_checksum(data):
-    content = bytearray(_members(data)[PROBE_MEMBER])
+    content = bytearray(bundle_members(data)[PROBE_MEMBER])
     content[-3] ^= 0xFF  # a weight
-    message = _refused_by_both(_edited(data, replace={PROBE_MEMBER: bytes(content)}, rehash=False), "checksum")
+    message = _refused_by_both(edited_bundle(data, replace={PROBE_MEMBER: bytes(content)}, rehash=False), "checksum")
     assert PROBE_MEMBER in message
 
 
 def test_a_manifest_naming_a_probe_without_its_member_is_refused(data):
-    unlisted = _edited(data, drop=(PROBE_MEMBER,), manifest=lambda meta: meta["files"].pop(PROBE_MEMBER))
+    unlisted = edited_bundle(data, drop=(PROBE_MEMBER,), manifest=lambda meta: meta["files"].pop(PROBE_MEMBER))
     _refused_by_both(unlisted, "names a linear probe, but the bundle lists no probe file")
-    missing = _edited(data, drop=(PROBE_MEMBER,), rehash=False)  # listed, but not in the archive
+    missing = edited_bundle(data, drop=(PROBE_MEMBER,), rehash=False)  # listed, but not in the archive
     assert PROBE_MEMBER in _refused_by_both(missing, "damaged.*missing")
 
 
@@ -208,7 +211,7 @@ def test_a_probe_member_without_the_manifest_naming_it_is_refused(data):
     def forget(meta):
         del meta["model"]["probe"]
 
-    _refused_by_both(_edited(data, manifest=forget), "which is not part of a HeadScope bundle")
+    _refused_by_both(edited_bundle(data, manifest=forget), "which is not part of a HeadScope bundle")
 
 
 @pytest.mark.parametrize(
@@ -219,7 +222,7 @@ def test_a_probe_member_without_the_manifest_naming_it_is_refused(data):
     ],
 )
 def test_a_probe_member_that_is_no_probe_is_refused(data, content, match):
-    _refused_by_both(_edited(data, replace={PROBE_MEMBER: content}), match)
+    _refused_by_both(edited_bundle(data, replace={PROBE_MEMBER: content}), match)
 
 
 def test_a_probe_with_nan_weights_is_refused_even_when_the_manifest_names_it(data, probe, backbone):
@@ -231,7 +234,7 @@ def test_a_probe_with_nan_weights_is_refused_even_when_the_manifest_names_it(dat
         meta["model"]["probe"]["digest"] = broken.digest
         meta["model"]["key"] = f"{backbone.key}-probe-{broken.digest[:16]}"
 
-    _refused_by_both(_edited(data, replace={PROBE_MEMBER: broken.to_bytes()}, manifest=name_it), "NaN or infinite weights")
+    _refused_by_both(edited_bundle(data, replace={PROBE_MEMBER: broken.to_bytes()}, manifest=name_it), "NaN or infinite weights")
 
 
 def _set(path: str, value):
@@ -261,8 +264,8 @@ def _set(path: str, value):
     ],
 )
 def test_a_manifest_whose_probe_facts_are_wrong_is_refused(data, edit, match):
-    _refused(bundle_probe, _edited(data, manifest=edit), match)
-    _refused(load_bundle, _edited(data, manifest=edit), match)
+    refused(bundle_probe, edited_bundle(data, manifest=edit), match)
+    refused(load_bundle, edited_bundle(data, manifest=edit), match)
 
 
 def test_a_probe_member_larger_than_its_classes_and_features_is_refused_unread(data, monkeypatch):
@@ -272,12 +275,12 @@ def test_a_probe_member_larger_than_its_classes_and_features_is_refused_unread(d
     read: list[str] = []
     real = core.study.bundle._read_member
     monkeypatch.setattr(core.study.bundle, "_read_member", lambda archive, info, entry: read.append(info.filename) or real(archive, info, entry))
-    damaged = _edited(data, replace={PROBE_MEMBER: bytes(2 * 2**20)})
-    message = _refused(bundle_probe, damaged, "more than a linear probe of 3 classes and 48 features can be")
-    assert _refused(load_bundle, damaged, "more than a linear probe") == message
+    damaged = edited_bundle(data, replace={PROBE_MEMBER: bytes(2 * 2**20)})
+    message = refused(bundle_probe, damaged, "more than a linear probe of 3 classes and 48 features can be")
+    assert refused(load_bundle, damaged, "more than a linear probe") == message
     assert read == []  # refused from the listed size, before any member
 
 
 def test_bundle_probe_of_what_is_not_a_bundle_is_a_sentence():
-    _refused(bundle_probe, b"", "empty")
-    _refused(bundle_probe, np.random.default_rng(0).bytes(5000), "not a readable ZIP")
+    refused(bundle_probe, b"", "empty")
+    refused(bundle_probe, np.random.default_rng(0).bytes(5000), "not a readable ZIP")

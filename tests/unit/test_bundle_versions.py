@@ -9,17 +9,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ACROSS_CPUS, DATA
 
-from core.study.bundle import load_bundle
-from core.study.casestudy import CaseSettings, findings, set_labels
 from core.inputs.images import ImageSet, demo_digits_set
 from core.measures.importance import head_importance_tables, pruning_curve
+from core.study.bundle import load_bundle
+from core.study.casestudy import CaseSettings, findings, set_labels
+from helpers.data import ACROSS_CPUS, DATA, V1_BUNDLE, V1_METRICS
 from viz.report import render_report
 
-V1_BUNDLE = DATA / "bundle_v1_demo.zip"
 V1_SETTINGS = CaseSettings(top_k=2, hurt_images=2, max_maps=200, n_clusters=3, curve_steps=3)
-V1_METRICS = ("probability", "accuracy", "layer_impact", "taylor")
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +41,7 @@ def test_a_version_1_bundle_opens_with_its_metrics_and_empty_new_columns(v1_stud
     assert len(v1_study.tables["partial"]) > 0
 
 
+@pytest.mark.slow
 def test_the_numbers_of_a_version_1_bundle_are_what_this_version_computes(v1_study, v1_images, demo_handle) -> None:
     """What this change should not touch stays the same: importance and the accuracy curve of a classifier."""
     images, labels = v1_images.pil_images(), set_labels(v1_images)
@@ -133,8 +132,8 @@ def test_a_version_3_bundle_opens_without_relevance_maps(v3_study, v1_images) ->
 
 def test_the_numbers_of_a_version_3_bundle_are_what_this_version_computes(v3_study, v1_images, demo_handle) -> None:
     """Adding the relevance maps changed none of the numbers a version-3 bundle holds."""
-    from core.study.casestudy import STRENGTH_ARRAYS
     from core.measures.strength import strength_statistics
+    from core.study.casestudy import STRENGTH_ARRAYS
 
     now = strength_statistics(demo_handle, v1_images.pil_images())
     for name in STRENGTH_ARRAYS:
@@ -152,7 +151,13 @@ def test_findings_and_the_report_of_a_version_3_bundle(v3_study) -> None:
     assert "Cumulative pruning" in html and "saved before HeadScope kept relevance maps" in html
 
 
-@pytest.mark.parametrize("bundle", [V1_BUNDLE, V2_BUNDLE, V3_BUNDLE], ids=["version 1", "version 2", "version 3"])
+# ``data/bundle_v4_demo.zip`` was saved by format version 4 (commit c8f2dc3, the last before
+# core was split into subpackages): the same 8 digits and settings, laid out with PCA,
+# with every part a study holds. A rearrangement of the code must leave all of it as it was.
+V4_BUNDLE = DATA / "bundle_v4_demo.zip"
+
+
+@pytest.mark.parametrize("bundle", [V1_BUNDLE, V2_BUNDLE, V3_BUNDLE, V4_BUNDLE], ids=["version 1", "version 2", "version 3", "version 4"])
 def test_an_older_bundle_saved_again_opens_again_with_the_same_numbers(bundle, demo_handle) -> None:
     """The case-study page offers a download of whatever it shows, an opened older bundle too."""
     from core.study.bundle import save_bundle
@@ -164,3 +169,20 @@ def test_an_older_bundle_saved_again_opens_again_with_the_same_numbers(bundle, d
         pd.testing.assert_frame_equal(again.tables[name], table, check_dtype=False)
     for name, array in first.arrays.items():
         np.testing.assert_array_equal(again.arrays[name], array)
+
+
+
+@pytest.mark.slow
+def test_a_version_4_bundle_is_exactly_what_this_version_computes(demo_handle, v1_images) -> None:
+    """Every table and array of a study on the demo, computed again now, equals the saved one."""
+    from core.study.casestudy import analyze
+
+    saved = load_bundle(V4_BUNDLE.read_bytes(), model_key=demo_handle.key, model_name=demo_handle.name)
+    assert saved.manifest["format_version"] == 4
+    now = analyze(demo_handle, v1_images, V1_SETTINGS, layout_method="pca")
+    assert now.metrics == saved.metrics and now.settings == saved.settings
+    assert sorted(now.tables) == sorted(saved.tables) and sorted(now.arrays) == sorted(saved.arrays)
+    for name, table in saved.tables.items():
+        pd.testing.assert_frame_equal(now.tables[name], table, check_dtype=False, check_exact=False, **ACROSS_CPUS, obj=name)
+    for name, array in saved.arrays.items():
+        np.testing.assert_allclose(now.arrays[name], array, **ACROSS_CPUS, err_msg=name)

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import tiny_vit
 from PIL import Image
 
-from core.study.casestudy import (
-    NEGLIGIBLE_DROP,
-    CaseSettings,
-    _killer_mode,
-    analyze,
-    findings,
-)
 from core.inputs.images import ImageSet, SetImage
 from core.measures.importance import rank_heads
 from core.models.handle import wrap_model
+from core.study.casestudy import (
+    NEGLIGIBLE_DROP,
+    CaseSettings,
+    analyze,
+    findings,
+)
+from core.study.findings import _killer_mode
+from helpers.models import tiny_vit
 
 TINY = CaseSettings(top_k=3, hurt_images=2, max_maps=200, n_clusters=2, curve_steps=2)
 ALL_REMOVE = {"cls": 0.3, "patch": 0.6, "cls_patch": 0.2, "cls_cls": 0.1}
@@ -64,6 +64,7 @@ def no_prefix_study():
     return analyze(handle, _set(6), TINY, layout_method="pca")
 
 
+@pytest.mark.slow
 def test_no_prefix_model_never_blames_prefix_attention(no_prefix_study):
     for metric in ("probability", "accuracy", "layer_impact", "taylor"):
         for finding in findings(no_prefix_study, metric).heads:
@@ -71,6 +72,7 @@ def test_no_prefix_model_never_blames_prefix_attention(no_prefix_study):
             assert "prefix" not in finding.mechanism
 
 
+@pytest.mark.slow
 def test_hurt_images_are_the_most_hurt_and_really_hurt(no_prefix_study):
     study = no_prefix_study
     local = study.tables["importance_per_image"]
@@ -107,6 +109,7 @@ def test_sentences_carry_the_tables_numbers(small_study):
     assert f"goes from {layer_means[0]:.2f} to {layer_means[-1]:.2f} nats" in found.layer_trend
 
 
+@pytest.mark.slow
 def test_one_image_reads_in_the_singular(demo_handle, small_set):
     one = ImageSet.from_images("one digit", small_set.images[:1])
     study = analyze(demo_handle, one, CaseSettings(top_k=2, hurt_images=3, max_maps=100, n_clusters=2, curve_steps=1), layout_method="pca")
@@ -144,6 +147,7 @@ def test_the_study_explains_exactly_the_images_partial_pruning_ran_on(demo_handl
     assert np.isclose(heads[row].sum(), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_backbone_study_has_no_gradient_rollout(no_prefix_study):
     backbone = wrap_model(tiny_vit(num_classes=0), device="cpu")
     study = analyze(backbone, _set(4), TINY, layout_method="pca")

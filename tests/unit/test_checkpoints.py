@@ -22,12 +22,12 @@ from PIL import Image
 from safetensors.torch import save
 
 import core.models.checkpoint
-from core.measures.attention import extract_attention
 from core.errors import CheckpointRejected, ModelUnavailable, NonFiniteOutputs
+from core.measures.attention import extract_attention
 from core.measures.inference import predict_images
-from core.models.load import load_model
 from core.models.handle import wrap_model
-from tests.conftest import tiny_vit
+from core.models.load import load_model
+from helpers.models import tiny_vit
 
 _create_model = timm.create_model  # the real one: the fixtures below replace timm's
 

@@ -10,17 +10,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT
 from PIL import Image
 
 from core.__main__ import EXIT_BAD_INPUT, main
-from core.study.bundle import load_bundle
-from core.study.casestudy import findings
-from core.pipeline.distributed import Shards
 from core.errors import ImageRejected
 from core.inputs.images import image_set_from_folder
-
-FAST = ["--layout", "pca", "--max-maps", "300", "--top-k", "2", "--hurt-images", "2", "--curve-steps", "2", "--clusters", "3"]
+from core.pipeline.distributed import Shards
+from core.study.bundle import load_bundle
+from core.study.casestudy import findings
+from helpers.cli import FAST
+from helpers.data import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +107,7 @@ def one_process(digit_folder, tmp_path_factory) -> tuple[subprocess.CompletedPro
     return _analyze([sys.executable, "-m", "core"], root, out, "--report", str(report)), out, report
 
 
+@pytest.mark.slow
 def test_analyze_writes_a_bundle_and_report_headless(one_process, digit_folder, demo_handle):
     """The real entry point in a fresh process: bundle, report, progress bars, summary."""
     done, out, report = one_process
@@ -135,6 +135,7 @@ def test_analyze_writes_a_bundle_and_report_headless(one_process, digit_folder, 
     assert "Where the model looked" in html and "relevance-maps" in html
 
 
+@pytest.mark.slow
 def test_torchrun_shards_give_the_bundle_of_one_process(one_process, digit_folder, tmp_path, demo_handle):
     """Two ranks (gloo on the CPU) split the images; the gathered results equal one process's."""
     _, single_out, _ = one_process
@@ -237,6 +238,7 @@ def _peak_mib(folder: Path, out: Path) -> float:
     return int(done.stderr.rsplit("peak_kib=", 1)[1].split()[0]) / 1024
 
 
+@pytest.mark.slow
 def test_the_command_line_streams_its_folder(tmp_path):
     """Peak memory grows by less than 0.1 MiB per extra photo: the folder is decoded batch by batch.
 
@@ -308,10 +310,11 @@ def probe_fit(probe_backbone, tmp_path_factory):
     return done, folder, out, saved
 
 
+@pytest.mark.slow
 def test_probe_fit_analyses_the_backbone_as_a_classifier_and_keeps_the_probe(probe_fit, probe_backbone):
-    from core.study.bundle import bundle_probe
     from core.models.load import load_model
     from core.models.probe import probe_from_bytes, with_probe
+    from core.study.bundle import bundle_probe
 
     (code, stdout, stderr), folder, out, saved = probe_fit
     assert code == 0, stderr
@@ -333,6 +336,7 @@ def test_probe_fit_analyses_the_backbone_as_a_classifier_and_keeps_the_probe(pro
     assert "Top heads by probability" in stdout
 
 
+@pytest.mark.slow
 def test_probe_file_gives_the_bundle_of_probe_fit(probe_fit, probe_backbone, tmp_path):
     (code, _, stderr), folder, fitted, saved = probe_fit
     assert code == 0, stderr
@@ -399,6 +403,7 @@ def _other_backbone(probe) -> bytes:
     return dataclasses.replace(probe, backbone_key="test_vit-0123456789abcdef", backbone_name="another test_vit").to_bytes()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "folder_counts, probe, extra, message",
     [

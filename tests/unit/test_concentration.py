@@ -7,13 +7,18 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_vit
 from PIL import Image
-from test_strength import random_attention
 
 from core.measures.attention import token_norms
+from core.measures.strength import (
+    attention_sink,
+    key_entropy,
+    sink_position,
+    top_key_share,
+)
 from core.models.handle import wrap_model
-from core.measures.strength import attention_sink, key_entropy, sink_position, top_key_share
+from helpers.attention import random_attention
+from helpers.models import tiny_vit
 
 
 def slow_concentration(attn: np.ndarray, prefix: int) -> tuple[float, int, float]:
@@ -75,7 +80,11 @@ def test_token_norms_are_the_block_outputs_norms(overrides: dict) -> None:
 
 
 def test_outlier_tokens_and_the_attention_they_receive_match_a_slow_loop() -> None:
-    from core.measures.attention import OUTLIER_NORM_RATIO, outlier_share, outlier_tokens
+    from core.measures.attention import (
+        OUTLIER_NORM_RATIO,
+        outlier_share,
+        outlier_tokens,
+    )
 
     g = torch.Generator().manual_seed(3)
     norms = 10 + torch.rand(2, 3, 1 + 16, generator=g)  # [B, L, T]: CLS then 4x4 patches, all ordinary
@@ -145,9 +154,9 @@ def _slow_stream_summaries(handle, images) -> dict[str, np.ndarray]:
     ],
 )
 def test_streamed_concentration_and_norms_match_slow_loops(overrides: dict) -> None:
-    from core.pipeline.analysis import draw_samples, first_pass
-    from core.settings import CaseSettings
     from core.measures.strength import strength_statistics
+    from core.pipeline.analysis import Capture, draw_samples, run_pass
+    from core.settings import CaseSettings
 
     model = tiny_vit(**overrides)
     if "reg_tokens" in overrides:
@@ -159,7 +168,8 @@ def test_streamed_concentration_and_norms_match_slow_loops(overrides: dict) -> N
     images = [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(5)]
     slow = _slow_stream_summaries(handle, images)
     streamed = strength_statistics(handle, images, batch_size=2)
-    passed = first_pass(handle, images, None, draw_samples(handle, 5, CaseSettings(max_maps=50)), batch_size=3).strength
+    capture = Capture(map_samples=draw_samples(handle, 5, CaseSettings(max_maps=50)))
+    passed = run_pass(handle, images, None, capture, batch_size=3).strength
     for stats in (streamed, passed):
         assert stats.has_concentration
         for name, expected in slow.items():
@@ -180,8 +190,8 @@ def test_streamed_concentration_and_norms_match_slow_loops(overrides: dict) -> N
 
 
 def test_prefix_names_and_token_labels() -> None:
-    from core.models.handle import prefix_names
     from core.measures.strength import token_label
+    from core.models.handle import prefix_names
 
     assert prefix_names(1) == ("CLS",) and prefix_names(2) == ("CLS", "distillation")
     assert prefix_names(5, 4) == ("CLS", "register 1", "register 2", "register 3", "register 4")

@@ -14,11 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from core.measures.attention import extract_attention
 from core.inputs.digits import digit_images, digits_split
+from core.measures.attention import extract_attention
 from core.measures.importance import head_importance
-from core.models.handle import ViTHandle
 from core.measures.strength import strength_statistics
+from core.models.handle import ViTHandle
 
 
 def _model_state(handle: ViTHandle) -> dict:

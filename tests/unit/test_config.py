@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import tomllib
 
-from conftest import ROOT
+from helpers.data import ROOT
 
 CONFIG = ROOT / ".streamlit" / "config.toml"
 

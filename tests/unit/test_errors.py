@@ -12,11 +12,9 @@ import ast
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, tiny_vit
 
 import core.__main__ as cli
 from core import errors
-from core.study.casestudy import analyze
 from core.errors import (
     HeadScopeError,
     InvalidSetting,
@@ -32,10 +30,13 @@ from core.measures.importance import (
     partial_pruning,
     pruning_curve,
 )
-from core.models.load import load_model
-from core.models.handle import wrap_model
 from core.measures.patterns import sample_maps, sample_maps_from
 from core.measures.strength import strength_statistics
+from core.models.handle import wrap_model
+from core.models.load import load_model
+from core.study.casestudy import analyze
+from helpers.data import ROOT
+from helpers.models import tiny_vit
 
 APP_CODE = [*sorted((ROOT / "pages").glob("*.py")), *sorted((ROOT / "ui").glob("*.py")), ROOT / "streamlit_app.py", ROOT / "core" / "__main__.py"]
 TOO_BROAD = {"ValueError", "Exception", "BaseException"}
@@ -62,7 +63,7 @@ def test_app_and_cli_never_catch_broadly(path) -> None:
 
 def test_app_code_list_covers_pages_ui_and_cli() -> None:
     names = {path.name for path in APP_CODE}
-    assert {"streamlit_app.py", "__main__.py", "session.py", "4_Case_Study.py"} <= names
+    assert {"streamlit_app.py", "__main__.py", "results.py", "4_Case_Study.py"} <= names
 
 
 @pytest.mark.parametrize("cls", NEW_CLASSES, ids=lambda cls: cls.__name__)

@@ -22,52 +22,31 @@ import pytest
 import torch
 import transformers  # test-only: the reference every conversion is compared with
 from PIL import Image
-from test_zipcheck import DAMAGE, corrupt_deflate, damage
 
 from core import load_model
+from core.errors import (
+    CheckpointRejected,
+    HeadScopeError,
+    InvalidSetting,
+    ModelUnavailable,
+    UnsupportedModel,
+)
 from core.measures.attention import extract_attention
-from core.study.casestudy import CaseSettings
-from core.errors import CheckpointRejected, HeadScopeError, InvalidSetting, ModelUnavailable, UnsupportedModel
 from core.models.transformers import load_transformers
+from core.study.casestudy import CaseSettings
+from helpers.archives import DAMAGE, corrupt_deflate, damage
+from helpers.cli import FAST
+from helpers.data import ROOT
+from helpers.transformers import (
+    CLASSES,
+    SMALL,
+    fake_hub_cache,
+    hf_model,
+    save,
+    zip_folder,
+)
 
-SMALL = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8, num_labels=5)
-CLASSES = {
-    "ViTModel": ("ViTConfig", dict(intermediate_size=80)),
-    "ViTForImageClassification": ("ViTConfig", dict(intermediate_size=80)),
-    "DeiTModel": ("DeiTConfig", dict(intermediate_size=80)),
-    "DeiTForImageClassification": ("DeiTConfig", dict(intermediate_size=80)),
-    "DeiTForImageClassificationWithTeacher": ("DeiTConfig", dict(intermediate_size=80)),
-    "Dinov2Model": ("Dinov2Config", dict(mlp_ratio=3)),
-    "Dinov2ForImageClassification": ("Dinov2Config", dict(mlp_ratio=3)),
-    "Dinov2WithRegistersModel": ("Dinov2WithRegistersConfig", dict(mlp_ratio=3, num_register_tokens=3)),
-    "Dinov2WithRegistersForImageClassification": ("Dinov2WithRegistersConfig", dict(mlp_ratio=3, num_register_tokens=3)),
-}
 BACKBONES = {"ViTModel", "DeiTModel", "Dinov2Model", "Dinov2WithRegistersModel"}
-
-
-def hf_model(name: str, seed: int = 0, **overrides):
-    """A random transformers model of class ``name``: every parameter drawn, none left at its init."""
-    config_class, extra = CLASSES[name]
-    config = getattr(transformers, config_class)(**{**SMALL, **extra, **overrides})
-    config.id2label = {i: f"kind {chr(97 + i)}" for i in range(config.num_labels)}
-    config.label2id = {v: k for k, v in config.id2label.items()}
-    torch.manual_seed(seed)
-    model = getattr(transformers, name)(config, **({"add_pooling_layer": True} if name in {"ViTModel", "DeiTModel"} else {}))
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.2)  # layer scales, LayerNorms and biases move off 1 and 0
-    return model.eval()
-
-
-def save(model, folder: Path, *, safetensors: bool = True) -> Path:
-    model.save_pretrained(folder)
-    if not safetensors:
-        weights = folder / "model.safetensors"
-        from safetensors.torch import load_file
-
-        torch.save(load_file(weights), folder / "pytorch_model.bin")
-        weights.unlink()
-    return folder
 
 
 def reference(model, x: torch.Tensor, **kwargs):
@@ -195,28 +174,6 @@ def test_a_zip_of_the_folder_loads_like_the_folder(tmp_path: Path) -> None:
     from_folder = load_model(str(folder), device="cpu")
     assert from_zip.key == from_folder.key
     assert "deit-tiny" in from_zip.name and "DeiTForImageClassificationWithTeacher" in from_zip.name
-
-
-def zip_folder(folder: Path, *, inside: str = "", extra: dict[str, bytes] | None = None) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(folder.iterdir()):
-            archive.writestr(inside + path.name, path.read_bytes())
-        for name, content in (extra or {}).items():
-            archive.writestr(name, content)
-    return buffer.getvalue()
-
-
-def fake_hub_cache(cache: Path, repo_id: str, folder: Path) -> None:
-    """The layout huggingface_hub writes: refs/main names a snapshot holding the files."""
-    root = cache / f"models--{repo_id.replace('/', '--')}"
-    commit = "0" * 40
-    (root / "refs").mkdir(parents=True)
-    (root / "refs" / "main").write_text(commit)
-    snapshot = root / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    for path in folder.iterdir():
-        (snapshot / path.name).write_bytes(path.read_bytes())
 
 
 def test_a_repo_id_loads_from_the_local_hub_cache_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -454,9 +411,8 @@ def test_weights_saved_under_transformers_5_module_names_load_too(name: str, tmp
     assert attention_error <= 1e-5 and output_error <= 1e-4
 
 
+@pytest.mark.slow
 def test_the_command_line_analyses_a_transformers_folder(tmp_path: Path) -> None:
-    from test_cli import FAST
-
     from core.__main__ import main
     from core.study.bundle import load_bundle
 
@@ -786,9 +742,8 @@ def test_a_zip_with_a_damaged_member_is_refused_in_one_sentence(kind: str, membe
     assert member.removeprefix("m/") in one_sentence(caught.value)
 
 
+@pytest.mark.slow
 def test_the_command_line_refuses_a_corrupt_zip_in_one_line(saved_vit: Path, tmp_path: Path) -> None:
-    from conftest import ROOT
-
     (tmp_path / "corrupt.zip").write_bytes(corrupt_deflate(zip_folder(saved_vit, inside="m/"), "m/config.json"))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(

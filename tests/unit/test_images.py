@@ -19,11 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
 from PIL import Image, ImageFile
 
-from core.inputs.digits import digit_images, digits_split
 from core.errors import HeadScopeError, ImageRejected
+from core.inputs.digits import digit_images, digits_split
 from core.inputs.images import (
     ALLOWED_FORMATS,
     DEFAULT_LIMITS,
@@ -38,33 +37,13 @@ from core.inputs.images import (
     sample_photos_set,
     sanitize_name,
 )
+from helpers.data import ROOT
+from helpers.images import encode, png, solid, with_ihdr_size
 
 GREY = (128, 128, 128)
 
 
 # ---------------------------------------------------------------- builders
-
-
-def encode(img: Image.Image, fmt: str = "PNG", **params: object) -> bytes:
-    buffer = io.BytesIO()
-    img.save(buffer, format=fmt, **params)
-    return buffer.getvalue()
-
-
-def solid(color: tuple[int, int, int], size: tuple[int, int] = (16, 16)) -> Image.Image:
-    return Image.new("RGB", size, color)
-
-
-def png(color: tuple[int, int, int] = (10, 200, 30), size: tuple[int, int] = (16, 16)) -> bytes:
-    return encode(solid(color, size))
-
-
-def with_ihdr_size(data: bytes, width: int, height: int) -> bytes:
-    """A PNG whose header claims ``width x height`` while its pixel data stays tiny."""
-    assert data[12:16] == b"IHDR"
-    body = struct.pack(">II", width, height) + data[24:29]
-    crc = struct.pack(">I", zlib.crc32(b"IHDR" + body) & 0xFFFFFFFF)
-    return data[:16] + body + crc + data[33:]
 
 
 def make_zip(entries: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
@@ -100,7 +79,7 @@ def test_default_limits_are_the_documented_ones() -> None:
 
 
 def test_core_images_never_imports_streamlit() -> None:
-    source = ROOT / "core" / "images.py"
+    source = ROOT / "core" / "inputs" / "images.py"
     tree = ast.parse(source.read_text())
     imported: set[str] = set()
     for node in ast.walk(tree):

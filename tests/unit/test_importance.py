@@ -28,7 +28,7 @@ from core.measures.importance import (
     rank_heads,
 )
 from core.models.handle import ViTHandle, wrap_model
-from tests.conftest import tiny_vit
+from helpers.models import tiny_vit
 
 PLANTED = (1, 2)
 

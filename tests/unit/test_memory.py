@@ -3,8 +3,6 @@ before its weights are read; an allocator failure during an analysis reaches the
 
 from __future__ import annotations
 
-import io
-import json
 import re
 import time
 import zipfile
@@ -12,55 +10,36 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_vit
 from PIL import Image
 
-import core.models.transformers
 import core.models.handle
 import core.models.load
-from core import settings
 import core.models.memory
-from core.models.memory import check_fits, out_of_memory_as_sentence, shape_of
-from core.pipeline.analysis import first_pass
+import core.models.transformers
+from core import settings
+from core.errors import CheckpointRejected, InvalidSetting, ModelTooLarge, OutOfMemory
 from core.measures.attention import extract_attention, iter_attention, stream_norms
 from core.measures.attribution import faithfulness_curves, relevance_maps
-from core.errors import CheckpointRejected, InvalidSetting, ModelTooLarge, OutOfMemory
-from core.models.transformers import load_transformers
-from core.measures.importance import head_importance_tables, partial_pruning, pruning_curve
+from core.measures.importance import (
+    head_importance_tables,
+    partial_pruning,
+    pruning_curve,
+)
 from core.measures.inference import predict_images
-from core.models.load import DEMO_NAME, load_model
-from core.models.handle import wrap_model
 from core.measures.patterns import sample_maps
 from core.measures.strength import strength_statistics
-
-# What a quarter of this project's 24 GiB machine gives; fixed, so the outcomes do not depend on the machine
-BUDGET_MB = 6144
-ALLOCATOR_TEXT = (
-    "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to "
-    "allocate 33554432000 bytes. Error code 12 (Cannot allocate memory)"
-)
+from core.models.handle import wrap_model
+from core.models.load import DEMO_NAME, load_model
+from core.models.memory import check_fits, out_of_memory_as_sentence, shape_of
+from core.models.transformers import load_transformers
+from core.pipeline.analysis import run_pass
+from helpers.memory import ALLOCATOR_TEXT, BUDGET_MB, transformers_zip
+from helpers.models import tiny_vit
 
 
 @pytest.fixture(autouse=True)
 def budget(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(settings.MEMORY_ENV, str(BUDGET_MB))
-
-
-def transformers_zip(layers: int, heads: int, *, width: int = 64, hidden: int = 128, side: int = 320, patch: int = 4) -> bytes:
-    """A save_pretrained folder zipped: a ViT classifier's config.json, its preprocessor at ``side`` px, and a
-    weight file that is no safetensors at all (a load that reads it fails on it, so a refusal proves it was never read)."""
-    config = {
-        "model_type": "vit", "architectures": ["ViTForImageClassification"], "hidden_size": width,
-        "num_hidden_layers": layers, "num_attention_heads": heads, "intermediate_size": hidden,
-        "image_size": side, "patch_size": patch, "id2label": {str(i): f"class {i}" for i in range(10)},
-    }
-    preprocessor = {"image_processor_type": "ViTImageProcessor", "do_resize": True, "size": {"height": side, "width": side}}
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("big/config.json", json.dumps(config))
-        archive.writestr("big/preprocessor_config.json", json.dumps(preprocessor))
-        archive.writestr("big/model.safetensors", b"\x08" + b"\0" * 7 + b"{junk" + bytes(range(256)) * 64)
-    return buffer.getvalue()
 
 
 @pytest.fixture
@@ -204,7 +183,7 @@ def _x(handle) -> torch.Tensor:
 # every core call a page (or the staged analysis) makes that runs the model
 CALLS = {
     "predict_images": lambda h: predict_images(h, [_image()]),
-    "first_pass": lambda h: first_pass(h, [_image()], None, {}),
+    "run_pass": lambda h: run_pass(h, [_image()], None),
     "extract_attention": lambda h: extract_attention(h, _x(h)),
     "iter_attention": lambda h: list(iter_attention(h, _x(h))),
     "stream_norms": lambda h: stream_norms(h, _x(h)),

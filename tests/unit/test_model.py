@@ -19,9 +19,9 @@ from timm.models.deit import VisionTransformerDistilled
 
 import core.models.load
 from core.errors import CheckpointRejected, ModelUnavailable, UnsupportedModel
-from core.models.load import DATA_DIR, load_model
 from core.models.handle import wrap_model
-from tests.conftest import tiny_vit
+from core.models.load import DATA_DIR, load_model
+from helpers.models import tiny_vit
 
 
 def test_test_vit_handle_describes_the_model() -> None:

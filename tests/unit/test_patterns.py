@@ -204,7 +204,7 @@ def test_sampling_leaves_the_shared_model_exactly_as_it_was(tiny_handle) -> None
 
 def test_a_model_without_cls_token_has_no_cls_maps() -> None:
     from core.models.handle import wrap_model
-    from tests.conftest import tiny_vit
+    from helpers.models import tiny_vit
 
     handle = wrap_model(tiny_vit(class_token=False, global_pool="avg"), device="cpu")
     with pytest.raises(ValueError, match="no CLS token"):
@@ -215,6 +215,7 @@ def test_a_model_without_cls_token_has_no_cls_maps() -> None:
 # --- autoencoder, clusters, layout -----------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 6])  # 6: k-means split the diffuse maps before the autoencoder denoised
 def test_clusters_recover_the_synthetic_kinds(seed: int) -> None:
     space = _space(synthetic_attention(seed=seed), seed=seed)
@@ -254,6 +255,7 @@ def test_head_positions_are_the_mean_of_their_maps() -> None:
         assert head.x == pytest.approx(mine["x"].mean()) and head.y == pytest.approx(mine["y"].mean())
 
 
+@pytest.mark.slow
 def test_constant_maps_give_one_cluster_and_visible_points() -> None:
     rows, cols, prefix = 4, 4, 1
     t = prefix + rows * cols
@@ -266,6 +268,7 @@ def test_constant_maps_give_one_cluster_and_visible_points() -> None:
     assert len({(x, y) for x, y in zip(layout.samples["x"], layout.samples["y"])}) == len(layout.samples)
 
 
+@pytest.mark.slow
 def test_one_image_on_a_non_square_grid_with_registers(register_handle) -> None:
     x = torch.randn(1, 3, 24, 32)
     sample = sample_maps(register_handle, x, max_maps=200)

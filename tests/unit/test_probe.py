@@ -27,9 +27,12 @@ from threadpoolctl import threadpool_limits
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from core.pipeline.analysis import draw_samples, first_pass
 from core.errors import HeadScopeError, InvalidSetting, LabelsMismatch, ProbeRejected
-from core.measures.importance import HIGHER_MEANS_LESS_IMPORTANT, METRIC_HELP, head_importance_tables
+from core.measures.importance import (
+    HIGHER_MEANS_LESS_IMPORTANT,
+    METRIC_HELP,
+    head_importance_tables,
+)
 from core.models.handle import ViTHandle, wrap_model
 from core.models.probe import (
     C_GRID,
@@ -46,8 +49,9 @@ from core.models.probe import (
     readout_features,
     with_probe,
 )
+from core.pipeline.analysis import Capture, draw_samples, run_pass
 from core.settings import CaseSettings
-from tests.conftest import tiny_vit
+from helpers.models import tiny_vit
 
 SEED_IMAGES = 7
 
@@ -229,7 +233,7 @@ def test_first_pass_probe_input_equals_probe_features() -> None:
     images, labels = _coloured(3, 4)
     picks = draw_samples(handle, len(images), CaseSettings())
 
-    part = first_pass(handle, images, torch.tensor(labels), picks, sweep=False)
+    part = run_pass(handle, images, torch.tensor(labels), Capture(metrics=(), map_samples=picks)).predictions
 
     assert part.probe_input is not None and part.probe_input.shape == (12, 48)
     np.testing.assert_allclose(part.probe_input, probe_features(handle, images), rtol=0, atol=1e-6)
@@ -237,8 +241,9 @@ def test_first_pass_probe_input_equals_probe_features() -> None:
 
 def test_a_classifier_first_pass_has_no_probe_input(colour_set) -> None:
     backbone, images, labels, _, probe = colour_set
-    part = first_pass(with_probe(backbone, probe), images[:4], torch.tensor(labels[:4]), {}, sweep=False, reduce=False)
-    assert part.probe_input is None
+    capture = Capture(metrics=("taylor",), attention_stats=False)
+    part = run_pass(with_probe(backbone, probe), images[:4], torch.tensor(labels[:4]), capture)
+    assert part.predictions.probe_input is None
 
 
 # --- head importance goes through the probe --------------------------------------------
@@ -272,11 +277,11 @@ def test_probability_importance_of_a_probed_backbone_is_a_pruned_copy(colour_set
     assert HIGHER_MEANS_LESS_IMPORTANT["probability"] and "with the head pruned" in METRIC_HELP["probability"]
 
     tables = head_importance_tables(probed, x, torch.tensor(target), metrics=["probability"])
-    part = first_pass(probed, subset, torch.tensor(target), {}, metrics=["probability"], reduce=False)
+    part = run_pass(probed, subset, torch.tensor(target), Capture(metrics=["probability"], attention_stats=False)).importance.tables()
 
     for layer, head in [(0, 0), (1, 2), (2, 1)]:
         expected = _pruned_probability(probed.model, x, layer, head, target)
-        for table in (tables.per_image, part.importance.per_image):
+        for table in (tables.per_image, part.per_image):
             rows = table[(table["layer"] == layer) & (table["head"] == head) & (table["metric"] == "probability")]
             np.testing.assert_allclose(rows.sort_values("image")["value"].to_numpy(), expected, rtol=0, atol=1e-5)
         overall = tables.overall
@@ -346,9 +351,9 @@ def test_with_probe_and_an_analysis_leave_the_backbone_as_it_was(colour_set) -> 
     grads = {name: p.requires_grad for name, p in params.items()}
 
     probed = with_probe(backbone, probe)
-    first_pass(probed, images[:6], torch.tensor(labels[:6]), draw_samples(probed, 6, CaseSettings()))
+    run_pass(probed, images[:6], torch.tensor(labels[:6]), Capture(map_samples=draw_samples(probed, 6, CaseSettings())))
     head_importance_tables(probed, probed.preprocess(images[:3]), torch.tensor(labels[:3]))
-    first_pass(backbone, images[:6], torch.tensor(labels[:6]), draw_samples(backbone, 6, CaseSettings()))
+    run_pass(backbone, images[:6], torch.tensor(labels[:6]), Capture(map_samples=draw_samples(backbone, 6, CaseSettings())))
 
     assert type(model) is VisionTransformer and isinstance(model.head, nn.Identity)
     assert model.num_classes == 0 and backbone.is_backbone and backbone.class_names == []

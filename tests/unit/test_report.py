@@ -1,21 +1,19 @@
-"""The self-contained HTML report: its content, escaping, no external reference, and an offline browser."""
+"""The self-contained HTML report: its content, escaping and no external reference (``tests/browser/test_report_browser.py``
+opens it in an offline browser)."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import dataclasses
 import html
 import json
 import re
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
-from test_browser import CHROMIUM_ARGS, _chromium
 
 from core.study.casestudy import findings
+from helpers.report import HOSTILE_CLASS, HOSTILE_IMAGE, HOSTILE_MODEL, without_bundle
 from viz.report import case_charts, render_report
 
 SECTIONS = [
@@ -27,51 +25,11 @@ SECTIONS = [
     ("explanations", "Where the model looked"),
     ("settings", "Settings and versions"),
 ]
-HOSTILE_IMAGE = "<script>alert(1)</script>.png"
-HOSTILE_MODEL = "<b onmouseover=alert(2)>vit</b>"
-HOSTILE_CLASS = "<img src=x onerror=alert(3)>"
-# names of the other images: each would be fetched if a tooltip rendered it as <img src=NAME>
-URL_NAMES = ["https://host/{i}.png", "https:host?{i}.png", "<img src=x{i} onerror=alert(4)>.png", "//host/{i}.png"]
 
 
 @pytest.fixture(scope="module")
 def report(small_study) -> str:
     return render_report(small_study)
-
-
-@pytest.fixture(scope="module")
-def hostile_study(small_study):
-    """The small study with a script for a cited image's name, a tag for the model name and a class name.
-
-    Every other image is named by a URL or an <img> tag (each form on some image a
-    partial-pruning chart shows), so that every such dot's tooltip carries one.
-    """
-    cited = findings(small_study).heads[0].hurt_images[0]
-    images = small_study.tables["images"].copy()
-    shown = dict.fromkeys(i for finding in findings(small_study).heads for i in finding.hurt_images if i != cited)
-    order = [*shown, *(i for i in images["id"] if i not in shown)]
-    renamed = {image_id: URL_NAMES[n % len(URL_NAMES)].format(i=n) for n, image_id in enumerate(order)}
-    images["name"] = images["id"].map(renamed)
-    row = images["id"] == cited
-    images.loc[row, "name"] = HOSTILE_IMAGE
-    images.loc[row, "target"] = HOSTILE_CLASS
-    manifest = json.loads(json.dumps(small_study.manifest))
-    manifest["model"]["name"] = HOSTILE_MODEL
-    manifest["model"]["class_names"][0] = HOSTILE_CLASS
-    for item in manifest["image_set"]["images"]:
-        item["name"] = HOSTILE_IMAGE if item["id"] == cited else renamed.get(item["id"], item["name"])
-    return dataclasses.replace(small_study, manifest=manifest, tables={**small_study.tables, "images": images})
-
-
-@pytest.fixture(scope="module")
-def hostile_report(hostile_study) -> str:
-    return render_report(hostile_study)
-
-
-def _without_bundle(document: str) -> str:
-    """The document minus the first <script>: the inlined Vega bundle, whose code builds tags and names URLs."""
-    start = document.index("<script>")
-    return document[:start] + document[document.index("</script>", start) + len("</script>"):]
 
 
 # --- content ---------------------------------------------------------------------------
@@ -122,7 +80,7 @@ def test_each_cited_image_is_an_inline_png(small_study, report: str) -> None:
     for image_id in cited:
         encoded = base64.b64encode(small_study.thumbnails[image_id]).decode("ascii")
         assert f'<img src="data:image/png;base64,{encoded}"' in report
-    sources = re.findall(r'<img src="([^"]*)"', _without_bundle(report))
+    sources = re.findall(r'<img src="([^"]*)"', without_bundle(report))
     assert len(sources) == sum(len(finding.hurt_images) for finding in cards)
     for source in sources:
         assert base64.b64decode(source.removeprefix("data:image/png;base64,")).startswith(b"\x89PNG\r\n\x1a\n")
@@ -169,7 +127,7 @@ def test_hostile_names_are_escaped_everywhere(hostile_report: str) -> None:
 
 
 def test_nothing_is_fetched_from_elsewhere(report: str) -> None:
-    markup = _without_bundle(report)
+    markup = without_bundle(report)
     references = re.findall(r"""\b(?:src|href)\s*=\s*["']?([^"'\s>]*)""", markup)
     assert references
     for reference in references:
@@ -184,105 +142,6 @@ def test_nothing_is_fetched_from_elsewhere(report: str) -> None:
 def test_the_report_stays_small(report: str) -> None:
     # the bundle is about 0.9 MB; specs and thumbnails of a small study add little
     assert len(report.encode("utf-8")) < 2_000_000
-
-
-# --- a real browser, offline -------------------------------------------------------------
-
-HOVER_POINTS_PER_CHART = 40
-# the centres of a chart's marks (Vega draws each item of a mark group as one element), at most
-# ``limit`` of them spread over all, in viewport coordinates once the chart is scrolled into view
-_MARK_CENTRES = """([selector, limit]) => {
-  const chart = document.querySelector(selector);
-  chart.scrollIntoView({ block: "center" });
-  const items = [...chart.querySelectorAll("svg g.role-mark > *")];
-  const step = Math.max(1, items.length / limit);
-  const picked = [];
-  for (let i = 0; i < items.length && picked.length < limit; i += step) picked.push(items[Math.floor(i)]);
-  return picked.map((item) => item.getBoundingClientRect())
-    .filter((box) => box.width + box.height > 0 && box.top >= 0 && box.bottom <= innerHeight)
-    .map((box) => [box.left + box.width / 2, box.top + box.height / 2]);
-}"""
-_TOOLTIP = "document.getElementById('vg-tooltip-element')?.innerHTML ?? ''"
-
-
-async def _open_offline(path: Path) -> dict:
-    from playwright.async_api import async_playwright
-
-    url = path.as_uri()
-    seen: dict = {"blocked": [], "requested": [], "errors": [], "dialogs": [], "tooltips": set(), "hovered": {}}
-
-    async def only_the_file(route) -> None:
-        if route.request.url == url:
-            await route.continue_()
-        else:
-            seen["blocked"].append(route.request.url)
-            await route.abort()
-
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=_chromium(), args=CHROMIUM_ARGS)
-        try:
-            context = await browser.new_context(viewport={"width": 1200, "height": 900})
-            await context.route("**/*", only_the_file)
-            await context.set_offline(True)
-            context.on("request", lambda request: seen["requested"].append(request.url) if request.url != url else None)
-            page = await context.new_page()
-            page.on("console", lambda message: seen["errors"].append(message.text) if message.type == "error" else None)
-            page.on("pageerror", lambda error: seen["errors"].append(str(error)))
-
-            async def refuse(dialog) -> None:
-                seen["dialogs"].append(dialog.message)
-                await dialog.dismiss()
-
-            page.on("dialog", refuse)
-            await page.goto(url)
-            await page.wait_for_function(
-                "[...document.querySelectorAll('div.chart')].every((div) => div.querySelector('svg'))", timeout=60_000
-            )
-            seen["containers"] = await page.locator("div.chart").count()
-            # vega-embed adds the <svg>; a chart counts once Vega has drawn marks into it
-            seen["rendered"] = await page.evaluate(
-                "[...document.querySelectorAll('div.chart')]"
-                ".filter((div) => div.querySelector('svg g.mark-rect, svg g.mark-symbol, svg g.mark-line')).length"
-            )
-            seen["images"] = await page.evaluate(
-                "[...document.images].filter((img) => img.complete && img.naturalWidth > 0).length"
-            )
-            # a tooltip's markup is made when it shows: hover the marks of every chart
-            for chart in await page.eval_on_selector_all("div.chart", "(divs) => divs.map((div) => div.id)"):
-                points = await page.evaluate(_MARK_CENTRES, [f"#{chart}", HOVER_POINTS_PER_CHART])
-                seen["hovered"][chart] = 0
-                for x, y in points:
-                    await page.mouse.move(x, y)
-                    tooltip = await page.evaluate(_TOOLTIP)
-                    if tooltip:
-                        seen["tooltips"].add(tooltip)
-                        seen["hovered"][chart] += 1
-            await page.wait_for_timeout(500)  # time for any fetch a tooltip started to be requested
-            seen["images_after"] = await page.evaluate("document.images.length")
-        finally:
-            await browser.close()
-    return seen
-
-
-def test_report_renders_offline_in_a_browser(hostile_report: str, tmp_path: Path) -> None:
-    path = tmp_path / "report.html"
-    path.write_text(hostile_report, encoding="utf-8")
-    # other tests' synchronous Playwright keeps an event loop on this thread: run on another
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        seen = pool.submit(asyncio.run, _open_offline(path)).result()
-    assert seen["blocked"] == [] and seen["requested"] == []  # nothing but the file, even with every tooltip shown
-    assert seen["errors"] == []
-    assert seen["dialogs"] == []  # the hostile image name never ran
-    assert seen["containers"] == len(re.findall(r'<div class="chart"', hostile_report)) > 0
-    assert seen["rendered"] == seen["containers"]
-    assert seen["images"] == len(re.findall(r"<img ", _without_bundle(hostile_report))) > 0
-    assert all(seen["hovered"].values()), seen["hovered"]  # every chart showed tooltips
-    assert seen["images_after"] == seen["images"]
-    for tooltip in seen["tooltips"]:
-        assert "<img" not in tooltip and "<h2" not in tooltip, tooltip
-    names = "\n".join(seen["tooltips"])
-    for form in URL_NAMES:  # each name was shown, as text
-        assert html.escape(form.split("{i}")[0], quote=False) in names, form
 
 
 def test_a_reopened_bundle_gives_the_same_report(small_study):

@@ -5,9 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.study.casestudy import SINK_SHARE, _locality_sentence, _sink_sentence, concentration_sentences, sink_summary
-from core.models.handle import prefix_names
 from core.measures.strength import StrengthStats
+from core.models.handle import prefix_names
+from core.study.findings import (
+    SINK_SHARE,
+    _locality_sentence,
+    _sink_sentence,
+    concentration_sentences,
+    sink_summary,
+)
 
 GRID = (16, 16)
 

@@ -6,16 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny_vit
 from PIL import Image
 
-from core.pipeline.analysis import analyze_set
-from core.study.casestudy import set_labels
 from core.errors import HeadScopeError
 from core.inputs.images import ImageSet, demo_digits_set
 from core.measures.importance import head_importance_tables, pruning_curve
 from core.models.handle import wrap_model
-from core.settings import CaseSettings
+from core.pipeline.analysis import analyze_set
 from core.pipeline.staged import (
     CURVE_STAGE,
     DONE,
@@ -27,6 +24,9 @@ from core.pipeline.staged import (
     StagedAnalysis,
     sample_order,
 )
+from core.settings import CaseSettings
+from core.study.casestudy import set_labels
+from helpers.models import tiny_vit
 
 SETTINGS = CaseSettings(curve_steps=4, max_maps=600)
 # the sweep's values depend on which images share a batch only through float32 rounding
@@ -197,7 +197,7 @@ def test_an_unexpected_error_ends_the_job_with_a_sentence(demo_handle, set_24, m
     def out_of_memory(*_args, **_kwargs):
         raise RuntimeError("CUDA out of memory")
 
-    monkeypatch.setattr(core.pipeline.staged, "first_pass", out_of_memory)
+    monkeypatch.setattr(core.pipeline.staged, "run_pass", out_of_memory)
     job = StagedAnalysis(demo_handle, set_24.pil_images(), set_labels(set_24), SETTINGS)
     job.begin()
     assert job.wait(timeout=60) and not job.busy
@@ -317,3 +317,22 @@ def test_a_stop_withdraws_the_requests_of_owners_who_are_gone_and_a_failed_job_s
     job.error = HeadScopeError("It failed.")
     job.start(None, owner="late")
     assert not job.busy and "late" not in job._caps  # nothing runs on a failed job, and nothing is recorded
+
+
+def test_a_preview_alone_sweeps_nothing_until_a_view_asks_for_more(demo_handle, set_24) -> None:
+    """The home page reads the first pass only: no head is pruned for it, and a view's begin() still measures and starts."""
+    images, labels = set_24.pil_images(), set_labels(set_24)
+    job = StagedAnalysis(demo_handle, images, labels, SETTINGS)  # short: a view's begin starts every image
+    seen = _counting(job)
+    job.begin("home", heavy=False)
+    _done(job)
+    assert job.preview is not None and job.status(PREVIEW_STAGE).state == DONE
+    assert seen == [] and not job.measured and job.estimate() is None and job.importance("home") is None
+    job.begin("home", heavy=False)  # again: still nothing more
+    _done(job)
+    assert seen == []
+    job.begin("view")
+    _done(job)
+    assert seen[:3] == [1, 2, 1] and job.measured  # the measurement's batches, then the sweep of every image
+    whole = _begun(StagedAnalysis(demo_handle, images, labels, SETTINGS)).result()
+    pd.testing.assert_frame_equal(job.result("view").importance.overall, whole.importance.overall)

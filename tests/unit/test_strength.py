@@ -20,14 +20,9 @@ from core.measures.strength import (
     prefix_share,
     strength_statistics,
 )
+from helpers.attention import random_attention
 from viz import strength as charts
 from viz.common import FOCUS_RED, HEAD_SELECTION
-
-
-def random_attention(*shape: int, seed: int = 0) -> torch.Tensor:
-    """Row-stochastic float64 attention ``[*shape[:-1], T]`` with sharp, uneven rows."""
-    g = torch.Generator().manual_seed(seed)
-    return (3 * torch.randn(*shape, generator=g, dtype=torch.float64)).softmax(-1)
 
 
 def patches(grid: tuple[int, int]) -> list[tuple[int, int]]:
@@ -240,7 +235,7 @@ def test_statistics_leave_the_shared_model_as_it_was(tiny_handle) -> None:
 def test_batches_shrink_so_a_batch_of_attention_fits_the_budget() -> None:
     from core.models.handle import wrap_model
     from core.settings import ATTENTION_BUDGET_BYTES, BATCH_CAP
-    from tests.conftest import tiny_vit
+    from helpers.models import tiny_vit
 
     handle = wrap_model(tiny_vit(img_size=128, patch_size=4), device="cpu")  # 32x32 patches, T = 1025
     per_image = 3 * 3 * 1025 * 1025 * 4

