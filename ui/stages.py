@@ -144,7 +144,7 @@ def heavy_panel(job: JobView, *, need_every_image: bool = False, why: str = "") 
                 time.sleep(POLL_SECONDS)
         if job.error is not None:
             return  # the caller says it
-        if job.working:  # it went on by itself: the estimate was short
+        if job.working or job.curve() is not None:  # it went on by itself (the estimate was short), or even finished
             st.rerun()
     _not_running(job, need_every_image=need_every_image, why=why)
     st.stop()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 import ui.results
 from core.pipeline.staged import StagedAnalysis
 from helpers.app import captions, notice_texts, started_app
+from helpers.images import encode
 
 IMPORTANCE, STRENGTH, CASE = "pages/1_Head_Importance.py", "pages/2_Attention_Strength.py", "pages/4_Case_Study.py"
 
@@ -73,3 +75,21 @@ def test_a_stopped_sweep_keeps_its_images_and_continues(slow: AppTest, monkeypat
     assert not slow.exception, slow.exception
     assert "probability" in slow.selectbox(key="importance_metric").options
     assert "over the 360 images" in captions(slow)
+
+
+def test_heavy_stages_that_finish_while_the_page_waits_for_the_estimate_show_their_results(monkeypatch) -> None:
+    """A small set's sweep and curve can end between two looks of the page: it shows them, not a Start button."""
+    import ui.stages
+
+    monkeypatch.setattr(ui.stages, "POLL_SECONDS", 3.0)  # the worker measures, sweeps and curves 3 images meanwhile
+    ui.results.JOBS.clear()
+    at = started_app(monkeypatch, 600)
+    at.radio(key="image_source").set_value("Upload images").run()
+    photos = [(f"p{i}.png", encode(Image.new("RGB", (32, 32), (40 * i, 90, 20))), "image/png") for i in range(3)]
+    at.file_uploader(key="image_upload").set_value(photos)
+    at.run()
+    at.switch_page(IMPORTANCE).run()
+    assert not at.exception, at.exception
+    assert "taylor" in at.selectbox(key="importance_metric").options and len(at.selectbox(key="importance_metric").options) > 1
+    assert not [b for b in at.button if b.key == "analysis_start"]
+    ui.results.JOBS.clear()
