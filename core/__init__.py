@@ -30,7 +30,7 @@ from core.models.probe import fit_probe, probe_features, with_probe
 from core.pipeline.analysis import analyze_set
 from core.study.bundle import load_bundle, save_bundle
 from core.study.casestudy import analyze
-from core.study.findings import findings
+from core.study.narrative import findings
 
 __all__ = [
     "HeadScopeError",

@@ -39,7 +39,7 @@ from core.measures.importance import BACKBONE_REASON, METRICS, metrics_for
 from core.pipeline import distributed
 from core.settings import DEFAULT_CLUSTERS
 from core.study.casestudy import CaseSettings, analyze, gather_or_raise
-from core.study.findings import findings
+from core.study.narrative import findings
 
 if TYPE_CHECKING:
     from core.inputs.images import ImageSet

@@ -49,7 +49,7 @@ from core.study.casestudy import (
     study_from,
     thumbnail_png,
 )
-from core.study.findings import relevance_row
+from core.study.narrative import relevance_row
 
 __all__ = [
     "ARRAYS",

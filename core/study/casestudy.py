@@ -7,7 +7,7 @@ manifest (model, images, settings, library versions). That container is what a r
 bundle stores (``core.study.bundle``), what the HTML report renders (``viz.report``) and what
 the dashboard reopens without recomputing. Its numbers come from one streamed analysis
 of the set (``core.pipeline.analysis``); ``CaseSettings`` (``core.settings``) says with what.
-``core.study.findings`` turns it into short sentences (its names are importable from here too).
+``core.study.narrative`` turns it into short sentences (its names are importable from here too).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ from core.pipeline.analysis import (
     set_analysis,
 )
 from core.settings import CaseSettings, images_per_batch
-from core.study.findings import (  # the findings' names, importable from here as before they moved
+from core.study.narrative import (  # the findings' names, importable from here as before they moved
     KILLER_SHARE,
     NEGLIGIBLE_CHANGE,
     NEGLIGIBLE_DROP,

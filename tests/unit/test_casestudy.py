@@ -15,7 +15,7 @@ from core.study.casestudy import (
     analyze,
     findings,
 )
-from core.study.findings import _killer_mode
+from core.study.narrative import _killer_mode
 from helpers.models import tiny_vit
 
 TINY = CaseSettings(top_k=3, hurt_images=2, max_maps=200, n_clusters=2, curve_steps=2)

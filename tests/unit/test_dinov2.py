@@ -620,7 +620,7 @@ def test_the_case_study_calls_the_layer_0_sink_head_a_sink_and_never_global(batc
 
     from core import load_model
     from core.measures.strength import strength_statistics
-    from core.study.findings import (
+    from core.study.narrative import (
         _locality_sentence,
         concentration_sentences,
         sink_summary,

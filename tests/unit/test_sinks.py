@@ -7,7 +7,7 @@ import pytest
 
 from core.measures.strength import StrengthStats
 from core.models.handle import prefix_names
-from core.study.findings import (
+from core.study.narrative import (
     SINK_SHARE,
     _locality_sentence,
     _sink_sentence,
