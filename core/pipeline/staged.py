@@ -318,7 +318,6 @@ class StagedAnalysis:
         self._working: tuple[str, int] | None = None  # the stage and sample size the worker runs now
         self._clock: dict[object, tuple[float, int]] = {}  # when this run of a stage began, and its images done then
         self._begin_owner: Hashable = None
-        self.seen_at = time.monotonic()  # when an owner's view last read the job: a registry keeps jobs still read
         self._auto_decided = False
         # reduced precision is tried on a GPU only: a CPU's bfloat16 is no faster, and numbers must not move
         self.reduced_precision = handle.device.type == "cuda" if reduced_precision is None else reduced_precision
@@ -384,7 +383,6 @@ class StagedAnalysis:
 
     def view(self, owner: Hashable) -> JobView:
         """This job as ``owner`` sees and controls it."""
-        self.seen_at = time.monotonic()
         return JobView(self, owner)
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -872,7 +870,6 @@ class JobView:
     @property
     def working(self) -> bool:
         """The worker runs heavy stages this owner waits for (a page polls this while it shows their progress)."""
-        self.job.seen_at = time.monotonic()
         return self.job.working_for(self.owner)
 
     @property
