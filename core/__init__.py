@@ -30,6 +30,7 @@ from core.models.probe import fit_probe, probe_features, with_probe
 from core.pipeline.analysis import analyze_set
 from core.study.bundle import load_bundle, save_bundle
 from core.study.casestudy import analyze
+from core.study.comparison import compare
 from core.study.narrative import findings
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "answer_readout",
     "attention_rollout",
     "attention_sink",
+    "compare",
     "compare_faithfulness",
     "extract_attention",
     "faithfulness_areas",

@@ -1,10 +1,11 @@
-"""Command line: ``python -m core analyze --model demo --images DIR --out FILE``.
+"""Command line: ``python -m core analyze`` computes a case study, ``python -m core compare`` compares two.
 
-Computes the case study's result bundle headless, with a progress bar per stage, for
-batch jobs and for sharing: the dashboard's case-study page opens the bundle without
-recomputing. ``--report FILE.html`` also writes the self-contained HTML report. Started
-with ``torchrun --nproc-per-node N -m core analyze ...`` the heavy stages are sharded
-over N processes (GPUs when present; see ``core.pipeline.distributed``).
+``python -m core analyze --model demo --images DIR --out FILE`` computes the case study's
+result bundle headless, with a progress bar per stage, for batch jobs and for sharing: the
+dashboard's case-study page opens the bundle without recomputing. ``--report FILE.html``
+also writes the self-contained HTML report. Started with ``torchrun --nproc-per-node N -m
+core analyze ...`` the heavy stages are sharded over N processes (GPUs when present; see
+``core.pipeline.distributed``).
 
 A backbone (no classes: ``dinov2-s``, a DINO or MAE checkpoint) becomes a classifier with a
 linear probe (``core.models.probe``), so that the class-based analyses apply to it:
@@ -17,11 +18,17 @@ linear probe (``core.models.probe``), so that the class-based analyses apply to 
   backbone; subfolders named after its classes give labels, other images have none.
 
 The bundle then holds the probe, and the dashboard reopens it on the same backbone.
+
+``python -m core compare A.zip B.zip [--report FILE.html]`` opens two result bundles of any
+models, sizes or image sets (no model is loaded), prints what changed from A to B in
+sentences and how much the two head rankings agree, and writes the comparison report when
+asked. A bundle that cannot be opened is named by its side, A or B.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from dataclasses import replace
@@ -29,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from core.errors import (
+    BundleRejected,
     HeadScopeError,
     InvalidSetting,
     LabelsMismatch,
@@ -37,8 +45,9 @@ from core.errors import (
 )
 from core.measures.importance import BACKBONE_REASON, METRICS, metrics_for
 from core.pipeline import distributed
-from core.settings import DEFAULT_CLUSTERS
+from core.settings import DEFAULT_CLUSTERS, DEFAULT_SEED, DEFAULT_TOP_K
 from core.study.casestudy import CaseSettings, analyze, gather_or_raise
+from core.study.comparison import OVERLAP_KS, Comparison, compare
 from core.study.narrative import findings
 
 if TYPE_CHECKING:
@@ -72,7 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--img-size", type=int, help="input side in pixels, a multiple of the patch size (default: the model's)")
     run.add_argument("--checkpoint", type=Path, help="weights for --model (.safetensors or a weights-only torch file)")
-    run.add_argument("--images", type=Path, required=True, help="folder of images (class subfolders give labels)")
+    images = run.add_mutually_exclusive_group(required=True)
+    images.add_argument("--images", type=Path, help="folder of images (class subfolders give labels)")
+    images.add_argument(
+        "--sample-photos", action="store_true",
+        help="the 9 unlabelled photos that ship with scikit-image (the dashboard's sample photos), instead of --images",
+    )
     run.add_argument("--out", type=Path, required=True, help="the result bundle to write (.zip)")
     run.add_argument("--report", type=Path, help="also write the self-contained HTML report here")
     run.add_argument(
@@ -98,7 +112,29 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--curve-steps", type=int, default=defaults.curve_steps, help="points of the pruning curve")
     run.add_argument("--seed", type=int, default=defaults.seed)
     run.add_argument("--layout", choices=("umap", "pca"), default="umap", help="2-D layout of the pattern codes")
+    _compare_parser(commands)
     return parser
+
+
+def _compare_parser(commands: argparse._SubParsersAction) -> None:
+    both = commands.add_parser(
+        "compare",
+        help="compare two result bundles",
+        description=(
+            "Open two result bundles (any models, input sizes or image sets; no model is loaded) and say what "
+            "changed from A to B: per head when both have the same layers x heads, else per-layer trends against "
+            "depth, the pruning curves, each side's top heads and one pattern space for both."
+        ),
+    )
+    both.add_argument("a", type=Path, metavar="A.zip", help="side A: a result bundle (python -m core analyze --out)")
+    both.add_argument("b", type=Path, metavar="B.zip", help="side B: another result bundle; differences are B minus A")
+    both.add_argument("--report", type=Path, help="also write the self-contained HTML comparison report here")
+    both.add_argument(
+        "--metric", help=f"importance metric the heads are ranked by: one of {', '.join(METRICS)} (default: the first both hold)"
+    )
+    both.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="top heads per side (default %(default)s)")
+    both.add_argument("--layout", choices=("umap", "pca"), default="umap", help="2-D layout of the joint pattern space")
+    both.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the joint pattern space")
 
 
 class _StageBars:
@@ -216,7 +252,11 @@ def _labelled_by_classes(image_set: ImageSet, class_names: Sequence[str] | None)
 
 
 def analyze_command(args: argparse.Namespace) -> int:
-    from core.inputs.images import image_set_from_folder, join_folder_shares
+    from core.inputs.images import (
+        image_set_from_folder,
+        join_folder_shares,
+        sample_photos_set,
+    )
     from core.models.handle import imagenet_synsets
     from core.models.load import load_model
     from core.study.bundle import write_bundle
@@ -226,6 +266,8 @@ def analyze_command(args: argparse.Namespace) -> int:
     for flag, path in (("--out", args.out), ("--report", args.report), ("--save-probe", args.save_probe)):
         _check_output(flag, path)
     fit = args.probe == FIT
+    if fit and args.sample_photos:
+        raise InvalidSetting("--probe fit needs --images: a folder with one subfolder of images per class.")
     if args.save_probe is not None and not fit:
         raise InvalidSetting("--save-probe writes a probe fitted here; use it with --probe fit.")
     probe_data = _probe_file(Path(args.probe)) if args.probe is not None and not fit else None
@@ -239,10 +281,13 @@ def analyze_command(args: argparse.Namespace) -> int:
     aliases = [[s] for s in imagenet_synsets()] if len(handle.class_names) == 1000 else None
     # streamed: the set keeps names, ids and labels, and every pass decodes one batch at a
     # time; each process reads (and later decodes) only its own share of the folder
-    share = image_set_from_folder(
-        args.images, handle.class_names, aliases=aliases, lazy=True, share=(shards.rank, shards.size)
-    )
-    image_set, notes = join_folder_shares(distributed.gather(share, shards), args.images)
+    if args.sample_photos:  # small, built in and unlabelled: every process holds the whole set
+        image_set, notes = sample_photos_set(), []
+    else:
+        share = image_set_from_folder(
+            args.images, handle.class_names, aliases=aliases, lazy=True, share=(shards.rank, shards.size)
+        )
+        image_set, notes = join_folder_shares(distributed.gather(share, shards), args.images)
     for note in notes if lead else ():
         print(f"note: {note}", file=sys.stderr)
     bars = _StageBars() if lead else None
@@ -346,10 +391,70 @@ def _report(study: CaseStudy, args: argparse.Namespace, metric: str) -> None:
             print(f"{finding.label}: {finding.explanation}")
 
 
+def compare_command(args: argparse.Namespace) -> int:
+    """``python -m core compare``: the sentences and the ranking agreement on the terminal, the report when asked."""
+    if args.metric is not None and args.metric not in METRICS:
+        raise UnsupportedMetric(f"--metric {args.metric} is not a head-importance metric: choose one of {', '.join(METRICS)}.")
+    if args.top_k < 1:
+        raise InvalidSetting(f"--top-k must be at least 1, not {args.top_k}.")
+    _check_output("--report", args.report)
+    study_a, study_b = _opened_bundle("A", args.a), _opened_bundle("B", args.b)
+    c = compare(study_a, study_b, metric=args.metric, top_k=args.top_k, patterns=True, layout=args.layout, seed=args.seed)
+    for sentence in c.sentences:
+        print(sentence)
+    _print_agreement(c)
+    if args.report:
+        # imported here, not at the top: core never imports viz (altair, vl_convert) when it is imported
+        from viz.compare_report import render_comparison
+
+        args.report.write_text(render_comparison(c), encoding="utf-8")
+        print(f"Wrote {args.report}.")
+    return 0
+
+
+def _opened_bundle(side: str, path: Path) -> CaseStudy:
+    """The study in the bundle at ``path``, of any model.
+
+    Raises:
+        BundleRejected: the file cannot be read, is too large or is no bundle, in a sentence naming ``side``.
+    """
+    from core.errors import human_size
+    from core.study.bundle import DEFAULT_BUNDLE_LIMITS, load_bundle
+
+    limit = DEFAULT_BUNDLE_LIMITS.max_total_bytes
+    try:
+        size = path.stat().st_size
+        if size > limit:  # a bundle's ZIP is never larger than what it holds: refused before it is read
+            raise BundleRejected(
+                f"{side} ({path}) is {human_size(size)}; a result bundle is at most {human_size(limit)}, so this is not one."
+            )
+        data = path.read_bytes()  # a folder is an OSError too
+    except OSError as err:
+        raise BundleRejected(f"{side} ({path}) cannot be read: {err.strerror or err}.") from None
+    try:
+        return load_bundle(data)
+    except BundleRejected as err:
+        raise BundleRejected(f"{side} ({path}): {err}") from None
+
+
+def _print_agreement(c: Comparison) -> None:
+    """How much the two head rankings agree under the comparison's metric, in one line (none when they cannot be matched)."""
+    rows = c.agreement[c.agreement["metric"] == c.metric]
+    if rows.empty:
+        return
+    row = rows.iloc[0]
+    parts = [f"Spearman {row['spearman']:.3f}", f"Kendall {row['kendall']:.3f}"]
+    parts += [f"top {k} overlap {int(row[f'top_{k}'])}/{k}" for k in OVERLAP_KS if math.isfinite(row[f"top_{k}"])]
+    print(f"Rank agreement by {c.metric} over {int(row['heads'])} heads: {', '.join(parts)}.")
+
+
+COMMANDS = {"analyze": analyze_command, "compare": compare_command}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return analyze_command(args)
+        return COMMANDS[args.command](args)
     except (HeadScopeError, OSError) as err:
         message = err.strerror + f": {err.filename}" if isinstance(err, OSError) and err.strerror else str(err)
         print(f"error: {message}", file=sys.stderr)

@@ -13,6 +13,7 @@ __all__ = [
     "ModelUnavailable",
     "NonFiniteOutputs",
     "NotEnoughImages",
+    "NothingToCompare",
     "OutOfMemory",
     "ProbeRejected",
     "UnsupportedMapKind",
@@ -87,6 +88,10 @@ class UnsupportedMapKind(HeadScopeError, ValueError):
 class LabelsMismatch(HeadScopeError, ValueError):
     """Labels or class names that do not fit: not one label per image, a label past the model's (or the
     set's) classes, or a class-name list whose length is not the model's number of outputs."""
+
+
+class NothingToCompare(HeadScopeError, ValueError):
+    """Two studies that hold no measure in common, so there is nothing to put side by side."""
 
 
 def human_size(num_bytes: int) -> str:

@@ -23,6 +23,7 @@ PAGES = (
     ("pages/3_Attention_Patterns.py", "Attention patterns", ":material/bubble_chart:"),
     ("pages/4_Case_Study.py", "Case study", ":material/summarize:"),
     ("pages/5_Explanations.py", "Explanations", ":material/visibility:"),
+    ("pages/6_Compare.py", "Compare", ":material/compare_arrows:"),
 )
 ALONE = (
     "This page runs on its own, on the start model and the sample images; "

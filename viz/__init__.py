@@ -2,6 +2,7 @@
 
 Pure builders (a tidy DataFrame in, an ``alt.Chart`` out) by view: ``viz.overview`` (A),
 ``viz.importance`` (B), ``viz.strength`` (C), ``viz.patterns`` (D), the pieces they share
-in ``viz.common``, and the self-contained HTML report in ``viz.report``. viz imports core
+in ``viz.common``, the self-contained HTML report in ``viz.report``, and two studies
+side by side in ``viz.compare`` and its report ``viz.compare_report``. viz imports core
 (tables, constants), never streamlit; core never imports viz.
 """

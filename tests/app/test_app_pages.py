@@ -36,6 +36,7 @@ def test_the_sidebar_names_every_page(app: AppTest) -> None:
     assert _links(app) == [
         ("Overview", ""), ("Head importance", "Head_Importance"), ("Attention strength", "Attention_Strength"),
         ("Attention patterns", "Attention_Patterns"), ("Case study", "Case_Study"), ("Explanations", "Explanations"),
+        ("Compare", "Compare"),
     ]
     _assert_every_chart_and_table_exports(app)
     app.switch_page(VIEW_PAGES[1]).run()
@@ -74,6 +75,8 @@ def _assert_every_chart_and_table_exports(at: AppTest) -> None:
 @pytest.mark.parametrize("page", VIEW_PAGES)
 def test_page_opens_on_the_demo_samples(app: AppTest, page: str) -> None:
     app.switch_page(page).run()
+    if page.endswith("Compare.py"):  # it draws once both sides are given: the current analysis against itself
+        app.radio(key="compare_source_B").set_value("the current analysis").run()
     assert not app.exception, app.exception
     assert not app.error, [e.value for e in app.error]
     _assert_every_chart_and_table_exports(app)

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
 from core.errors import ProbeRejected
-from core.inputs.images import ImageSet, decode_image
+from core.inputs.images import ImageSet
 from core.models.handle import wrap_model
 from core.models.probe import fit_probe, probe_features, probe_from_bytes, with_probe
 from core.study.bundle import (
@@ -33,22 +31,11 @@ from core.study.casestudy import (
 )
 from helpers.bundles import bundle_members, edited_bundle, refused
 from helpers.data import DATA
+from helpers.images import labelled_noise
 from helpers.models import tiny_vit
 
 CLASSES = ("ant", "bee", "cat")
 TINY = CaseSettings(top_k=2, hurt_images=2, max_maps=150, n_clusters=2, curve_steps=2)
-
-
-def _labelled_noise(count: int, side: int = 32, seed: int = 0) -> ImageSet:
-    """Noise images whose brightness depends on their label ``i % 3``, so a probe has something to learn."""
-    rng = np.random.default_rng(seed)
-    images = []
-    for i in range(count):
-        pixels = np.clip(rng.normal(60 + 60 * (i % 3), 40, (side, side, 3)), 0, 255).astype(np.uint8)
-        buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, format="PNG")
-        images.append(decode_image(buffer.getvalue(), f"noise-{i}", label=i % 3))
-    return ImageSet.from_images(f"{count} labelled noise images", images)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +45,7 @@ def backbone():
 
 @pytest.fixture(scope="module")
 def noise() -> ImageSet:
-    return _labelled_noise(15)
+    return labelled_noise(15)
 
 
 @pytest.fixture(scope="module")
