@@ -401,7 +401,7 @@ def compare_command(args: argparse.Namespace) -> int:
     study_a, study_b = _opened_bundle("A", args.a), _opened_bundle("B", args.b)
     c = compare(study_a, study_b, metric=args.metric, top_k=args.top_k, patterns=True, layout=args.layout, seed=args.seed)
     for sentence in c.sentences:
-        print(sentence)
+        print(_printable(sentence))  # names come from the bundles: no escape sequence reaches the terminal
     _print_agreement(c)
     if args.report:
         # imported here, not at the top: core never imports viz (altair, vl_convert) when it is imported
@@ -410,6 +410,11 @@ def compare_command(args: argparse.Namespace) -> int:
         args.report.write_text(render_comparison(c), encoding="utf-8")
         print(f"Wrote {args.report}.")
     return 0
+
+
+def _printable(text: str) -> str:
+    """``text`` without control characters (a bundle's names could hold terminal escape sequences)."""
+    return "".join(ch if ch.isprintable() else "\N{REPLACEMENT CHARACTER}" for ch in text)
 
 
 def _opened_bundle(side: str, path: Path) -> CaseStudy:

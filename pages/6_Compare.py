@@ -9,7 +9,13 @@ from streamlit.delta_generator import DeltaGenerator
 
 from core.measures.importance import METRIC_HELP
 from core.measures.projection import start_umap_warmup
-from core.study.comparison import SIDES, Comparison
+from core.study.comparison import (
+    FAITHFULNESS_NOTE,
+    FINDING_PARTS,
+    OVERLAP_KS,
+    SIDES,
+    Comparison,
+)
 from ui import compare, export, patterns, sidebar
 from ui.display import plain, sentence_on_error
 from viz.common import HEAD_SELECTION
@@ -78,7 +84,7 @@ def _per_head(c: Comparison, metric: str) -> None:
                 column_config={
                     "spearman": st.column_config.NumberColumn("Spearman", format="%.2f"),
                     "kendall": st.column_config.NumberColumn("Kendall", format="%.2f"),
-                    **{f"top_{k}": st.column_config.NumberColumn(f"top {k} in both", format="%d") for k in (5, 10, 20)},
+                    **{f"top_{k}": st.column_config.NumberColumn(f"top {k} in both", format="%d") for k in OVERLAP_KS},
                 },
             )
             st.caption("Rank correlations of the two head rankings under each metric, and how many heads both top k share.")
@@ -188,8 +194,10 @@ def _top_heads(c: Comparison) -> None:
             for finding in found.heads:
                 with st.container(border=True):
                     st.markdown(f"**{finding.rank}. {finding.label}**")
-                    st.markdown(plain(finding.importance))
-                    st.markdown(plain(finding.locality))
+                    for part in FINDING_PARTS:  # a bundle saved before a part was measured has no sentence for it
+                        if getattr(finding, part):
+                            st.markdown(plain(getattr(finding, part)))
+    st.caption(FAITHFULNESS_NOTE)
 
 
 def _joint_patterns(c: Comparison, note: str | None) -> None:
@@ -232,7 +240,7 @@ def _export(c: Comparison) -> None:
     stem = export.file_stem(f"compare {c.a.model} {c.b.model}")
     st.download_button(
         "Download the HTML comparison report", data=lambda: render_comparison(c), file_name=f"{stem}.html",
-        mime="text/html", icon=":material/description:",
+        mime="text/html", icon=":material/description:", key="compare_report", on_click="ignore",
         help="One file with every chart, table and sentence of this page; opens with no network.",
     )
     st.caption("The same report from the command line: `python -m core compare A.zip B.zip --report compare.html`.")

@@ -23,7 +23,7 @@ from core.measures.projection import Method
 from core.models.handle import ViTHandle
 from core.study.bundle import load_bundle
 from core.study.casestudy import CaseStudy
-from core.study.comparison import MEASURE_TITLES, Comparison, compare
+from core.study.comparison import Comparison, compare
 from ui import casestudy, export
 from ui.casestudy import OpenedBundle
 from viz.common import HEAD_SELECTION
@@ -222,7 +222,7 @@ def focus_values(c: Comparison, layer: int, head: int) -> pd.DataFrame:
     """The head's value in A and B, and B minus A, for every measure both hold: one row per measure."""
     rows = c.differences[(c.differences["layer"] == layer) & (c.differences["head"] == head)]
     return pd.DataFrame({
-        "measure": [MEASURE_TITLES[m] for m in rows["measure"]],
+        "measure": [c.measure_title(m) for m in rows["measure"]],
         "A": rows["a"].to_numpy(), "B": rows["b"].to_numpy(), "B − A": rows["difference"].to_numpy(),
     })
 

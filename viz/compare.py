@@ -137,7 +137,7 @@ def difference_heatmap(
     grid = c.difference_grid(measure)
     largest = float(grid["difference"].abs().max())
     bound = largest if np.isfinite(largest) and largest > 0 else _EPSILON
-    title = MEASURE_TITLES[measure]
+    title = c.measure_title(measure)
     x = alt.X("head:O", title="head", axis=alt.Axis(labelAngle=0))
     y = alt.Y("layer:O", title="layer")
     cells = (
@@ -306,7 +306,7 @@ def curves_chart(c: Comparison, order: str | None = None) -> alt.Chart:
         .properties(
             title=alt.TitleParams(
                 "Cumulative pruning, A and B",
-                subtitle=f"solid: heads pruned by {by} · dashed: in a random order",
+                subtitle=[*_side_lines(c), f"solid: heads pruned by {by} · dashed: in a random order"],
                 anchor="start",
             ),
             width=CHART_WIDTH,
@@ -321,9 +321,9 @@ def trends_chart(c: Comparison) -> alt.FacetChart:
     Depth as a fraction of the network lines up models of different depths: 0 is the first
     layer, 1 the last. A measure a side's bundle lacks leaves that side out of its panel.
     """
-    titles = [MEASURE_TITLES[m] for m in TREND_MEASURES]
+    titles = [c.measure_title(m) for m in TREND_MEASURES]
     data = _labelled(c.trends.dropna(subset=["value"]), c)
-    data = data.assign(title=data["measure"].map(MEASURE_TITLES))
+    data = data.assign(title=data["measure"].map(c.measure_title))
     base = alt.Chart().encode(
         x=alt.X("depth:Q", title="depth (layer / last layer)", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format=".1f")),
         y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False)),
@@ -348,7 +348,9 @@ def trends_chart(c: Comparison) -> alt.FacetChart:
         .properties(
             title=alt.TitleParams(
                 "Per-layer means against depth",
-                subtitle="a point per layer: the mean over its heads · depth 0 = the first layer, 1 = the last",
+                subtitle=[
+                    *_side_lines(c), "a point per layer: the mean over its heads · depth 0 = the first layer, 1 = the last"
+                ],
                 anchor="start",
             )
         )
@@ -400,7 +402,7 @@ def joint_patterns_chart(c: Comparison, *, focus: tuple[str, int, int] | None = 
         .properties(name="joint_heads")  # a fixed view name: the spec is the same each time it is built
     )
     layers: list[alt.Chart] = [dots]
-    notes = ["a mark per head at its mean offset map's code · colour: joint cluster · click a head"]
+    notes = [*_side_lines(c), "a mark per head at its mean offset map's code · colour: joint cluster · click a head"]
     if focus is not None:
         layers += _focus_rings(heads, patterns, focus, x, y)
         side, layer, head = focus
@@ -480,7 +482,7 @@ def prototypes_chart(c: Comparison) -> alt.FacetChart:
         .properties(
             title=alt.TitleParams(
                 "What each joint cluster's heads look at",
-                subtitle="the decoded centre of each cluster's mean offset maps · outlined: the query patch",
+                subtitle=[*_side_lines(c), "the decoded centre of each cluster's mean offset maps · outlined: the query patch"],
                 anchor="start",
             )
         )

@@ -15,11 +15,17 @@ from typing import Mapping
 import altair as alt
 import numpy as np
 
-from core.study.comparison import OVERLAP_KS, SIDES, Comparison, Side
+from core.study.comparison import (
+    FAITHFULNESS_NOTE,
+    FINDING_PARTS,
+    OVERLAP_KS,
+    SIDES,
+    Comparison,
+    Side,
+)
 from core.study.narrative import HeadFinding
 from viz.compare import SIDE_COLOURS, comparison_charts
-from viz.export import inline_spec
-from viz.report import _CSS, _EMBED, _chart, _script_json, _table
+from viz.report import _chart, _table, html_document
 
 __all__ = ["render_comparison"]
 
@@ -49,8 +55,6 @@ def render_comparison(c: Comparison) -> str:
     depth, pruning curves, top heads side by side, patterns across both; a section that
     does not apply says why.
     """
-    import vl_convert
-
     charts = comparison_charts(c)
     bodies = {
         "summary": _summary(c),
@@ -61,21 +65,9 @@ def render_comparison(c: Comparison) -> str:
         "top": _top(c),
         "patterns": _patterns(c),
     }
-    nav = " ".join(f'<a href="#{key}">{title}</a>' for key, title in _SECTION_TITLES.items())
-    sections = "\n".join(
-        f'<section id="{key}">\n<h2>{_SECTION_TITLES[key]}</h2>\n{body}\n</section>' for key, body in bodies.items()
-    )
-    specs = {key: inline_spec(chart) for key, chart in charts.items()}
     title = f"HeadScope comparison: {_model_at(c.a)} and {_model_at(c.b)}"
-    # as in the case-study report: should the bundle ever hold "</script" in a string, it cannot end the script
-    bundle = vl_convert.javascript_bundle().replace("</script", "<\\/script")
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        f"<title>{escape(title)}</title>\n<style>{_CSS}{_COMPARE_CSS}</style>\n"
-        f"<script>\n{bundle}\n</script>\n</head>\n<body>\n<main>\n"
-        f"<h1>{escape(title)}</h1>\n<nav>{nav}</nav>\n{sections}\n</main>\n"
-        f"<script>\nconst specs = {_script_json(specs)};\n{_EMBED}</script>\n</body>\n</html>\n"
-    )
+    sections = {key: (_SECTION_TITLES[key], body) for key, body in bodies.items()}
+    return html_document(title, sections, charts, css=_COMPARE_CSS)
 
 
 def _model_at(side: Side) -> str:
@@ -235,12 +227,12 @@ def _top(c: Comparison) -> str:
         by = found.metric.replace("_", " ")
         cards = "\n".join(_head_card(side.name, finding, by) for finding in found.heads)
         columns.append(f"<div>\n<h3>{escape(side.label)}</h3>\n<p>Top heads by {escape(by)}.</p>\n{cards}\n</div>")
-    return '<div class="sides">\n' + "\n".join(columns) + "\n</div>"
+    return '<div class="sides">\n' + "\n".join(columns) + f'\n</div>\n<p class="note">{escape(FAITHFULNESS_NOTE)}</p>'
 
 
 def _head_card(side: str, finding: HeadFinding, by: str) -> str:
     sentences = "\n".join(
-        f"<li>{escape(text)}</li>" for text in (finding.importance, finding.locality, finding.concentration) if text
+        f"<li>{escape(getattr(finding, part))}</li>" for part in FINDING_PARTS if getattr(finding, part)
     )
     return (
         f'<article class="card side-{side}">\n'

@@ -50,7 +50,7 @@ from viz.importance import (
 from viz.patterns import pattern_space_chart, prototype_chart, reconstruction_chart
 from viz.strength import ALL_HEADS, heads_by_layer_chart, top_heads_hop_profiles_chart
 
-__all__ = ["case_charts", "head_values", "mode_chart_key", "relevance_entries", "render_report"]
+__all__ = ["case_charts", "head_values", "html_document", "mode_chart_key", "relevance_entries", "render_report"]
 
 # What a <script> must not contain literally: the specs carry user strings (image names).
 _SCRIPT_ESCAPES = {ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026"}
@@ -254,8 +254,6 @@ def render_report(study: CaseStudy, metric: str | None = None, *, top_k: int | N
     Raises:
         ValueError: ``metric`` is unknown or the study lacks it (from ``findings``).
     """
-    import vl_convert
-
     found = findings(study, metric, top_k=top_k)
     charts = case_charts(study, found)
     bodies = {
@@ -267,20 +265,34 @@ def render_report(study: CaseStudy, metric: str | None = None, *, top_k: int | N
         "explanations": _explanations(study, charts),
         "settings": _settings(study),
     }
-    nav = " ".join(f'<a href="#{key}">{title}</a>' for key, title in _SECTION_TITLES.items())
-    sections = "\n".join(
-        f'<section id="{key}">\n<h2>{_SECTION_TITLES[key]}</h2>\n{body}\n</section>' for key, body in bodies.items()
+    title = f"HeadScope case study: {study.model_label} on {study.manifest['image_set']['title']}"
+    return html_document(title, {key: (_SECTION_TITLES[key], body) for key, body in bodies.items()}, charts)
+
+
+def html_document(
+    title: str, sections: Mapping[str, tuple[str, str]], charts: Mapping[str, alt.TopLevelMixin], css: str = ""
+) -> str:
+    """One HTML document that opens with no network: one inline copy of Vega, the charts' specs with their data.
+
+    ``sections`` maps an anchor to its heading and its HTML body (already escaped); the headings
+    are HeadScope's own text. ``title`` may hold user strings: it is escaped here. ``css`` is
+    added to the reports' style sheet. Chart specs are escaped so no string can end their script.
+    """
+    import vl_convert
+
+    nav = " ".join(f'<a href="#{key}">{heading}</a>' for key, (heading, _) in sections.items())
+    body = "\n".join(
+        f'<section id="{key}">\n<h2>{heading}</h2>\n{text}\n</section>' for key, (heading, text) in sections.items()
     )
     specs = {key: inline_spec(chart) for key, chart in charts.items()}  # a report holds its data inline
-    title = f"HeadScope case study: {study.model_label} on {study.manifest['image_set']['title']}"
     # the bundle holds no "</script" today; should a later one (in a string or regex, where "<\/" means "</"),
     # the escape keeps it from ending the script early
     bundle = vl_convert.javascript_bundle().replace("</script", "<\\/script")
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        f"<title>{escape(title)}</title>\n<style>{_CSS}</style>\n"
+        f"<title>{escape(title)}</title>\n<style>{_CSS}{css}</style>\n"
         f"<script>\n{bundle}\n</script>\n</head>\n<body>\n<main>\n"
-        f"<h1>{escape(title)}</h1>\n<nav>{nav}</nav>\n{sections}\n</main>\n"
+        f"<h1>{escape(title)}</h1>\n<nav>{nav}</nav>\n{body}\n</main>\n"
         f"<script>\nconst specs = {_script_json(specs)};\n{_EMBED}</script>\n</body>\n</html>\n"
     )
 

@@ -50,6 +50,8 @@ from core.study.casestudy import (
     thumbnail_png,
 )
 from core.study.comparison import (
+    FAITHFULNESS_NOTE,
+    FINDING_PARTS,
     HEAD_MEASURES,
     MEASURE_TITLES,
     OVERLAP_KS,
@@ -75,6 +77,8 @@ __all__ = [
     "CaseStudy",
     "Comparison",
     "DEFAULT_BUNDLE_LIMITS",
+    "FAITHFULNESS_NOTE",
+    "FINDING_PARTS",
     "HEAD_MEASURES",
     "HeadFinding",
     "JointPatterns",

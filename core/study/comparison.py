@@ -22,6 +22,7 @@ It also says in sentences what changed most, with the numbers.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
@@ -31,7 +32,11 @@ import torch
 from scipy import stats
 
 from core.errors import NothingToCompare, UnsupportedMetric
-from core.measures.importance import METRICS, rank_heads
+from core.measures.importance import (
+    HIGHER_MEANS_LESS_IMPORTANT,
+    METRICS,
+    RANKED_BY_MAGNITUDE,
+)
 from core.measures.patterns import (
     AE_SIZE,
     MapSample,
@@ -45,6 +50,8 @@ from core.study.casestudy import CaseStudy
 from core.study.narrative import CaseFindings, findings, sink_summary
 
 __all__ = [
+    "FAITHFULNESS_NOTE",
+    "FINDING_PARTS",
     "HEAD_MEASURES",
     "MEASURE_TITLES",
     "OVERLAP_KS",
@@ -86,6 +93,13 @@ _SPOKEN = {
     "key_entropy": ("key entropy", "{:.2f} nats"),
 }
 OVERLAP_KS = (5, 10, 20)
+# The sentences of a top head's finding (``HeadFinding``) a comparison shows, in the case study's order.
+FINDING_PARTS = ("importance", "mechanism", "locality", "concentration", "pattern", "explanation")
+# Why a comparison shows no faithfulness scores: no study holds them, so no two studies both have them.
+FAITHFULNESS_NOTE = (
+    "Faithfulness is not compared: a study keeps the relevance maps of the images its findings cite, not their "
+    "deletion and insertion scores; the Explanations page scores the current analysis's maps."
+)
 _NEIGHBOURS = 3  # nearest heads of the other side by pattern, per head
 _THIRDS = ("first", "middle", "last")
 # A relative change below this is the noise of recomputing the same numbers (float32 sums in
@@ -134,7 +148,8 @@ class Side:
 
     @property
     def shape(self) -> str:
-        return f"{self.layers} layers x {self.heads} heads"
+        """``12 layers x 6 heads``; ``1 layer x 1 head``."""
+        return f"{self.layers} layer{'s' if self.layers != 1 else ''} x {self.heads} head{'s' if self.heads != 1 else ''}"
 
 
 @dataclass(frozen=True)
@@ -178,6 +193,8 @@ class Comparison:
         a, b: what each side is.
         same_heads: both have the same layers x heads, so heads can be matched one to one.
         why_not: when they do not, the sentence that says so and what is compared instead.
+        distance_share: the input sizes differ, so mean attention distance is compared as a share
+            of each input's side (in ``differences`` and ``trends``), not in pixels.
         metric: the importance metric the sentences and the top heads rank by.
         measures: the per-head measures both sides hold, in ``HEAD_MEASURES`` order.
         missing: sentences naming what one side lacks (a measure, concentration arrays, a pruning
@@ -208,6 +225,7 @@ class Comparison:
     b: Side
     same_heads: bool
     why_not: str
+    distance_share: bool
     metric: str
     measures: tuple[str, ...]
     missing: tuple[str, ...]
@@ -225,6 +243,12 @@ class Comparison:
     @property
     def sides(self) -> tuple[Side, Side]:
         return self.a, self.b
+
+    def measure_title(self, measure: str) -> str:
+        """``MEASURE_TITLES[measure]``, with the unit distance is compared in."""
+        if measure == "distance" and self.distance_share:
+            return "mean attention distance (share of the image side)"
+        return MEASURE_TITLES[measure]
 
     def difference_grid(self, measure: str) -> pd.DataFrame:
         """The rows of ``differences`` for one measure."""
@@ -259,6 +283,10 @@ def compare(
     """
     a, b = Side.of("A", study_a), Side.of("B", study_b)
     values = {"A": head_values(study_a), "B": head_values(study_b)}
+    share = a.img_size != b.img_size  # in pixels, the same pattern covers more of the larger input
+    if share:
+        for side in (a, b):
+            values[side.name]["distance"] = values[side.name]["distance"] / _image_side(side)
     held = {side: [m for m in HEAD_MEASURES if m in frame and frame[m].notna().all()] for side, frame in values.items()}
     measures = tuple(m for m in HEAD_MEASURES if m in held["A"] and m in held["B"])
     if not measures:
@@ -283,7 +311,7 @@ def compare(
     joint = joint_patterns(study_a, study_b, method=layout, seed=seed) if patterns else None
     curves = _curves(study_a, study_b)
     comparison = Comparison(
-        a=a, b=b, same_heads=same, why_not=why_not, metric=metric, measures=measures,
+        a=a, b=b, same_heads=same, why_not=why_not, distance_share=share, metric=metric, measures=measures,
         missing=_missing(held, study_a, study_b) + _caveats(a, b, study_a, study_b, curves, top_k),
         differences=differences, agreement=agreement, moves=moves, curves=curves, sinks=sinks, norms=norms,
         trends=trends, top=top, patterns=joint, sentences=(),
@@ -327,25 +355,29 @@ def _empty_differences() -> pd.DataFrame:
 
 
 def _rankings(study_a: CaseStudy, study_b: CaseStudy, metrics: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """How much the two head rankings agree under each shared metric, and which heads moved."""
+    """How much the two head rankings agree under each shared metric, and which heads moved.
+
+    The correlations are of the importance scores themselves (Spearman with average ranks for
+    ties, Kendall's tau-b), so tied heads are not ordered by their position in the model;
+    NaN when every head ties on a side. Ranks in ``moves`` give tied heads the best rank they
+    share, and a top k holds every head ranked k or better (more than k when heads tie at k).
+    """
     rows, moves = [], []
     for metric in metrics:
-        ranked_a = rank_heads(study_a.tables["importance_overall"], metric)
-        ranked_b = rank_heads(study_b.tables["importance_overall"], metric)
-        joined = ranked_a[["layer", "head", "rank"]].merge(
-            ranked_b[["layer", "head", "rank"]], on=["layer", "head"], suffixes=("_a", "_b")
-        ).sort_values(["layer", "head"], ignore_index=True)
+        joined = _score(study_a, metric).merge(_score(study_b, metric), on=["layer", "head"], suffixes=("_a", "_b"))
+        joined = joined.sort_values(["layer", "head"], ignore_index=True)
+        for side in ("a", "b"):
+            joined[f"rank_{side}"] = joined[f"score_{side}"].rank(ascending=False, method="min").astype(int)
         n = len(joined)
         overlaps = {
-            f"top_{k}": float(len(set(_top(ranked_a, k)) & set(_top(ranked_b, k)))) if k < n else float("nan")
+            f"top_{k}": float(((joined["rank_a"] <= k) & (joined["rank_b"] <= k)).sum()) if k < n else float("nan")
             for k in OVERLAP_KS
         }
-        rows.append({
-            "metric": metric, "heads": n,
-            "spearman": float(stats.spearmanr(joined["rank_a"], joined["rank_b"]).statistic),
-            "kendall": float(stats.kendalltau(joined["rank_a"], joined["rank_b"]).statistic),
-            **overlaps,
-        })
+        with warnings.catch_warnings():  # a side whose heads all tie: the correlation is undefined (NaN)
+            warnings.simplefilter("ignore")
+            spearman = float(stats.spearmanr(joined["score_a"], joined["score_b"]).statistic)
+            kendall = float(stats.kendalltau(joined["score_a"], joined["score_b"]).statistic)
+        rows.append({"metric": metric, "heads": n, "spearman": spearman, "kendall": kendall, **overlaps})
         joined = joined.assign(
             metric=metric, head_label="L" + joined["layer"].astype(str) + "H" + joined["head"].astype(str),
             move=joined["rank_a"] - joined["rank_b"],
@@ -355,8 +387,13 @@ def _rankings(study_a: CaseStudy, study_b: CaseStudy, metrics: Sequence[str]) ->
     return pd.DataFrame(rows, columns=_empty_agreement().columns), pd.concat(moves, ignore_index=True)
 
 
-def _top(ranked: pd.DataFrame, k: int) -> list[tuple[int, int]]:
-    return list(zip(ranked["layer"].head(k), ranked["head"].head(k)))
+def _score(study: CaseStudy, metric: str) -> pd.DataFrame:
+    """layer, head, score: the head's importance under ``metric``, higher = more important (as ``rank_heads`` orders)."""
+    overall = study.tables["importance_overall"]
+    rows = overall[overall["metric"] == metric]
+    score = rows["value"].abs() if metric in RANKED_BY_MAGNITUDE else rows["value"]
+    score = -score if HIGHER_MEANS_LESS_IMPORTANT[metric] else score
+    return pd.DataFrame({"layer": rows["layer"].astype(int), "head": rows["head"].astype(int), "score": score.astype(float)})
 
 
 def _empty_agreement() -> pd.DataFrame:
@@ -466,9 +503,9 @@ def _caveats(
     notes = []
     if a.img_size != b.img_size:
         notes.append(
-            f"A sees {a.size} inputs and B {b.size}: mean attention distance is in pixels of each input, so the same "
-            "pattern covers more pixels at the larger size (the sentences also give it as a share of the image side), "
-            "and hop and key entropy can reach higher on the larger grid (more hops, more tokens)."
+            f"A sees {a.size} inputs and B {b.size}: mean attention distance is compared as a share of each input's "
+            "side (in pixels the same pattern covers more of a larger input), and hop and key entropy can reach "
+            "higher on the larger grid (more hops, more tokens)."
         )
     for side in SIDES:
         if curves[curves["side"] == side]["value"].isna().all():
@@ -477,6 +514,12 @@ def _caveats(
                 f"{side}'s bundle (format version {study.manifest['format_version']}) has no "
                 f"{curves['quantity'].iloc[0]} pruning curve, so only the other side's is drawn."
             )
+    old = [side for side, study in (("A", study_a), ("B", study_b)) if not study.strength.has_concentration]
+    if old and a.layers == b.layers and a.heads == b.heads:
+        notes.append(
+            f"{_listed(old)}'s bundle{'s were' if len(old) > 1 else ' was'} saved before HeadScope measured sink heads "
+            "and token norms, so they are not compared."
+        )
     for side, study in (("A", study_a), ("B", study_b)):
         if top_k > study.settings.top_k:
             notes.append(f"{side}'s study kept its top {study.settings.top_k} heads per metric, so at most that many are shown.")
@@ -510,10 +553,12 @@ def joint_patterns(
     small = a if a.grid[0] * a.grid[1] <= b.grid[0] * b.grid[1] else b
     large = b if small is a else a
     window = (2 * small.grid[0] - 1, 2 * small.grid[1] - 1)
+    # a non-square pair (16x32 against 32x16) can be shorter on one side: that side's cells are repeated
+    stretched = " (repeating cells along its shorter side)" if min(large.grid[0] - small.grid[0], large.grid[1] - small.grid[1]) < 0 else ""
     resampled = "" if a.grid == b.grid else (
         f"{large.name}'s offset maps ({2 * large.grid[0] - 1}x{2 * large.grid[1] - 1}, grid {large.grid[0]}x"
         f"{large.grid[1]}) were resampled to {small.name}'s {window[0]}x{window[1]} (grid {small.grid[0]}x"
-        f"{small.grid[1]}) by area averaging, so an offset is a fraction of the image on both sides."
+        f"{small.grid[1]}) by area averaging{stretched}, so an offset is a fraction of the image on both sides."
     )
     inputs, origins = [], []
     for side, study in ((a, study_a), (b, study_b)):
@@ -585,8 +630,7 @@ def _sentences(c: Comparison) -> list[str]:
         parts.append(c.why_not)
     if c.same_heads:
         largest = float(c.differences["difference"].abs().max())
-        scale = float(c.differences[["a", "b"]].abs().max().max()) or 1.0
-        differs = largest > NOISE * scale
+        differs = any(_changed(c.difference_grid(measure)) for measure in c.measures)
         if largest == 0:
             parts.append("Every per-head measure both studies hold is the same in A and B: every difference is 0.")
         elif not differs:
@@ -604,19 +648,33 @@ def _sentences(c: Comparison) -> list[str]:
     return parts
 
 
+def _changed(rows: pd.DataFrame) -> bool:
+    """Whether one measure's differences are more than the noise of computing its numbers again."""
+    scale = max(float(rows["a"].abs().max()), float(rows["b"].abs().max()), 1e-12)
+    return float(rows["difference"].abs().max()) > NOISE * scale
+
+
 def _ranking_sentences(c: Comparison) -> list[str]:
     if c.metric not in set(c.agreement["metric"]):
         return []
     row = c.agreement[c.agreement["metric"] == c.metric].iloc[0]
     by = c.metric.replace("_", " ")
     moves = c.moves[c.moves["metric"] == c.metric]
-    first = moves[moves["rank_a"] == 1].iloc[0]
-    out = [
-        f"By {by}, A's top head {first['head_label']} "
-        + ("stays rank 1 in B" if first["rank_b"] == 1 else f"{'drops' if first['rank_b'] > 1 else 'rises'} from rank 1 to rank {int(first['rank_b'])}")
-        + f"; the two rankings of {int(row['heads'])} heads agree with Spearman {row['spearman']:.2f} and Kendall {row['kendall']:.2f}."
-    ]
-    overlaps = [f"{int(row[f'top_{k}'])} of A's top {k} heads are in B's top {k}" for k in OVERLAP_KS if np.isfinite(row[f"top_{k}"])]
+    if not (np.isfinite(row["spearman"]) and np.isfinite(row["kendall"])):
+        return [f"By {by}, every head ties on one side, so how much the two rankings agree is undefined."]
+    firsts = moves[moves["rank_a"] == 1]
+    agree = (
+        f"the two rankings of {int(row['heads'])} heads agree with Spearman {row['spearman']:.2f} and Kendall "
+        f"{row['kendall']:.2f}"
+    )
+    if len(firsts) == 1:
+        first = firsts.iloc[0]
+        rank_b = int(first["rank_b"])
+        moved = "stays rank 1 in B" if rank_b == 1 else f"{'drops' if rank_b > 1 else 'rises'} from rank 1 to rank {rank_b}"
+        out = [f"By {by}, A's top head {first['head_label']} {moved}; {agree}."]
+    else:
+        out = [f"By {by}, {len(firsts)} heads tie for A's rank 1; {agree}."]
+    overlaps = [_overlap_phrase(int(row[f"top_{k}"]), k, int((moves["rank_a"] <= k).sum())) for k in OVERLAP_KS if np.isfinite(row[f"top_{k}"])]
     if overlaps:
         out.append(overlaps[0][0].upper() + "; ".join(overlaps)[1:] + ".")
     top = moves[moves["move"] != 0].head(1)
@@ -630,13 +688,20 @@ def _ranking_sentences(c: Comparison) -> list[str]:
     return out
 
 
+def _overlap_phrase(both: int, k: int, in_top: int) -> str:
+    """``7 of A's top 10 heads are in B's top 10``; with ties at k, how many heads A's top k holds."""
+    if in_top == k:
+        return f"{both} of A's top {k} heads are in B's top {k}"
+    return f"{both} of the {in_top} heads tied into A's top {k} are in B's top {k}"
+
+
 def _largest_changes(c: Comparison) -> list[str]:
     """The head that changed most in each of up to two strength measures, relative to A's spread."""
     out = []
     scored = []
     for measure in (m for m in c.measures if m in _SPOKEN):
         rows = c.difference_grid(measure)
-        a, b = _comparable(c, measure, rows["a"], "A"), _comparable(c, measure, rows["b"], "B")
+        a, b = rows["a"], rows["b"]
         spread = float(a.std())
         spread = spread if np.isfinite(spread) and spread > 0 else 1.0
         change = (b - a).abs()
@@ -645,8 +710,8 @@ def _largest_changes(c: Comparison) -> list[str]:
             scored.append((float(change.iloc[at]) / spread, measure, rows.iloc[at]))
     for _, measure, row in sorted(scored, key=lambda item: -item[0])[:2]:
         out.append(
-            f"The largest change in {_SPOKEN[measure][0]}: {row['head_label']}, from {_said(c, measure, row['a'], 'A')} "
-            f"in A to {_said(c, measure, row['b'], 'B')} in B."
+            f"The largest change in {_SPOKEN[measure][0]}: {row['head_label']}, from {_said(c, measure, row['a'])} "
+            f"in A to {_said(c, measure, row['b'])} in B."
         )
     return out
 
@@ -656,20 +721,11 @@ def _image_side(side: Side) -> float:
     return (side.img_size[0] + side.img_size[1]) / 2
 
 
-def _comparable(c: Comparison, measure: str, values, side: str):
-    """Values as the sentences compare them: a distance as a share of its input's side when the sizes differ
-    (in pixels it grows with the input for the same pattern)."""
-    if measure == "distance" and c.a.img_size != c.b.img_size:
-        return values / _image_side(c.a if side == "A" else c.b)
-    return values
-
-
-def _said(c: Comparison, measure: str, value: float, side: str) -> str:
-    """A value in words: ``75 px``, or ``75 px, 33% of the image side`` when the input sizes differ."""
-    text = _SPOKEN[measure][1].format(value)
-    if measure == "distance" and c.a.img_size != c.b.img_size:
-        text += f", {_comparable(c, measure, value, side):.0%} of the image side"
-    return text
+def _said(c: Comparison, measure: str, value: float) -> str:
+    """A value in words: ``75 px``, or ``33% of the image side`` for a distance when the input sizes differ."""
+    if measure == "distance" and c.distance_share:
+        return f"{value:.0%} of the image side"
+    return _SPOKEN[measure][1].format(value)
 
 
 def _concentration_sentences(c: Comparison) -> list[str]:
@@ -709,8 +765,7 @@ def _trend_sentences(c: Comparison) -> list[str]:
                 spans[side] = (int(part["layer"].min()), int(part["layer"].max())) if len(part) else None
             if not all(np.isfinite(list(means.values()))):
                 continue
-            shares = {side: _comparable(c, measure, means[side], side) for side in SIDES}
-            change = abs(shares["B"] - shares["A"]) / max(abs(shares["A"]), abs(shares["B"]), 1e-12)
+            change = abs(means["B"] - means["A"]) / max(abs(means["A"]), abs(means["B"]), 1e-12)
             if change > NOISE:
                 scored.append((change, measure, name, means, spans))
     out, seen = [], set()
@@ -719,15 +774,14 @@ def _trend_sentences(c: Comparison) -> list[str]:
             continue
         seen.add(measure)
         spoken = _SPOKEN[measure][0]
-        shares = {side: _comparable(c, measure, means[side], side) for side in SIDES}
-        verb = "rises" if shares["B"] > shares["A"] else "falls"
+        verb = "rises" if means["B"] > means["A"] else "falls"
         if c.a.layers == c.b.layers:
             where = f"layers {_span(spans['A'])}"
         else:
             where = f"the {third} third of the network (A's layers {_span(spans['A'])}, B's {_span(spans['B'])})"
         out.append(
-            f"The {spoken} of {where} {verb} from {_said(c, measure, means['A'], 'A')} in A to "
-            f"{_said(c, measure, means['B'], 'B')} in B."
+            f"The {spoken} of {where} {verb} from {_said(c, measure, means['A'])} in A to "
+            f"{_said(c, measure, means['B'])} in B."
         )
     return out
 

@@ -142,7 +142,8 @@ def test_curves_of_a_side_without_the_order_show_its_own_metric(joint):
     spec = inline_spec(curves_chart(dataclasses.replace(joint, curves=curves), "taylor"))
     orders = _rows(spec, spec).groupby("side")["order"].agg(set)
     assert orders["A"] == {joint.top["A"].metric, "random"} and orders["B"] == {"taylor", "random"}
-    assert "taylor in B" in spec["title"]["subtitle"]
+    assert "taylor in B" in spec["title"]["subtitle"][-1]
+    assert spec["title"]["subtitle"][0].startswith("A: ")  # which side is which, in the title
 
 
 def test_trends_are_four_panels_against_depth_from_0_to_1(joint):
