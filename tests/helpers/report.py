@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+from typing import Sequence
 
 from core.study.casestudy import findings
 
@@ -41,3 +43,13 @@ def without_bundle(document: str) -> str:
     """The document minus the first <script>: the inlined Vega bundle, whose code builds tags and names URLs."""
     start = document.index("<script>")
     return document[:start] + document[document.index("</script>", start) + len("</script>"):]
+
+
+def assert_sections_in_order(report: str, sections: Sequence[tuple[str, str]]) -> None:
+    """Each ``(anchor, heading)`` is a section of ``report`` with that heading, in that order."""
+    positions = []
+    for key, title in sections:
+        match = re.search(rf'<section id="{key}">\s*<h2>{title}</h2>', report)
+        assert match is not None, key
+        positions.append(match.start())
+    assert positions == sorted(positions)

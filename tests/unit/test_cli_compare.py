@@ -90,3 +90,18 @@ def test_two_studies_with_nothing_in_common_give_one_line(monkeypatch, capsys):
     monkeypatch.setattr(core.__main__, "compare", nothing)
     assert main(["compare", str(V1_BUNDLE), str(V3_BUNDLE)]) == EXIT_BAD_INPUT
     assert _one_error_line(capsys) == "error: A and B hold no measure in common: A has none, B has entropy."
+
+
+def test_a_bundles_names_reach_the_terminal_without_control_characters(small_study, tmp_path, capsys):
+    """A bundle's model name could hold terminal escape sequences: they are printed as replacement characters."""
+    import dataclasses
+    import json
+
+    manifest = json.loads(json.dumps(small_study.manifest))
+    manifest["model"]["name"] = "vit\x1b]0;owned\x07\x1b[2J"
+    hostile = tmp_path / "hostile.zip"
+    hostile.write_bytes(save_bundle(dataclasses.replace(small_study, manifest=manifest)))
+    assert main(["compare", str(V3_BUNDLE), str(hostile), "--layout", "pca"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "vit\N{REPLACEMENT CHARACTER}]0;owned" in out

@@ -13,7 +13,7 @@ from core.study.bundle import load_bundle, save_bundle
 from core.study.comparison import compare
 from helpers.bundles import edited_bundle
 from helpers.data import DATA
-from helpers.report import without_bundle
+from helpers.report import assert_sections_in_order, without_bundle
 from viz.compare import comparison_charts
 from viz.compare_report import render_comparison
 from viz.export import inline_spec
@@ -63,12 +63,7 @@ def test_one_document_with_one_vega_bundle(report: str) -> None:
 
 
 def test_sections_come_in_order_each_with_its_heading(report: str) -> None:
-    positions = []
-    for key, title in SECTIONS:
-        match = re.search(rf'<section id="{key}">\s*<h2>{title}</h2>', report)
-        assert match is not None, key
-        positions.append(match.start())
-    assert positions == sorted(positions)
+    assert_sections_in_order(report, SECTIONS)
 
 
 def test_nothing_is_fetched_from_elsewhere(report: str) -> None:

@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 
 from core.study.casestudy import findings
-from helpers.report import HOSTILE_CLASS, HOSTILE_IMAGE, HOSTILE_MODEL, without_bundle
+from helpers.report import (
+    HOSTILE_CLASS,
+    HOSTILE_IMAGE,
+    HOSTILE_MODEL,
+    assert_sections_in_order,
+    without_bundle,
+)
 from viz.report import case_charts, render_report
 
 SECTIONS = [
@@ -36,12 +42,7 @@ def report(small_study) -> str:
 
 
 def test_sections_come_in_order_each_with_its_heading(report: str) -> None:
-    positions = []
-    for key, title in SECTIONS:
-        match = re.search(rf'<section id="{key}">\s*<h2>{title}</h2>', report)
-        assert match is not None, key
-        positions.append(match.start())
-    assert positions == sorted(positions)
+    assert_sections_in_order(report, SECTIONS)
 
 
 def test_every_top_head_has_its_label_and_four_linked_findings(small_study, report: str) -> None:
