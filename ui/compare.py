@@ -24,7 +24,7 @@ from core.models.handle import ViTHandle
 from core.study.bundle import load_bundle
 from core.study.casestudy import CaseStudy
 from core.study.comparison import Comparison, compare
-from ui import casestudy, export
+from ui import casestudy, export, selection
 from ui.casestudy import OpenedBundle
 from viz.common import HEAD_SELECTION
 from viz.compare import PATTERN_SELECTION
@@ -199,21 +199,16 @@ def pattern_focus(c: Comparison) -> tuple[str, int, int] | None:
     return picked if found.any() else None
 
 
-def _clicked(chart_key: str, selection: str, fields: set[str]) -> dict | None:
-    picked = st.session_state[chart_key].selection.get(selection) or []
-    return picked[0] if picked and fields <= picked[0].keys() else None
-
-
 def pick_head(chart_key: str) -> None:
     """``on_select`` of a difference heatmap: the clicked head becomes the page's focus head."""
-    clicked = _clicked(chart_key, HEAD_SELECTION, {"layer", "head"})
+    clicked = selection.clicked(chart_key, HEAD_SELECTION, {"layer", "head"})
     if clicked is not None:
         st.session_state[FOCUS_KEY] = (int(clicked["layer"]), int(clicked["head"]))
 
 
 def pick_pattern_head(chart_key: str) -> None:
     """``on_select`` of the joint pattern space: the clicked head (of either side) becomes its focus."""
-    clicked = _clicked(chart_key, PATTERN_SELECTION, {"side", "layer", "head"})
+    clicked = selection.clicked(chart_key, PATTERN_SELECTION, {"side", "layer", "head"})
     if clicked is not None:
         st.session_state[PATTERN_FOCUS_KEY] = (str(clicked["side"]), int(clicked["layer"]), int(clicked["head"]))
 

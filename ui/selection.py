@@ -19,6 +19,7 @@ __all__ = [
     "FOCUS_KEY",
     "FocusSelection",
     "clamp_focus_head",
+    "clicked",
     "focus",
     "focus_image_id",
     "pick_head",
@@ -73,11 +74,17 @@ def clamp_focus_head(handle: ViTHandle) -> None:
         set_focus_head(0, 0)
 
 
+def clicked(chart_key: str, selection: str, fields: set[str]) -> dict | None:
+    """The point a click picked in the chart drawn under ``chart_key``, when it carries ``fields``; else ``None``."""
+    picked = st.session_state[chart_key].selection.get(selection) or []
+    return picked[0] if picked and fields <= picked[0].keys() else None
+
+
 def pick_head(chart_key: str) -> None:
     """``on_select`` of a head chart: the clicked ``(layer, head)`` becomes the focus head."""
-    selected = st.session_state[chart_key].selection.get(HEAD_SELECTION) or []
-    if selected and {"layer", "head"} <= selected[0].keys():
-        set_focus_head(int(selected[0]["layer"]), int(selected[0]["head"]))
+    point = clicked(chart_key, HEAD_SELECTION, {"layer", "head"})
+    if point is not None:
+        set_focus_head(int(point["layer"]), int(point["head"]))
 
 
 def show_head_chart(chart, key: str) -> None:

@@ -697,17 +697,16 @@ def _overlap_phrase(both: int, k: int, in_top: int) -> str:
 
 def _largest_changes(c: Comparison) -> list[str]:
     """The head that changed most in each of up to two strength measures, relative to A's spread."""
-    out = []
-    scored = []
+    out, scored = [], []
     for measure in (m for m in c.measures if m in _SPOKEN):
         rows = c.difference_grid(measure)
-        a, b = rows["a"], rows["b"]
-        spread = float(a.std())
+        if not _changed(rows):
+            continue
+        spread = float(rows["a"].std())
         spread = spread if np.isfinite(spread) and spread > 0 else 1.0
-        change = (b - a).abs()
+        change = rows["difference"].abs()
         at = int(change.to_numpy().argmax())
-        if change.iloc[at] > NOISE * max(float(a.abs().max()), float(b.abs().max()), 1e-12):
-            scored.append((float(change.iloc[at]) / spread, measure, rows.iloc[at]))
+        scored.append((float(change.iloc[at]) / spread, measure, rows.iloc[at]))
     for _, measure, row in sorted(scored, key=lambda item: -item[0])[:2]:
         out.append(
             f"The largest change in {_SPOKEN[measure][0]}: {row['head_label']}, from {_said(c, measure, row['a'])} "
