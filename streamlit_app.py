@@ -11,7 +11,17 @@ from core.measures.inference import Predictions, top_k
 from core.models.handle import DEFAULT_IMG_SIZE, ViTHandle
 from core.models.load import BUILTIN_MODELS, DEMO_NAME
 from core.models.transformers import is_transformers_source
-from ui import export, images, models, navigation, overview, probe, results, selection
+from ui import (
+    export,
+    images,
+    links,
+    models,
+    navigation,
+    overview,
+    probe,
+    results,
+    selection,
+)
 from ui.display import enlarge_for_display, plain
 from ui.models import ModelSpec
 from viz.overview import OVERVIEW_SELECTION, overview_chart, top5_chart
@@ -228,10 +238,12 @@ def _layout_caption(handle: ViTHandle, points, method: str) -> str:
 
 def main() -> None:
     navigation.sidebar_links()
+    links.restore("overview")  # a link opened in a new session: its model, focus image and head
     _model_controls()
     _image_controls()
     handle = models.current_model()
     image_set = images.active_image_set(handle)
+    links.share("overview", handle, image_set)
 
     st.title("HeadScope")
     preds = results.preview(handle, image_set, heavy=False).predictions  # the set's first pass, which every view reads

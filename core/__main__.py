@@ -1,4 +1,5 @@
-"""Command line: ``python -m core analyze`` computes a case study, ``python -m core compare`` compares two.
+"""Command line: ``python -m core analyze`` computes a case study, ``python -m core compare`` compares two,
+``python -m core library`` keeps studies in the server's study library.
 
 ``python -m core analyze --model demo --images DIR --out FILE`` computes the case study's
 result bundle headless, with a progress bar per stage, for batch jobs and for sharing: the
@@ -23,12 +24,20 @@ The bundle then holds the probe, and the dashboard reopens it on the same backbo
 models, sizes or image sets (no model is loaded), prints what changed from A to B in
 sentences and how much the two head rankings agree, and writes the comparison report when
 asked. A bundle that cannot be opened is named by its side, A or B.
+
+``python -m core library add results.zip --title "..."`` publishes a study in the server's study
+library, where everyone who uses the dashboard finds it (the Library page): a nightly batch job
+runs ``analyze`` and then ``library add`` so that the team opens the morning's study without
+recomputing it. ``library list`` shows the studies, ``library remove ID`` deletes one (ID: its
+id or at least its first 8 characters). The library is the dashboard's: ``$HEADSCOPE_LIBRARY``
+(see ``core.study.library``), or ``--library DIR``.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from dataclasses import replace
@@ -41,13 +50,22 @@ from core.errors import (
     InvalidSetting,
     LabelsMismatch,
     ProbeRejected,
+    StudyNotFound,
     UnsupportedMetric,
+    human_size,
 )
 from core.measures.importance import BACKBONE_REASON, METRICS, metrics_for
 from core.pipeline import distributed
 from core.settings import DEFAULT_CLUSTERS, DEFAULT_SEED, DEFAULT_TOP_K
 from core.study.casestudy import CaseSettings, analyze, gather_or_raise
 from core.study.comparison import OVERLAP_KS, Comparison, compare
+from core.study.library import (
+    ENV_LIBRARY,
+    OFF,
+    Library,
+    library_from_environment,
+    study_id,
+)
 from core.study.narrative import findings
 
 if TYPE_CHECKING:
@@ -113,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=defaults.seed)
     run.add_argument("--layout", choices=("umap", "pca"), default="umap", help="2-D layout of the pattern codes")
     _compare_parser(commands)
+    _library_parser(commands)
     return parser
 
 
@@ -135,6 +154,32 @@ def _compare_parser(commands: argparse._SubParsersAction) -> None:
     both.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="top heads per side (default %(default)s)")
     both.add_argument("--layout", choices=("umap", "pca"), default="umap", help="2-D layout of the joint pattern space")
     both.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the joint pattern space")
+
+
+def _library_parser(commands: argparse._SubParsersAction) -> None:
+    shelf = commands.add_parser(
+        "library",
+        help="add, list or remove studies in the server's study library",
+        description=(
+            "The study library the dashboard's Library page shows: result bundles saved on the server with a title "
+            f"and a note, for everyone who uses it. Its folder is ${ENV_LIBRARY} (as for the dashboard) or --library."
+        ),
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--library", type=Path, metavar="DIR",
+        help=f"the library's folder (default: ${ENV_LIBRARY}, else the user's data folder, as for the dashboard)",
+    )
+    actions = shelf.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", parents=[common], help="add a result bundle to the library")
+    add.add_argument("bundle", type=Path, metavar="BUNDLE.zip", help="a result bundle (python -m core analyze --out)")
+    add.add_argument("--title", required=True, help="the title the study is listed under")
+    add.add_argument("--note", default="", help="a note for whoever opens it")
+    listing = actions.add_parser("list", parents=[common], help="list the studies, newest first")
+    listing.add_argument("--filter", default="", metavar="TEXT", help="only studies whose title, note, model or image set holds TEXT")
+    listing.add_argument("--model", metavar="NAME", help="only studies of this model")
+    remove = actions.add_parser("remove", parents=[common], help="delete a study from the library")
+    remove.add_argument("id", metavar="ID", help="the study's id, or at least its first 8 characters")
 
 
 class _StageBars:
@@ -423,23 +468,34 @@ def _opened_bundle(side: str, path: Path) -> CaseStudy:
     Raises:
         BundleRejected: the file cannot be read, is too large or is no bundle, in a sentence naming ``side``.
     """
-    from core.errors import human_size
-    from core.study.bundle import DEFAULT_BUNDLE_LIMITS, load_bundle
+    from core.study.bundle import load_bundle
+
+    label = f"{side} ({path})"
+    data = _bundle_file(label, path)
+    try:
+        return load_bundle(data)
+    except BundleRejected as err:
+        raise BundleRejected(f"{label}: {err}") from None
+
+
+def _bundle_file(label: str, path: Path) -> bytes:
+    """The bytes of the bundle file at ``path``, its size checked before it is read.
+
+    Raises:
+        BundleRejected: the file cannot be read or is larger than any bundle, in a sentence that begins with ``label``.
+    """
+    from core.study.bundle import DEFAULT_BUNDLE_LIMITS
 
     limit = DEFAULT_BUNDLE_LIMITS.max_total_bytes
     try:
         size = path.stat().st_size
         if size > limit:  # a bundle's ZIP is never larger than what it holds: refused before it is read
             raise BundleRejected(
-                f"{side} ({path}) is {human_size(size)}; a result bundle is at most {human_size(limit)}, so this is not one."
+                f"{label} is {human_size(size)}; a result bundle is at most {human_size(limit)}, so this is not one."
             )
-        data = path.read_bytes()  # a folder is an OSError too
+        return path.read_bytes()  # a folder is an OSError too
     except OSError as err:
-        raise BundleRejected(f"{side} ({path}) cannot be read: {err.strerror or err}.") from None
-    try:
-        return load_bundle(data)
-    except BundleRejected as err:
-        raise BundleRejected(f"{side} ({path}): {err}") from None
+        raise BundleRejected(f"{label} cannot be read: {err.strerror or err}.") from None
 
 
 def _print_agreement(c: Comparison) -> None:
@@ -453,7 +509,65 @@ def _print_agreement(c: Comparison) -> None:
     print(f"Rank agreement by {c.metric} over {int(row['heads'])} heads: {', '.join(parts)}.")
 
 
-COMMANDS = {"analyze": analyze_command, "compare": compare_command}
+def library_command(args: argparse.Namespace) -> int:
+    """``python -m core library add|list|remove``: the library of ``--library``, else the dashboard's."""
+    if args.library is not None:  # the quota still comes from the environment, as for the dashboard
+        library = library_from_environment({**os.environ, ENV_LIBRARY: str(args.library.absolute())})
+    else:
+        library = library_from_environment()
+    if library is None:
+        raise InvalidSetting(f"The study library is off ({ENV_LIBRARY}={OFF}); pass --library DIR.")
+    return LIBRARY_ACTIONS[args.action](library, args)
+
+
+def _library_add(library: Library, args: argparse.Namespace) -> int:
+    data = _bundle_file(str(args.bundle), args.bundle)
+    try:
+        known = bool(library.get(study_id(data)))
+    except StudyNotFound:
+        known = False
+    try:
+        entry = library.add(data, title=args.title, note=args.note)  # also restores a known study's missing file
+    except BundleRejected as err:
+        raise BundleRejected(f"{args.bundle}: {err}") from None
+    if known:
+        print(_printable(f'Already in the library: {entry.id} "{entry.title}".'))
+    else:
+        print(_printable(
+            f'Added {entry.id} "{entry.title}" ({entry.model_name}, {entry.images} images, {human_size(entry.size)}) '
+            f"to {library.folder}."
+        ))
+    return 0
+
+
+def _library_list(library: Library, args: argparse.Namespace) -> int:
+    used, count = library.usage()
+    if not count:
+        print(_printable(f"The library at {library.folder} holds no studies."))
+        return 0
+    found = library.entries(args.filter, args.model)
+    if not found:
+        print("No study in the library matches.")
+    for entry in found:
+        line = (
+            f"{entry.id[:12]}  {entry.saved}  {entry.model_name}  {entry.images} images  {human_size(entry.size)}  "
+            f"{entry.title}"
+        )
+        print(_printable(line if entry.damaged is None else f"{line}  DAMAGED: {entry.damaged}"))
+    studies = "1 study" if count == 1 else f"{count} studies"
+    print(f"{studies}, {used / 2**20:.1f} of {library.quota_bytes / 2**20:.0f} MB.")
+    return 0
+
+
+def _library_remove(library: Library, args: argparse.Namespace) -> int:
+    entry = library.find(args.id)
+    library.remove(entry.id)
+    print(_printable(f'Removed {entry.id} "{entry.title}".'))
+    return 0
+
+
+LIBRARY_ACTIONS = {"add": _library_add, "list": _library_list, "remove": _library_remove}
+COMMANDS = {"analyze": analyze_command, "compare": compare_command, "library": library_command}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

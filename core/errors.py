@@ -9,6 +9,9 @@ __all__ = [
     "ImageRejected",
     "InvalidSetting",
     "LabelsMismatch",
+    "LibraryError",
+    "LibraryFull",
+    "LibraryUnavailable",
     "ModelTooLarge",
     "ModelUnavailable",
     "NonFiniteOutputs",
@@ -16,6 +19,8 @@ __all__ = [
     "NothingToCompare",
     "OutOfMemory",
     "ProbeRejected",
+    "StudyDamaged",
+    "StudyNotFound",
     "UnsupportedMapKind",
     "UnsupportedMetric",
     "UnsupportedModel",
@@ -92,6 +97,30 @@ class LabelsMismatch(HeadScopeError, ValueError):
 
 class NothingToCompare(HeadScopeError, ValueError):
     """Two studies that hold no measure in common, so there is nothing to put side by side."""
+
+
+class LibraryError(HeadScopeError):
+    """Base class of what the study library on the server (``core.study.library``) refuses."""
+
+
+class LibraryUnavailable(LibraryError):
+    """The study library's folder cannot be created, written or read, or its index cannot be read; the
+    sentence names the folder and says how to point ``HEADSCOPE_LIBRARY`` elsewhere or turn it off."""
+
+
+class LibraryFull(LibraryError):
+    """A study larger than the library's cap on one study, or a save that would take the library past
+    its quota (``HEADSCOPE_LIBRARY_MB``); the sentence says how much is used."""
+
+
+class StudyNotFound(LibraryError):
+    """No study in the library has this id (whatever the string: a wrong, hostile or removed one), or an
+    id prefix given on the command line matches no study or several."""
+
+
+class StudyDamaged(LibraryError):
+    """A study's file in the library is missing, differs from the bytes it was saved with, or no longer
+    opens as a bundle."""
 
 
 def human_size(num_bytes: int) -> str:

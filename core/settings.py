@@ -22,9 +22,11 @@ __all__ = [
     "BATCH_CAP",
     "DEFAULT_CLUSTERS",
     "DEFAULT_CURVE_STEPS",
+    "DEFAULT_LIBRARY_MB",
     "DEFAULT_HURT_IMAGES",
     "DEFAULT_MAX_MAPS",
     "DEFAULT_SEED",
+    "DEFAULT_STUDY_MB",
     "DEFAULT_TOP_K",
     "HELD_BUDGET",
     "MAP_KINDS",
@@ -49,6 +51,11 @@ SAMPLE_SIZES = (2_000, 5_000, 10_000, 20_000)  # the sample caps the patterns pa
 DEFAULT_CLUSTERS = 6
 DEFAULT_CURVE_STEPS = 10
 DEFAULT_SEED = 0
+
+# the server's study library (core.study.library): its quota in all, and the cap on one study
+# when the caller gives none (the dashboard passes its upload limit)
+DEFAULT_LIBRARY_MB = 2000
+DEFAULT_STUDY_MB = 512
 
 BATCH_CAP = 64  # images per batch at most
 # a batch keeps the input of every block for the ablations to restart from: at most this many floats

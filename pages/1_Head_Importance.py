@@ -14,6 +14,7 @@ from core.measures.importance import (
 )
 from ui import export, importance, probe, selection, sidebar, stages
 from ui.display import plain
+from ui.importance import GLOBAL, LOCAL
 from viz.importance import (
     importance_heatmap,
     importance_line_chart,
@@ -24,7 +25,7 @@ from viz.importance import (
 from viz.overview import top5_chart
 
 st.set_page_config(page_title="Head importance · HeadScope", page_icon="🔭", layout="wide")
-ctx = sidebar.page_context()
+ctx = sidebar.page_context("importance")
 handle, focus = ctx.handle, ctx.focus
 name = ctx.image_set.by_id(ctx.focus_id).name
 image = ctx.image_set.index_of(ctx.focus_id)
@@ -88,7 +89,6 @@ if not state.exact:
 # that B2, which needs only the first pass, is on screen while they run
 heavy_box = st.container()
 
-GLOBAL, LOCAL = "Over the set (global)", "Focus image (local)"
 head_at = (focus.layer, focus.head)
 images_used = state.sample_note or f"the {len(ctx.image_set)} images"
 if offered:

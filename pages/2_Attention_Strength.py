@@ -11,6 +11,7 @@ from core.measures.strength import token_label
 from core.study.casestudy import SINK_SHARE
 from ui import export, patterns, selection, sidebar, strength
 from ui.display import plain
+from ui.strength import FOCUS_IMAGE, SET_MEAN
 from viz.strength import (
     distribution_chart,
     entropy_distribution_chart,
@@ -21,7 +22,7 @@ from viz.strength import (
 )
 
 st.set_page_config(page_title="Attention strength · HeadScope", page_icon="🔭", layout="wide")
-ctx = sidebar.page_context()
+ctx = sidebar.page_context("strength")
 handle, focus = ctx.handle, ctx.focus
 name = plain(ctx.image_set.by_id(ctx.focus_id).name)  # shown in Markdown only
 
@@ -33,7 +34,6 @@ st.caption(
     f"Entropy of the profile: 0 = a head that looks only at its own patch, ln({n_hops}) = {math.log(n_hops):.2f} = uniform."
 )
 
-FOCUS_IMAGE, SET_MEAN = "Focus image", "Set mean"
 scope = st.radio("Show per-head values for", [FOCUS_IMAGE, SET_MEAN], key="strength_scope", horizontal=True, persist_state="session")
 
 stats = strength.set_statistics(handle, ctx.image_set)

@@ -26,7 +26,7 @@ from viz.patterns import (
 )
 
 st.set_page_config(page_title="Attention patterns · HeadScope", page_icon="🔭", layout="wide")
-ctx = sidebar.page_context()
+ctx = sidebar.page_context("patterns")
 start_umap_warmup()  # once per process: a no-op when the home page started it
 handle, focus = ctx.handle, ctx.focus
 

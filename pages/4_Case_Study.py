@@ -8,12 +8,12 @@ from core.measures.importance import BACKBONE_REASON, METRIC_HELP, metrics_for
 from core.measures.projection import start_umap_warmup
 from core.study.bundle import save_bundle
 from core.study.casestudy import findings
-from ui import casestudy, export, models, navigation, sidebar
+from ui import casestudy, export, library, models, navigation, sidebar
 from ui.display import plain, sentence_on_error
 from viz.report import case_charts, mode_chart_key, render_report
 
 st.set_page_config(page_title="Case study · HeadScope", page_icon="🔭", layout="wide")
-ctx = sidebar.page_context()
+ctx = sidebar.page_context("case")
 start_umap_warmup()  # once per process: a no-op when the home page started it
 handle = ctx.handle
 
@@ -57,8 +57,9 @@ top_k = c2.slider("Heads to study", 1, casestudy.MAX_TOP_K, 5, key="case_top_k",
 if opened is not None:
     study = opened.study
     manifest = study.manifest
+    shown = "the library study" if library.holds(opened.digest) else "the bundle"
     st.info(
-        f"Showing the bundle **{plain(opened.file_name)}**: {plain(manifest['model']['name'])} on "
+        f"Showing {shown} **{plain(opened.file_name)}**: {plain(manifest['model']['name'])} on "
         f"{plain(manifest['image_set']['title'])}, created {plain(manifest['created'])}. Nothing is recomputed."
     )
     if manifest["image_set"]["key"] != ctx.image_set.key:
@@ -147,3 +148,4 @@ st.caption(
     "The same bundle from the command line, for batch jobs: "
     f"`python -m core analyze {model_args} --images DIR --out results.zip --report report.html`."
 )
+casestudy.library_form(study)

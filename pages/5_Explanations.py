@@ -12,12 +12,13 @@ from core.measures.attribution import (
 )
 from core.measures.importance import metrics_for, rank_heads
 from ui import attribution, export, importance, navigation, selection, sidebar
+from ui.attribution import FOCUS_ONLY, SET_START
 from ui.display import plain, sentence_on_error
 from viz.attribution import faithfulness_chart, score_title
 from viz.strength import heads_by_layer_chart
 
 st.set_page_config(page_title="Explanations · HeadScope", page_icon="🔭", layout="wide")
-ctx = sidebar.page_context()
+ctx = sidebar.page_context("explanations")
 handle, focus = ctx.handle, ctx.focus
 image = ctx.image_set.by_id(ctx.focus_id)
 name = plain(image.name)  # shown in Markdown only
@@ -107,7 +108,6 @@ st.caption(
     f"The {score_title(handle.is_backbone)} is watched as they go: a map that finds what the model uses makes deletion "
     "fall and insertion rise faster than a random order (dashed)."
 )
-FOCUS_ONLY, SET_START = "focus", "set"
 scored = min(len(ctx.image_set), attribution.FAITHFULNESS_IMAGES)
 a, b, c = st.columns([2, 2, 3])
 scope = a.radio(

@@ -16,7 +16,7 @@ from core.study.comparison import (
     SIDES,
     Comparison,
 )
-from ui import compare, export, patterns, sidebar
+from ui import compare, export, library, patterns, sidebar
 from ui.display import plain, sentence_on_error
 from viz.common import HEAD_SELECTION
 from viz.compare import (
@@ -31,7 +31,7 @@ from viz.compare import (
 from viz.compare_report import render_comparison
 
 st.set_page_config(page_title="Compare · HeadScope", page_icon="🔭", layout="wide")
-ctx = sidebar.page_context()
+ctx = sidebar.page_context("compare")
 start_umap_warmup()  # once per process: a no-op when the home page started it
 handle = ctx.handle
 
@@ -48,6 +48,8 @@ def _side_picker(side: str) -> DeltaGenerator:
             f"The case study of {plain(handle.name)} on {plain(ctx.image_set.title)}, with the views' settings; "
             "the Overview page changes the model and the images."
         )
+    elif compare.source(side) == compare.LIBRARY:
+        _library_picker(side)
     else:
         upload = st.file_uploader(
             "A result bundle (.zip) of any model, saved from the Case study page or by `python -m core analyze`",
@@ -61,6 +63,32 @@ def _side_picker(side: str) -> DeltaGenerator:
         if opened is not None:
             st.caption(f"Opened {plain(opened.file_name)}, created {plain(opened.study.manifest['created'])}.")
     return st.empty()
+
+
+def _library_picker(side: str) -> None:
+    """The library studies offered to a side; picking one opens it there."""
+    shelf, why = library.current()
+    entries = [entry for entry in shelf.entries() if entry.damaged is None] if shelf is not None else []
+    if shelf is None:
+        st.info(plain(why))
+    elif not entries:
+        st.info("The library holds no studies yet: save one on the Case study page, or add a bundle on the Library page.")
+    if not entries:
+        return
+    ids = [entry.id for entry in entries]
+    shown = {entry.id: f"{entry.title} · {entry.model_name} · {entry.saved[:10]}" for entry in entries}
+    current = compare.library_study_id(side)
+    picked = st.selectbox(
+        f"Library study for side {side}", ids, index=ids.index(current) if current in ids else None,
+        format_func=shown.__getitem__, placeholder="Pick a study", help="The studies saved on this server, newest first.",
+    )
+    if picked is not None and (picked != current or compare.opened_bundle(side) is None):
+        error = compare.use_library_study(side, picked)
+        if error:
+            st.error(plain(error))
+    opened = compare.opened_bundle(side)
+    if opened is not None:
+        st.caption(f"Study {opened.digest[:12]}, created {plain(opened.study.manifest['created'])}.")
 
 
 def _what_changed(c: Comparison) -> None:
@@ -249,7 +277,8 @@ def _export(c: Comparison) -> None:
 st.title("Compare")
 st.caption(
     "Two case studies side by side: two models, two checkpoints, two image sets or two input sizes. Each side is "
-    "the current analysis or a result bundle of any model, and nothing is recomputed from a bundle. Differences "
+    "the current analysis, a result bundle of any model or a study of the Library, and nothing is recomputed from "
+    "a bundle. Differences "
     "are B minus A; when both have the same layers x heads, heads are matched one to one."
 )
 labels = {}
@@ -259,7 +288,7 @@ for name, column in zip(SIDES, st.columns(2, gap="large")):
 
 missing = [name for name in SIDES if not compare.is_given(name)]
 if missing:
-    st.info(f"Give side {' and '.join(missing)} a result bundle to compare.")
+    st.info(f"Give side {' and '.join(missing)} a result bundle or a library study to compare.")
     st.stop()
 
 with sentence_on_error():

@@ -38,6 +38,15 @@ def _heavy_stages_start_on_their_own(monkeypatch):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _study_library_in_a_temporary_folder(tmp_path_factory):
+    """The app's study library (``HEADSCOPE_LIBRARY``) lives in a folder of this run, never in the user's data
+    folder; app tests that need an empty or a particular library set their own."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HEADSCOPE_LIBRARY", str(tmp_path_factory.mktemp("library")))
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _umap_warmup_ends_before_exit():
     """App tests start UMAP's background compilation; let it finish before the interpreter exits."""
     yield

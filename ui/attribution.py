@@ -24,6 +24,8 @@ from ui.display import progress_bar
 from viz.attribution import TINT_PERCENTILE, tint_scale
 
 __all__ = [
+    "FOCUS_ONLY",
+    "SET_START",
     "FAITHFULNESS_IMAGES",
     "TINT_PERCENTILE",
     "ImageMaps",
@@ -34,6 +36,8 @@ __all__ = [
     "map_picture",
     "methods_for",
 ]
+
+FOCUS_ONLY, SET_START = "focus", "set"  # the faithfulness scores' scope radio
 
 # The most images the set-level faithfulness check scores: each costs (2 + 2 x methods) x
 # (steps + 1) forwards (the random order once): about 15 s on DINOv2-S on this machine's 2 cores.

@@ -3,26 +3,33 @@
 The live study reads the set's analysis every view reads (``results.analysis``) and the
 patterns page's cached pattern space, so after visiting the views only the partial
 pruning of the top heads runs here. An opened bundle is checked against the loaded model and kept in the session
-until the user closes it; a bad bundle leaves the previous state untouched.
+until the user closes it; a bad bundle leaves the previous state untouched. A study of the
+server's library opens the same way (``open_library_study``, from the Library page or a
+link), and ``library_form`` saves the study on screen to the library, which then becomes the
+page's opened bundle so that the page's link names it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 import streamlit as st
 
 from core.errors import HeadScopeError
 from core.inputs.images import ImageSet
-from core.models.handle import ViTHandle
+from core.models.handle import DEFAULT_IMG_SIZE, ViTHandle
+from core.models.load import BUILTIN_MODELS, DEMO_NAME
 from core.settings import DEFAULT_CLUSTERS, CaseSettings
 from core.study.bundle import bundle_probe, load_bundle
 from core.study.casestudy import CaseStudy, assemble
-from ui import models, navigation, patterns, results, selection
-from ui.display import progress_bar
+from core.study.library import MAX_NOTE_CHARS, MAX_TITLE_CHARS
+from ui import library, models, navigation, patterns, results, selection
+from ui.display import plain, progress_bar
 
 __all__ = [
+    "CASE_PAGE",
     "EVIDENCE",
     "FINDING_LINKS",
     "MAX_TOP_K",
@@ -33,15 +40,18 @@ __all__ = [
     "VIEW_PAGES",
     "OpenedBundle",
     "close_bundle",
+    "library_form",
     "live_settings",
     "live_study",
     "open_bundle",
     "open_in_view",
+    "open_library_study",
     "opened_bundle",
     "thumbnail_caption",
     "uploader_key",
 ]
 
+CASE_PAGE = "pages/4_Case_Study.py"
 OPENED_KEY = "case_bundle"  # (sha256 of the bundle, file name, CaseStudy)
 UPLOAD_ROUND_KEY = "case_bundle_round"
 REFUSED_KEY = "case_bundle_refused"  # ((sha256, model key), sentence) of the last bundle refused
@@ -159,6 +169,90 @@ def _bundle_model(data: bytes, handle: ViTHandle) -> tuple[ViTHandle, bytes | No
         return handle, None
     probe_file = probe.to_bytes()
     return models.probed_model(probe_file), probe_file
+
+
+def open_library_study(study_id: str) -> str | None:
+    """Open a library study on this page; returns the sentence that says why not, or ``None``.
+
+    A study of another model than the session's opens after switching the session to that model
+    when it is a built-in one (a study of a linear probe on a built-in backbone: to that backbone,
+    and the bundle's probe goes on it); any other model must be loaded on the Overview page first.
+    """
+    try:
+        entry, data, study = library.opened_study(study_id)
+    except HeadScopeError as err:
+        return str(err)
+    handle = models.current_model()
+    if study.manifest["model"]["key"] != handle.key:
+        wanted = _builtin_model(study.manifest["model"])
+        if wanted is None:
+            return (
+                f"The study '{entry.title}' was computed with {entry.model_name}, which a link or the library cannot "
+                "load: load that model on the Overview page, then open the study again. The Compare page opens it "
+                "with any model."
+            )
+        spec = models.current_spec()
+        if wanted != (spec.name, spec.img_size):
+            error = models.switch_model(wanted[0], None, wanted[1])
+            if error:
+                return error
+    return open_bundle(entry.title, data, models.current_model())
+
+
+_AT_SIZE = re.compile(r" \([0-9]+ px\)$")
+
+
+def _builtin_model(model: dict) -> tuple[str, int | None] | None:
+    """The built-in model (name, input size or ``None`` for its default) a bundle's model facts name, if any."""
+    name, probe = str(model.get("name", "")), model.get("probe")
+    if name not in BUILTIN_MODELS and isinstance(probe, dict):  # a probe on a backbone: that backbone
+        name = str(probe.get("backbone_name", ""))
+    name = _AT_SIZE.sub("", name)  # "dinov2-s (448 px)": a built-in model at another input size
+    if name not in BUILTIN_MODELS:
+        return None
+    if name == DEMO_NAME:
+        return name, None
+    side = int(model["grid"][0]) * int(model["patch_size"][0])
+    return name, None if side == DEFAULT_IMG_SIZE else side
+
+
+SAVED_KEY = "case_library_saved"  # (kind, sentence) of the last save to the library, shown once
+
+
+def library_form(study: CaseStudy) -> None:
+    """Save to the library: a title and an optional note; the saved study is then the page's, so its link opens it."""
+    st.markdown("##### Save to the library")
+    shelf, why = library.current()
+    if shelf is None:
+        st.caption(plain(why))
+        return
+    default_title = f"{study.manifest['model']['name']} on {study.manifest['image_set']['title']}"
+    with st.form("case_library_form", border=True):
+        st.text_input("Title", key="case_library_title", max_chars=MAX_TITLE_CHARS, placeholder=default_title)
+        st.text_area("Note (optional)", key="case_library_note", max_chars=MAX_NOTE_CHARS, height=80)
+        st.form_submit_button(
+            "Save to the library", icon=":material/bookmark_add:", on_click=_save_to_library, args=(study, default_title),
+            help="Keeps the study on this server for the whole team: the Library page lists it and its link opens it.",
+        )
+    kind, sentence = st.session_state.pop(SAVED_KEY, (None, None))
+    if kind == "error":
+        st.error(plain(sentence))  # it may quote the title
+    elif kind == "success":
+        st.success(plain(sentence))
+    st.caption(library.usage_sentence(shelf))
+
+
+def _save_to_library(study: CaseStudy, default_title: str) -> None:
+    """The form's ``on_click``, before the page runs again: the sidebar's link then names the saved study."""
+    title = st.session_state.get("case_library_title", "").strip() or default_title
+    with st.spinner("Saving the study to the library…"):
+        entry, error = library.save(study, title, st.session_state.get("case_library_note", ""))
+    if entry is None:
+        st.session_state[SAVED_KEY] = ("error", error)
+        return
+    st.session_state[OPENED_KEY] = OpenedBundle(entry.id, entry.title, study)
+    said = "is already in the library as" if entry.title != title else "is saved to the library as"
+    st.session_state[SAVED_KEY] = ("success", f"The study {said} '{entry.title}'; the sidebar's link opens it.")
 
 
 def opened_bundle() -> OpenedBundle | None:

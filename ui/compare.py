@@ -1,7 +1,8 @@
 """Compare page: what each of its two sides is, the bundles opened on them, and the cached comparison.
 
-A side is the current analysis (the live case study of the session's model and image set) or a
-result bundle of any model, opened without checking it against the loaded model. An opened
+A side is the current analysis (the live case study of the session's model and image set), a
+result bundle of any model, opened without checking it against the loaded model, or a study of
+the server's library (``ui.library``), which a link names by its id. An opened
 bundle stays in the session, keyed by side, until the user removes it from its uploader or
 uploads another, so a visit to another page keeps both sides. A refused bundle leaves its
 side empty and the other side as it was.
@@ -24,14 +25,16 @@ from core.models.handle import ViTHandle
 from core.study.bundle import load_bundle
 from core.study.casestudy import CaseStudy
 from core.study.comparison import Comparison, compare
-from ui import casestudy, export, selection
+from ui import casestudy, export, library, selection
 from ui.casestudy import OpenedBundle
 from viz.common import HEAD_SELECTION
 from viz.compare import PATTERN_SELECTION
 
 __all__ = [
     "BUNDLE",
+    "COMPARE_PAGE",
     "FOCUS_KEY",
+    "LIBRARY",
     "LIVE",
     "METRIC_KEY",
     "PATTERNS_KEY",
@@ -43,6 +46,8 @@ __all__ = [
     "focus_values",
     "forget_if_cleared",
     "is_given",
+    "library_key",
+    "library_study_id",
     "nearest_heads",
     "open_bundle",
     "opened_bundle",
@@ -57,10 +62,12 @@ __all__ = [
     "source",
     "source_key",
     "uploader_key",
+    "use_library_study",
 ]
 
-LIVE, BUNDLE = "the current analysis", "a result bundle"
-SOURCES = (LIVE, BUNDLE)
+LIVE, BUNDLE, LIBRARY = "the current analysis", "a result bundle", "a library study"
+SOURCES = (LIVE, BUNDLE, LIBRARY)
+COMPARE_PAGE = "pages/6_Compare.py"
 TOP_K = 5  # the case study page's default, so the live side reuses its study
 METRIC_KEY = "compare_metric"
 PATTERNS_KEY = "compare_patterns"
@@ -77,8 +84,16 @@ def uploader_key(side: SideName) -> str:
     return f"compare_upload_{side}"
 
 
+def library_key(side: SideName) -> str:
+    return f"compare_library_{side}"  # the id of the library study the side shows
+
+
 def _opened_key(side: SideName) -> str:
     return f"compare_bundle_{side}"
+
+
+def _library_opened_key(side: SideName) -> str:
+    return f"compare_library_opened_{side}"  # (id, OpenedBundle) of the side's library study
 
 
 def _refused_key(side: SideName) -> str:
@@ -91,7 +106,30 @@ def source(side: SideName) -> str:
 
 
 def opened_bundle(side: SideName) -> OpenedBundle | None:
+    """The study the side shows from a file: its uploaded bundle, or its library study."""
+    if source(side) == LIBRARY:
+        opened = st.session_state.get(_library_opened_key(side))
+        return opened if opened is not None and opened.digest == library_study_id(side) else None
     return st.session_state.get(_opened_key(side))
+
+
+def library_study_id(side: SideName) -> str | None:
+    return st.session_state.get(library_key(side))
+
+
+def use_library_study(side: SideName, study_id: str) -> str | None:
+    """Make the side the library study ``study_id``; returns the sentence that says why not, or ``None``.
+
+    A study that cannot be opened leaves the side as it was.
+    """
+    try:
+        entry, _, study = library.opened_study(study_id)
+    except HeadScopeError as err:
+        return str(err)
+    st.session_state[source_key(side)] = LIBRARY
+    st.session_state[library_key(side)] = study_id
+    st.session_state[_library_opened_key(side)] = OpenedBundle(study_id, entry.title, study)
+    return None
 
 
 def refused_sentence(side: SideName) -> str | None:
@@ -130,7 +168,7 @@ def forget_if_cleared(side: SideName) -> None:
 
 
 def is_given(side: SideName) -> bool:
-    """The side can be compared: the current analysis, or an opened bundle."""
+    """The side can be compared: the current analysis, an opened bundle or an opened library study."""
     return source(side) == LIVE or opened_bundle(side) is not None
 
 

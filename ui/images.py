@@ -40,6 +40,7 @@ __all__ = [
     "relabel_upload",
     "sample_set",
     "upload_images",
+    "uses_upload",
 ]
 
 SOURCE_KEY = "image_source"  # the home page's radio; Streamlit drops it on other pages
@@ -52,11 +53,12 @@ SAMPLES, UPLOAD, ZIP = "Sample images", "Upload images", "Upload a ZIP (ImageFol
 
 def active_image_set(handle: ViTHandle) -> ImageSet:
     """The set every page analyses: the user's upload when one is chosen and usable, else the samples."""
-    if st.session_state.get(SOURCE_CHOICE_KEY, SAMPLES) != SAMPLES:
-        uploaded = st.session_state.get(UPLOADED_KEY)
-        if uploaded is not None:
-            return uploaded[1]
-    return sample_set(handle)
+    return st.session_state[UPLOADED_KEY][1] if uses_upload() else sample_set(handle)
+
+
+def uses_upload() -> bool:
+    """The pages analyse the user's upload, which only this session holds (``active_image_set``)."""
+    return st.session_state.get(SOURCE_CHOICE_KEY, SAMPLES) != SAMPLES and st.session_state.get(UPLOADED_KEY) is not None
 
 
 @st.cache_data(max_entries=4, show_spinner="Preparing the sample images…")

@@ -29,6 +29,8 @@ from ui.display import sentence_on_error
 from viz.importance import CHART_HEIGHT, unpruned_value
 
 __all__ = [
+    "GLOBAL",
+    "LOCAL",
     "ImportanceState",
     "baseline_value",
     "importance_state",
@@ -39,6 +41,8 @@ __all__ = [
     "target_measure",
     "top5_table",
 ]
+
+GLOBAL, LOCAL = "Over the set (global)", "Focus image (local)"  # B1's scope radio
 
 
 # --- cached computations ---------------------------------------------------------------

@@ -24,6 +24,7 @@ PAGES = (
     ("pages/4_Case_Study.py", "Case study", ":material/summarize:"),
     ("pages/5_Explanations.py", "Explanations", ":material/visibility:"),
     ("pages/6_Compare.py", "Compare", ":material/compare_arrows:"),
+    ("pages/7_Library.py", "Library", ":material/local_library:"),
 )
 ALONE = (
     "This page runs on its own, on the start model and the sample images; "

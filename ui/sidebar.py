@@ -1,7 +1,7 @@
 """The sidebar every view page shares, and the context it resolves: the active model, image set and focus.
 
 The sidebar shows what is being analysed, lets the user change the focus image and the focus
-head from any page, and links to every page; the Overview page (``streamlit_app.py``) has
+head from any page, links to every page and shows the link that opens the same view (``ui.links``); the Overview page (``streamlit_app.py``) has
 its own, which picks the model and the images.
 """
 
@@ -13,7 +13,7 @@ import streamlit as st
 
 from core.inputs.images import ImageSet
 from core.models.handle import ViTHandle
-from ui import navigation
+from ui import links, navigation
 from ui.display import enlarge_for_display, plain
 from ui.images import active_image_set
 from ui.models import current_model
@@ -40,15 +40,21 @@ class PageContext:
     focus: FocusSelection
 
 
-def page_context() -> PageContext:
-    """Resolve the active model, set and focus, and draw the sidebar every view page shares."""
+def page_context(page: str) -> PageContext:
+    """Resolve the active model, set and focus, and draw the sidebar every view page shares.
+
+    ``page`` names the page in ``ui.links.PAGES``: a link opened in a new session restores its
+    state first, and every run writes it back into the URL.
+    """
     navigation.sidebar_links()
+    links.restore(page)
     handle = current_model()
     image_set = active_image_set(handle)
     focus_id = focus_image_id(image_set)
     clamp_focus_head(handle)
     _focus_sidebar(handle, image_set, focus_id)
     probe_header(handle)
+    links.share(page, handle, image_set)
     # the set's analysis is read where a view needs it: an opened bundle needs none
     return PageContext(handle, image_set, focus_id, focus())
 

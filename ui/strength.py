@@ -21,6 +21,8 @@ from ui.display import sentence_on_error
 from viz.strength import HIGH_NORM_PURPLE
 
 __all__ = [
+    "FOCUS_IMAGE",
+    "SET_MEAN",
     "image_norms",
     "image_statistics",
     "key_outliers",
@@ -28,6 +30,8 @@ __all__ = [
     "set_statistics",
     "sink_overlay",
 ]
+
+FOCUS_IMAGE, SET_MEAN = "Focus image", "Set mean"  # the per-head values' scope radio
 
 
 # --- cached statistics -----------------------------------------------------------------

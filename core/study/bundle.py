@@ -245,8 +245,20 @@ def write_bundle(study: CaseStudy, path: str | os.PathLike[str]) -> Path:
         The path written.
     """
     target = Path(path)
-    data = save_bundle(study)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    temporary = _synced_temporary(save_bundle(study), target.parent, f".{target.name}.")
+    try:
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def _synced_temporary(data: bytes, folder: Path, prefix: str) -> Path:
+    """A new ``.tmp`` file in ``folder`` holding ``data``, synced to disk and readable by all: renamed
+    into place, it makes a write atomic (``write_bundle``, the study library)."""
+    handle, name = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".tmp")
+    temporary = Path(name)
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
@@ -254,11 +266,10 @@ def write_bundle(study: CaseStudy, path: str | os.PathLike[str]) -> Path:
             os.fsync(file.fileno())
         # mkstemp makes the file private to its owner; a bundle is meant to be shared.
         os.chmod(temporary, 0o644)
-        os.replace(temporary, target)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
-    return target
+    return temporary
 
 
 # --- opening -----------------------------------------------------------------------------
