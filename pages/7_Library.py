@@ -7,7 +7,7 @@ import streamlit as st
 
 from core.errors import HeadScopeError, LibraryUnavailable, StudyDamaged, human_size
 from core.study.library import MAX_NOTE_CHARS, MAX_TITLE_CHARS, LibraryEntry
-from ui import casestudy, compare, library, navigation, sidebar
+from ui import casestudy, compare, export, library, navigation, sidebar
 from ui.display import plain
 from viz.report import render_report
 
@@ -48,7 +48,7 @@ def _table(entries: list[LibraryEntry]) -> None:
         "size": [human_size(entry.size) for entry in entries],
         "state": ["damaged" if entry.damaged else "ok" for entry in entries],
     })
-    st.dataframe(rows, hide_index=True, width="stretch", height=min(400, 38 + 35 * len(rows)))
+    export.table(rows, "library studies", hide_index=True, width="stretch", height=min(400, 38 + 35 * len(rows)))
 
 
 def _actions(entry: LibraryEntry) -> None:

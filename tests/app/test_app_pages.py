@@ -36,7 +36,7 @@ def test_the_sidebar_names_every_page(app: AppTest) -> None:
     assert _links(app) == [
         ("Overview", ""), ("Head importance", "Head_Importance"), ("Attention strength", "Attention_Strength"),
         ("Attention patterns", "Attention_Patterns"), ("Case study", "Case_Study"), ("Explanations", "Explanations"),
-        ("Compare", "Compare"),
+        ("Compare", "Compare"), ("Library", "Library"),
     ]
     _assert_every_chart_and_table_exports(app)
     app.switch_page(VIEW_PAGES[1]).run()
@@ -61,11 +61,11 @@ def test_every_view_has_a_page() -> None:
     assert [script for script, _, _ in LINKED] == ["streamlit_app.py", *VIEW_PAGES]  # the sidebar links them all
 
 
-def _assert_every_chart_and_table_exports(at: AppTest) -> None:
+def _assert_every_chart_and_table_exports(at: AppTest, *, has_charts: bool = True) -> None:
     buttons = at.get("download_button")
     labels = [button.proto.label for button in buttons]
     charts, tables = len(at.get("vega_lite_chart")), len(at.dataframe)
-    assert charts and labels.count("PNG") == labels.count("SVG") == charts
+    assert bool(charts) == has_charts and labels.count("PNG") == labels.count("SVG") == charts
     assert labels.count("CSV") == tables
     # each file is made when its button is clicked, and the click does not rerun the page
     exports = [button.proto for button in buttons if button.proto.label in ("PNG", "SVG", "CSV")]
@@ -79,7 +79,7 @@ def test_page_opens_on_the_demo_samples(app: AppTest, page: str) -> None:
         app.radio(key="compare_source_B").set_value("the current analysis").run()
     assert not app.exception, app.exception
     assert not app.error, [e.value for e in app.error]
-    _assert_every_chart_and_table_exports(app)
+    _assert_every_chart_and_table_exports(app, has_charts=not page.endswith("Library.py"))  # a list of studies
     assert "Held-out digits" in _sidebar_text(app) or "360 images" in _sidebar_text(app)
     assert app.selectbox(key="focus_layer").options == [str(i) for i in range(6)]
 
