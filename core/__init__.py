@@ -31,10 +31,12 @@ from core.pipeline.analysis import analyze_set
 from core.study.bundle import load_bundle, save_bundle
 from core.study.casestudy import analyze
 from core.study.comparison import compare
+from core.study.library import Library
 from core.study.narrative import findings
 
 __all__ = [
     "HeadScopeError",
+    "Library",
     "analyze",
     "analyze_set",
     "answer_readout",

@@ -126,7 +126,8 @@ def use_library_study(side: SideName, study_id: str) -> str | None:
         entry, _, study = library.opened_study(study_id)
     except HeadScopeError as err:
         return str(err)
-    st.session_state[source_key(side)] = LIBRARY
+    if source(side) != LIBRARY:  # on the Compare page, its radio already says so (and cannot be set again)
+        st.session_state[source_key(side)] = LIBRARY
     st.session_state[library_key(side)] = study_id
     st.session_state[_library_opened_key(side)] = OpenedBundle(study_id, entry.title, study)
     return None
