@@ -12,11 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
@@ -26,7 +22,7 @@ import pytest
 from PIL import Image
 
 from core.inputs.digits import digit_images, digits_split
-from helpers.browser import CHROMIUM_ARGS, chromium_path
+from helpers.browser import CHROMIUM_ARGS, chromium_path, started_server
 from helpers.data import ROOT
 from helpers.images import encode
 
@@ -36,12 +32,6 @@ PAGE_TIMEOUT_MS = 300_000
 ERROR_SELECTORS = ('[data-testid="stException"]', '[data-testid="stAlertContentError"]')
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _url_path(page: Path) -> str:
     """Streamlit's URL path of a page file: ``1_Head_Importance.py`` -> ``Head_Importance``."""
     return re.sub(r"^\d+_", "", page.stem)
@@ -49,46 +39,9 @@ def _url_path(page: Path) -> str:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[str]:
-    port = _free_port()
     log_path = tmp_path_factory.mktemp("server") / "streamlit.log"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"),
-                "--server.port", str(port),
-                "--server.address", "127.0.0.1",
-                "--server.headless", "true",
-                "--server.maxUploadSize", str(SERVER_UPLOAD_LIMIT_MB),
-            ],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            _wait_for_health(url, proc)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-    server_log = log_path.read_text(errors="replace")
-    assert "Traceback" not in server_log, server_log[-4000:]
-
-
-def _wait_for_health(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"streamlit exited with code {proc.returncode} before serving")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail("streamlit did not answer its health check within two minutes")
+    with started_server(log_path, extra_args=["--server.maxUploadSize", str(SERVER_UPLOAD_LIMIT_MB)]) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -168,10 +121,18 @@ def _assert_no_error(page, where: str) -> None:
     assert "Traceback" not in page.inner_text("body"), f"{where}: a traceback is shown"
 
 
+def _page_url(base: str, page_file: Path) -> re.Pattern[str]:
+    """The page's URL with whatever query parameters the page writes (the state a link keeps).
+
+    The first sidebar link to a page is the page list's; the Copy link panel may link the Case study page again.
+    """
+    return re.compile(rf"{re.escape(base)}/{_url_path(page_file)}(\?.*)?$")
+
+
 def _open_page(page, base: str, page_file: Path) -> None:
     """Follow the sidebar link, as a user does (a fresh URL would start a new session)."""
-    page.locator(f'[data-testid="stSidebar"] a[data-testid="stPageLink-NavLink"][href$="{_url_path(page_file)}"]').click()
-    page.wait_for_url(f"{base}/{_url_path(page_file)}")
+    page.locator(f'[data-testid="stSidebar"] a[data-testid="stPageLink-NavLink"][href$="{_url_path(page_file)}"]').first.click()
+    page.wait_for_url(_page_url(base, page_file))
     _settle(page)
 
 
@@ -270,8 +231,8 @@ async def _one_session(browser, base: str, digits: list[int], shots: Path, tag: 
     await page.set_input_files('[data-testid="stFileUploaderDropzoneInput"]', files=_digit_files(digits))
     await page.wait_for_selector(f"text={len(digits)} images ready", timeout=PAGE_TIMEOUT_MS)
     for page_file in PAGES:
-        await page.locator(f'[data-testid="stSidebar"] a[data-testid="stPageLink-NavLink"][href$="{_url_path(page_file)}"]').click()
-        await page.wait_for_url(f"{base}/{_url_path(page_file)}")
+        await page.locator(f'[data-testid="stSidebar"] a[data-testid="stPageLink-NavLink"][href$="{_url_path(page_file)}"]').first.click()
+        await page.wait_for_url(_page_url(base, page_file))
         await _settle_async(page)
         for selector in ERROR_SELECTORS:
             for element in await page.query_selector_all(selector):
