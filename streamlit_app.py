@@ -251,12 +251,8 @@ def main() -> None:
     probe.probe_header(handle)
     probe.probe_panel(handle, image_set)
     requested = st.session_state.pop("focus_request", None)
-    if requested:
-        try:
-            image_set.by_id(requested)
-            selection.set_focus_image(requested)
-        except KeyError:
-            st.warning(f"No image in this set has the id '{plain(requested)}'; ids are shown in the chart's tooltips.")
+    if requested and not selection.focus_image_if_in(image_set, requested):
+        st.warning(f"No image in this set has the id '{plain(requested)}'; ids are shown in the chart's tooltips.")
     focus_id = selection.focus_image_id(image_set)
     # a keyed text input ignores value= after its first run: keep it in step with the focus
     if st.session_state.get("focus_id_input") != focus_id:

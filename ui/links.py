@@ -153,12 +153,8 @@ def _restore_source(values: dict[str, str], notes: list[str]) -> None:
 
 def _restore_focus(values: dict[str, str], handle: ViTHandle, image_set: ImageSet, notes: list[str]) -> None:
     image_id = values.get(IMAGE)
-    if image_id is not None:
-        try:
-            image_set.by_id(image_id)
-            selection.set_focus_image(image_id)
-        except KeyError:
-            notes.append(f"The link's focus image '{_shown(image_id)}' is not in {image_set.title}, so it is ignored.")
+    if image_id is not None and not selection.focus_image_if_in(image_set, image_id):
+        notes.append(f"The link's focus image '{_shown(image_id)}' is not in {image_set.title}, so it is ignored.")
     head = values.get(HEAD)
     if head is None:
         return

@@ -22,6 +22,7 @@ __all__ = [
     "clicked",
     "focus",
     "focus_image_id",
+    "focus_image_if_in",
     "pick_head",
     "set_focus_head",
     "set_focus_image",
@@ -50,6 +51,16 @@ def focus() -> FocusSelection:
 
 def set_focus_image(image_id: str) -> None:
     st.session_state[FOCUS_KEY] = FocusSelection(image_id, focus().layer, focus().head)
+
+
+def focus_image_if_in(image_set: ImageSet, image_id: str) -> bool:
+    """Make ``image_id`` the focus image when ``image_set`` has it; ``False`` (and nothing changes) when not."""
+    try:
+        image_set.by_id(image_id)
+    except KeyError:
+        return False
+    set_focus_image(image_id)
+    return True
 
 
 def set_focus_head(layer: int, head: int) -> None:

@@ -22,7 +22,12 @@ import pytest
 from PIL import Image
 
 from core.inputs.digits import digit_images, digits_split
-from helpers.browser import CHROMIUM_ARGS, chromium_path, started_server
+from helpers.browser import (
+    CHROMIUM_ARGS,
+    chromium_path,
+    offsite_requests,
+    started_server,
+)
 from helpers.data import ROOT
 from helpers.images import encode
 
@@ -142,16 +147,7 @@ def test_pages_exist_for_every_view() -> None:
 
 def test_upload_then_visit_every_page(server: str, browser, shots: Path) -> None:
     page = browser.new_page(viewport={"width": 1500, "height": 1000})
-    offsite: list[str] = []
-
-    def only_the_server(route) -> None:
-        if route.request.url.startswith(server):
-            route.continue_()
-        else:
-            offsite.append(route.request.url)
-            route.abort()
-
-    page.route("**/*", only_the_server)
+    offsite = offsite_requests(page, server)
     page.goto(server)
     page.wait_for_selector('[data-testid="stVegaLiteChart"]', timeout=PAGE_TIMEOUT_MS)
     _settle(page)

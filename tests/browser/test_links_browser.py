@@ -9,6 +9,7 @@ it; the pages are read as soon as what a test asserts is drawn, while the heavy 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Iterator
@@ -18,7 +19,12 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from core.study.library import ENV_LIBRARY, Library
-from helpers.browser import CHROMIUM_ARGS, chromium_path, started_server
+from helpers.browser import (
+    CHROMIUM_ARGS,
+    chromium_path,
+    offsite_requests,
+    started_server,
+)
 from helpers.data import DATA
 
 PAGE_TIMEOUT_MS = 300_000
@@ -62,16 +68,7 @@ def _fresh_page(browser, server: str) -> tuple[Page, list[str]]:
     """A page in a new browser context (a new session) that reaches the server only, and the list of
     every other URL it asks for."""
     context = browser.new_context(viewport={"width": 1500, "height": 1000})
-    offsite: list[str] = []
-
-    def only_the_server(route) -> None:
-        if route.request.url.startswith(server):
-            route.continue_()
-        else:
-            offsite.append(route.request.url)
-            route.abort()
-
-    context.route("**/*", only_the_server)
+    offsite = offsite_requests(context, server)
     return context.new_page(), offsite
 
 
@@ -134,7 +131,7 @@ def test_link_opens_a_library_study(browser, server: str, shared_study: str) -> 
     expect(main).to_contain_text(STUDY_TITLE)
     assert f"study={shared_study}" in _copied_link(page, "study=")
     page.get_by_test_id("stSidebar").locator('a[data-testid="stPageLink-NavLink"][href$="Library"]').click()
-    page.wait_for_url(f"{server}/Library")
+    page.wait_for_url(re.compile(rf"{re.escape(server)}/Library(\?.*)?$"))  # the page writes its state into the URL
     # the picked study's card: a heading the Case study page does not have
     expect(main.get_by_role("heading", name=STUDY_TITLE)).to_be_visible(timeout=PAGE_TIMEOUT_MS)
     assert page.locator('[data-testid="stException"]').count() == 0

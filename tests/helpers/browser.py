@@ -39,6 +39,22 @@ def chromium_path() -> str:
 
 
 @contextlib.contextmanager
+def offsite_requests(target, server: str) -> list[str]:
+    """Let ``target`` (a Playwright page or browser context) reach ``server`` only: every other request is
+    aborted and its URL added to the returned list, which a test asserts stays empty."""
+    offsite: list[str] = []
+
+    def only_the_server(route) -> None:
+        if route.request.url.startswith(server):
+            route.continue_()
+        else:
+            offsite.append(route.request.url)
+            route.abort()
+
+    target.route("**/*", only_the_server)
+    return offsite
+
+
 def started_server(
     log_path: Path, env: Mapping[str, str] | None = None, extra_args: Sequence[str] = ()
 ) -> Iterator[str]:

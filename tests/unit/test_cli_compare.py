@@ -11,6 +11,7 @@ from core.__main__ import EXIT_BAD_INPUT, main
 from core.errors import NothingToCompare
 from core.study.bundle import load_bundle, save_bundle
 from core.study.comparison import compare
+from helpers.cli import one_error_line
 from helpers.data import DATA, V1_BUNDLE
 
 V3_BUNDLE = DATA / "bundle_v3_demo.zip"
@@ -21,16 +22,6 @@ def small_bundle(small_study, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("bundles") / "small.zip"
     path.write_bytes(save_bundle(small_study))
     return path
-
-
-def _one_error_line(capsys) -> str:
-    """The single ``error: ...`` line the command printed on stderr, after checking it printed nothing else."""
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
-    assert "Traceback" not in captured.err
-    return lines[0]
 
 
 def test_two_bundles_print_the_sentences_and_write_the_report(small_bundle, tmp_path, capsys):
@@ -53,21 +44,21 @@ def test_a_damaged_b_is_named_in_one_line(small_bundle, tmp_path, capsys):
     damaged = tmp_path / "damaged.zip"
     damaged.write_bytes(small_bundle.read_bytes()[: 5000])
     assert main(["compare", str(V3_BUNDLE), str(damaged)]) == EXIT_BAD_INPUT
-    assert _one_error_line(capsys).startswith(f"error: B ({damaged}): ")
+    assert one_error_line(capsys).startswith(f"error: B ({damaged}): ")
 
 
 def test_a_file_that_is_no_bundle_is_named_in_one_line(tmp_path, capsys):
     foreign = tmp_path / "notes.zip"
     foreign.write_text("not a bundle at all")
     assert main(["compare", str(foreign), str(V3_BUNDLE)]) == EXIT_BAD_INPUT
-    assert _one_error_line(capsys).startswith(f"error: A ({foreign}): ")
+    assert one_error_line(capsys).startswith(f"error: A ({foreign}): ")
 
 
 def test_a_missing_file_or_a_folder_is_named_in_one_line(tmp_path, capsys):
     assert main(["compare", str(V3_BUNDLE), str(tmp_path / "nowhere.zip")]) == EXIT_BAD_INPUT
-    assert _one_error_line(capsys) == f"error: B ({tmp_path / 'nowhere.zip'}) cannot be read: No such file or directory."
+    assert one_error_line(capsys) == f"error: B ({tmp_path / 'nowhere.zip'}) cannot be read: No such file or directory."
     assert main(["compare", str(tmp_path), str(V3_BUNDLE)]) == EXIT_BAD_INPUT
-    assert _one_error_line(capsys).startswith(f"error: A ({tmp_path}) cannot be read: ")
+    assert one_error_line(capsys).startswith(f"error: A ({tmp_path}) cannot be read: ")
 
 
 @pytest.mark.parametrize(
@@ -80,7 +71,7 @@ def test_a_missing_file_or_a_folder_is_named_in_one_line(tmp_path, capsys):
 )
 def test_bad_arguments_give_one_line(extra, message, capsys):
     assert main(["compare", str(V1_BUNDLE), str(V1_BUNDLE), *extra]) == EXIT_BAD_INPUT
-    assert message in _one_error_line(capsys)
+    assert message in one_error_line(capsys)
 
 
 def test_two_studies_with_nothing_in_common_give_one_line(monkeypatch, capsys):
@@ -89,7 +80,7 @@ def test_two_studies_with_nothing_in_common_give_one_line(monkeypatch, capsys):
 
     monkeypatch.setattr(core.__main__, "compare", nothing)
     assert main(["compare", str(V1_BUNDLE), str(V3_BUNDLE)]) == EXIT_BAD_INPUT
-    assert _one_error_line(capsys) == "error: A and B hold no measure in common: A has none, B has entropy."
+    assert one_error_line(capsys) == "error: A and B hold no measure in common: A has none, B has entropy."
 
 
 def test_a_bundles_names_reach_the_terminal_without_control_characters(small_study, tmp_path, capsys):

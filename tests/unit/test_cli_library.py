@@ -13,6 +13,7 @@ from core.errors import human_size
 from core.study.bundle import save_bundle
 from core.study.library import INDEX
 from helpers.bundles import edited_bundle
+from helpers.cli import one_error_line
 
 
 @pytest.fixture(scope="module")
@@ -42,16 +43,6 @@ def _out_lines(capsys) -> list[str]:
     captured = capsys.readouterr()
     assert captured.err == ""
     return captured.out.splitlines()
-
-
-def _one_error_line(capsys) -> str:
-    """The single ``error: ...`` line the command printed on stderr, after checking it printed nothing else."""
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
-    assert "Traceback" not in captured.err
-    return lines[0]
 
 
 def test_add_list_and_remove_round_trip(bundles, tmp_path, capsys):
@@ -106,13 +97,13 @@ def test_the_library_comes_from_the_environment_and_off_needs_a_folder(bundles, 
 
     monkeypatch.setenv("HEADSCOPE_LIBRARY", "OFF")
     assert main(["library", "list"]) == EXIT_BAD_INPUT
-    assert _one_error_line(capsys) == "error: The study library is off (HEADSCOPE_LIBRARY=off); pass --library DIR."
+    assert one_error_line(capsys) == "error: The study library is off (HEADSCOPE_LIBRARY=off); pass --library DIR."
     assert main(["library", "list", "--library", str(folder)]) == 0
     assert _out_lines(capsys)[-1].startswith("1 study, ")
 
     monkeypatch.setenv("HEADSCOPE_LIBRARY_MB", "lots")
     assert main(["library", "list", "--library", str(folder)]) == EXIT_BAD_INPUT
-    assert _one_error_line(capsys) == (
+    assert one_error_line(capsys) == (
         "error: HEADSCOPE_LIBRARY_MB must be a whole number of megabytes such as 2000, not 'lots'."
     )
 
@@ -124,9 +115,9 @@ def test_an_unknown_short_or_ambiguous_prefix_gives_one_line(bundles, tmp_path, 
     study = sha(bundles[0])
     unknown = "0" * 8 if not study.startswith("0" * 8) else "1" * 8
     assert main(["library", "remove", unknown, "--library", str(folder)]) == EXIT_BAD_INPUT
-    assert _one_error_line(capsys) == f"error: No study in the library has an id starting with '{unknown}'."
+    assert one_error_line(capsys) == f"error: No study in the library has an id starting with '{unknown}'."
     assert main(["library", "remove", study[:7], "--library", str(folder)]) == EXIT_BAD_INPUT
-    assert "is too short or not hex: give at least 8 of the hex characters" in _one_error_line(capsys)
+    assert "is too short or not hex: give at least 8 of the hex characters" in one_error_line(capsys)
 
     # two ids that share their first 8 characters: a row copied under a made-up id (no real bundle hashes so)
     twin = study[:8] + ("0" if study[8] != "0" else "1") * 56
@@ -135,7 +126,7 @@ def test_an_unknown_short_or_ambiguous_prefix_gives_one_line(bundles, tmp_path, 
         index.execute(f"INSERT INTO studies (id, {columns}) SELECT ?, {columns} FROM studies WHERE id = ?", (twin, study))
     index.close()
     assert main(["library", "remove", study[:8], "--library", str(folder)]) == EXIT_BAD_INPUT
-    assert _one_error_line(capsys) == (
+    assert one_error_line(capsys) == (
         f"error: Several studies in the library have ids starting with '{study[:8]}'; give more of the id."
     )
     assert main(["library", "remove", study[:9], "--library", str(folder)]) == 0
@@ -158,20 +149,20 @@ def test_a_file_that_is_no_bundle_or_cannot_be_read_gives_one_line_naming_it(tmp
     foreign = tmp_path / "notes.zip"
     foreign.write_text("not a bundle at all")
     assert main(["library", "add", str(foreign), "--title", "Foreign", "--library", str(folder)]) == EXIT_BAD_INPUT
-    assert _one_error_line(capsys) == (
+    assert one_error_line(capsys) == (
         f"error: {foreign}: This file is not a readable ZIP archive, so it is not a HeadScope bundle (it may be "
         "truncated); download or save it again."
     )
     missing = tmp_path / "nowhere.zip"
     assert main(["library", "add", str(missing), "--title", "Missing", "--library", str(folder)]) == EXIT_BAD_INPUT
-    assert _one_error_line(capsys) == f"error: {missing} cannot be read: No such file or directory."
+    assert one_error_line(capsys) == f"error: {missing} cannot be read: No such file or directory."
     assert not folder.exists()
 
 
 def test_an_empty_title_or_an_unwritable_library_gives_one_line(bundles, tmp_path, capsys):
     assert main(["library", "add", str(bundles[0]), "--title", "  ", "--library", str(tmp_path / "lib")]) == EXIT_BAD_INPUT
-    assert _one_error_line(capsys) == "error: Give the study a title to save it in the library."
+    assert one_error_line(capsys) == "error: Give the study a title to save it in the library."
     (tmp_path / "file").write_text("a regular file")
     unwritable = tmp_path / "file" / "lib"
     assert main(["library", "add", str(bundles[0]), "--title", "T", "--library", str(unwritable)]) == EXIT_BAD_INPUT
-    assert "cannot be written (Not a directory)" in _one_error_line(capsys)
+    assert "cannot be written (Not a directory)" in one_error_line(capsys)
