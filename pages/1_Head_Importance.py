@@ -12,7 +12,7 @@ from core.measures.importance import (
     RANKED_BY_MAGNITUDE,
     metrics_for,
 )
-from ui import export, importance, probe, selection, sidebar, stages
+from ui import export, importance, links, probe, selection, sidebar, stages
 from ui.display import plain
 from ui.importance import GLOBAL, LOCAL
 from viz.importance import (
@@ -91,6 +91,7 @@ heavy_box = st.container()
 
 head_at = (focus.layer, focus.head)
 images_used = state.sample_note or f"the {len(ctx.image_set)} images"
+links.offer_pending_metric("importance", offered)  # a link's metric, once the exact sweep offers it
 if offered:
     left, right = st.columns([1, 2])
     metric = left.selectbox(

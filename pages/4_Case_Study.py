@@ -28,7 +28,7 @@ st.caption(
 with st.expander("Open a result bundle", expanded=casestudy.opened_bundle() is not None):
     upload = st.file_uploader(
         "A result bundle (.zip) saved from this page or written by `python -m core analyze`",
-        type=["zip"], key=casestudy.uploader_key(),
+        type=["zip"], key=casestudy.uploader_key(), on_change=casestudy.open_upload, args=(handle,),
     )
     if upload is not None:
         error = casestudy.open_bundle(upload.name, upload.getvalue(), handle)

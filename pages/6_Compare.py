@@ -39,10 +39,9 @@ handle = ctx.handle
 def _side_picker(side: str) -> DeltaGenerator:
     """The side's source and, for a bundle, its uploader; returns the slot its label is written to."""
     st.subheader(f"Side {side}")
-    st.radio(
-        f"Side {side} is", compare.SOURCES, index=compare.SOURCES.index(compare.source(side)),
-        key=compare.source_key(side), horizontal=True, persist_state="session",
-    )
+    # the side's source may come from the Library page or a link: the radio shows what the session holds
+    st.session_state.setdefault(compare.source_key(side), compare.source(side))
+    st.radio(f"Side {side} is", compare.SOURCES, key=compare.source_key(side), horizontal=True, persist_state="session")
     if compare.source(side) == compare.LIVE:
         st.caption(
             f"The case study of {plain(handle.name)} on {plain(ctx.image_set.title)}, with the views' settings; "
@@ -78,14 +77,15 @@ def _library_picker(side: str) -> None:
     ids = [entry.id for entry in entries]
     shown = {entry.id: f"{entry.title} · {entry.model_name} · {entry.saved[:10]}" for entry in entries}
     current = compare.library_study_id(side)
-    picked = st.selectbox(
-        f"Library study for side {side}", ids, index=ids.index(current) if current in ids else None,
+    # the side's study may come from the Library page or a link: the picker shows what the side holds
+    st.session_state[compare.library_pick_key(side)] = current if current in ids else None
+    st.selectbox(
+        f"Library study for side {side}", ids, index=None, key=compare.library_pick_key(side),
         format_func=shown.__getitem__, placeholder="Pick a study", help="The studies saved on this server, newest first.",
+        on_change=compare.pick_library_study, args=(side,),
     )
-    if picked is not None and (picked != current or compare.opened_bundle(side) is None):
-        error = compare.use_library_study(side, picked)
-        if error:
-            st.error(plain(error))
+    if compare.library_error(side):
+        st.error(plain(compare.library_error(side)))  # it may quote the study's title
     opened = compare.opened_bundle(side)
     if opened is not None:
         st.caption(f"Study {opened.digest[:12]}, created {plain(opened.study.manifest['created'])}.")

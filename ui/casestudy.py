@@ -46,6 +46,7 @@ __all__ = [
     "open_bundle",
     "open_in_view",
     "open_library_study",
+    "open_upload",
     "opened_bundle",
     "thumbnail_caption",
     "uploader_key",
@@ -128,6 +129,14 @@ def live_study(handle: ViTHandle, image_set: ImageSet, settings: CaseSettings) -
         space=view.space, layout=view.layout, clusters=view.clusters, outputs=analysis.predictions.logits,
     )
     return _assembled(handle.key, image_set.key, repr(settings), view.layout.method, handle, image_set, settings, parts)
+
+
+def open_upload(handle: ViTHandle) -> None:
+    """``on_change`` of the page's bundle uploader, before the page runs: the page's link then says at once that
+    an uploaded bundle cannot be linked. The page reads the sentence of a refused file with ``open_bundle``."""
+    upload = st.session_state.get(uploader_key())
+    if upload is not None:
+        open_bundle(upload.name, upload.getvalue(), handle)
 
 
 def open_bundle(file_name: str, data: bytes, handle: ViTHandle) -> str | None:

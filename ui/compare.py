@@ -46,13 +46,16 @@ __all__ = [
     "focus_values",
     "forget_if_cleared",
     "is_given",
+    "library_error",
     "library_key",
+    "library_pick_key",
     "library_study_id",
     "nearest_heads",
     "open_bundle",
     "opened_bundle",
     "pattern_focus",
     "pick_head",
+    "pick_library_study",
     "pick_pattern_head",
     "ranking_metric",
     "refused_sentence",
@@ -117,6 +120,23 @@ def library_study_id(side: SideName) -> str | None:
     return st.session_state.get(library_key(side))
 
 
+def library_pick_key(side: SideName) -> str:
+    return f"compare_library_pick_{side}"  # the side's picker of library studies
+
+
+def library_error(side: SideName) -> str | None:
+    """Why the study last picked for the side did not open (it was deleted or damaged meanwhile)."""
+    return st.session_state.get(f"compare_library_error_{side}")
+
+
+def pick_library_study(side: SideName) -> None:
+    """``on_change`` of a side's picker, before the page runs: the picked study opens on the side, so the
+    page's link names it in the same run."""
+    picked = st.session_state.get(library_pick_key(side))
+    error = use_library_study(side, picked) if picked is not None else None
+    st.session_state[f"compare_library_error_{side}"] = error
+
+
 def use_library_study(side: SideName, study_id: str) -> str | None:
     """Make the side the library study ``study_id``; returns the sentence that says why not, or ``None``.
 
@@ -130,6 +150,7 @@ def use_library_study(side: SideName, study_id: str) -> str | None:
         st.session_state[source_key(side)] = LIBRARY
     st.session_state[library_key(side)] = study_id
     st.session_state[_library_opened_key(side)] = OpenedBundle(study_id, entry.title, study)
+    st.session_state.pop(f"compare_library_error_{side}", None)
     return None
 
 

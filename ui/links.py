@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, Sequence
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import streamlit as st
@@ -47,6 +47,7 @@ __all__ = [
     "RESTORED_KEY",
     "PageParams",
     "current_params",
+    "offer_pending_metric",
     "restore",
     "share",
     "shared_url",
@@ -59,6 +60,7 @@ PARAMETERS = (STUDY, MODEL, SIZE, IMAGE, HEAD, METRIC, SCOPE, SIDE_A, SIDE_B)
 SIDE_PARAMETERS = {"A": SIDE_A, "B": SIDE_B}
 RESTORED_KEY = "link_restored"  # this session has applied its URL's parameters
 NOTES_KEY = "link_notes"  # (page, sentences of the parameters the link's page ignored), shown on that page
+PENDING_KEY = "link_pending_metric"  # (widget key, metric) a link asked for, until its page offers it
 MAX_VALUE_CHARS = 100  # a study id is 64; nothing a link needs is longer
 MAX_IMG_SIZE = 1024  # the Overview page's largest input size
 _HEAD = re.compile(r"L([0-9]{1,3})H([0-9]{1,3})")
@@ -69,16 +71,18 @@ LIBRARY_PAGE = "pages/7_Library.py"
 @dataclass(frozen=True)
 class PageParams:
     """The page-specific state a link keeps: the metric widget's key, and the scope radio's key and
-    options by the word the URL uses for each."""
+    options by the word the URL uses for each. ``metric_waits``: the page offers some of the model's
+    metrics only later (``offer_pending_metric``)."""
 
     metric_key: str | None = None
     scope_key: str | None = None
     scopes: Mapping[str, str] = field(default_factory=dict)
+    metric_waits: bool = False
 
 
 PAGES: dict[str, PageParams] = {
     "overview": PageParams(),
-    "importance": PageParams("importance_metric", "importance_scope", {"set": GLOBAL, "image": LOCAL}),
+    "importance": PageParams("importance_metric", "importance_scope", {"set": GLOBAL, "image": LOCAL}, metric_waits=True),
     "strength": PageParams(None, "strength_scope", {"image": FOCUS_IMAGE, "set": SET_MEAN}),
     "patterns": PageParams(),
     "case": PageParams("case_metric"),
@@ -181,6 +185,8 @@ def _restore_page(page: str, values: dict[str, str], handle: ViTHandle, notes: l
             notes.append(f"The link's metric '{_shown(metric)}' is not {where}, so it is ignored.")
         else:
             st.session_state[params.metric_key] = metric
+            if params.metric_waits:
+                st.session_state[PENDING_KEY] = (params.metric_key, metric)  # until the page offers it
     if scope is not None:
         if params.scope_key is None or scope not in params.scopes:
             where = f"{' or '.join(params.scopes)}" if params.scopes else "a scope this page has"
@@ -269,9 +275,25 @@ def _compare_sides(params: dict[str, str]) -> tuple[bool, str | None]:
     return needs_model, why_not
 
 
+def offer_pending_metric(page: str, offered: Sequence[str]) -> None:
+    """Before the page's metric widget: the metric a link asked for, once the page offers it.
+
+    The Head importance page offers only its Taylor preview until the server's exact sweep ends; a widget
+    drops a value it does not offer, so the link's metric waits here (and stays in the URL) until then.
+    """
+    pending = st.session_state.get(PENDING_KEY)
+    if pending is not None and pending[0] == PAGES[page].metric_key and pending[1] in offered:
+        st.session_state[pending[0]] = pending[1]
+        st.session_state.pop(PENDING_KEY)
+
+
 def _page_params(page: str, params: dict[str, str]) -> None:
     page_params = PAGES[page]
-    metric = st.session_state.get(page_params.metric_key) if page_params.metric_key else None
+    pending = st.session_state.get(PENDING_KEY)
+    if pending is not None and pending[0] == page_params.metric_key:
+        metric = pending[1]  # asked for by the link, not offered yet
+    else:
+        metric = st.session_state.get(page_params.metric_key) if page_params.metric_key else None
     if metric in METRICS:
         params[METRIC] = metric
     if page_params.scope_key:

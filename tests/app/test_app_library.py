@@ -233,6 +233,7 @@ def test_compare_sides_from_the_library_page_and_from_the_compare_page(folder: P
         ]
         picker.set_value(entry.id).run()
         assert_clean(own)
+        assert own.query_params[side.lower()] == entry.id  # the link names the side in the run that picked it
     assert "What changed" in [s.value for s in own.subheader]
     assert own.session_state[compare_state.library_key("A")] == v4.id
     assert own.session_state[compare_state.library_key("B")] == small.id

@@ -345,6 +345,54 @@ def test_uploaded_images_cannot_be_shared_and_the_link_says_where_to_save(folder
         assert link.proto.label == "Save the case study to the library" and link.proto.page == "Case_Study"
 
 
+def test_an_uploaded_bundle_cannot_be_linked_from_the_run_that_opens_it(folder: Path, live_study) -> None:
+    at = _session(CASE_PAGE)
+    assert "study" not in at.query_params and _link_code(at)
+    at.get("file_uploader")[0].set_value([("eight.zip", V4.read_bytes(), "application/zip")])
+    at.run()
+    assert_clean(at)
+    assert [shown(i.value) for i in at.info][0].startswith("Showing the bundle **eight.zip**")
+    expander = _copy_link(at)
+    assert not expander.get("code") and "study" not in at.query_params
+    assert [shown(c.value) for c in expander.get("caption")] == [
+        "This case study comes from a bundle uploaded in this session, which a link cannot bring back: save it to "
+        "the library below, and its link opens it anywhere."
+    ]
+
+
+def _metric_waits_for_its_page() -> None:
+    """A page whose metric widget offers accuracy only from its second run on, as Head importance offers
+    only the Taylor preview until the exact sweep ends; it prints the metric its link would hold."""
+    import streamlit as st
+
+    from ui import images, links, models
+
+    st.session_state["runs"] = st.session_state.get("runs", 0) + 1
+    offered = ["taylor"] if st.session_state["runs"] == 1 else ["taylor", "accuracy"]
+    handle = models.current_model()
+    params, _ = links.current_params("importance", handle, images.active_image_set(handle))
+    st.markdown(f"link metric {params['metric']}")
+    links.offer_pending_metric("importance", offered)
+    st.selectbox("Metric", offered, key="importance_metric")
+
+
+def test_a_links_metric_waits_until_the_page_offers_it(folder: Path) -> None:
+    from ui import links
+
+    at = AppTest.from_function(_metric_waits_for_its_page, default_timeout=TIMEOUT)
+    at.session_state[links.PENDING_KEY] = ("importance_metric", "accuracy")
+    at.run()
+    assert_clean(at)
+    assert at.selectbox(key="importance_metric").value == "taylor"  # not offered yet
+    assert [m.value for m in at.markdown] == ["link metric accuracy"]  # and the link keeps asking for it
+    at.run()
+    assert at.selectbox(key="importance_metric").value == "accuracy"
+    assert links.PENDING_KEY not in at.session_state
+    at.selectbox(key="importance_metric").set_value("taylor").run()  # the user's own choice is not overridden
+    assert at.selectbox(key="importance_metric").value == "taylor"
+    assert [m.value for m in at.markdown] == ["link metric taylor"]
+
+
 def test_a_study_link_says_when_the_library_is_off(live_study, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HEADSCOPE_LIBRARY", "off")
