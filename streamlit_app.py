@@ -239,11 +239,12 @@ def _layout_caption(handle: ViTHandle, points, method: str) -> str:
 def main() -> None:
     navigation.sidebar_links()
     links.restore("overview")  # a link opened in a new session: its model, focus image and head
+    link_place = st.sidebar.container()  # above the long model and image pickers
     _model_controls()
     _image_controls()
     handle = models.current_model()
     image_set = images.active_image_set(handle)
-    links.share("overview", handle, image_set)
+    links.share("overview", handle, image_set, link_place)
 
     st.title("HeadScope")
     preds = results.preview(handle, image_set, heavy=False).predictions  # the set's first pass, which every view reads

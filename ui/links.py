@@ -28,6 +28,7 @@ from typing import Mapping, Sequence
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 from core.inputs.images import ImageSet
 from core.measures.importance import METRICS, metrics_for
@@ -310,8 +311,9 @@ def shared_url(params: Mapping[str, str]) -> str:
     return urlunsplit((scheme, netloc, path, urlencode(params), ""))
 
 
-def share(page: str, handle: ViTHandle, image_set: ImageSet) -> None:
-    """Write the page's state into the URL and show the link to copy in the sidebar (or why there is none)."""
+def share(page: str, handle: ViTHandle, image_set: ImageSet, place: DeltaGenerator | None = None) -> None:
+    """Write the page's state into the URL and show the link to copy (or why there is none) in ``place``,
+    by default the end of the sidebar."""
     # on the page the link opened, until another page runs: a page's own reruns keep them
     landed, notes = st.session_state.get(NOTES_KEY, (page, []))
     if landed != page:
@@ -320,7 +322,7 @@ def share(page: str, handle: ViTHandle, image_set: ImageSet) -> None:
         st.warning(plain(note))  # it quotes what the link held
     params, why_not = current_params(page, handle, image_set)
     st.query_params.from_dict(params)
-    with st.sidebar.expander("Copy link", icon=":material/link:", expanded=False):
+    with (place or st.sidebar).expander("Copy link", icon=":material/link:", expanded=False):
         if why_not is None:
             st.code(shared_url(params), language=None, wrap_lines=True)
             st.caption("Opens this page with the same model, images, focus and settings in any browser.")
