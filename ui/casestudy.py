@@ -236,7 +236,7 @@ def library_form(study: CaseStudy) -> None:
         st.caption(plain(why))
         return
     default_title = f"{study.manifest['model']['name']} on {study.manifest['image_set']['title']}"
-    with st.form("case_library_form", border=True):
+    with st.form("case_library_form", border=True, width=720):
         st.text_input("Title", key="case_library_title", max_chars=MAX_TITLE_CHARS, placeholder=default_title)
         st.text_area("Note (optional)", key="case_library_note", max_chars=MAX_NOTE_CHARS, height=80)
         st.form_submit_button(
