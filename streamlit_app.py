@@ -23,12 +23,11 @@ from ui import (
     selection,
 )
 from ui.display import enlarge_for_display, plain
-from ui.models import ModelSpec
+from ui.models import MAX_IMG_SIZE, ModelSpec
 from viz.overview import OVERVIEW_SELECTION, overview_chart, top5_chart
 
 st.set_page_config(page_title="HeadScope", page_icon="🔭", layout="wide")
 
-MAX_IMG_SIZE = 1024  # 14 px patches at 1,022 px are already 5,330 tokens per image
 TIMM_CHOICE = "timm model"
 _TIMM_CAPTION = "any timm ViT by name, with its pretrained weights or your checkpoint"
 TRANSFORMERS_CHOICE = "transformers model"

@@ -66,16 +66,16 @@ def _side_picker(side: str) -> DeltaGenerator:
 
 def _library_picker(side: str) -> None:
     """The library studies offered to a side; picking one opens it there."""
-    shelf, why = library.current()
-    entries = [entry for entry in shelf.entries() if entry.damaged is None] if shelf is not None else []
-    if shelf is None:
+    listed, why = library.listed()
+    entries = [entry for entry in listed if entry.damaged is None]
+    if why:
         st.info(plain(why))
     elif not entries:
         st.info("The library holds no studies yet: save one on the Case study page, or add a bundle on the Library page.")
     if not entries:
         return
     ids = [entry.id for entry in entries]
-    shown = {entry.id: f"{entry.title} · {entry.model_name} · {entry.saved[:10]}" for entry in entries}
+    shown = {entry.id: library.entry_label(entry) for entry in entries}
     current = compare.library_study_id(side)
     # the side's study may come from the Library page or a link: the picker shows what the side holds
     st.session_state[compare.library_pick_key(side)] = current if current in ids else None

@@ -32,11 +32,9 @@ def _add_form() -> None:
         if st.button("Add to the library", key="library_add", disabled=upload is None):
             with st.spinner("Checking the bundle…"):
                 name = upload.name.removesuffix(".zip").removesuffix(".ZIP") or "uploaded bundle"
-                entry, error = library.add(upload.getvalue(), title.strip() or name, note)
-            if entry is None:
-                st.error(plain(error))  # it may quote names from the file
-            else:
-                st.success(plain(f"Added '{entry.title}' ({entry.model_name}, {entry.images} images)."))
+                entry, sentence = library.add(upload.getvalue(), title.strip() or name, note)
+            # it may quote names from the file
+            (st.error if entry is None else st.success)(plain(sentence))
 
 
 def _table(entries: list[LibraryEntry]) -> None:
@@ -154,6 +152,6 @@ _table(entries)
 by_id = {entry.id: entry for entry in entries}
 picked = st.selectbox(
     "Study", list(by_id), key="library_pick",
-    format_func=lambda study_id: f"{by_id[study_id].title} · {by_id[study_id].model_name} · {by_id[study_id].saved[:10]}",
+    format_func=lambda study_id: library.entry_label(by_id[study_id]),
 )
 _actions(by_id[picked])

@@ -20,11 +20,11 @@ import streamlit as st
 from core.errors import HeadScopeError
 from core.inputs.images import ImageSet
 from core.models.handle import DEFAULT_IMG_SIZE, ViTHandle
-from core.models.load import BUILTIN_MODELS, DEMO_NAME
+from core.models.load import BUILTIN_MODELS, DEMO_NAME, builtin_ready
 from core.settings import DEFAULT_CLUSTERS, CaseSettings
 from core.study.bundle import bundle_probe, load_bundle
 from core.study.casestudy import CaseStudy, assemble
-from core.study.library import MAX_NOTE_CHARS, MAX_TITLE_CHARS
+from core.study.library import MAX_NOTE_CHARS, MAX_TITLE_CHARS, LibraryEntry
 from ui import library, models, navigation, patterns, results, selection
 from ui.display import plain, progress_bar
 
@@ -139,8 +139,12 @@ def open_upload(handle: ViTHandle) -> None:
         open_bundle(upload.name, upload.getvalue(), handle)
 
 
-def open_bundle(file_name: str, data: bytes, handle: ViTHandle) -> str | None:
-    """Open an uploaded bundle for this model; returns the sentence that says why not, or ``None``."""
+def open_bundle(file_name: str, data: bytes, handle: ViTHandle, *, rerun: bool = True) -> str | None:
+    """Open an uploaded bundle for this model; returns the sentence that says why not, or ``None``.
+
+    A bundle of a linear probe on the session's backbone activates that probe and reruns the page
+    (unless ``rerun`` is ``False``), which then draws the probed model.
+    """
     digest = hashlib.sha256(data).hexdigest()
     opened = st.session_state.get(OPENED_KEY)
     if opened is not None and opened.digest == digest:
@@ -160,7 +164,8 @@ def open_bundle(file_name: str, data: bytes, handle: ViTHandle) -> str | None:
         if error:
             st.session_state.pop(OPENED_KEY, None)
             return error
-        st.rerun()
+        if rerun:
+            st.rerun()
     return None
 
 
@@ -180,35 +185,54 @@ def _bundle_model(data: bytes, handle: ViTHandle) -> tuple[ViTHandle, bytes | No
     return models.probed_model(probe_file), probe_file
 
 
-def open_library_study(study_id: str) -> str | None:
+def open_library_study(study_id: str, *, rerun: bool = True) -> str | None:
     """Open a library study on this page; returns the sentence that says why not, or ``None``.
 
     A study of another model than the session's opens after switching the session to that model
-    when it is a built-in one (a study of a linear probe on a built-in backbone: to that backbone,
-    and the bundle's probe goes on it); any other model must be loaded on the Overview page first.
+    when it is a built-in one prepared on this server, with the study's weights (a study of a linear
+    probe on a built-in backbone: to that backbone, and the bundle's probe goes on it); any other
+    model must be loaded on the Overview page first. A study that cannot open leaves the session's
+    model as it was. ``rerun=False``: a probe goes on without rerunning the page (a link, before
+    the page has drawn anything).
     """
     try:
         entry, data, study = library.opened_study(study_id)
     except HeadScopeError as err:
         return str(err)
-    handle = models.current_model()
-    if study.manifest["model"]["key"] != handle.key:
-        wanted = _builtin_model(study.manifest["model"])
-        if wanted is None:
-            return (
-                f"The study '{entry.title}' was computed with {entry.model_name}, which a link or the library cannot "
-                "load: load that model on the Overview page, then open the study again. The Compare page opens it "
-                "with any model."
-            )
-        spec = models.current_spec()
-        if wanted != (spec.name, spec.img_size):
-            error = models.switch_model(wanted[0], None, wanted[1])
-            if error:
-                return error
-    return open_bundle(entry.title, data, models.current_model())
+    if study.manifest["model"]["key"] != models.current_model().key:
+        error = _switch_to_model_of(entry, study.manifest["model"])
+        if error:
+            return error
+    return open_bundle(entry.title, data, models.current_model(), rerun=rerun)
 
 
-_AT_SIZE = re.compile(r" \([0-9]+ px\)$")
+def _switch_to_model_of(entry: LibraryEntry, model: dict) -> str | None:
+    """Make the study's built-in model the session's, once it is known to be the one the study was computed with."""
+    wanted = _builtin_model(model)
+    if wanted is None:
+        return (
+            f"The study '{entry.title}' was computed with {entry.model_name}, which a link or the library cannot load: "
+            "load that model on the Overview page, then open the study again (the Compare page opens it with any model)."
+        )
+    if not builtin_ready(wanted[0]):
+        return (
+            f"The study '{entry.title}' needs {wanted[0]}, which is not prepared on this server yet: load it once on "
+            "the Overview page, then open the study again."
+        )
+    try:
+        candidate = models.builtin_model(*wanted)
+    except HeadScopeError as err:
+        return str(err)
+    probe = model.get("probe")
+    if candidate.key not in (model["key"], probe.get("backbone_key") if isinstance(probe, dict) else None):
+        return (
+            f"The study '{entry.title}' was computed with other weights of {entry.model_name} than this server's, so "
+            "only the Compare page opens it."
+        )
+    return models.switch_model(wanted[0], None, wanted[1])
+
+
+_AT_SIZE = re.compile(r"(.*) \(([0-9]{1,4}) px\)")  # "dinov2-s (448 px)": a built-in model at another input size
 
 
 def _builtin_model(model: dict) -> tuple[str, int | None] | None:
@@ -216,12 +240,13 @@ def _builtin_model(model: dict) -> tuple[str, int | None] | None:
     name, probe = str(model.get("name", "")), model.get("probe")
     if name not in BUILTIN_MODELS and isinstance(probe, dict):  # a probe on a backbone: that backbone
         name = str(probe.get("backbone_name", ""))
-    name = _AT_SIZE.sub("", name)  # "dinov2-s (448 px)": a built-in model at another input size
+    at_size = _AT_SIZE.fullmatch(name)
+    name = at_size[1] if at_size else name
     if name not in BUILTIN_MODELS:
         return None
     if name == DEMO_NAME:
         return name, None
-    side = int(model["grid"][0]) * int(model["patch_size"][0])
+    side = int(at_size[2]) if at_size else int(model["grid"][0]) * int(model["patch_size"][0])
     return name, None if side == DEFAULT_IMG_SIZE else side
 
 
@@ -255,13 +280,12 @@ def _save_to_library(study: CaseStudy, default_title: str) -> None:
     """The form's ``on_click``, before the page runs again: the sidebar's link then names the saved study."""
     title = st.session_state.get("case_library_title", "").strip() or default_title
     with st.spinner("Saving the study to the library…"):
-        entry, error = library.save(study, title, st.session_state.get("case_library_note", ""))
+        entry, sentence = library.save(study, title, st.session_state.get("case_library_note", ""))
     if entry is None:
-        st.session_state[SAVED_KEY] = ("error", error)
+        st.session_state[SAVED_KEY] = ("error", sentence)
         return
     st.session_state[OPENED_KEY] = OpenedBundle(entry.id, entry.title, study)
-    said = "is already in the library as" if entry.title != title else "is saved to the library as"
-    st.session_state[SAVED_KEY] = ("success", f"The study {said} '{entry.title}'; the sidebar's link opens it.")
+    st.session_state[SAVED_KEY] = ("success", f"{sentence.removesuffix('.')}; the sidebar's link opens it.")
 
 
 def opened_bundle() -> OpenedBundle | None:

@@ -95,6 +95,10 @@ def _opened_key(side: SideName) -> str:
     return f"compare_bundle_{side}"
 
 
+def _library_error_key(side: SideName) -> str:
+    return f"compare_library_error_{side}"  # why the study last picked for the side did not open
+
+
 def _library_opened_key(side: SideName) -> str:
     return f"compare_library_opened_{side}"  # (id, OpenedBundle) of the side's library study
 
@@ -126,7 +130,7 @@ def library_pick_key(side: SideName) -> str:
 
 def library_error(side: SideName) -> str | None:
     """Why the study last picked for the side did not open (it was deleted or damaged meanwhile)."""
-    return st.session_state.get(f"compare_library_error_{side}")
+    return st.session_state.get(_library_error_key(side))
 
 
 def pick_library_study(side: SideName) -> None:
@@ -134,7 +138,7 @@ def pick_library_study(side: SideName) -> None:
     page's link names it in the same run."""
     picked = st.session_state.get(library_pick_key(side))
     error = use_library_study(side, picked) if picked is not None else None
-    st.session_state[f"compare_library_error_{side}"] = error
+    st.session_state[_library_error_key(side)] = error
 
 
 def use_library_study(side: SideName, study_id: str) -> str | None:
@@ -150,7 +154,7 @@ def use_library_study(side: SideName, study_id: str) -> str | None:
         st.session_state[source_key(side)] = LIBRARY
     st.session_state[library_key(side)] = study_id
     st.session_state[_library_opened_key(side)] = OpenedBundle(study_id, entry.title, study)
-    st.session_state.pop(f"compare_library_error_{side}", None)
+    st.session_state.pop(_library_error_key(side), None)
     return None
 
 

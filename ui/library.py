@@ -19,13 +19,16 @@ from core.study.library import (
     Library,
     LibraryEntry,
     library_from_environment,
+    study_id,
 )
 
 __all__ = [
     "OFF_SENTENCE",
     "add",
     "current",
+    "entry_label",
     "holds",
+    "listed",
     "opened_study",
     "save",
     "usage_sentence",
@@ -46,20 +49,29 @@ def current() -> tuple[Library | None, str | None]:
     return (library, None) if library is not None else (None, OFF_SENTENCE)
 
 
-def save(study: CaseStudy, title: str, note: str = "") -> tuple[LibraryEntry | None, str | None]:
-    """Save the study's bundle to the library; the entry, or ``None`` and the sentence that says why not."""
+def save(study: CaseStudy, title: str, note: str = "") -> tuple[LibraryEntry | None, str]:
+    """Save the study's bundle to the library: ``add``."""
     return add(save_bundle(study), title, note)
 
 
-def add(data: bytes, title: str, note: str = "") -> tuple[LibraryEntry | None, str | None]:
-    """Add a bundle's bytes (checked like any upload) to the library; the entry, or ``None`` and why not."""
+def add(data: bytes, title: str, note: str = "") -> tuple[LibraryEntry | None, str]:
+    """Add a bundle's bytes (checked like any upload) to the library.
+
+    Returns:
+        The entry and the sentence that says it was saved (or that the library already held these
+        bytes, under their first title); or ``None`` and the sentence that says why not.
+    """
     library, why = current()
     if library is None:
-        return None, why
+        return None, why or OFF_SENTENCE
+    held = holds(study_id(data))
     try:
-        return library.add(data, title=title, note=note), None
+        entry = library.add(data, title=title, note=note)
     except HeadScopeError as err:  # not a bundle, over quota, not writable, a title too long
         return None, str(err)
+    if held:
+        return entry, f"The library already holds this study, as '{entry.title}'."
+    return entry, f"Saved to the library as '{entry.title}'."
 
 
 def holds(study_id: str) -> bool:
@@ -96,7 +108,27 @@ def _opened(folder: str, study_id: str, _data: bytes) -> CaseStudy:
 
 
 def usage_sentence(library: Library) -> str:
-    used, count = library.usage()
+    """How full the library is; or, when its index cannot be read, the sentence that says so."""
+    try:
+        used, count = library.usage()
+    except HeadScopeError as err:
+        return str(err)
     limit = library.quota_bytes / 2**20
     return f"The library holds {count} stud{'y' if count == 1 else 'ies'}: {used / 2**20:.1f} of {limit:.0f} MB used."
+
+
+def entry_label(entry: LibraryEntry) -> str:
+    """A study as a picker lists it: its title, model and the day it was saved."""
+    return f"{entry.title} · {entry.model_name} · {entry.saved[:10]}"
+
+
+def listed(text: str = "", model: str | None = None) -> tuple[list[LibraryEntry], str | None]:
+    """The library's studies (``Library.entries``), or none and the sentence that says why (off, an unreadable index)."""
+    library, why = current()
+    if library is None:
+        return [], why
+    try:
+        return library.entries(text, model), None
+    except HeadScopeError as err:
+        return [], str(err)
 

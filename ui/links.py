@@ -33,11 +33,12 @@ from streamlit.delta_generator import DeltaGenerator
 from core.inputs.images import ImageSet
 from core.measures.importance import METRICS, metrics_for
 from core.models.handle import ViTHandle
-from core.models.load import BUILTIN_MODELS
+from core.models.load import BUILTIN_MODELS, builtin_ready
 from ui import casestudy, compare, images, library, models, navigation, selection
 from ui.attribution import FOCUS_ONLY, SET_START
 from ui.display import plain
 from ui.importance import GLOBAL, LOCAL
+from ui.models import MAX_IMG_SIZE
 from ui.strength import FOCUS_IMAGE, SET_MEAN
 
 __all__ = [
@@ -63,7 +64,6 @@ RESTORED_KEY = "link_restored"  # this session has applied its URL's parameters
 NOTES_KEY = "link_notes"  # (page, sentences of the parameters the link's page ignored), shown on that page
 PENDING_KEY = "link_pending_metric"  # (widget key, metric) a link asked for, until its page offers it
 MAX_VALUE_CHARS = 100  # a study id is 64; nothing a link needs is longer
-MAX_IMG_SIZE = 1024  # the Overview page's largest input size
 _HEAD = re.compile(r"L([0-9]{1,3})H([0-9]{1,3})")
 _SHOWN_CHARS = 40
 LIBRARY_PAGE = "pages/7_Library.py"
@@ -105,13 +105,13 @@ def restore(page: str) -> None:
     values = {}
     for key in PARAMETERS:
         value = st.query_params.get(key)
-        if value is None:
+        if not value:  # absent, or ``?study=`` with nothing after it
             continue
         if len(value) > MAX_VALUE_CHARS:
             notes.append(f"The link's {key} is {len(value)} characters long, so it is ignored.")
         else:
             values[key] = value
-    _restore_source(values, notes)
+    _restore_source(page, values, notes)
     handle = models.current_model()
     _restore_focus(values, handle, images.active_image_set(handle), notes)
     _restore_page(page, values, handle, notes)
@@ -122,12 +122,15 @@ def _shown(value: str) -> str:
     return value if len(value) <= _SHOWN_CHARS else value[: _SHOWN_CHARS - 1] + "…"
 
 
-def _restore_source(values: dict[str, str], notes: list[str]) -> None:
+def _restore_source(page: str, values: dict[str, str], notes: list[str]) -> None:
     """A library study (which names its model), or a built-in model at an input size."""
     if STUDY in values:
         if MODEL in values or SIZE in values:
             notes.append("The link names a study, whose own model is loaded, so its model is ignored.")
-        error = casestudy.open_library_study(values[STUDY])
+        if page != "case":
+            notes.append("The link's study opens on the Case study page, so it is ignored here.")
+            return
+        error = casestudy.open_library_study(values[STUDY], rerun=False)  # the rest of the link applies first
         if error:
             notes.append(f"The link's study is not opened. {error}")
         return
@@ -149,11 +152,16 @@ def _restore_source(values: dict[str, str], notes: list[str]) -> None:
         else:
             notes.append(f"The link's input size '{_shown(size_text)}' is not a number of pixels up to {MAX_IMG_SIZE}, so {name} keeps its own.")
     spec = models.current_spec()
-    if spec != models.ModelSpec(name, img_size=size, server_paths=spec.server_paths):
-        error = models.switch_model(name, None, size)
-        if error:
-            asked = f"{name} at {size} px" if size else name
-            notes.append(f"The link's model {asked} cannot be loaded, so the current model stays. {error}")
+    if spec == models.ModelSpec(name, img_size=size, server_paths=spec.server_paths):
+        return
+    if not builtin_ready(name):  # preparing its weights would reach the network
+        notes.append(f"The link's model {name} is not prepared on this server yet, so the current model stays.")
+    elif size is not None and models.switch_model(name, None, size):
+        fallback = models.switch_model(name, None, None)
+        at_own = "it opens at its own size" if fallback is None else "the current model stays"
+        notes.append(f"The link's input size {size} px does not fit {name}, so {at_own}.")
+    elif size is None and models.switch_model(name, None, None):
+        notes.append(f"The link's model {name} cannot be loaded on this server now, so the current model stays.")
 
 
 def _restore_focus(values: dict[str, str], handle: ViTHandle, image_set: ImageSet, notes: list[str]) -> None:

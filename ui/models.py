@@ -28,10 +28,12 @@ __all__ = [
     "ENV_CHECKPOINT",
     "ENV_IMG_SIZE",
     "ENV_MODEL",
+    "MAX_IMG_SIZE",
     "MODEL_KEY",
     "PROBE_KEY",
     "ModelSpec",
     "activate_probe",
+    "builtin_model",
     "current_model",
     "current_spec",
     "probed_model",
@@ -43,6 +45,8 @@ MODEL_KEY = "model_spec"
 START_CHECKED_KEY = "start_model_checked"  # the environment's start model was tried in this session
 PROBE_KEY = "probe_bytes"  # the active linear probe's file (ModelSpec.probe_digest is its sha256)
 CHECKPOINTS_KEY = "checkpoints"  # an uploaded checkpoint's bytes by their sha256 (ModelSpec.checkpoint_digest)
+
+MAX_IMG_SIZE = 1024  # the largest input side a session asks for: 14 px patches at 1,022 px are already 5,330 tokens
 
 # The model a new session starts on (default: the demo model), for a server run on one model:
 # a built-in or timm name, a checkpoint file on the server's disk for that timm name, an input size
@@ -208,6 +212,16 @@ def switch_model(
     st.session_state.pop(PROBE_KEY, None)
     forget_upload()  # labels of a ZIP depend on the model's classes
     return None
+
+
+def builtin_model(name: str, img_size: int | None) -> ViTHandle:
+    """The built-in model ``name`` at ``img_size`` from the server's cache, without making it the session's model:
+    what a study or a link asks for, checked before the session switches to it.
+
+    Raises:
+        HeadScopeError: it cannot be loaded (an input size that does not fit it, say), in a sentence.
+    """
+    return _load(ModelSpec(name, img_size=img_size))
 
 
 def activate_probe(data: bytes) -> str | None:

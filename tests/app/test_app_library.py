@@ -119,7 +119,7 @@ def test_a_study_saved_on_the_case_study_page_opens_from_the_library_in_another_
     _save(saver, "Digits under pruning", "Three heads carry the digits.")
     assert_clean(saver)
     assert _texts(saver.success) == [
-        "The study is saved to the library as 'Digits under pruning'; the sidebar's link opens it."
+        "Saved to the library as 'Digits under pruning'; the sidebar's link opens it."
     ]
     assert saver.query_params["study"] == study_id  # the saved study is the page's: its link names it
 
@@ -411,7 +411,7 @@ def test_a_hostile_title_is_shown_as_text_on_the_library_and_case_study_pages(fo
     assert_clean(at)
     [success] = [s.value for s in at.success]
     assert_text_only(success, HOSTILE_TITLE)
-    assert shown(success) == f"The study is saved to the library as '{HOSTILE_TITLE}'; the sidebar's link opens it."
+    assert shown(success) == f"Saved to the library as '{HOSTILE_TITLE}'; the sidebar's link opens it."
     [info] = [i.value for i in at.info]
     assert_text_only(info, HOSTILE_TITLE)
     assert shown(info).startswith(f"Showing the library study **{HOSTILE_TITLE}**: demo on 24 digits")

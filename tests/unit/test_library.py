@@ -414,10 +414,15 @@ def test_a_hostile_id_is_not_found_and_touches_no_path(tmp_path, bundle, hostile
 # --- leftovers, crashes and two processes at once -------------------------------------------
 
 
-def test_a_save_sweeps_leftovers_an_hour_old_and_keeps_younger_ones(library, bundle):
+def test_a_save_sweeps_its_own_temporary_files_an_hour_old_and_nothing_else(library, bundle):
     kept = library.add(variant(bundle, 1), title="Kept")
     old, young = time.time() - 2 * 3600, time.time() - 60
-    leftovers = {".old.tmp": old, ".young.tmp": young, f"{'a' * 64}.zip": old, f"{'b' * 64}.zip": young}
+    leftovers = {
+        ".headscope-save-old.tmp": old, ".headscope-save-young.tmp": young,
+        # a study file without its row (a crash before the commit, or an index moved away), and another
+        # program's temporary file in a folder it shares: never the library's to delete
+        f"{'a' * 64}.zip": old, f"{'b' * 64}.zip": young, ".session.tmp": old,
+    }
     for name, when in leftovers.items():
         (library.folder / name).write_bytes(b"left over")
         os.utime(library.folder / name, (when, when))
@@ -427,7 +432,8 @@ def test_a_save_sweeps_leftovers_an_hour_old_and_keeps_younger_ones(library, bun
 
     added = library.add(variant(bundle, 2), title="Added")
     assert folder_names(library) == {
-        f"{kept.id}.zip", f"{added.id}.zip", ".young.tmp", f"{'b' * 64}.zip", "notes.txt",
+        f"{kept.id}.zip", f"{added.id}.zip", ".headscope-save-young.tmp", f"{'a' * 64}.zip", f"{'b' * 64}.zip",
+        ".session.tmp", "notes.txt",
     }
     assert {entry.title for entry in library.entries()} == {"Added", "Kept"}
 
@@ -544,7 +550,7 @@ def test_a_process_killed_before_its_commit_leaves_no_study_and_the_study_can_be
 def test_a_process_killed_while_writing_leaves_only_a_temporary_file_that_is_swept_later(tmp_path, bundle):
     library = _killed_mid_save(tmp_path, bundle, "write")
     (leftover,) = folder_names(library)
-    assert leftover.startswith(".") and leftover.endswith(".tmp")
+    assert leftover.startswith(".headscope-save-") and leftover.endswith(".tmp")
     assert library.entries() == [] and library.usage() == (0, 0)
 
     entry = library.add(bundle, title="Saved again")
