@@ -106,3 +106,36 @@ def hostile_report(hostile_study) -> str:
     from viz.report import render_report
 
     return render_report(hostile_study)
+
+
+@pytest.fixture
+def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The folder of an empty study library of this test only (not created yet, as on a new server), which the
+    app tests' pages use (``HEADSCOPE_LIBRARY``)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = tmp_path / "library"
+    monkeypatch.setenv("HEADSCOPE_LIBRARY", str(path))
+    return path
+
+
+@pytest.fixture
+def live_study(monkeypatch: pytest.MonkeyPatch, small_study):
+    """The Case study page's live study, whatever the page asks for: the small study, not the demo set's
+    two-minute one (for the tests of what the page does with a study)."""
+    import ui.casestudy
+
+    monkeypatch.setattr(ui.casestudy, "live_study", lambda handle, image_set, settings: small_study)
+    return small_study
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium, headless, driven by Playwright (the browser tier)."""
+    from playwright.sync_api import sync_playwright
+
+    from helpers.browser import CHROMIUM_ARGS, chromium_path
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

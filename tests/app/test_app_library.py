@@ -38,22 +38,6 @@ HOSTILE_TITLE = "**bold** [x](http://evil.example) <b>x</b> $x$"
 OFF = "The study library is off on this server (HEADSCOPE_LIBRARY=off)."
 
 
-@pytest.fixture
-def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The folder of an empty library of this test only (not created yet, as on a new server)."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    path = tmp_path / "library"
-    monkeypatch.setenv("HEADSCOPE_LIBRARY", str(path))
-    return path
-
-
-@pytest.fixture
-def live_study(monkeypatch: pytest.MonkeyPatch, small_study):
-    """The Case study page's live study, whatever the page asks for: the small study."""
-    monkeypatch.setattr(casestudy, "live_study", lambda handle, image_set, settings: small_study)
-    return small_study
-
-
 @pytest.fixture(scope="module")
 def small_bundle(small_study) -> bytes:
     return save_bundle(small_study)

@@ -40,23 +40,6 @@ SHARABLE = "Opens this page with the same model, images, focus and settings in a
 
 
 @pytest.fixture
-def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The folder of an empty library of this test only."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    path = tmp_path / "library"
-    monkeypatch.setenv("HEADSCOPE_LIBRARY", str(path))
-    return path
-
-
-@pytest.fixture
-def live_study(monkeypatch: pytest.MonkeyPatch, small_study):
-    """The Case study page's live study, whatever the page asks for: the small study (not the demo set's
-    two-minute one; the links are under test here)."""
-    monkeypatch.setattr(casestudy, "live_study", lambda handle, image_set, settings: small_study)
-    return small_study
-
-
-@pytest.fixture
 def loaded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The name of every model the app loads from now on (a cached model is not loaded again)."""
     names: list[str] = []

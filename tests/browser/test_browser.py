@@ -94,16 +94,6 @@ def _hover_every_chart(page) -> set[str]:
 # --- the synchronous, single-session tests ------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
 def _settle(page, timeout_ms: int = PAGE_TIMEOUT_MS) -> None:
     """Wait until the script run ends: Streamlit's status widget ("Running...") is gone for a while."""
     deadline = time.monotonic() + timeout_ms / 1000

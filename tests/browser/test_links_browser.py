@@ -16,12 +16,10 @@ from typing import Iterator
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from core.study.library import ENV_LIBRARY, Library
 from helpers.browser import (
-    CHROMIUM_ARGS,
-    chromium_path,
     offsite_requests,
     started_server,
 )
@@ -54,14 +52,6 @@ def server(tmp_path_factory, library_folder: Path, shared_study: str) -> Iterato
     log_path = tmp_path_factory.mktemp("server") / "streamlit.log"
     with started_server(log_path, env={ENV_LIBRARY: str(library_folder)}) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def _fresh_page(browser, server: str) -> tuple[Page, list[str]]:

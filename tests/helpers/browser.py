@@ -38,7 +38,6 @@ def chromium_path() -> str:
     return path
 
 
-@contextlib.contextmanager
 def offsite_requests(target, server: str) -> list[str]:
     """Let ``target`` (a Playwright page or browser context) reach ``server`` only: every other request is
     aborted and its URL added to the returned list, which a test asserts stays empty."""
@@ -55,6 +54,7 @@ def offsite_requests(target, server: str) -> list[str]:
     return offsite
 
 
+@contextlib.contextmanager
 def started_server(
     log_path: Path, env: Mapping[str, str] | None = None, extra_args: Sequence[str] = ()
 ) -> Iterator[str]:
