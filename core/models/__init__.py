@@ -20,6 +20,7 @@ from core.models.dinov2 import (
     convert_onnx,
     prepare_weights,
     resample_position_table,
+    weights_ready,
     weights_sha256,
 )
 from core.models.handle import (
@@ -52,6 +53,7 @@ from core.models.load import (
     FASHION_NAME,
     FASHION_PROBE,
     LoadProgress,
+    builtin_ready,
     load_model,
 )
 from core.models.memory import (
@@ -138,6 +140,7 @@ __all__ = [
     "WHEEL_SIZE",
     "attention_forward",
     "build_model",
+    "builtin_ready",
     "cache_dir",
     "capture_head_input",
     "capture_norms",
@@ -169,6 +172,7 @@ __all__ = [
     "resample_position_table",
     "shape_of",
     "temporary_hooks",
+    "weights_ready",
     "weights_sha256",
     "with_probe",
     "wrap_model",
