@@ -1,6 +1,6 @@
 """HeadScope core: all computation on Vision Transformers. Imports neither streamlit, altair nor vl_convert.
 
-The README's Core API is importable from here (``from core import load_model, analyze``);
+The Core API of the README and docs/core-api.md is importable from here (``from core import load_model, analyze``);
 the report and the charts are in ``viz``.
 """
 
@@ -25,7 +25,7 @@ from core.measures.strength import (
     key_entropy,
     top_key_share,
 )
-from core.models.load import load_model
+from core.models.load import load_model, sample_set
 from core.models.probe import fit_probe, probe_features, with_probe
 from core.pipeline.analysis import analyze_set
 from core.study.bundle import load_bundle, save_bundle
@@ -62,6 +62,7 @@ __all__ = [
     "partial_pruning",
     "probe_features",
     "relevance_maps",
+    "sample_set",
     "save_bundle",
     "token_norms",
     "top_key_share",

@@ -16,15 +16,13 @@ import streamlit as st
 from core.errors import HeadScopeError
 from core.inputs.images import (
     ImageSet,
-    demo_digits_set,
-    fashion_sample_set,
     image_set_from_files,
     image_set_from_zip,
     match_class_name,
-    sample_photos_set,
 )
 from core.models.handle import ViTHandle, imagenet_synsets
-from core.models.load import FASHION_NAME
+from core.models.load import sample_set as model_sample_set
+from core.models.load import sample_source
 from ui.display import sentence_on_error
 
 __all__ = [
@@ -62,22 +60,14 @@ def uses_upload() -> bool:
 
 
 @st.cache_data(max_entries=4, show_spinner="Preparing the sample images…")
-def _sample_set(model_name: str, seed: int | None, test_fraction: float | None, classes: tuple[str, ...] = ()) -> ImageSet:
-    if seed is not None and test_fraction is not None:
-        return demo_digits_set(seed, test_fraction)
-    if model_name == FASHION_NAME:
-        return fashion_sample_set(classes)
-    return sample_photos_set()
+def _sample_set(source: tuple, _handle: ViTHandle) -> ImageSet:
+    return model_sample_set(_handle)  # a function of ``source`` alone: the cache's key
 
 
 def sample_set(handle: ViTHandle) -> ImageSet:
-    """The model's own samples: the held-out digits for the demo model, Fashion-MNIST test images for
-    the Fashion-MNIST classifier, else scikit-image photos."""
-    if handle.name == FASHION_NAME:
-        with sentence_on_error():
-            return _sample_set(FASHION_NAME, None, None, tuple(handle.class_names))
-    split = (handle.card or {}).get("split", {})
-    return _sample_set(handle.name if handle.card else "photos", split.get("seed"), split.get("test_fraction"))
+    """The model's own samples (``core.models.load.sample_set``), decoded once per set."""
+    with sentence_on_error():
+        return _sample_set(sample_source(handle), handle)
 
 
 def upload_images(files: list[tuple[str, bytes]], handle: ViTHandle, as_zip: bool) -> tuple[ImageSet | None, list[str], str | None]:

@@ -55,6 +55,8 @@ from core.models.load import (
     LoadProgress,
     builtin_ready,
     load_model,
+    sample_set,
+    sample_source,
 )
 from core.models.memory import (
     ModelShape,
@@ -170,6 +172,8 @@ __all__ = [
     "probe_input_kind",
     "readout_features",
     "resample_position_table",
+    "sample_set",
+    "sample_source",
     "shape_of",
     "temporary_hooks",
     "weights_ready",

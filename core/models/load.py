@@ -18,6 +18,12 @@ import torch
 from torch import nn
 
 from core.errors import CheckpointRejected, InvalidSetting, ModelUnavailable
+from core.inputs.images import (
+    ImageSet,
+    demo_digits_set,
+    fashion_sample_set,
+    sample_photos_set,
+)
 from core.models.checkpoint import (
     _classifier_width,
     _load_weights,
@@ -46,6 +52,8 @@ __all__ = [
     "LoadProgress",
     "builtin_ready",
     "load_model",
+    "sample_set",
+    "sample_source",
 ]
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
@@ -71,6 +79,35 @@ def builtin_ready(name: str) -> bool:
     from core.models import dinov2
 
     return name == DEMO_NAME or (name in BUILTIN_MODELS and dinov2.weights_ready())
+
+
+def sample_source(handle: ViTHandle) -> tuple[str | int | float, ...]:
+    """Which sample images ``handle`` opens with, as a key that names them whole.
+
+    ``("fashion", *class_names)`` for ``dinov2-s-fashion``, ``("digits", seed, test_fraction)`` for a
+    model whose card records its training split (the demo model), ``("photos",)`` for any other.
+    """
+    if handle.name == FASHION_NAME:
+        return ("fashion", *handle.class_names)
+    split = (handle.card or {}).get("split") or {}
+    if split.get("seed") is not None and split.get("test_fraction") is not None:
+        return ("digits", int(split["seed"]), float(split["test_fraction"]))
+    return ("photos",)
+
+
+def sample_set(handle: ViTHandle) -> ImageSet:
+    """The model's own sample images, the set the dashboard opens with (see ``sample_source``).
+
+    The demo model's held-out digits (from the split its card records, labelled), the 100
+    shipped Fashion-MNIST test images for ``dinov2-s-fashion`` (labelled by its classes), and
+    scikit-image's 9 photos (unlabelled) for every other model.
+    """
+    source = sample_source(handle)
+    if source[0] == "fashion":
+        return fashion_sample_set([str(name) for name in source[1:]])
+    if source[0] == "digits":
+        return demo_digits_set(int(source[1]), float(source[2]))
+    return sample_photos_set()
 
 
 def load_model(
