@@ -1,4 +1,4 @@
-"""Bad inputs through the app (README, Images): each bad input gets a sentence, nothing is kept from it,
+"""Bad inputs through the app (docs/images-and-limits.md): each bad input gets a sentence, nothing is kept from it,
 and the app goes on working for the next input.
 
 The decoding rules themselves are unit-tested in ``test_images.py`` and the checkpoint

@@ -1,4 +1,4 @@
-"""The public API: ``__all__`` of every core and ui module, and the README's Core API from ``core``."""
+"""The public API: ``__all__`` of every core and ui module, and the Core API of the README and docs/core-api.md from ``core``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import pytest
 import core
 from helpers.data import ROOT
 
+CORE_API_PAGE = ROOT / "docs" / "core-api.md"
+
 MODULES = sorted(
     path
     for folder in ("core", "ui")
@@ -25,24 +27,39 @@ def _module_name(path) -> str:
     return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
 
 
-def _core_api() -> list[tuple[str, str]]:
-    """``(module, name)`` of every ``from core[.<module>] import name`` in the README's Core API block."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = text.split("## Core API", 1)[1]
-    block = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+def _imports_from_core(text: str) -> list[tuple[str, str]]:
+    """``(module, name)`` of every ``from core[.<module>] import name`` in the ```python blocks of ``text``."""
     pairs = []
-    for module, names in re.findall(r"^from (core(?:\.[\w.]+)?) import (.+)$", block, re.MULTILINE):
-        pairs += [(module, name.strip()) for name in names.split("#")[0].split(",")]
+    for block in re.findall(r"```python\n(.*?)```", text, re.DOTALL):
+        for module, names in re.findall(r"^from (core(?:\.[\w.]+)?) import (.+)$", block, re.MULTILINE):
+            pairs += [(module, name.strip()) for name in names.split("#")[0].split(",")]
     return pairs
 
 
-def test_readme_core_api_block_is_found() -> None:
+def _core_api() -> list[tuple[str, str]]:
+    """The full Core API: the imports of every Python block of docs/core-api.md."""
+    return _imports_from_core(CORE_API_PAGE.read_text(encoding="utf-8"))
+
+
+def _readme_core_api() -> list[tuple[str, str]]:
+    """The README's short Core API: the imports in its ``## Core API`` section, up to the next section."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Core API\n", 1)[1].split("\n## ", 1)[0]
+    return _imports_from_core(section)
+
+
+def test_core_api_page_block_is_found() -> None:
     names = {name for _, name in _core_api()}
-    assert {"load_model", "extract_attention", "analyze", "save_bundle", "load_bundle"} <= names
+    assert {"load_model", "extract_attention", "analyze", "save_bundle", "load_bundle", "compare", "sample_set"} <= names
 
 
-@pytest.mark.parametrize("module, name", _core_api())
-def test_readme_core_api_is_importable_from_core(module, name) -> None:
+def test_readme_core_api_block_is_found() -> None:
+    names = {name for _, name in _readme_core_api()}
+    assert {"load_model", "sample_set", "analyze", "findings", "save_bundle", "load_bundle", "compare"} <= names
+
+
+@pytest.mark.parametrize("module, name", sorted(set(_core_api() + _readme_core_api())))
+def test_core_api_is_importable_from_core(module, name) -> None:
     assert getattr(core, name) is getattr(importlib.import_module(module), name)
     assert name in core.__all__
 

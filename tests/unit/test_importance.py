@@ -109,7 +109,7 @@ class _MaskWeights(nn.Module):
 
 
 def _reference_mode_mask(mode: str, tokens: int, prefix: int) -> torch.Tensor:
-    """``[T, T]`` 0/1 mask of a partial-pruning mode, written out from the mode table in the README (Views, B2)."""
+    """``[T, T]`` 0/1 mask of a partial-pruning mode, written out from the mode table in docs/views.md."""
     keep = torch.ones(tokens, tokens)
     p = prefix
     if mode == "head":
