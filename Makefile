@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast bench train-demo train-probe chromium
+.PHONY: run test test-fast bench train-demo train-probe screenshots chromium
 
 run: $(STAMP)
 	$(BIN)/python -m streamlit run streamlit_app.py
@@ -33,6 +33,10 @@ train-demo: $(STAMP)
 
 train-probe: $(STAMP)
 	$(BIN)/python scripts/train_probe.py
+
+# the pictures of docs/images: the app on dinov2-s, driven through every page in headless Chromium
+screenshots: $(STAMP) chromium
+	$(BIN)/python scripts/screenshots.py
 
 # the browser tests drive Debian's chromium; install it once when it is missing (needs root)
 chromium:
