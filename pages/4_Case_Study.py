@@ -108,11 +108,12 @@ for finding in found.heads:
                 export.chart(charts[mode_chart_key(finding)], f"case study {mode_chart_key(finding)}", width="content", theme=None)
             thumbs = [image_id for image_id in finding.hurt_images if image_id in study.thumbnails]
             if thumbs:
-                cells = st.columns(len(thumbs))
-                for cell, image_id in zip(cells, thumbs):
+                # a row that wraps: five columns of a narrow card are narrower than a thumbnail
+                strip = st.container(horizontal=True, gap="small")
+                for image_id in thumbs:
                     row = names.get(image_id, {})
                     shown = casestudy.thumbnail_caption(str(row.get("name", image_id)), str(row.get("target", "")))
-                    cell.image(study.thumbnails[image_id], caption=plain(shown), width=72)
+                    strip.image(study.thumbnails[image_id], caption=plain(shown), width=casestudy.THUMBNAIL_WIDTH)
 
 st.subheader("The evidence")
 for view, keys in casestudy.EVIDENCE.items():

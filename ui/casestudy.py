@@ -29,16 +29,18 @@ from ui import library, models, navigation, patterns, results, selection
 from ui.display import plain, progress_bar
 
 __all__ = [
+    "CAPTION_LINE",
     "CASE_PAGE",
     "EVIDENCE",
     "FINDING_LINKS",
     "MAX_TOP_K",
     "OPENED_KEY",
     "REFUSED_KEY",
-    "THUMBNAIL_CHARS",
+    "THUMBNAIL_WIDTH",
     "UPLOAD_ROUND_KEY",
     "VIEW_PAGES",
     "OpenedBundle",
+    "caption_px",
     "close_bundle",
     "library_form",
     "live_settings",
@@ -292,17 +294,70 @@ def opened_bundle() -> OpenedBundle | None:
     return st.session_state.get(OPENED_KEY)
 
 
-THUMBNAIL_CHARS = 11  # what a 72 px thumbnail's caption holds on a line
+THUMBNAIL_WIDTH = 72  # px: a thumbnail, and the caption under it
+CAPTION_LINE = THUMBNAIL_WIDTH - 4  # px of text on a caption's line: it has 2 px of padding either side
+# Each character's advance in the caption's font (Streamlit's Source Sans, 14 px) as Chromium
+# measures it, rounded up to 0.1 px; a character not listed counts as 1 em
+_CAPTION_PX = {
+    " ": 2.8,
+    **dict.fromkeys("ijlI.,:;'!|·", 3.7),
+    **dict.fromkeys("f()[]-", 4.4),
+    **dict.fromkeys("rt/", 4.9),
+    **dict.fromkeys("sz", 6.0),
+    **dict.fromkeys("cx", 6.4),
+    **dict.fromkeys("vy", 6.6),
+    **dict.fromkeys("JLY", 6.9),
+    **dict.fromkeys("ekF0123456789_", 7.0),
+    **dict.fromkeys("ag", 7.1),
+    **dict.fromkeys("VX", 7.3),
+    **dict.fromkeys("ESTZ", 7.6),
+    **dict.fromkeys("hnouA", 7.7),
+    **dict.fromkeys("bdpq", 7.8),
+    **dict.fromkeys("CPR", 8.0),
+    **dict.fromkeys("BK", 8.3),
+    **dict.fromkeys("DG", 8.7),
+    **dict.fromkeys("HNU", 9.2),
+    **dict.fromkeys("OQ", 9.3),
+    **dict.fromkeys("wM", 10.2),
+    "W": 11.1,
+    "m": 11.7,
+    "…": 13.3,
+}
+_EM = 14.0
+_ELLIPSIS = "…"
+_ZERO_WIDTH_SPACE = "\u200b"  # a line may break here, after the "_" or "-" of hubble_deep_field
+_PART = re.compile(r"[^_\-]+[_\-]*|[_\-]+")  # a word's parts, each with the "_" or "-" that ends it
+
+
+def caption_px(text: str) -> float:
+    """About how wide ``text`` is in a thumbnail's caption, in px (a little wider than it is)."""
+    return sum(_CAPTION_PX.get(char, _EM) for char in text)
+
+
+def _fitted(part: str, width: float) -> str:
+    """``part`` whole when it fits on a line, else cut to what does, ending in "…"."""
+    if caption_px(part) <= width:
+        return part
+    room = width - caption_px(_ELLIPSIS)
+    kept = ""
+    for char in part:
+        if caption_px(kept + char) > room:
+            break
+        kept += char
+    return kept + _ELLIPSIS
 
 
 def thumbnail_caption(name: str, target: str = "") -> str:
-    """An image's name (and target) under its thumbnail: a word too long for a line ends in "…".
+    """An image's name (and target) under its ``THUMBNAIL_WIDTH`` px thumbnail.
 
-    The caption wraps between words; a long word (``hubble_deep_field``) would break in
-    the middle, letter by letter.
+    The browser wraps the caption between words, and breaks a word in the middle when it
+    does not fit on a line (``hubble_de`` / ``e…``). Here every word, or part of a word
+    between its "_" and "-", fits on a line (a longer one ends in "…"), and an invisible
+    space after each "_" or "-" lets the browser break there: ``hubble_`` / ``deep_field``.
     """
-    words = [word if len(word) <= THUMBNAIL_CHARS else word[: THUMBNAIL_CHARS - 1] + "…" for word in name.split(" ")]
-    return " · ".join(part for part in (" ".join(words), target) if part)
+    text = " · ".join(part for part in (name, target) if part.strip())
+    words = ([_fitted(part, CAPTION_LINE) for part in _PART.findall(word)] for word in text.split())
+    return " ".join(_ZERO_WIDTH_SPACE.join(parts) for parts in words)
 
 
 def uploader_key() -> str:

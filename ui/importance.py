@@ -136,8 +136,9 @@ def show_ranked_table(ranked: pd.DataFrame, key: str, value_title: str) -> None:
         height=CHART_HEIGHT,
         width="stretch",
         column_config={
-            "rank": st.column_config.NumberColumn("rank", width="small"),
-            "head_label": st.column_config.TextColumn("head"),
+            # fixed widths for the short columns leave the value its room in a narrow column
+            "rank": st.column_config.NumberColumn("rank", width=48),
+            "head_label": st.column_config.TextColumn("head", width=64),
             "value": st.column_config.NumberColumn(value_title, format="%.4f"),
         },
     )

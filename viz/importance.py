@@ -8,6 +8,8 @@ fixed width).
 
 from __future__ import annotations
 
+import math
+
 import altair as alt
 import numpy as np
 import pandas as pd
@@ -24,7 +26,10 @@ from viz.common import (
     CHART_WIDTH,
     FOCUS_RED,
     HEAD_SELECTION,
+    LABEL_GAP,
     LAYER_COLOURS,
+    compact_number,
+    fitted_title,
     tooltip_field,
     top_head_names,
 )
@@ -53,6 +58,7 @@ ORDER_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#8c564b", "#9467bd", "#8c8c8c
 SIMILARITY_TITLE = "output similarity (cosine)"  # to the unpruned model's output; short: a long axis title squeezes the plot
 # (query, key) blocks of the attention matrix in the order of ``MODE_BLOCKS``' flags
 _BLOCK_NAMES = ("prefix → prefix", "prefix → patch", "patch → prefix", "patch → patch")
+_VALUE_FONT_PX, _VALUE_INDENT = 11, 4  # B2's values: their font, and their gap to the bars
 
 
 # --- shared pieces ---------------------------------------------------------------------
@@ -259,6 +265,13 @@ def importance_heatmap(
 # --- B2: partial pruning ---------------------------------------------------------------
 
 
+def _value_column_width(shown: pd.Series) -> int:
+    """Pixels a column of value labels needs: its longest label at 0.7 em a character (digits and
+    "e-" run narrower in any sans-serif font), after the gap to the bars."""
+    longest = int(shown.str.len().max()) if len(shown) else 1
+    return _VALUE_INDENT + math.ceil(longest * 0.7 * _VALUE_FONT_PX) + 2
+
+
 def partial_pruning_chart(partial: pd.DataFrame, chosen: str, target_name: str | None) -> alt.HConcatChart:
     """B2: per mode, a glyph of the attention blocks it removes and a bar of what the model outputs after it.
 
@@ -296,21 +309,26 @@ def partial_pruning_chart(partial: pd.DataFrame, chosen: str, target_name: str |
         .properties(width=alt.Step(34), height=alt.Step(30))
     )
     classified = "probability" in partial.columns
-    data = partial.drop(columns=["top5"], errors="ignore").assign(chosen=partial["mode"] == chosen)
+    measure = "probability" if classified else "output_impact"
+    data = partial.drop(columns=["top5"], errors="ignore").assign(
+        chosen=partial["mode"] == chosen,
+        # impacts are often a few millionths: "3.97e-6", not "0.00000397"
+        shown=[f"{value:.3f}" if classified else compact_number(value) for value in partial[measure].astype(float)],
+    )
     tooltip = [
         tooltip_field("mode:N", "mode"),
         tooltip_field("removes:N", "removes"),
         tooltip_field("removed_attention:Q", "share of the head's attention removed", format=".1%"),
         tooltip_field("output_impact:Q", "output impact", format=".4g"),
     ]
+    # 250 px of plot: no two labels closer than the gap; impacts without trailing zeros ("0.02", "1e-5")
+    axis = dict(labelOverlap="parity", labelSeparation=LABEL_GAP)
     if classified:
-        measure, shown = "probability", ".3f"
-        x = alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), title=f"probability of '{target_name}'")
+        x = alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), title=f"probability of '{target_name}'", axis=alt.Axis(**axis))
         tooltip += [tooltip_field("probability:Q", "probability", format=".4f"), tooltip_field("predicted:N", "top-1")]
         subtitle = "left: what each mode removes · right: target probability after it"
     else:
-        measure, shown = "output_impact", ".3~g"  # impacts are often below 1e-3: digits, not decimals
-        x = alt.X("output_impact:Q", scale=alt.Scale(zero=True), title="output impact (1 - cosine)")
+        x = alt.X("output_impact:Q", scale=alt.Scale(zero=True), title="output impact (1 - cosine)", axis=alt.Axis(format="~g", **axis))
         subtitle = "left: what each mode removes · right: how much it changes the output features"
     bars = (
         alt.Chart(data)
@@ -322,12 +340,15 @@ def partial_pruning_chart(partial: pd.DataFrame, chosen: str, target_name: str |
             tooltip=tooltip,
         )
     )
-    # the values in a column of their own: beside a bar that ends at the axis' end they would be cut off
+    # the values in a column of their own, as wide as the longest, each starting at its left edge: beside a
+    # bar that ends at the axis' end they would be cut off
     labels = (
         alt.Chart(data)
-        .mark_text(align="left", fontSize=11, color="#333333")
-        .encode(y=y.axis(None), text=alt.Text(f"{measure}:Q", format=shown), tooltip=tooltip)
-        .properties(width=44 if classified else 70, height=alt.Step(30))  # "0.0000342": impacts run small
+        .mark_text(align="left", fontSize=_VALUE_FONT_PX, color="#333333")
+        .encode(x=alt.value(_VALUE_INDENT), y=y.axis(None), text="shown:N", tooltip=tooltip)
+        .properties(
+            width=_value_column_width(data["shown"]), height=alt.Step(30), view=alt.ViewBackground(stroke=None)
+        )
     )
     layers: list[alt.Chart] = [bars]
     if classified:
@@ -407,8 +428,9 @@ def pruning_curve_chart(curve: pd.DataFrame, measure: str, width: int | None = N
     ``curve``: ``core.measures.importance.pruning_curve`` output; the random order is dashed. A
     classifier's curve is its accuracy, a backbone's the cosine similarity of its output
     to the unpruned output (``curve_column``), titled ``SIMILARITY_TITLE`` whatever
-    ``measure`` says. ``width`` in pixels, or ``None`` to let
-    the container decide.
+    ``measure`` says. ``width`` in pixels (the title then wraps to it), or ``None`` to let
+    the container decide. The x axis has fewer ticks on a narrower plot, and drops every
+    other label where neighbours would come closer than ``LABEL_GAP``.
     """
     column = curve_column(curve)
     colours = dict(zip([*METRICS, RANDOM_ORDER], ORDER_COLOURS))
@@ -424,7 +446,11 @@ def pruning_curve_chart(curve: pd.DataFrame, measure: str, width: int | None = N
             x=alt.X(
                 "fraction:Q",
                 title="share of all heads pruned (least important first)",
-                axis=alt.Axis(format="%", tickCount=10),
+                # a page squeezes plot, axes and legend into the chart's width ("90%100%" touched): a tick
+                # about every 90 px of plot, and every other label gone where neighbours still come too close
+                axis=alt.Axis(
+                    format="%", tickCount=alt.ExprRef("ceil(width / 90)"), labelOverlap="parity", labelSeparation=LABEL_GAP
+                ),
             ),
             y=alt.Y(f"{column}:Q", title=measure, scale=alt.Scale(domain=[low, 1])),
             color=alt.Color(
@@ -442,9 +468,9 @@ def pruning_curve_chart(curve: pd.DataFrame, measure: str, width: int | None = N
                 tooltip_field(f"{column}:Q", measure, format=".3f"),
             ],
         )
-        .properties(
-            title=alt.TitleParams("Cumulative pruning", subtitle="the metric whose line stays up longest ranks heads best"),
-            height=300,
-        )
+        .properties(height=300)
     )
-    return chart if width is None else chart.properties(width=width)
+    title, subtitle = "Cumulative pruning", "the metric whose line stays up longest ranks heads best"
+    if width is None:  # as wide as the page's column: the page cuts a title too long for it with "…"
+        return chart.properties(title=alt.TitleParams(title, subtitle=subtitle))
+    return chart.properties(title=fitted_title(title, subtitle, width), width=width)

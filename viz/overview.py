@@ -71,7 +71,13 @@ def overview_chart(points: pd.DataFrame, focus_id: str | None) -> alt.LayerChart
     dots = (
         alt.Chart(points)
         .mark_circle()
-        .encode(x=alt.X("x:Q", axis=None), y=alt.Y("y:Q", axis=None), tooltip=tooltip, **encoding)
+        # the layout's coordinates are arbitrary: zero in the domain would squeeze a few images into a corner
+        .encode(
+            x=alt.X("x:Q", axis=None, scale=alt.Scale(zero=False, padding=24)),
+            y=alt.Y("y:Q", axis=None, scale=alt.Scale(zero=False, padding=24)),
+            tooltip=tooltip,
+            **encoding,
+        )
         .add_params(pick, zoom)
     )
     ring = (

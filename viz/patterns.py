@@ -14,8 +14,10 @@ from viz.common import (
     CHART_WIDTH,
     FOCUS_RED,
     HEAD_SELECTION,
+    LABEL_GAP,
     LAYER_COLOURS,
     PATCH_SCHEME,
+    fitted_title,
     tooltip_field,
     top_head_names,
 )
@@ -36,6 +38,8 @@ CELL_SELECTION = "cell"  # the matrix chart's click: fields source, target
 MAX_POINTS = 5000  # scatter mode: a browser draws this many dots smoothly
 _PREFIX_SCHEME = "blues"
 _DENSITY_BINS = 50  # the report's pattern sample is drawn as at most 50 x 50 cells, whatever its size
+_MSE_WIDTH = 380  # the reconstruction chart (on a page: its plot, labels and values together)
+_VALUE_ROOM = 1.35  # a bar chart's domain up to this many times its longest bar: its value fits beside it
 
 
 def _layer_colour(title: str = "layer") -> alt.Color:
@@ -123,7 +127,8 @@ def pattern_space_chart(
         tooltip_field("maps:Q", "maps sampled"),
     ]
     if for_report:
-        colour = alt.Color("layer:O", scale=alt.Scale(scheme=LAYER_COLOURS), legend=alt.Legend(orient="bottom", columns=12))
+        # six a row: beside the density's legend, twelve ran past the 540 px a page squeezes the chart into
+        colour = alt.Color("layer:O", scale=alt.Scale(scheme=LAYER_COLOURS), legend=alt.Legend(orient="bottom", columns=6))
         dots = alt.Chart(heads).mark_circle(size=90, opacity=0.95, stroke="white", strokeWidth=1).encode(
             x=x, y=y, color=colour, tooltip=tooltip
         )
@@ -215,11 +220,18 @@ def reconstruction_chart(reconstruction_mse: float, baseline_mse: float) -> alt.
         {"what": ["autoencoder reconstruction", "baseline: the mean map"], "mse": [reconstruction_mse, baseline_mse]}
     )
     y = alt.Y("what:N", title=None, sort=None, axis=alt.Axis(labelLimit=220))
+    top = max(reconstruction_mse, baseline_mse, 1e-12)
     bars = (
         alt.Chart(data)
         .mark_bar(height=alt.RelativeBandSize(0.7))
         .encode(
-            x=alt.X("mse:Q", title="mean squared error per pixel"),
+            # room past the longer bar for its value: a page squeezes the plot to about 210 px
+            x=alt.X(
+                "mse:Q",
+                title="mean squared error per pixel",
+                scale=alt.Scale(domain=[0, top * _VALUE_ROOM]),
+                axis=alt.Axis(labelOverlap="parity", labelSeparation=LABEL_GAP),
+            ),
             y=y,
             color=alt.Color("what:N", legend=None, scale=alt.Scale(range=["#fd8d3c", "#bdbdbd"])),
             tooltip=[tooltip_field("what:N", ""), tooltip_field("mse:Q", "MSE", format=".5f")],
@@ -227,10 +239,10 @@ def reconstruction_chart(reconstruction_mse: float, baseline_mse: float) -> alt.
     )
     labels = bars.mark_text(align="left", dx=4, fontSize=11).encode(text=alt.Text("mse:Q", format=".4f"), color=alt.value("#333333"))
     return alt.layer(bars, labels).properties(
-        title=alt.TitleParams(
-            "How well the autoencoder keeps the maps", subtitle="lower than the mean map = the codes carry the pattern"
+        title=fitted_title(
+            "How well the autoencoder keeps the maps", "lower than the mean map = the codes carry the pattern", _MSE_WIDTH
         ),
-        width=380,
+        width=_MSE_WIDTH,
         height=alt.Step(28),
     )
 

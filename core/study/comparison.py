@@ -142,9 +142,10 @@ class Side:
 
     @property
     def label(self) -> str:
-        """``A: dinov2-s at 224 px on Sample photos from scikit-image (9 images)`` (no size when the model's name has it)."""
-        at = "" if f"({self.size})" in self.model else f" at {self.size}"
-        return f"{self.name}: {self.model}{at} on {self.image_set}"
+        """``A: dinov2-s at 224 px on Sample photos from scikit-image (9 images)``; a name that carries its
+        size (``dinov2-s (448 px)``) reads the same way: ``dinov2-s at 448 px``."""
+        model = self.model.removesuffix(f" ({self.size})")
+        return f"{self.name}: {model} at {self.size} on {self.image_set}"
 
     @property
     def shape(self) -> str:

@@ -420,7 +420,8 @@ def concentration_sentences(strength: StrengthStats, prefix_names: Sequence[str]
         )
         more = f" and {len(sinks) - 4} more" if len(sinks) > 4 else ""
         parts = [
-            f"{len(sinks)} of {layers * heads} heads are sink heads, sending {SINK_SHARE:.0%} or more of the "
+            f"{len(sinks)} of {layers * heads} heads {'is a sink head' if len(sinks) == 1 else 'are sink heads'}, "
+            f"sending {SINK_SHARE:.0%} or more of the "
             f"patches' attention to one token on a typical image: {shown}{more}."
         ]
     else:

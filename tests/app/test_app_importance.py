@@ -196,8 +196,9 @@ def test_partial_pruning_chart_shows_what_each_mode_removes() -> None:
     assert [r["mode"] for r in _data(spec, bar_layer) if r["chosen"]] == ["cls"]
     assert bars["layer"][1]["mark"]["type"] == "rule"
     # the values stand in a column of their own, so a bar reaching 1 cannot push its label out of the chart
-    assert values["mark"]["type"] == "text" and values["encoding"]["text"]["field"] == "probability"
-    assert "x" not in values["encoding"] and values["encoding"]["y"]["sort"] == list(MODES)
+    assert values["mark"]["type"] == "text" and values["encoding"]["text"]["field"] == "shown"
+    assert [r["shown"] for r in _data(spec, values)] == ["0.900", "0.200", "0.500", "0.600", "0.700", "0.880"]
+    assert values["encoding"]["x"] == {"value": 4} and values["encoding"]["y"]["sort"] == list(MODES)
 
 
 def test_pruning_curve_chart_has_one_line_per_order_and_a_dashed_baseline() -> None:

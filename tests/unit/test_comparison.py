@@ -19,6 +19,7 @@ from core.study.comparison import (
     OVERLAP_KS,
     STRENGTH_MEASURES,
     TREND_MEASURES,
+    Side,
     compare,
     joint_patterns,
 )
@@ -263,3 +264,17 @@ def test_the_curves_are_the_bundles_own(v4, reopened):
         assert rows["value"].tolist() == study.tables["pruning_curve"]["accuracy"].astype(float).tolist()
         assert rows["fraction"].tolist() == study.tables["pruning_curve"]["fraction"].astype(float).tolist()
     assert isinstance(c.curves, pd.DataFrame) and set(c.curves["quantity"]) == {"accuracy"}
+
+
+@pytest.mark.parametrize(
+    "model, size, label",
+    [
+        ("dinov2-s", (224, 224), "B: dinov2-s at 224 px on photos"),
+        ("dinov2-s (448 px)", (448, 448), "B: dinov2-s at 448 px on photos"),  # the name a 448 px load gives
+        ("vit (a) (224x320 px)", (224, 320), "B: vit (a) at 224x320 px on photos"),
+    ],
+)
+def test_both_sides_name_their_input_size_the_same_way(model, size, label):
+    side = Side(name="B", model=model, layers=12, heads=6, grid=(16, 16), img_size=size, image_set="photos",
+                images=9, backbone=True, format_version=5)
+    assert side.label == label

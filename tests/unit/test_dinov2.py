@@ -634,7 +634,7 @@ def test_the_case_study_calls_the_layer_0_sink_head_a_sink_and_never_global(batc
     sink = sink_summary(stats, 0, 5, handle.prefix_names)
     assert sink.is_sink and sink.strong == 3 and sink.share > 0.8
     sentences = concentration_sentences(stats, handle.prefix_names)
-    assert sentences.startswith("1 of 72 heads are sink heads") and "L0H5 (" in sentences
+    assert sentences.startswith("1 of 72 heads is a sink head") and "L0H5 (" in sentences
     assert "this model has no high-norm artefact tokens" in sentences
     heads = stats.heads()
     row = heads[heads["head_label"] == "L0H5"].iloc[0]

@@ -88,18 +88,39 @@ def test_file_names_are_plain_slugs(name: str, stem: str) -> None:
     assert file_stem(name) == stem
 
 
+ZWSP = "\u200b"  # where a caption's line may break inside a word, after its "_" or "-"
+
+
 @pytest.mark.parametrize(
     ("name", "target", "caption"),
     [
-        ("digit-0413 (7)", "7", "digit-0413 (7) · 7"),  # wraps between its words
-        ("hubble_deep_field", "", "hubble_dee…"),
-        ("immunohistochemistry", "", "immunohist…"),
-        ("a very long_name_indeed", "cat", "a very long_name_… · cat"),
+        ("digit-0413 (7)", "7", f"digit-{ZWSP}0413 (7) · 7"),  # wraps between its words
+        ("hubble_deep_field", "", f"hubble_{ZWSP}deep_{ZWSP}field"),  # "hubble_" / "deep_field", whole
+        ("stereo_motorcycle", "", f"stereo_{ZWSP}motorcycle"),
+        ("immunohistochemistry", "", "immuno…"),  # one word wider than a line
+        ("mmmmmmmmmmmm", "", "mmmm…"),  # wide letters: fewer of them fit
+        ("a very long_name_indeed", "tabby, tabby cat", f"a very long_{ZWSP}name_{ZWSP}indeed · tabby, tabby cat"),
+        ("astronaut", "", "astronaut"),
+        ("", "cat", "cat"),  # no name: the target alone, without a dangling "·"
     ],
 )
 def test_thumbnail_captions_never_break_inside_a_word(name: str, target: str, caption: str) -> None:
-    from ui.casestudy import THUMBNAIL_CHARS, thumbnail_caption
+    """The browser breaks a caption mid-word where a word is wider than its line ("hubble_de" / "e…"):
+    every run between two places a line may break fits a line."""
+    from ui.casestudy import CAPTION_LINE, caption_px, thumbnail_caption
 
     shown = thumbnail_caption(name, target)
     assert shown == caption
-    assert all(len(word) <= THUMBNAIL_CHARS for word in shown.split(" "))
+    runs = shown.replace(ZWSP, " ").split(" ")
+    assert all(caption_px(run) <= CAPTION_LINE for run in runs), runs
+    assert caption_px("hubble_dee…") > CAPTION_LINE and caption_px("immunoh…") > CAPTION_LINE  # cuts that broke
+
+
+def test_caption_widths_are_those_of_the_captions_font() -> None:
+    """Source Sans at 14 px, as Chromium measures it: "immunohis" (9 letters) fills a line of a 72 px thumbnail."""
+    from ui.casestudy import CAPTION_LINE, THUMBNAIL_WIDTH, caption_px
+
+    assert CAPTION_LINE == THUMBNAIL_WIDTH - 4  # the caption's padding
+    assert 66.4 <= caption_px("immunohis") <= CAPTION_LINE  # Chromium: 66.4 px
+    assert caption_px("m") > caption_px("n") > caption_px("i")
+    assert caption_px("木") >= 14  # a character not in the table counts as a whole em

@@ -74,6 +74,12 @@ def test_overview_chart_encodes_class_probability_and_focus() -> None:
     assert [row["id"] for row in ring_rows] == ["b"]
 
 
+def test_overview_scales_fit_the_points_not_zero() -> None:
+    """Layout coordinates are arbitrary (UMAP gives e.g. 12 to 16): a domain from zero would squeeze the dots into a corner."""
+    dots = overview_chart(_points(), focus_id=None).to_dict()["layer"][0]["encoding"]
+    assert dots["x"]["scale"]["zero"] is False and dots["y"]["scale"]["zero"] is False
+
+
 def test_top5_chart_orders_by_rank() -> None:
     top = top_k(np.array([0.2, 0.7, 0.1]), ["x", "y", "z"], k=3)
     enc = top5_chart(top).to_dict()["encoding"]

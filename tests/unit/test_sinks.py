@@ -85,10 +85,12 @@ def test_a_prefix_sink_is_named_and_the_set_sentences_count_sinks_norms_and_regi
     assert "describe only the rest" in locality and "global" not in locality
     assert "give each other no attention" in _locality_sentence(60, 72, 0.0, 0.0, 16, float("nan"), 1.0, sink)
     text = concentration_sentences(stats, names)
-    assert "1 of 6 heads are sink heads" in text and "L1H1 (70%, always register 3)" in text
+    assert "1 of 6 heads is a sink head" in text and "L1H1 (70%, always register 3)" in text
     assert "first leave block 1; block 1's output has them on the most images, 13 of 17 (2.0 on each of those)" in text
     assert "up to 35% of the patches' attention in a layer (layer 1)" in text
     assert "The 4 registers receive 20% of the patches' attention on average, most in layer 1 (40%)" in text
+    stats.top_share[:, 0, 0] = 0.6  # a second sink head
+    assert "2 of 6 heads are sink heads" in concentration_sentences(stats, names)
     plain = concentration_sentences(_stats(), prefix_names(1))
     assert plain.startswith("No head sends 50% or more") and "no high-norm artefact tokens" in plain
     assert "largest 1.8 times" in plain and "registers" not in plain
