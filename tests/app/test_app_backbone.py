@@ -143,9 +143,10 @@ def test_importance_page_offers_the_backbone_metrics_and_says_why(backbone: AppT
     assert bars["encoding"]["x"]["field"] == "output_impact"
     assert len(right["layer"]) == 1  # the bars: no unpruned probability to rule
     values = partial["hconcat"][2]  # the values, in a column of their own
-    assert values["mark"]["type"] == "text" and values["encoding"]["text"]["field"] == "output_impact"
+    assert values["mark"]["type"] == "text" and values["encoding"]["text"]["field"] == "shown"
     modes = partial_data[values["data"]["name"]].set_index("mode")
     assert modes.loc["none", "output_impact"] == 0.0 and modes.loc["head", "output_impact"] > 0
+    assert modes.loc["none", "shown"] == "0"  # a backbone's impacts, compact: 0 for the unpruned model
     assert "probability" not in modes.columns
     curve, _ = specs[3]
     assert curve["encoding"]["y"]["field"] == "similarity"

@@ -91,7 +91,10 @@ def test_copied_link_opens_the_same_head_in_a_new_session(browser, server: str, 
     page.goto(f"{server}/Head_Importance")
     page.locator(L2H3_CELL).click(timeout=PAGE_TIMEOUT_MS)  # the heatmap: "click to focus"
     expect(page.get_by_test_id("stSidebar")).to_contain_text("Focus head L2H3", timeout=PAGE_TIMEOUT_MS)
-    page.get_by_text("Focus image (local)", exact=True).click()
+    # while the click's rerun draws the page, the last run's radio may still stand beside the new one
+    scope = page.get_by_text("Focus image (local)", exact=True)
+    expect(scope).to_have_count(1, timeout=PAGE_TIMEOUT_MS)
+    scope.click()
     link = _copied_link(page, "scope=image")
     page.context.close()
     assert offsite == []
